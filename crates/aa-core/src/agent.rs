@@ -1,0 +1,144 @@
+//! Agents: identity, team and lineage (who spawned whom).
+
+use serde::{Deserialize, Serialize};
+
+use crate::CoreError;
+
+/// The agent on whose behalf an action is checked, as policy conditions see it (`agent.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentContext {
+    /// Stable agent id.
+    pub id: String,
+    /// The team the agent belongs to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Delegation depth: 0 for a root agent, parent's depth + 1 for a spawned one.
+    #[serde(default)]
+    pub depth: u32,
+    /// The id of the agent that spawned this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+impl AgentContext {
+    /// A root agent with no team.
+    pub fn new(id: impl Into<String>) -> Self {
+        AgentContext {
+            id: id.into(),
+            team: None,
+            depth: 0,
+            parent: None,
+        }
+    }
+
+    /// Parses the JSON shape `{"id":"bot","team":"support","depth":1,"parent":"lead"}`.
+    pub fn from_json(text: &str) -> Result<Self, CoreError> {
+        let agent: AgentContext =
+            serde_json::from_str(text).map_err(|e| CoreError::json("agent", &e))?;
+        agent.validate()?;
+        Ok(agent)
+    }
+
+    /// Checks the invariants serde cannot express.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if self.id.trim().is_empty() {
+            return Err(CoreError::InvalidField {
+                field: "agent.id",
+                message: "must not be empty".to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where an agent sits in the delegation tree.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The agent that spawned this one; `None` for a root agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_agent_id: Option<String>,
+    /// The team the agent acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    /// Why the parent delegated to this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation_reason: Option<String>,
+    /// The parent's tool that spawned this agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spawned_by_tool: Option<String>,
+    /// Delegation depth (0 for a root agent).
+    #[serde(default)]
+    pub depth: u32,
+}
+
+/// What an agent presents when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    /// Stable agent id.
+    pub agent_id: String,
+    /// Human-readable name.
+    pub name: String,
+    /// The framework the agent runs in, e.g. `langchain`.
+    #[serde(default)]
+    pub framework: String,
+    /// The agent's Ed25519 public key as a `did:key` identifier.
+    pub public_key: String,
+    /// Who spawned the agent and why.
+    #[serde(default)]
+    pub lineage: Lineage,
+}
+
+impl AgentRegistration {
+    /// The view of this agent that policy conditions see.
+    pub fn context(&self) -> AgentContext {
+        AgentContext {
+            id: self.agent_id.clone(),
+            team: self.lineage.team_id.clone(),
+            depth: self.lineage.depth,
+            parent: self.lineage.parent_agent_id.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_json_round_trips() {
+        let agent = AgentContext::from_json(r#"{"id":"bot","team":"support","depth":1}"#).unwrap();
+        assert_eq!(agent.team.as_deref(), Some("support"));
+        assert_eq!(agent.depth, 1);
+        let back = serde_json::to_string(&agent).unwrap();
+        assert_eq!(AgentContext::from_json(&back).unwrap(), agent);
+    }
+
+    #[test]
+    fn agent_json_rejects_unknown_fields_and_empty_ids() {
+        let err = AgentContext::from_json(r#"{"id":"bot","teem":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `teem`"), "{err}");
+        let err = AgentContext::from_json(r#"{"id":" "}"#).unwrap_err();
+        assert_eq!(err.to_string(), "invalid agent.id: must not be empty");
+    }
+
+    #[test]
+    fn registration_context_carries_lineage() {
+        let reg = AgentRegistration {
+            agent_id: "child".into(),
+            name: "Child".into(),
+            framework: "custom".into(),
+            public_key: "did:key:z6Mk".into(),
+            lineage: Lineage {
+                parent_agent_id: Some("lead".into()),
+                team_id: Some("ops".into()),
+                depth: 2,
+                ..Lineage::default()
+            },
+        };
+        let ctx = reg.context();
+        assert_eq!(ctx.parent.as_deref(), Some("lead"));
+        assert_eq!(ctx.team.as_deref(), Some("ops"));
+        assert_eq!(ctx.depth, 2);
+    }
+}

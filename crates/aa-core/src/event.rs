@@ -1,0 +1,113 @@
+//! What gets recorded: audit events, redaction receipts, approvals and topology edges.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Action, AgentContext, Verdict};
+
+/// One entry of the audit log: an action, the decision on it, and what was redacted from it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unique id; appends are idempotent by it.
+    pub event_id: String,
+    /// When the event happened, milliseconds since the Unix epoch (UTC).
+    pub timestamp_ms: i64,
+    /// The acting agent and its lineage.
+    pub agent: AgentContext,
+    /// The session or run the event belongs to, if the SDK names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The action, after redaction.
+    pub action: Action,
+    /// The decision on it, when one was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// One receipt per redacted span.
+    #[serde(default)]
+    pub redactions: Vec<RedactionReceipt>,
+}
+
+/// Proof that something was redacted, without the secret: which rule, where, and a truncated
+/// hash that lets an operator match a known leaked value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedactionReceipt {
+    /// The scanner rule that matched, e.g. `aws-access-key-id`.
+    pub rule_id: String,
+    /// The kind of secret or PII, e.g. `aws_access_key`.
+    pub kind: String,
+    /// The JSON path of the field it was found in, e.g. `action.args.command`.
+    pub field: String,
+    /// Byte range of the secret within that field, before redaction.
+    pub start: u64,
+    /// End of the byte range (exclusive).
+    pub end: u64,
+    /// Hex of the first bytes of SHA-256 over the secret.
+    pub sha256_prefix: String,
+}
+
+/// Where an approval stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalStatus {
+    /// Waiting for a human.
+    Pending,
+    /// A human approved.
+    Approved,
+    /// A human refused.
+    Denied,
+    /// Nobody decided in time; counts as denied.
+    Expired,
+}
+
+/// A request for a human to approve a pending action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Unique id, returned with the `pending` decision.
+    pub approval_id: String,
+    /// The agent that asked.
+    pub agent: AgentContext,
+    /// The action waiting for approval (redacted).
+    pub action: Action,
+    /// SHA-256 hex of the canonical action, so an approval cannot be replayed for another one.
+    pub action_digest: String,
+    /// The rule that asked for approval.
+    pub rule: String,
+    /// Why approval is needed.
+    pub reason: String,
+    /// Current status.
+    pub status: ApprovalStatus,
+    /// Created, ms since the epoch.
+    pub created_at_ms: i64,
+    /// When the request expires, ms since the epoch.
+    pub expires_at_ms: i64,
+    /// Who decided, once decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+}
+
+/// The kinds of edges in the agent topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeKind {
+    /// The source agent spawned the target agent.
+    Spawned,
+    /// The source agent delegated a task to the target agent.
+    Delegated,
+    /// The source agent called the target agent as a tool.
+    Called,
+}
+
+/// One edge of who-spawned-or-called-whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopologyEdge {
+    /// The acting (parent) agent.
+    pub from_agent_id: String,
+    /// The spawned or called agent.
+    pub to_agent_id: String,
+    /// What kind of edge.
+    pub kind: EdgeKind,
+    /// The tool that caused it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// When it was first seen, ms since the epoch.
+    pub created_at_ms: i64,
+}

@@ -1,0 +1,24 @@
+//! Domain types shared by every Agent Assembly crate.
+//!
+//! - [`agent`]: who acts — an agent's identity, team and lineage.
+//! - [`action`]: what an agent wants to do (tool call, LLM call, network call, file operation,
+//!   process exec, agent spawn).
+//! - [`decision`]: the answer — allow, deny or pending — with the rule that decided it, and the
+//!   enforcement [`Mode`](decision::Mode) it applies under.
+//! - [`event`]: what is recorded — audit events, redaction receipts, approvals, topology edges.
+//! - [`error`]: the crate's error type.
+//!
+//! This crate does no IO and holds no policy logic: it is the vocabulary the other crates speak.
+//! Every type here serialises to the JSON shapes the CLI and SDKs use.
+
+pub mod action;
+pub mod agent;
+pub mod decision;
+pub mod error;
+pub mod event;
+
+pub use action::{Action, ActionKind, FileOperation};
+pub use agent::{AgentContext, AgentRegistration, Lineage};
+pub use decision::{Decision, Mode, Verdict};
+pub use error::CoreError;
+pub use event::{Approval, ApprovalStatus, AuditEvent, EdgeKind, RedactionReceipt, TopologyEdge};

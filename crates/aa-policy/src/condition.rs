@@ -1,0 +1,260 @@
+//! CEL conditions (`deny_if`, `requires_approval_if`): compiled once at load, evaluated against
+//! the request. A condition that cannot be evaluated counts as true, so errors fail closed.
+
+use std::sync::{Arc, OnceLock};
+
+use aa_core::{Action, AgentContext};
+use cel::{Context, Env, Program, Value};
+use chrono::{DateTime, Utc};
+
+/// The variables a condition may use.
+pub(crate) const VARIABLES: [&str; 5] = ["tool", "args", "agent", "action", "now"];
+
+/// CEL's standard functions and macros; anything else is reported at load, not discovered by a
+/// fail-closed deny in production.
+const FUNCTIONS: &[&str] = &[
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "type",
+    "dyn",
+    "duration",
+    "timestamp",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "max",
+    "min",
+];
+
+fn env() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib()))
+}
+
+/// A compiled condition.
+#[derive(Debug)]
+pub(crate) struct Condition {
+    source: String,
+    program: Program,
+    uses: [bool; 5],
+}
+
+/// Where a compile error lies within the expression (1-based line and column).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ConditionError {
+    pub(crate) line: usize,
+    pub(crate) col: usize,
+    pub(crate) message: String,
+}
+
+impl Condition {
+    pub(crate) fn compile(source: &str) -> Result<Condition, ConditionError> {
+        if source.trim().is_empty() {
+            return Err(ConditionError {
+                line: 1,
+                col: 1,
+                message: "empty expression".into(),
+            });
+        }
+        let program = env().compile(source).map_err(|errors| {
+            let first = errors.errors.first();
+            let (line, col) = first.map_or((1, 1), |e| (e.pos.0.max(1), e.pos.1.max(1)));
+            let message = first.map_or_else(|| "invalid expression".to_owned(), |e| e.msg.clone());
+            ConditionError {
+                line: line as usize,
+                col: col as usize,
+                message,
+            }
+        })?;
+        let refs = program.references();
+        let mut unknown: Vec<String> = Vec::new();
+        for var in refs.variables() {
+            if !VARIABLES.contains(&var) {
+                let hint = crate::suggest::did_you_mean(var, &VARIABLES);
+                unknown.push(format!(
+                    "unknown variable \"{var}\" (conditions see {}){hint}",
+                    VARIABLES.join(", ")
+                ));
+            }
+        }
+        for function in refs.functions() {
+            let is_operator = !function.starts_with(|c: char| c.is_ascii_alphabetic());
+            if !is_operator && !FUNCTIONS.contains(&function) {
+                let hint = crate::suggest::did_you_mean(function, FUNCTIONS);
+                unknown.push(format!("unknown function \"{function}\"{hint}"));
+            }
+        }
+        if let Some(message) = unknown.into_iter().min() {
+            return Err(ConditionError {
+                line: 1,
+                col: 1,
+                message,
+            });
+        }
+        let uses = VARIABLES.map(|v| refs.has_variable(v));
+        Ok(Condition {
+            source: source.to_owned(),
+            program,
+            uses,
+        })
+    }
+
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates to `Ok(bool)`, or `Err(why)` when the expression cannot be evaluated (a missing
+    /// key, a wrong type, a non-boolean result) — callers treat that as true.
+    pub(crate) fn evaluate(&self, input: &Input<'_>) -> Result<bool, String> {
+        let mut context = Context::with_env(Arc::clone(env()));
+        for (used, name) in self.uses.iter().zip(VARIABLES) {
+            if *used {
+                context.add_variable_from_value(name, input.value(name)?);
+            }
+        }
+        match self.program.execute(&context) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(_) => Err("the condition returned a value that is not a boolean".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// What a condition is evaluated against.
+#[derive(Debug)]
+pub(crate) struct Input<'r> {
+    pub(crate) tool: &'r str,
+    pub(crate) args: &'r serde_json::Value,
+    pub(crate) agent: &'r AgentContext,
+    pub(crate) action: &'r Action,
+    pub(crate) now: DateTime<Utc>,
+}
+
+impl Input<'_> {
+    fn value(&self, name: &str) -> Result<Value, String> {
+        let converted = match name {
+            "tool" => return Ok(Value::from(self.tool)),
+            "now" => return Ok(Value::Timestamp(self.now.fixed_offset())),
+            "args" => cel::to_value(self.args),
+            "action" => cel::to_value(self.action),
+            "agent" => cel::to_value(serde_json::json!({
+                "id": self.agent.id,
+                "team": self.agent.team,
+                "depth": self.agent.depth,
+                "parent": self.agent.parent,
+            })),
+            other => return Err(format!("unknown variable \"{other}\"")),
+        };
+        converted.map_err(|e| format!("{name} cannot be given to the condition: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(src: &str, args: serde_json::Value) -> Result<bool, String> {
+        let agent = AgentContext {
+            id: "bot".into(),
+            team: Some("support".into()),
+            depth: 1,
+            parent: None,
+        };
+        let action = Action::ToolCall {
+            tool: "shell".into(),
+            args: args.clone(),
+        };
+        let input = Input {
+            tool: "shell",
+            args: &args,
+            agent: &agent,
+            action: &action,
+            now: Utc::now(),
+        };
+        Condition::compile(src).unwrap().evaluate(&input)
+    }
+
+    #[test]
+    fn evaluates_over_every_variable() {
+        let args = serde_json::json!({"command": "sudo rm -rf /", "n": 3});
+        assert_eq!(
+            eval(r#"args.command.contains("sudo")"#, args.clone()),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"tool == "shell" && args.n > 2"#, args.clone()),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(
+                r#"agent.team == "support" && agent.depth == 1"#,
+                args.clone()
+            ),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"action.type == "tool_call""#, args.clone()),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"now > timestamp("2000-01-01T00:00:00Z")"#, args.clone()),
+            Ok(true)
+        );
+        assert_eq!(eval(r#"has(args.path)"#, args), Ok(false));
+    }
+
+    #[test]
+    fn unevaluable_conditions_are_errors() {
+        let args = serde_json::json!({"command": 7});
+        let missing = eval(r#"args.path.startsWith("/etc/")"#, args.clone()).unwrap_err();
+        assert!(missing.contains("path"), "{missing}");
+        assert!(eval(r#"args.command.contains("x")"#, args.clone()).is_err());
+        assert!(
+            eval("args.command", args)
+                .unwrap_err()
+                .contains("not a boolean")
+        );
+    }
+
+    #[test]
+    fn compile_errors_are_located_and_named() {
+        let err = Condition::compile("args.command.contains(").unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.col > 1, "{err:?}");
+        let err = Condition::compile(r#"argz.x == 1"#).unwrap_err();
+        assert!(
+            err.message.contains(r#"did you mean "args"?"#),
+            "{}",
+            err.message
+        );
+        let err = Condition::compile(r#"args.p.startswith("/")"#).unwrap_err();
+        assert!(
+            err.message.contains(r#"did you mean "startsWith"?"#),
+            "{}",
+            err.message
+        );
+        assert!(Condition::compile("  ").is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! The policy engine: YAML policy documents are parsed, validated (every error located at
+//! `line:col` and naming its key), compiled once, and evaluated against requests.
+//!
+//! - [`policy`]: loading — [`Policy::parse`] turns YAML into compiled [`Policy`] values.
+//! - [`eval`]: [`Policy::evaluate`] answers one [`Request`] with an [`aa_core::Verdict`].
+//! - [`set`]: [`PolicySet`] cascades global, team and agent policies; the most restrictive wins.
+//! - [`testing`]: policy test files (cases of agent, action and expected decision) and their runner.
+//! - `condition`, `pattern`, `schedule`, `yaml`, `suggest`: CEL conditions, globs/hosts/paths,
+//!   active hours, the located YAML reader, did-you-mean hints.
+//! - [`error`]: [`PolicyError`] and its located [`Diagnostic`]s.
+//!
+//! This crate does no IO: callers read files and the clock and pass text and time in.
+//! Evaluation never panics and never fails: any problem (a condition that cannot be evaluated,
+//! a malformed path) becomes a deny that says why.
+
+mod condition;
+pub mod error;
+pub mod eval;
+mod pattern;
+pub mod policy;
+pub mod schedule;
+pub mod set;
+mod suggest;
+pub mod testing;
+mod yaml;
+
+pub use error::{Diagnostic, PolicyError};
+pub use eval::Request;
+pub use policy::{
+    API_VERSION, Budget, CredentialAction, CustomPattern, DataRules, ExceedAction, Policy,
+    RateLimits, Scope, ToolRule,
+};
+pub use set::PolicySet;
+pub use testing::{TestCase, TestFailure, TestSuite};
+pub use yaml::Loc;

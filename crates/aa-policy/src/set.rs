@@ -1,0 +1,77 @@
+//! The cascade: every policy whose scope covers the agent applies; the most restrictive answer
+//! wins (deny > pending > allow) and names its rule.
+
+use aa_core::{Decision, Mode, Verdict};
+
+use crate::eval::Request;
+use crate::policy::Policy;
+
+/// Policies evaluated together, ordered from least to most specific scope.
+#[derive(Debug, Default)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+}
+
+impl PolicySet {
+    /// Builds a set; the order given does not matter.
+    pub fn new(mut policies: Vec<Policy>) -> Self {
+        policies.sort_by_key(|p| p.scope().specificity());
+        PolicySet { policies }
+    }
+
+    /// The policies, least specific first.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// The mode for an agent: the most specific covering policy that sets one, else `enforce`.
+    pub fn mode_for(&self, agent: &aa_core::AgentContext) -> Mode {
+        self.policies
+            .iter()
+            .rev()
+            .filter(|p| p.scope().covers(agent))
+            .find_map(Policy::mode)
+            .unwrap_or(Mode::Enforce)
+    }
+
+    /// Decides `request`. With no covering policy the answer is deny (fail closed).
+    pub fn evaluate(&self, request: &Request<'_>) -> Verdict {
+        let mode = self.mode_for(request.agent);
+        let mut winner: Option<(&Policy, crate::eval::Outcome)> = None;
+        // Most specific first, so among equally restrictive answers the most specific names the rule.
+        for policy in self
+            .policies
+            .iter()
+            .rev()
+            .filter(|p| p.scope().covers(request.agent))
+        {
+            let outcome = policy.outcome(request);
+            let better = winner
+                .as_ref()
+                .is_none_or(|(_, w)| outcome.decision > w.decision);
+            if better {
+                let is_deny = outcome.decision == Decision::Deny;
+                winner = Some((policy, outcome));
+                if is_deny {
+                    break;
+                }
+            }
+        }
+        match winner {
+            Some((policy, o)) => Verdict {
+                decision: o.decision,
+                rule: o.rule,
+                reason: o.reason,
+                policy: policy.id(),
+                mode,
+            },
+            None => Verdict {
+                decision: Decision::Deny,
+                rule: "default".to_owned(),
+                reason: format!("no policy applies to agent \"{}\"", request.agent.id),
+                policy: String::new(),
+                mode,
+            },
+        }
+    }
+}

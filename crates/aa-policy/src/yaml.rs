@@ -1,0 +1,364 @@
+//! A thin reader over `saphyr`'s marked YAML tree that keeps every value's location, checks
+//! types and keys, and collects located [`Diagnostic`]s instead of stopping at the first.
+
+use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+
+use crate::error::{Diagnostic, PolicyError};
+use crate::suggest::did_you_mean;
+
+pub(crate) type Node<'a> = MarkedYaml<'a>;
+
+/// A 1-based position in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Loc {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+}
+
+impl Loc {
+    pub(crate) fn of(node: &Node<'_>) -> Loc {
+        Loc {
+            line: node.span.start.line(),
+            col: node.span.start.col() + 1,
+        }
+    }
+}
+
+/// A value with where it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Located<T> {
+    pub(crate) value: T,
+    pub(crate) loc: Loc,
+    /// For strings: how many characters precede the content on its first line (an opening
+    /// quote), so errors inside the string can point at the right column.
+    pub(crate) content_offset: usize,
+}
+
+/// Parses a YAML stream into its documents, or a located syntax error.
+pub(crate) fn load(source: &str) -> Result<Vec<Node<'_>>, PolicyError> {
+    MarkedYaml::load_from_str(source).map_err(|e| {
+        let m = e.marker();
+        PolicyError::Invalid(vec![Diagnostic {
+            line: m.line(),
+            col: m.col() + 1,
+            message: format!("invalid YAML: {}", e.info()),
+        }])
+    })
+}
+
+/// Walks nodes and collects diagnostics.
+#[derive(Debug)]
+pub(crate) struct Reader<'s> {
+    source: &'s str,
+    pub(crate) diagnostics: Vec<Diagnostic>,
+}
+
+impl<'s> Reader<'s> {
+    pub(crate) fn new(source: &'s str) -> Self {
+        Reader {
+            source,
+            diagnostics: Vec::new(),
+        }
+    }
+
+    pub(crate) fn error(&mut self, loc: Loc, path: &str, message: impl AsRef<str>) {
+        let message = message.as_ref();
+        let message = if path.is_empty() {
+            message.to_owned()
+        } else {
+            format!("{path}: {message}")
+        };
+        self.diagnostics.push(Diagnostic {
+            line: loc.line,
+            col: loc.col,
+            message,
+        });
+    }
+
+    pub(crate) fn finish<T>(self, value: T) -> Result<T, PolicyError> {
+        if self.diagnostics.is_empty() {
+            Ok(value)
+        } else {
+            let mut d = self.diagnostics;
+            d.sort_by_key(|d| (d.line, d.col));
+            d.dedup();
+            Err(PolicyError::Invalid(d))
+        }
+    }
+
+    /// The entries of a mapping, in file order. Keys must be strings; keys outside `allowed`
+    /// are reported with a suggestion (pass `None` to accept any key, e.g. tool names).
+    pub(crate) fn mapping<'n, 'a>(
+        &mut self,
+        node: &'n Node<'a>,
+        path: &str,
+        allowed: Option<&[&str]>,
+    ) -> Option<Vec<(Located<String>, &'n Node<'a>)>> {
+        let node = untag(node);
+        let YamlData::Mapping(map) = &node.data else {
+            self.type_error(node, path, "a mapping");
+            return None;
+        };
+        let mut out = Vec::with_capacity(map.len());
+        for (key, value) in map {
+            let Some(name) = self.key_string(key, path) else {
+                continue;
+            };
+            if let Some(allowed) = allowed
+                && !allowed.contains(&name.value.as_str())
+            {
+                let hint = did_you_mean(&name.value, allowed);
+                let full = join_path(path, &name.value);
+                self.error(name.loc, &full, format!("unknown key{hint}"));
+                continue;
+            }
+            out.push((name, value));
+        }
+        Some(out)
+    }
+
+    fn key_string(&mut self, key: &Node<'_>, path: &str) -> Option<Located<String>> {
+        match &untag(key).data {
+            YamlData::Value(Scalar::String(s)) => Some(self.located(key, s.to_string())),
+            _ => {
+                self.error(Loc::of(key), path, "keys must be strings");
+                None
+            }
+        }
+    }
+
+    /// Reports the keys of `required` that `entries` lacks, at `node`.
+    pub(crate) fn require(
+        &mut self,
+        node: &Node<'_>,
+        path: &str,
+        entries: &[(Located<String>, &Node<'_>)],
+        required: &[&str],
+    ) {
+        for key in required {
+            if !entries.iter().any(|(k, _)| k.value == *key) {
+                self.error(
+                    Loc::of(node),
+                    path,
+                    format!("missing required key \"{key}\""),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn string(&mut self, node: &Node<'_>, path: &str) -> Option<Located<String>> {
+        match &untag(node).data {
+            YamlData::Value(Scalar::String(s)) => Some(self.located(node, s.to_string())),
+            _ => {
+                self.type_error(node, path, "a string");
+                None
+            }
+        }
+    }
+
+    /// A string, or a number written without quotes (for versions like `3` or `1.2`).
+    pub(crate) fn string_or_number(
+        &mut self,
+        node: &Node<'_>,
+        path: &str,
+    ) -> Option<Located<String>> {
+        match &untag(node).data {
+            YamlData::Value(Scalar::Integer(i)) => Some(self.located(node, i.to_string())),
+            YamlData::Value(Scalar::FloatingPoint(f)) => Some(self.located(node, f.to_string())),
+            _ => self.string(node, path),
+        }
+    }
+
+    pub(crate) fn boolean(&mut self, node: &Node<'_>, path: &str) -> Option<bool> {
+        match &untag(node).data {
+            YamlData::Value(Scalar::Boolean(b)) => Some(*b),
+            _ => {
+                self.type_error(node, path, "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max`.
+    pub(crate) fn integer(
+        &mut self,
+        node: &Node<'_>,
+        path: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
+        match &untag(node).data {
+            YamlData::Value(Scalar::Integer(i)) if (min..=max).contains(i) => Some(*i),
+            YamlData::Value(Scalar::Integer(i)) => {
+                self.error(
+                    Loc::of(node),
+                    path,
+                    format!("{i} is out of range {min}..={max}"),
+                );
+                None
+            }
+            _ => {
+                self.type_error(node, path, "an integer");
+                None
+            }
+        }
+    }
+
+    /// A finite, non-negative number.
+    pub(crate) fn amount(&mut self, node: &Node<'_>, path: &str) -> Option<f64> {
+        let value = match &untag(node).data {
+            YamlData::Value(Scalar::Integer(i)) => *i as f64,
+            YamlData::Value(Scalar::FloatingPoint(f)) => f.into_inner(),
+            _ => {
+                self.type_error(node, path, "a number");
+                return None;
+            }
+        };
+        if value.is_finite() && value >= 0.0 {
+            Some(value)
+        } else {
+            self.error(Loc::of(node), path, "must be a non-negative number");
+            None
+        }
+    }
+
+    pub(crate) fn string_list(
+        &mut self,
+        node: &Node<'_>,
+        path: &str,
+    ) -> Option<Vec<Located<String>>> {
+        let items = self.sequence(node, path)?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            if let Some(s) = self.string(item, &format!("{path}[{i}]")) {
+                out.push(s);
+            }
+        }
+        Some(out)
+    }
+
+    pub(crate) fn sequence<'n, 'a>(
+        &mut self,
+        node: &'n Node<'a>,
+        path: &str,
+    ) -> Option<&'n [Node<'a>]> {
+        match &untag(node).data {
+            YamlData::Sequence(items) => Some(items.as_slice()),
+            _ => {
+                self.type_error(node, path, "a list");
+                None
+            }
+        }
+    }
+
+    /// Converts a node to JSON (for agents and actions written in test files).
+    pub(crate) fn json(&mut self, node: &Node<'_>, path: &str) -> Option<serde_json::Value> {
+        use serde_json::Value as J;
+        Some(match &untag(node).data {
+            YamlData::Value(Scalar::Null) => J::Null,
+            YamlData::Value(Scalar::Boolean(b)) => J::Bool(*b),
+            YamlData::Value(Scalar::Integer(i)) => J::from(*i),
+            YamlData::Value(Scalar::FloatingPoint(f)) => {
+                serde_json::Number::from_f64(f.into_inner())
+                    .map(J::Number)
+                    .unwrap_or(J::Null)
+            }
+            YamlData::Value(Scalar::String(s)) => J::String(s.to_string()),
+            YamlData::Sequence(items) => J::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, n)| self.json(n, &format!("{path}[{i}]")))
+                    .collect(),
+            ),
+            YamlData::Mapping(_) => {
+                let entries = self.mapping(node, path, None)?;
+                J::Object(
+                    entries
+                        .into_iter()
+                        .filter_map(|(k, v)| {
+                            let value = self.json(v, &join_path(path, &k.value))?;
+                            Some((k.value, value))
+                        })
+                        .collect(),
+                )
+            }
+            _ => {
+                self.type_error(node, path, "a plain YAML value");
+                return None;
+            }
+        })
+    }
+
+    fn located<T>(&self, node: &Node<'_>, value: T) -> Located<T> {
+        Located {
+            value,
+            loc: Loc::of(node),
+            content_offset: self.content_offset(node),
+        }
+    }
+
+    /// 1 for a quoted scalar (the quote precedes the content), else 0.
+    fn content_offset(&self, node: &Node<'_>) -> usize {
+        // Markers count characters; this runs once per string and only over the prefix.
+        match self.source.chars().nth(node.span.start.index()) {
+            Some('\'' | '"') => 1,
+            _ => 0,
+        }
+    }
+
+    fn type_error(&mut self, node: &Node<'_>, path: &str, expected: &str) {
+        let found = describe(untag(node));
+        self.error(
+            Loc::of(node),
+            path,
+            format!("expected {expected}, found {found}"),
+        );
+    }
+}
+
+/// `a.b` + `c` → `a.b.c`; quotes keys that are not plain identifiers.
+pub(crate) fn join_path(path: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '*');
+    let key = if plain {
+        key.to_owned()
+    } else {
+        format!("\"{key}\"")
+    };
+    if path.is_empty() {
+        key
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn untag<'n, 'a>(node: &'n Node<'a>) -> &'n Node<'a> {
+    match &node.data {
+        YamlData::Tagged(_, inner) => untag(inner),
+        _ => node,
+    }
+}
+
+fn describe(node: &Node<'_>) -> String {
+    match &node.data {
+        YamlData::Value(Scalar::Null) => "null".to_owned(),
+        YamlData::Value(Scalar::Boolean(b)) => format!("boolean {b}"),
+        YamlData::Value(Scalar::Integer(i)) => format!("integer {i}"),
+        YamlData::Value(Scalar::FloatingPoint(f)) => format!("number {f}"),
+        YamlData::Value(Scalar::String(s)) => {
+            let shown: String = s.chars().take(40).collect();
+            format!("string \"{shown}\"")
+        }
+        YamlData::Sequence(_) => "a list".to_owned(),
+        YamlData::Mapping(_) => "a mapping".to_owned(),
+        YamlData::Alias(_) => "an alias (aliases are not supported)".to_owned(),
+        YamlData::Representation(..) | YamlData::BadValue | YamlData::Tagged(..) => {
+            "an unreadable value".to_owned()
+        }
+    }
+}
