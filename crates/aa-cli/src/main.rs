@@ -1,1 +1,39 @@
-fn main() {}
+//! `aasm`, the Agent Assembly command line. Argument parsing and IO live here; the logic lives
+//! in the library crates.
+
+mod files;
+mod policy;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Agent Assembly: a governance runtime for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "aasm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Author and check policies: validate, evaluate, test.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Policy(command) => policy::run(command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the chain of causes, outermost first.
+            eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}

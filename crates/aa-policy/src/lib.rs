@@ -31,5 +31,5 @@ pub use policy::{
     RateLimits, Scope, ToolRule,
 };
 pub use set::PolicySet;
-pub use testing::{TestCase, TestFailure, TestSuite};
+pub use testing::{Expectation, TestCase, TestFailure, TestSuite};
 pub use yaml::Loc;

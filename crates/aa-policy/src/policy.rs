@@ -518,20 +518,22 @@ fn tool_rule(r: &mut Reader<'_>, key: &str, node: &Node<'_>, path: &str) -> Opti
         requires_approval_if: None,
         limits: RateLimits::default(),
     };
+    let mut valid = true;
     for (k, value) in &entries {
         let path = join_path(path, &k.value);
-        match k.value.as_str() {
-            "allow" => rule.allow = r.boolean(value, &path)?,
-            "deny_if" => rule.deny_if = Some(condition(r, value, &path)?),
-            "requires_approval_if" => rule.requires_approval_if = Some(condition(r, value, &path)?),
-            "limit_per_minute" => rule.limits.per_minute = Some(limit(r, value, &path)?),
-            "limit_per_hour" => rule.limits.per_hour = Some(limit(r, value, &path)?),
-            _ => {
-                r.string(value, &path)?;
+        let ok = match k.value.as_str() {
+            "allow" => r.boolean(value, &path).map(|b| rule.allow = b),
+            "deny_if" => condition(r, value, &path).map(|c| rule.deny_if = Some(c)),
+            "requires_approval_if" => {
+                condition(r, value, &path).map(|c| rule.requires_approval_if = Some(c))
             }
-        }
+            "limit_per_minute" => limit(r, value, &path).map(|n| rule.limits.per_minute = Some(n)),
+            "limit_per_hour" => limit(r, value, &path).map(|n| rule.limits.per_hour = Some(n)),
+            _ => r.string(value, &path).map(drop),
+        };
+        valid &= ok.is_some();
     }
-    Some(rule)
+    valid.then_some(rule)
 }
 
 fn limit(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<u32> {

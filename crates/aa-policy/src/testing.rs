@@ -44,13 +44,22 @@ pub struct TestCase {
     pub action: Action,
     /// The time of the request, if the case or file fixes one.
     pub now: Option<DateTime<Utc>>,
-    /// The expected decision.
+    /// What the verdict must be.
+    pub expect: Expectation,
+}
+
+/// What a case expects; only the fields given are checked.
+#[derive(Debug, Clone)]
+pub struct Expectation {
+    /// The decision.
     pub decision: Decision,
-    /// The expected rule, if given.
+    /// The rule that decides.
     pub rule: Option<String>,
-    /// The expected mode, if given.
+    /// The deciding policy, as `name@version`.
+    pub policy: Option<String>,
+    /// The mode.
     pub mode: Option<Mode>,
-    /// Text the reason must contain, if given.
+    /// Text the reason must contain.
     pub reason_contains: Option<String>,
 }
 
@@ -69,7 +78,7 @@ pub struct TestFailure {
 
 const SUITE_KEYS: &[&str] = &["apiVersion", "kind", "policies", "now", "cases"];
 const CASE_KEYS: &[&str] = &["name", "agent", "action", "now", "expect"];
-const EXPECT_KEYS: &[&str] = &["decision", "rule", "mode", "reason_contains"];
+const EXPECT_KEYS: &[&str] = &["decision", "rule", "policy", "mode", "reason_contains"];
 
 impl TestSuite {
     /// Parses a test file.
@@ -102,23 +111,29 @@ impl TestSuite {
             };
             let verdict = set.evaluate(&request);
             let mut problems = Vec::new();
-            if verdict.decision != case.decision {
+            let expect = &case.expect;
+            if verdict.decision != expect.decision {
                 problems.push(format!(
                     "decision: expected {}, got {}",
-                    case.decision, verdict.decision
+                    expect.decision, verdict.decision
                 ));
             }
-            if let Some(rule) = &case.rule
+            if let Some(rule) = &expect.rule
                 && *rule != verdict.rule
             {
                 problems.push(format!("rule: expected {rule}, got {}", verdict.rule));
             }
-            if let Some(mode) = case.mode
+            if let Some(policy) = &expect.policy
+                && *policy != verdict.policy
+            {
+                problems.push(format!("policy: expected {policy}, got {}", verdict.policy));
+            }
+            if let Some(mode) = expect.mode
                 && mode != verdict.mode
             {
                 problems.push(format!("mode: expected {mode}, got {}", verdict.mode));
             }
-            if let Some(text) = &case.reason_contains
+            if let Some(text) = &expect.reason_contains
                 && !verdict.reason.contains(text.as_str())
             {
                 problems.push(format!(
@@ -229,26 +244,20 @@ fn test_case(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<TestCase
             _ => expect = expectation(r, value, &p),
         }
     }
-    let (decision, rule, mode, reason_contains) = expect?;
     Some(TestCase {
         name: name?,
         loc,
         agent: agent?,
         action: action?,
         now,
-        decision,
-        rule,
-        mode,
-        reason_contains,
+        expect: expect?,
     })
 }
-
-type Expectation = (Decision, Option<String>, Option<Mode>, Option<String>);
 
 fn expectation(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<Expectation> {
     let entries = r.mapping(node, path, Some(EXPECT_KEYS))?;
     r.require(node, path, &entries, &["decision"]);
-    let (mut decision, mut rule, mut mode, mut reason) = (None, None, None, None);
+    let (mut decision, mut rule, mut policy, mut mode, mut reason) = (None, None, None, None, None);
     for (key, value) in &entries {
         let p = join_path(path, &key.value);
         let s = r.string(value, &p)?;
@@ -261,6 +270,7 @@ fn expectation(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<Expect
                     .ok()
             }
             "rule" => rule = Some(s.value),
+            "policy" => policy = Some(s.value),
             "mode" => {
                 mode = Some(
                     s.value
@@ -272,5 +282,11 @@ fn expectation(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<Expect
             _ => reason = Some(s.value),
         }
     }
-    Some((decision?, rule, mode, reason))
+    Some(Expectation {
+        decision: decision?,
+        rule,
+        policy,
+        mode,
+        reason_contains: reason,
+    })
 }
