@@ -69,6 +69,31 @@ pub(crate) struct ConditionError {
     pub(crate) message: String,
 }
 
+impl ConditionError {
+    /// An error about `name`, located at its first use as a whole identifier in `source`.
+    fn at_name(source: &str, name: &str, message: String) -> Self {
+        let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let offset = source
+            .match_indices(name)
+            .find(|(i, _)| {
+                let before = source[..*i].chars().next_back();
+                let after = source[i + name.len()..].chars().next();
+                !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
+            })
+            .map_or(0, |(i, _)| i);
+        let prefix = &source[..offset];
+        let line = prefix.matches('\n').count() + 1;
+        let col = prefix
+            .rsplit('\n')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .count()
+            + 1;
+        ConditionError { line, col, message }
+    }
+}
+
 impl Condition {
     pub(crate) fn compile(source: &str) -> Result<Condition, ConditionError> {
         if source.trim().is_empty() {
@@ -89,29 +114,27 @@ impl Condition {
             }
         })?;
         let refs = program.references();
-        let mut unknown: Vec<String> = Vec::new();
+        let mut unknown: Vec<ConditionError> = Vec::new();
         for var in refs.variables() {
             if !VARIABLES.contains(&var) {
                 let hint = crate::suggest::did_you_mean(var, &VARIABLES);
-                unknown.push(format!(
+                let message = format!(
                     "unknown variable \"{var}\" (conditions see {}){hint}",
                     VARIABLES.join(", ")
-                ));
+                );
+                unknown.push(ConditionError::at_name(source, var, message));
             }
         }
         for function in refs.functions() {
             let is_operator = !function.starts_with(|c: char| c.is_ascii_alphabetic());
             if !is_operator && !FUNCTIONS.contains(&function) {
                 let hint = crate::suggest::did_you_mean(function, FUNCTIONS);
-                unknown.push(format!("unknown function \"{function}\"{hint}"));
+                let message = format!("unknown function \"{function}\"{hint}");
+                unknown.push(ConditionError::at_name(source, function, message));
             }
         }
-        if let Some(message) = unknown.into_iter().min() {
-            return Err(ConditionError {
-                line: 1,
-                col: 1,
-                message,
-            });
+        if let Some(first) = unknown.into_iter().min_by_key(|e| (e.line, e.col)) {
+            return Err(first);
         }
         let uses = VARIABLES.map(|v| refs.has_variable(v));
         Ok(Condition {

@@ -3,6 +3,13 @@
 /// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo.
 pub(crate) fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(1);
+    let lower = word.to_ascii_lowercase();
+    if let Some(c) = candidates
+        .iter()
+        .find(|c| c.len() >= 3 && lower.starts_with(&c.to_ascii_lowercase()))
+    {
+        return Some(c);
+    }
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))
@@ -44,6 +51,10 @@ mod tests {
         assert_eq!(closest("deny-if", &keys), Some("deny_if"));
         assert_eq!(closest("limit_per_hr", &keys), Some("limit_per_hour"));
         assert_eq!(closest("frobnicate", &keys), None);
+        assert_eq!(
+            closest("specification", &["metadata", "spec"]),
+            Some("spec")
+        );
         assert_eq!(did_you_mean("x", &keys), "");
     }
 }
