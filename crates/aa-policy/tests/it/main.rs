@@ -1,6 +1,9 @@
 //! Integration tests of aa-policy: the data-driven rule table, the corpus of broken documents,
 //! and property tests.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod invalid;
 mod props;
 mod table;
