@@ -1,1 +1,32 @@
-//! placeholder
+//! The `assembly.v1` wire contract: prost/tonic code generated from `proto/` at build time
+//! (protox, no system `protoc`), conversions between it and `aa-core`, and the length-prefixed
+//! framing of the SDK-to-runtime socket.
+//!
+//! - [`pb`]: the generated messages, enums, gRPC clients and servers.
+//! - [`convert`]: `aa-core` ⇄ wire conversions; wire → core is fallible and says which field
+//!   is wrong.
+//! - [`frame`]: encoding and incremental decoding of socket frames, with the size limit.
+//! - [`error`]: the crate's error type, [`ProtoError`].
+//!
+//! This crate holds no policy or business logic and does no IO. Other crates keep generated
+//! types out of their public APIs and convert at their edges through this crate.
+
+pub mod convert;
+pub mod error;
+pub mod frame;
+
+pub use error::ProtoError;
+
+/// Generated code for package `assembly.v1`.
+#[allow(
+    missing_debug_implementations,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+pub mod pb {
+    tonic::include_proto!("assembly.v1");
+}

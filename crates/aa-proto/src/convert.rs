@@ -1,0 +1,689 @@
+//! Conversions between `aa-core` domain types and the generated wire types.
+//!
+//! Core → wire is infallible (`From`). Wire → core is fallible (`TryFrom`) because the wire is
+//! written by untrusted peers: every missing or malformed field is an error naming the field.
+//! An unknown or unspecified decision on the wire reads as `Deny`, so a bad peer fails closed.
+
+use std::time::Duration;
+
+use aa_core::{
+    Action, AgentContext, AgentRegistration, Approval, ApprovalStatus, AuditEvent, Decision,
+    EdgeKind, FileOperation, Lineage, Mode, RedactionReceipt, TopologyEdge, Verdict,
+};
+
+use crate::ProtoError;
+use crate::pb;
+
+// ---- enums -------------------------------------------------------------------------------
+
+impl From<Decision> for pb::Decision {
+    fn from(d: Decision) -> Self {
+        match d {
+            Decision::Allow => pb::Decision::Allow,
+            Decision::Deny => pb::Decision::Deny,
+            Decision::Pending => pb::Decision::Pending,
+        }
+    }
+}
+
+/// Reads a wire decision; anything but ALLOW or PENDING is DENY (fail closed).
+pub fn decision_from_wire(value: i32) -> Decision {
+    match pb::Decision::try_from(value) {
+        Ok(pb::Decision::Allow) => Decision::Allow,
+        Ok(pb::Decision::Pending) => Decision::Pending,
+        _ => Decision::Deny,
+    }
+}
+
+impl From<Mode> for pb::Mode {
+    fn from(m: Mode) -> Self {
+        match m {
+            Mode::Enforce => pb::Mode::Enforce,
+            Mode::Observe => pb::Mode::Observe,
+            Mode::Disabled => pb::Mode::Disabled,
+        }
+    }
+}
+
+/// Reads a wire mode; unspecified or unknown is ENFORCE (fail closed).
+pub fn mode_from_wire(value: i32) -> Mode {
+    match pb::Mode::try_from(value) {
+        Ok(pb::Mode::Observe) => Mode::Observe,
+        Ok(pb::Mode::Disabled) => Mode::Disabled,
+        _ => Mode::Enforce,
+    }
+}
+
+impl From<ApprovalStatus> for pb::ApprovalStatus {
+    fn from(s: ApprovalStatus) -> Self {
+        match s {
+            ApprovalStatus::Pending => pb::ApprovalStatus::Pending,
+            ApprovalStatus::Approved => pb::ApprovalStatus::Approved,
+            ApprovalStatus::Denied => pb::ApprovalStatus::Denied,
+            ApprovalStatus::Expired => pb::ApprovalStatus::Expired,
+        }
+    }
+}
+
+fn approval_status_from_wire(value: i32) -> Result<ApprovalStatus, ProtoError> {
+    match pb::ApprovalStatus::try_from(value) {
+        Ok(pb::ApprovalStatus::Pending) => Ok(ApprovalStatus::Pending),
+        Ok(pb::ApprovalStatus::Approved) => Ok(ApprovalStatus::Approved),
+        Ok(pb::ApprovalStatus::Denied) => Ok(ApprovalStatus::Denied),
+        Ok(pb::ApprovalStatus::Expired) => Ok(ApprovalStatus::Expired),
+        _ => Err(invalid(
+            "approval.status",
+            format!("unknown status {value}"),
+        )),
+    }
+}
+
+impl From<EdgeKind> for pb::EdgeKind {
+    fn from(k: EdgeKind) -> Self {
+        match k {
+            EdgeKind::Spawned => pb::EdgeKind::Spawned,
+            EdgeKind::Delegated => pb::EdgeKind::Delegated,
+            EdgeKind::Called => pb::EdgeKind::Called,
+        }
+    }
+}
+
+// ---- actions -----------------------------------------------------------------------------
+
+impl From<&Action> for pb::Action {
+    fn from(action: &Action) -> Self {
+        use pb::action::Kind;
+        let kind = match action {
+            Action::ToolCall { tool, args } => Kind::ToolCall(pb::ToolCall {
+                tool: tool.clone(),
+                args_json: args.to_string(),
+            }),
+            Action::LlmCall {
+                model,
+                token_estimate,
+            } => Kind::LlmCall(pb::LlmCall {
+                model: model.clone(),
+                token_estimate: *token_estimate,
+            }),
+            Action::Network { host, port, method } => Kind::Network(pb::NetworkCall {
+                host: host.clone(),
+                port: port.map(u32::from),
+                method: method.clone().unwrap_or_default(),
+            }),
+            Action::File { operation, path } => {
+                let operation = match operation {
+                    FileOperation::Read => pb::FileOperationKind::Read,
+                    FileOperation::Write => pb::FileOperationKind::Write,
+                    FileOperation::Delete => pb::FileOperationKind::Delete,
+                };
+                Kind::File(pb::FileOperation {
+                    operation: operation.into(),
+                    path: path.clone(),
+                })
+            }
+            Action::ProcessExec { command, args } => Kind::ProcessExec(pb::ProcessExec {
+                command: command.clone(),
+                args: args.clone(),
+            }),
+            Action::AgentSpawn { child_id, reason } => Kind::AgentSpawn(pb::AgentSpawn {
+                child_id: child_id.clone().unwrap_or_default(),
+                reason: reason.clone().unwrap_or_default(),
+            }),
+        };
+        pb::Action { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<pb::Action> for Action {
+    type Error = ProtoError;
+
+    fn try_from(action: pb::Action) -> Result<Self, Self::Error> {
+        use pb::action::Kind;
+        let action = match action.kind.ok_or(ProtoError::MissingField("action.kind"))? {
+            Kind::ToolCall(t) => {
+                let args = if t.args_json.is_empty() {
+                    serde_json::Value::Object(serde_json::Map::new())
+                } else {
+                    serde_json::from_str(&t.args_json)
+                        .map_err(|e| invalid("action.tool_call.args_json", e.to_string()))?
+                };
+                Action::ToolCall { tool: t.tool, args }
+            }
+            Kind::LlmCall(l) => Action::LlmCall {
+                model: l.model,
+                token_estimate: l.token_estimate,
+            },
+            Kind::Network(n) => Action::Network {
+                host: n.host,
+                port: n
+                    .port
+                    .map(|p| {
+                        u16::try_from(p).map_err(|_| {
+                            invalid("action.network.port", format!("{p} is not a port"))
+                        })
+                    })
+                    .transpose()?,
+                method: non_empty(n.method),
+            },
+            Kind::File(f) => {
+                let operation = match pb::FileOperationKind::try_from(f.operation) {
+                    Ok(pb::FileOperationKind::Read) => FileOperation::Read,
+                    Ok(pb::FileOperationKind::Write) => FileOperation::Write,
+                    Ok(pb::FileOperationKind::Delete) => FileOperation::Delete,
+                    _ => {
+                        return Err(invalid(
+                            "action.file.operation",
+                            format!("unknown operation {}", f.operation),
+                        ));
+                    }
+                };
+                Action::File {
+                    operation,
+                    path: f.path,
+                }
+            }
+            Kind::ProcessExec(p) => Action::ProcessExec {
+                command: p.command,
+                args: p.args,
+            },
+            Kind::AgentSpawn(s) => Action::AgentSpawn {
+                child_id: non_empty(s.child_id),
+                reason: non_empty(s.reason),
+            },
+        };
+        action
+            .validate()
+            .map_err(|e| invalid("action", e.to_string()))?;
+        Ok(action)
+    }
+}
+
+// ---- agents ------------------------------------------------------------------------------
+
+impl From<&Lineage> for pb::Lineage {
+    fn from(l: &Lineage) -> Self {
+        pb::Lineage {
+            parent_agent_id: l.parent_agent_id.clone().unwrap_or_default(),
+            team_id: l.team_id.clone().unwrap_or_default(),
+            delegation_reason: l.delegation_reason.clone().unwrap_or_default(),
+            spawned_by_tool: l.spawned_by_tool.clone().unwrap_or_default(),
+            depth: l.depth,
+        }
+    }
+}
+
+impl From<pb::Lineage> for Lineage {
+    fn from(l: pb::Lineage) -> Self {
+        Lineage {
+            parent_agent_id: non_empty(l.parent_agent_id),
+            team_id: non_empty(l.team_id),
+            delegation_reason: non_empty(l.delegation_reason),
+            spawned_by_tool: non_empty(l.spawned_by_tool),
+            depth: l.depth,
+        }
+    }
+}
+
+impl From<&AgentContext> for pb::AgentRef {
+    fn from(a: &AgentContext) -> Self {
+        pb::AgentRef {
+            agent_id: a.id.clone(),
+            lineage: Some(pb::Lineage {
+                parent_agent_id: a.parent.clone().unwrap_or_default(),
+                team_id: a.team.clone().unwrap_or_default(),
+                depth: a.depth,
+                ..pb::Lineage::default()
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::AgentRef> for AgentContext {
+    type Error = ProtoError;
+
+    fn try_from(a: pb::AgentRef) -> Result<Self, Self::Error> {
+        let lineage: Lineage = a.lineage.unwrap_or_default().into();
+        let agent = AgentContext {
+            id: a.agent_id,
+            team: lineage.team_id,
+            depth: lineage.depth,
+            parent: lineage.parent_agent_id,
+        };
+        agent
+            .validate()
+            .map_err(|e| invalid("agent.agent_id", e.to_string()))?;
+        Ok(agent)
+    }
+}
+
+impl From<&AgentRegistration> for pb::RegisterRequest {
+    fn from(r: &AgentRegistration) -> Self {
+        let l = &r.lineage;
+        pb::RegisterRequest {
+            agent_id: r.agent_id.clone(),
+            name: r.name.clone(),
+            framework: r.framework.clone(),
+            public_key: Vec::new(),
+            did_key: r.public_key.clone(),
+            parent_agent_id: l.parent_agent_id.clone().unwrap_or_default(),
+            team_id: l.team_id.clone().unwrap_or_default(),
+            delegation_reason: l.delegation_reason.clone().unwrap_or_default(),
+            spawned_by_tool: l.spawned_by_tool.clone().unwrap_or_default(),
+            depth: l.depth,
+            challenge_signature: Vec::new(),
+        }
+    }
+}
+
+impl TryFrom<pb::RegisterRequest> for AgentRegistration {
+    type Error = ProtoError;
+
+    fn try_from(r: pb::RegisterRequest) -> Result<Self, Self::Error> {
+        if r.agent_id.is_empty() {
+            return Err(ProtoError::MissingField("register.agent_id"));
+        }
+        if !r.did_key.starts_with("did:key:") {
+            return Err(invalid(
+                "register.did_key",
+                "must be a did:key identifier".to_owned(),
+            ));
+        }
+        Ok(AgentRegistration {
+            agent_id: r.agent_id,
+            name: r.name,
+            framework: r.framework,
+            public_key: r.did_key,
+            lineage: Lineage {
+                parent_agent_id: non_empty(r.parent_agent_id),
+                team_id: non_empty(r.team_id),
+                delegation_reason: non_empty(r.delegation_reason),
+                spawned_by_tool: non_empty(r.spawned_by_tool),
+                depth: r.depth,
+            },
+        })
+    }
+}
+
+// ---- decisions ---------------------------------------------------------------------------
+
+/// The wire form of a verdict, with what only the runtime knows: the approval id of a pending
+/// decision and how long evaluation took.
+pub fn decision_to_wire(
+    v: &Verdict,
+    approval_id: Option<&str>,
+    latency: Duration,
+) -> pb::PolicyDecision {
+    pb::PolicyDecision {
+        decision: pb::Decision::from(v.decision).into(),
+        matched_rule: v.rule.clone(),
+        reason: v.reason.clone(),
+        policy_version: v.policy.clone(),
+        approval_id: approval_id.unwrap_or_default().to_owned(),
+        evaluation_latency: prost_types::Duration::try_from(latency).ok(),
+        mode: pb::Mode::from(v.mode).into(),
+    }
+}
+
+impl From<pb::PolicyDecision> for Verdict {
+    fn from(d: pb::PolicyDecision) -> Self {
+        Verdict {
+            decision: decision_from_wire(d.decision),
+            rule: d.matched_rule,
+            reason: d.reason,
+            policy: d.policy_version,
+            mode: mode_from_wire(d.mode),
+        }
+    }
+}
+
+// ---- events ------------------------------------------------------------------------------
+
+impl From<&RedactionReceipt> for pb::RedactionReceipt {
+    fn from(r: &RedactionReceipt) -> Self {
+        pb::RedactionReceipt {
+            rule_id: r.rule_id.clone(),
+            kind: r.kind.clone(),
+            field: r.field.clone(),
+            start: r.start,
+            end: r.end,
+            sha256_prefix: r.sha256_prefix.clone(),
+        }
+    }
+}
+
+impl From<pb::RedactionReceipt> for RedactionReceipt {
+    fn from(r: pb::RedactionReceipt) -> Self {
+        RedactionReceipt {
+            rule_id: r.rule_id,
+            kind: r.kind,
+            field: r.field,
+            start: r.start,
+            end: r.end,
+            sha256_prefix: r.sha256_prefix,
+        }
+    }
+}
+
+impl From<&AuditEvent> for pb::AuditEvent {
+    fn from(e: &AuditEvent) -> Self {
+        pb::AuditEvent {
+            event_id: e.event_id.clone(),
+            time: Some(timestamp(e.timestamp_ms)),
+            agent: Some((&e.agent).into()),
+            session_id: e.session_id.clone().unwrap_or_default(),
+            action: Some((&e.action).into()),
+            decision: e
+                .verdict
+                .as_ref()
+                .map(|v| decision_to_wire(v, None, Duration::ZERO)),
+            redactions: e.redactions.iter().map(Into::into).collect(),
+            stream_id: String::new(),
+            sequence: 0,
+        }
+    }
+}
+
+impl TryFrom<pb::AuditEvent> for AuditEvent {
+    type Error = ProtoError;
+
+    fn try_from(e: pb::AuditEvent) -> Result<Self, Self::Error> {
+        if e.event_id.is_empty() {
+            return Err(ProtoError::MissingField("event.event_id"));
+        }
+        Ok(AuditEvent {
+            event_id: e.event_id,
+            timestamp_ms: millis(e.time.ok_or(ProtoError::MissingField("event.time"))?),
+            agent: e
+                .agent
+                .ok_or(ProtoError::MissingField("event.agent"))?
+                .try_into()?,
+            session_id: non_empty(e.session_id),
+            action: e
+                .action
+                .ok_or(ProtoError::MissingField("event.action"))?
+                .try_into()?,
+            verdict: e.decision.map(Into::into),
+            redactions: e.redactions.into_iter().map(Into::into).collect(),
+        })
+    }
+}
+
+impl From<&TopologyEdge> for pb::TopologyEdge {
+    fn from(e: &TopologyEdge) -> Self {
+        pb::TopologyEdge {
+            from_agent_id: e.from_agent_id.clone(),
+            to_agent_id: e.to_agent_id.clone(),
+            kind: pb::EdgeKind::from(e.kind).into(),
+            tool: e.tool.clone().unwrap_or_default(),
+            created_at: Some(timestamp(e.created_at_ms)),
+        }
+    }
+}
+
+impl TryFrom<pb::TopologyEdge> for TopologyEdge {
+    type Error = ProtoError;
+
+    fn try_from(e: pb::TopologyEdge) -> Result<Self, Self::Error> {
+        let kind = match pb::EdgeKind::try_from(e.kind) {
+            Ok(pb::EdgeKind::Spawned) => EdgeKind::Spawned,
+            Ok(pb::EdgeKind::Delegated) => EdgeKind::Delegated,
+            Ok(pb::EdgeKind::Called) => EdgeKind::Called,
+            _ => return Err(invalid("edge.kind", format!("unknown kind {}", e.kind))),
+        };
+        if e.from_agent_id.is_empty() || e.to_agent_id.is_empty() {
+            return Err(ProtoError::MissingField("edge.from_agent_id/to_agent_id"));
+        }
+        Ok(TopologyEdge {
+            from_agent_id: e.from_agent_id,
+            to_agent_id: e.to_agent_id,
+            kind,
+            tool: non_empty(e.tool),
+            created_at_ms: e.created_at.map_or(0, millis),
+        })
+    }
+}
+
+impl From<&Approval> for pb::Approval {
+    fn from(a: &Approval) -> Self {
+        pb::Approval {
+            approval_id: a.approval_id.clone(),
+            agent: Some((&a.agent).into()),
+            action: Some((&a.action).into()),
+            action_digest: a.action_digest.clone(),
+            rule: a.rule.clone(),
+            reason: a.reason.clone(),
+            status: pb::ApprovalStatus::from(a.status).into(),
+            created_at: Some(timestamp(a.created_at_ms)),
+            expires_at: Some(timestamp(a.expires_at_ms)),
+            decided_by: a.decided_by.clone().unwrap_or_default(),
+            comment: String::new(),
+        }
+    }
+}
+
+impl TryFrom<pb::Approval> for Approval {
+    type Error = ProtoError;
+
+    fn try_from(a: pb::Approval) -> Result<Self, Self::Error> {
+        Ok(Approval {
+            approval_id: a.approval_id,
+            agent: a
+                .agent
+                .ok_or(ProtoError::MissingField("approval.agent"))?
+                .try_into()?,
+            action: a
+                .action
+                .ok_or(ProtoError::MissingField("approval.action"))?
+                .try_into()?,
+            action_digest: a.action_digest,
+            rule: a.rule,
+            reason: a.reason,
+            status: approval_status_from_wire(a.status)?,
+            created_at_ms: a.created_at.map_or(0, millis),
+            expires_at_ms: a.expires_at.map_or(0, millis),
+            decided_by: non_empty(a.decided_by),
+        })
+    }
+}
+
+// ---- helpers -----------------------------------------------------------------------------
+
+/// Milliseconds since the epoch as a wire timestamp.
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    // rem_euclid keeps nanos non-negative for times before 1970.
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// A wire timestamp as milliseconds since the epoch (saturating).
+pub fn millis(t: prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos / 1_000_000))
+}
+
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn invalid(field: &'static str, message: String) -> ProtoError {
+    ProtoError::InvalidField { field, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn actions() -> Vec<Action> {
+        [
+            r#"{"type":"tool_call","tool":"shell","args":{"command":"ls","n":[1,2.5,null]}}"#,
+            r#"{"type":"llm_call","model":"gpt-4o","token_estimate":1200}"#,
+            r#"{"type":"network","host":"api.github.com","port":443,"method":"GET"}"#,
+            r#"{"type":"file","operation":"delete","path":"/tmp/x"}"#,
+            r#"{"type":"process_exec","command":"git","args":["status"]}"#,
+            r#"{"type":"agent_spawn","child_id":"c1","reason":"research"}"#,
+            r#"{"type":"agent_spawn"}"#,
+        ]
+        .iter()
+        .map(|j| Action::from_json(j).unwrap())
+        .collect()
+    }
+
+    #[test]
+    fn every_action_round_trips() {
+        for action in actions() {
+            let wire = pb::Action::from(&action);
+            assert_eq!(Action::try_from(wire).unwrap(), action);
+        }
+    }
+
+    #[test]
+    fn untrusted_actions_are_rejected_with_the_field_named() {
+        let err = Action::try_from(pb::Action { kind: None }).unwrap_err();
+        assert_eq!(err.to_string(), "missing field action.kind");
+        let bad_json = pb::Action {
+            kind: Some(pb::action::Kind::ToolCall(pb::ToolCall {
+                tool: "t".into(),
+                args_json: "{".into(),
+            })),
+        };
+        assert!(
+            Action::try_from(bad_json)
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid action.tool_call.args_json")
+        );
+        let bad_port = pb::Action {
+            kind: Some(pb::action::Kind::Network(pb::NetworkCall {
+                host: "h".into(),
+                port: Some(70000),
+                method: String::new(),
+            })),
+        };
+        assert!(
+            Action::try_from(bad_port)
+                .unwrap_err()
+                .to_string()
+                .contains("70000")
+        );
+        let bad_op = pb::Action {
+            kind: Some(pb::action::Kind::File(pb::FileOperation {
+                operation: 0,
+                path: "/x".into(),
+            })),
+        };
+        assert!(Action::try_from(bad_op).is_err());
+    }
+
+    #[test]
+    fn unknown_decisions_fail_closed() {
+        assert_eq!(decision_from_wire(0), Decision::Deny);
+        assert_eq!(decision_from_wire(99), Decision::Deny);
+        assert_eq!(
+            decision_from_wire(pb::Decision::Allow.into()),
+            Decision::Allow
+        );
+        assert_eq!(mode_from_wire(0), Mode::Enforce);
+    }
+
+    #[test]
+    fn verdicts_and_events_round_trip() {
+        let verdict = Verdict {
+            decision: Decision::Pending,
+            rule: "tools.shell.requires_approval_if".into(),
+            reason: "sudo".into(),
+            policy: "balanced@3".into(),
+            mode: Mode::Observe,
+        };
+        let wire = decision_to_wire(&verdict, Some("ap-1"), Duration::from_micros(7));
+        assert_eq!(wire.approval_id, "ap-1");
+        assert_eq!(wire.evaluation_latency.unwrap().nanos, 7000);
+        assert_eq!(Verdict::from(wire), verdict);
+
+        let event = AuditEvent {
+            event_id: "e1".into(),
+            timestamp_ms: -1_500,
+            agent: AgentContext {
+                id: "bot".into(),
+                team: Some("ops".into()),
+                depth: 2,
+                parent: Some("lead".into()),
+            },
+            session_id: Some("s".into()),
+            action: actions().remove(0),
+            verdict: Some(verdict),
+            redactions: vec![RedactionReceipt {
+                rule_id: "aws-access-key-id".into(),
+                kind: "aws_access_key".into(),
+                field: "action.args.command".into(),
+                start: 3,
+                end: 23,
+                sha256_prefix: "abcd".into(),
+            }],
+        };
+        let back = AuditEvent::try_from(pb::AuditEvent::from(&event)).unwrap();
+        assert_eq!(back, event);
+    }
+
+    #[test]
+    fn registrations_carry_lineage_and_require_a_did_key() {
+        let reg = AgentRegistration {
+            agent_id: "child".into(),
+            name: "Child".into(),
+            framework: "langchain".into(),
+            public_key: "did:key:z6MkhaXgBZDvotDkL5257faiztiGiC2QtKLGpbnnEGta2doK".into(),
+            lineage: Lineage {
+                parent_agent_id: Some("lead".into()),
+                team_id: Some("ops".into()),
+                delegation_reason: Some("split work".into()),
+                spawned_by_tool: Some("spawn_agent".into()),
+                depth: 1,
+            },
+        };
+        let wire = pb::RegisterRequest::from(&reg);
+        assert_eq!(AgentRegistration::try_from(wire.clone()).unwrap(), reg);
+        let bad = pb::RegisterRequest {
+            did_key: "zzz".into(),
+            ..wire
+        };
+        assert!(
+            AgentRegistration::try_from(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("did_key")
+        );
+    }
+
+    #[test]
+    fn edges_and_approvals_round_trip() {
+        let edge = TopologyEdge {
+            from_agent_id: "a".into(),
+            to_agent_id: "b".into(),
+            kind: EdgeKind::Delegated,
+            tool: None,
+            created_at_ms: 5,
+        };
+        assert_eq!(
+            TopologyEdge::try_from(pb::TopologyEdge::from(&edge)).unwrap(),
+            edge
+        );
+        let approval = Approval {
+            approval_id: "ap".into(),
+            agent: AgentContext::new("bot"),
+            action: actions().remove(3),
+            action_digest: "00".into(),
+            rule: "r".into(),
+            reason: "why".into(),
+            status: ApprovalStatus::Approved,
+            created_at_ms: 1,
+            expires_at_ms: 2,
+            decided_by: Some("alice".into()),
+        };
+        assert_eq!(
+            Approval::try_from(pb::Approval::from(&approval)).unwrap(),
+            approval
+        );
+    }
+}

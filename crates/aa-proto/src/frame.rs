@@ -1,0 +1,169 @@
+//! Socket frames: a 4-byte big-endian length, then an encoded [`pb::Frame`]. The decoder is
+//! incremental (feed it bytes as they arrive) and refuses an oversized frame as soon as its
+//! header is read, before buffering its body.
+
+use prost::Message;
+
+use crate::ProtoError;
+use crate::pb;
+
+/// The largest frame body accepted, from `FrameLimit.FRAME_LIMIT_MAX_BYTES` in the contract.
+pub const MAX_FRAME_BYTES: usize = pb::FrameLimit::MaxBytes as usize;
+
+const HEADER: usize = 4;
+
+/// Encodes one frame with its length prefix.
+pub fn encode(frame: &pb::Frame) -> Result<Vec<u8>, ProtoError> {
+    let size = frame.encoded_len();
+    if size > MAX_FRAME_BYTES {
+        return Err(ProtoError::FrameTooLarge {
+            size,
+            limit: MAX_FRAME_BYTES,
+        });
+    }
+    let mut out = Vec::with_capacity(HEADER + size);
+    // size ≤ MAX_FRAME_BYTES < u32::MAX, so the cast is exact.
+    out.extend_from_slice(&(size as u32).to_be_bytes());
+    frame
+        .encode(&mut out)
+        .map_err(|e| ProtoError::InvalidField {
+            field: "frame",
+            message: e.to_string(),
+        })?;
+    Ok(out)
+}
+
+/// Reassembles frames from a byte stream.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buffer: Vec<u8>,
+}
+
+impl FrameDecoder {
+    /// An empty decoder.
+    pub fn new() -> Self {
+        FrameDecoder::default()
+    }
+
+    /// Appends received bytes.
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed, or an error after which
+    /// the connection should be answered with an error frame and closed.
+    pub fn next_frame(&mut self) -> Result<Option<pb::Frame>, ProtoError> {
+        let Some(header) = self.buffer.first_chunk::<HEADER>() else {
+            return Ok(None);
+        };
+        let size = u32::from_be_bytes(*header) as usize;
+        if size > MAX_FRAME_BYTES {
+            return Err(ProtoError::FrameTooLarge {
+                size,
+                limit: MAX_FRAME_BYTES,
+            });
+        }
+        let Some(body) = self.buffer.get(HEADER..HEADER + size) else {
+            return Ok(None);
+        };
+        let frame = pb::Frame::decode(body)?;
+        self.buffer.drain(..HEADER + size);
+        Ok(Some(frame))
+    }
+
+    /// Bytes received but not yet returned as a frame.
+    pub fn pending_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+}
+
+/// An error frame answering `request_id`.
+pub fn error_frame(request_id: u64, code: pb::ErrorCode, message: impl Into<String>) -> pb::Frame {
+    pb::Frame {
+        request_id,
+        body: Some(pb::frame::Body::Error(pb::ErrorFrame {
+            code: code.into(),
+            message: message.into(),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(id: u64) -> pb::Frame {
+        pb::Frame {
+            request_id: id,
+            body: Some(pb::frame::Body::Check(pb::CheckRequest {
+                agent_id: "bot".into(),
+                credential_token: "t".into(),
+                action: Some(pb::Action {
+                    kind: Some(pb::action::Kind::ToolCall(pb::ToolCall {
+                        tool: "shell".into(),
+                        args_json: "{}".into(),
+                    })),
+                }),
+                session_id: String::new(),
+            })),
+        }
+    }
+
+    #[test]
+    fn frames_survive_arbitrary_chunking() {
+        let mut stream = Vec::new();
+        for id in 1..=3 {
+            stream.extend(encode(&check(id)).unwrap());
+        }
+        for chunk in [1, 2, 3, 7, stream.len()] {
+            let mut decoder = FrameDecoder::new();
+            let mut ids = Vec::new();
+            for piece in stream.chunks(chunk) {
+                decoder.extend(piece);
+                while let Some(frame) = decoder.next_frame().unwrap() {
+                    ids.push(frame.request_id);
+                }
+            }
+            assert_eq!(ids, [1, 2, 3], "chunk size {chunk}");
+            assert_eq!(decoder.pending_bytes(), 0);
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_from_the_header() {
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes());
+        let err = decoder.next_frame().unwrap_err();
+        assert!(matches!(err, ProtoError::FrameTooLarge { .. }), "{err}");
+        let huge = pb::Frame {
+            request_id: 1,
+            body: Some(pb::frame::Body::Error(pb::ErrorFrame {
+                code: 0,
+                message: "x".repeat(MAX_FRAME_BYTES),
+            })),
+        };
+        assert!(matches!(
+            encode(&huge),
+            Err(ProtoError::FrameTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_a_malformed_frame_not_a_panic() {
+        let mut decoder = FrameDecoder::new();
+        decoder.extend(&[0, 0, 0, 3, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decoder.next_frame(),
+            Err(ProtoError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn error_frames_carry_the_request_id() {
+        let frame = error_frame(9, pb::ErrorCode::FrameTooLarge, "too big");
+        assert_eq!(frame.request_id, 9);
+        assert!(
+            matches!(frame.body, Some(pb::frame::Body::Error(ref e)) if e.code == pb::ErrorCode::FrameTooLarge as i32)
+        );
+    }
+}
