@@ -147,25 +147,9 @@ impl Condition {
     pub(crate) fn source(&self) -> &str {
         &self.source
     }
-
-    /// Evaluates to `Ok(bool)`, or `Err(why)` when the expression cannot be evaluated (a missing
-    /// key, a wrong type, a non-boolean result) — callers treat that as true.
-    pub(crate) fn evaluate(&self, input: &Input<'_>) -> Result<bool, String> {
-        let mut context = Context::with_env(Arc::clone(env()));
-        for (used, name) in self.uses.iter().zip(VARIABLES) {
-            if *used {
-                context.add_variable_from_value(name, input.value(name)?);
-            }
-        }
-        match self.program.execute(&context) {
-            Ok(Value::Bool(b)) => Ok(b),
-            Ok(_) => Err("the condition returned a value that is not a boolean".to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    }
 }
 
-/// What a condition is evaluated against.
+/// The request, as conditions see it.
 #[derive(Debug)]
 pub(crate) struct Input<'r> {
     pub(crate) tool: &'r str,
@@ -180,17 +164,64 @@ impl Input<'_> {
         let converted = match name {
             "tool" => return Ok(Value::from(self.tool)),
             "now" => return Ok(Value::Timestamp(self.now.fixed_offset())),
+            "agent" => {
+                let text = |s: &Option<String>| s.as_deref().map_or(Value::Null, Value::from);
+                let agent = std::collections::HashMap::from([
+                    ("id", Value::from(self.agent.id.as_str())),
+                    ("team", text(&self.agent.team)),
+                    ("depth", Value::Int(i64::from(self.agent.depth))),
+                    ("parent", text(&self.agent.parent)),
+                ]);
+                return Ok(Value::from(agent));
+            }
             "args" => cel::to_value(self.args),
             "action" => cel::to_value(self.action),
-            "agent" => cel::to_value(serde_json::json!({
-                "id": self.agent.id,
-                "team": self.agent.team,
-                "depth": self.agent.depth,
-                "parent": self.agent.parent,
-            })),
             other => return Err(format!("unknown variable \"{other}\"")),
         };
         converted.map_err(|e| format!("{name} cannot be given to the condition: {e}"))
+    }
+}
+
+/// What conditions are evaluated against. Variables are converted to CEL values on first use
+/// and shared by every condition evaluated for the same request.
+pub(crate) struct Activation<'r> {
+    input: Input<'r>,
+    context: Context<'static, 'static>,
+    bound: [bool; 5],
+}
+
+impl std::fmt::Debug for Activation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activation")
+            .field("input", &self.input)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'r> Activation<'r> {
+    pub(crate) fn new(input: Input<'r>) -> Self {
+        Activation {
+            input,
+            context: Context::with_env(Arc::clone(env())),
+            bound: [false; 5],
+        }
+    }
+
+    /// Evaluates to `Ok(bool)`, or `Err(why)` when the expression cannot be evaluated (a missing
+    /// key, a wrong type, a non-boolean result) — callers treat that as true.
+    pub(crate) fn evaluate(&mut self, condition: &Condition) -> Result<bool, String> {
+        for (i, name) in VARIABLES.iter().enumerate() {
+            if condition.uses[i] && !self.bound[i] {
+                let value = self.input.value(name)?;
+                self.context.add_variable_from_value(*name, value);
+                self.bound[i] = true;
+            }
+        }
+        match condition.program.execute(&self.context) {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(_) => Err("the condition returned a value that is not a boolean".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 
@@ -216,7 +247,7 @@ mod tests {
             action: &action,
             now: Utc::now(),
         };
-        Condition::compile(src).unwrap().evaluate(&input)
+        Activation::new(input).evaluate(&Condition::compile(src).unwrap())
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use aa_core::{Action, AgentContext, Decision, FileOperation, Mode, Verdict};
 use chrono::{DateTime, Utc};
 
-use crate::condition::{Condition, Input};
+use crate::condition::{Activation, Condition, Input};
 use crate::pattern::{PathError, normalize_host, normalize_path, under_prefix};
 use crate::policy::{Policy, ToolRule};
 
@@ -147,12 +147,20 @@ impl Policy {
             action: request.action,
             now: request.now,
         };
-        if let Some(o) = check(&rule.deny_if, &input, Decision::Deny, &base, "deny_if") {
+        // One activation for both conditions: variables are converted once.
+        let mut activation = Activation::new(input);
+        if let Some(o) = check(
+            &rule.deny_if,
+            &mut activation,
+            Decision::Deny,
+            &base,
+            "deny_if",
+        ) {
             return o;
         }
         if let Some(o) = check(
             &rule.requires_approval_if,
-            &input,
+            &mut activation,
             Decision::Pending,
             &base,
             "requires_approval_if",
@@ -323,14 +331,14 @@ impl Policy {
 /// Evaluates one condition: true, or not evaluable (fail closed), yields `decision`.
 fn check(
     cond: &Option<Condition>,
-    input: &Input<'_>,
+    activation: &mut Activation<'_>,
     decision: Decision,
     base: &str,
     key: &str,
 ) -> Option<Outcome> {
     let cond = cond.as_ref()?;
     let rule = format!("{base}.{key}");
-    match cond.evaluate(input) {
+    match activation.evaluate(cond) {
         Ok(false) => None,
         Ok(true) => Some(outcome(
             decision,

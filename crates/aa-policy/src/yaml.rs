@@ -53,6 +53,10 @@ pub(crate) fn load(source: &str) -> Result<Vec<Node<'_>>, PolicyError> {
 pub(crate) struct Reader<'s> {
     source: &'s str,
     pub(crate) diagnostics: Vec<Diagnostic>,
+    /// Byte offset of every character, built on first need and only for non-ASCII sources
+    /// (markers count characters; in ASCII text characters and bytes coincide).
+    char_offsets: std::cell::OnceCell<Vec<usize>>,
+    ascii: bool,
 }
 
 impl<'s> Reader<'s> {
@@ -60,6 +64,8 @@ impl<'s> Reader<'s> {
         Reader {
             source,
             diagnostics: Vec::new(),
+            char_offsets: std::cell::OnceCell::new(),
+            ascii: source.is_ascii(),
         }
     }
 
@@ -302,11 +308,23 @@ impl<'s> Reader<'s> {
 
     /// 1 for a quoted scalar (the quote precedes the content), else 0.
     fn content_offset(&self, node: &Node<'_>) -> usize {
-        // Markers count characters; this runs once per string and only over the prefix.
-        match self.source.chars().nth(node.span.start.index()) {
+        match self.char_at(node.span.start.index()) {
             Some('\'' | '"') => 1,
             _ => 0,
         }
+    }
+
+    /// The character at a character index.
+    fn char_at(&self, index: usize) -> Option<char> {
+        let byte = if self.ascii {
+            index
+        } else {
+            let offsets = self
+                .char_offsets
+                .get_or_init(|| self.source.char_indices().map(|(i, _)| i).collect());
+            *offsets.get(index)?
+        };
+        self.source.get(byte..)?.chars().next()
     }
 
     fn type_error(&mut self, node: &Node<'_>, path: &str, expected: &str) {

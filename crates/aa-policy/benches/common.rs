@@ -1,0 +1,70 @@
+//! The benchmark workload, shared by the criterion bench and the percentile run.
+
+use aa_core::{Action, AgentContext};
+use aa_policy::{Policy, PolicySet};
+use chrono::{DateTime, Utc};
+
+/// A global policy with `n` tool entries, each with two CEL conditions; every tenth entry is
+/// a glob, and a `*` entry closes the table.
+pub(crate) fn policy_with_rules(n: usize) -> PolicySet {
+    let mut yaml = String::from(
+        "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: bench, version: \"1\"}\nspec:\n  default: deny\n  tools:\n",
+    );
+    for i in 0..n {
+        let name = if i % 10 == 9 {
+            format!("\"family_{i}_*\"")
+        } else {
+            format!("tool_{i}")
+        };
+        yaml.push_str(&format!(
+            "    {name}:\n      deny_if: 'args.path.startsWith(\"/etc/\") || agent.depth > 3'\n      requires_approval_if: 'args.command.contains(\"sudo\")'\n"
+        ));
+    }
+    yaml.push_str("    \"*\": {allow: true}\n");
+    let policies = Policy::parse(&yaml).unwrap_or_else(|e| panic!("bench policy: {e}"));
+    PolicySet::new(policies)
+}
+
+/// A call of the tool in the middle of the table, whose conditions are both evaluated.
+pub(crate) fn exact_call(n: usize) -> Action {
+    let i = if (n / 2) % 10 == 9 { n / 2 + 1 } else { n / 2 };
+    tool_call(&format!("tool_{i}"))
+}
+
+/// A call matched by the last glob of the table.
+pub(crate) fn glob_call(n: usize) -> Action {
+    let last_glob = (0..n).rev().find(|i| i % 10 == 9).unwrap_or(0);
+    tool_call(&format!("family_{last_glob}_x"))
+}
+
+/// The measured cases: an exact entry and a glob entry (both conditions evaluated), and a
+/// tool only `*` covers (no conditions: the cost of the lookup itself).
+pub(crate) fn cases(n: usize) -> [(&'static str, Action); 3] {
+    [
+        ("exact", exact_call(n)),
+        ("glob", glob_call(n)),
+        ("wildcard", tool_call("unlisted")),
+    ]
+}
+
+fn tool_call(tool: &str) -> Action {
+    Action::ToolCall {
+        tool: tool.to_owned(),
+        args: serde_json::json!({"path": "/workspace/src/main.rs", "command": "cargo test"}),
+    }
+}
+
+pub(crate) fn agent() -> AgentContext {
+    AgentContext {
+        id: "bench-bot".into(),
+        team: Some("eng".into()),
+        depth: 1,
+        parent: None,
+    }
+}
+
+pub(crate) fn now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
