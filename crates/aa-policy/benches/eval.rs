@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod common;
+mod workload;
 
 use aa_core::Decision;
 use aa_policy::Request;
@@ -11,11 +11,11 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn tool_call_decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("tool_call");
-    let agent = common::agent();
-    let now = common::now();
+    let agent = workload::agent();
+    let now = workload::now();
     for n in [10, 100, 10_000] {
-        let set = common::policy_with_rules(n);
-        for (label, action) in common::cases(n) {
+        let set = workload::policy_with_rules(n);
+        for (label, action) in workload::cases(n) {
             let request = Request {
                 agent: &agent,
                 action: &action,

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-mod common;
+mod workload;
 
 use std::time::{Duration, Instant};
 
@@ -20,15 +20,15 @@ fn main() {
     } else {
         1_000
     };
-    let agent = common::agent();
-    let now = common::now();
+    let agent = workload::agent();
+    let now = workload::now();
     println!(
         "{:<22} {:>10} {:>10} {:>10} {:>10}",
         "case", "p50", "p90", "p99", "p99.9"
     );
     for n in [10, 100, 10_000] {
-        let set = common::policy_with_rules(n);
-        for (label, action) in common::cases(n) {
+        let set = workload::policy_with_rules(n);
+        for (label, action) in workload::cases(n) {
             let request = Request {
                 agent: &agent,
                 action: &action,
