@@ -23,11 +23,37 @@ fn main() -> Result<()> {
 fn ci() -> Result<()> {
     install_components(&["rustfmt", "clippy"])?;
     cargo(&["fmt", "--all", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&["test", "--workspace", "--all-features"])?;
     // The shipped examples are checked the way users check theirs.
-    cargo(&["run", "--quiet", "-p", "aa-cli", "--", "policy", "validate", "policy-examples"])?;
-    cargo(&["run", "--quiet", "-p", "aa-cli", "--", "policy", "test", "policy-examples"])?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "-p",
+        "aa-cli",
+        "--",
+        "policy",
+        "validate",
+        "policy-examples",
+    ])?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "-p",
+        "aa-cli",
+        "--",
+        "policy",
+        "test",
+        "policy-examples",
+    ])?;
     Ok(())
 }
 
@@ -40,7 +66,9 @@ fn bench() -> Result<()> {
             continue;
         }
         let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&estimates)?)?;
-        let median_ns = json["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
+        let median_ns = json["median"]["point_estimate"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
         let name = estimates
             .strip_prefix(&dir)
             .unwrap_or(&estimates)
@@ -54,7 +82,9 @@ fn bench() -> Result<()> {
 }
 
 fn install_components(components: &[&str]) -> Result<()> {
-    let installed = Command::new("rustup").args(["component", "list", "--installed"]).output();
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed"])
+        .output();
     let Ok(installed) = installed else {
         // No rustup: a distribution toolchain, whose components come with it.
         return Ok(());
@@ -75,7 +105,9 @@ fn cargo(args: &[&str]) -> Result<()> {
 
 fn run(command: &mut Command) -> Result<()> {
     eprintln!("$ {}", format!("{command:?}").replace('"', ""));
-    let status = command.status().with_context(|| format!("cannot start {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("cannot start {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed with {status}");
     }
@@ -88,7 +120,9 @@ fn target_dir() -> PathBuf {
 
 fn find_files(dir: &Path, name: &str) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return Ok(out) };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
     for entry in entries {
         let path = entry?.path();
         if path.is_dir() {
