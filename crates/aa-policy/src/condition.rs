@@ -48,6 +48,12 @@ const FUNCTIONS: &[&str] = &[
     "min",
 ];
 
+/// Longest expression accepted, in bytes, and deepest bracket nesting. The CEL parser and
+/// evaluator recurse over the expression, so unbounded input could exhaust a thread's stack
+/// (an abort, not an error); these bounds keep the worst case well inside a 2 MiB stack.
+const MAX_LEN: usize = 4096;
+const MAX_NESTING: usize = 12;
+
 fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
     ENV.get_or_init(|| Arc::new(Env::stdlib()))
@@ -103,6 +109,7 @@ impl Condition {
                 message: "empty expression".into(),
             });
         }
+        check_bounds(source)?;
         let program = env().compile(source).map_err(|errors| {
             let first = errors.errors.first();
             let (line, col) = first.map_or((1, 1), |e| (e.pos.0.max(1), e.pos.1.max(1)));
@@ -147,6 +154,44 @@ impl Condition {
     pub(crate) fn source(&self) -> &str {
         &self.source
     }
+}
+
+/// Rejects expressions too long or too deeply nested to parse safely.
+fn check_bounds(source: &str) -> Result<(), ConditionError> {
+    if source.len() > MAX_LEN {
+        let message = format!(
+            "expression is {} bytes long; the limit is {MAX_LEN}",
+            source.len()
+        );
+        return Err(ConditionError {
+            line: 1,
+            col: 1,
+            message,
+        });
+    }
+    let (mut depth, mut quote, mut escaped) = (0usize, None, false);
+    let (mut line, mut col) = (1, 0);
+    for c in source.chars() {
+        col += 1;
+        match (quote, c) {
+            (_, '\n') => (line, col) = (line + 1, 0),
+            (Some(_), _) if escaped => escaped = false,
+            (Some(_), '\\') => escaped = true,
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(' | '[' | '{') => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    let message = format!("brackets nest deeper than {MAX_NESTING} levels");
+                    return Err(ConditionError { line, col, message });
+                }
+            }
+            (None, ')' | ']' | '}') => depth = depth.saturating_sub(1),
+            (None, _) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The request, as conditions see it.
@@ -310,5 +355,44 @@ mod tests {
             err.message
         );
         assert!(Condition::compile("  ").is_err());
+    }
+
+    #[test]
+    fn bounds_reject_what_could_exhaust_the_stack() {
+        let deep = format!("{}true{}", "(".repeat(13), ")".repeat(13));
+        let err = Condition::compile(&deep).unwrap_err();
+        assert_eq!((err.line, err.col), (1, 13), "{err:?}");
+        assert!(
+            err.message.contains("nest deeper than 12"),
+            "{}",
+            err.message
+        );
+        // Brackets inside string literals do not count.
+        assert!(Condition::compile(&format!("args.x == \"{}\"", "(".repeat(50))).is_ok());
+        let long = vec!["false"; 700].join(" || ");
+        assert!(
+            Condition::compile(&long)
+                .unwrap_err()
+                .message
+                .contains("limit is 4096")
+        );
+    }
+
+    /// The worst shapes within the bounds compile and evaluate on a 2 MiB stack (the default
+    /// for spawned threads and tokio workers), in whatever profile the tests run.
+    #[test]
+    fn worst_case_expressions_fit_a_small_stack() {
+        let nested = format!("{}true{}", "(".repeat(12), ")".repeat(12));
+        let lists = format!("{}{} == []", "[".repeat(12), "]".repeat(12));
+        let chain = vec!["false"; 4096 / 9].join(" || ");
+        let handle = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                for src in [nested, lists, chain] {
+                    let _ = eval(&src, serde_json::json!({}));
+                }
+            })
+            .unwrap();
+        assert!(handle.join().is_ok());
     }
 }

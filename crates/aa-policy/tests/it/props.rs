@@ -148,3 +148,86 @@ proptest! {
         }
     }
 }
+
+/// Fragments of CEL, valid and not, to build expressions from.
+fn cel_soup() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("args"),
+        Just("agent"),
+        Just("tool"),
+        Just("now"),
+        Just("action"),
+        Just("."),
+        Just("path"),
+        Just("depth"),
+        Just("startsWith("),
+        Just("contains("),
+        Just("matches("),
+        Just("size("),
+        Just("has("),
+        Just("timestamp("),
+        Just("int("),
+        Just(")"),
+        Just("("),
+        Just("["),
+        Just("]"),
+        Just("{"),
+        Just("}"),
+        Just(":"),
+        Just(","),
+        Just("\""),
+        Just("'"),
+        Just("\"/etc/\""),
+        Just("\"[\""),
+        Just("1"),
+        Just("-9223372036854775808"),
+        Just("1.5e308"),
+        Just("0u"),
+        Just("true"),
+        Just("null"),
+        Just("=="),
+        Just("!="),
+        Just("<"),
+        Just(">="),
+        Just("&&"),
+        Just("||"),
+        Just("!"),
+        Just("-"),
+        Just("+"),
+        Just("*"),
+        Just("/"),
+        Just("%"),
+        Just("?"),
+        Just(" in "),
+        Just(".all(x, "),
+        Just(".exists(x, "),
+        Just(".map(x, "),
+        Just("x"),
+        Just("b\"\\xff\""),
+        Just("\\"),
+        Just("`"),
+        Just("é"),
+        Just(" "),
+    ];
+    prop::collection::vec(token, 1..16).prop_map(|t| t.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_conditions_never_panic_to_load_or_evaluate(expr in cel_soup(), args in json_value()) {
+        let yaml = format!(
+            "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {{name: p}}\nspec:\n  tools:\n    t: {{deny_if: '{}'}}\n",
+            expr.replace('\'', "''")
+        );
+        if let Ok(policies) = Policy::parse(&yaml) {
+            let set = PolicySet::new(policies);
+            let agent = AgentContext::new("a");
+            let action = Action::ToolCall { tool: "t".into(), args };
+            let now = DateTime::<Utc>::from_timestamp(0, 0).unwrap();
+            let verdict = set.evaluate(&Request { agent: &agent, action: &action, now });
+            prop_assert!(verdict.rule.starts_with("tools.t"));
+        }
+    }
+}
