@@ -34,26 +34,18 @@ fn ci() -> Result<()> {
     ])?;
     cargo(&["test", "--workspace", "--all-features"])?;
     // The shipped examples are checked the way users check theirs.
-    cargo(&[
-        "run",
-        "--quiet",
-        "-p",
-        "aa-cli",
-        "--",
-        "policy",
-        "validate",
-        "policy-examples",
-    ])?;
-    cargo(&[
-        "run",
-        "--quiet",
-        "-p",
-        "aa-cli",
-        "--",
-        "policy",
-        "test",
-        "policy-examples",
-    ])?;
+    for command in ["validate", "test"] {
+        cargo(&[
+            "run",
+            "--quiet",
+            "-p",
+            "aa-cli",
+            "--",
+            "policy",
+            command,
+            "policy-examples",
+        ])?;
+    }
     Ok(())
 }
 

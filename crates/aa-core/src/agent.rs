@@ -92,11 +92,18 @@ pub struct AgentRegistration {
 impl AgentRegistration {
     /// The view of this agent that policy conditions see.
     pub fn context(&self) -> AgentContext {
+        AgentContext::from_lineage(self.agent_id.clone(), self.lineage.clone())
+    }
+}
+
+impl AgentContext {
+    /// The policy view of an agent with the given lineage.
+    pub fn from_lineage(id: String, lineage: Lineage) -> Self {
         AgentContext {
-            id: self.agent_id.clone(),
-            team: self.lineage.team_id.clone(),
-            depth: self.lineage.depth,
-            parent: self.lineage.parent_agent_id.clone(),
+            id,
+            team: lineage.team_id,
+            depth: lineage.depth,
+            parent: lineage.parent_agent_id,
         }
     }
 }

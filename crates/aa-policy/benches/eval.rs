@@ -5,28 +5,15 @@
 
 mod workload;
 
-use aa_core::Decision;
-use aa_policy::Request;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 fn tool_call_decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("tool_call");
-    let agent = workload::agent();
-    let now = workload::now();
-    for n in [10, 100, 10_000] {
-        let set = workload::policy_with_rules(n);
-        for (label, action) in workload::cases(n) {
-            let request = Request {
-                agent: &agent,
-                action: &action,
-                now,
-            };
-            assert_eq!(set.evaluate(&request).decision, Decision::Allow);
-            group.bench_with_input(BenchmarkId::new(label, n), &request, |b, r| {
-                b.iter(|| set.evaluate(std::hint::black_box(r)))
-            });
-        }
-    }
+    workload::for_each_case(|label, n, set, request| {
+        group.bench_with_input(BenchmarkId::new(label, n), request, |b, r| {
+            b.iter(|| set.evaluate(std::hint::black_box(r)))
+        });
+    });
     group.finish();
 }
 

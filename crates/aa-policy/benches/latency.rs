@@ -8,8 +8,6 @@ mod workload;
 
 use std::time::{Duration, Instant};
 
-use aa_policy::Request;
-
 const WARMUP: usize = 20_000;
 const SAMPLES: usize = 200_000;
 
@@ -20,40 +18,30 @@ fn main() {
     } else {
         1_000
     };
-    let agent = workload::agent();
-    let now = workload::now();
     println!(
         "{:<22} {:>10} {:>10} {:>10} {:>10}",
         "case", "p50", "p90", "p99", "p99.9"
     );
-    for n in [10, 100, 10_000] {
-        let set = workload::policy_with_rules(n);
-        for (label, action) in workload::cases(n) {
-            let request = Request {
-                agent: &agent,
-                action: &action,
-                now,
-            };
-            for _ in 0..WARMUP.min(samples) {
-                std::hint::black_box(set.evaluate(&request));
-            }
-            let mut times: Vec<Duration> = (0..samples)
-                .map(|_| {
-                    let start = Instant::now();
-                    std::hint::black_box(set.evaluate(std::hint::black_box(&request)));
-                    start.elapsed()
-                })
-                .collect();
-            times.sort_unstable();
-            let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-            println!(
-                "{:<22} {:>10.2?} {:>10.2?} {:>10.2?} {:>10.2?}",
-                format!("{label}/{n}"),
-                at(0.50),
-                at(0.90),
-                at(0.99),
-                at(0.999)
-            );
+    workload::for_each_case(|label, n, set, request| {
+        for _ in 0..WARMUP.min(samples) {
+            std::hint::black_box(set.evaluate(request));
         }
-    }
+        let mut times: Vec<Duration> = (0..samples)
+            .map(|_| {
+                let start = Instant::now();
+                std::hint::black_box(set.evaluate(std::hint::black_box(request)));
+                start.elapsed()
+            })
+            .collect();
+        times.sort_unstable();
+        let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+        println!(
+            "{:<22} {:>10.2?} {:>10.2?} {:>10.2?} {:>10.2?}",
+            format!("{label}/{n}"),
+            at(0.50),
+            at(0.90),
+            at(0.99),
+            at(0.999)
+        );
+    });
 }

@@ -1,12 +1,13 @@
 //! The benchmark workload, shared by the criterion bench and the percentile run.
 
+use aa_core::Decision;
 use aa_core::{Action, AgentContext};
-use aa_policy::{Policy, PolicySet};
+use aa_policy::{Policy, PolicySet, Request};
 use chrono::{DateTime, Utc};
 
 /// A global policy with `n` tool entries, each with two CEL conditions; every tenth entry is
 /// a glob, and a `*` entry closes the table.
-pub(crate) fn policy_with_rules(n: usize) -> PolicySet {
+fn policy_with_rules(n: usize) -> PolicySet {
     let mut yaml = String::from(
         "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: bench, version: \"1\"}\nspec:\n  default: deny\n  tools:\n",
     );
@@ -26,20 +27,20 @@ pub(crate) fn policy_with_rules(n: usize) -> PolicySet {
 }
 
 /// A call of the tool in the middle of the table, whose conditions are both evaluated.
-pub(crate) fn exact_call(n: usize) -> Action {
+fn exact_call(n: usize) -> Action {
     let i = if (n / 2) % 10 == 9 { n / 2 + 1 } else { n / 2 };
     tool_call(&format!("tool_{i}"))
 }
 
 /// A call matched by the last glob of the table.
-pub(crate) fn glob_call(n: usize) -> Action {
+fn glob_call(n: usize) -> Action {
     let last_glob = (0..n).rev().find(|i| i % 10 == 9).unwrap_or(0);
     tool_call(&format!("family_{last_glob}_x"))
 }
 
 /// The measured cases: an exact entry and a glob entry (both conditions evaluated), and a
 /// tool only `*` covers (no conditions: the cost of the lookup itself).
-pub(crate) fn cases(n: usize) -> [(&'static str, Action); 3] {
+fn cases(n: usize) -> [(&'static str, Action); 3] {
     [
         ("exact", exact_call(n)),
         ("glob", glob_call(n)),
@@ -54,7 +55,7 @@ fn tool_call(tool: &str) -> Action {
     }
 }
 
-pub(crate) fn agent() -> AgentContext {
+fn agent() -> AgentContext {
     AgentContext {
         id: "bench-bot".into(),
         team: Some("eng".into()),
@@ -63,8 +64,31 @@ pub(crate) fn agent() -> AgentContext {
     }
 }
 
-pub(crate) fn now() -> DateTime<Utc> {
+fn now() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-06-01T12:00:00Z")
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_default()
+}
+
+/// Calls `f(label, rules, set, request)` for every case at 10, 100 and 10,000 rules, after
+/// checking the case decides as the workload intends (allow).
+pub(crate) fn for_each_case(mut f: impl FnMut(&str, usize, &PolicySet, &Request<'_>)) {
+    let agent = agent();
+    let now = now();
+    for n in [10, 100, 10_000] {
+        let set = policy_with_rules(n);
+        for (label, action) in cases(n) {
+            let request = Request {
+                agent: &agent,
+                action: &action,
+                now,
+            };
+            assert_eq!(
+                set.evaluate(&request).decision,
+                Decision::Allow,
+                "{label}/{n}"
+            );
+            f(label, n, &set, &request);
+        }
+    }
 }
