@@ -242,13 +242,7 @@ impl TryFrom<pb::AgentRef> for AgentContext {
     type Error = ProtoError;
 
     fn try_from(a: pb::AgentRef) -> Result<Self, Self::Error> {
-        let lineage: Lineage = a.lineage.unwrap_or_default().into();
-        let agent = AgentContext {
-            id: a.agent_id,
-            team: lineage.team_id,
-            depth: lineage.depth,
-            parent: lineage.parent_agent_id,
-        };
+        let agent = AgentContext::from_lineage(a.agent_id, a.lineage.unwrap_or_default().into());
         agent
             .validate()
             .map_err(|e| invalid("agent.agent_id", e.to_string()))?;
