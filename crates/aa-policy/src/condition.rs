@@ -1,9 +1,11 @@
 //! CEL conditions (`deny_if`, `requires_approval_if`): compiled once at load, evaluated against
 //! the request. A condition that cannot be evaluated counts as true, so errors fail closed.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use aa_core::{Action, AgentContext};
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::{Context, Env, Program, Value};
 use chrono::{DateTime, Utc};
 
@@ -48,11 +50,28 @@ const FUNCTIONS: &[&str] = &[
     "min",
 ];
 
-/// Longest expression accepted, in bytes, and deepest bracket nesting. The CEL parser and
-/// evaluator recurse over the expression, so unbounded input could exhaust a thread's stack
-/// (an abort, not an error); these bounds keep the worst case well inside a 2 MiB stack.
-const MAX_LEN: usize = 4096;
+/// Type names an expression may mention, as in `type(args.n) == int`.
+const TYPE_NAMES: &[&str] = &[
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+];
+
+/// Bounds on what the CEL parser and evaluator are given. Both recurse over the expression, so
+/// unbounded input could exhaust a thread's stack — an abort, not an error. Measured in a debug
+/// build on a 2 MiB stack (tokio's default): parsing survives chains of 400 operators,
+/// evaluation trees 48 deep; the bounds stay well inside both.
+const MAX_LEN: usize = 2048;
 const MAX_NESTING: usize = 12;
+const MAX_DEPTH: usize = 32;
+const MAX_OPERATORS: usize = 256;
 
 fn env() -> &'static Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
@@ -76,6 +95,14 @@ pub(crate) struct ConditionError {
 }
 
 impl ConditionError {
+    fn at_start(message: impl Into<String>) -> Self {
+        ConditionError {
+            line: 1,
+            col: 1,
+            message: message.into(),
+        }
+    }
+
     /// An error about `name`, located at its first use as a whole identifier in `source`.
     fn at_name(source: &str, name: &str, message: String) -> Self {
         let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
@@ -87,27 +114,28 @@ impl ConditionError {
                 !before.is_some_and(is_ident) && !after.is_some_and(is_ident)
             })
             .map_or(0, |(i, _)| i);
-        let prefix = &source[..offset];
-        let line = prefix.matches('\n').count() + 1;
-        let col = prefix
-            .rsplit('\n')
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .count()
-            + 1;
+        let (line, col) = line_col(source, offset);
         ConditionError { line, col, message }
     }
+}
+
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let prefix = source.get(..offset).unwrap_or_default();
+    let line = prefix.matches('\n').count() + 1;
+    let col = prefix
+        .rsplit('\n')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .count()
+        + 1;
+    (line, col)
 }
 
 impl Condition {
     pub(crate) fn compile(source: &str) -> Result<Condition, ConditionError> {
         if source.trim().is_empty() {
-            return Err(ConditionError {
-                line: 1,
-                col: 1,
-                message: "empty expression".into(),
-            });
+            return Err(ConditionError::at_start("empty expression"));
         }
         check_bounds(source)?;
         let program = env().compile(source).map_err(|errors| {
@@ -120,16 +148,26 @@ impl Condition {
                 message,
             }
         })?;
+        let shape = inspect(program.expression());
+        if shape.depth > MAX_DEPTH {
+            return Err(ConditionError::at_start(format!(
+                "the expression is nested {} levels deep; the limit is {MAX_DEPTH} (split it into smaller conditions)",
+                shape.depth
+            )));
+        }
         let refs = program.references();
-        let mut unknown: Vec<ConditionError> = Vec::new();
+        let mut problems: Vec<ConditionError> = Vec::new();
         for var in refs.variables() {
-            if !VARIABLES.contains(&var) {
+            let known = VARIABLES.contains(&var)
+                || TYPE_NAMES.contains(&var)
+                || shape.bound_names.iter().any(|b| b == var);
+            if !known {
                 let hint = crate::suggest::did_you_mean(var, &VARIABLES);
                 let message = format!(
                     "unknown variable \"{var}\" (conditions see {}){hint}",
                     VARIABLES.join(", ")
                 );
-                unknown.push(ConditionError::at_name(source, var, message));
+                problems.push(ConditionError::at_name(source, var, message));
             }
         }
         for function in refs.functions() {
@@ -137,10 +175,18 @@ impl Condition {
             if !is_operator && !FUNCTIONS.contains(&function) {
                 let hint = crate::suggest::did_you_mean(function, FUNCTIONS);
                 let message = format!("unknown function \"{function}\"{hint}");
-                unknown.push(ConditionError::at_name(source, function, message));
+                problems.push(ConditionError::at_name(source, function, message));
             }
         }
-        if let Some(first) = unknown.into_iter().min_by_key(|e| (e.line, e.col)) {
+        for pattern in &shape.regexes {
+            if let Err(why) = crate::pattern::check_regex(pattern) {
+                let offset = source.find(pattern.as_str()).unwrap_or(0);
+                let (line, col) = line_col(source, offset);
+                let message = format!("invalid regex in matches(): {why}");
+                problems.push(ConditionError { line, col, message });
+            }
+        }
+        if let Some(first) = problems.into_iter().min_by_key(|e| (e.line, e.col)) {
             return Err(first);
         }
         let uses = VARIABLES.map(|v| refs.has_variable(v));
@@ -156,25 +202,17 @@ impl Condition {
     }
 }
 
-/// Rejects expressions too long or too deeply nested to parse safely.
+/// Rejects expressions too long, too nested or with too many operators to parse safely.
 fn check_bounds(source: &str) -> Result<(), ConditionError> {
     if source.len() > MAX_LEN {
-        let message = format!(
+        return Err(ConditionError::at_start(format!(
             "expression is {} bytes long; the limit is {MAX_LEN}",
             source.len()
-        );
-        return Err(ConditionError {
-            line: 1,
-            col: 1,
-            message,
-        });
+        )));
     }
-    let (mut depth, mut quote, mut escaped) = (0usize, None, false);
-    let (mut line, mut col) = (1, 0);
-    for c in source.chars() {
-        col += 1;
+    let (mut depth, mut operators, mut quote, mut escaped) = (0usize, 0usize, None, false);
+    for (offset, c) in source.char_indices() {
         match (quote, c) {
-            (_, '\n') => (line, col) = (line + 1, 0),
             (Some(_), _) if escaped => escaped = false,
             (Some(_), '\\') => escaped = true,
             (Some(q), c) if c == q => quote = None,
@@ -182,16 +220,102 @@ fn check_bounds(source: &str) -> Result<(), ConditionError> {
             (None, '\'' | '"') => quote = Some(c),
             (None, '(' | '[' | '{') => {
                 depth += 1;
+                operators += 1;
                 if depth > MAX_NESTING {
+                    let (line, col) = line_col(source, offset);
                     let message = format!("brackets nest deeper than {MAX_NESTING} levels");
                     return Err(ConditionError { line, col, message });
                 }
             }
             (None, ')' | ']' | '}') => depth = depth.saturating_sub(1),
+            (None, '.' | '+' | '-' | '*' | '/' | '%' | '<' | '>' | '=' | '!' | '?' | '&' | '|') => {
+                operators += 1;
+            }
             (None, _) => {}
         }
     }
+    if operators > MAX_OPERATORS {
+        return Err(ConditionError::at_start(format!(
+            "the expression has {operators} operators; the limit is {MAX_OPERATORS}"
+        )));
+    }
     Ok(())
+}
+
+/// What the compiled tree looks like: its depth, the names macros bind (`x` in
+/// `args.list.exists(x, x == 1)`), and the constant patterns given to `matches`.
+#[derive(Debug, Default)]
+struct Shape {
+    depth: usize,
+    bound_names: Vec<String>,
+    regexes: Vec<String>,
+}
+
+/// Walks the tree without recursion, so a deep tree cannot overflow the stack here either.
+fn inspect(root: &IdedExpr) -> Shape {
+    let mut shape = Shape::default();
+    let mut stack: Vec<(&IdedExpr, usize)> = vec![(root, 1)];
+    while let Some((node, depth)) = stack.pop() {
+        shape.depth = shape.depth.max(depth);
+        let below = depth + 1;
+        match &node.expr {
+            Expr::Call(call) => {
+                if call.func_name == "matches" {
+                    let pattern = if call.target.is_some() {
+                        call.args.first()
+                    } else {
+                        call.args.get(1)
+                    };
+                    if let Some(IdedExpr {
+                        expr: Expr::Literal(LiteralValue::String(s)),
+                        ..
+                    }) = pattern
+                    {
+                        shape.regexes.push(s.inner().to_owned());
+                    }
+                }
+                stack.extend(call.target.iter().map(|t| (t.as_ref(), below)));
+                stack.extend(call.args.iter().map(|a| (a, below)));
+            }
+            Expr::Comprehension(c) => {
+                shape.bound_names.push(c.iter_var.clone());
+                shape.bound_names.extend(c.iter_var2.clone());
+                shape.bound_names.push(c.accu_var.clone());
+                for e in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    stack.push((e, below));
+                }
+            }
+            Expr::Select(select) => stack.push((&select.operand, below)),
+            Expr::List(list) => stack.extend(list.elements.iter().map(|e| (e, below))),
+            Expr::Map(map) => stack.extend(
+                map.entries
+                    .iter()
+                    .flat_map(|e| entry(&e.expr))
+                    .map(|e| (e, below)),
+            ),
+            Expr::Struct(st) => stack.extend(
+                st.entries
+                    .iter()
+                    .flat_map(|e| entry(&e.expr))
+                    .map(|e| (e, below)),
+            ),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    shape
+}
+
+fn entry(e: &EntryExpr) -> Vec<&IdedExpr> {
+    match e {
+        EntryExpr::MapEntry(m) => vec![&m.key, &m.value],
+        EntryExpr::StructField(f) => vec![&f.value],
+    }
 }
 
 /// The request, as conditions see it.
@@ -206,24 +330,51 @@ pub(crate) struct Input<'r> {
 
 impl Input<'_> {
     fn value(&self, name: &str) -> Result<Value, String> {
-        let converted = match name {
-            "tool" => return Ok(Value::from(self.tool)),
-            "now" => return Ok(Value::Timestamp(self.now.fixed_offset())),
+        Ok(match name {
+            "tool" => Value::from(self.tool),
+            "now" => Value::Timestamp(self.now.fixed_offset()),
             "agent" => {
                 let text = |s: &Option<String>| s.as_deref().map_or(Value::Null, Value::from);
-                let agent = std::collections::HashMap::from([
+                let agent = HashMap::from([
                     ("id", Value::from(self.agent.id.as_str())),
                     ("team", text(&self.agent.team)),
                     ("depth", Value::Int(i64::from(self.agent.depth))),
                     ("parent", text(&self.agent.parent)),
                 ]);
-                return Ok(Value::from(agent));
+                Value::from(agent)
             }
-            "args" => cel::to_value(self.args),
-            "action" => cel::to_value(self.action),
+            "args" => json_to_cel(self.args),
+            "action" => {
+                let json = serde_json::to_value(self.action)
+                    .map_err(|e| format!("action cannot be given to the condition: {e}"))?;
+                json_to_cel(&json)
+            }
             other => return Err(format!("unknown variable \"{other}\"")),
-        };
-        converted.map_err(|e| format!("{name} cannot be given to the condition: {e}"))
+        })
+    }
+}
+
+/// JSON to CEL. Integers become `int` whenever they fit, so `args.n + 1` works for `n: 3`
+/// (a generic serialiser would make non-negative numbers `uint`, and `uint + int` is an error).
+fn json_to_cel(json: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match json {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::from(s.as_str()),
+        J::Array(items) => Value::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        J::Object(map) => {
+            let entries: HashMap<&str, Value> = map
+                .iter()
+                .map(|(k, v)| (k.as_str(), json_to_cel(v)))
+                .collect();
+            Value::from(entries)
+        }
     }
 }
 
@@ -297,31 +448,24 @@ mod tests {
 
     #[test]
     fn evaluates_over_every_variable() {
-        let args = serde_json::json!({"command": "sudo rm -rf /", "n": 3});
-        assert_eq!(
-            eval(r#"args.command.contains("sudo")"#, args.clone()),
-            Ok(true)
-        );
-        assert_eq!(
-            eval(r#"tool == "shell" && args.n > 2"#, args.clone()),
-            Ok(true)
-        );
-        assert_eq!(
-            eval(
-                r#"agent.team == "support" && agent.depth == 1"#,
-                args.clone()
-            ),
-            Ok(true)
-        );
-        assert_eq!(
-            eval(r#"action.type == "tool_call""#, args.clone()),
-            Ok(true)
-        );
-        assert_eq!(
-            eval(r#"now > timestamp("2000-01-01T00:00:00Z")"#, args.clone()),
-            Ok(true)
-        );
-        assert_eq!(eval(r#"has(args.path)"#, args), Ok(false));
+        let args = serde_json::json!({"command": "sudo rm -rf /", "n": 3, "tags": ["a", "prod"]});
+        let cases = [
+            r#"args.command.contains("sudo")"#,
+            r#"tool == "shell" && args.n > 2"#,
+            "args.n + 1 == 4",
+            "args.n * -2 < 0",
+            r#"agent.team == "support" && agent.depth == 1 && agent.parent == null"#,
+            r#"action.type == "tool_call" && action.args.n == 3"#,
+            r#"now > timestamp("2000-01-01T00:00:00Z")"#,
+            r#"args.tags.exists(t, t == "prod")"#,
+            r#"args.tags.all(x, size(x) > 0) && args.tags.map(x, x + "!").size() == 2"#,
+            "type(args.n) == int && type(args) == map",
+            r#"args.command.matches("^sudo\\s")"#,
+            r#"!has(args.path)"#,
+        ];
+        for src in cases {
+            assert_eq!(eval(src, args.clone()), Ok(true), "{src}");
+        }
     }
 
     #[test]
@@ -355,6 +499,15 @@ mod tests {
             err.message
         );
         assert!(Condition::compile("  ").is_err());
+        let err = Condition::compile(r#"args.p.matches("[")"#).unwrap_err();
+        assert_eq!((err.line, err.col), (1, 17), "{err:?}");
+        assert!(
+            err.message.starts_with("invalid regex in matches()"),
+            "{}",
+            err.message
+        );
+        // A name bound by one macro is not known outside it.
+        assert!(Condition::compile("args.l.exists(x, x == 1) && y == 2").is_err());
     }
 
     #[test]
@@ -369,27 +522,63 @@ mod tests {
         );
         // Brackets inside string literals do not count.
         assert!(Condition::compile(&format!("args.x == \"{}\"", "(".repeat(50))).is_ok());
-        let long = vec!["false"; 700].join(" || ");
+        let long = vec!["false"; 500].join(" || ");
         assert!(
             Condition::compile(&long)
                 .unwrap_err()
                 .message
-                .contains("limit is 4096")
+                .contains("limit is 2048")
+        );
+        let chain = vec!["1"; 100].join("+") + " > 0";
+        assert!(
+            Condition::compile(&chain)
+                .unwrap_err()
+                .message
+                .contains("levels deep")
+        );
+        let ops = vec!["1"; 300].join("+");
+        assert!(
+            Condition::compile(&ops)
+                .unwrap_err()
+                .message
+                .contains("operators")
         );
     }
 
-    /// The worst shapes within the bounds compile and evaluate on a 2 MiB stack (the default
-    /// for spawned threads and tokio workers), in whatever profile the tests run.
+    /// The worst shapes within the bounds compile (or are refused) and evaluate on a 2 MiB
+    /// stack — the default for spawned threads and tokio workers — in whatever profile the
+    /// tests run.
     #[test]
     fn worst_case_expressions_fit_a_small_stack() {
-        let nested = format!("{}true{}", "(".repeat(12), ")".repeat(12));
-        let lists = format!("{}{} == []", "[".repeat(12), "]".repeat(12));
-        let chain = vec!["false"; 4096 / 9].join(" || ");
+        let worst = [
+            format!("{}true{}", "(".repeat(12), ")".repeat(12)),
+            format!("{}{} == []", "[".repeat(12), "]".repeat(12)),
+            vec!["false"; 2048 / 9].join(" || "),
+            vec!["1"; MAX_OPERATORS].join("+"),
+            vec!["1"; MAX_DEPTH - 2].join("+") + " > 0",
+            format!("{}args.x", "!".repeat(MAX_OPERATORS)),
+            format!("args{}", ".a".repeat(MAX_OPERATORS)),
+        ];
         let handle = std::thread::Builder::new()
             .stack_size(2 << 20)
             .spawn(move || {
-                for src in [nested, lists, chain] {
-                    let _ = eval(&src, serde_json::json!({}));
+                for src in worst {
+                    if let Ok(condition) = Condition::compile(&src) {
+                        let args = serde_json::json!({"x": true});
+                        let agent = AgentContext::new("a");
+                        let action = Action::ToolCall {
+                            tool: "t".into(),
+                            args: args.clone(),
+                        };
+                        let input = Input {
+                            tool: "t",
+                            args: &args,
+                            agent: &agent,
+                            action: &action,
+                            now: Utc::now(),
+                        };
+                        let _ = Activation::new(input).evaluate(&condition);
+                    }
                 }
             })
             .unwrap();

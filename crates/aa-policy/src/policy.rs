@@ -557,18 +557,15 @@ fn condition(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<Conditio
     }
 }
 
-/// Maps a 1-based position inside an expression to the file.
+/// Maps a 1-based position inside an expression to the file; where the string's source text
+/// does not map one to one onto its value (escapes, block or folded style), the string's start.
 fn expression_loc(source: &Located<String>, line: usize, col: usize) -> Loc {
-    if line <= 1 {
-        Loc {
+    match source.content_offset {
+        Some(offset) if line <= 1 => Loc {
             line: source.loc.line,
-            col: source.loc.col + source.content_offset + col - 1,
-        }
-    } else {
-        Loc {
-            line: source.loc.line + line - 1,
-            col,
-        }
+            col: source.loc.col + offset + col - 1,
+        },
+        _ => source.loc,
     }
 }
 
@@ -813,18 +810,8 @@ fn data(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<DataRules> {
                 let s = r.string(v, &field_path)?;
                 if k.value == "name" {
                     name = Some(s.value);
-                } else if let Err(e) = regex::RegexBuilder::new(&s.value)
-                    .size_limit(1 << 20)
-                    .build()
-                {
-                    let first_line = e
-                        .to_string()
-                        .lines()
-                        .last()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_owned();
-                    r.error(s.loc, &field_path, format!("invalid regex: {first_line}"));
+                } else if let Err(why) = crate::pattern::check_regex(&s.value) {
+                    r.error(s.loc, &field_path, format!("invalid regex: {why}"));
                 } else {
                     regex = Some(s.value);
                 }

@@ -31,9 +31,10 @@ impl Loc {
 pub(crate) struct Located<T> {
     pub(crate) value: T,
     pub(crate) loc: Loc,
-    /// For strings: how many characters precede the content on its first line (an opening
-    /// quote), so errors inside the string can point at the right column.
-    pub(crate) content_offset: usize,
+    /// For a string written on one line whose source text is exactly its value: how many
+    /// characters precede the value (an opening quote), so an error inside the string can
+    /// point at its column. `None` when escapes, folding or block style break that mapping.
+    pub(crate) content_offset: Option<usize>,
 }
 
 /// Parses a YAML stream into its documents, or a located syntax error.
@@ -298,33 +299,43 @@ impl<'s> Reader<'s> {
         })
     }
 
-    fn located<T>(&self, node: &Node<'_>, value: T) -> Located<T> {
+    fn located(&self, node: &Node<'_>, value: String) -> Located<String> {
+        let content_offset = self.raw_text(node).and_then(|raw| {
+            let quoted = raw.starts_with(['\'', '"']);
+            let inner = if quoted {
+                raw.get(1..raw.len().saturating_sub(1))?
+            } else {
+                raw
+            };
+            (inner == value && !raw.contains('\n')).then_some(usize::from(quoted))
+        });
         Located {
             value,
             loc: Loc::of(node),
-            content_offset: self.content_offset(node),
+            content_offset,
         }
     }
 
-    /// 1 for a quoted scalar (the quote precedes the content), else 0.
-    fn content_offset(&self, node: &Node<'_>) -> usize {
-        match self.char_at(node.span.start.index()) {
-            Some('\'' | '"') => 1,
-            _ => 0,
-        }
+    /// The node's source text, from its start marker to its end marker.
+    fn raw_text(&self, node: &Node<'_>) -> Option<&'s str> {
+        let start = self.byte_offset(node.span.start.index())?;
+        let end = self.byte_offset(node.span.end.index())?;
+        self.source.get(start..end)
     }
 
-    /// The character at a character index.
-    fn char_at(&self, index: usize) -> Option<char> {
-        let byte = if self.ascii {
-            index
-        } else {
-            let offsets = self
-                .char_offsets
-                .get_or_init(|| self.source.char_indices().map(|(i, _)| i).collect());
-            *offsets.get(index)?
-        };
-        self.source.get(byte..)?.chars().next()
+    /// The byte offset of a character index (markers count characters).
+    fn byte_offset(&self, index: usize) -> Option<usize> {
+        if self.ascii {
+            return (index <= self.source.len()).then_some(index);
+        }
+        let offsets = self.char_offsets.get_or_init(|| {
+            self.source
+                .char_indices()
+                .map(|(i, _)| i)
+                .chain([self.source.len()])
+                .collect()
+        });
+        offsets.get(index).copied()
     }
 
     fn type_error(&mut self, node: &Node<'_>, path: &str, expected: &str) {
