@@ -5,7 +5,7 @@ use aa_core::{Action, AgentContext, Decision, FileOperation, Mode, Verdict};
 use chrono::{DateTime, Utc};
 
 use crate::condition::{Activation, Condition, Input};
-use crate::pattern::{PathError, normalize_host, normalize_path, under_prefix};
+use crate::pattern::{PathError, normalize_path, parse_host, under_prefix};
 use crate::policy::{Policy, ToolRule};
 
 /// What is being decided: an agent, an action, and the time (given, never read from a clock,
@@ -174,22 +174,33 @@ impl Policy {
         let Some(rules) = &self.network else {
             return self.fallback("no network section", "network calls");
         };
-        let host = normalize_host(host);
-        if let Some(p) = rules.deny.as_ref().and_then(|d| d.find(&host)) {
-            return outcome(
-                Decision::Deny,
-                "network.deny",
-                format!("host \"{host}\" matches denied \"{p}\""),
-            );
-        }
-        if let (Some(ports), Some(port)) = (&rules.ports, port)
-            && !ports.contains(&port)
+        let parsed = match parse_host(host) {
+            Ok(parsed) => parsed,
+            Err(why) => return outcome(Decision::Deny, "network.host", why),
+        };
+        if let (Some(given), Some(written)) = (port, parsed.port)
+            && given != written
         {
-            return outcome(
-                Decision::Deny,
-                "network.ports",
-                format!("port {port} is not in the allowed ports"),
-            );
+            let why = format!("the host names port {written} but the call is to port {given}");
+            return outcome(Decision::Deny, "network.host", why);
+        }
+        let (host, port) = (parsed.name, port.or(parsed.port));
+        if let Some(p) = rules.deny.as_ref().and_then(|d| d.find(&host)) {
+            let why = format!("host \"{host}\" matches denied \"{p}\"");
+            return outcome(Decision::Deny, "network.deny", why);
+        }
+        if let Some(ports) = &rules.ports {
+            match port {
+                Some(port) if ports.contains(&port) => {}
+                Some(port) => {
+                    let why = format!("port {port} is not in the allowed ports");
+                    return outcome(Decision::Deny, "network.ports", why);
+                }
+                None => {
+                    let why = "the call names no port and the policy allows only listed ports";
+                    return outcome(Decision::Deny, "network.ports", why);
+                }
+            }
         }
         match &rules.allow {
             Some(allow) => match allow.find(&host) {
@@ -219,15 +230,21 @@ impl Policy {
             FileOperation::Write => &f.write,
             FileOperation::Delete => &f.delete,
         });
-        let Some(Some(prefixes)) = prefixes else {
-            let why = if self.files.is_some() {
-                format!("no files.{op} list")
-            } else {
-                "no files section".to_owned()
-            };
-            return self.fallback(&why, &format!("file {op}"));
+        let Some(prefixes) = prefixes else {
+            return self.fallback("no files section", &format!("file {op}"));
         };
         let rule = format!("files.{op}");
+        // With a files section, an operation must be listed to be allowed at all.
+        let Some(prefixes) = prefixes else {
+            return outcome(
+                Decision::Deny,
+                rule,
+                format!(
+                    "files.{op} is not listed, so nothing may be {}",
+                    past(operation)
+                ),
+            );
+        };
         let normalized = match normalize_path(path) {
             Ok(p) => p,
             Err(PathError::Nul) => {
@@ -293,38 +310,77 @@ impl Policy {
         let Some(rules) = &self.process else {
             return self.fallback("no process section", "process execs");
         };
-        let program = command.rsplit('/').next().unwrap_or(command);
-        let find = |set: &crate::pattern::NameSet| {
-            set.find(command)
-                .or_else(|| set.find(program))
-                .map(str::to_owned)
+        let full = if command.starts_with('/') {
+            match normalize_path(command) {
+                Ok(path) => path,
+                Err(_) => {
+                    return outcome(
+                        Decision::Deny,
+                        "process.command",
+                        "the command contains a NUL byte",
+                    );
+                }
+            }
+        } else {
+            command.to_owned()
         };
-        if let Some(p) = rules.deny.as_ref().and_then(find) {
+        let name = full.rsplit('/').next().unwrap_or(&full);
+        // A deny pattern catches the program under any path; an allow pattern naming only the
+        // program covers it bare or in a system directory, not a copy planted elsewhere.
+        let denied = rules
+            .deny
+            .as_ref()
+            .and_then(|set| set.find(&full).or_else(|| set.find(name)));
+        if let Some(p) = denied {
             return outcome(
                 Decision::Deny,
                 "process.deny",
-                format!("\"{command}\" matches denied \"{p}\""),
+                format!("\"{full}\" matches denied \"{p}\""),
             );
         }
-        match &rules.allow {
-            Some(allow) => match find(allow) {
-                Some(p) => outcome(
-                    Decision::Allow,
-                    "process.allow",
-                    format!("\"{command}\" matches \"{p}\""),
-                ),
-                None => outcome(
-                    Decision::Deny,
-                    "process.allow",
-                    format!("\"{command}\" is not in the allow list"),
-                ),
-            },
-            None => outcome(
+        let Some(allow) = &rules.allow else {
+            return outcome(
                 Decision::Allow,
                 "process.deny",
-                format!("\"{command}\" matches no denied program"),
+                format!("\"{full}\" matches no denied program"),
+            );
+        };
+        let in_system_dir = full
+            .rsplit_once('/')
+            .is_some_and(|(dir, _)| SYSTEM_BIN_DIRS.contains(&dir));
+        match allow
+            .find(&full)
+            .or_else(|| in_system_dir.then(|| allow.find(name)).flatten())
+        {
+            Some(p) => outcome(
+                Decision::Allow,
+                "process.allow",
+                format!("\"{full}\" matches \"{p}\""),
+            ),
+            None => outcome(
+                Decision::Deny,
+                "process.allow",
+                format!("\"{full}\" is not in the allow list"),
             ),
         }
+    }
+}
+
+/// Directories where a program named by an allow pattern without a path may live.
+const SYSTEM_BIN_DIRS: [&str; 6] = [
+    "/bin",
+    "/sbin",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+];
+
+fn past(operation: FileOperation) -> &'static str {
+    match operation {
+        FileOperation::Read => "read",
+        FileOperation::Write => "written",
+        FileOperation::Delete => "deleted",
     }
 }
 

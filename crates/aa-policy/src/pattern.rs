@@ -112,8 +112,10 @@ impl HostSet {
                 networks.push((p.clone(), canonical_ip(ip), bits));
             } else if p.is_empty() {
                 return Err("empty host pattern".to_owned());
+            } else if is_glob(p) {
+                names.push(p.to_ascii_lowercase());
             } else {
-                names.push(normalize_host(p));
+                names.push(parse_host(p)?.name);
             }
         }
         Ok(HostSet {
@@ -122,7 +124,7 @@ impl HostSet {
         })
     }
 
-    /// The pattern that matches an already [normalised](normalize_host) host.
+    /// The pattern that matches a host already in canonical form ([`parse_host`]).
     pub(crate) fn find<'s>(&'s self, host: &str) -> Option<&'s str> {
         if let Ok(ip) = host.parse::<IpAddr>()
             && let Some((p, ..)) = self
@@ -136,32 +138,126 @@ impl HostSet {
     }
 }
 
-/// Lowercases, drops a trailing dot and IPv6 brackets, and rewrites IP literals to one canonical
-/// form (`::ffff:a.b.c.d` and plain decimal `2852039166` become dotted IPv4), so a deny list cannot
-/// be side-stepped by spelling the same address another way.
-pub(crate) fn normalize_host(host: &str) -> String {
-    let host = host.trim().trim_end_matches('.');
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
+/// A host as written in an action, taken apart and put in canonical form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Host {
+    /// Lowercase name, or an IP address in canonical text form.
+    pub(crate) name: String,
+    /// A port written into the host (`example.com:8443`), if any.
+    pub(crate) port: Option<u16>,
+}
+
+/// Parses a host the way resolvers read it, so a deny list cannot be side-stepped by spelling
+/// the same address another way: IPv4 in any `inet_aton` form (`0xa9fea9fe`, `0251.0376.0251.0376`,
+/// `169.254.43518`, `2852039166`), IPv4-mapped and -compatible IPv6, brackets, a trailing dot,
+/// an attached port. Anything that is neither an IP address nor a valid host name is an error,
+/// so `evil.com/.github.com` or `a@b.github.com` never reach the glob match.
+pub(crate) fn parse_host(text: &str) -> Result<Host, String> {
+    let text = text.trim();
+    let bad = |why: &str| format!("invalid host \"{text}\": {why}");
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(bad("unexpected text after ']'")),
+        };
+        (inside, port)
+    } else {
+        match text.split_once(':') {
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            _ => (text, None),
+        }
+    };
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("bad port"))
+        })
+        .transpose()?;
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() {
+        return Err(bad("empty"));
+    }
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return canonical_ip(ip).to_string();
+        return Ok(Host {
+            name: canonical_ip(ip).to_string(),
+            port,
+        });
     }
-    if !host.is_empty()
-        && host.len() <= 10
-        && host.bytes().all(|b| b.is_ascii_digit())
-        && let Ok(n) = host.parse::<u32>()
-    {
-        return std::net::Ipv4Addr::from(n).to_string();
+    if let Some(v4) = inet_aton(host)? {
+        return Ok(Host {
+            name: v4.to_string(),
+            port,
+        });
     }
-    host.to_ascii_lowercase()
+    let valid_label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if host.len() > 253 || !host.split('.').all(valid_label) {
+        return Err(bad("not a host name or IP address"));
+    }
+    Ok(Host {
+        name: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// IPv4 in the forms `inet_aton` accepts: one to four parts, each decimal, octal (leading 0) or
+/// hex (0x); the last part fills the remaining bytes. `Ok(None)` when the text is not numeric.
+fn inet_aton(host: &str) -> Result<Option<std::net::Ipv4Addr>, String> {
+    let parts: Vec<&str> = host.split('.').collect();
+    let numeric = |p: &str| {
+        let digits = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X"));
+        match digits {
+            Some(hex) => !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+            None => !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()),
+        }
+    };
+    if parts.len() > 4 || !parts.iter().all(|p| numeric(p)) {
+        return Ok(None);
+    }
+    let bad = || format!("invalid host \"{host}\": not a valid IPv4 address");
+    let value = |p: &str| -> Result<u64, String> {
+        let parsed = if let Some(hex) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+            u64::from_str_radix(hex, 16)
+        } else if p.len() > 1 && p.starts_with('0') {
+            u64::from_str_radix(&p[1..], 8)
+        } else {
+            p.parse::<u64>()
+        };
+        parsed.map_err(|_| bad())
+    };
+    let values = parts
+        .iter()
+        .map(|p| value(p))
+        .collect::<Result<Vec<u64>, _>>()?;
+    let (last, leading) = values.split_last().ok_or_else(bad)?;
+    if leading.iter().any(|v| *v > 255) {
+        return Err(bad());
+    }
+    let last_bits = 8 * (4 - leading.len() as u32);
+    if *last >= 1u64 << last_bits {
+        return Err(bad());
+    }
+    let mut address: u64 = *last;
+    for (i, v) in leading.iter().enumerate() {
+        address |= v << (24 - 8 * i as u32);
+    }
+    Ok(Some(std::net::Ipv4Addr::from(address as u32)))
 }
 
 fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+        // ::1 and :: stay IPv6; other IPv4-mapped and -compatible addresses become IPv4.
+        IpAddr::V6(v6) if !v6.is_loopback() && !v6.is_unspecified() => {
+            v6.to_ipv4().map_or(ip, IpAddr::V4)
+        }
+        other => other,
     }
 }
 
@@ -176,6 +272,22 @@ fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
             u128::from(a) & mask == u128::from(b) & mask
         }
         _ => false,
+    }
+}
+
+/// Checks that `pattern` compiles as a (Rust `regex`) regular expression of bounded size, and
+/// says why not in one line.
+pub(crate) fn check_regex(pattern: &str) -> Result<(), String> {
+    match regex::RegexBuilder::new(pattern)
+        .size_limit(1 << 20)
+        .build()
+    {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let text = e.to_string();
+            let last = text.lines().last().unwrap_or_default().trim();
+            Err(last.strip_prefix("error: ").unwrap_or(last).to_owned())
+        }
     }
 }
 
@@ -226,6 +338,36 @@ mod tests {
         HostSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
     }
 
+    fn host(text: &str) -> String {
+        parse_host(text).unwrap().name
+    }
+
+    #[test]
+    fn hosts_that_are_not_names_are_errors() {
+        for bad in [
+            "evil.com/.github.com",
+            "evil.com@x.github.com",
+            ".github.com",
+            "a..b",
+            "",
+            "x:0",
+            "x:99999",
+            "[::1",
+            "300.1.1.1",
+            "1.2.3.0x1ff",
+        ] {
+            assert!(parse_host(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_host("Example.COM:8443").unwrap(),
+            Host {
+                name: "example.com".into(),
+                port: Some(8443)
+            }
+        );
+        assert_eq!(host("[::1]"), "::1");
+    }
+
     #[test]
     fn star_dot_matches_subdomains_only() {
         let set = hosts(&["*.github.com"]);
@@ -243,15 +385,22 @@ mod tests {
             "[::ffff:169.254.169.254]",
             "2852039166",
             "169.254.169.254.",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "169.254.43518",
+            "169.0xfe.169.254",
+            "::a9fe:a9fe",
+            "[::ffff:a9fe:a9fe]:80",
+            "169.254.169.254:80",
         ] {
             assert_eq!(
-                set.find(&normalize_host(spelling)),
+                set.find(&host(spelling)),
                 Some("169.254.169.254"),
                 "{spelling}"
             );
         }
-        assert_eq!(set.find(&normalize_host("10.1.2.3")), Some("10.0.0.0/8"));
-        assert_eq!(set.find(&normalize_host("11.1.2.3")), None);
+        assert_eq!(set.find(&host("10.1.2.3")), Some("10.0.0.0/8"));
+        assert_eq!(set.find(&host("11.1.2.3")), None);
         assert!(HostSet::new(&["10.0.0.0/33".to_string()]).is_err());
         assert!(HostSet::new(&["nonsense/8".to_string()]).is_err());
     }
@@ -259,7 +408,7 @@ mod tests {
     #[test]
     fn hosts_compare_case_insensitively() {
         let set = hosts(&["API.OpenAI.com"]);
-        assert!(set.find(&normalize_host("api.openai.COM")).is_some());
+        assert!(set.find(&host("api.openai.COM")).is_some());
     }
 
     #[test]

@@ -15,7 +15,8 @@ pub struct PolicySet {
 impl PolicySet {
     /// Builds a set; the order given does not matter.
     pub fn new(mut policies: Vec<Policy>) -> Self {
-        policies.sort_by_key(|p| p.scope().specificity());
+        // By specificity, then by id, so the answer never depends on the order files were given.
+        policies.sort_by_cached_key(|p| (p.scope().specificity(), p.id()));
         PolicySet { policies }
     }
 
@@ -24,14 +25,21 @@ impl PolicySet {
         &self.policies
     }
 
-    /// The mode for an agent: the most specific covering policy that sets one, else `enforce`.
+    /// The mode for an agent: set by the most specific covering policy that sets one; where
+    /// policies of equal specificity disagree, the strictest (enforce > observe > disabled).
+    /// With none set, `enforce`.
     pub fn mode_for(&self, agent: &aa_core::AgentContext) -> Mode {
+        let strictness = |m: Mode| match m {
+            Mode::Enforce => 2,
+            Mode::Observe => 1,
+            Mode::Disabled => 0,
+        };
         self.policies
             .iter()
-            .rev()
             .filter(|p| p.scope().covers(agent))
-            .find_map(Policy::mode)
-            .unwrap_or(Mode::Enforce)
+            .filter_map(|p| Some((p.scope().specificity(), strictness(p.mode()?), p.mode()?)))
+            .max_by_key(|(specificity, strict, _)| (*specificity, *strict))
+            .map_or(Mode::Enforce, |(_, _, mode)| mode)
     }
 
     /// Decides `request`. With no covering policy the answer is deny (fail closed).
