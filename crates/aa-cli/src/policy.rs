@@ -68,7 +68,7 @@ fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
         let text = match read_text(file) {
             Ok(text) => text,
             Err(e) => {
-                println!("{}: {e:#}", file.display());
+                println!("{e:#}");
                 problems += 1;
                 continue;
             }
@@ -120,10 +120,18 @@ fn eval(
 
 fn test(paths: &[PathBuf], now: Option<&str>) -> Result<ExitCode> {
     let now = parse_now(now)?;
-    let files: Vec<PathBuf> = yaml_files(paths)?
-        .into_iter()
-        .filter(|f| is_test_file(f))
-        .collect();
+    // Test files as named, and for each policy file the test file next to it.
+    let mut files: Vec<PathBuf> = Vec::new();
+    for file in yaml_files(paths)? {
+        let candidate = if is_test_file(&file) {
+            Some(file)
+        } else {
+            sibling_test_file(&file)
+        };
+        if let Some(c) = candidate.filter(|c| !files.contains(c)) {
+            files.push(c);
+        }
+    }
     if files.is_empty() {
         bail!("no *.test.yaml files under {}", display_all(paths));
     }
@@ -172,6 +180,15 @@ fn load_set(paths: &[PathBuf]) -> Result<PolicySet> {
         bail!("no policy found in {}", display_all(paths));
     }
     Ok(PolicySet::new(policies))
+}
+
+/// `x.yaml` → `x.test.yaml` (or `.test.yml`), when it exists.
+fn sibling_test_file(policy: &Path) -> Option<PathBuf> {
+    let stem = policy.file_stem()?.to_str()?;
+    ["test.yaml", "test.yml"]
+        .iter()
+        .map(|ext| policy.with_file_name(format!("{stem}.{ext}")))
+        .find(|candidate| candidate.is_file())
 }
 
 fn parse_now(now: Option<&str>) -> Result<DateTime<Utc>> {
