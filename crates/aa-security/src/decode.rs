@@ -1,0 +1,306 @@
+//! Encoded layers: segments of text that are base64, base64url, hex, percent-encoding or JSON
+//! string escapes, decoded so that a secret hidden in them is found too. Only decodings that
+//! yield mostly printable UTF-8 are kept, which discards the random runs (hashes, identifiers)
+//! that merely look encoded.
+
+use base64::Engine as _;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+
+/// How a segment was encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// Base64, standard or URL-safe alphabet.
+    Base64,
+    /// Hexadecimal bytes.
+    Hex,
+    /// `%XX` percent-encoding.
+    Percent,
+    /// JSON string escapes (`\u0067`, `\n`, ...).
+    JsonEscape,
+}
+
+impl Encoding {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Base64 => "base64",
+            Encoding::Hex => "hex",
+            Encoding::Percent => "percent",
+            Encoding::JsonEscape => "json_escape",
+        }
+    }
+}
+
+/// A decoded segment of a text, at `start..end` in it.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) encoding: Encoding,
+    pub(crate) decoded: String,
+}
+
+const MIN_BASE64: usize = 16;
+const MIN_HEX: usize = 16;
+
+const B64_STD: u8 = 1;
+const B64_URL: u8 = 2;
+const HEX: u8 = 4;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let alnum = c.is_ascii_alphanumeric();
+        if alnum || c == b'+' || c == b'/' {
+            t[b] |= B64_STD;
+        }
+        if alnum || c == b'-' || c == b'_' {
+            t[b] |= B64_URL;
+        }
+        if c.is_ascii_hexdigit() {
+            t[b] |= HEX;
+        }
+        b += 1;
+    }
+    t
+};
+
+const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+
+/// Every decodable segment of `text`.
+pub(crate) fn segments(text: &str) -> Vec<Segment> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    runs(bytes, &mut out);
+    if memchr::memchr(b'%', bytes).is_some() {
+        delimited(text, b'%', Encoding::Percent, percent_decode, &mut out);
+    }
+    if memchr::memchr(b'\\', bytes).is_some() {
+        delimited(text, b'\\', Encoding::JsonEscape, json_unescape, &mut out);
+    }
+    out
+}
+
+/// Base64 and hex runs: maximal runs of the alphabet, long enough to hide a secret.
+fn runs(bytes: &[u8], out: &mut Vec<Segment>) {
+    let mut i = 0;
+    while i < bytes.len() {
+        if CLASS[usize::from(bytes[i])] & (B64_STD | B64_URL) == 0 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let (mut all, mut any_std, mut any_url) = (HEX | B64_STD | B64_URL, false, false);
+        while i < bytes.len() {
+            let class = CLASS[usize::from(bytes[i])];
+            if class & (B64_STD | B64_URL) == 0 {
+                break;
+            }
+            all &= class;
+            any_std |= class & B64_URL == 0;
+            any_url |= class & B64_STD == 0;
+            i += 1;
+        }
+        let mut end = i;
+        while end < bytes.len() && end - i < 2 && bytes[end] == b'=' {
+            end += 1;
+        }
+        let len = i - start;
+        let run = &bytes[start..i];
+        if all & HEX != 0
+            && len >= MIN_HEX
+            && len.is_multiple_of(2)
+            && let Some(decoded) = hex_decode(run).and_then(printable)
+        {
+            out.push(Segment {
+                start,
+                end: i,
+                encoding: Encoding::Hex,
+                decoded,
+            });
+            continue;
+        }
+        if len >= MIN_BASE64 && !(any_std && any_url) {
+            let engine = if any_url { &URL_SAFE } else { &STANDARD };
+            let usable = &run[..len - len % 4 * usize::from(len % 4 == 1)];
+            if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
+                out.push(Segment {
+                    start,
+                    end,
+                    encoding: Encoding::Base64,
+                    decoded,
+                });
+            }
+        }
+        i = end.max(i);
+    }
+}
+
+/// Segments around each `marker` byte: the surrounding run of characters that can belong to a
+/// token (no white space, quotes or brackets), decoded by `decode` when that changes it.
+fn delimited(
+    text: &str,
+    marker: u8,
+    encoding: Encoding,
+    decode: fn(&str) -> Option<String>,
+    out: &mut Vec<Segment>,
+) {
+    let bytes = text.as_bytes();
+    let boundary = |b: u8| b.is_ascii_whitespace() || b"\"'<>()[]{},;`".contains(&b);
+    let mut from = 0;
+    while let Some(found) = memchr::memchr(marker, &bytes[from..]) {
+        let at = from + found;
+        let start = bytes[..at]
+            .iter()
+            .rposition(|b| boundary(*b))
+            .map_or(0, |p| p + 1);
+        let end = bytes[at..]
+            .iter()
+            .position(|b| boundary(*b))
+            .map_or(bytes.len(), |p| at + p);
+        // A JSON string may escape a quote; extend over `\"` so the run is not cut there.
+        if let Some(segment) = text.get(start..end)
+            && let Some(decoded) = decode(segment)
+            && decoded != segment
+        {
+            out.push(Segment {
+                start,
+                end,
+                encoding,
+                decoded,
+            });
+        }
+        from = end.max(at + 1);
+    }
+}
+
+fn hex_decode(run: &[u8]) -> Option<Vec<u8>> {
+    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    run.chunks_exact(2)
+        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
+        .collect()
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    let mut any = false;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = bytes.get(i + 1..i + 3)
+            && let Some(b) = hex_decode(hex)
+        {
+            out.extend(b);
+            any = true;
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    if !any {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn json_unescape(segment: &str) -> Option<String> {
+    let mut out = String::with_capacity(segment.len());
+    let mut chars = segment.chars();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        let decoded = match chars.next()? {
+            'n' => '\n',
+            't' => '\t',
+            'r' => '\r',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            '/' => '/',
+            '\\' => '\\',
+            '"' => '"',
+            'u' => {
+                let hex: String = chars.by_ref().take(4).collect();
+                let code = u32::from_str_radix(&hex, 16).ok()?;
+                char::from_u32(code).unwrap_or('\u{FFFD}')
+            }
+            _ => return None,
+        };
+        any = true;
+        out.push(decoded);
+    }
+    any.then_some(out)
+}
+
+/// The decoded bytes as text, when they look like text: valid UTF-8, at least 8 bytes, and at
+/// least 90 % printable.
+fn printable(bytes: Vec<u8>) -> Option<String> {
+    if bytes.len() < 8 {
+        return None;
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    let total = text.chars().count();
+    let shown = text
+        .chars()
+        .filter(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t'))
+        .count();
+    (shown * 10 >= total * 9).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(text: &str) -> Vec<(Encoding, String)> {
+        segments(text)
+            .into_iter()
+            .map(|s| (s.encoding, s.decoded))
+            .collect()
+    }
+
+    #[test]
+    fn each_encoding_is_decoded() {
+        let secret = "token ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let b64 = STANDARD.encode(secret);
+        let url = URL_SAFE.encode("?>?>?>?>?>?>?>?>?>?> ghp_x");
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        let pct: String = secret.bytes().map(|b| format!("%{b:02X}")).collect();
+        assert_eq!(
+            decoded(&format!("x {b64} y")),
+            [(Encoding::Base64, secret.to_owned())]
+        );
+        assert_eq!(
+            decoded(&url),
+            [(Encoding::Base64, "?>?>?>?>?>?>?>?>?>?> ghp_x".to_owned())]
+        );
+        assert_eq!(decoded(&hex), [(Encoding::Hex, secret.to_owned())]);
+        assert_eq!(
+            decoded(&format!("q={pct}&x=1")),
+            [(Encoding::Percent, format!("q={secret}&x=1"))]
+        );
+        assert_eq!(
+            decoded(r#"{"k": "ghp\u005fabc"}"#),
+            [(Encoding::JsonEscape, "ghp_abc".to_owned())]
+        );
+    }
+
+    #[test]
+    fn random_runs_that_decode_to_garbage_are_ignored() {
+        assert!(
+            segments("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").is_empty()
+        );
+        assert!(segments("a_very_long_identifier_name_in_code").is_empty());
+        assert!(segments("100% sure, 50%off").is_empty());
+    }
+}

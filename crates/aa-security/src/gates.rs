@@ -1,0 +1,226 @@
+//! Checks that turn a regex match into a finding, or reject it as a decoy: entropy, checksums
+//! (Luhn, IBAN mod-97), number-shape rules, and the shapes of values that look random but are
+//! not secrets (UUIDs, hex digests, version strings, placeholders).
+
+use crate::rules::Gate;
+
+/// True when `secret` passes `gate`.
+pub(crate) fn passes(gate: Gate, secret: &[u8]) -> bool {
+    match gate {
+        Gate::None => true,
+        Gate::Entropy(min) => !is_decoy(secret) && shannon_entropy(secret) >= min,
+        Gate::Luhn => luhn(secret),
+        Gate::Iban => iban(secret),
+        Gate::Ssn => ssn(secret),
+        Gate::Phone => phone(secret),
+    }
+}
+
+/// Bits of entropy per byte of `data`.
+pub(crate) fn shannon_entropy(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u32; 256];
+    for &b in data {
+        counts[usize::from(b)] += 1;
+    }
+    let len = data.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / len;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Values that pass an entropy gate but are not secrets.
+fn is_decoy(v: &[u8]) -> bool {
+    let hex = |b: &u8| b.is_ascii_hexdigit();
+    let all_hex = v.iter().all(hex);
+    // git SHAs, MD5/SHA-1/SHA-256/SHA-512 digests
+    if all_hex && matches!(v.len(), 32 | 40 | 64 | 128) {
+        return true;
+    }
+    if is_uuid(v) {
+        return true;
+    }
+    // version strings: 1.2.3, v2.0.1-beta
+    let trimmed = v.strip_prefix(b"v").unwrap_or(v);
+    if trimmed.first().is_some_and(u8::is_ascii_digit)
+        && trimmed
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+".contains(b))
+        && trimmed.iter().filter(|&&b| b == b'.').count() >= 2
+    {
+        return true;
+    }
+    // placeholders and references, not values: ${VAR}, $VAR, {{x}}, <x>, %(x)s, xxx..., ***...
+    if v.starts_with(b"$") || v.starts_with(b"{{") || v.starts_with(b"%(") || v.starts_with(b"<") {
+        return true;
+    }
+    if v.iter().all(|&b| b == v[0]) {
+        return true;
+    }
+    let lower = v.to_ascii_lowercase();
+    // Documented example keys (AWS's `...EXAMPLEKEY`) are still reported: they look real.
+    const PLACEHOLDERS: [&[u8]; 7] = [
+        b"xxxxxxxx",
+        b"********",
+        b"changeme",
+        b"your_",
+        b"your-",
+        b"placeholder",
+        b"redacted",
+    ];
+    if PLACEHOLDERS
+        .iter()
+        .any(|p| lower.windows(p.len()).any(|w| w == *p))
+    {
+        return true;
+    }
+    // identifiers in code: os.environ.get, process.env.X, settings.SECRET_KEY
+    if v.iter()
+        .all(|b| b.is_ascii_alphabetic() || b"._".contains(b))
+        && v.contains(&b'.')
+    {
+        return true;
+    }
+    false
+}
+
+fn is_uuid(v: &[u8]) -> bool {
+    v.len() == 36
+        && v.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+fn digits(v: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    v.iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| u32::from(b - b'0'))
+}
+
+/// Payment cards: 13–19 digits, a known issuer prefix, and a valid Luhn checksum.
+fn luhn(v: &[u8]) -> bool {
+    let ds: Vec<u32> = digits(v).collect();
+    if !(13..=19).contains(&ds.len()) || ds.iter().all(|&d| d == ds[0]) {
+        return false;
+    }
+    // Visa 4, Mastercard 51-55/22-27, Amex 34/37, Discover 6, Diners 36/38/30, JCB 35, UnionPay 62
+    let issuer = matches!(ds[0], 3..=6) || (ds[0] == 2 && matches!(ds[1], 2..=7));
+    let sum: u32 = ds
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
+            } else {
+                d
+            }
+        })
+        .sum();
+    issuer && sum.is_multiple_of(10)
+}
+
+/// IBAN: country letters, check digits, and the ISO 7064 mod-97 remainder 1.
+fn iban(v: &[u8]) -> bool {
+    let compact: Vec<u8> = v.iter().copied().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut remainder: u32 = 0;
+    for &b in tail.iter().chain(head) {
+        let value = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
+    }
+    remainder == 1
+}
+
+/// US SSN `AAA-GG-SSSS`: area not 000, 666 or 9xx; group not 00; serial not 0000.
+fn ssn(v: &[u8]) -> bool {
+    let ds: Vec<u32> = digits(v).collect();
+    if ds.len() != 9 {
+        return false;
+    }
+    let area = ds[0] * 100 + ds[1] * 10 + ds[2];
+    let group = ds[3] * 10 + ds[4];
+    let serial = ds[5] * 1000 + ds[6] * 100 + ds[7] * 10 + ds[8];
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+/// Phone numbers: 7–15 digits (E.164), not all one digit, and not shaped like a date or time.
+fn phone(v: &[u8]) -> bool {
+    let ds: Vec<u32> = digits(v).collect();
+    if !(7..=15).contains(&ds.len()) || ds.iter().all(|&d| d == ds[0]) {
+        return false;
+    }
+    // 2026-11-22, 2026.11.22, 22/11/2026: dates, not phones
+    let date_like = v.len() == 10 && (v[4] == v[7]) && matches!(v[4], b'-' | b'.' | b'/')
+        || v.len() == 10 && (v[2] == v[5]) && matches!(v[2], b'-' | b'.' | b'/');
+    !date_like
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entropy_of_known_strings() {
+        assert_eq!(shannon_entropy(b"aaaa"), 0.0);
+        assert!((shannon_entropy(b"abcd") - 2.0).abs() < 1e-9);
+        assert!(shannon_entropy(b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY") > 4.0);
+    }
+
+    #[test]
+    fn decoys_are_rejected() {
+        for decoy in [
+            "550e8400-e29b-41d4-a716-446655440000",
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "v1.24.3-beta.1",
+            "${DATABASE_PASSWORD}",
+            "{{ secrets.token }}",
+            "<your-token-here>",
+            "xxxxxxxxxxxxxxxx",
+            "os.environ.get",
+            "changeme123",
+        ] {
+            assert!(!passes(Gate::Entropy(3.0), decoy.as_bytes()), "{decoy}");
+        }
+        assert!(passes(Gate::Entropy(3.0), b"hQ7#vL2!pX9@mR4$"));
+    }
+
+    #[test]
+    fn checksums() {
+        assert!(luhn(b"4111 1111 1111 1111"));
+        assert!(luhn(b"5500-0000-0000-0004"));
+        assert!(luhn(b"378282246310005"));
+        assert!(!luhn(b"4111 1111 1111 1112"));
+        assert!(!luhn(b"1234567812345670")); // valid Luhn, no issuer starts with 1
+        assert!(iban(b"DE89 3704 0044 0532 0130 00"));
+        assert!(iban(b"GB82WEST12345698765432"));
+        assert!(!iban(b"DE89 3704 0044 0532 0130 01"));
+        assert!(ssn(b"123-45-6789"));
+        assert!(!ssn(b"000-45-6789") || !ssn(b"666-12-3456"));
+        assert!(!ssn(b"123-00-6789"));
+        assert!(phone(b"+14155552671"));
+        assert!(phone(b"(415) 555-2671"));
+        assert!(!phone(b"2026-11-22"));
+        assert!(!phone(b"1111111"));
+    }
+}

@@ -1,0 +1,92 @@
+//! Normalisation before scanning, because the text may be crafted to slip past: compatibility
+//! forms folded with NFKC (fullwidth `ｇｈｐ＿` → `ghp_`), invisible characters removed
+//! (zero-width, bidi controls, soft hyphens, variation selectors, tags). The map back to the
+//! original keeps every finding's span in original bytes.
+
+use unicode_normalization::UnicodeNormalization;
+
+/// Normalised text and, for each of its bytes, the offset of the original character it came
+/// from.
+#[derive(Debug)]
+pub(crate) struct Normalized {
+    pub(crate) text: String,
+    origin: Vec<u32>,
+}
+
+impl Normalized {
+    /// The original byte range of normalised `start..end`.
+    pub(crate) fn original_span(&self, original: &str, start: usize, end: usize) -> (usize, usize) {
+        let from = self
+            .origin
+            .get(start)
+            .map_or(original.len(), |o| *o as usize);
+        let to = match end.checked_sub(1).and_then(|last| self.origin.get(last)) {
+            Some(&o) => {
+                let o = o as usize;
+                o + original
+                    .get(o..)
+                    .and_then(|s| s.chars().next())
+                    .map_or(0, char::len_utf8)
+            }
+            None => from,
+        };
+        (from, to.max(from))
+    }
+}
+
+/// Characters that render as nothing and are dropped before scanning.
+pub(crate) fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}'
+        | '\u{FEFF}' | '\u{FFA0}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// `None` when normalising changes nothing (always for ASCII), so the common case costs one
+/// `is_ascii` pass.
+pub(crate) fn normalize(text: &str) -> Option<Normalized> {
+    if text.is_ascii() || u32::try_from(text.len()).is_err() {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut origin = Vec::with_capacity(text.len());
+    let mut changed = false;
+    for (offset, c) in text.char_indices() {
+        if is_invisible(c) {
+            changed = true;
+            continue;
+        }
+        let before = out.len();
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            out.extend(std::iter::once(c).nfkc());
+            changed |= out.get(before..) != Some(c.encode_utf8(&mut [0; 4]));
+        }
+        origin.resize(out.len(), offset as u32);
+    }
+    changed.then_some(Normalized { text: out, origin })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_and_already_normal_text_is_left_alone() {
+        assert!(normalize("plain ascii").is_none());
+        assert!(normalize("grüße").is_none());
+    }
+
+    #[test]
+    fn fullwidth_and_invisible_characters_fold_away_and_map_back() {
+        let original = "key=ｇｈｐ＿ab\u{200B}cd!";
+        let n = normalize(original).unwrap();
+        assert_eq!(n.text, "key=ghp_abcd!");
+        let start = n.text.find("ghp").unwrap();
+        let end = n.text.find('!').unwrap();
+        let (from, to) = n.original_span(original, start, end);
+        assert_eq!(&original[from..to], "ｇｈｐ＿ab\u{200B}cd");
+    }
+}

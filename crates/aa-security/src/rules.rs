@@ -1,0 +1,1006 @@
+//! The built-in rules: credentials of the providers agents touch, and personal data.
+//!
+//! Each rule names the literal keywords that must appear near a match (the prefilter), a regex
+//! that confirms it (group 1, when present, is the secret; otherwise the whole match), and the
+//! gates that reject decoys. Regexes run as ASCII byte regexes over a window around each keyword.
+
+/// How bad a leak of this kind is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Personal data, or a credential of limited reach (test keys).
+    Medium,
+    /// A credential that grants access.
+    High,
+    /// Keys to infrastructure or signing material.
+    Critical,
+}
+
+impl Severity {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// What starts a rule's confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    /// Any of these lowercase literals (matched case-insensitively).
+    Keywords(&'static [&'static str]),
+    /// A run of at least seven digits, possibly with separators (phone numbers, cards, ...).
+    Digits,
+}
+
+/// Extra checks on the secret after the regex matched.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Gate {
+    /// None beyond the regex.
+    None,
+    /// Shannon entropy (bits per byte) at least this, and not a known decoy shape.
+    Entropy(f64),
+    /// The Luhn checksum of a payment card number.
+    Luhn,
+    /// The ISO 13616 mod-97 check of an IBAN.
+    Iban,
+    /// US social security number area/group/serial rules.
+    Ssn,
+    /// A phone number: 7 to 15 digits, not a date, version or other known shape.
+    Phone,
+}
+
+/// One built-in rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RuleDef {
+    pub(crate) id: &'static str,
+    pub(crate) kind: &'static str,
+    pub(crate) severity: Severity,
+    pub(crate) trigger: Trigger,
+    pub(crate) pattern: &'static str,
+    pub(crate) gate: Gate,
+    /// Bytes before a keyword the match may start at.
+    pub(crate) before: usize,
+    /// Bytes after a keyword the match may end at.
+    pub(crate) after: usize,
+}
+
+const fn rule(
+    id: &'static str,
+    kind: &'static str,
+    severity: Severity,
+    keywords: &'static [&'static str],
+    pattern: &'static str,
+) -> RuleDef {
+    RuleDef {
+        id,
+        kind,
+        severity,
+        trigger: Trigger::Keywords(keywords),
+        pattern,
+        gate: Gate::None,
+        before: 16,
+        after: 256,
+    }
+}
+
+const fn gated(mut r: RuleDef, gate: Gate) -> RuleDef {
+    r.gate = gate;
+    r
+}
+
+const fn window(mut r: RuleDef, before: usize, after: usize) -> RuleDef {
+    r.before = before;
+    r.after = after;
+    r
+}
+
+use Severity::{Critical, High, Medium};
+
+/// Characters that may follow a value; the `(?:...)` after a token keeps `\b`-like behaviour
+/// for tokens whose alphabet includes `-`.
+macro_rules! end {
+    () => {
+        r"(?:[^A-Za-z0-9_\-]|$)"
+    };
+}
+
+/// The generic `name = value` assignment: the name holds one of the secret words; the value is
+/// group 1.
+const GENERIC: &str = concat!(
+    r"(?i)[a-z0-9_.\-]*(?:password|passwd|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)[a-z0-9_.\-]*",
+    r#"["']?\s*(?::=|=>|=|:)\s*["'`]?([^\s"'`,;<>(){}\[\]]{8,200})"#
+);
+
+/// Every built-in rule. Keywords are lowercase.
+pub(crate) const RULES: &[RuleDef] = &[
+    // ---- AWS ----
+    rule(
+        "aws-access-key-id",
+        "aws_access_key",
+        Critical,
+        &["akia", "asia", "abia", "acca"],
+        concat!(r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})", end!()),
+    ),
+    gated(
+        window(
+            rule(
+                "aws-secret-access-key",
+                "aws_secret_key",
+                Critical,
+                &[
+                    "aws_secret",
+                    "aws-secret",
+                    "awssecret",
+                    "secret_access_key",
+                    "secretaccesskey",
+                    "secret-access-key",
+                ],
+                r#"(?i)(?:aws)?[_\-]?secret[_\-]?(?:access)?[_\-]?key["']?\s*(?::=|=>|=|:)\s*["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#,
+            ),
+            24,
+            120,
+        ),
+        Gate::Entropy(3.5),
+    ),
+    window(
+        rule(
+            "aws-session-token",
+            "aws_session_token",
+            High,
+            &["session_token", "sessiontoken", "session-token"],
+            r#"(?i)session[_\-]?token["']?\s*(?::=|=>|=|:)\s*["']?([A-Za-z0-9/+=]{100,2000})"#,
+        ),
+        32,
+        2100,
+    ),
+    // ---- GitHub ----
+    rule(
+        "github-pat",
+        "github_token",
+        Critical,
+        &["ghp_"],
+        concat!(r"\b(ghp_[A-Za-z0-9]{36})", end!()),
+    ),
+    rule(
+        "github-oauth-token",
+        "github_token",
+        Critical,
+        &["gho_"],
+        concat!(r"\b(gho_[A-Za-z0-9]{36})", end!()),
+    ),
+    rule(
+        "github-user-to-server-token",
+        "github_token",
+        Critical,
+        &["ghu_"],
+        concat!(r"\b(ghu_[A-Za-z0-9]{36})", end!()),
+    ),
+    rule(
+        "github-server-to-server-token",
+        "github_token",
+        Critical,
+        &["ghs_"],
+        concat!(r"\b(ghs_[A-Za-z0-9]{36})", end!()),
+    ),
+    rule(
+        "github-refresh-token",
+        "github_token",
+        Critical,
+        &["ghr_"],
+        concat!(r"\b(ghr_[A-Za-z0-9]{36,76})", end!()),
+    ),
+    rule(
+        "github-fine-grained-pat",
+        "github_token",
+        Critical,
+        &["github_pat_"],
+        concat!(r"\b(github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})", end!()),
+    ),
+    // ---- GitLab ----
+    rule(
+        "gitlab-pat",
+        "gitlab_token",
+        Critical,
+        &["glpat-"],
+        concat!(r"\b(glpat-[A-Za-z0-9_\-]{20,})", end!()),
+    ),
+    rule(
+        "gitlab-pipeline-trigger-token",
+        "gitlab_token",
+        High,
+        &["glptt-"],
+        concat!(r"\b(glptt-[0-9a-f]{40})", end!()),
+    ),
+    rule(
+        "gitlab-runner-token",
+        "gitlab_token",
+        High,
+        &["glrt-"],
+        concat!(r"\b(glrt-[A-Za-z0-9_\-]{20,})", end!()),
+    ),
+    rule(
+        "gitlab-deploy-token",
+        "gitlab_token",
+        High,
+        &["gldt-"],
+        concat!(r"\b(gldt-[A-Za-z0-9_\-]{20,})", end!()),
+    ),
+    // ---- Slack ----
+    rule(
+        "slack-bot-token",
+        "slack_token",
+        Critical,
+        &["xoxb-"],
+        concat!(
+            r"\b(xoxb-[0-9]{9,13}-[0-9]{9,13}-[A-Za-z0-9]{24,34})",
+            end!()
+        ),
+    ),
+    rule(
+        "slack-user-token",
+        "slack_token",
+        Critical,
+        &["xoxp-"],
+        concat!(
+            r"\b(xoxp-[0-9]{9,13}-[0-9]{9,13}-[0-9]{9,13}-[a-f0-9]{32})",
+            end!()
+        ),
+    ),
+    rule(
+        "slack-app-token",
+        "slack_token",
+        Critical,
+        &["xapp-"],
+        concat!(
+            r"(?i)\b(xapp-[0-9]-[A-Z0-9]{9,12}-[0-9]{9,14}-[a-f0-9]{64})",
+            end!()
+        ),
+    ),
+    rule(
+        "slack-legacy-token",
+        "slack_token",
+        High,
+        &["xoxa-", "xoxo-", "xoxr-", "xoxs-"],
+        concat!(r"\b(xox[aors]-[0-9]{9,13}-[A-Za-z0-9\-]{10,})", end!()),
+    ),
+    rule(
+        "slack-webhook-url",
+        "slack_webhook",
+        High,
+        &["hooks.slack.com"],
+        r"(https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{30,})",
+    ),
+    // ---- Stripe ----
+    rule(
+        "stripe-secret-key",
+        "stripe_key",
+        Critical,
+        &["sk_live_"],
+        concat!(r"\b(sk_live_[0-9a-zA-Z]{24,247})", end!()),
+    ),
+    rule(
+        "stripe-restricted-key",
+        "stripe_key",
+        Critical,
+        &["rk_live_"],
+        concat!(r"\b(rk_live_[0-9a-zA-Z]{24,247})", end!()),
+    ),
+    rule(
+        "stripe-test-secret-key",
+        "stripe_key",
+        Medium,
+        &["sk_test_", "rk_test_"],
+        concat!(r"\b([sr]k_test_[0-9a-zA-Z]{24,247})", end!()),
+    ),
+    rule(
+        "stripe-webhook-secret",
+        "stripe_key",
+        High,
+        &["whsec_"],
+        concat!(r"\b(whsec_[A-Za-z0-9+/]{32,})", end!()),
+    ),
+    // ---- AI providers ----
+    // The marker sits mid-key, so the window reaches well back.
+    window(
+        rule(
+            "openai-api-key",
+            "openai_api_key",
+            Critical,
+            &["t3blbkfj"],
+            concat!(
+                r"\b(sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,})",
+                end!()
+            ),
+        ),
+        200,
+        200,
+    ),
+    rule(
+        "openai-project-key",
+        "openai_api_key",
+        Critical,
+        &["sk-proj-", "sk-svcacct-", "sk-admin-"],
+        concat!(r"\b(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})", end!()),
+    ),
+    gated(
+        rule(
+            "openai-legacy-key",
+            "openai_api_key",
+            High,
+            &["sk-"],
+            concat!(r"\b(sk-[A-Za-z0-9]{48})", end!()),
+        ),
+        Gate::Entropy(4.0),
+    ),
+    rule(
+        "anthropic-api-key",
+        "anthropic_api_key",
+        Critical,
+        &["sk-ant-"],
+        concat!(
+            r"\b(sk-ant-(?:api|admin|oat|sid)[0-9]{2}-[A-Za-z0-9_\-]{80,120})",
+            end!()
+        ),
+    ),
+    rule(
+        "openrouter-api-key",
+        "openrouter_api_key",
+        High,
+        &["sk-or-"],
+        concat!(r"\b(sk-or-v1-[a-f0-9]{64})", end!()),
+    ),
+    rule(
+        "huggingface-token",
+        "huggingface_token",
+        High,
+        &["hf_"],
+        concat!(r"\b(hf_[A-Za-z]{34})", end!()),
+    ),
+    rule(
+        "huggingface-org-token",
+        "huggingface_token",
+        High,
+        &["api_org_"],
+        concat!(r"\b(api_org_[A-Za-z]{34})", end!()),
+    ),
+    rule(
+        "groq-api-key",
+        "groq_api_key",
+        High,
+        &["gsk_"],
+        concat!(r"\b(gsk_[A-Za-z0-9]{52})", end!()),
+    ),
+    rule(
+        "replicate-api-token",
+        "replicate_api_token",
+        High,
+        &["r8_"],
+        concat!(r"\b(r8_[A-Za-z0-9]{37})", end!()),
+    ),
+    rule(
+        "xai-api-key",
+        "xai_api_key",
+        High,
+        &["xai-"],
+        concat!(r"\b(xai-[A-Za-z0-9]{80})", end!()),
+    ),
+    rule(
+        "perplexity-api-key",
+        "perplexity_api_key",
+        High,
+        &["pplx-"],
+        concat!(r"\b(pplx-[A-Za-z0-9]{48})", end!()),
+    ),
+    rule(
+        "langsmith-api-key",
+        "langsmith_api_key",
+        High,
+        &["lsv2_"],
+        concat!(r"\b(lsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10})", end!()),
+    ),
+    // ---- Google ----
+    rule(
+        "google-api-key",
+        "google_api_key",
+        High,
+        &["aiza"],
+        concat!(r"\b(AIza[0-9A-Za-z_\-]{35})", end!()),
+    ),
+    rule(
+        "google-oauth-client-secret",
+        "google_oauth_secret",
+        High,
+        &["gocspx-"],
+        concat!(r"\b(GOCSPX-[A-Za-z0-9_\-]{28})", end!()),
+    ),
+    rule(
+        "google-oauth-access-token",
+        "google_oauth_token",
+        High,
+        &["ya29."],
+        concat!(r"\b(ya29\.[0-9A-Za-z_\-]{30,})", end!()),
+    ),
+    window(
+        rule(
+            "gcp-service-account-key-id",
+            "gcp_service_account",
+            Critical,
+            &["private_key_id"],
+            r#""private_key_id"\s*:\s*"([a-f0-9]{40})""#,
+        ),
+        2,
+        80,
+    ),
+    // ---- Azure ----
+    window(
+        rule(
+            "azure-storage-account-key",
+            "azure_storage_key",
+            Critical,
+            &["accountkey="],
+            r"(?i)AccountKey=([A-Za-z0-9+/]{86}==)",
+        ),
+        2,
+        120,
+    ),
+    window(
+        rule(
+            "azure-shared-access-key",
+            "azure_storage_key",
+            Critical,
+            &["sharedaccesskey="],
+            r"(?i)SharedAccessKey=([A-Za-z0-9+/]{42,44}=?)",
+        ),
+        2,
+        80,
+    ),
+    gated(
+        window(
+            rule(
+                "azure-sas-token",
+                "azure_sas_token",
+                High,
+                &["sig="],
+                r"(?i)[?&]sig=([A-Za-z0-9%+/]{40,100}(?:%3D|=){0,2})",
+            ),
+            2,
+            120,
+        ),
+        Gate::Entropy(3.5),
+    ),
+    rule(
+        "azure-ad-client-secret",
+        "azure_client_secret",
+        High,
+        &["q~"],
+        concat!(
+            r"(?:^|[^A-Za-z0-9_~.\-])([A-Za-z0-9_~.\-]{3}[0-9]Q~[A-Za-z0-9_~.\-]{31,34})",
+            end!()
+        ),
+    ),
+    // ---- Messaging, mail, payments ----
+    rule(
+        "sendgrid-api-key",
+        "sendgrid_api_key",
+        High,
+        &["sg."],
+        concat!(r"\b(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})", end!()),
+    ),
+    window(
+        rule(
+            "twilio-api-key",
+            "twilio_api_key",
+            High,
+            &["twilio"],
+            r"(?i)twilio[\s\S]{0,60}?\b(SK[0-9a-fA-F]{32})\b",
+        ),
+        4,
+        120,
+    ),
+    window(
+        rule(
+            "twilio-auth-token",
+            "twilio_auth_token",
+            High,
+            &["twilio"],
+            r#"(?i)twilio[a-z_\-]*(?:auth)?[_\-]?token["']?\s*(?::=|=>|=|:)\s*["']?([a-f0-9]{32})\b"#,
+        ),
+        4,
+        120,
+    ),
+    rule(
+        "mailgun-api-key",
+        "mailgun_api_key",
+        High,
+        &["key-"],
+        concat!(r"\b(key-[0-9a-f]{32})", end!()),
+    ),
+    window(
+        rule(
+            "mailchimp-api-key",
+            "mailchimp_api_key",
+            High,
+            &["-us"],
+            r"\b([0-9a-f]{32}-us[0-9]{1,2})\b",
+        ),
+        40,
+        8,
+    ),
+    rule(
+        "telegram-bot-token",
+        "telegram_bot_token",
+        High,
+        &[":aa"],
+        concat!(r"\b([0-9]{8,10}:AA[0-9A-Za-z_\-]{33})", end!()),
+    ),
+    window(
+        rule(
+            "discord-bot-token",
+            "discord_token",
+            High,
+            &["discord"],
+            r"(?i)discord[\s\S]{0,60}?\b([MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38})",
+        ),
+        4,
+        160,
+    ),
+    rule(
+        "discord-webhook-url",
+        "discord_webhook",
+        High,
+        &["discord"],
+        r"(https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/[0-9]{17,20}/[A-Za-z0-9_\-]{60,68})",
+    ),
+    rule(
+        "square-access-token",
+        "square_token",
+        High,
+        &["sq0atp-", "eaaa"],
+        concat!(
+            r"\b(sq0atp-[0-9A-Za-z_\-]{22}|EAAA[A-Za-z0-9_\-]{60})",
+            end!()
+        ),
+    ),
+    rule(
+        "square-oauth-secret",
+        "square_token",
+        High,
+        &["sq0csp-"],
+        concat!(r"\b(sq0csp-[0-9A-Za-z_\-]{43})", end!()),
+    ),
+    // ---- Package registries ----
+    rule(
+        "npm-access-token",
+        "npm_token",
+        Critical,
+        &["npm_"],
+        concat!(r"\b(npm_[A-Za-z0-9]{36})", end!()),
+    ),
+    rule(
+        "pypi-upload-token",
+        "pypi_token",
+        Critical,
+        &["pypi-ageichlwas5vcmc"],
+        concat!(r"\b(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,})", end!()),
+    ),
+    // ---- Commerce and cloud platforms ----
+    rule(
+        "shopify-access-token",
+        "shopify_token",
+        High,
+        &["shpat_"],
+        concat!(r"\b(shpat_[a-fA-F0-9]{32})", end!()),
+    ),
+    rule(
+        "shopify-custom-app-token",
+        "shopify_token",
+        High,
+        &["shpca_"],
+        concat!(r"\b(shpca_[a-fA-F0-9]{32})", end!()),
+    ),
+    rule(
+        "shopify-private-app-token",
+        "shopify_token",
+        High,
+        &["shppa_"],
+        concat!(r"\b(shppa_[a-fA-F0-9]{32})", end!()),
+    ),
+    rule(
+        "shopify-shared-secret",
+        "shopify_token",
+        High,
+        &["shpss_"],
+        concat!(r"\b(shpss_[a-fA-F0-9]{32})", end!()),
+    ),
+    rule(
+        "digitalocean-pat",
+        "digitalocean_token",
+        Critical,
+        &["dop_v1_"],
+        concat!(r"\b(dop_v1_[a-f0-9]{64})", end!()),
+    ),
+    rule(
+        "digitalocean-oauth-token",
+        "digitalocean_token",
+        Critical,
+        &["doo_v1_"],
+        concat!(r"\b(doo_v1_[a-f0-9]{64})", end!()),
+    ),
+    rule(
+        "digitalocean-refresh-token",
+        "digitalocean_token",
+        Critical,
+        &["dor_v1_"],
+        concat!(r"\b(dor_v1_[a-f0-9]{64})", end!()),
+    ),
+    rule(
+        "databricks-token",
+        "databricks_token",
+        High,
+        &["dapi"],
+        concat!(r"\b(dapi[a-f0-9]{32}(?:-[0-9])?)", end!()),
+    ),
+    rule(
+        "hashicorp-vault-token",
+        "vault_token",
+        Critical,
+        &["hvs.", "hvb."],
+        concat!(r"\b(hv[sb]\.[A-Za-z0-9_\-]{24,})", end!()),
+    ),
+    rule(
+        "terraform-cloud-token",
+        "terraform_token",
+        Critical,
+        &[".atlasv1."],
+        concat!(
+            r"\b([A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{60,70})",
+            end!()
+        ),
+    ),
+    rule(
+        "doppler-token",
+        "doppler_token",
+        High,
+        &["dp.pt.", "dp.st.", "dp.sa."],
+        concat!(
+            r"\b(dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44})",
+            end!()
+        ),
+    ),
+    rule(
+        "pulumi-access-token",
+        "pulumi_token",
+        High,
+        &["pul-"],
+        concat!(r"\b(pul-[a-f0-9]{40})", end!()),
+    ),
+    rule(
+        "grafana-cloud-token",
+        "grafana_token",
+        High,
+        &["glc_"],
+        concat!(r"\b(glc_[A-Za-z0-9+/]{32,400}={0,2})", end!()),
+    ),
+    rule(
+        "grafana-service-account-token",
+        "grafana_token",
+        High,
+        &["glsa_"],
+        concat!(r"\b(glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8})", end!()),
+    ),
+    rule(
+        "new-relic-user-key",
+        "newrelic_key",
+        High,
+        &["nrak-"],
+        concat!(r"\b(NRAK-[A-Z0-9]{27})", end!()),
+    ),
+    rule(
+        "sentry-auth-token",
+        "sentry_token",
+        High,
+        &["sntrys_", "sntryu_"],
+        concat!(
+            r"\b(sntrys_[A-Za-z0-9+/=_]{60,}|sntryu_[a-f0-9]{64})",
+            end!()
+        ),
+    ),
+    rule(
+        "postman-api-key",
+        "postman_key",
+        High,
+        &["pmak-"],
+        concat!(r"\b(PMAK-[a-f0-9]{24}-[a-f0-9]{34})", end!()),
+    ),
+    rule(
+        "linear-api-key",
+        "linear_api_key",
+        High,
+        &["lin_api_"],
+        concat!(r"\b(lin_api_[A-Za-z0-9]{40})", end!()),
+    ),
+    rule(
+        "notion-token",
+        "notion_token",
+        High,
+        &["ntn_"],
+        concat!(r"\b(ntn_[0-9]{11}[A-Za-z0-9]{35})", end!()),
+    ),
+    rule(
+        "atlassian-api-token",
+        "atlassian_token",
+        High,
+        &["atatt3"],
+        concat!(r"\b(ATATT3[A-Za-z0-9_\-=]{180,})", end!()),
+    ),
+    rule(
+        "age-secret-key",
+        "age_secret_key",
+        Critical,
+        &["age-secret-key-1"],
+        r"\b(AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58})\b",
+    ),
+    rule(
+        "twitter-bearer-token",
+        "twitter_token",
+        High,
+        &["aaaaaaaaaaaaaaaaaaaaa"],
+        concat!(r"\b(AAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,})", end!()),
+    ),
+    // ---- Signed tokens and keys ----
+    rule(
+        "jwt",
+        "jwt",
+        High,
+        &["eyj"],
+        concat!(
+            r"\b(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,})",
+            end!()
+        ),
+    ),
+    window(
+        rule(
+            "private-key-rsa",
+            "private_key",
+            Critical,
+            &["begin rsa private key"],
+            r"(-----BEGIN RSA PRIVATE KEY-----[\s\S]{32,16384}?-----END RSA PRIVATE KEY-----)",
+        ),
+        16,
+        16500,
+    ),
+    window(
+        rule(
+            "private-key-ec",
+            "private_key",
+            Critical,
+            &["begin ec private key"],
+            r"(-----BEGIN EC PRIVATE KEY-----[\s\S]{32,16384}?-----END EC PRIVATE KEY-----)",
+        ),
+        16,
+        16500,
+    ),
+    window(
+        rule(
+            "private-key-dsa",
+            "private_key",
+            Critical,
+            &["begin dsa private key"],
+            r"(-----BEGIN DSA PRIVATE KEY-----[\s\S]{32,16384}?-----END DSA PRIVATE KEY-----)",
+        ),
+        16,
+        16500,
+    ),
+    window(
+        rule(
+            "private-key-openssh",
+            "private_key",
+            Critical,
+            &["begin openssh private key"],
+            r"(-----BEGIN OPENSSH PRIVATE KEY-----[\s\S]{32,16384}?-----END OPENSSH PRIVATE KEY-----)",
+        ),
+        16,
+        16500,
+    ),
+    window(
+        rule(
+            "private-key-pkcs8",
+            "private_key",
+            Critical,
+            &["begin private key"],
+            r"(-----BEGIN PRIVATE KEY-----[\s\S]{32,16384}?-----END PRIVATE KEY-----)",
+        ),
+        16,
+        16500,
+    ),
+    window(
+        rule(
+            "private-key-pkcs8-encrypted",
+            "private_key",
+            Critical,
+            &["begin encrypted private key"],
+            r"(-----BEGIN ENCRYPTED PRIVATE KEY-----[\s\S]{32,16384}?-----END ENCRYPTED PRIVATE KEY-----)",
+        ),
+        16,
+        16500,
+    ),
+    window(
+        rule(
+            "private-key-pgp",
+            "private_key",
+            Critical,
+            &["begin pgp private key block"],
+            r"(-----BEGIN PGP PRIVATE KEY BLOCK-----[\s\S]{32,16384}?-----END PGP PRIVATE KEY BLOCK-----)",
+        ),
+        16,
+        16500,
+    ),
+    window(
+        rule(
+            "private-key-putty",
+            "private_key",
+            Critical,
+            &["putty-user-key-file-"],
+            r"(PuTTY-User-Key-File-[23]: [\s\S]{32,8192}?Private-MAC: [0-9a-f]{40,64})",
+        ),
+        4,
+        8300,
+    ),
+    // ---- Database URLs with passwords (the password is the secret) ----
+    window(
+        rule(
+            "database-url-postgres",
+            "database_password",
+            Critical,
+            &["postgres://", "postgresql://"],
+            r"(?i)postgres(?:ql)?://[^\s:/@]{1,128}:([^\s@/]{1,256})@",
+        ),
+        4,
+        400,
+    ),
+    window(
+        rule(
+            "database-url-mysql",
+            "database_password",
+            Critical,
+            &["mysql://", "mariadb://"],
+            r"(?i)(?:mysql|mariadb)://[^\s:/@]{1,128}:([^\s@/]{1,256})@",
+        ),
+        4,
+        400,
+    ),
+    window(
+        rule(
+            "database-url-mongodb",
+            "database_password",
+            Critical,
+            &["mongodb://", "mongodb+srv://"],
+            r"(?i)mongodb(?:\+srv)?://[^\s:/@]{1,128}:([^\s@/]{1,256})@",
+        ),
+        4,
+        400,
+    ),
+    window(
+        rule(
+            "database-url-redis",
+            "database_password",
+            Critical,
+            &["redis://", "rediss://"],
+            r"(?i)rediss?://[^\s:/@]{0,128}:([^\s@/]{1,256})@",
+        ),
+        4,
+        400,
+    ),
+    window(
+        rule(
+            "database-url-amqp",
+            "database_password",
+            Critical,
+            &["amqp://", "amqps://"],
+            r"(?i)amqps?://[^\s:/@]{1,128}:([^\s@/]{1,256})@",
+        ),
+        4,
+        400,
+    ),
+    window(
+        rule(
+            "database-url-mssql",
+            "database_password",
+            Critical,
+            &["sqlserver://", "mssql://"],
+            r"(?i)(?:sqlserver|mssql)://[^\s:/@]{1,128}:([^\s@/]{1,256})@",
+        ),
+        4,
+        400,
+    ),
+    // ---- Generic assignments, gated by entropy ----
+    gated(
+        window(
+            rule(
+                "generic-secret-assignment",
+                "generic_secret",
+                High,
+                &[
+                    "password",
+                    "passwd",
+                    "passphrase",
+                    "pwd",
+                    "secret",
+                    "token",
+                    "api_key",
+                    "api-key",
+                    "apikey",
+                    "access_key",
+                    "access-key",
+                    "auth_key",
+                    "private_key",
+                    "credential",
+                ],
+                GENERIC,
+            ),
+            48,
+            260,
+        ),
+        Gate::Entropy(3.0),
+    ),
+    // ---- Personal data ----
+    window(
+        rule(
+            "email-address",
+            "email",
+            Medium,
+            &["@"],
+            r"\b([A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24})\b",
+        ),
+        66,
+        260,
+    ),
+    RuleDef {
+        id: "phone-number",
+        kind: "phone",
+        severity: Medium,
+        trigger: Trigger::Digits,
+        pattern: r"(?:^|[^0-9A-Za-z_+.\-/])(\+[1-9][0-9]{6,14}|\+[1-9][0-9]{0,2}[ .\-]?\(?[0-9]{1,4}\)?(?:[ .\-]?[0-9]{2,5}){2,4}|\(?0[0-9]{2,4}\)?[ .\-/]?[0-9]{3,4}[ .\-]?[0-9]{3,5}|\(?[2-9][0-9]{2}\)?[ .\-][2-9][0-9]{2}[ .\-][0-9]{4})(?:[^0-9A-Za-z_\-.]|\.(?:[^0-9]|$)|$)",
+        gate: Gate::Phone,
+        before: 24,
+        after: 32,
+    },
+    RuleDef {
+        id: "us-ssn",
+        kind: "ssn",
+        severity: High,
+        trigger: Trigger::Digits,
+        pattern: r"(?:^|[^0-9A-Za-z_\-])([0-9]{3}-[0-9]{2}-[0-9]{4})(?:[^0-9A-Za-z_\-]|$)",
+        gate: Gate::Ssn,
+        before: 8,
+        after: 16,
+    },
+    RuleDef {
+        id: "payment-card",
+        kind: "payment_card",
+        severity: High,
+        trigger: Trigger::Digits,
+        pattern: r"(?:^|[^0-9A-Za-z_\-.])((?:[0-9][ \-]?){12,18}[0-9])(?:[^0-9A-Za-z_\-]|$)",
+        gate: Gate::Luhn,
+        before: 8,
+        after: 32,
+    },
+    RuleDef {
+        id: "iban",
+        kind: "iban",
+        severity: High,
+        trigger: Trigger::Digits,
+        pattern: r"(?:^|[^0-9A-Za-z_\-])([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)(?:[^0-9A-Za-z_\-]|$)",
+        gate: Gate::Iban,
+        before: 16,
+        after: 48,
+    },
+];
+
+/// The ids of the built-in rules, in priority order.
+pub fn builtin_ids() -> impl Iterator<Item = &'static str> {
+    RULES.iter().map(|r| r.id)
+}

@@ -1,0 +1,419 @@
+//! The scanning engine: keyword prefilter (Aho-Corasick) and digit-run detection find
+//! candidates; regexes confirm them in small windows; gates reject decoys; normalisation and
+//! decoding layers uncover hidden secrets; overlapping findings resolve to the strongest.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::{Regex, RegexBuilder};
+
+use crate::decode::{self, Encoding};
+use crate::error::SecurityError;
+use crate::gates;
+use crate::normalize::normalize;
+use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger};
+
+/// How many encoded layers are peeled (an encoding inside an encoding is found).
+const DECODE_DEPTH: usize = 2;
+
+/// One secret or piece of personal data found in a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The rule that matched, e.g. `aws-access-key-id`.
+    pub rule_id: String,
+    /// What was found, e.g. `aws_access_key`; also the redaction label.
+    pub kind: String,
+    /// How bad it is.
+    pub severity: Severity,
+    /// Byte offset of the start of the span to redact, in the scanned text.
+    pub start: usize,
+    /// Byte offset of its end (exclusive).
+    pub end: usize,
+    /// Set when the secret was found inside an encoded segment; the span is the whole segment.
+    pub encoding: Option<Encoding>,
+    /// The rule's position in the scanner (earlier is more specific), for tie-breaks.
+    pub(crate) order: usize,
+}
+
+/// A pattern added at run time, such as a policy's `data.patterns`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomPattern {
+    /// Its name: the rule id and the redaction kind.
+    pub name: String,
+    /// A regular expression (Rust `regex` syntax); the whole match is the secret.
+    pub regex: String,
+}
+
+#[derive(Debug)]
+struct Rule {
+    id: String,
+    kind: String,
+    severity: Severity,
+    regex: Regex,
+    has_group: bool,
+    gate: Gate,
+    before: usize,
+    after: usize,
+}
+
+/// A compiled set of rules. Build once, share freely (`Sync`), scan many texts.
+#[derive(Debug)]
+pub struct Scanner {
+    rules: Vec<Rule>,
+    keywords: AhoCorasick,
+    keyword_rules: Vec<Vec<usize>>,
+    digit_rules: Vec<usize>,
+    /// Custom patterns have no keywords; they run over the whole text.
+    whole_text_rules: Vec<usize>,
+}
+
+impl Scanner {
+    /// The built-in rules.
+    pub fn new() -> Result<Scanner, SecurityError> {
+        Scanner::with_patterns(&[])
+    }
+
+    /// The built-in rules plus `patterns`; an invalid pattern is an error naming it.
+    pub fn with_patterns(patterns: &[CustomPattern]) -> Result<Scanner, SecurityError> {
+        let mut rules = Vec::with_capacity(RULES.len() + patterns.len());
+        let mut keyword_list: Vec<&'static str> = Vec::new();
+        let mut keyword_rules: Vec<Vec<usize>> = Vec::new();
+        let mut digit_rules = Vec::new();
+        for def in RULES {
+            let index = rules.len();
+            rules.push(compile(def)?);
+            match def.trigger {
+                Trigger::Digits => digit_rules.push(index),
+                Trigger::Keywords(words) => {
+                    for word in words {
+                        match keyword_list.iter().position(|k| k == word) {
+                            Some(k) => keyword_rules[k].push(index),
+                            None => {
+                                keyword_list.push(word);
+                                keyword_rules.push(vec![index]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut whole_text_rules = Vec::new();
+        for pattern in patterns {
+            whole_text_rules.push(rules.len());
+            rules.push(custom(pattern)?);
+        }
+        let keywords = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&keyword_list)
+            .map_err(|e| SecurityError::Internal(format!("keyword automaton: {e}")))?;
+        Ok(Scanner {
+            rules,
+            keywords,
+            keyword_rules,
+            digit_rules,
+            whole_text_rules,
+        })
+    }
+
+    /// How many rules the scanner runs.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Every finding in `text`, non-overlapping, in text order.
+    pub fn scan(&self, text: &str) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        self.scan_layer(text, 0, &mut findings);
+        resolve_overlaps(findings)
+    }
+
+    /// Like [`scan`](Self::scan) for bytes that may not be UTF-8: each valid run is scanned;
+    /// invalid bytes are skipped, never a panic.
+    pub fn scan_bytes(&self, bytes: &[u8]) -> Vec<Finding> {
+        let mut findings = Vec::new();
+        let mut offset = 0;
+        for chunk in bytes.utf8_chunks() {
+            let valid = chunk.valid();
+            let mut part = Vec::new();
+            self.scan_layer(valid, 0, &mut part);
+            findings.extend(part.into_iter().map(|mut f| {
+                f.start += offset;
+                f.end += offset;
+                f
+            }));
+            offset += valid.len() + chunk.invalid().len();
+        }
+        resolve_overlaps(findings)
+    }
+
+    /// Scans `text` (normalised when that changes it), then its decoded segments.
+    fn scan_layer(&self, text: &str, depth: usize, out: &mut Vec<Finding>) {
+        let normalized = normalize(text);
+        let view = normalized.as_ref().map_or(text, |n| n.text.as_str());
+        let mut found = Vec::new();
+        self.match_rules(view, &mut found);
+        if depth < DECODE_DEPTH {
+            for segment in decode::segments(view) {
+                let mut inner = Vec::new();
+                self.scan_layer(&segment.decoded, depth + 1, &mut inner);
+                if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
+                    found.push(Finding {
+                        rule_id: strongest.rule_id.clone(),
+                        kind: strongest.kind.clone(),
+                        severity: strongest.severity,
+                        start: segment.start,
+                        end: segment.end,
+                        encoding: Some(segment.encoding),
+                        order: strongest.order,
+                    });
+                }
+            }
+        }
+        if let Some(n) = normalized {
+            for f in &mut found {
+                (f.start, f.end) = n.original_span(text, f.start, f.end);
+            }
+        }
+        out.extend(found);
+    }
+
+    /// Runs the rules over one text, as is.
+    fn match_rules(&self, text: &str, out: &mut Vec<Finding>) {
+        let bytes = text.as_bytes();
+        let mut windows: Vec<(usize, usize, usize)> = Vec::new();
+        for m in self.keywords.find_overlapping_iter(bytes) {
+            for &rule in self
+                .keyword_rules
+                .get(m.pattern().as_usize())
+                .into_iter()
+                .flatten()
+            {
+                windows.push(self.window(rule, m.start(), m.end(), bytes.len()));
+            }
+        }
+        if !self.digit_rules.is_empty() {
+            for_each_digit_run(bytes, |start, end| {
+                for &rule in &self.digit_rules {
+                    windows.push(self.window(rule, start, end, bytes.len()));
+                }
+            });
+        }
+        for &rule in &self.whole_text_rules {
+            windows.push((rule, 0, bytes.len()));
+        }
+        // Merge overlapping windows of the same rule, so each region is searched once.
+        windows.sort_unstable();
+        let mut merged: Vec<(usize, usize, usize)> = Vec::with_capacity(windows.len());
+        for w in windows {
+            match merged.last_mut() {
+                Some(last) if last.0 == w.0 && w.1 <= last.2 => last.2 = last.2.max(w.2),
+                _ => merged.push(w),
+            }
+        }
+        for (rule_index, start, end) in merged {
+            let Some(rule) = self.rules.get(rule_index) else {
+                continue;
+            };
+            let Some(window) = bytes.get(start..end) else {
+                continue;
+            };
+            self.confirm(rule_index, rule, window, start, text, out);
+        }
+    }
+
+    fn window(&self, rule: usize, start: usize, end: usize, len: usize) -> (usize, usize, usize) {
+        let (before, after) = self.rules.get(rule).map_or((0, 0), |r| (r.before, r.after));
+        (
+            rule,
+            start.saturating_sub(before),
+            end.saturating_add(after).min(len),
+        )
+    }
+
+    fn confirm(
+        &self,
+        order: usize,
+        rule: &Rule,
+        window: &[u8],
+        offset: usize,
+        text: &str,
+        out: &mut Vec<Finding>,
+    ) {
+        let mut push = |start: usize, end: usize| {
+            let (start, end) = (offset + start, offset + end);
+            let span = text.as_bytes().get(start..end).unwrap_or_default();
+            // A span must fall on character boundaries to be redacted cleanly.
+            if text.is_char_boundary(start)
+                && text.is_char_boundary(end)
+                && gates::passes(rule.gate, span)
+            {
+                out.push(Finding {
+                    rule_id: rule.id.clone(),
+                    kind: rule.kind.clone(),
+                    severity: rule.severity,
+                    start,
+                    end,
+                    encoding: None,
+                    order,
+                });
+            }
+        };
+        if rule.has_group {
+            for caps in rule.regex.captures_iter(window) {
+                if let Some(m) = caps.get(1).or_else(|| caps.get(0)) {
+                    push(m.start(), m.end());
+                }
+            }
+        } else {
+            for m in rule.regex.find_iter(window) {
+                push(m.start(), m.end());
+            }
+        }
+    }
+}
+
+fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
+    let regex = RegexBuilder::new(def.pattern)
+        .unicode(false)
+        .size_limit(4 << 20)
+        .build()
+        .map_err(|e| SecurityError::Internal(format!("rule {}: {e}", def.id)))?;
+    Ok(Rule {
+        id: def.id.to_owned(),
+        kind: def.kind.to_owned(),
+        severity: def.severity,
+        has_group: regex.captures_len() > 1,
+        regex,
+        gate: def.gate,
+        before: def.before,
+        after: def.after,
+    })
+}
+
+fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
+    let valid_name = !pattern.name.is_empty()
+        && pattern
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !valid_name {
+        return Err(SecurityError::InvalidPattern {
+            name: pattern.name.clone(),
+            message: "names are letters, digits, '_' and '-'".to_owned(),
+        });
+    }
+    let regex = RegexBuilder::new(&pattern.regex)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            let text = e.to_string();
+            let last = text.lines().last().unwrap_or_default().trim();
+            SecurityError::InvalidPattern {
+                name: pattern.name.clone(),
+                message: last.strip_prefix("error: ").unwrap_or(last).to_owned(),
+            }
+        })?;
+    Ok(Rule {
+        id: format!("custom-{}", pattern.name),
+        kind: pattern.name.clone(),
+        severity: Severity::High,
+        has_group: false,
+        regex,
+        gate: Gate::None,
+        before: 0,
+        after: 0,
+    })
+}
+
+/// Calls `f(start, end)` for each run of at least seven digits, where digits may be separated
+/// by single spaces, dashes, dots, slashes or parentheses (phone numbers, cards, SSNs, IBANs).
+fn for_each_digit_run(bytes: &[u8], mut f: impl FnMut(usize, usize)) {
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(found) = bytes[i..].iter().position(u8::is_ascii_digit) else {
+            return;
+        };
+        let start = i + found;
+        let (mut digits, mut last_digit, mut j) = (0, start, start);
+        while j < bytes.len() {
+            let b = bytes[j];
+            if b.is_ascii_digit() {
+                digits += 1;
+                last_digit = j;
+            } else if !(b" -./()".contains(&b) || b.is_ascii_uppercase()) || j - last_digit > 4 {
+                break;
+            }
+            j += 1;
+        }
+        if digits >= 7 {
+            f(start, last_digit + 1);
+        }
+        i = last_digit + 1;
+    }
+}
+
+/// Keeps the best of overlapping findings and returns them in text order. Direct findings beat
+/// findings inside a decoded segment (their span is exact), then higher severity, then the
+/// longer span, then the earlier rule (rules are listed most specific first).
+fn resolve_overlaps(mut findings: Vec<Finding>) -> Vec<Finding> {
+    if findings.len() < 2 {
+        return findings;
+    }
+    findings.sort_by(|a, b| {
+        a.encoding
+            .is_some()
+            .cmp(&b.encoding.is_some())
+            .then(b.severity.cmp(&a.severity))
+            .then((b.end - b.start).cmp(&(a.end - a.start)))
+            .then(a.order.cmp(&b.order))
+            .then(a.start.cmp(&b.start))
+    });
+    let mut kept: Vec<Finding> = Vec::with_capacity(findings.len());
+    for f in findings {
+        if !kept.iter().any(|k| f.start < k.end && k.start < f.end) {
+            kept.push(f);
+        }
+    }
+    kept.sort_by_key(|f| (f.start, f.end));
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_counts_rules() {
+        let scanner = Scanner::new().unwrap();
+        assert!(scanner.rule_count() >= 65);
+    }
+
+    #[test]
+    fn digit_runs_are_found() {
+        let mut runs = Vec::new();
+        for_each_digit_run(b"call +1 (415) 555-2671 now, or 12 34", |s, e| {
+            runs.push((s, e))
+        });
+        assert_eq!(runs, [(6, 22)]);
+    }
+
+    #[test]
+    fn custom_patterns_are_validated() {
+        let bad = CustomPattern {
+            name: "emp".into(),
+            regex: "EMP-(".into(),
+        };
+        let err = Scanner::with_patterns(&[bad]).unwrap_err();
+        assert_eq!(err.to_string(), "invalid pattern \"emp\": unclosed group");
+        let good = CustomPattern {
+            name: "employee_id".into(),
+            regex: r"EMP-\d{6}".into(),
+        };
+        let scanner = Scanner::with_patterns(&[good]).unwrap();
+        let found = scanner.scan("badge EMP-123456 issued");
+        assert_eq!(found.len(), 1);
+        assert_eq!(
+            (found[0].kind.as_str(), found[0].start, found[0].end),
+            ("employee_id", 6, 16)
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests of aa-security: per-rule fixtures, obfuscation, redaction and property
+//! tests.
+
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fixtures;
+
+use std::sync::LazyLock;
+
+use aa_security::Scanner;
+
+pub(crate) static SCANNER: LazyLock<Scanner> = LazyLock::new(|| Scanner::new().unwrap());
