@@ -164,11 +164,12 @@ impl Scanner {
         receipts: &mut Vec<RedactionReceipt>,
     ) -> Option<String> {
         let over = text.len() > limits.max_field_bytes || text.len() > *budget;
-        *budget = budget.saturating_sub(text.len());
         if over && limits.oversize == Oversize::Redact {
             receipts.push(oversized_receipt(path, text.as_bytes()));
             return Some(OVERSIZED.to_owned());
         }
+        // Only what is scanned counts against the event's budget.
+        *budget = budget.saturating_sub(text.len());
         let findings = self.scan(text);
         if findings.is_empty() {
             return None;

@@ -257,16 +257,22 @@ impl Scanner {
                 });
             }
         };
-        if rule.has_group {
-            for caps in rule.regex.captures_iter(window) {
-                if let Some(m) = caps.get(1).or_else(|| caps.get(0)) {
-                    push(m.start(), m.end());
-                }
+        // Resume each search where the secret ended, not where the match did: a match may
+        // consume the delimiter that the next one needs to start with.
+        let mut locations = rule.regex.capture_locations();
+        let mut at = 0;
+        while at <= window.len() {
+            let Some(whole) = rule.regex.captures_read_at(&mut locations, window, at) else {
+                break;
+            };
+            let (start, end) = if rule.has_group {
+                locations.get(1)
+            } else {
+                None
             }
-        } else {
-            for m in rule.regex.find_iter(window) {
-                push(m.start(), m.end());
-            }
+            .unwrap_or((whole.start(), whole.end()));
+            push(start, end);
+            at = end.max(whole.start() + 1);
         }
     }
 }
@@ -351,14 +357,27 @@ fn for_each_digit_run(bytes: &[u8], mut f: impl FnMut(usize, usize)) {
     }
 }
 
-/// Keeps the best of overlapping findings and returns them in text order. Direct findings beat
-/// findings inside a decoded segment (their span is exact), then higher severity, then the
-/// longer span, then the earlier rule (rules are listed most specific first).
-fn resolve_overlaps(mut findings: Vec<Finding>) -> Vec<Finding> {
+/// Makes findings disjoint and returns them in text order. A finding inside a decoded segment
+/// that repeats a direct finding of the same kind is dropped (the direct span is exact); other
+/// overlapping findings merge into one span covering both, named after the best of them:
+/// direct before decoded, then higher severity, then longer, then the earlier (more specific)
+/// rule. Merging rather than dropping leaves no part of any match unredacted.
+fn resolve_overlaps(findings: Vec<Finding>) -> Vec<Finding> {
     if findings.len() < 2 {
         return findings;
     }
-    findings.sort_by(|a, b| {
+    let overlaps = |a: &Finding, b: &Finding| a.start < b.end && b.start < a.end;
+    let mut ranked: Vec<Finding> = findings
+        .iter()
+        .filter(|f| {
+            f.encoding.is_none()
+                || !findings
+                    .iter()
+                    .any(|d| d.encoding.is_none() && d.kind == f.kind && overlaps(d, f))
+        })
+        .cloned()
+        .collect();
+    ranked.sort_by(|a, b| {
         a.encoding
             .is_some()
             .cmp(&b.encoding.is_some())
@@ -367,14 +386,24 @@ fn resolve_overlaps(mut findings: Vec<Finding>) -> Vec<Finding> {
             .then(a.order.cmp(&b.order))
             .then(a.start.cmp(&b.start))
     });
-    let mut kept: Vec<Finding> = Vec::with_capacity(findings.len());
-    for f in findings {
-        if !kept.iter().any(|k| f.start < k.end && k.start < f.end) {
-            kept.push(f);
+    let mut by_position: Vec<(usize, Finding)> = ranked.into_iter().enumerate().collect();
+    by_position.sort_by_key(|(_, f)| (f.start, f.end));
+    let mut merged: Vec<(usize, Finding)> = Vec::with_capacity(by_position.len());
+    for (rank, f) in by_position {
+        match merged.last_mut() {
+            Some((best, group)) if f.start < group.end => {
+                let (start, end) = (group.start, group.end.max(f.end));
+                if rank < *best {
+                    *best = rank;
+                    *group = f;
+                }
+                group.start = start;
+                group.end = end;
+            }
+            _ => merged.push((rank, f)),
         }
     }
-    kept.sort_by_key(|f| (f.start, f.end));
-    kept
+    merged.into_iter().map(|(_, f)| f).collect()
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod fixtures;
+mod obfuscation;
+mod props;
+mod redaction;
 
 use std::sync::LazyLock;
 

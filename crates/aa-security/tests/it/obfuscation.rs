@@ -1,0 +1,114 @@
+//! Secrets hidden by encoding or Unicode tricks are found, and the span redacted is the
+//! hidden form in the original text.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+use crate::SCANNER;
+
+const TOKEN: &str = "ghp_R8xkQ2mVt7LpZ3wN9cY4bH6jF1dS5aE0uGiK";
+
+/// Scans `text` and returns the kinds found with their exact original slices.
+fn found(text: &str) -> Vec<(String, String)> {
+    SCANNER
+        .scan(text)
+        .into_iter()
+        .map(|f| (f.kind, text[f.start..f.end].to_owned()))
+        .collect()
+}
+
+#[test]
+fn plain_token_is_the_baseline() {
+    assert_eq!(
+        found(&format!("token {TOKEN} end")),
+        [("github_token".to_owned(), TOKEN.to_owned())]
+    );
+}
+
+#[test]
+fn each_encoding_hides_nothing() {
+    let phrase = format!("GITHUB_TOKEN={TOKEN}");
+    let cases = [
+        STANDARD.encode(&phrase),
+        URL_SAFE_NO_PAD.encode(format!("{phrase}??>>")),
+        phrase
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        phrase
+            .bytes()
+            .map(|b| format!("%{b:02X}"))
+            .collect::<String>(),
+        TOKEN
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect::<String>(),
+    ];
+    for encoded in cases {
+        let text = format!("payload: {encoded} (end)");
+        assert_eq!(
+            found(&text),
+            [("github_token".to_owned(), encoded.clone())],
+            "{encoded}"
+        );
+    }
+}
+
+#[test]
+fn two_layers_deep_is_found_three_is_not_promised() {
+    let once = STANDARD.encode(format!("k={TOKEN}"));
+    let twice: String = once.bytes().map(|b| format!("%{b:02X}")).collect();
+    assert_eq!(
+        found(&format!("q={twice}")).len(),
+        1,
+        "base64 inside percent-encoding"
+    );
+    let hex_of_b64: String = once.bytes().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(found(&hex_of_b64).len(), 1, "base64 inside hex");
+}
+
+#[test]
+fn zero_width_and_bidi_splits_are_removed() {
+    for invisible in [
+        '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{202E}', '\u{00AD}',
+    ] {
+        let (head, tail) = TOKEN.split_at(10);
+        let hidden = format!("{head}{invisible}{tail}");
+        let text = format!("token {hidden} end");
+        assert_eq!(
+            found(&text),
+            [("github_token".to_owned(), hidden.clone())],
+            "U+{:04X}",
+            invisible as u32
+        );
+    }
+}
+
+#[test]
+fn fullwidth_forms_fold_to_ascii() {
+    let fullwidth: String = TOKEN
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() {
+                char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap()
+            } else {
+                c
+            }
+        })
+        .collect();
+    let text = format!("token {fullwidth} end");
+    assert_eq!(
+        found(&text),
+        [("github_token".to_owned(), fullwidth.clone())]
+    );
+    let redacted = SCANNER.redact(&text);
+    assert_eq!(redacted.text, "token [REDACTED:github_token] end");
+}
+
+#[test]
+fn escaped_private_key_in_a_service_account_json() {
+    let key = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\\nMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\\n-----END PRIVATE KEY-----\\n";
+    let json = format!(r#"{{"type": "service_account", "private_key": "{key}"}}"#);
+    let kinds: Vec<String> = SCANNER.scan(&json).into_iter().map(|f| f.kind).collect();
+    assert!(kinds.contains(&"private_key".to_owned()), "{kinds:?}");
+}

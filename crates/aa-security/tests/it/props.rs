@@ -1,0 +1,61 @@
+//! Property tests: arbitrary input never panics; redaction is idempotent and finds nothing new
+//! in its own output.
+
+use aa_security::Limits;
+use proptest::prelude::*;
+
+use crate::SCANNER;
+
+/// Text built from fragments that trigger rules, encodings and Unicode tricks, mixed with noise.
+fn texty() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("AKIA".to_owned()),
+        Just("ghp_".to_owned()),
+        Just("password=".to_owned()),
+        Just("@".to_owned()),
+        Just("%4".to_owned()),
+        Just("\\u00".to_owned()),
+        Just("-----BEGIN PRIVATE KEY-----".to_owned()),
+        Just("\u{200B}".to_owned()),
+        Just("ｇ".to_owned()),
+        Just("4111 1111 1111 1111".to_owned()),
+        Just("[REDACTED:x]".to_owned()),
+        "[A-Za-z0-9+/=_-]{1,40}",
+        "[0-9 ()+-]{1,20}",
+        ".{0,12}",
+    ];
+    prop::collection::vec(piece, 0..24).prop_map(|p| p.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let found = SCANNER.scan_bytes(&bytes);
+        for f in &found {
+            prop_assert!(f.start < f.end && f.end <= bytes.len());
+        }
+        let r = SCANNER.redact_event(&bytes, &Limits::default());
+        prop_assert_eq!(r.receipts.len() >= found.len(), true);
+    }
+
+    #[test]
+    fn findings_are_ordered_disjoint_and_on_char_boundaries(text in texty()) {
+        let found = SCANNER.scan(&text);
+        for pair in found.windows(2) {
+            prop_assert!(pair[0].end <= pair[1].start);
+        }
+        for f in &found {
+            prop_assert!(text.is_char_boundary(f.start) && text.is_char_boundary(f.end));
+        }
+    }
+
+    #[test]
+    fn redaction_is_idempotent(text in texty()) {
+        let once = SCANNER.redact(&text);
+        let twice = SCANNER.redact(&once.text);
+        prop_assert_eq!(&twice.text, &once.text);
+        prop_assert!(twice.receipts.is_empty(), "found again: {:?}", twice.receipts);
+    }
+}

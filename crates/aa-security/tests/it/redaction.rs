@@ -1,0 +1,108 @@
+//! Redaction replaces exactly the secret's span, leaves the rest intact, and its receipts never
+//! carry the secret.
+
+use aa_security::{Limits, OVERSIZED, Oversize};
+use serde_json::json;
+
+use crate::SCANNER;
+
+const KEY: &str = "AKIAQWERTYUIOPASDFGH";
+
+#[test]
+fn only_the_secret_is_replaced() {
+    let text = format!("export AWS_ACCESS_KEY_ID={KEY} # prod\npassword = \"hQ7vL2pX9mR4tZ\"\n");
+    let r = SCANNER.redact(&text);
+    assert_eq!(
+        r.text,
+        "export AWS_ACCESS_KEY_ID=[REDACTED:aws_access_key] # prod\npassword = \"[REDACTED:generic_secret]\"\n"
+    );
+    assert_eq!(r.receipts.len(), 2);
+    let receipt = &r.receipts[0];
+    assert_eq!(
+        (receipt.rule_id.as_str(), receipt.kind.as_str()),
+        ("aws-access-key-id", "aws_access_key")
+    );
+    assert_eq!(&text[receipt.start as usize..receipt.end as usize], KEY);
+    assert_eq!(receipt.sha256_prefix.len(), 16);
+    let serialized = serde_json::to_string(&r.receipts).unwrap();
+    assert!(!serialized.contains(KEY) && !serialized.contains("hQ7vL2pX9mR4tZ"));
+}
+
+#[test]
+fn redaction_is_idempotent_and_finds_nothing_new() {
+    let text = format!("k={KEY} mail jane@example.com card 4111 1111 1111 1111");
+    let once = SCANNER.redact(&text);
+    let twice = SCANNER.redact(&once.text);
+    assert_eq!(twice.text, once.text);
+    assert!(twice.receipts.is_empty(), "{:?}", twice.receipts);
+}
+
+#[test]
+fn json_keys_and_values_are_redacted_with_paths() {
+    let mut event = json!({
+        "tool": "shell",
+        "args": {"command": format!("aws s3 ls --key {KEY}"), "env": ["HOME=/root", format!("K={KEY}")]},
+        KEY: "a key that is itself a secret",
+        "n": 3
+    });
+    let receipts = SCANNER.redact_json(&mut event, &Limits::default());
+    let fields: Vec<&str> = receipts.iter().map(|r| r.field.as_str()).collect();
+    assert!(fields.contains(&"args.command"), "{fields:?}");
+    assert!(fields.contains(&"args.env[1]"), "{fields:?}");
+    assert!(fields.iter().any(|f| f.starts_with("{")), "{fields:?}");
+    let text = event.to_string();
+    assert!(!text.contains(KEY), "{text}");
+    assert_eq!(
+        event["args"]["command"],
+        "aws s3 ls --key [REDACTED:aws_access_key]"
+    );
+    assert_eq!(event["n"], 3);
+}
+
+#[test]
+fn oversized_fields_and_events_are_capped() {
+    let limits = Limits {
+        max_field_bytes: 100,
+        max_event_bytes: 150,
+        oversize: Oversize::Redact,
+    };
+    let mut event =
+        json!({"small": "fine", "big": "x".repeat(101), "a": "y".repeat(90), "b": "z".repeat(90)});
+    let receipts = SCANNER.redact_json(&mut event, &limits);
+    assert_eq!(event["big"], OVERSIZED);
+    assert_eq!(event["small"], "fine");
+    // "a" and "b" fit the field cap, but not both fit the event cap.
+    let capped = [&event["a"], &event["b"]]
+        .iter()
+        .filter(|v| **v == OVERSIZED)
+        .count();
+    assert_eq!(capped, 1, "{event}");
+    assert_eq!(receipts.iter().filter(|r| r.kind == "OVERSIZED").count(), 2);
+
+    let scan_all = Limits {
+        oversize: Oversize::Scan,
+        ..limits
+    };
+    let mut event = json!({"big": format!("{}{KEY}", "x ".repeat(100))});
+    SCANNER.redact_json(&mut event, &scan_all);
+    assert!(
+        event["big"]
+            .as_str()
+            .unwrap()
+            .ends_with("[REDACTED:aws_access_key]")
+    );
+}
+
+#[test]
+fn raw_events_json_or_not_and_invalid_utf8() {
+    let json_event = format!(r#"{{"msg": "key {KEY}"}}"#);
+    let r = SCANNER.redact_event(json_event.as_bytes(), &Limits::default());
+    assert_eq!(r.bytes, br#"{"msg":"key [REDACTED:aws_access_key]"}"#);
+
+    let mut raw = b"\xff\xfe key ".to_vec();
+    raw.extend_from_slice(KEY.as_bytes());
+    raw.extend_from_slice(b" \xc3");
+    let r = SCANNER.redact_event(&raw, &Limits::default());
+    assert_eq!(r.bytes, b"\xff\xfe key [REDACTED:aws_access_key] \xc3");
+    assert_eq!(r.receipts[0].start, 7);
+}
