@@ -3,6 +3,7 @@
 
 mod files;
 mod policy;
+mod scan;
 
 use std::process::ExitCode;
 
@@ -21,6 +22,9 @@ enum Command {
     /// Author and check policies: validate, evaluate, test.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Find credentials and personal data in files, folders or stdin (JSON lines); exit 1 when
+    /// something is found.
+    Scan(scan::ScanArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Policy(command) => policy::run(command),
+        Command::Scan(args) => scan::run(args),
     };
     match result {
         Ok(code) => code,

@@ -955,7 +955,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             &["@"],
             // Not after ':' or '/', where `user:password@host` is a URL's credentials, not an
             // address (but `mailto:` is).
-            r"(?:^|mailto:|[^A-Za-z0-9._%+\-:/])([A-Za-z0-9][A-Za-z0-9._%+\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62}[A-Za-z0-9])?)*\.[A-Za-z]{2,24})\b",
+            r"(?:^|mailto:|[^A-Za-z0-9._%+\-:/\x80-\xFF])([A-Za-z0-9\x80-\xFF][A-Za-z0-9._%+\-\x80-\xFF]{0,63}@[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?(?:\.[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?)*\.[A-Za-z]{2,24})\b",
         ),
         66,
         260,

@@ -1,0 +1,208 @@
+//! `aasm scan`: find credentials and personal data in files, folders or stdin.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aa_policy::Policy;
+use aa_security::{CustomPattern, Finding, Scanner};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::files::read_text;
+
+#[derive(Debug, Args)]
+pub(crate) struct ScanArgs {
+    /// Files, folders (searched recursively, honouring .gitignore) or `-` for stdin; none means stdin.
+    paths: Vec<PathBuf>,
+    /// Write the input with every finding replaced by `[REDACTED:<kind>]` to stdout.
+    #[arg(long)]
+    redact: bool,
+    /// Also scan for the custom patterns (`spec.data.patterns`) of these policy files.
+    #[arg(long)]
+    policy: Vec<PathBuf>,
+}
+
+/// Exit 0 when nothing is found, 1 when something is, 2 on error.
+pub(crate) fn run(args: ScanArgs) -> Result<ExitCode> {
+    let scanner = build_scanner(&args.policy)?;
+    let inputs = if args.paths.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        args.paths
+    };
+    if args.redact {
+        let [input] = inputs.as_slice() else {
+            bail!(
+                "--redact takes one input (a file or -), got {}",
+                inputs.len()
+            );
+        };
+        let bytes = read_input(input)?;
+        let redacted = scanner.redact_bytes(&bytes);
+        std::io::stdout()
+            .write_all(&redacted.bytes)
+            .context("cannot write to stdout")?;
+        return Ok(exit(!redacted.receipts.is_empty()));
+    }
+    let mut found_any = false;
+    let mut out = std::io::stdout().lock();
+    for input in &inputs {
+        for file in expand(input)? {
+            let bytes = read_input(&file)?;
+            if is_binary(&bytes) {
+                continue;
+            }
+            let findings = scanner.scan_bytes(&bytes);
+            found_any |= !findings.is_empty();
+            let lines = LineIndex::new(&bytes);
+            for f in findings {
+                writeln!(out, "{}", finding_json(&file, &lines, &bytes, &f))
+                    .context("cannot write to stdout")?;
+            }
+        }
+    }
+    Ok(exit(found_any))
+}
+
+fn exit(found: bool) -> ExitCode {
+    if found {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn build_scanner(policies: &[PathBuf]) -> Result<Scanner> {
+    let mut patterns = Vec::new();
+    for path in policies {
+        let parsed = Policy::parse(&read_text(path)?).map_err(|e| {
+            let first = e
+                .diagnostics()
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            anyhow::anyhow!("{}:{first}", path.display())
+        })?;
+        for policy in parsed {
+            for p in policy
+                .data()
+                .map(|d| d.patterns.as_slice())
+                .unwrap_or_default()
+            {
+                patterns.push(CustomPattern {
+                    name: p.name.clone(),
+                    regex: p.regex.clone(),
+                });
+            }
+        }
+    }
+    Ok(Scanner::with_patterns(&patterns)?)
+}
+
+/// A file as given, or every file under a folder that .gitignore and .ignore do not exclude
+/// (hidden files such as `.env` included; `.git` skipped).
+fn expand(input: &Path) -> Result<Vec<PathBuf>> {
+    if input == Path::new("-") || !input.is_dir() {
+        return Ok(vec![input.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let walker = ignore::WalkBuilder::new(input)
+        .hidden(false)
+        .require_git(false)
+        .filter_entry(|e| e.file_name() != ".git")
+        .build();
+    for entry in walker {
+        let entry = entry.with_context(|| format!("cannot walk {}", input.display()))?;
+        if entry.file_type().is_some_and(|t| t.is_file()) {
+            files.push(entry.into_path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_input(path: &Path) -> Result<Vec<u8>> {
+    if path == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read stdin")?;
+        return Ok(bytes);
+    }
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Files with a NUL byte early on are binary; secret scanners skip them.
+fn is_binary(bytes: &[u8]) -> bool {
+    bytes
+        .get(..bytes.len().min(8192))
+        .unwrap_or_default()
+        .contains(&0)
+}
+
+/// Line starts, for turning byte offsets into 1-based line and column.
+struct LineIndex {
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    fn new(bytes: &[u8]) -> Self {
+        let starts = std::iter::once(0)
+            .chain(
+                bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b'\n')
+                    .map(|(i, _)| i + 1),
+            )
+            .collect();
+        LineIndex { starts }
+    }
+
+    /// Line and column (in characters) of a byte offset.
+    fn locate(&self, bytes: &[u8], offset: usize) -> (usize, usize) {
+        let line = self.starts.partition_point(|s| *s <= offset);
+        let start = self
+            .starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0);
+        let col = String::from_utf8_lossy(bytes.get(start..offset).unwrap_or_default())
+            .chars()
+            .count()
+            + 1;
+        (line, col)
+    }
+}
+
+/// One line of output; fields in the documented order. Never the secret itself.
+#[derive(Debug, serde::Serialize)]
+struct Line<'a> {
+    path: String,
+    line: usize,
+    col: usize,
+    kind: &'a str,
+    rule: &'a str,
+    start: usize,
+    end: usize,
+}
+
+fn finding_json(path: &Path, lines: &LineIndex, bytes: &[u8], f: &Finding) -> String {
+    let (line, col) = lines.locate(bytes, f.start);
+    let path = if path == Path::new("-") {
+        "-".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    let out = Line {
+        path,
+        line,
+        col,
+        kind: &f.kind,
+        rule: &f.rule_id,
+        start: f.start,
+        end: f.end,
+    };
+    serde_json::to_string(&out).unwrap_or_default()
+}
