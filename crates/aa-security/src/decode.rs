@@ -74,11 +74,13 @@ const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
 const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
 const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
 
-/// Every decodable segment of `text`.
-pub(crate) fn segments(text: &str) -> Vec<Segment> {
+/// Every decodable segment of `text`, given its runs of the base64 alphabet.
+pub(crate) fn segments(text: &str, encoded_runs: &[(usize, usize)]) -> Vec<Segment> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
-    runs(bytes, &mut out);
+    for &(start, end) in encoded_runs {
+        decode_run(bytes, start, end, &mut out);
+    }
     if memchr::memchr(b'%', bytes).is_some() {
         delimited(text, b'%', Encoding::Percent, percent_decode, &mut out);
     }
@@ -88,58 +90,52 @@ pub(crate) fn segments(text: &str) -> Vec<Segment> {
     out
 }
 
-/// Base64 and hex runs: maximal runs of the alphabet, long enough to hide a secret.
-fn runs(bytes: &[u8], out: &mut Vec<Segment>) {
-    let mut i = 0;
-    while i < bytes.len() {
-        if CLASS[usize::from(bytes[i])] & (B64_STD | B64_URL) == 0 {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        let (mut all, mut any_std, mut any_url) = (HEX | B64_STD | B64_URL, false, false);
-        while i < bytes.len() {
-            let class = CLASS[usize::from(bytes[i])];
-            if class & (B64_STD | B64_URL) == 0 {
-                break;
-            }
-            all &= class;
-            any_std |= class & B64_URL == 0;
-            any_url |= class & B64_STD == 0;
-            i += 1;
-        }
-        let mut end = i;
-        while end < bytes.len() && end - i < 2 && bytes[end] == b'=' {
-            end += 1;
-        }
-        let len = i - start;
-        let run = &bytes[start..i];
-        if all & HEX != 0
-            && len >= MIN_HEX
-            && len.is_multiple_of(2)
-            && let Some(decoded) = hex_decode(run).and_then(printable)
-        {
-            out.push(Segment {
-                start,
-                end: i,
-                encoding: Encoding::Hex,
-                decoded,
-            });
-            continue;
-        }
-        if len >= MIN_BASE64 && !(any_std && any_url) {
-            let engine = if any_url { &URL_SAFE } else { &STANDARD };
-            let usable = &run[..len - len % 4 * usize::from(len % 4 == 1)];
-            if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
-                out.push(Segment {
-                    start,
-                    end,
-                    encoding: Encoding::Base64,
-                    decoded,
-                });
-            }
-        }
-        i = end.max(i);
+/// Decodes one run as hex or base64 (standard or URL-safe, by the characters it uses), with
+/// up to two `=` of padding after it.
+fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
+    let Some(run) = bytes.get(start..end) else {
+        return;
+    };
+    let (mut all, mut any_std, mut any_url) = (HEX | B64_STD | B64_URL, false, false);
+    for &b in run {
+        let class = CLASS[usize::from(b)];
+        all &= class;
+        any_std |= class & B64_URL == 0;
+        any_url |= class & B64_STD == 0;
+    }
+    let len = run.len();
+    if all & HEX != 0
+        && len >= MIN_HEX
+        && len.is_multiple_of(2)
+        && let Some(decoded) = hex_decode(run).and_then(printable)
+    {
+        out.push(Segment {
+            start,
+            end,
+            encoding: Encoding::Hex,
+            decoded,
+        });
+        return;
+    }
+    if len < MIN_BASE64 || (any_std && any_url) {
+        return;
+    }
+    let padding = bytes
+        .get(end..)
+        .unwrap_or_default()
+        .iter()
+        .take(2)
+        .take_while(|b| **b == b'=')
+        .count();
+    let engine = if any_url { &URL_SAFE } else { &STANDARD };
+    let usable = &run[..len - len % 4 * usize::from(len % 4 == 1)];
+    if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
+        out.push(Segment {
+            start,
+            end: end + padding,
+            encoding: Encoding::Base64,
+            decoded,
+        });
     }
 }
 
@@ -263,7 +259,7 @@ mod tests {
     use super::*;
 
     fn decoded(text: &str) -> Vec<(Encoding, String)> {
-        segments(text)
+        segments(text, &crate::runs::find(text.as_bytes()).encoded)
             .into_iter()
             .map(|s| (s.encoding, s.decoded))
             .collect()
@@ -298,9 +294,9 @@ mod tests {
     #[test]
     fn random_runs_that_decode_to_garbage_are_ignored() {
         assert!(
-            segments("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").is_empty()
+            decoded("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").is_empty()
         );
-        assert!(segments("a_very_long_identifier_name_in_code").is_empty());
-        assert!(segments("100% sure, 50%off").is_empty());
+        assert!(decoded("a_very_long_identifier_name_in_code").is_empty());
+        assert!(decoded("100% sure, 50%off").is_empty());
     }
 }

@@ -16,6 +16,40 @@ pub(crate) fn passes(gate: Gate, secret: &[u8]) -> bool {
     }
 }
 
+/// Whether a run of `digits` digits shaped like `run` could hold what `gate` checks for; lets
+/// the scanner skip the regex for runs that cannot.
+pub(crate) fn may_hold(gate: Gate, digits: usize, run: &[u8]) -> bool {
+    match gate {
+        Gate::Phone => (7..=15).contains(&digits) && !is_date_or_ip(run),
+        Gate::Ssn => digits >= 9 && run.contains(&b'-'),
+        Gate::Luhn => digits >= 13,
+        Gate::Iban => digits >= 8,
+        Gate::None | Gate::Entropy(_) => true,
+    }
+}
+
+/// `2026-11-22`, `22/11/2026`, `10.0.0.1`: shapes of digits that are not phone numbers.
+fn is_date_or_ip(run: &[u8]) -> bool {
+    let groups: Vec<&[u8]> = run
+        .split(|b| !b.is_ascii_digit())
+        .filter(|g| !g.is_empty())
+        .collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let separators: Vec<u8> = run
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_digit())
+        .collect();
+    let same_separator = separators.windows(2).all(|w| w[0] == w[1]);
+    let date =
+        same_separator && matches!(lens.as_slice(), [4, 2, 2] | [2, 2, 4] | [1 | 2, 1 | 2, 4]);
+    let ip = same_separator
+        && separators.first() == Some(&b'.')
+        && lens.len() == 4
+        && lens.iter().all(|l| *l <= 3);
+    date || ip
+}
+
 /// Bits of entropy per byte of `data`.
 pub(crate) fn shannon_entropy(data: &[u8]) -> f64 {
     if data.is_empty() {

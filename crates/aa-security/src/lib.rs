@@ -8,7 +8,7 @@
 //!   (base64, hex, percent, JSON escapes; two deep).
 //! - [`redact`]: replacing spans with `[REDACTED:<kind>]`, receipts, the JSON and event APIs
 //!   with size caps.
-//! - `normalize`, `decode`, `gates`: the pieces the scanner uses.
+//! - `normalize`, `runs`, `decode`, `gates`: the pieces the scanner uses.
 //! - [`error`]: the crate's error type, [`SecurityError`].
 //!
 //! This crate does no IO. Scanning never panics and never fails, whatever the input; only
@@ -21,6 +21,7 @@ mod gates;
 mod normalize;
 pub mod redact;
 pub mod rules;
+mod runs;
 pub mod scanner;
 
 pub use decode::Encoding;

@@ -2,7 +2,7 @@
 //! candidates; regexes confirm them in small windows; gates reject decoys; normalisation and
 //! decoding layers uncover hidden secrets; overlapping findings resolve to the strongest.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::decode::{self, Encoding};
@@ -10,6 +10,7 @@ use crate::error::SecurityError;
 use crate::gates;
 use crate::normalize::normalize;
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger};
+use crate::runs::{self, DigitRun};
 
 /// How many encoded layers are peeled (an encoding inside an encoding is found).
 const DECODE_DEPTH: usize = 2;
@@ -100,9 +101,26 @@ impl Scanner {
             whole_text_rules.push(rules.len());
             rules.push(custom(pattern)?);
         }
+        // Leftmost-longest search skips a keyword inside a longer one ("secret" in
+        // "aws_secret"), so each keyword also triggers the rules of the keywords it contains.
+        let keyword_rules: Vec<Vec<usize>> = keyword_list
+            .iter()
+            .map(|outer| {
+                let mut rules: Vec<usize> = keyword_list
+                    .iter()
+                    .zip(&keyword_rules)
+                    .filter(|(inner, _)| outer.contains(**inner))
+                    .flat_map(|(_, r)| r.iter().copied())
+                    .collect();
+                rules.sort_unstable();
+                rules.dedup();
+                rules
+            })
+            .collect();
         let keywords = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&keyword_list)
             .map_err(|e| SecurityError::Internal(format!("keyword automaton: {e}")))?;
         Ok(Scanner {
@@ -149,10 +167,11 @@ impl Scanner {
     fn scan_layer(&self, text: &str, depth: usize, out: &mut Vec<Finding>) {
         let normalized = normalize(text);
         let view = normalized.as_ref().map_or(text, |n| n.text.as_str());
+        let runs = runs::find(view.as_bytes());
         let mut found = Vec::new();
-        self.match_rules(view, &mut found);
+        self.match_rules(view, &runs.digits, &mut found);
         if depth < DECODE_DEPTH {
-            for segment in decode::segments(view) {
+            for segment in decode::segments(view, &runs.encoded) {
                 let mut inner = Vec::new();
                 self.scan_layer(&segment.decoded, depth + 1, &mut inner);
                 if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
@@ -177,10 +196,10 @@ impl Scanner {
     }
 
     /// Runs the rules over one text, as is.
-    fn match_rules(&self, text: &str, out: &mut Vec<Finding>) {
+    fn match_rules(&self, text: &str, digit_runs: &[DigitRun], out: &mut Vec<Finding>) {
         let bytes = text.as_bytes();
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
-        for m in self.keywords.find_overlapping_iter(bytes) {
+        for m in self.keywords.find_iter(bytes) {
             for &rule in self
                 .keyword_rules
                 .get(m.pattern().as_usize())
@@ -190,12 +209,19 @@ impl Scanner {
                 windows.push(self.window(rule, m.start(), m.end(), bytes.len()));
             }
         }
-        if !self.digit_rules.is_empty() {
-            for_each_digit_run(bytes, |start, end| {
-                for &rule in &self.digit_rules {
-                    windows.push(self.window(rule, start, end, bytes.len()));
+        for run in digit_runs {
+            let shape = bytes.get(run.start..run.end).unwrap_or_default();
+            for &rule in &self.digit_rules {
+                // A cheap look at the run's shape spares most regex searches (dates, times,
+                // IP addresses, counters in logs).
+                if self
+                    .rules
+                    .get(rule)
+                    .is_some_and(|r| gates::may_hold(r.gate, run.digits, shape))
+                {
+                    windows.push(self.window(rule, run.start, run.end, bytes.len()));
                 }
-            });
+            }
         }
         for &rule in &self.whole_text_rules {
             windows.push((rule, 0, bytes.len()));
@@ -330,33 +356,6 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
     })
 }
 
-/// Calls `f(start, end)` for each run of at least seven digits, where digits may be separated
-/// by single spaces, dashes, dots, slashes or parentheses (phone numbers, cards, SSNs, IBANs).
-fn for_each_digit_run(bytes: &[u8], mut f: impl FnMut(usize, usize)) {
-    let mut i = 0;
-    while i < bytes.len() {
-        let Some(found) = bytes[i..].iter().position(u8::is_ascii_digit) else {
-            return;
-        };
-        let start = i + found;
-        let (mut digits, mut last_digit, mut j) = (0, start, start);
-        while j < bytes.len() {
-            let b = bytes[j];
-            if b.is_ascii_digit() {
-                digits += 1;
-                last_digit = j;
-            } else if !(b" -./()".contains(&b) || b.is_ascii_uppercase()) || j - last_digit > 4 {
-                break;
-            }
-            j += 1;
-        }
-        if digits >= 7 {
-            f(start, last_digit + 1);
-        }
-        i = last_digit + 1;
-    }
-}
-
 /// Makes findings disjoint and returns them in text order. A finding inside a decoded segment
 /// that repeats a direct finding of the same kind is dropped (the direct span is exact); other
 /// overlapping findings merge into one span covering both, named after the best of them:
@@ -414,15 +413,6 @@ mod tests {
     fn builds_and_counts_rules() {
         let scanner = Scanner::new().unwrap();
         assert!(scanner.rule_count() >= 65);
-    }
-
-    #[test]
-    fn digit_runs_are_found() {
-        let mut runs = Vec::new();
-        for_each_digit_run(b"call +1 (415) 555-2671 now, or 12 34", |s, e| {
-            runs.push((s, e))
-        });
-        assert_eq!(runs, [(6, 22)]);
     }
 
     #[test]
