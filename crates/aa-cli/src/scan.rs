@@ -55,9 +55,9 @@ pub(crate) fn run(args: ScanArgs) -> Result<ExitCode> {
             }
             let findings = scanner.scan_bytes(&bytes);
             found_any |= !findings.is_empty();
-            let lines = LineIndex::new(&bytes);
+            let mut lines = LineIndex::new(&bytes);
             for f in findings {
-                writeln!(out, "{}", finding_json(&file, &lines, &bytes, &f))
+                writeln!(out, "{}", finding_json(&file, &mut lines, &bytes, &f))
                     .context("cannot write to stdout")?;
             }
         }
@@ -141,9 +141,12 @@ fn is_binary(bytes: &[u8]) -> bool {
         .contains(&0)
 }
 
-/// Line starts, for turning byte offsets into 1-based line and column.
+/// Turns byte offsets into 1-based line and column (in characters). Offsets come in increasing
+/// order, so each column is counted from the previous one on the same line: linear overall,
+/// even for one huge line with many findings.
 struct LineIndex {
     starts: Vec<usize>,
+    last: Option<(usize, usize, usize)>,
 }
 
 impl LineIndex {
@@ -157,21 +160,25 @@ impl LineIndex {
                     .map(|(i, _)| i + 1),
             )
             .collect();
-        LineIndex { starts }
+        LineIndex { starts, last: None }
     }
 
-    /// Line and column (in characters) of a byte offset.
-    fn locate(&self, bytes: &[u8], offset: usize) -> (usize, usize) {
+    fn locate(&mut self, bytes: &[u8], offset: usize) -> (usize, usize) {
         let line = self.starts.partition_point(|s| *s <= offset);
-        let start = self
+        let line_start = self
             .starts
             .get(line.saturating_sub(1))
             .copied()
             .unwrap_or(0);
-        let col = String::from_utf8_lossy(bytes.get(start..offset).unwrap_or_default())
-            .chars()
-            .count()
-            + 1;
+        let (from, col_before) = match self.last {
+            Some((l, at, col)) if l == line && at <= offset => (at, col),
+            _ => (line_start, 1),
+        };
+        let col = col_before
+            + String::from_utf8_lossy(bytes.get(from..offset).unwrap_or_default())
+                .chars()
+                .count();
+        self.last = Some((line, offset, col));
         (line, col)
     }
 }
@@ -188,7 +195,7 @@ struct Line<'a> {
     end: usize,
 }
 
-fn finding_json(path: &Path, lines: &LineIndex, bytes: &[u8], f: &Finding) -> String {
+fn finding_json(path: &Path, lines: &mut LineIndex, bytes: &[u8], f: &Finding) -> String {
     let (line, col) = lines.locate(bytes, f.start);
     let path = if path == Path::new("-") {
         "-".to_owned()

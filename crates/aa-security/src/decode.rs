@@ -128,14 +128,30 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         .take_while(|b| **b == b'=')
         .count();
     let engine = if any_url { &URL_SAFE } else { &STANDARD };
-    let usable = &run[..len - len % 4 * usize::from(len % 4 == 1)];
-    if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
-        out.push(Segment {
-            start,
-            end: end + padding,
-            encoding: Encoding::Base64,
-            decoded,
-        });
+    // A run may begin with text that is not part of the encoding (`/v1/dG9r...`): try the
+    // start of the run, then just after each of its first separators.
+    let starts = std::iter::once(0).chain(
+        run.iter()
+            .enumerate()
+            .filter(|(_, b)| b"/-_+".contains(b))
+            .map(|(i, _)| i + 1)
+            .take(8),
+    );
+    for offset in starts {
+        let Some(tail) = run.get(offset..).filter(|t| t.len() >= MIN_BASE64) else {
+            break;
+        };
+        let usable = &tail[..tail.len() - tail.len() % 4 * usize::from(tail.len() % 4 == 1)];
+        if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
+            let start = start + offset;
+            out.push(Segment {
+                start,
+                end: end + padding,
+                encoding: Encoding::Base64,
+                decoded,
+            });
+            return;
+        }
     }
 }
 
@@ -149,19 +165,19 @@ fn delimited(
     out: &mut Vec<Segment>,
 ) {
     let bytes = text.as_bytes();
-    let boundary = |b: u8| b.is_ascii_whitespace() || b"\"'<>()[]{},;`".contains(&b);
+    // A boundary ends a token; inside JSON escapes, an escaped quote (`\"`) does not.
+    let boundary = |i: usize| {
+        let b = bytes[i];
+        let escaped_quote = b == b'"' && marker == b'\\' && i > 0 && bytes[i - 1] == b'\\';
+        !escaped_quote && (b.is_ascii_whitespace() || b"\"'<>()[]{},;`".contains(&b))
+    };
     let mut from = 0;
     while let Some(found) = memchr::memchr(marker, &bytes[from..]) {
         let at = from + found;
-        let start = bytes[..at]
-            .iter()
-            .rposition(|b| boundary(*b))
-            .map_or(0, |p| p + 1);
-        let end = bytes[at..]
-            .iter()
-            .position(|b| boundary(*b))
-            .map_or(bytes.len(), |p| at + p);
-        // A JSON string may escape a quote; extend over `\"` so the run is not cut there.
+        let start = (0..at).rev().find(|&i| boundary(i)).map_or(0, |p| p + 1);
+        let end = (at..bytes.len())
+            .find(|&i| boundary(i))
+            .unwrap_or(bytes.len());
         if let Some(segment) = text.get(start..end)
             && let Some(decoded) = decode(segment)
             && decoded != segment

@@ -107,9 +107,18 @@ impl Scanner {
                     let mut rebuilt = serde_json::Map::with_capacity(entries.len());
                     for (key, child) in entries {
                         let key_path = format!("{path}{{key}}");
-                        let key = self
+                        let mut key = self
                             .redact_field(&key, &key_path, limits, &mut budget, &mut receipts)
                             .unwrap_or(key);
+                        // Two keys redacted to the same label must not overwrite each other.
+                        if rebuilt.contains_key(&key) {
+                            let base = key.clone();
+                            let mut n = 2;
+                            while rebuilt.contains_key(&key) {
+                                key = format!("{base}#{n}");
+                                n += 1;
+                            }
+                        }
                         rebuilt.insert(key, child);
                     }
                     *map = rebuilt;

@@ -112,7 +112,7 @@ macro_rules! end {
 /// group 1.
 const GENERIC: &str = concat!(
     r"(?i)[a-z0-9_.\-]*(?:password|passwd|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)[a-z0-9_.\-]*",
-    r#"["']?\s*(?::=|=>|=|:)\s*["'`]?([^\s"'`,;<>(){}\[\]]{8,200})"#
+    r#"["']?\s*(?::=|=>|=|:)\s*["'`]?([^\s"'`,;<>(){}\[\]]{8,})"#
 );
 
 /// Every built-in rule. Keywords are lowercase.
@@ -752,15 +752,20 @@ pub(crate) const RULES: &[RuleDef] = &[
         concat!(r"\b(AAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,})", end!()),
     ),
     // ---- Signed tokens and keys ----
-    rule(
-        "jwt",
-        "jwt",
-        High,
-        &["eyj"],
-        concat!(
-            r"\b(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,})",
-            end!()
+    // Payloads can be long: the window reaches 8 KiB past the header.
+    window(
+        rule(
+            "jwt",
+            "jwt",
+            High,
+            &["eyj"],
+            concat!(
+                r"\b(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,})",
+                end!()
+            ),
         ),
+        16,
+        8192,
     ),
     window(
         rule(
@@ -856,8 +861,8 @@ pub(crate) const RULES: &[RuleDef] = &[
             "database-url-postgres",
             "database_password",
             Critical,
-            &["postgres://", "postgresql://"],
-            r"(?i)postgres(?:ql)?://[^\s:/@]+:([^\s@/]+)@",
+            &["postgres"],
+            r"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
         ),
         4,
         400,
@@ -867,8 +872,8 @@ pub(crate) const RULES: &[RuleDef] = &[
             "database-url-mysql",
             "database_password",
             Critical,
-            &["mysql://", "mariadb://"],
-            r"(?i)(?:mysql|mariadb)://[^\s:/@]+:([^\s@/]+)@",
+            &["mysql", "mariadb"],
+            r"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
         ),
         4,
         400,
@@ -911,8 +916,8 @@ pub(crate) const RULES: &[RuleDef] = &[
             "database-url-mssql",
             "database_password",
             Critical,
-            &["sqlserver://", "mssql://"],
-            r"(?i)(?:sqlserver|mssql)://[^\s:/@]+:([^\s@/]+)@",
+            &["sqlserver", "mssql"],
+            r"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
         ),
         4,
         400,
@@ -943,7 +948,7 @@ pub(crate) const RULES: &[RuleDef] = &[
                 GENERIC,
             ),
             48,
-            260,
+            4096,
         ),
         Gate::Entropy(3.0),
     ),
@@ -966,7 +971,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         kind: "phone",
         severity: Medium,
         trigger: Trigger::Digits,
-        pattern: r"(?:^|[^0-9A-Za-z_+.\-/])(\+[1-9][0-9]{6,14}|\+[1-9][0-9]{0,2}[ .\-]?\(?[0-9]{1,4}\)?(?:[ .\-]?[0-9]{2,5}){2,4}|\(?0[0-9]{2,4}\)?[ .\-/]?[0-9]{3,4}[ .\-]?[0-9]{3,5}|\(?[2-9][0-9]{2}\)?[ .\-][2-9][0-9]{2}[ .\-][0-9]{4})(?:[^0-9A-Za-z_\-.]|\.(?:[^0-9]|$)|$)",
+        pattern: r"(?:^|[^0-9A-Za-z_+.\-/])(\+[1-9][0-9]{6,14}|\+[1-9][0-9]{0,2}[ .\-]?\(?[0-9]{1,4}\)?(?:[ .\-]?[0-9]{2,5}){2,4}|\(?0[0-9]{2,4}\)?[ .\-/]?[0-9]{3,4}[ .\-]?[0-9]{3,5}|(?:1[ .\-])?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[.\-])[2-9][0-9]{2}[.\-][0-9]{4}|0[1-9](?:[ .\-][0-9]{2}){4})(?:[^0-9A-Za-z_\-.]|\.(?:[^0-9]|$)|$)",
         gate: Gate::Phone,
         before: 24,
         after: 32,

@@ -32,6 +32,8 @@ pub struct Finding {
     pub encoding: Option<Encoding>,
     /// The rule's position in the scanner (earlier is more specific), for tie-breaks.
     pub(crate) order: usize,
+    /// For a finding in a decoded segment: how many findings the decoded text held.
+    pub(crate) inner: usize,
 }
 
 /// A pattern added at run time, such as a policy's `data.patterns`.
@@ -183,6 +185,7 @@ impl Scanner {
                         end: segment.end,
                         encoding: Some(segment.encoding),
                         order: strongest.order,
+                        inner: inner.len(),
                     });
                 }
             }
@@ -268,9 +271,10 @@ impl Scanner {
             let (start, end) = (offset + start, offset + end);
             let span = text.as_bytes().get(start..end).unwrap_or_default();
             // A span must fall on character boundaries to be redacted cleanly.
+            let next = text.as_bytes().get(end).copied();
             if text.is_char_boundary(start)
                 && text.is_char_boundary(end)
-                && gates::passes(rule.gate, span)
+                && gates::passes(rule.gate, span, next)
             {
                 out.push(Finding {
                     rule_id: rule.id.clone(),
@@ -280,6 +284,7 @@ impl Scanner {
                     end,
                     encoding: None,
                     order,
+                    inner: 0,
                 });
             }
         };
@@ -356,8 +361,8 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
     })
 }
 
-/// Makes findings disjoint and returns them in text order. A finding inside a decoded segment
-/// that repeats a direct finding of the same kind is dropped (the direct span is exact); other
+/// Makes findings disjoint and returns them in text order. A decoded segment whose findings
+/// are all found directly inside it is dropped (the direct spans are exact); other
 /// overlapping findings merge into one span covering both, named after the best of them:
 /// direct before decoded, then higher severity, then longer, then the earlier (more specific)
 /// rule. Merging rather than dropping leaves no part of any match unredacted.
@@ -365,16 +370,23 @@ fn resolve_overlaps(findings: Vec<Finding>) -> Vec<Finding> {
     if findings.len() < 2 {
         return findings;
     }
-    let overlaps = |a: &Finding, b: &Finding| a.start < b.end && b.start < a.end;
-    let mut ranked: Vec<Finding> = findings
+    // Direct findings by start, to count those inside a decoded segment without a quadratic scan.
+    let mut direct_starts: Vec<usize> = findings
         .iter()
-        .filter(|f| {
-            f.encoding.is_none()
-                || !findings
-                    .iter()
-                    .any(|d| d.encoding.is_none() && d.kind == f.kind && overlaps(d, f))
-        })
-        .cloned()
+        .filter(|f| f.encoding.is_none())
+        .map(|f| f.start)
+        .collect();
+    direct_starts.sort_unstable();
+    let direct_within = |f: &Finding| {
+        let from = direct_starts.partition_point(|s| *s < f.start);
+        let to = direct_starts.partition_point(|s| *s < f.end);
+        to - from
+    };
+    // A decoded segment whose every finding is already found directly adds nothing but a
+    // wider span; one that holds more (a second, encoded secret) is kept.
+    let mut ranked: Vec<Finding> = findings
+        .into_iter()
+        .filter(|f| f.encoding.is_none() || direct_within(f) < f.inner)
         .collect();
     ranked.sort_by(|a, b| {
         a.encoding

@@ -112,3 +112,27 @@ fn escaped_private_key_in_a_service_account_json() {
     let kinds: Vec<String> = SCANNER.scan(&json).into_iter().map(|f| f.kind).collect();
     assert!(kinds.contains(&"private_key".to_owned()), "{kinds:?}");
 }
+
+#[test]
+fn escaped_quotes_do_not_cut_a_json_escape_segment() {
+    let text = r#"{"cmd":"echo \"ghp\u005faB3dE5fG7hJ9kL1mN2pQ4rS6tU8vW0xY2zA4\""}"#;
+    assert_eq!(SCANNER.scan(text).len(), 1, "{text}");
+}
+
+#[test]
+fn base64_after_a_path_prefix_is_decoded() {
+    let encoded = STANDARD.encode(format!("token {TOKEN}"));
+    let text = format!("https://example.com/v1/{encoded}");
+    let kinds: Vec<String> = SCANNER.scan(&text).into_iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, ["github_token"], "{text}");
+}
+
+#[test]
+fn a_second_encoded_secret_beside_a_plain_one_is_not_lost() {
+    let text = "GET /send?from=alice@example.com&to=bob%40example.org";
+    let redacted = SCANNER.redact(text).text;
+    assert!(
+        !redacted.contains("alice@") && !redacted.contains("bob%40example"),
+        "{redacted}"
+    );
+}

@@ -106,3 +106,20 @@ fn raw_events_json_or_not_and_invalid_utf8() {
     assert_eq!(r.bytes, b"\xff\xfe key [REDACTED:aws_access_key] \xc3");
     assert_eq!(r.receipts[0].start, 7);
 }
+
+#[test]
+fn keys_redacted_to_the_same_label_keep_both_entries() {
+    let mut event = json!({
+        "ghp_R8xkQ2mVt7LpZ3wN9cY4bH6jF1dS5aE0uGiK": 1,
+        "ghp_Z8xkQ2mVt7LpZ3wN9cY4bH6jF1dS5aE0uGiK": 2
+    });
+    SCANNER.redact_json(&mut event, &Limits::default());
+    let object = event.as_object().unwrap();
+    assert_eq!(object.len(), 2, "{event}");
+    assert!(
+        object
+            .keys()
+            .all(|k| k.starts_with("[REDACTED:github_token]")),
+        "{event}"
+    );
+}
