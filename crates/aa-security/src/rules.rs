@@ -752,7 +752,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         concat!(r"\b(AAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,})", end!()),
     ),
     // ---- Signed tokens and keys ----
-    // Payloads can be long: the window reaches 8 KiB past the header.
+    // The payload sits between the keyword and the signature, so the window must span it.
     window(
         rule(
             "jwt",
@@ -948,7 +948,7 @@ pub(crate) const RULES: &[RuleDef] = &[
                 GENERIC,
             ),
             48,
-            4096,
+            260,
         ),
         Gate::Entropy(3.0),
     ),

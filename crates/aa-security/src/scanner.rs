@@ -12,6 +12,9 @@ use crate::normalize::normalize;
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger};
 use crate::runs::{self, DigitRun};
 
+/// How far past its window a match that reaches the window's end may be extended.
+const MAX_EXTENSION: usize = 64 * 1024;
+
 /// How many encoded layers are peeled (an encoding inside an encoding is found).
 const DECODE_DEPTH: usize = 2;
 
@@ -293,9 +296,22 @@ impl Scanner {
         let mut locations = rule.regex.capture_locations();
         let mut at = 0;
         while at <= window.len() {
-            let Some(whole) = rule.regex.captures_read_at(&mut locations, window, at) else {
+            let Some(mut whole) = rule.regex.captures_read_at(&mut locations, window, at) else {
                 break;
             };
+            // A match that runs into the window's end may be cut short (a long value, a long
+            // JWT): search again from its start over the rest of the text, up to MAX_EXTENSION.
+            let window_end = offset + window.len();
+            if whole.end() == window.len() && window_end < text.len() {
+                let limit = (window_end + MAX_EXTENSION).min(text.len());
+                let wider = text.as_bytes().get(offset..limit).unwrap_or(window);
+                if let Some(longer) =
+                    rule.regex
+                        .captures_read_at(&mut locations, wider, whole.start())
+                {
+                    whole = longer;
+                }
+            }
             let (start, end) = if rule.has_group {
                 locations.get(1)
             } else {
