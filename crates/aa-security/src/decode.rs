@@ -4,6 +4,8 @@
 //! that merely look encoded.
 
 use base64::Engine as _;
+
+use crate::runs::{B64_STD, B64_URL, CLASS, HEX};
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 
@@ -43,30 +45,6 @@ pub(crate) struct Segment {
 
 const MIN_BASE64: usize = 16;
 const MIN_HEX: usize = 16;
-
-const B64_STD: u8 = 1;
-const B64_URL: u8 = 2;
-const HEX: u8 = 4;
-
-static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        let alnum = c.is_ascii_alphanumeric();
-        if alnum || c == b'+' || c == b'/' {
-            t[b] |= B64_STD;
-        }
-        if alnum || c == b'-' || c == b'_' {
-            t[b] |= B64_URL;
-        }
-        if c.is_ascii_hexdigit() {
-            t[b] |= HEX;
-        }
-        b += 1;
-    }
-    t
-};
 
 const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
     .with_decode_padding_mode(DecodePaddingMode::Indifferent)

@@ -27,17 +27,30 @@ const MIN_DIGITS: usize = 7;
 /// The most separator characters allowed between two digits (`) ` in `(415) 555`).
 const MAX_GAP: usize = 2;
 
-const CODE: u8 = 1;
-const DIGIT: u8 = 2;
-const SEPARATOR: u8 = 4;
+/// Byte classes, shared with `decode`: the base64 alphabets, hex digits, digits, and the
+/// separators allowed inside a digit run.
+pub(crate) const B64_STD: u8 = 1;
+pub(crate) const B64_URL: u8 = 2;
+pub(crate) const HEX: u8 = 4;
+const DIGIT: u8 = 8;
+const SEPARATOR: u8 = 16;
+/// Either base64 alphabet.
+const CODE: u8 = B64_STD | B64_URL;
 
-static CLASS: [u8; 256] = {
+pub(crate) static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        if c.is_ascii_alphanumeric() || c == b'+' || c == b'/' || c == b'-' || c == b'_' {
-            t[b] |= CODE;
+        let alnum = c.is_ascii_alphanumeric();
+        if alnum || c == b'+' || c == b'/' {
+            t[b] |= B64_STD;
+        }
+        if alnum || c == b'-' || c == b'_' {
+            t[b] |= B64_URL;
+        }
+        if c.is_ascii_hexdigit() {
+            t[b] |= HEX;
         }
         if c.is_ascii_digit() {
             t[b] |= DIGIT;
