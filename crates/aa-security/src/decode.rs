@@ -4,10 +4,10 @@
 //! that merely look encoded.
 
 use base64::Engine as _;
-
-use crate::runs::{B64_STD, B64_URL, CLASS, HEX};
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+
+use crate::runs::{B64_STD, B64_URL, CLASS, HEX};
 
 /// How a segment was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
