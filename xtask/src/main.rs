@@ -27,6 +27,8 @@ fn main() -> Result<()> {
 
 fn ci() -> Result<()> {
     install_components(&["rustfmt", "clippy"])?;
+    // The scanner's `vectorscan` feature links the system's Vectorscan.
+    install_packages(&["libvectorscan-dev"])?;
     cargo(&["fmt", "--all", "--check"])?;
     cargo(&[
         "clippy",
@@ -38,6 +40,8 @@ fn ci() -> Result<()> {
         "warnings",
     ])?;
     cargo(&["test", "--workspace", "--all-features"])?;
+    // The scanner's default keyword search (Aho-Corasick), which `--all-features` replaces.
+    cargo(&["test", "-p", "aa-security"])?;
     // The shipped examples are checked the way users check theirs.
     for command in ["validate", "test"] {
         cargo(&[
@@ -93,6 +97,37 @@ fn install_components(components: &[&str]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Installs missing Debian packages with apt-get (through sudo when not root).
+fn install_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg")
+                .args(["-s", p])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    let apt = |args: &[&str]| {
+        let mut command = Command::new(if root { "apt-get" } else { "sudo" });
+        if !root {
+            command.arg("apt-get");
+        }
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut command)
+    };
+    apt(&["update", "-qq"])?;
+    apt(&[&["install", "-y", "-qq"][..], &missing].concat())
 }
 
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {

@@ -34,11 +34,13 @@ pub(crate) fn run() -> Result<()> {
 
     let ours = |file: &Path| Command::new(&aasm).arg("scan").arg(file).output();
     // --no-verify: otherwise detect-secrets calls providers' APIs to check each secret, which
-    // measures network time-outs here, not scanning.
+    // measures network time-outs here, not scanning. It runs from the corpus directory: inside
+    // a git checkout it scans only tracked files, and would skip the corpus.
     let theirs = |file: &Path| {
         Command::new(&detect_secrets)
             .args(["scan", "--no-verify"])
             .arg(file)
+            .current_dir(&dir)
             .output()
     };
 

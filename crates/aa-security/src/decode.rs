@@ -7,7 +7,7 @@ use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 
-use crate::runs::{B64_STD, B64_URL, CLASS, HEX};
+use crate::runs::{B64_SEPARATOR, B64_STD, B64_URL, CLASS, HEX};
 
 /// How a segment was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +45,8 @@ pub(crate) struct Segment {
 
 const MIN_BASE64: usize = 16;
 const MIN_HEX: usize = 16;
+/// The most places in one run a base64 decoding is tried from.
+const MAX_STARTS: usize = 9;
 
 const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
     .with_decode_padding_mode(DecodePaddingMode::Indifferent)
@@ -75,16 +77,29 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         return;
     };
     let (mut all, mut any_std, mut any_url) = (HEX | B64_STD | B64_URL, false, false);
-    for &b in run {
+    // Where decoding may start: the run's start and just after each of its first separators
+    // (a run may begin with text that is not part of the encoding: `/v1/dG9r...`). Recorded
+    // without a branch: each byte writes the next free slot, a separator keeps it.
+    let mut starts = [0usize; MAX_STARTS];
+    let mut count = 1;
+    for (i, &b) in run.iter().enumerate() {
         let class = CLASS[usize::from(b)];
         all &= class;
         any_std |= class & B64_URL == 0;
         any_url |= class & B64_STD == 0;
+        if let Some(slot) = starts.get_mut(count) {
+            *slot = i + 1;
+        }
+        count += usize::from(class & B64_SEPARATOR != 0 && count < MAX_STARTS);
     }
     let len = run.len();
     if all & HEX != 0
         && len >= MIN_HEX
         && len.is_multiple_of(2)
+        && run
+            .get(..6)
+            .and_then(hex_decode)
+            .is_some_and(|head| may_be_text(&head))
         && let Some(decoded) = hex_decode(run).and_then(printable)
     {
         out.push(Segment {
@@ -106,20 +121,20 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         .take_while(|b| **b == b'=')
         .count();
     let engine = if any_url { &URL_SAFE } else { &STANDARD };
-    // A run may begin with text that is not part of the encoding (`/v1/dG9r...`): try the
-    // start of the run, then just after each of its first separators.
-    let starts = std::iter::once(0).chain(
-        run.iter()
-            .enumerate()
-            .filter(|(_, b)| b"/-_+".contains(b))
-            .map(|(i, _)| i + 1)
-            .take(8),
-    );
-    for offset in starts {
+    for &offset in starts.get(..count).unwrap_or_default() {
         let Some(tail) = run.get(offset..).filter(|t| t.len() >= MIN_BASE64) else {
             break;
         };
         let usable = &tail[..tail.len() - tail.len() % 4 * usize::from(tail.len() % 4 == 1)];
+        // Most runs are random (hashes, ids): the first three bytes already show it.
+        let mut head = [0u8; 3];
+        let head_ok = usable
+            .get(..4)
+            .and_then(|quantum| engine.decode_slice(quantum, &mut head).ok())
+            .is_some_and(|n| may_be_text(head.get(..n).unwrap_or_default()));
+        if !head_ok {
+            continue;
+        }
         if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
             let start = start + offset;
             out.push(Segment {
@@ -235,6 +250,31 @@ fn json_unescape(segment: &str) -> Option<String> {
 
 /// The decoded bytes as text, when they look like text: valid UTF-8, at least 8 bytes, and at
 /// least 90 % printable.
+/// Whether `head` can begin a text [`printable`] accepts: UTF-8, possibly cut inside a
+/// character. A quick, slightly lenient look (no check for overlong forms); control
+/// characters are not judged here, as a few are allowed in a long text.
+fn may_be_text(head: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(&lead) = head.get(i) {
+        let continuation = match lead {
+            0x00..=0x7F => 0,
+            0xC2..=0xDF => 1,
+            0xE0..=0xEF => 2,
+            0xF0..=0xF4 => 3,
+            _ => return false,
+        };
+        for k in 1..=continuation {
+            match head.get(i + k) {
+                None => return true,
+                Some(b) if b & 0xC0 == 0x80 => {}
+                Some(_) => return false,
+            }
+        }
+        i += continuation + 1;
+    }
+    true
+}
+
 fn printable(bytes: Vec<u8>) -> Option<String> {
     if bytes.len() < 8 {
         return None;
@@ -257,6 +297,15 @@ mod tests {
             .into_iter()
             .map(|s| (s.encoding, s.decoded))
             .collect()
+    }
+
+    #[test]
+    fn a_control_character_up_front_does_not_hide_a_secret() {
+        let secret = "\u{1}token ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        for text in [STANDARD.encode(secret), hex] {
+            assert_eq!(decoded(&text).len(), 1, "{text}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! not secrets (UUIDs, hex digests, version strings, placeholders).
 
 use crate::rules::Gate;
+use crate::runs::DigitRun;
 
 /// True when `secret` passes `gate`; `next` is the byte after it in the text, if any.
 pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
@@ -22,37 +23,94 @@ pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
     }
 }
 
-/// Whether a run of `digits` digits shaped like `run` could hold what `gate` checks for; lets
-/// the scanner skip the regex for runs that cannot.
-pub(crate) fn may_hold(gate: Gate, digits: usize, run: &[u8]) -> bool {
+/// Whether the digit run `run` of `text` could hold what `gate` checks for; lets the scanner
+/// skip the regex for runs that cannot (dates, times, IP addresses, digits inside hashes and
+/// identifiers).
+pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
+    let shape = text.get(run.start..run.end).unwrap_or_default();
+    let digits = run.digits;
     match gate {
-        Gate::Phone => (7..=15).contains(&digits) && !is_date_or_ip(run),
-        Gate::Ssn => digits >= 9 && run.contains(&b'-'),
-        Gate::Luhn => digits >= 13,
-        Gate::Iban => digits >= 8,
+        Gate::Phone => (7..=15).contains(&digits) && !glued(text, run) && !is_date_or_ip(shape),
+        Gate::Ssn => digits >= 9 && shape.contains(&b'-') && !glued(text, run),
+        Gate::Luhn => digits >= 13 && !glued(text, run),
+        Gate::Iban => longest_spaced_chain(shape) >= 8 && country_code_before(text, run),
         Gate::None | Gate::Entropy(_) => true,
     }
 }
 
+/// Whether every place a phone number, SSN or card could start in `run` is glued to a word
+/// (`a1903-4124`): their patterns refuse a letter, `_` or `-` before the first digit, and a
+/// start inside the run needs a separator other than `-` before it.
+fn glued(text: &[u8], run: &DigitRun) -> bool {
+    let before = run.start.checked_sub(1).and_then(|i| text.get(i));
+    let glued_start = before.is_some_and(|&b| b.is_ascii_alphabetic() || b == b'_' || b == b'-');
+    glued_start
+        && !text
+            .get(run.start..run.end)
+            .unwrap_or_default()
+            .iter()
+            .any(|b| b" ()./".contains(b))
+}
+
+/// Whether an IBAN's start (two capitals, two check digits) lies at or shortly before `run`.
+fn country_code_before(text: &[u8], run: &DigitRun) -> bool {
+    let from = run.start.saturating_sub(IBAN_LEAD);
+    let to = (run.start + 2).min(text.len());
+    text.get(from..to).unwrap_or_default().windows(4).any(|w| {
+        w[0].is_ascii_uppercase()
+            && w[1].is_ascii_uppercase()
+            && w[2].is_ascii_digit()
+            && w[3].is_ascii_digit()
+    })
+}
+
+/// How far before a digit run an IBAN may start: its country code and check digits, and one
+/// group of letters (`GB82 WEST 1234 ...`).
+const IBAN_LEAD: usize = 12;
+
+/// The most digits in a stretch of `run` joined by nothing or single spaces: IBANs are printed
+/// in groups of four, so `2026-11-22` or `10.0.0.1` cannot hold one.
+fn longest_spaced_chain(run: &[u8]) -> usize {
+    let (mut best, mut count, mut after_space) = (0, 0, false);
+    for &b in run {
+        if b.is_ascii_digit() {
+            count += 1;
+            after_space = false;
+        } else if b == b' ' && !after_space {
+            after_space = true;
+        } else {
+            best = best.max(count);
+            (count, after_space) = (0, false);
+        }
+    }
+    best.max(count)
+}
+
 /// `2026-11-22`, `22/11/2026`, `10.0.0.1`: shapes of digits that are not phone numbers.
 fn is_date_or_ip(run: &[u8]) -> bool {
-    let groups: Vec<&[u8]> = run
-        .split(|b| !b.is_ascii_digit())
-        .filter(|g| !g.is_empty())
-        .collect();
-    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
-    let separators: Vec<u8> = run
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_digit())
-        .collect();
-    let same_separator = separators.windows(2).all(|w| w[0] == w[1]);
-    let date =
-        same_separator && matches!(lens.as_slice(), [4, 2, 2] | [2, 2, 4] | [1 | 2, 1 | 2, 4]);
-    let ip = same_separator
-        && separators.first() == Some(&b'.')
-        && lens.len() == 4
-        && lens.iter().all(|l| *l <= 3);
+    // Up to four groups of digits between separators, all separators the same.
+    let mut lens = [0usize; 4];
+    let (mut groups, mut separator) = (1, None);
+    for &b in run {
+        if b.is_ascii_digit() {
+            match lens.get_mut(groups - 1) {
+                Some(len) => *len += 1,
+                None => return false,
+            }
+        } else if separator.is_none_or(|s| s == b) {
+            separator = Some(b);
+            // Separators come one at a time between groups in the shapes below.
+            if lens.get(groups - 1) == Some(&0) {
+                return false;
+            }
+            groups += 1;
+        } else {
+            return false;
+        }
+    }
+    let lens = lens.get(..groups).unwrap_or_default();
+    let date = matches!(lens, [4, 2, 2] | [2, 2, 4] | [1 | 2, 1 | 2, 4]);
+    let ip = separator == Some(b'.') && lens.len() == 4 && lens.iter().all(|l| *l <= 3);
     date || ip
 }
 
@@ -214,6 +272,35 @@ fn phone(v: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `may_hold` for the first digit run of `text`.
+    fn holds(gate: Gate, text: &str) -> bool {
+        let runs = crate::runs::find(text.as_bytes()).digits;
+        may_hold(gate, text.as_bytes(), &runs[0])
+    }
+
+    #[test]
+    fn iban_runs_follow_a_country_code_in_groups_of_four() {
+        assert!(holds(Gate::Iban, "DE89 3704 0044 0532 0130 00"));
+        assert!(holds(Gate::Iban, "iban: GB82 WEST 1234 5698 7654 32"));
+        assert!(holds(Gate::Iban, "DE8937040044-0532"));
+        assert!(!holds(Gate::Iban, "on 2026-11-22 DE"));
+        assert!(!holds(Gate::Iban, "DE89 10.254.252.92"));
+        assert!(!holds(Gate::Iban, "DE89 1234  5678"));
+        assert!(!holds(Gate::Iban, "commit 3e41567612378901 done"));
+    }
+
+    #[test]
+    fn numbers_glued_to_words_are_not_phones_cards_or_ssns() {
+        for gate in [Gate::Phone, Gate::Ssn, Gate::Luhn] {
+            assert!(!holds(gate, "id a33b68ca-1903-4124-5678-7046"), "{gate:?}");
+            assert!(!holds(gate, "x_4111111111111111"), "{gate:?}");
+        }
+        assert!(holds(Gate::Phone, "call +1 (415) 555-2671"));
+        assert!(holds(Gate::Phone, "ref-12 (415) 555-2671"));
+        assert!(holds(Gate::Ssn, "ssn 123-45-6789"));
+        assert!(holds(Gate::Luhn, "card 4111 1111 1111 1111"));
+    }
 
     #[test]
     fn entropy_of_known_strings() {

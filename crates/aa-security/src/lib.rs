@@ -3,11 +3,13 @@
 //!
 //! - [`rules`]: the built-in rules (credentials of the providers agents touch; email, phone,
 //!   SSN, payment cards, IBAN), each with keywords, a confirming regex and decoy gates.
-//! - [`scanner`]: [`Scanner`] — compile once; prefilter with Aho-Corasick and digit runs,
+//! - [`scanner`]: [`Scanner`] — compile once; prefilter with keywords and digit runs,
 //!   confirm in windows, normalise (NFKC, invisible characters) and peel encoded layers
 //!   (base64, hex, percent, JSON escapes; two deep).
 //! - [`redact`]: replacing spans with `[REDACTED:<kind>]`, receipts, the JSON and event APIs
 //!   with size caps.
+//! - `keywords`: the keyword search, on Vectorscan with the `vectorscan` feature, else on an
+//!   Aho-Corasick automaton.
 //! - `normalize`, `runs`, `decode`, `gates`: the pieces the scanner uses.
 //! - [`error`]: the crate's error type, [`SecurityError`].
 //!
@@ -18,6 +20,7 @@
 mod decode;
 pub mod error;
 mod gates;
+mod keywords;
 mod normalize;
 pub mod redact;
 pub mod rules;

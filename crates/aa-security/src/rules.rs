@@ -948,7 +948,7 @@ pub(crate) const RULES: &[RuleDef] = &[
                 GENERIC,
             ),
             48,
-            260,
+            128,
         ),
         Gate::Entropy(3.0),
     ),

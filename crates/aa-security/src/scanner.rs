@@ -1,13 +1,13 @@
-//! The scanning engine: keyword prefilter (Aho-Corasick) and digit-run detection find
+//! The scanning engine: keyword prefilter (Vectorscan or Aho-Corasick) and digit-run detection find
 //! candidates; regexes confirm them in small windows; gates reject decoys; normalisation and
 //! decoding layers uncover hidden secrets; overlapping findings resolve to the strongest.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::decode::{self, Encoding};
 use crate::error::SecurityError;
 use crate::gates;
+use crate::keywords::Keywords;
 use crate::normalize::normalize;
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger};
 use crate::runs::{self, DigitRun};
@@ -64,7 +64,7 @@ struct Rule {
 #[derive(Debug)]
 pub struct Scanner {
     rules: Vec<Rule>,
-    keywords: AhoCorasick,
+    keywords: Keywords,
     keyword_rules: Vec<Vec<usize>>,
     digit_rules: Vec<usize>,
     /// Custom patterns have no keywords; they run over the whole text.
@@ -106,28 +106,7 @@ impl Scanner {
             whole_text_rules.push(rules.len());
             rules.push(custom(pattern)?);
         }
-        // Leftmost-longest search skips a keyword inside a longer one ("secret" in
-        // "aws_secret"), so each keyword also triggers the rules of the keywords it contains.
-        let keyword_rules: Vec<Vec<usize>> = keyword_list
-            .iter()
-            .map(|outer| {
-                let mut rules: Vec<usize> = keyword_list
-                    .iter()
-                    .zip(&keyword_rules)
-                    .filter(|(inner, _)| outer.contains(**inner))
-                    .flat_map(|(_, r)| r.iter().copied())
-                    .collect();
-                rules.sort_unstable();
-                rules.dedup();
-                rules
-            })
-            .collect();
-        let keywords = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&keyword_list)
-            .map_err(|e| SecurityError::Internal(format!("keyword automaton: {e}")))?;
+        let keywords = Keywords::new(&keyword_list)?;
         Ok(Scanner {
             rules,
             keywords,
@@ -205,25 +184,18 @@ impl Scanner {
     fn match_rules(&self, text: &str, digit_runs: &[DigitRun], out: &mut Vec<Finding>) {
         let bytes = text.as_bytes();
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
-        for m in self.keywords.find_iter(bytes) {
-            for &rule in self
-                .keyword_rules
-                .get(m.pattern().as_usize())
-                .into_iter()
-                .flatten()
-            {
-                windows.push(self.window(rule, m.start(), m.end(), bytes.len()));
+        self.keywords.find(bytes, |keyword, start, end| {
+            for &rule in self.keyword_rules.get(keyword).into_iter().flatten() {
+                windows.push(self.window(rule, start, end, bytes.len()));
             }
-        }
+        });
         for run in digit_runs {
-            let shape = bytes.get(run.start..run.end).unwrap_or_default();
             for &rule in &self.digit_rules {
-                // A cheap look at the run's shape spares most regex searches (dates, times,
-                // IP addresses, counters in logs).
+                // A cheap look at the run and its context spares most regex searches.
                 if self
                     .rules
                     .get(rule)
-                    .is_some_and(|r| gates::may_hold(r.gate, run.digits, shape))
+                    .is_some_and(|r| gates::may_hold(r.gate, bytes, run))
                 {
                     windows.push(self.window(rule, run.start, run.end, bytes.len()));
                 }
