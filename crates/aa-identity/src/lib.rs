@@ -1,0 +1,18 @@
+//! Identity for agents and gateways: Ed25519 keys named as `did:key`, the registration
+//! challenge that proves an agent holds its key, and the signed credential tokens a gateway
+//! issues to registered agents and every runtime checks.
+//!
+//! - [`key`]: [`Keypair`] and [`PublicKey`], their `did:key` form, and the challenge.
+//! - [`token`]: [`Claims`], [`issue`] and [`verify`] for credential tokens.
+//! - [`error`]: the crate's error type, [`IdentityError`].
+//!
+//! This crate does no IO beyond asking the OS for random bytes: callers persist keys and pass
+//! the time in. Verification never panics, whatever the input.
+
+pub mod error;
+pub mod key;
+pub mod token;
+
+pub use error::IdentityError;
+pub use key::{CHALLENGE_BYTES, Keypair, PublicKey, challenge};
+pub use token::{Claims, issue, verify};
