@@ -1,0 +1,480 @@
+//! The audit log's integrity: canonical bytes, the hash chain of each stream, signed
+//! checkpoints of the stream heads, and the verification `aasm audit verify` runs.
+//!
+//! A record's hash is `SHA-256(prev_hash || canonical(record))`, where the canonical form is
+//! JSON with sorted keys and no white space over its stream, sequence, event id and event. The
+//! first record of a stream follows 32 zero bytes.
+
+use std::collections::BTreeMap;
+
+use aa_identity::{Keypair, PublicKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+/// The hash before a stream's first record.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// One event as the chain holds it; hashes are lowercase hex.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The runtime stream the event came from.
+    pub stream_id: String,
+    /// Its place in the stream, from 1, without gaps.
+    pub sequence: u64,
+    /// The event's unique id (appends are idempotent by it).
+    pub event_id: String,
+    /// The event, redacted, as the runtime enriched it.
+    pub event: Value,
+    /// The hash of the stream's previous record.
+    pub prev_hash: String,
+    /// This record's hash.
+    pub hash: String,
+}
+
+impl Record {
+    /// A record following `prev`, with its hash computed.
+    pub fn new(
+        stream_id: &str,
+        sequence: u64,
+        event_id: &str,
+        event: Value,
+        prev: &[u8; 32],
+    ) -> Record {
+        let hash = link_hash(prev, stream_id, sequence, event_id, &event);
+        Record {
+            stream_id: stream_id.to_owned(),
+            sequence,
+            event_id: event_id.to_owned(),
+            event,
+            prev_hash: hex(prev),
+            hash: hex(&hash),
+        }
+    }
+
+    /// What the hash of this record should be, from its contents and `prev_hash`.
+    fn expected_hash(&self) -> Option<String> {
+        let prev = unhex(&self.prev_hash)?;
+        Some(hex(&link_hash(
+            &prev,
+            &self.stream_id,
+            self.sequence,
+            &self.event_id,
+            &self.event,
+        )))
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "stream {:?} sequence {} (event {:?})",
+            self.stream_id, self.sequence, self.event_id
+        )
+    }
+}
+
+/// `SHA-256(prev || canonical({event, event_id, sequence, stream_id}))`.
+pub fn link_hash(
+    prev: &[u8; 32],
+    stream_id: &str,
+    sequence: u64,
+    event_id: &str,
+    event: &Value,
+) -> [u8; 32] {
+    let body = serde_json::json!({
+        "event": event,
+        "event_id": event_id,
+        "sequence": sequence,
+        "stream_id": stream_id,
+    });
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(canonical(&body));
+    hasher.finalize().into()
+}
+
+/// JSON with object keys sorted (by bytes) and no white space, whatever order the value's
+/// maps keep.
+pub fn canonical(value: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
+            out.push(b'{');
+            for (i, (key, item)) in sorted.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_scalar(&Value::String(key.clone()), out);
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => write_scalar(scalar, out),
+    }
+}
+
+fn write_scalar(value: &Value, out: &mut Vec<u8>) {
+    // Serialising a scalar into a Vec cannot fail.
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// The head of one stream: its last sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The stream.
+    pub stream_id: String,
+    /// Its last sequence number.
+    pub sequence: u64,
+    /// The hash of that record (hex).
+    pub hash: String,
+}
+
+/// The gateway's signed statement of every stream head at a moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Increasing from 1.
+    pub id: u64,
+    /// When it was made, milliseconds since the Unix epoch.
+    pub created_at_ms: i64,
+    /// The stream heads, sorted by stream.
+    pub heads: Vec<Head>,
+    /// The signing gateway's key, as `did:key`.
+    pub gateway_did: String,
+    /// Ed25519 signature over the canonical form of the fields above (hex).
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// Signs the heads with the gateway's key.
+    pub fn sign(gateway: &Keypair, id: u64, created_at_ms: i64, mut heads: Vec<Head>) -> Self {
+        heads.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        let gateway_did = gateway.public().did();
+        let signature =
+            hex(&gateway.sign(&Self::signed_bytes(id, created_at_ms, &heads, &gateway_did)));
+        Checkpoint {
+            id,
+            created_at_ms,
+            heads,
+            gateway_did,
+            signature,
+        }
+    }
+
+    fn signed_bytes(id: u64, created_at_ms: i64, heads: &[Head], gateway_did: &str) -> Vec<u8> {
+        canonical(&serde_json::json!({
+            "created_at_ms": created_at_ms,
+            "gateway_did": gateway_did,
+            "heads": heads,
+            "id": id,
+        }))
+    }
+
+    /// Whether the signature is the named gateway's over these fields.
+    fn signature_holds(&self) -> bool {
+        let Ok(key) = PublicKey::from_did(&self.gateway_did) else {
+            return false;
+        };
+        let Some(signature) = unhex_vec(&self.signature) else {
+            return false;
+        };
+        let bytes = Self::signed_bytes(self.id, self.created_at_ms, &self.heads, &self.gateway_did);
+        key.verify(&bytes, &signature).is_ok()
+    }
+}
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// Records checked.
+    pub records: u64,
+    /// Streams seen.
+    pub streams: u64,
+    /// Checkpoints whose signatures and heads were checked.
+    pub checkpoints: u64,
+}
+
+/// The first thing wrong with an audit log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Tampered(pub String);
+
+/// Checks every stream's chain (sequence from 1 without gaps, each `prev_hash` the previous
+/// record's hash, each hash matching its contents) and every checkpoint (its signature, its
+/// signer when `trusted` names one, and each head present in the chain with that hash).
+/// `records` must come ordered by stream, then sequence, as the store returns them.
+pub fn verify(
+    records: impl IntoIterator<Item = Record>,
+    checkpoints: &[Checkpoint],
+    trusted: Option<&PublicKey>,
+) -> Result<Verified, Tampered> {
+    let mut verified = Verified::default();
+    // Every checkpointed (stream, sequence) and the hash it claims; ticked off as seen.
+    let mut claimed: BTreeMap<(String, u64), (String, u64)> = BTreeMap::new();
+    for checkpoint in checkpoints {
+        if !checkpoint.signature_holds() {
+            return Err(Tampered(format!(
+                "checkpoint {}: signature does not verify",
+                checkpoint.id
+            )));
+        }
+        if let Some(trusted) = trusted
+            && checkpoint.gateway_did != trusted.did()
+        {
+            return Err(Tampered(format!(
+                "checkpoint {}: signed by {}, not by this gateway ({})",
+                checkpoint.id,
+                checkpoint.gateway_did,
+                trusted.did()
+            )));
+        }
+        for head in &checkpoint.heads {
+            claimed.insert(
+                (head.stream_id.clone(), head.sequence),
+                (head.hash.clone(), checkpoint.id),
+            );
+        }
+        verified.checkpoints += 1;
+    }
+    let mut previous: Option<Record> = None;
+    for record in records {
+        let same_stream = previous
+            .as_ref()
+            .is_some_and(|p| p.stream_id == record.stream_id);
+        let (expected_sequence, expected_prev) = match &previous {
+            Some(p) if same_stream => (p.sequence + 1, p.hash.clone()),
+            _ => (1, hex(&GENESIS)),
+        };
+        if !same_stream {
+            verified.streams += 1;
+        }
+        if record.sequence != expected_sequence {
+            let what = if record.sequence > expected_sequence {
+                "records before it are missing or out of order"
+            } else {
+                "it is out of order or duplicated"
+            };
+            return Err(Tampered(format!(
+                "{}: expected sequence {expected_sequence}: {what}",
+                record.describe()
+            )));
+        }
+        if record.prev_hash != expected_prev {
+            return Err(Tampered(format!(
+                "{}: does not link to the previous record (deleted, reordered or rewritten)",
+                record.describe()
+            )));
+        }
+        if record.expected_hash().as_deref() != Some(record.hash.as_str()) {
+            return Err(Tampered(format!(
+                "{}: hash does not match its contents (edited)",
+                record.describe()
+            )));
+        }
+        if let Some((hash, checkpoint)) =
+            claimed.remove(&(record.stream_id.clone(), record.sequence))
+            && hash != record.hash
+        {
+            return Err(Tampered(format!(
+                "{}: differs from checkpoint {checkpoint} (rewritten)",
+                record.describe()
+            )));
+        }
+        verified.records += 1;
+        previous = Some(record);
+    }
+    if let Some(((stream, sequence), (_, checkpoint))) = claimed.into_iter().next() {
+        return Err(Tampered(format!(
+            "stream {stream:?} sequence {sequence}: named by checkpoint {checkpoint} but missing \
+             (truncated or deleted)"
+        )));
+    }
+    Ok(verified)
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex_vec(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A 32-byte hash from hex.
+pub fn unhex(text: &str) -> Option<[u8; 32]> {
+    unhex_vec(text)?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn chain(stream: &str, n: u64) -> Vec<Record> {
+        let mut prev = GENESIS;
+        (1..=n)
+            .map(|sequence| {
+                let record = Record::new(
+                    stream,
+                    sequence,
+                    &format!("{stream}-{sequence}"),
+                    json!({"tool": "shell", "n": sequence, "args": {"b": 1, "a": [1, "x"]}}),
+                    &prev,
+                );
+                prev = unhex(&record.hash).unwrap();
+                record
+            })
+            .collect()
+    }
+
+    #[test]
+    fn canonical_sorts_keys_at_every_level() {
+        let value = json!({"b": {"y": 1, "x": [true, null]}, "a": "é\n"});
+        assert_eq!(
+            String::from_utf8(canonical(&value)).unwrap(),
+            r#"{"a":"é\n","b":{"x":[true,null],"y":1}}"#
+        );
+    }
+
+    #[test]
+    fn an_intact_log_verifies() {
+        let gateway = Keypair::generate().unwrap();
+        let mut records = chain("a", 5);
+        records.extend(chain("b", 3));
+        let heads = vec![
+            Head {
+                stream_id: "a".into(),
+                sequence: 4,
+                hash: records[3].hash.clone(),
+            },
+            Head {
+                stream_id: "b".into(),
+                sequence: 3,
+                hash: records[7].hash.clone(),
+            },
+        ];
+        let checkpoint = Checkpoint::sign(&gateway, 1, 1_000, heads);
+        let verified = verify(records, &[checkpoint], Some(&gateway.public())).unwrap();
+        assert_eq!(
+            verified,
+            Verified {
+                records: 8,
+                streams: 2,
+                checkpoints: 1
+            }
+        );
+    }
+
+    #[test]
+    fn each_kind_of_tampering_is_named() {
+        let edited = {
+            let mut r = chain("a", 4);
+            r[2].event["tool"] = json!("rm");
+            r
+        };
+        let deleted = {
+            let mut r = chain("a", 4);
+            r.remove(1);
+            r
+        };
+        let reordered = {
+            let mut r = chain("a", 4);
+            r.swap(1, 2);
+            r
+        };
+        let relinked = {
+            // An edit with its own hash recomputed still breaks the next link.
+            let mut r = chain("a", 4);
+            r[1].event["tool"] = json!("rm");
+            let prev = unhex(&r[1].prev_hash).unwrap();
+            r[1] = Record::new("a", 2, "a-2", r[1].event.clone(), &prev);
+            r
+        };
+        for (records, expected) in [
+            (
+                edited,
+                "stream \"a\" sequence 3 (event \"a-3\"): hash does not match its contents (edited)",
+            ),
+            (
+                deleted,
+                "stream \"a\" sequence 3 (event \"a-3\"): expected sequence 2: records before it are missing or out of order",
+            ),
+            (
+                reordered,
+                "stream \"a\" sequence 3 (event \"a-3\"): expected sequence 2: records before it are missing or out of order",
+            ),
+            (
+                relinked,
+                "stream \"a\" sequence 3 (event \"a-3\"): does not link to the previous record (deleted, reordered or rewritten)",
+            ),
+        ] {
+            assert_eq!(verify(records, &[], None).unwrap_err().0, expected);
+        }
+    }
+
+    #[test]
+    fn checkpoints_catch_truncation_rewrites_and_forgeries() {
+        let gateway = Keypair::generate().unwrap();
+        let records = chain("a", 5);
+        let head = |n: usize| Head {
+            stream_id: "a".into(),
+            sequence: n as u64,
+            hash: records[n - 1].hash.clone(),
+        };
+        let checkpoint = Checkpoint::sign(&gateway, 1, 1_000, vec![head(5)]);
+        // Truncated after the checkpoint.
+        let err = verify(
+            records[..3].to_vec(),
+            std::slice::from_ref(&checkpoint),
+            None,
+        )
+        .unwrap_err();
+        assert!(err.0.contains("named by checkpoint 1 but missing"), "{err}");
+        // The whole stream rewritten and rehashed from the start.
+        let mut rewritten = chain("a", 5);
+        rewritten[0] = Record::new("a", 1, "a-1", json!({"tool": "other"}), &GENESIS);
+        let mut prev = unhex(&rewritten[0].hash).unwrap();
+        for r in rewritten.iter_mut().skip(1) {
+            *r = Record::new("a", r.sequence, &r.event_id, r.event.clone(), &prev);
+            prev = unhex(&r.hash).unwrap();
+        }
+        let err = verify(rewritten, std::slice::from_ref(&checkpoint), None).unwrap_err();
+        assert!(
+            err.0.contains("differs from checkpoint 1 (rewritten)"),
+            "{err}"
+        );
+        // A checkpoint with a changed head, or signed by someone else.
+        let mut forged = checkpoint.clone();
+        forged.heads[0].sequence = 4;
+        let err = verify(records.clone(), &[forged], None).unwrap_err();
+        assert_eq!(err.0, "checkpoint 1: signature does not verify");
+        let stranger = Keypair::generate().unwrap();
+        let theirs = Checkpoint::sign(&stranger, 1, 1_000, vec![head(5)]);
+        let err = verify(records, &[theirs], Some(&gateway.public())).unwrap_err();
+        assert!(err.0.contains("not by this gateway"), "{err}");
+    }
+}

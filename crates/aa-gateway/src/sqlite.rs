@@ -1,0 +1,427 @@
+//! The embedded SQLite store: one file in WAL mode, schema migrations numbered by
+//! `PRAGMA user_version`, and triggers that make the audit table append-only. Calls run on
+//! tokio's blocking pool, one connection behind a mutex (SQLite has one writer anyway).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+
+use crate::audit::{Checkpoint, GENESIS, Head, Record, unhex};
+use crate::error::GatewayError;
+use crate::store::{AgentRecord, Appended, NewEvent, Store};
+
+/// Each entry moves the schema one version up; never edit a released one, add another.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE audit_records (
+    stream_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_id TEXT NOT NULL UNIQUE,
+    event TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    appended_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, sequence)
+) WITHOUT ROWID;
+CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    heads TEXT NOT NULL,
+    gateway_did TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE TABLE agents (
+    agent_id TEXT PRIMARY KEY,
+    did TEXT NOT NULL,
+    name TEXT NOT NULL,
+    framework TEXT NOT NULL,
+    team_id TEXT,
+    parent_agent_id TEXT,
+    delegation_reason TEXT,
+    spawned_by_tool TEXT,
+    depth INTEGER NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    token_id TEXT NOT NULL
+);
+CREATE TABLE agent_edges (
+    parent_agent_id TEXT NOT NULL,
+    child_agent_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (parent_agent_id, child_agent_id, kind)
+);
+"#];
+
+/// The SQLite store. Cheap to clone; clones share the connection.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<SqliteStore, GatewayError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        SqliteStore::init(conn)
+    }
+
+    /// A private in-memory database, for tests and tools.
+    pub fn open_in_memory() -> Result<SqliteStore, GatewayError> {
+        SqliteStore::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore, GatewayError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection, on the blocking pool.
+    async fn with<T, F>(&self, f: F) -> Result<T, GatewayError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, GatewayError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn
+                .lock()
+                .map_err(|_| GatewayError::Storage("connection lock poisoned".to_owned()))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| GatewayError::Storage(format!("storage task failed: {e}")))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), GatewayError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    if version > MIGRATIONS.len() {
+        return Err(GatewayError::Storage(format!(
+            "database schema version {version} is newer than this build knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(migration)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(index + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn corrupt(what: &str) -> GatewayError {
+    GatewayError::Storage(format!("unreadable {what} in the database"))
+}
+
+fn to_i64(n: u64) -> Result<i64, GatewayError> {
+    i64::try_from(n).map_err(|_| GatewayError::Storage(format!("{n} is out of range")))
+}
+
+impl Store for SqliteStore {
+    async fn append_events(
+        &self,
+        stream_id: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, GatewayError> {
+        let stream_id = stream_id.to_owned();
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let head: Option<(i64, String)> = tx
+                .query_row(
+                    "SELECT sequence, hash FROM audit_records WHERE stream_id = ?1
+                     ORDER BY sequence DESC LIMIT 1",
+                    params![stream_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let (mut sequence, mut prev) = match head {
+                Some((sequence, hash)) => (
+                    u64::try_from(sequence).map_err(|_| corrupt("sequence"))?,
+                    unhex(&hash).ok_or_else(|| corrupt("hash"))?,
+                ),
+                None => (0, GENESIS),
+            };
+            let mut appended = Appended::default();
+            let appended_at = now_ms();
+            for event in events {
+                let seen: bool = tx.query_row(
+                    "SELECT EXISTS(SELECT 1 FROM audit_records WHERE event_id = ?1)",
+                    params![event.event_id],
+                    |row| row.get(0),
+                )?;
+                if seen {
+                    appended.duplicates += 1;
+                    continue;
+                }
+                if event.sequence != sequence + 1 {
+                    return Err(GatewayError::Sequence {
+                        stream: stream_id,
+                        expected: sequence + 1,
+                        got: event.sequence,
+                    });
+                }
+                let record = Record::new(
+                    &stream_id,
+                    event.sequence,
+                    &event.event_id,
+                    event.event,
+                    &prev,
+                );
+                tx.execute(
+                    "INSERT INTO audit_records
+                     (stream_id, sequence, event_id, event, prev_hash, hash, appended_at_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        record.stream_id,
+                        to_i64(record.sequence)?,
+                        record.event_id,
+                        record.event.to_string(),
+                        record.prev_hash,
+                        record.hash,
+                        appended_at,
+                    ],
+                )?;
+                sequence = record.sequence;
+                prev = unhex(&record.hash).ok_or_else(|| corrupt("hash"))?;
+                appended.accepted += 1;
+            }
+            tx.commit()?;
+            Ok(appended)
+        })
+        .await
+    }
+
+    async fn heads(&self) -> Result<Vec<Head>, GatewayError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT stream_id, MAX(sequence) FROM audit_records GROUP BY stream_id
+                 ORDER BY stream_id",
+            )?;
+            let tops = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            tops.into_iter()
+                .map(|(stream_id, sequence)| {
+                    let hash: String = conn.query_row(
+                        "SELECT hash FROM audit_records WHERE stream_id = ?1 AND sequence = ?2",
+                        params![stream_id, sequence],
+                        |row| row.get(0),
+                    )?;
+                    Ok(Head {
+                        stream_id,
+                        sequence: u64::try_from(sequence).map_err(|_| corrupt("sequence"))?,
+                        hash,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn records(&self, after: u64, limit: u64) -> Result<Vec<Record>, GatewayError> {
+        let (after, limit) = (to_i64(after)?, to_i64(limit)?);
+        self.with(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT stream_id, sequence, event_id, event, prev_hash, hash FROM audit_records
+                 ORDER BY stream_id, sequence LIMIT ?1 OFFSET ?2",
+            )?;
+            let rows = statement
+                .query_map(params![limit, after], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(stream_id, sequence, event_id, event, prev_hash, hash)| {
+                    Ok(Record {
+                        stream_id,
+                        // A negative sequence is tampering that `verify` should name, not a
+                        // read error: it maps to 0, which no chain holds.
+                        sequence: u64::try_from(sequence).unwrap_or(0),
+                        event_id,
+                        // Likewise an event that is no longer JSON keeps its text.
+                        event: serde_json::from_str(&event)
+                            .unwrap_or(serde_json::Value::String(event)),
+                        prev_hash,
+                        hash,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn add_checkpoint(&self, checkpoint: Checkpoint) -> Result<(), GatewayError> {
+        self.with(move |conn| {
+            let heads = serde_json::to_string(&checkpoint.heads)
+                .map_err(|e| GatewayError::Storage(e.to_string()))?;
+            conn.execute(
+                "INSERT INTO checkpoints (id, created_at_ms, heads, gateway_did, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    to_i64(checkpoint.id)?,
+                    checkpoint.created_at_ms,
+                    heads,
+                    checkpoint.gateway_did,
+                    checkpoint.signature
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, GatewayError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, created_at_ms, heads, gateway_did, signature FROM checkpoints
+                 ORDER BY id",
+            )?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, created_at_ms, heads, gateway_did, signature)| {
+                    Ok(Checkpoint {
+                        id: u64::try_from(id).map_err(|_| corrupt("checkpoint id"))?,
+                        created_at_ms,
+                        heads: serde_json::from_str(&heads)
+                            .map_err(|_| corrupt("checkpoint heads"))?,
+                        gateway_did,
+                        signature,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_agent(&self, agent: AgentRecord) -> Result<(), GatewayError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO agents (agent_id, did, name, framework, team_id, parent_agent_id,
+                     delegation_reason, spawned_by_tool, depth, registered_at_ms, last_seen_ms,
+                     token_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+                 ON CONFLICT (agent_id) DO UPDATE SET did = excluded.did,
+                     name = excluded.name, framework = excluded.framework,
+                     team_id = excluded.team_id, parent_agent_id = excluded.parent_agent_id,
+                     delegation_reason = excluded.delegation_reason,
+                     spawned_by_tool = excluded.spawned_by_tool, depth = excluded.depth,
+                     last_seen_ms = excluded.last_seen_ms, token_id = excluded.token_id",
+                params![
+                    agent.agent_id,
+                    agent.did,
+                    agent.name,
+                    agent.framework,
+                    agent.team_id,
+                    agent.parent_agent_id,
+                    agent.delegation_reason,
+                    agent.spawned_by_tool,
+                    agent.depth,
+                    agent.registered_at_ms,
+                    agent.last_seen_ms,
+                    agent.token_id,
+                ],
+            )?;
+            if let Some(parent) = &agent.parent_agent_id {
+                tx.execute(
+                    "INSERT OR IGNORE INTO agent_edges
+                     (parent_agent_id, child_agent_id, kind, created_at_ms)
+                     VALUES (?1, ?2, 'spawned', ?3)",
+                    params![parent, agent.agent_id, agent.registered_at_ms],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, GatewayError> {
+        let agent_id = agent_id.to_owned();
+        self.with(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!("{AGENT_COLUMNS} WHERE agent_id = ?1"),
+                    params![agent_id],
+                    agent_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn agents(&self) -> Result<Vec<AgentRecord>, GatewayError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(&format!("{AGENT_COLUMNS} ORDER BY agent_id"))?;
+            let agents = statement
+                .query_map([], agent_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(agents)
+        })
+        .await
+    }
+}
+
+const AGENT_COLUMNS: &str = "SELECT agent_id, did, name, framework, team_id, parent_agent_id,
+    delegation_reason, spawned_by_tool, depth, registered_at_ms, last_seen_ms, token_id
+    FROM agents";
+
+fn agent_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
+    Ok(AgentRecord {
+        agent_id: row.get(0)?,
+        did: row.get(1)?,
+        name: row.get(2)?,
+        framework: row.get(3)?,
+        team_id: row.get(4)?,
+        parent_agent_id: row.get(5)?,
+        delegation_reason: row.get(6)?,
+        spawned_by_tool: row.get(7)?,
+        depth: row.get(8)?,
+        registered_at_ms: row.get(9)?,
+        last_seen_ms: row.get(10)?,
+        token_id: row.get(11)?,
+    })
+}

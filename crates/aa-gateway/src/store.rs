@@ -1,0 +1,106 @@
+//! Storage behind one trait, so the gateway's logic does not know the database. Embedded
+//! SQLite ([`SqliteStore`](crate::sqlite::SqliteStore)) is the default.
+
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::audit::{Checkpoint, Head, Record};
+use crate::error::GatewayError;
+
+/// An event arriving from a runtime stream, already redacted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    /// Unique id; a second append with the same id is a duplicate, not an error.
+    pub event_id: String,
+    /// The runtime's sequence number: the next after the stream's head.
+    pub sequence: u64,
+    /// The event.
+    pub event: Value,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    /// Newly appended.
+    pub accepted: u64,
+    /// Already present (same event id).
+    pub duplicates: u64,
+}
+
+/// A registered agent and its lineage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// Its id.
+    pub agent_id: String,
+    /// Its key, as `did:key`.
+    pub did: String,
+    /// Display name.
+    pub name: String,
+    /// e.g. `langchain`, `custom`.
+    pub framework: String,
+    /// Its team, if any.
+    pub team_id: Option<String>,
+    /// The agent that spawned it, if any.
+    pub parent_agent_id: Option<String>,
+    /// Why it was spawned.
+    pub delegation_reason: Option<String>,
+    /// The parent's tool that spawned it.
+    pub spawned_by_tool: Option<String>,
+    /// 0 for a root agent.
+    pub depth: u32,
+    /// First registration, milliseconds since the Unix epoch.
+    pub registered_at_ms: i64,
+    /// Last registration or heartbeat.
+    pub last_seen_ms: i64,
+    /// The id of the credential token issued last; older tokens are superseded.
+    pub token_id: String,
+}
+
+/// Where the gateway keeps its state.
+pub trait Store: Send + Sync + 'static {
+    /// Appends events to `stream_id` in one transaction: each event either is a duplicate by
+    /// id or carries the sequence after the stream's head; anything else fails the whole
+    /// batch with [`GatewayError::Sequence`], appending nothing.
+    fn append_events(
+        &self,
+        stream_id: &str,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<Appended, GatewayError>> + Send;
+
+    /// The last record of every stream.
+    fn heads(&self) -> impl Future<Output = Result<Vec<Head>, GatewayError>> + Send;
+
+    /// Records ordered by stream then sequence, from the `after`-th (0-based) on, at most
+    /// `limit`.
+    fn records(
+        &self,
+        after: u64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<Record>, GatewayError>> + Send;
+
+    /// Signs nothing itself: stores a checkpoint the caller signed.
+    fn add_checkpoint(
+        &self,
+        checkpoint: Checkpoint,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// Every checkpoint, oldest first.
+    fn checkpoints(&self) -> impl Future<Output = Result<Vec<Checkpoint>, GatewayError>> + Send;
+
+    /// Creates or updates an agent, and records its parent → child edge.
+    fn put_agent(
+        &self,
+        agent: AgentRecord,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// One agent.
+    fn agent(
+        &self,
+        agent_id: &str,
+    ) -> impl Future<Output = Result<Option<AgentRecord>, GatewayError>> + Send;
+
+    /// Every agent, by id.
+    fn agents(&self) -> impl Future<Output = Result<Vec<AgentRecord>, GatewayError>> + Send;
+}

@@ -1,0 +1,199 @@
+//! The SQLite store on a real database file: appends, idempotency, sequence rules, restarts,
+//! the append-only guard, and tampering found by `audit::verify`.
+
+use aa_gateway::audit::{self, Checkpoint};
+use aa_gateway::{AgentRecord, Appended, GatewayError, NewEvent, SqliteStore, Store};
+use aa_identity::Keypair;
+use serde_json::json;
+
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        event_id: format!("ev-{n}"),
+        sequence: n,
+        event: json!({"type": "tool_call", "tool": "shell", "n": n}),
+    }
+}
+
+async fn all_records(store: &SqliteStore) -> Vec<audit::Record> {
+    store.records(0, u64::MAX >> 1).await.unwrap()
+}
+
+#[tokio::test]
+async fn appends_are_gapless_idempotent_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let first = store
+        .append_events("rt-1", (1..=3).map(event).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Appended {
+            accepted: 3,
+            duplicates: 0
+        }
+    );
+    // A retried batch overlapping what is stored: the old ones are duplicates.
+    let retry = store
+        .append_events("rt-1", (2..=5).map(event).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        retry,
+        Appended {
+            accepted: 2,
+            duplicates: 2
+        }
+    );
+    // A gap fails the whole batch and appends nothing.
+    let gap = store
+        .append_events("rt-1", vec![event(6), event(8)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            gap,
+            GatewayError::Sequence {
+                expected: 7,
+                got: 8,
+                ..
+            }
+        ),
+        "{gap}"
+    );
+    drop(store);
+
+    let store = SqliteStore::open(&path).unwrap();
+    let heads = store.heads().await.unwrap();
+    assert_eq!(heads.len(), 1);
+    assert_eq!(
+        (heads[0].stream_id.as_str(), heads[0].sequence),
+        ("rt-1", 5)
+    );
+    let records = all_records(&store).await;
+    assert_eq!(
+        records.iter().map(|r| r.sequence).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(audit::verify(records, &[], None).unwrap().records, 5);
+}
+
+#[tokio::test]
+async fn the_audit_table_refuses_updates_and_deletes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.db");
+    let store = SqliteStore::open(&path).unwrap();
+    store.append_events("rt-1", vec![event(1)]).await.unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    for sql in [
+        "UPDATE audit_records SET event = '{}'",
+        "DELETE FROM audit_records",
+    ] {
+        let err = raw.execute(sql, []).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+}
+
+/// Opens the database as an attacker with file access would: the guard triggers dropped.
+fn tamper(path: &std::path::Path, sql: &str) {
+    let raw = rusqlite::Connection::open(path).unwrap();
+    raw.execute_batch(
+        "DROP TRIGGER audit_records_no_update; DROP TRIGGER audit_records_no_delete;",
+    )
+    .unwrap();
+    raw.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn edited_deleted_and_reordered_rows_are_named() {
+    let cases = [
+        (
+            "UPDATE audit_records SET event = '{\"tool\":\"rm\"}' WHERE sequence = 3",
+            "stream \"rt-1\" sequence 3 (event \"ev-3\"): hash does not match its contents (edited)",
+        ),
+        (
+            "DELETE FROM audit_records WHERE sequence = 2",
+            "stream \"rt-1\" sequence 3 (event \"ev-3\"): expected sequence 2: records before it are missing or out of order",
+        ),
+        (
+            // Two rows swap places (sequence numbers exchanged).
+            "UPDATE audit_records SET sequence = -1 WHERE sequence = 2;
+             UPDATE audit_records SET sequence = 2 WHERE sequence = 3;
+             UPDATE audit_records SET sequence = 3 WHERE sequence = -1;",
+            "stream \"rt-1\" sequence 2 (event \"ev-3\"): does not link to the previous record (deleted, reordered or rewritten)",
+        ),
+        (
+            "DELETE FROM audit_records WHERE sequence >= 4",
+            "stream \"rt-1\" sequence 4: named by checkpoint 1 but missing (truncated or deleted)",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.db");
+        let gateway = Keypair::generate().unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .append_events("rt-1", (1..=5).map(event).collect())
+            .await
+            .unwrap();
+        let mut heads = store.heads().await.unwrap();
+        heads[0].sequence = 4;
+        heads[0].hash = all_records(&store).await[3].hash.clone();
+        store
+            .add_checkpoint(Checkpoint::sign(&gateway, 1, 1_000, heads))
+            .await
+            .unwrap();
+        let checkpoints = store.checkpoints().await.unwrap();
+        assert!(
+            audit::verify(
+                all_records(&store).await,
+                &checkpoints,
+                Some(&gateway.public())
+            )
+            .is_ok()
+        );
+
+        tamper(&path, sql);
+        let err = audit::verify(
+            all_records(&store).await,
+            &checkpoints,
+            Some(&gateway.public()),
+        )
+        .unwrap_err();
+        assert_eq!(err.0, expected, "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn agents_keep_their_lineage() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let agent = |id: &str, parent: Option<&str>, depth| AgentRecord {
+        agent_id: id.to_owned(),
+        did: Keypair::generate().unwrap().public().did(),
+        name: id.to_owned(),
+        framework: "custom".to_owned(),
+        team_id: Some("support".to_owned()),
+        parent_agent_id: parent.map(str::to_owned),
+        delegation_reason: parent.map(|_| "triage".to_owned()),
+        spawned_by_tool: None,
+        depth,
+        registered_at_ms: 1,
+        last_seen_ms: 1,
+        token_id: "t".to_owned(),
+    };
+    store.put_agent(agent("root", None, 0)).await.unwrap();
+    store
+        .put_agent(agent("child", Some("root"), 1))
+        .await
+        .unwrap();
+    let mut again = agent("child", Some("root"), 1);
+    again.last_seen_ms = 9;
+    store.put_agent(again).await.unwrap();
+    let agents = store.agents().await.unwrap();
+    assert_eq!(agents.len(), 2);
+    let child = store.agent("child").await.unwrap().unwrap();
+    assert_eq!(child.parent_agent_id.as_deref(), Some("root"));
+    assert_eq!((child.depth, child.last_seen_ms), (1, 9));
+    assert!(store.agent("nobody").await.unwrap().is_none());
+}
