@@ -217,22 +217,23 @@ impl Store for SqliteStore {
 
     async fn heads(&self) -> Result<Vec<Head>, GatewayError> {
         self.with(|conn| {
+            // With MAX(), SQLite takes the bare column `hash` from the row holding the maximum.
             let mut statement = conn.prepare(
-                "SELECT stream_id, MAX(sequence) FROM audit_records GROUP BY stream_id
+                "SELECT stream_id, MAX(sequence), hash FROM audit_records GROUP BY stream_id
                  ORDER BY stream_id",
             )?;
-            let tops = statement
+            let heads = statement
                 .query_map([], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                    ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            tops.into_iter()
-                .map(|(stream_id, sequence)| {
-                    let hash: String = conn.query_row(
-                        "SELECT hash FROM audit_records WHERE stream_id = ?1 AND sequence = ?2",
-                        params![stream_id, sequence],
-                        |row| row.get(0),
-                    )?;
+            heads
+                .into_iter()
+                .map(|(stream_id, sequence, hash)| {
                     Ok(Head {
                         stream_id,
                         sequence: u64::try_from(sequence).map_err(|_| corrupt("sequence"))?,

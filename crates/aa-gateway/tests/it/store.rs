@@ -76,6 +76,7 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
         records.iter().map(|r| r.sequence).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5]
     );
+    assert_eq!(heads[0].hash, records[4].hash);
     assert_eq!(audit::verify(records, &[], None).unwrap().records, 5);
 }
 
