@@ -24,6 +24,66 @@ pub struct AuditEvent {
     /// One receipt per redacted span.
     #[serde(default)]
     pub redactions: Vec<RedactionReceipt>,
+    /// What happened.
+    #[serde(default)]
+    pub kind: EventKind,
+    /// What the SDK reported beyond the action: a tool's result or error, its duration, an
+    /// LLM call's token counts. Scanned and redacted like everything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+    /// Where the event entered the trusted side. Set by the runtime; anything the SDK puts
+    /// here is discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+}
+
+/// What an audit event records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A policy decision on an action.
+    #[default]
+    Decision,
+    /// A tool started.
+    ToolStart,
+    /// A tool finished; `detail` holds its result summary and duration.
+    ToolEnd,
+    /// An LLM call's usage: model, tokens, cost.
+    LlmUsage,
+    /// An error the agent hit.
+    Error,
+    /// An edge between agents (spawn, delegation, call).
+    Edge,
+}
+
+impl EventKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Decision => "decision",
+            EventKind::ToolStart => "tool_start",
+            EventKind::ToolEnd => "tool_end",
+            EventKind::LlmUsage => "llm_usage",
+            EventKind::Error => "error",
+            EventKind::Edge => "edge",
+        }
+    }
+}
+
+/// How an event reached the runtime: facts the runtime observed itself, never taken from the
+/// SDK.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The runtime stream (one hash chain per stream).
+    pub stream_id: String,
+    /// Gapless position in that stream, from 1.
+    pub sequence: u64,
+    /// When the runtime received the event, ms since the epoch.
+    pub received_at_ms: i64,
+    /// The peer's uid, from `SO_PEERCRED`.
+    pub peer_uid: u32,
+    /// The peer's pid, from `SO_PEERCRED` (0 when the kernel did not say).
+    pub peer_pid: i32,
 }
 
 /// Proof that something was redacted, without the secret: which rule, where, and a truncated

@@ -21,4 +21,7 @@ pub use action::{Action, ActionKind, FileOperation};
 pub use agent::{AgentContext, AgentRegistration, Lineage};
 pub use decision::{Decision, Mode, Verdict};
 pub use error::CoreError;
-pub use event::{Approval, ApprovalStatus, AuditEvent, EdgeKind, RedactionReceipt, TopologyEdge};
+pub use event::{
+    Approval, ApprovalStatus, AuditEvent, EdgeKind, EventKind, Origin, RedactionReceipt,
+    TopologyEdge,
+};

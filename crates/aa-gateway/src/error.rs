@@ -13,9 +13,25 @@ pub enum GatewayError {
         /// What the event carried.
         got: u64,
     },
+    /// A request with a missing or malformed field.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A caller that could not prove who it is: bad challenge answer, or a missing, foreign,
+    /// expired or superseded token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A policy document that does not validate.
+    #[error("invalid policy: {0}")]
+    Policy(String),
+    /// The gateway cannot take the request now (too many pending registrations).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The database failed or holds something unreadable.
     #[error("storage: {0}")]
     Storage(String),
+    /// Setting up the gateway failed (keys, listeners).
+    #[error("setup: {0}")]
+    Setup(String),
 }
 
 impl From<rusqlite::Error> for GatewayError {

@@ -1,6 +1,11 @@
 //! The gateway: the source of truth for agents, their credentials, policy bundles and the
 //! audit log.
 //!
+//! - [`gateway`]: [`Gateway`], the logic — registration with a challenge, credential tokens
+//!   and their renewal, bundle publication, audit appends with a backstop scan, checkpoints.
+//! - [`bundle`]: policy bundles named by a content hash.
+//! - [`grpc`]: the gRPC services runtimes call; [`http`]: the operator API; [`server`]:
+//!   [`run`], serving both on listeners the caller bound.
 //! - [`audit`]: the hash chain of each runtime stream, signed checkpoints of the stream heads,
 //!   and [`audit::verify`], which names the first tampered record.
 //! - [`store`]: the [`Store`] trait the gateway keeps its state behind.
@@ -8,13 +13,22 @@
 //!   table).
 //! - [`error`]: the crate's error type, [`GatewayError`].
 //!
-//! The audit log is append-only: nothing here updates or deletes a record.
+//! The audit log is append-only: nothing here updates or deletes a record. Nothing an agent
+//! supplied is stored before the backstop scan has redacted it.
 
 pub mod audit;
+pub mod bundle;
 pub mod error;
+pub mod gateway;
+pub mod grpc;
+pub mod http;
+pub mod server;
 pub mod sqlite;
 pub mod store;
 
+pub use bundle::{Bundle, PolicyDocument};
 pub use error::GatewayError;
+pub use gateway::{Credential, Gateway, GatewayConfig, Registered};
+pub use server::run;
 pub use sqlite::SqliteStore;
 pub use store::{AgentRecord, Appended, NewEvent, Store};

@@ -103,6 +103,41 @@ impl SqliteStore {
         .await
         .map_err(|e| GatewayError::Storage(format!("storage task failed: {e}")))?
     }
+
+    async fn query_checkpoints(
+        &self,
+        order: &'static str,
+    ) -> Result<Vec<Checkpoint>, GatewayError> {
+        self.with(move |conn| {
+            let mut statement = conn.prepare(&format!(
+                "SELECT id, created_at_ms, heads, gateway_did, signature FROM checkpoints {order}"
+            ))?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, created_at_ms, heads, gateway_did, signature)| {
+                    Ok(Checkpoint {
+                        id: u64::try_from(id).map_err(|_| corrupt("checkpoint id"))?,
+                        created_at_ms,
+                        heads: serde_json::from_str(&heads)
+                            .map_err(|_| corrupt("checkpoint heads"))?,
+                        gateway_did,
+                        signature,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), GatewayError> {
@@ -304,37 +339,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn last_checkpoint(&self) -> Result<Option<Checkpoint>, GatewayError> {
+        Ok(self
+            .query_checkpoints("ORDER BY id DESC LIMIT 1")
+            .await?
+            .pop())
+    }
+
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, GatewayError> {
-        self.with(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT id, created_at_ms, heads, gateway_did, signature FROM checkpoints
-                 ORDER BY id",
-            )?;
-            let rows = statement
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, created_at_ms, heads, gateway_did, signature)| {
-                    Ok(Checkpoint {
-                        id: u64::try_from(id).map_err(|_| corrupt("checkpoint id"))?,
-                        created_at_ms,
-                        heads: serde_json::from_str(&heads)
-                            .map_err(|_| corrupt("checkpoint heads"))?,
-                        gateway_did,
-                        signature,
-                    })
-                })
-                .collect()
-        })
-        .await
+        self.query_checkpoints("ORDER BY id").await
     }
 
     async fn put_agent(&self, agent: AgentRecord) -> Result<(), GatewayError> {

@@ -86,6 +86,11 @@ pub trait Store: Send + Sync + 'static {
         checkpoint: Checkpoint,
     ) -> impl Future<Output = Result<(), GatewayError>> + Send;
 
+    /// The newest checkpoint, if any.
+    fn last_checkpoint(
+        &self,
+    ) -> impl Future<Output = Result<Option<Checkpoint>, GatewayError>> + Send;
+
     /// Every checkpoint, oldest first.
     fn checkpoints(&self) -> impl Future<Output = Result<Vec<Checkpoint>, GatewayError>> + Send;
 

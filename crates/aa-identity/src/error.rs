@@ -26,6 +26,14 @@ pub enum IdentityError {
     /// A token past its expiry.
     #[error("token expired")]
     ExpiredToken,
+    /// A key file that cannot be read, written or trusted.
+    #[error("key file {path}: {reason}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The OS could not supply random bytes.
     #[error("no randomness: {0}")]
     Random(String),

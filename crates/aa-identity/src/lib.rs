@@ -4,13 +4,15 @@
 //!
 //! - [`key`]: [`Keypair`] and [`PublicKey`], their `did:key` form, and the challenge.
 //! - [`token`]: [`Claims`], [`issue`] and [`verify`] for credential tokens.
+//! - [`keyfile`]: keys kept on disk, owner-only.
 //! - [`error`]: the crate's error type, [`IdentityError`].
 //!
-//! This crate does no IO beyond asking the OS for random bytes: callers persist keys and pass
-//! the time in. Verification never panics, whatever the input.
+//! Outside [`keyfile`] this crate does no IO beyond asking the OS for random bytes; callers
+//! pass the time in. Verification never panics, whatever the input.
 
 pub mod error;
 pub mod key;
+pub mod keyfile;
 pub mod token;
 
 pub use error::IdentityError;

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use aa_core::{
     Action, AgentContext, AgentRegistration, Approval, ApprovalStatus, AuditEvent, Decision,
-    EdgeKind, FileOperation, Lineage, Mode, RedactionReceipt, TopologyEdge, Verdict,
+    EdgeKind, EventKind, FileOperation, Lineage, Mode, Origin, RedactionReceipt, TopologyEdge,
+    Verdict,
 };
+use serde_json::Value;
 
 use crate::ProtoError;
 use crate::pb;
@@ -358,6 +360,31 @@ impl From<pb::RedactionReceipt> for RedactionReceipt {
     }
 }
 
+impl From<EventKind> for pb::EventKind {
+    fn from(k: EventKind) -> Self {
+        match k {
+            EventKind::Decision => pb::EventKind::Decision,
+            EventKind::ToolStart => pb::EventKind::ToolStart,
+            EventKind::ToolEnd => pb::EventKind::ToolEnd,
+            EventKind::LlmUsage => pb::EventKind::LlmUsage,
+            EventKind::Error => pb::EventKind::Error,
+            EventKind::Edge => pb::EventKind::Edge,
+        }
+    }
+}
+
+/// Reads an event kind; unknown or unspecified values are `Decision`.
+pub fn event_kind_from_wire(value: i32) -> EventKind {
+    match pb::EventKind::try_from(value) {
+        Ok(pb::EventKind::ToolStart) => EventKind::ToolStart,
+        Ok(pb::EventKind::ToolEnd) => EventKind::ToolEnd,
+        Ok(pb::EventKind::LlmUsage) => EventKind::LlmUsage,
+        Ok(pb::EventKind::Error) => EventKind::Error,
+        Ok(pb::EventKind::Edge) => EventKind::Edge,
+        _ => EventKind::Decision,
+    }
+}
+
 impl From<&AuditEvent> for pb::AuditEvent {
     fn from(e: &AuditEvent) -> Self {
         pb::AuditEvent {
@@ -371,8 +398,19 @@ impl From<&AuditEvent> for pb::AuditEvent {
                 .as_ref()
                 .map(|v| decision_to_wire(v, None, Duration::ZERO)),
             redactions: e.redactions.iter().map(Into::into).collect(),
-            stream_id: String::new(),
-            sequence: 0,
+            stream_id: e
+                .origin
+                .as_ref()
+                .map(|o| o.stream_id.clone())
+                .unwrap_or_default(),
+            sequence: e.origin.as_ref().map_or(0, |o| o.sequence),
+            kind: pb::EventKind::from(e.kind).into(),
+            detail_json: e.detail.as_ref().map(Value::to_string).unwrap_or_default(),
+            origin: e.origin.as_ref().map(|o| pb::Origin {
+                received_at: Some(timestamp(o.received_at_ms)),
+                peer_uid: o.peer_uid,
+                peer_pid: o.peer_pid,
+            }),
         }
     }
 }
@@ -398,6 +436,24 @@ impl TryFrom<pb::AuditEvent> for AuditEvent {
                 .try_into()?,
             verdict: e.decision.map(Into::into),
             redactions: e.redactions.into_iter().map(Into::into).collect(),
+            kind: event_kind_from_wire(e.kind),
+            detail: if e.detail_json.is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&e.detail_json).map_err(|err| {
+                    ProtoError::InvalidField {
+                        field: "event.detail_json",
+                        message: err.to_string(),
+                    }
+                })?)
+            },
+            origin: e.origin.map(|o| Origin {
+                stream_id: e.stream_id,
+                sequence: e.sequence,
+                received_at_ms: o.received_at.map_or(0, millis),
+                peer_uid: o.peer_uid,
+                peer_pid: o.peer_pid,
+            }),
         })
     }
 }
@@ -616,6 +672,15 @@ mod tests {
                 end: 23,
                 sha256_prefix: "abcd".into(),
             }],
+            kind: EventKind::ToolEnd,
+            detail: Some(serde_json::json!({"duration_ms": 12, "error": null})),
+            origin: Some(Origin {
+                stream_id: "rt-1".into(),
+                sequence: 7,
+                received_at_ms: 1_700_000_000_123,
+                peer_uid: 1000,
+                peer_pid: 4242,
+            }),
         };
         let back = AuditEvent::try_from(pb::AuditEvent::from(&event)).unwrap();
         assert_eq!(back, event);

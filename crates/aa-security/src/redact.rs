@@ -2,10 +2,11 @@
 //! it was, and each redaction yields a receipt (rule, kind, byte range, a truncated SHA-256 of
 //! the secret — never the secret).
 
-use aa_core::RedactionReceipt;
+use aa_core::{AuditEvent, RedactionReceipt};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::error::SecurityError;
 use crate::scanner::{Finding, Scanner};
 
 /// Bytes of the SHA-256 digest kept in a receipt (16 hex characters).
@@ -161,6 +162,36 @@ impl Scanner {
             }
             Err(_) => self.redact_bytes(bytes),
         }
+    }
+
+    /// Redacts every string of an audit event an agent supplied (its agent, session, action
+    /// and detail), appending one receipt per span to `event.redactions` with the field's path
+    /// from the event's root (`action.args.command`). What the trusted side set (the id, the
+    /// origin, earlier receipts) is not scanned. Returns the number of new receipts.
+    pub fn redact_audit_event(
+        &self,
+        event: &mut AuditEvent,
+        limits: &Limits,
+    ) -> Result<usize, SecurityError> {
+        let unreadable = |e: serde_json::Error| SecurityError::Event(e.to_string());
+        let mut doc = serde_json::json!({
+            "agent": event.agent,
+            "session_id": event.session_id,
+            "action": event.action,
+            "detail": event.detail,
+        });
+        let receipts = self.redact_json(&mut doc, limits);
+        if receipts.is_empty() {
+            return Ok(0);
+        }
+        let mut part = |name: &str| doc.get_mut(name).map(Value::take).unwrap_or(Value::Null);
+        event.agent = serde_json::from_value(part("agent")).map_err(unreadable)?;
+        event.session_id = serde_json::from_value(part("session_id")).map_err(unreadable)?;
+        event.action = serde_json::from_value(part("action")).map_err(unreadable)?;
+        event.detail = serde_json::from_value(part("detail")).map_err(unreadable)?;
+        let added = receipts.len();
+        event.redactions.extend(receipts);
+        Ok(added)
     }
 
     /// The redacted form of one string, or `None` when it is unchanged.

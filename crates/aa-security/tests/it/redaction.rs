@@ -123,3 +123,43 @@ fn keys_redacted_to_the_same_label_keep_both_entries() {
         "{event}"
     );
 }
+
+#[test]
+fn audit_events_are_redacted_in_every_agent_supplied_field() {
+    let mut event: aa_core::AuditEvent = serde_json::from_value(json!({
+        "event_id": "e1",
+        "timestamp_ms": 1,
+        "agent": {"id": "bot"},
+        "session_id": format!("run {KEY}"),
+        "action": {"type": "tool_call", "tool": "shell", "args": {"command": format!("echo {KEY}")}},
+        "detail": {"error": "login as jane@example.com failed"},
+        "kind": "tool_end",
+        "redactions": [{"rule_id": "earlier", "kind": "k", "field": "f", "start": 0, "end": 1,
+                        "sha256_prefix": "00"}]
+    }))
+    .unwrap();
+    let added = SCANNER
+        .redact_audit_event(&mut event, &Limits::default())
+        .unwrap();
+    assert_eq!(added, 3);
+    let text = serde_json::to_string(&event).unwrap();
+    assert!(
+        !text.contains(KEY) && !text.contains("jane@example.com"),
+        "{text}"
+    );
+    let fields: Vec<&str> = event.redactions.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(fields[0], "f", "earlier receipts are kept first");
+    for field in ["session_id", "action.args.command", "detail.error"] {
+        assert!(fields.contains(&field), "{fields:?}");
+    }
+
+    // A clean event is left exactly as it was.
+    let before = event.clone();
+    assert_eq!(
+        SCANNER
+            .redact_audit_event(&mut event, &Limits::default())
+            .unwrap(),
+        0
+    );
+    assert_eq!(event, before);
+}

@@ -1,0 +1,438 @@
+//! The gateway's logic, independent of transport: registration with a challenge, credential
+//! renewal, the published policy bundle, audit appends with the backstop scan, and signed
+//! checkpoints. The gRPC and HTTP layers only translate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aa_core::{AgentRegistration, AuditEvent};
+use aa_identity::{Claims, Keypair, PublicKey};
+use aa_security::{Limits, Scanner};
+use tokio::sync::watch;
+
+use crate::audit::Checkpoint;
+use crate::bundle::{Bundle, PolicyDocument};
+use crate::error::GatewayError;
+use crate::store::{AgentRecord, Appended, NewEvent, Store};
+
+/// Tunables, with defaults fit for production.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long a credential token lives; heartbeats renew it.
+    pub token_ttl: Duration,
+    /// How long a registration challenge may be answered.
+    pub challenge_ttl: Duration,
+    /// How often the stream heads are signed (when they moved).
+    pub checkpoint_interval: Duration,
+    /// Size caps for the backstop scan.
+    pub limits: Limits,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            token_ttl: Duration::from_secs(15 * 60),
+            challenge_ttl: Duration::from_secs(60),
+            checkpoint_interval: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Open challenges are bounded so a flood of registrations cannot grow memory without end.
+const MAX_OPEN_CHALLENGES: usize = 10_000;
+
+#[derive(Debug)]
+struct OpenChallenge {
+    did: String,
+    challenge: [u8; aa_identity::CHALLENGE_BYTES],
+    expires: SystemTime,
+}
+
+/// What a registration step produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// Sign this with the agent key and register again.
+    Challenge(Vec<u8>),
+    /// The agent is registered; present this token from now on.
+    Issued(Credential),
+}
+
+/// A credential token and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// The token text.
+    pub token: String,
+    /// Its claims.
+    pub claims: Claims,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Completed registrations.
+    pub registrations: AtomicU64,
+    /// Refused registrations, heartbeats and deregistrations.
+    pub auth_failures: AtomicU64,
+    /// Renewed tokens.
+    pub heartbeats: AtomicU64,
+    /// Audit events appended.
+    pub events_appended: AtomicU64,
+    /// Audit events already present.
+    pub events_duplicate: AtomicU64,
+    /// Spans the backstop scan redacted (each one a secret a runtime let through).
+    pub backstop_redactions: AtomicU64,
+    /// Bundles published.
+    pub bundles_published: AtomicU64,
+    /// Checkpoints signed.
+    pub checkpoints: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// The gateway over a store.
+#[derive(Debug)]
+pub struct Gateway<S> {
+    store: S,
+    key: Keypair,
+    config: GatewayConfig,
+    bundle: watch::Sender<Arc<Bundle>>,
+    challenges: Mutex<HashMap<String, OpenChallenge>>,
+    scanner: Scanner,
+    metrics: Metrics,
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl<S: Store> Gateway<S> {
+    /// A gateway publishing `documents` from the start.
+    pub fn new(
+        store: S,
+        key: Keypair,
+        documents: Vec<PolicyDocument>,
+        config: GatewayConfig,
+    ) -> Result<Self, GatewayError> {
+        let bundle = Bundle::new(documents, key.public())?;
+        let scanner = Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?;
+        Ok(Gateway {
+            store,
+            key,
+            config,
+            bundle: watch::Sender::new(Arc::new(bundle)),
+            challenges: Mutex::new(HashMap::new()),
+            scanner,
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The key that signs tokens and checkpoints.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The tunables.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The bundle runtimes hold now.
+    pub fn bundle(&self) -> Arc<Bundle> {
+        self.bundle.borrow().clone()
+    }
+
+    /// Follows published bundles.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Bundle>> {
+        self.bundle.subscribe()
+    }
+
+    /// Publishes new documents; runtimes watching receive them. Publishing the same content
+    /// again changes nothing. Returns the version.
+    pub fn publish(&self, documents: Vec<PolicyDocument>) -> Result<String, GatewayError> {
+        let bundle = Bundle::new(documents, self.key.public())?;
+        let version = bundle.version.clone();
+        let changed = self.bundle.send_if_modified(|current| {
+            if current.version == bundle.version {
+                return false;
+            }
+            *current = Arc::new(bundle);
+            true
+        });
+        if changed {
+            bump(&self.metrics.bundles_published, 1);
+        }
+        Ok(version)
+    }
+
+    /// One registration step. Without a signature the answer is a challenge; with the
+    /// signature over the open challenge the agent is recorded (lineage checked against the
+    /// registry) and a token issued.
+    pub async fn register(
+        &self,
+        registration: AgentRegistration,
+        signature: Option<&[u8]>,
+    ) -> Result<Registered, GatewayError> {
+        let outcome = self.try_register(registration, signature).await;
+        if matches!(outcome, Err(GatewayError::Unauthenticated(_))) {
+            bump(&self.metrics.auth_failures, 1);
+        }
+        outcome
+    }
+
+    async fn try_register(
+        &self,
+        reg: AgentRegistration,
+        signature: Option<&[u8]>,
+    ) -> Result<Registered, GatewayError> {
+        let key = PublicKey::from_did(&reg.public_key)
+            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        let existing = self.store.agent(&reg.agent_id).await?;
+        if existing.as_ref().is_some_and(|a| a.did != reg.public_key) {
+            return Err(GatewayError::Unauthenticated(format!(
+                "agent {:?} is registered with another key",
+                reg.agent_id
+            )));
+        }
+        let Some(signature) = signature.filter(|s| !s.is_empty()) else {
+            return self.open_challenge(&reg).map(Registered::Challenge);
+        };
+        self.answer_challenge(&reg, &key, signature)?;
+
+        let (team_id, depth) = match &reg.lineage.parent_agent_id {
+            Some(parent_id) => {
+                let parent = self.store.agent(parent_id).await?.ok_or_else(|| {
+                    GatewayError::InvalidRequest(format!(
+                        "parent agent {parent_id:?} is not registered"
+                    ))
+                })?;
+                // Depth is the registry's to say, not the child's: one below its parent.
+                let team = reg.lineage.team_id.clone().or(parent.team_id);
+                (team, parent.depth.saturating_add(1))
+            }
+            None => (reg.lineage.team_id.clone(), 0),
+        };
+        let credential = self.issue(&reg.agent_id, &reg.public_key)?;
+        let now = now_ms();
+        self.store
+            .put_agent(AgentRecord {
+                agent_id: reg.agent_id.clone(),
+                did: reg.public_key.clone(),
+                name: reg.name.clone(),
+                framework: reg.framework.clone(),
+                team_id,
+                parent_agent_id: reg.lineage.parent_agent_id.clone(),
+                delegation_reason: reg.lineage.delegation_reason.clone(),
+                spawned_by_tool: reg.lineage.spawned_by_tool.clone(),
+                depth,
+                registered_at_ms: existing.as_ref().map_or(now, |a| a.registered_at_ms),
+                last_seen_ms: now,
+                token_id: credential.claims.token_id.clone(),
+            })
+            .await?;
+        bump(&self.metrics.registrations, 1);
+        Ok(Registered::Issued(credential))
+    }
+
+    fn open_challenge(&self, reg: &AgentRegistration) -> Result<Vec<u8>, GatewayError> {
+        let challenge =
+            aa_identity::challenge().map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        let now = SystemTime::now();
+        let mut open = self
+            .challenges
+            .lock()
+            .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?;
+        if open.len() >= MAX_OPEN_CHALLENGES {
+            open.retain(|_, c| c.expires > now);
+            if open.len() >= MAX_OPEN_CHALLENGES {
+                return Err(GatewayError::Unavailable(
+                    "too many registrations in progress".into(),
+                ));
+            }
+        }
+        open.insert(
+            reg.agent_id.clone(),
+            OpenChallenge {
+                did: reg.public_key.clone(),
+                challenge,
+                expires: now + self.config.challenge_ttl,
+            },
+        );
+        Ok(challenge.to_vec())
+    }
+
+    fn answer_challenge(
+        &self,
+        reg: &AgentRegistration,
+        key: &PublicKey,
+        signature: &[u8],
+    ) -> Result<(), GatewayError> {
+        // A challenge answers once, right or wrong: no guessing against the same one.
+        let open = self
+            .challenges
+            .lock()
+            .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?
+            .remove(&reg.agent_id);
+        let open = open.filter(|c| c.expires > SystemTime::now() && c.did == reg.public_key);
+        let Some(open) = open else {
+            return Err(GatewayError::Unauthenticated(
+                "no open challenge for this agent and key; register without a signature first"
+                    .into(),
+            ));
+        };
+        key.verify_challenge(&reg.agent_id, &open.challenge, signature)
+            .map_err(|_| {
+                GatewayError::Unauthenticated("challenge signature does not verify".into())
+            })
+    }
+
+    fn issue(&self, agent_id: &str, did: &str) -> Result<Credential, GatewayError> {
+        let now = unix_secs(SystemTime::now());
+        let (token, claims) = aa_identity::issue(
+            &self.key,
+            agent_id,
+            did,
+            now,
+            self.config.token_ttl.as_secs(),
+        )
+        .map_err(|e| GatewayError::Unavailable(e.to_string()))?;
+        Ok(Credential { token, claims })
+    }
+
+    /// Checks that `token` is the current, unexpired token of `agent_id`, and returns the
+    /// agent's record.
+    pub async fn authenticate(
+        &self,
+        agent_id: &str,
+        token: &str,
+    ) -> Result<AgentRecord, GatewayError> {
+        let unauthenticated = |m: String| {
+            bump(&self.metrics.auth_failures, 1);
+            GatewayError::Unauthenticated(m)
+        };
+        let claims = aa_identity::verify(token, &self.key.public(), unix_secs(SystemTime::now()))
+            .map_err(|e| unauthenticated(e.to_string()))?;
+        if claims.agent_id != agent_id {
+            return Err(unauthenticated("token belongs to another agent".into()));
+        }
+        let record = self
+            .store
+            .agent(agent_id)
+            .await?
+            .ok_or_else(|| unauthenticated("agent is not registered".into()))?;
+        if record.token_id != claims.token_id || record.did != claims.agent_did {
+            return Err(unauthenticated("token was superseded or revoked".into()));
+        }
+        Ok(record)
+    }
+
+    /// Renews a current token.
+    pub async fn heartbeat(&self, agent_id: &str, token: &str) -> Result<Credential, GatewayError> {
+        let mut record = self.authenticate(agent_id, token).await?;
+        let credential = self.issue(agent_id, &record.did)?;
+        record.token_id = credential.claims.token_id.clone();
+        record.last_seen_ms = now_ms();
+        self.store.put_agent(record).await?;
+        bump(&self.metrics.heartbeats, 1);
+        Ok(credential)
+    }
+
+    /// Revokes the agent's token; it must register again to act.
+    pub async fn deregister(&self, agent_id: &str, token: &str) -> Result<(), GatewayError> {
+        let mut record = self.authenticate(agent_id, token).await?;
+        record.token_id = String::new();
+        record.last_seen_ms = now_ms();
+        self.store.put_agent(record).await
+    }
+
+    /// Appends events from runtimes. Each must carry its origin (stream and sequence); runs of
+    /// one stream are appended together, in order. Every event is scanned again before it is
+    /// stored: a secret a runtime missed or a hostile runtime sent never reaches the store.
+    pub async fn append(&self, events: Vec<AuditEvent>) -> Result<Appended, GatewayError> {
+        let mut total = Appended::default();
+        let mut run: Vec<NewEvent> = Vec::new();
+        let mut run_stream = String::new();
+        for mut event in events {
+            let Some(origin) = event.origin.clone() else {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "event {:?} has no origin (stream and sequence)",
+                    event.event_id
+                )));
+            };
+            let added = self
+                .scanner
+                .redact_audit_event(&mut event, &self.config.limits)
+                .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+            bump(&self.metrics.backstop_redactions, added as u64);
+            if origin.stream_id != run_stream && !run.is_empty() {
+                total = add(
+                    total,
+                    self.append_run(&run_stream, std::mem::take(&mut run))
+                        .await?,
+                );
+            }
+            run_stream = origin.stream_id;
+            let value = serde_json::to_value(&event)
+                .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+            run.push(NewEvent {
+                event_id: event.event_id,
+                sequence: origin.sequence,
+                event: value,
+            });
+        }
+        if !run.is_empty() {
+            total = add(total, self.append_run(&run_stream, run).await?);
+        }
+        Ok(total)
+    }
+
+    async fn append_run(&self, stream: &str, run: Vec<NewEvent>) -> Result<Appended, GatewayError> {
+        let appended = self.store.append_events(stream, run).await?;
+        bump(&self.metrics.events_appended, appended.accepted);
+        bump(&self.metrics.events_duplicate, appended.duplicates);
+        Ok(appended)
+    }
+
+    /// Signs a checkpoint of the stream heads if they moved since the last one.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, GatewayError> {
+        let mut heads = self.store.heads().await?;
+        heads.sort_by(|a, b| a.stream_id.cmp(&b.stream_id));
+        let last = self.store.last_checkpoint().await?;
+        if heads.is_empty() || last.as_ref().is_some_and(|c| c.heads == heads) {
+            return Ok(None);
+        }
+        let id = last.map_or(1, |c| c.id + 1);
+        let checkpoint = Checkpoint::sign(&self.key, id, now_ms(), heads);
+        self.store.add_checkpoint(checkpoint.clone()).await?;
+        bump(&self.metrics.checkpoints, 1);
+        Ok(Some(checkpoint))
+    }
+}
+
+fn add(a: Appended, b: Appended) -> Appended {
+    Appended {
+        accepted: a.accepted + b.accepted,
+        duplicates: a.duplicates + b.duplicates,
+    }
+}

@@ -1,0 +1,205 @@
+//! The gRPC face for runtimes: agent lifecycle, the policy bundle watch stream, audit appends.
+//! Translation only: wire → domain, a call on [`Gateway`], domain → wire, and errors mapped to
+//! a status once, here, without internals.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aa_core::{AgentRegistration, AuditEvent};
+use aa_proto::convert::timestamp;
+use aa_proto::pb;
+use tonic::codegen::tokio_stream::Stream;
+use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::bundle::Bundle;
+use crate::error::GatewayError;
+use crate::gateway::{Credential, Gateway, Registered};
+use crate::store::Store;
+
+/// The gateway's error as a gRPC status. Storage and setup failures say only that something
+/// failed inside: their details are for the operator's logs, not for callers.
+pub fn status(error: GatewayError) -> Status {
+    match error {
+        GatewayError::InvalidRequest(_) | GatewayError::Policy(_) => {
+            Status::invalid_argument(error.to_string())
+        }
+        GatewayError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
+        GatewayError::Sequence { .. } => Status::failed_precondition(error.to_string()),
+        GatewayError::Unavailable(_) => Status::unavailable(error.to_string()),
+        GatewayError::Storage(_) | GatewayError::Setup(_) => {
+            tracing::error!(%error, "gateway request failed");
+            Status::internal("internal gateway error")
+        }
+    }
+}
+
+fn invalid(e: aa_proto::ProtoError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// The three services over one shared gateway.
+#[derive(Debug)]
+pub struct GrpcApi<S> {
+    gateway: Arc<Gateway<S>>,
+}
+
+impl<S> Clone for GrpcApi<S> {
+    fn clone(&self) -> Self {
+        GrpcApi {
+            gateway: Arc::clone(&self.gateway),
+        }
+    }
+}
+
+impl<S: Store> GrpcApi<S> {
+    /// Serves `gateway`.
+    pub fn new(gateway: Arc<Gateway<S>>) -> Self {
+        GrpcApi { gateway }
+    }
+
+    /// The routes to mount on a tonic server.
+    pub fn routes(self) -> tonic::service::Routes {
+        tonic::service::Routes::new(pb::agent_service_server::AgentServiceServer::new(
+            self.clone(),
+        ))
+        .add_service(pb::policy_service_server::PolicyServiceServer::new(
+            self.clone(),
+        ))
+        .add_service(pb::audit_service_server::AuditServiceServer::new(self))
+    }
+}
+
+fn expires(credential: &Credential) -> Option<prost_types::Timestamp> {
+    let secs = i64::try_from(credential.claims.expires_at).unwrap_or(i64::MAX);
+    Some(timestamp(secs.saturating_mul(1000)))
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let signature = request.challenge_signature.clone();
+        let registration = AgentRegistration::try_from(request).map_err(invalid)?;
+        let agent_id = registration.agent_id.clone();
+        let answer = self
+            .gateway
+            .register(registration, Some(&signature))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match answer {
+            Registered::Challenge(challenge) => pb::RegisterResponse {
+                agent_id,
+                challenge,
+                ..Default::default()
+            },
+            Registered::Issued(credential) => pb::RegisterResponse {
+                agent_id,
+                expires_at: expires(&credential),
+                credential_token: credential.token,
+                challenge: Vec::new(),
+            },
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let credential = self
+            .gateway
+            .heartbeat(&request.agent_id, &request.credential_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            expires_at: expires(&credential),
+            credential_token: credential.token,
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let request = request.into_inner();
+        self.gateway
+            .deregister(&request.agent_id, &request.credential_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+}
+
+/// A bundle on the wire.
+pub fn bundle_to_wire(bundle: &Bundle) -> pb::PolicyBundle {
+    pb::PolicyBundle {
+        version: bundle.version.clone(),
+        documents: bundle
+            .documents
+            .iter()
+            .map(|d| pb::PolicyDocument {
+                name: d.name.clone(),
+                source: d.source.clone(),
+            })
+            .collect(),
+        gateway_public_key: bundle.gateway_key.to_bytes().to_vec(),
+    }
+}
+
+type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::PolicyBundle, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::policy_service_server::PolicyService for GrpcApi<S> {
+    type WatchBundleStream = BundleStream;
+
+    async fn watch_bundle(
+        &self,
+        request: Request<pb::WatchBundleRequest>,
+    ) -> Result<Response<Self::WatchBundleStream>, Status> {
+        let known = request.into_inner().known_version;
+        let mut bundles = self.gateway.subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut last = known;
+            loop {
+                let current = bundles.borrow_and_update().clone();
+                if current.version != last {
+                    last.clone_from(&current.version);
+                    if tx.send(Ok(bundle_to_wire(&current))).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = bundles.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> pb::audit_service_server::AuditService for GrpcApi<S> {
+    async fn append_events(
+        &self,
+        request: Request<pb::AppendEventsRequest>,
+    ) -> Result<Response<pb::AppendEventsResponse>, Status> {
+        let events = request
+            .into_inner()
+            .events
+            .into_iter()
+            .map(AuditEvent::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(invalid)?;
+        let appended = self.gateway.append(events).await.map_err(status)?;
+        Ok(Response::new(pb::AppendEventsResponse {
+            accepted: appended.accepted,
+            duplicates: appended.duplicates,
+        }))
+    }
+}

@@ -1,0 +1,186 @@
+//! The HTTP face for operators: `/health`, `/agents`, `/audit`, `/audit/checkpoints` and
+//! `/metrics` (Prometheus text format). Read-only.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::store::Store;
+
+/// Records returned per `/audit` page at most.
+const MAX_PAGE: u64 = 1000;
+
+/// The operator API over `gateway`.
+pub fn router<S: Store>(gateway: Arc<Gateway<S>>) -> Router {
+    Router::new()
+        .route("/health", get(health::<S>))
+        .route("/agents", get(agents::<S>))
+        .route("/agents/{id}", get(agent::<S>))
+        .route("/audit", get(audit::<S>))
+        .route("/audit/checkpoints", get(checkpoints::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .with_state(gateway)
+}
+
+/// An error as an HTTP answer; internals stay in the log.
+struct HttpError(GatewayError);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let (code, message) = match &self.0 {
+            GatewayError::InvalidRequest(_) | GatewayError::Policy(_) => {
+                (StatusCode::BAD_REQUEST, self.0.to_string())
+            }
+            GatewayError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, self.0.to_string()),
+            GatewayError::Sequence { .. } => (StatusCode::CONFLICT, self.0.to_string()),
+            GatewayError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, self.0.to_string()),
+            GatewayError::Storage(_) | GatewayError::Setup(_) => {
+                tracing::error!(error = %self.0, "operator API request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal gateway error".to_owned(),
+                )
+            }
+        };
+        (code, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl From<GatewayError> for HttpError {
+    fn from(e: GatewayError) -> Self {
+        HttpError(e)
+    }
+}
+
+type Shared<S> = State<Arc<Gateway<S>>>;
+
+async fn health<S: Store>(State(gateway): Shared<S>) -> impl IntoResponse {
+    Json(json!({
+        "status": "ok",
+        "policy_version": gateway.bundle().version,
+        "gateway_did": gateway.public_key().did(),
+    }))
+}
+
+async fn agents<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoResponse, HttpError> {
+    Ok(Json(gateway.store().agents().await?))
+}
+
+async fn agent<S: Store>(
+    State(gateway): Shared<S>,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    Ok(match gateway.store().agent(&id).await? {
+        Some(agent) => Json(agent).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": format!("no agent {id:?}") })),
+        )
+            .into_response(),
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: u64,
+}
+
+fn default_limit() -> u64 {
+    100
+}
+
+async fn audit<S: Store>(
+    State(gateway): Shared<S>,
+    Query(page): Query<Page>,
+) -> Result<impl IntoResponse, HttpError> {
+    let records = gateway
+        .store()
+        .records(page.after, page.limit.min(MAX_PAGE))
+        .await?;
+    let next = page.after + records.len() as u64;
+    Ok(Json(json!({ "records": records, "next": next })))
+}
+
+async fn checkpoints<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoResponse, HttpError> {
+    Ok(Json(gateway.store().checkpoints().await?))
+}
+
+async fn metrics<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoResponse, HttpError> {
+    let m = gateway.metrics();
+    let agents = gateway.store().agents().await?.len();
+    let mut text = String::new();
+    let counters = [
+        (
+            "aasm_gateway_registrations_total",
+            "Completed agent registrations.",
+            &m.registrations,
+        ),
+        (
+            "aasm_gateway_auth_failures_total",
+            "Refused registrations and tokens.",
+            &m.auth_failures,
+        ),
+        (
+            "aasm_gateway_heartbeats_total",
+            "Renewed credential tokens.",
+            &m.heartbeats,
+        ),
+        (
+            "aasm_gateway_audit_events_appended_total",
+            "Audit events appended.",
+            &m.events_appended,
+        ),
+        (
+            "aasm_gateway_audit_events_duplicate_total",
+            "Audit events already present.",
+            &m.events_duplicate,
+        ),
+        (
+            "aasm_gateway_backstop_redactions_total",
+            "Spans redacted by the gateway's backstop scan.",
+            &m.backstop_redactions,
+        ),
+        (
+            "aasm_gateway_bundles_published_total",
+            "Policy bundles published.",
+            &m.bundles_published,
+        ),
+        (
+            "aasm_gateway_checkpoints_total",
+            "Audit checkpoints signed.",
+            &m.checkpoints,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        text,
+        "# HELP aasm_gateway_agents Registered agents.\n# TYPE aasm_gateway_agents gauge\naasm_gateway_agents {agents}"
+    );
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    ))
+}

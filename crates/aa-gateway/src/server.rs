@@ -1,0 +1,67 @@
+//! Running the gateway: gRPC and HTTP on listeners the caller bound (port 0 in tests), the
+//! checkpoint timer, and a clean stop when `shutdown` resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::error::GatewayError;
+use crate::gateway::Gateway;
+use crate::grpc::GrpcApi;
+use crate::http;
+use crate::store::Store;
+
+/// Serves `gateway` until `shutdown` resolves, then signs a last checkpoint.
+pub async fn run<S: Store>(
+    grpc: TcpListener,
+    http: TcpListener,
+    gateway: Arc<Gateway<S>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let checkpoints = tokio::spawn(checkpoint_loop(
+        Arc::clone(&gateway),
+        stopped(stop_rx.clone()),
+    ));
+    let grpc_server = tonic::transport::Server::builder()
+        .add_routes(GrpcApi::new(Arc::clone(&gateway)).routes())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let http_server = axum::serve(http, http::router(Arc::clone(&gateway)))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
+    let _ = checkpoints.await;
+    grpc_result.map_err(|e| GatewayError::Setup(format!("gRPC server: {e}")))?;
+    http_result.map_err(|e| GatewayError::Setup(format!("HTTP server: {e}")))?;
+    gateway.checkpoint().await?;
+    Ok(())
+}
+
+async fn checkpoint_loop<S: Store>(gateway: Arc<Gateway<S>>, stop: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(gateway.config().checkpoint_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {
+                if let Err(error) = gateway.checkpoint().await {
+                    tracing::error!(%error, "checkpoint failed");
+                }
+            }
+        }
+    }
+}

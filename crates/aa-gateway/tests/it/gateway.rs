@@ -1,0 +1,269 @@
+//! The gateway's logic over a real SQLite store: the registration challenge, lineage, tokens
+//! and their renewal, bundle publication, the backstop scan and checkpoints.
+
+use std::time::Duration;
+
+use aa_core::{Action, AgentContext, AgentRegistration, AuditEvent, EventKind, Lineage, Origin};
+use aa_gateway::{
+    Gateway, GatewayConfig, GatewayError, PolicyDocument, Registered, SqliteStore, Store,
+};
+use aa_identity::Keypair;
+use serde_json::json;
+
+pub(crate) const POLICY: &str = "apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: test, version: \"1\"}
+spec: {scope: global, default: allow}
+";
+
+pub(crate) fn documents(source: &str) -> Vec<PolicyDocument> {
+    vec![PolicyDocument {
+        name: "test.yaml".into(),
+        source: source.into(),
+    }]
+}
+
+fn gateway(config: GatewayConfig) -> Gateway<SqliteStore> {
+    let store = SqliteStore::open_in_memory().unwrap();
+    Gateway::new(
+        store,
+        Keypair::generate().unwrap(),
+        documents(POLICY),
+        config,
+    )
+    .unwrap()
+}
+
+fn registration(id: &str, key: &Keypair, parent: Option<&str>) -> AgentRegistration {
+    AgentRegistration {
+        agent_id: id.into(),
+        name: id.into(),
+        framework: "custom".into(),
+        public_key: key.public().did(),
+        lineage: Lineage {
+            parent_agent_id: parent.map(Into::into),
+            team_id: parent.is_none().then(|| "ops".to_owned()),
+            delegation_reason: parent.map(|_| "split the work".to_owned()),
+            spawned_by_tool: None,
+            depth: 99, // a claim the gateway must not believe
+        },
+    }
+}
+
+async fn register(
+    gw: &Gateway<SqliteStore>,
+    id: &str,
+    key: &Keypair,
+    parent: Option<&str>,
+) -> String {
+    let Registered::Challenge(challenge) = gw
+        .register(registration(id, key, parent), None)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a challenge first");
+    };
+    let signature = key.sign_challenge(id, &challenge);
+    match gw
+        .register(registration(id, key, parent), Some(&signature))
+        .await
+        .unwrap()
+    {
+        Registered::Issued(credential) => credential.token,
+        Registered::Challenge(_) => panic!("expected a token"),
+    }
+}
+
+#[tokio::test]
+async fn registration_proves_the_key_and_records_lineage() {
+    let gw = gateway(GatewayConfig::default());
+    let lead_key = Keypair::generate().unwrap();
+    let token = register(&gw, "lead", &lead_key, None).await;
+    let lead = gw.authenticate("lead", &token).await.unwrap();
+    assert_eq!((lead.depth, lead.team_id.as_deref()), (0, Some("ops")));
+
+    let child_key = Keypair::generate().unwrap();
+    register(&gw, "child", &child_key, Some("lead")).await;
+    let child = gw.store().agent("child").await.unwrap().unwrap();
+    assert_eq!(
+        child.depth, 1,
+        "depth comes from the registry, not the claim"
+    );
+    assert_eq!(
+        child.team_id.as_deref(),
+        Some("ops"),
+        "the team is inherited"
+    );
+    assert_eq!(child.parent_agent_id.as_deref(), Some("lead"));
+
+    // A parent that is not registered is refused, even with a right answer.
+    let reg = || registration("orphan", &child_key, Some("ghost"));
+    let Registered::Challenge(challenge) = gw.register(reg(), None).await.unwrap() else {
+        panic!("expected a challenge first");
+    };
+    let signature = child_key.sign_challenge("orphan", &challenge);
+    let err = gw.register(reg(), Some(&signature)).await;
+    assert!(matches!(err, Err(GatewayError::InvalidRequest(m)) if m.contains("not registered")));
+}
+
+#[tokio::test]
+async fn a_wrong_answer_another_key_or_no_challenge_is_refused() {
+    let gw = gateway(GatewayConfig::default());
+    let key = Keypair::generate().unwrap();
+    let other = Keypair::generate().unwrap();
+
+    // No open challenge.
+    let signature = key.sign_challenge("bot", &[0; 32]);
+    let err = gw
+        .register(registration("bot", &key, None), Some(&signature))
+        .await;
+    assert!(
+        matches!(err, Err(GatewayError::Unauthenticated(_))),
+        "{err:?}"
+    );
+
+    // Signed by another key: refused, and the challenge is spent.
+    let Registered::Challenge(challenge) = gw
+        .register(registration("bot", &key, None), None)
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let wrong = other.sign_challenge("bot", &challenge);
+    assert!(
+        gw.register(registration("bot", &key, None), Some(&wrong))
+            .await
+            .is_err()
+    );
+    let right = key.sign_challenge("bot", &challenge);
+    assert!(
+        gw.register(registration("bot", &key, None), Some(&right))
+            .await
+            .is_err()
+    );
+
+    // Once registered, the id is bound to its key.
+    register(&gw, "bot", &key, None).await;
+    let err = gw.register(registration("bot", &other, None), None).await;
+    assert!(matches!(err, Err(GatewayError::Unauthenticated(m)) if m.contains("another key")));
+}
+
+#[tokio::test]
+async fn heartbeat_supersedes_and_deregister_revokes() {
+    let gw = gateway(GatewayConfig::default());
+    let key = Keypair::generate().unwrap();
+    let first = register(&gw, "bot", &key, None).await;
+    let renewed = gw.heartbeat("bot", &first).await.unwrap().token;
+    assert!(gw.authenticate("bot", &renewed).await.is_ok());
+    let replay = gw.authenticate("bot", &first).await;
+    assert!(matches!(replay, Err(GatewayError::Unauthenticated(m)) if m.contains("superseded")));
+    assert!(
+        gw.authenticate("other", &renewed).await.is_err(),
+        "bound to its agent"
+    );
+
+    let foreign = gateway(GatewayConfig::default());
+    assert!(
+        foreign.authenticate("bot", &renewed).await.is_err(),
+        "another gateway's token"
+    );
+
+    gw.deregister("bot", &renewed).await.unwrap();
+    assert!(gw.authenticate("bot", &renewed).await.is_err());
+}
+
+#[tokio::test]
+async fn tokens_expire() {
+    let gw = gateway(GatewayConfig {
+        token_ttl: Duration::from_secs(1),
+        ..GatewayConfig::default()
+    });
+    let token = register(&gw, "bot", &Keypair::generate().unwrap(), None).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let err = gw.authenticate("bot", &token).await;
+    assert!(matches!(err, Err(GatewayError::Unauthenticated(m)) if m.contains("expired")));
+}
+
+#[tokio::test]
+async fn publishing_changes_the_version_only_when_content_changes() {
+    let gw = gateway(GatewayConfig::default());
+    let watch = gw.subscribe();
+    let first = gw.bundle().version.clone();
+    assert_eq!(gw.publish(documents(POLICY)).unwrap(), first);
+    assert!(!watch.has_changed().unwrap());
+    let second = gw
+        .publish(documents(&POLICY.replace("allow", "deny")))
+        .unwrap();
+    assert_ne!(second, first);
+    assert!(watch.has_changed().unwrap());
+    assert!(gw.publish(documents("not: a policy")).is_err());
+    assert_eq!(
+        gw.bundle().version,
+        second,
+        "a bad document changes nothing"
+    );
+}
+
+fn event(n: u64, command: &str) -> AuditEvent {
+    AuditEvent {
+        event_id: format!("rt-1/{n}"),
+        timestamp_ms: 1,
+        agent: AgentContext::new("bot"),
+        session_id: None,
+        action: Action::ToolCall {
+            tool: "shell".into(),
+            args: json!({ "command": command }),
+        },
+        verdict: None,
+        redactions: vec![],
+        kind: EventKind::ToolStart,
+        detail: None,
+        origin: Some(Origin {
+            stream_id: "rt-1".into(),
+            sequence: n,
+            received_at_ms: 2,
+            peer_uid: 1000,
+            peer_pid: 7,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn appends_are_scanned_again_and_checkpointed() {
+    let gw = gateway(GatewayConfig::default());
+    let secret = "AKIAQWERTYUIOPASDFGH";
+    let appended = gw
+        .append(vec![
+            event(1, "ls"),
+            event(2, &format!("aws --key {secret}")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(appended.accepted, 2);
+    let again = gw.append(vec![event(2, "ls")]).await.unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 1));
+
+    let records = gw.store().records(0, 10).await.unwrap();
+    let stored = serde_json::to_string(&records).unwrap();
+    assert!(!stored.contains(secret), "{stored}");
+    assert!(stored.contains("[REDACTED:aws_access_key]"));
+
+    let mut missing_origin = event(3, "ls");
+    missing_origin.origin = None;
+    assert!(gw.append(vec![missing_origin]).await.is_err());
+
+    let checkpoint = gw.checkpoint().await.unwrap().expect("heads moved");
+    assert_eq!(checkpoint.heads[0].sequence, 2);
+    assert!(
+        gw.checkpoint().await.unwrap().is_none(),
+        "nothing moved since"
+    );
+    let verified = aa_gateway::audit::verify(
+        records,
+        &gw.store().checkpoints().await.unwrap(),
+        Some(&gw.public_key()),
+    )
+    .unwrap();
+    assert_eq!((verified.records, verified.checkpoints), (2, 1));
+}
