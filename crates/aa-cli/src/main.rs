@@ -1,9 +1,12 @@
 //! `aasm`, the Agent Assembly command line. Argument parsing and IO live here; the logic lives
 //! in the library crates.
 
+mod audit;
+mod check;
 mod files;
 mod policy;
 mod scan;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -25,6 +28,20 @@ enum Command {
     /// Find credentials and personal data in files, folders or stdin (JSON lines); exit 1 when
     /// something is found.
     Scan(scan::ScanArgs),
+    /// Run the gateway and a runtime in one process (embedded SQLite), until SIGINT/SIGTERM.
+    Up(serve::UpArgs),
+    /// Run the gateway alone.
+    Gateway(serve::GatewayArgs),
+    /// Run a runtime linked to a gateway.
+    Runtime(serve::RuntimeArgs),
+    /// Register as an agent through the runtime socket and print one decision as JSON.
+    Check(check::CheckArgs),
+    /// Verify, export or follow the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// The agent registry.
+    #[command(subcommand)]
+    Agents(audit::AgentsCommand),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +64,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Policy(command) => policy::run(command),
         Command::Scan(args) => scan::run(args),
+        Command::Up(args) => serve::up(args),
+        Command::Gateway(args) => serve::gateway(args),
+        Command::Runtime(args) => serve::runtime(args),
+        Command::Check(args) => check::run(args),
+        Command::Audit(command) => audit::audit(command),
+        Command::Agents(command) => audit::agents(command),
     };
     match result {
         Ok(code) => code,

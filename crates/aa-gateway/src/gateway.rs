@@ -57,8 +57,13 @@ struct OpenChallenge {
 pub enum Registered {
     /// Sign this with the agent key and register again.
     Challenge(Vec<u8>),
-    /// The agent is registered; present this token from now on.
-    Issued(Credential),
+    /// The agent is registered; it presents the token from now on.
+    Issued {
+        /// The token.
+        credential: Credential,
+        /// The agent as recorded, lineage included.
+        agent: Box<AgentRecord>,
+    },
 }
 
 /// A credential token and what it says.
@@ -235,24 +240,26 @@ impl<S: Store> Gateway<S> {
         };
         let credential = self.issue(&reg.agent_id, &reg.public_key)?;
         let now = now_ms();
-        self.store
-            .put_agent(AgentRecord {
-                agent_id: reg.agent_id.clone(),
-                did: reg.public_key.clone(),
-                name: reg.name.clone(),
-                framework: reg.framework.clone(),
-                team_id,
-                parent_agent_id: reg.lineage.parent_agent_id.clone(),
-                delegation_reason: reg.lineage.delegation_reason.clone(),
-                spawned_by_tool: reg.lineage.spawned_by_tool.clone(),
-                depth,
-                registered_at_ms: existing.as_ref().map_or(now, |a| a.registered_at_ms),
-                last_seen_ms: now,
-                token_id: credential.claims.token_id.clone(),
-            })
-            .await?;
+        let agent = AgentRecord {
+            agent_id: reg.agent_id.clone(),
+            did: reg.public_key.clone(),
+            name: reg.name.clone(),
+            framework: reg.framework.clone(),
+            team_id,
+            parent_agent_id: reg.lineage.parent_agent_id.clone(),
+            delegation_reason: reg.lineage.delegation_reason.clone(),
+            spawned_by_tool: reg.lineage.spawned_by_tool.clone(),
+            depth,
+            registered_at_ms: existing.as_ref().map_or(now, |a| a.registered_at_ms),
+            last_seen_ms: now,
+            token_id: credential.claims.token_id.clone(),
+        };
+        self.store.put_agent(agent.clone()).await?;
         bump(&self.metrics.registrations, 1);
-        Ok(Registered::Issued(credential))
+        Ok(Registered::Issued {
+            credential,
+            agent: Box::new(agent),
+        })
     }
 
     fn open_challenge(&self, reg: &AgentRegistration) -> Result<Vec<u8>, GatewayError> {

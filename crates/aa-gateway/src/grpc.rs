@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::bundle::Bundle;
 use crate::error::GatewayError;
 use crate::gateway::{Credential, Gateway, Registered};
-use crate::store::Store;
+use crate::store::{AgentRecord, Store};
 
 /// The gateway's error as a gRPC status. Storage and setup failures say only that something
 /// failed inside: their details are for the operator's logs, not for callers.
@@ -96,11 +96,12 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
                 challenge,
                 ..Default::default()
             },
-            Registered::Issued(credential) => pb::RegisterResponse {
+            Registered::Issued { credential, agent } => pb::RegisterResponse {
                 agent_id,
                 expires_at: expires(&credential),
                 credential_token: credential.token,
                 challenge: Vec::new(),
+                agent: Some(agent_ref(&agent)),
             },
         }))
     }
@@ -131,6 +132,19 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DeregisterResponse {}))
+    }
+}
+
+fn agent_ref(agent: &AgentRecord) -> pb::AgentRef {
+    pb::AgentRef {
+        agent_id: agent.agent_id.clone(),
+        lineage: Some(pb::Lineage {
+            parent_agent_id: agent.parent_agent_id.clone().unwrap_or_default(),
+            team_id: agent.team_id.clone().unwrap_or_default(),
+            delegation_reason: agent.delegation_reason.clone().unwrap_or_default(),
+            spawned_by_tool: agent.spawned_by_tool.clone().unwrap_or_default(),
+            depth: agent.depth,
+        }),
     }
 }
 

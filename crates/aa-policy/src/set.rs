@@ -4,7 +4,7 @@
 use aa_core::{Decision, Mode, Verdict};
 
 use crate::eval::Request;
-use crate::policy::Policy;
+use crate::policy::{Policy, RateLimits, ToolRule};
 
 /// Policies evaluated together, ordered from least to most specific scope.
 #[derive(Debug, Default)]
@@ -40,6 +40,20 @@ impl PolicySet {
             .filter_map(|p| Some((p.scope().specificity(), strictness(p.mode()?), p.mode()?)))
             .max_by_key(|(specificity, strict, _)| (*specificity, *strict))
             .map_or(Mode::Enforce, |(_, _, mode)| mode)
+    }
+
+    /// The tool entries that govern `tool` for `agent` and set a call-rate limit, with their
+    /// policies. The runtime counts each; every one must have room for the call to go ahead.
+    pub fn rate_limits<'a>(
+        &'a self,
+        agent: &'a aa_core::AgentContext,
+        tool: &'a str,
+    ) -> impl Iterator<Item = (&'a Policy, &'a ToolRule)> + 'a {
+        self.policies
+            .iter()
+            .filter(move |p| p.scope().covers(agent))
+            .filter_map(move |p| Some((p, p.tool_rule(tool)?)))
+            .filter(|(_, rule)| rule.limits() != RateLimits::default())
     }
 
     /// Decides `request`. With no covering policy the answer is deny (fail closed).

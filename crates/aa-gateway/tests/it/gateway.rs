@@ -69,7 +69,7 @@ async fn register(
         .await
         .unwrap()
     {
-        Registered::Issued(credential) => credential.token,
+        Registered::Issued { credential, .. } => credential.token,
         Registered::Challenge(_) => panic!("expected a token"),
     }
 }

@@ -1,0 +1,198 @@
+//! `aasm audit verify | export | tail` and `aasm agents list`: read the gateway's database (or
+//! an export) offline.
+
+use std::io::{BufRead as _, BufWriter, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aa_cli::up::gateway_database;
+use aa_gateway::audit::{Checkpoint, Record, verify};
+use aa_gateway::{SqliteStore, Store};
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::serve::DEFAULT_STATE_DIR;
+
+/// Records read from the database per query.
+const PAGE: u64 = 10_000;
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check every hash chain and checkpoint signature; exit 1 naming the first bad record.
+    Verify {
+        #[command(flatten)]
+        source: Source,
+        /// An export file (from `aasm audit export`) instead of the database.
+        #[arg(long, conflicts_with = "state_dir")]
+        export: Option<PathBuf>,
+    },
+    /// Print every record as JSON lines, then every checkpoint as `{"checkpoint":…}`.
+    Export {
+        #[command(flatten)]
+        source: Source,
+    },
+    /// Print the last records; with --follow, keep printing new ones.
+    Tail {
+        #[command(flatten)]
+        source: Source,
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: u64,
+        /// Keep watching for new records.
+        #[arg(short, long)]
+        follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AgentsCommand {
+    /// Every registered agent with its lineage, as JSON lines.
+    List {
+        #[command(flatten)]
+        source: Source,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct Source {
+    /// The state directory holding gateway.db.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
+    state_dir: PathBuf,
+}
+
+fn block_on<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(work)
+}
+
+fn open(state_dir: &Path) -> Result<SqliteStore> {
+    let path = gateway_database(state_dir);
+    if !path.exists() {
+        bail!(
+            "no gateway database at {} (is this the state directory of `aasm up`?)",
+            path.display()
+        );
+    }
+    SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+async fn all_records(store: &SqliteStore) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    loop {
+        let page = store.records(records.len() as u64, PAGE).await?;
+        let done = (page.len() as u64) < PAGE;
+        records.extend(page);
+        if done {
+            return Ok(records);
+        }
+    }
+}
+
+fn trusted_key(state_dir: &Path) -> Option<aa_identity::PublicKey> {
+    let path = state_dir.join("gateway.key");
+    path.exists()
+        .then(|| aa_identity::keyfile::load_or_create(&path).ok())
+        .flatten()
+        .map(|k| k.public())
+}
+
+fn read_export(path: &Path) -> Result<(Vec<Record>, Vec<Checkpoint>)> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut records, mut checkpoints) = (Vec::new(), Vec::new());
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), n + 1);
+        let value: Value = serde_json::from_str(&line).with_context(at)?;
+        match value.get("checkpoint") {
+            Some(c) => checkpoints.push(serde_json::from_value(c.clone()).with_context(at)?),
+            None => records.push(serde_json::from_value(value).with_context(at)?),
+        }
+    }
+    Ok((records, checkpoints))
+}
+
+pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { source, export } => {
+            let (records, checkpoints, trusted) = match export {
+                Some(file) => {
+                    let (r, c) = read_export(&file)?;
+                    (r, c, None)
+                }
+                None => block_on(async {
+                    let store = open(&source.state_dir)?;
+                    let records = all_records(&store).await?;
+                    let checkpoints = store.checkpoints().await?;
+                    Ok((records, checkpoints, trusted_key(&source.state_dir)))
+                })?,
+            };
+            match verify(records, &checkpoints, trusted.as_ref()) {
+                Ok(v) => {
+                    println!(
+                        "ok: {} records in {} streams, {} checkpoints verified",
+                        v.records, v.streams, v.checkpoints
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(tampered) => {
+                    println!("TAMPERED: {}", tampered.0);
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditCommand::Export { source } => block_on(async {
+            let store = open(&source.state_dir)?;
+            let mut out = BufWriter::new(std::io::stdout().lock());
+            for record in all_records(&store).await? {
+                writeln!(out, "{}", serde_json::to_string(&record)?)?;
+            }
+            for checkpoint in store.checkpoints().await? {
+                writeln!(out, "{}", serde_json::json!({ "checkpoint": checkpoint }))?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        AuditCommand::Tail {
+            source,
+            lines,
+            follow,
+        } => block_on(async {
+            let store = open(&source.state_dir)?;
+            let total = all_records(&store).await?.len() as u64;
+            let mut next = total.saturating_sub(lines);
+            loop {
+                let page = store.records(next, PAGE).await?;
+                next += page.len() as u64;
+                let mut out = std::io::stdout().lock();
+                for record in page {
+                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                }
+                out.flush()?;
+                if !follow {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }),
+    }
+}
+
+pub(crate) fn agents(command: AgentsCommand) -> Result<ExitCode> {
+    let AgentsCommand::List { source } = command;
+    block_on(async {
+        let store = open(&source.state_dir)?;
+        let mut out = std::io::stdout().lock();
+        for agent in store.agents().await? {
+            writeln!(out, "{}", serde_json::to_string(&agent)?)?;
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,139 @@
+//! `aasm up`, `aasm gateway`, `aasm runtime`: long-running services, stopped by SIGINT or
+//! SIGTERM with the outbox drained.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use aa_cli::up::{DEFAULT_GRPC, DEFAULT_HTTP, GatewayHandle, GatewayOptions, RuntimeHandle, Up};
+use aa_gateway::GatewayConfig;
+use aa_runtime::RuntimeConfig;
+use anyhow::{Context as _, Result};
+use clap::Args;
+
+/// Where state lives unless `--state-dir` says otherwise.
+pub(crate) const DEFAULT_STATE_DIR: &str = ".aasm";
+
+#[derive(Debug, Args)]
+pub(crate) struct GatewayArgs {
+    /// Holds the database and the gateway key.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Policy files or folders (default: the balanced example); edits are published live.
+    #[arg(long = "policy")]
+    policies: Vec<PathBuf>,
+    /// gRPC listen address, for runtimes.
+    #[arg(long, default_value = DEFAULT_GRPC)]
+    grpc: SocketAddr,
+    /// HTTP listen address, for operators.
+    #[arg(long, default_value = DEFAULT_HTTP)]
+    http: SocketAddr,
+}
+
+impl GatewayArgs {
+    fn options(self) -> GatewayOptions {
+        GatewayOptions {
+            state_dir: self.state_dir,
+            policies: self.policies,
+            grpc: self.grpc,
+            http: self.http,
+            config: GatewayConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The runtime socket (default: runtime.sock in the state directory).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RuntimeArgs {
+    /// The gateway's gRPC URL.
+    #[arg(long, default_value = "http://127.0.0.1:7390")]
+    gateway: String,
+    /// Holds the outbox database.
+    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
+    state_dir: PathBuf,
+    /// The socket (default: runtime.sock in the state directory).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// A uid to serve (repeatable; default: the runtime's own).
+    #[arg(long = "allow-uid")]
+    allow_uids: Vec<u32>,
+}
+
+fn init_logging() {
+    let level = std::env::var("AASM_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn tokio() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn terminated() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
+    init_logging();
+    tokio()?.block_on(async {
+        let up = Up::start(args.gateway.options(), args.socket).await?;
+        println!("runtime socket: {}", up.runtime.socket.display());
+        println!("gateway gRPC:   {}", up.gateway.url());
+        println!("operator HTTP:  http://{}", up.gateway.http);
+        println!("try: aasm check --agent demo --action '{{\"type\":\"tool_call\",\"tool\":\"shell\",\"args\":{{\"command\":\"ls\"}}}}'");
+        terminated().await?;
+        eprintln!("stopping: draining the outbox");
+        up.stop().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn gateway(args: GatewayArgs) -> Result<ExitCode> {
+    init_logging();
+    tokio()?.block_on(async {
+        let gateway = GatewayHandle::start(args.options()).await?;
+        println!("gateway gRPC:   {}", gateway.url());
+        println!("operator HTTP:  http://{}", gateway.http);
+        terminated().await?;
+        gateway.stop().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub(crate) fn runtime(args: RuntimeArgs) -> Result<ExitCode> {
+    init_logging();
+    let mut config = RuntimeConfig::new(args.state_dir, args.gateway);
+    config.socket_path = args.socket;
+    config.allowed_uids = args.allow_uids;
+    tokio()?.block_on(async {
+        let runtime = RuntimeHandle::start(config)?;
+        println!("runtime socket: {}", runtime.socket.display());
+        terminated().await?;
+        eprintln!("stopping: draining the outbox");
+        runtime.stop().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

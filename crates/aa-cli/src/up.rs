@@ -1,0 +1,252 @@
+//! Starting and stopping the gateway and the runtime in-process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aa_gateway::{Gateway, GatewayConfig, GatewayError, PolicyDocument, SqliteStore};
+use aa_runtime::{RuntimeConfig, RuntimeError};
+use anyhow::{Context as _, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The policy `aasm up` serves when no `--policy` is given.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policy-examples/balanced.yaml");
+/// The gateway's gRPC address by default.
+pub const DEFAULT_GRPC: &str = "127.0.0.1:7390";
+/// The gateway's HTTP address by default.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7391";
+/// How often policy files are looked at for changes.
+const POLICY_POLL: Duration = Duration::from_millis(250);
+
+/// The gateway's files under a state directory.
+pub fn gateway_database(state_dir: &Path) -> PathBuf {
+    state_dir.join("gateway.db")
+}
+
+/// How to run a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Holds `gateway.db` and `gateway.key`.
+    pub state_dir: PathBuf,
+    /// Policy files or folders; empty means [`DEFAULT_POLICY`]. Edits are published.
+    pub policies: Vec<PathBuf>,
+    /// gRPC listen address (port 0 picks one).
+    pub grpc: SocketAddr,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Tunables.
+    pub config: GatewayConfig,
+}
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct GatewayHandle {
+    /// The logic, for tests and tools in the same process.
+    pub gateway: Arc<Gateway<SqliteStore>>,
+    /// Where gRPC listens.
+    pub grpc: SocketAddr,
+    /// Where HTTP listens.
+    pub http: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), GatewayError>>,
+}
+
+fn read_policies(paths: &[PathBuf]) -> Result<Vec<PolicyDocument>> {
+    if paths.is_empty() {
+        return Ok(vec![PolicyDocument {
+            name: "balanced.yaml (default)".into(),
+            source: DEFAULT_POLICY.into(),
+        }]);
+    }
+    let mut documents = Vec::new();
+    for path in paths {
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.to_string_lossy();
+                    (name.ends_with(".yaml") || name.ends_with(".yml"))
+                        && !name.ends_with(".test.yaml")
+                        && !name.ends_with(".test.yml")
+                })
+                .collect();
+            files.sort();
+            files
+        } else {
+            vec![path.clone()]
+        };
+        for file in files {
+            let source = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            documents.push(PolicyDocument {
+                name: file.display().to_string(),
+                source,
+            });
+        }
+    }
+    Ok(documents)
+}
+
+/// State directories hold keys and the audit log: owner-only.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+impl GatewayHandle {
+    /// Opens the store and key, binds both listeners, and serves.
+    pub async fn start(options: GatewayOptions) -> Result<GatewayHandle> {
+        create_private_dir(&options.state_dir)?;
+        let key = aa_identity::keyfile::load_or_create(&options.state_dir.join("gateway.key"))?;
+        let store = SqliteStore::open(&gateway_database(&options.state_dir))?;
+        let documents = read_policies(&options.policies)?;
+        let gateway = Arc::new(Gateway::new(store, key, documents, options.config)?);
+        let grpc = TcpListener::bind(options.grpc)
+            .await
+            .with_context(|| format!("binding gRPC on {}", options.grpc))?;
+        let http = TcpListener::bind(options.http)
+            .await
+            .with_context(|| format!("binding HTTP on {}", options.http))?;
+        let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+        let (stop, stopped) = watch::channel(false);
+        let mut on_stop = stopped.clone();
+        let task = tokio::spawn(aa_gateway::run(
+            grpc,
+            http,
+            Arc::clone(&gateway),
+            async move {
+                let _ = on_stop.wait_for(|s| *s).await;
+            },
+        ));
+        if !options.policies.is_empty() {
+            tokio::spawn(follow_policies(
+                Arc::clone(&gateway),
+                options.policies,
+                stopped,
+            ));
+        }
+        Ok(GatewayHandle {
+            gateway,
+            grpc: grpc_addr,
+            http: http_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The URL runtimes dial.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Stops serving and signs a last checkpoint.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("gateway task")??;
+        Ok(())
+    }
+}
+
+/// Publishes the policy files again whenever one changes; a bad edit is reported and the
+/// bundle in force stays.
+async fn follow_policies(
+    gateway: Arc<Gateway<SqliteStore>>,
+    paths: Vec<PathBuf>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut seen = modified(&paths);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(POLICY_POLL) => {}
+        }
+        let now = modified(&paths);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match read_policies(&paths).map(|docs| gateway.publish(docs)) {
+            Ok(Ok(version)) => tracing::info!(%version, "policy published"),
+            Ok(Err(error)) => tracing::error!(%error, "policy not published"),
+            Err(error) => tracing::error!(error = %format!("{error:#}"), "policy not read"),
+        }
+    }
+}
+
+/// A running runtime.
+#[derive(Debug)]
+pub struct RuntimeHandle {
+    /// Its socket.
+    pub socket: PathBuf,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), RuntimeError>>,
+}
+
+impl RuntimeHandle {
+    /// Binds the socket and serves.
+    pub fn start(config: RuntimeConfig) -> Result<RuntimeHandle> {
+        let listener = aa_runtime::bind(&config)?;
+        let socket = config.socket_path();
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(aa_runtime::run(listener, config, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        Ok(RuntimeHandle { socket, stop, task })
+    }
+
+    /// Stops accepting, writes what is queued and drains the outbox to the gateway for a
+    /// few seconds at most.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("runtime task")??;
+        Ok(())
+    }
+
+    /// Stops at once, as a crash would: nothing is drained.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Gateway and runtime in one process, sharing a state directory.
+#[derive(Debug)]
+pub struct Up {
+    /// The gateway.
+    pub gateway: GatewayHandle,
+    /// The runtime.
+    pub runtime: RuntimeHandle,
+}
+
+impl Up {
+    /// Starts the gateway, then a runtime linked to it with its socket under the state
+    /// directory (or at `socket`).
+    pub async fn start(options: GatewayOptions, socket: Option<PathBuf>) -> Result<Up> {
+        let state_dir = options.state_dir.clone();
+        let gateway = GatewayHandle::start(options).await?;
+        let mut config = RuntimeConfig::new(state_dir, gateway.url());
+        config.socket_path = socket;
+        let runtime = RuntimeHandle::start(config)?;
+        Ok(Up { gateway, runtime })
+    }
+
+    /// Stops the runtime first (its outbox drains into the gateway), then the gateway.
+    pub async fn stop(self) -> Result<()> {
+        self.runtime.stop().await?;
+        self.gateway.stop().await
+    }
+}

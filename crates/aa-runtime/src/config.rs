@@ -1,0 +1,130 @@
+//! The runtime's settings, validated before any socket is bound or file opened.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aa_security::Limits;
+
+use crate::error::RuntimeError;
+
+/// Where the socket lives under a state directory unless configured otherwise.
+pub const SOCKET_FILE: &str = "runtime.sock";
+
+/// The runtime's settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where the local database (outbox, sessions, last bundle) lives.
+    pub state_dir: PathBuf,
+    /// The socket path; `None` means `<state_dir>/runtime.sock`.
+    pub socket_path: Option<PathBuf>,
+    /// The gateway's gRPC address, e.g. `http://127.0.0.1:7390`.
+    pub gateway_url: String,
+    /// Peer uids served; empty means only the runtime's own uid.
+    pub allowed_uids: Vec<u32>,
+    /// Size caps for scanning events.
+    pub limits: Limits,
+    /// Events sent to the gateway per request at most.
+    pub forward_batch: usize,
+    /// Calls on one connection in flight at once at most; more wait.
+    pub max_in_flight: usize,
+    /// How long a gateway call may take.
+    pub gateway_timeout: Duration,
+}
+
+impl RuntimeConfig {
+    /// Defaults for a state directory and a gateway.
+    pub fn new(state_dir: impl Into<PathBuf>, gateway_url: impl Into<String>) -> Self {
+        RuntimeConfig {
+            state_dir: state_dir.into(),
+            socket_path: None,
+            gateway_url: gateway_url.into(),
+            allowed_uids: Vec::new(),
+            limits: Limits::default(),
+            forward_batch: 1000,
+            max_in_flight: 256,
+            gateway_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The socket path in effect.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_path
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join(SOCKET_FILE))
+    }
+
+    /// The local database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("runtime.db")
+    }
+
+    /// The uids served: the configured ones, or the runtime's own.
+    pub fn served_uids(&self) -> Vec<u32> {
+        if self.allowed_uids.is_empty() {
+            vec![rustix::process::getuid().as_raw()]
+        } else {
+            self.allowed_uids.clone()
+        }
+    }
+
+    /// Checks every setting; the error names the one that is wrong.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        let bad = |field, message: &str| {
+            Err(RuntimeError::Config {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        if self.state_dir.as_os_str().is_empty() {
+            return bad("state_dir", "must not be empty");
+        }
+        if !(self.gateway_url.starts_with("http://") || self.gateway_url.starts_with("https://")) {
+            return bad("gateway_url", "must start with http:// or https://");
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if socket_len(&self.socket_path()) > 107 {
+            return bad(
+                "socket_path",
+                "is longer than the 107 bytes a Unix socket path may have",
+            );
+        }
+        if self.forward_batch == 0 || self.max_in_flight == 0 {
+            return bad("forward_batch/max_in_flight", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn socket_len(path: &Path) -> usize {
+    path.as_os_str().len()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_bad_values_are_named() {
+        let config = RuntimeConfig::new("/tmp/aasm", "http://127.0.0.1:7390");
+        config.validate().unwrap();
+        assert_eq!(
+            config.socket_path(),
+            PathBuf::from("/tmp/aasm/runtime.sock")
+        );
+
+        let err = RuntimeConfig::new("/tmp/aasm", "127.0.0.1:7390")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("gateway_url"), "{err}");
+
+        let mut long = config.clone();
+        long.socket_path = Some(PathBuf::from(format!("/tmp/{}", "x".repeat(120))));
+        assert!(
+            long.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("socket_path")
+        );
+    }
+}

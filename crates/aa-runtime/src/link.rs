@@ -1,0 +1,252 @@
+//! The link to the gateway: lifecycle calls, the bundle watch, and the forwarder that drains
+//! the outbox in order. Every loop here outlives gateway outages: it backs off and retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aa_proto::pb;
+use aa_proto::pb::ErrorCode;
+use tokio::sync::{Notify, watch};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::bundle::Compiled;
+use crate::error::RuntimeError;
+use crate::outbox::Outbox;
+use crate::runtime::{Refusal, Runtime};
+
+const BACKOFF_START: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const BUNDLE_KEY: &str = "bundle";
+
+/// Clients of the gateway's services over one lazily connected channel.
+#[derive(Debug, Clone)]
+pub struct GatewayLink {
+    channel: Channel,
+}
+
+fn refusal(status: &tonic::Status) -> Refusal {
+    let code = match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ErrorCode::Unauthenticated,
+        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => ErrorCode::InvalidRequest,
+        _ => ErrorCode::Unavailable,
+    };
+    let message = match code {
+        ErrorCode::Unavailable => format!("gateway unavailable: {}", status.message()),
+        _ => status.message().to_owned(),
+    };
+    Refusal { code, message }
+}
+
+impl GatewayLink {
+    /// A link to `url`; nothing is dialled until the first call.
+    pub fn new(url: &str, timeout: Duration) -> Result<GatewayLink, RuntimeError> {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| RuntimeError::Config {
+                field: "gateway_url",
+                message: e.to_string(),
+            })?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(GatewayLink { channel })
+    }
+
+    fn agents(&self) -> pb::agent_service_client::AgentServiceClient<Channel> {
+        pb::agent_service_client::AgentServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) async fn register(
+        &self,
+        request: pb::RegisterRequest,
+    ) -> Result<pb::RegisterResponse, Refusal> {
+        self.agents()
+            .register(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| refusal(&s))
+    }
+
+    pub(crate) async fn heartbeat(
+        &self,
+        request: pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, Refusal> {
+        self.agents()
+            .heartbeat(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| refusal(&s))
+    }
+
+    pub(crate) async fn deregister(
+        &self,
+        request: pb::DeregisterRequest,
+    ) -> Result<pb::DeregisterResponse, Refusal> {
+        self.agents()
+            .deregister(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| refusal(&s))
+    }
+
+    async fn append(
+        &self,
+        events: Vec<pb::AuditEvent>,
+    ) -> Result<pb::AppendEventsResponse, tonic::Status> {
+        pb::audit_service_client::AuditServiceClient::new(self.channel.clone())
+            .append_events(pb::AppendEventsRequest { events })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Installs the bundle saved by an earlier run, so a restart during a gateway outage still
+/// decides by the last policy rather than denying everything.
+pub(crate) fn restore_bundle(runtime: &Runtime) {
+    use prost::Message as _;
+    let saved = runtime.outbox().get(BUNDLE_KEY).ok().flatten();
+    let Some(bundle) = saved
+        .and_then(|h| unhex(&h))
+        .and_then(|b| pb::PolicyBundle::decode(&*b).ok())
+    else {
+        return;
+    };
+    match Compiled::compile(&bundle) {
+        Ok(compiled) => runtime.set_bundle(compiled),
+        Err(error) => tracing::warn!(%error, "saved bundle ignored"),
+    }
+}
+
+/// Follows the gateway's bundle; each new version is compiled and applied, then saved.
+pub(crate) async fn watch_bundles(
+    runtime: Arc<Runtime>,
+    link: GatewayLink,
+    mut stop: watch::Receiver<bool>,
+) {
+    use prost::Message as _;
+    let mut backoff = BACKOFF_START;
+    loop {
+        let known = runtime
+            .bundle()
+            .map(|b| b.version.clone())
+            .unwrap_or_default();
+        let mut client = pb::policy_service_client::PolicyServiceClient::new(link.channel.clone());
+        let stream = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            s = client.watch_bundle(pb::WatchBundleRequest { known_version: known }) => s,
+        };
+        if let Ok(response) = stream {
+            let mut stream = response.into_inner();
+            loop {
+                let message = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    m = stream.message() => m,
+                };
+                let Ok(Some(bundle)) = message else { break };
+                backoff = BACKOFF_START;
+                match Compiled::compile(&bundle) {
+                    Ok(compiled) => {
+                        tracing::info!(version = %compiled.version, "policy bundle applied");
+                        runtime.set_bundle(compiled);
+                        if let Err(error) = runtime
+                            .outbox()
+                            .put(BUNDLE_KEY, &hex(&bundle.encode_to_vec()))
+                        {
+                            tracing::warn!(%error, "bundle not saved");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "bundle refused; keeping the one in force")
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`
+/// longer while events remain.
+pub(crate) async fn forward(
+    outbox: Arc<Outbox>,
+    link: GatewayLink,
+    batch: usize,
+    written: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut backoff = BACKOFF_START;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        if deadline.is_none() && *stop.borrow() {
+            deadline = Some(tokio::time::Instant::now() + drain);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return;
+        }
+        let outbox_for_read = Arc::clone(&outbox);
+        let pending = tokio::task::spawn_blocking(move || outbox_for_read.pending(batch)).await;
+        let pending = match pending {
+            Ok(Ok(events)) => events,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "outbox read failed");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        };
+        if pending.is_empty() {
+            if deadline.is_some() {
+                return;
+            }
+            tokio::select! {
+                () = written.notified() => {}
+                _ = stop.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        let last = pending
+            .last()
+            .and_then(|e| e.origin.as_ref())
+            .map_or(0, |o| o.sequence);
+        let wire: Vec<pb::AuditEvent> = pending.iter().map(Into::into).collect();
+        match link.append(wire).await {
+            Ok(_) => {
+                backoff = BACKOFF_START;
+                let outbox = Arc::clone(&outbox);
+                let marked = tokio::task::spawn_blocking(move || outbox.mark_delivered(last)).await;
+                if !matches!(marked, Ok(Ok(()))) {
+                    tracing::error!("could not record delivery; events will be sent again");
+                }
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "gateway append failed; retrying");
+                let pause = match deadline {
+                    Some(d) => {
+                        backoff.min(d.saturating_duration_since(tokio::time::Instant::now()))
+                    }
+                    None => backoff,
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    _ = stop.changed(), if deadline.is_none() => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}

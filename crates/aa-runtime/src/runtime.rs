@@ -1,0 +1,458 @@
+//! The runtime's logic, independent of the socket: authenticate the caller, decide checks
+//! from the local bundle, count rate limits, forward lifecycle calls to the gateway, and turn
+//! what the SDK reports into trusted, redacted, numbered events in the outbox.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use aa_core::{
+    Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, TopologyEdge, Verdict,
+};
+use aa_policy::Request;
+use aa_proto::convert::decision_to_wire;
+use aa_proto::pb;
+use aa_proto::pb::ErrorCode;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bundle::Compiled;
+use crate::config::RuntimeConfig;
+use crate::error::RuntimeError;
+use crate::limits::RateCounter;
+use crate::link::GatewayLink;
+use crate::outbox::Outbox;
+use crate::pipeline::Job;
+
+/// The connecting process, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    /// Its uid.
+    pub uid: u32,
+    /// Its pid (0 when unknown).
+    pub pid: i32,
+}
+
+/// A refused call: the code and a message for the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The wire error code.
+    pub code: ErrorCode,
+    /// For humans; no internals.
+    pub message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A registered agent as this runtime serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Session {
+    agent: AgentContext,
+    token: String,
+    expires_at_ms: i64,
+    uid: u32,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Compares tokens in time independent of where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The runtime's shared state.
+#[derive(Debug)]
+pub struct Runtime {
+    config: RuntimeConfig,
+    bundle: RwLock<Option<Arc<Compiled>>>,
+    sessions: RwLock<HashMap<String, Session>>,
+    rates: RateCounter,
+    outbox: Arc<Outbox>,
+    jobs: mpsc::Sender<Job>,
+    link: GatewayLink,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        config: RuntimeConfig,
+        outbox: Arc<Outbox>,
+        jobs: mpsc::Sender<Job>,
+        link: GatewayLink,
+    ) -> Result<Runtime, RuntimeError> {
+        let mut sessions = HashMap::new();
+        for json in outbox.sessions()? {
+            let session: Session = serde_json::from_str(&json)
+                .map_err(|e| RuntimeError::Outbox(format!("unreadable session: {e}")))?;
+            sessions.insert(session.agent.id.clone(), session);
+        }
+        Ok(Runtime {
+            config,
+            bundle: RwLock::new(None),
+            sessions: RwLock::new(sessions),
+            rates: RateCounter::default(),
+            outbox,
+            jobs,
+            link,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// The outbox.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// The bundle in force, if any.
+    pub fn bundle(&self) -> Option<Arc<Compiled>> {
+        self.bundle.read().ok().and_then(|b| b.clone())
+    }
+
+    pub(crate) fn set_bundle(&self, compiled: Compiled) {
+        if let Ok(mut slot) = self.bundle.write() {
+            *slot = Some(Arc::new(compiled));
+        }
+    }
+
+    fn session(&self, agent_id: &str, token: &str, peer: Peer) -> Result<Session, String> {
+        if token.is_empty() {
+            return Err("no credential token".into());
+        }
+        let sessions = self
+            .sessions
+            .read()
+            .map_err(|_| "session table poisoned".to_owned())?;
+        let Some(session) = sessions.get(agent_id) else {
+            return Err(format!(
+                "agent {agent_id:?} is not registered with this runtime"
+            ));
+        };
+        if !same_token(&session.token, token) {
+            return Err("credential token is not the agent's current one".into());
+        }
+        if session.expires_at_ms <= now_ms() {
+            return Err("credential token expired; heartbeat or register again".into());
+        }
+        if session.uid != peer.uid {
+            return Err("the agent was registered by another user".into());
+        }
+        Ok(session.clone())
+    }
+
+    fn store_session(&self, session: Session) {
+        let id = session.agent.id.clone();
+        if let Ok(json) = serde_json::to_string(&session)
+            && let Err(error) = self.outbox.put_session(&id, &json)
+        {
+            tracing::warn!(%error, agent = %id, "session not persisted; it lasts until restart");
+        }
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.insert(id, session);
+        }
+    }
+
+    fn drop_session(&self, agent_id: &str) {
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.remove(agent_id);
+        }
+        if let Err(error) = self.outbox.remove_session(agent_id) {
+            tracing::warn!(%error, agent = %agent_id, "session removal not persisted");
+        }
+    }
+
+    /// Decides a check. Never fails: every problem is a deny that says why.
+    pub fn check(&self, request: pb::CheckRequest, peer: Peer) -> pb::CheckResponse {
+        let started = Instant::now();
+        let (verdict, agent, action, applied) = self.decide(&request, peer);
+        if let (Some(agent), Some(action)) = (agent, action) {
+            let mut event = self.event(agent, action, EventKind::Decision, peer, random_id());
+            event.session_id = Some(request.session_id).filter(|s| !s.is_empty());
+            event.verdict = Some(verdict.clone());
+            self.record(event);
+        }
+        pb::CheckResponse {
+            decision: Some(decision_to_wire(&applied, None, started.elapsed())),
+        }
+    }
+
+    /// The verdict, the agent and action to record it under, and the verdict to apply (which
+    /// differs from the first under `observe`).
+    fn decide(
+        &self,
+        request: &pb::CheckRequest,
+        peer: Peer,
+    ) -> (Verdict, Option<AgentContext>, Option<Action>, Verdict) {
+        let fail = |rule: &str, reason: String| Verdict {
+            decision: Decision::Deny,
+            rule: rule.to_owned(),
+            reason,
+            policy: String::new(),
+            mode: Mode::Enforce,
+        };
+        let claimed =
+            Some(AgentContext::new(request.agent_id.clone())).filter(|a| a.validate().is_ok());
+        let action = match request.action.clone().map(Action::try_from) {
+            Some(Ok(action)) => action,
+            Some(Err(e)) => {
+                let v = fail("request", format!("invalid action: {e}"));
+                return (v.clone(), None, None, v);
+            }
+            None => {
+                let v = fail("request", "check carries no action".into());
+                return (v.clone(), None, None, v);
+            }
+        };
+        let session = match self.session(&request.agent_id, &request.credential_token, peer) {
+            Ok(session) => session,
+            Err(reason) => {
+                let v = fail("credential", reason);
+                return (v.clone(), claimed, Some(action), v);
+            }
+        };
+        let Some(bundle) = self.bundle() else {
+            let v = fail("bundle", "no policy bundle from the gateway yet".into());
+            return (v.clone(), Some(session.agent), Some(action), v);
+        };
+        let mode = bundle.set.mode_for(&session.agent);
+        if mode == Mode::Disabled {
+            let v = Verdict {
+                decision: Decision::Allow,
+                rule: "mode".into(),
+                reason: "checks are disabled for this agent".into(),
+                policy: String::new(),
+                mode,
+            };
+            return (v.clone(), None, None, v);
+        }
+        let mut verdict = bundle.set.evaluate(&Request {
+            agent: &session.agent,
+            action: &action,
+            now: chrono::Utc::now(),
+        });
+        if verdict.decision == Decision::Allow
+            && let Action::ToolCall { tool, .. } = &action
+        {
+            let limits: Vec<_> = bundle
+                .set
+                .rate_limits(&session.agent, tool)
+                .map(|(policy, rule)| (policy.id(), rule.key().to_owned(), rule.limits()))
+                .collect();
+            if !limits.is_empty()
+                && let Err(exceeded) =
+                    self.rates
+                        .try_take(&session.agent.id, &limits, Instant::now())
+            {
+                let entry = limits.first().map_or("", |(_, key, _)| key.as_str());
+                verdict = Verdict {
+                    decision: Decision::Deny,
+                    rule: format!("tools.{entry}.{}", exceeded.which),
+                    reason: format!("{tool} was called {} times already", exceeded.limit),
+                    policy: limits
+                        .first()
+                        .map(|(p, _, _)| p.clone())
+                        .unwrap_or_default(),
+                    mode,
+                };
+            }
+        }
+        let applied = if mode == Mode::Observe && verdict.decision != Decision::Allow {
+            Verdict {
+                decision: Decision::Allow,
+                reason: format!(
+                    "observe mode: would have been {}: {}",
+                    verdict.decision.as_str(),
+                    verdict.reason
+                ),
+                ..verdict.clone()
+            }
+        } else {
+            verdict.clone()
+        };
+        (verdict, Some(session.agent), Some(action), applied)
+    }
+
+    fn event(
+        &self,
+        agent: AgentContext,
+        action: Action,
+        kind: EventKind,
+        peer: Peer,
+        id: String,
+    ) -> AuditEvent {
+        let now = now_ms();
+        AuditEvent {
+            event_id: format!("{}/{}/{id}", self.outbox.stream_id(), agent.id),
+            timestamp_ms: now,
+            agent,
+            session_id: None,
+            action,
+            verdict: None,
+            redactions: Vec::new(),
+            kind,
+            detail: None,
+            origin: Some(Origin {
+                stream_id: self.outbox.stream_id().to_owned(),
+                sequence: 0,
+                received_at_ms: now,
+                peer_uid: peer.uid,
+                peer_pid: peer.pid,
+            }),
+        }
+    }
+
+    /// Queues a runtime-made event without waiting for it to be written.
+    fn record(&self, event: AuditEvent) {
+        let job = Job {
+            events: vec![event],
+            done: None,
+        };
+        if self.jobs.try_send(job).is_err() {
+            tracing::error!("outbox queue full or closed: a decision event was not recorded");
+        }
+    }
+
+    /// Records what the SDK reported as the registered agent's events: redacted, numbered and
+    /// durable before this returns. Returns how many were new.
+    pub async fn report(&self, batch: pb::EventBatch, peer: Peer) -> Result<u64, Refusal> {
+        let session = self
+            .session(&batch.agent_id, &batch.credential_token, peer)
+            .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
+        let mut events = Vec::with_capacity(batch.events.len() + batch.edges.len());
+        for (i, wire) in batch.events.into_iter().enumerate() {
+            let sdk = AuditEvent::try_from(wire)
+                .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("events[{i}]: {e}")))?;
+            // Only what the agent may say is kept: what it did, when, and what came of it.
+            let mut event = self.event(
+                session.agent.clone(),
+                sdk.action,
+                sdk.kind,
+                peer,
+                sdk.event_id,
+            );
+            event.timestamp_ms = sdk.timestamp_ms;
+            event.session_id = sdk.session_id;
+            event.detail = sdk.detail;
+            events.push(event);
+        }
+        for (i, wire) in batch.edges.into_iter().enumerate() {
+            let edge = TopologyEdge::try_from(wire)
+                .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("edges[{i}]: {e}")))?;
+            if edge.from_agent_id != session.agent.id {
+                return Err(refuse(
+                    ErrorCode::InvalidRequest,
+                    format!("edges[{i}]: an agent reports only its own edges"),
+                ));
+            }
+            let id = format!(
+                "edge-{}-{:?}-{}",
+                edge.to_agent_id, edge.kind, edge.created_at_ms
+            );
+            let action = Action::AgentSpawn {
+                child_id: Some(edge.to_agent_id.clone()),
+                reason: edge.tool.clone(),
+            };
+            let mut event = self.event(session.agent.clone(), action, EventKind::Edge, peer, id);
+            event.timestamp_ms = edge.created_at_ms;
+            event.detail = serde_json::to_value(&edge).ok();
+            events.push(event);
+        }
+        let (done, written) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                events,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| refuse(ErrorCode::Unavailable, "the outbox is shutting down"))?;
+        written
+            .await
+            .map_err(|_| refuse(ErrorCode::Internal, "the outbox writer stopped"))?
+            .map_err(|m| refuse(ErrorCode::Internal, m))
+    }
+
+    /// Forwards a registration step to the gateway; a completed one opens a session bound to
+    /// the caller's uid.
+    pub async fn register(
+        &self,
+        request: pb::RegisterRequest,
+        peer: Peer,
+    ) -> Result<pb::RegisterResponse, Refusal> {
+        aa_core::AgentRegistration::try_from(request.clone())
+            .map_err(|e| refuse(ErrorCode::InvalidRequest, e.to_string()))?;
+        let response = self.link.register(request).await?;
+        if !response.credential_token.is_empty() {
+            let agent = response
+                .agent
+                .clone()
+                .ok_or_else(|| refuse(ErrorCode::Internal, "gateway answer lacks the agent"))
+                .and_then(|a| {
+                    AgentContext::try_from(a)
+                        .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))
+                })?;
+            self.store_session(Session {
+                agent,
+                token: response.credential_token.clone(),
+                expires_at_ms: response.expires_at.map_or(0, aa_proto::convert::millis),
+                uid: peer.uid,
+            });
+        }
+        Ok(response)
+    }
+
+    /// Renews the agent's token at the gateway.
+    pub async fn heartbeat(
+        &self,
+        request: pb::HeartbeatRequest,
+        peer: Peer,
+    ) -> Result<pb::HeartbeatResponse, Refusal> {
+        let mut session = self
+            .session(&request.agent_id, &request.credential_token, peer)
+            .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
+        let response = self.link.heartbeat(request).await?;
+        session.token.clone_from(&response.credential_token);
+        session.expires_at_ms = response.expires_at.map_or(0, aa_proto::convert::millis);
+        self.store_session(session);
+        Ok(response)
+    }
+
+    /// Ends the agent's session here and at the gateway.
+    pub async fn deregister(
+        &self,
+        request: pb::DeregisterRequest,
+        peer: Peer,
+    ) -> Result<pb::DeregisterResponse, Refusal> {
+        self.session(&request.agent_id, &request.credential_token, peer)
+            .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
+        let agent_id = request.agent_id.clone();
+        let response = self.link.deregister(request).await?;
+        self.drop_session(&agent_id);
+        Ok(response)
+    }
+}
+
+fn random_id() -> String {
+    let mut bytes = [0u8; 12];
+    // Without randomness the id still differs per call through the clock and a counter.
+    if getrandom::fill(&mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return format!("d{}-{n}", now_ms());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

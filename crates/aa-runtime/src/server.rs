@@ -1,0 +1,311 @@
+//! The socket: binding it owner-only, checking each peer's uid, and serving frames. One
+//! connection carries concurrent calls; a bad frame closes only its own connection.
+
+use std::fs;
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aa_proto::ProtoError;
+use aa_proto::frame::{FrameDecoder, encode, error_frame};
+use aa_proto::pb::frame::Body;
+use aa_proto::pb::{self, ErrorCode};
+use aa_security::Scanner;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::config::RuntimeConfig;
+use crate::error::RuntimeError;
+use crate::link::{self, GatewayLink};
+use crate::outbox::Outbox;
+use crate::pipeline::{self, Job};
+use crate::runtime::{Peer, Refusal, Runtime};
+
+/// How long a stopping runtime keeps trying to hand its outbox to the gateway.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+fn socket_err(path: &Path, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Socket {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Binds the socket: the state directory is created owner-only (0700), a stale socket file
+/// left by a dead runtime is replaced, a live one is refused, and the socket is made 0600.
+pub fn bind(config: &RuntimeConfig) -> Result<UnixListener, RuntimeError> {
+    config.validate()?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.state_dir)
+        .map_err(|e| socket_err(&config.state_dir, e))?;
+    let path = config.socket_path();
+    if let Some(parent) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|e| socket_err(parent, e))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(socket_err(&path, "another runtime is serving this socket"));
+        }
+        fs::remove_file(&path).map_err(|e| socket_err(&path, e))?;
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| socket_err(&path, e))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| socket_err(&path, e))?;
+    Ok(listener)
+}
+
+/// Serves `listener` until `shutdown` resolves; then stops accepting, writes what is queued,
+/// and spends up to [`DRAIN`] handing the outbox to the gateway.
+pub async fn run(
+    listener: UnixListener,
+    config: RuntimeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RuntimeError> {
+    config.validate()?;
+    let outbox = Arc::new(Outbox::open(&config.database_path())?);
+    let scanner = Arc::new(Scanner::new().map_err(|e| RuntimeError::Setup(e.to_string()))?);
+    let link = GatewayLink::new(&config.gateway_url, config.gateway_timeout)?;
+    let written = Arc::new(Notify::new());
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+    let writer = tokio::spawn(pipeline::write_loop(
+        jobs_rx,
+        Arc::clone(&outbox),
+        scanner,
+        config.limits,
+        Arc::clone(&written),
+    ));
+    let served = config.served_uids();
+    let runtime = Arc::new(Runtime::new(
+        config.clone(),
+        Arc::clone(&outbox),
+        jobs_tx.clone(),
+        link.clone(),
+    )?);
+    link::restore_bundle(&runtime);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = tokio::spawn(link::watch_bundles(
+        Arc::clone(&runtime),
+        link.clone(),
+        stop_rx.clone(),
+    ));
+    let forwarder = tokio::spawn(link::forward(
+        Arc::clone(&outbox),
+        link,
+        config.forward_batch,
+        written,
+        stop_rx,
+        DRAIN,
+    ));
+
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let runtime = Arc::clone(&runtime);
+                    let served = served.clone();
+                    connections.spawn(async move { admit(runtime, stream, &served).await });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    connections.abort_all();
+    // Jobs are written in order: once this one is done, everything queued before it is too.
+    let (done, flushed) = oneshot::channel();
+    if jobs_tx
+        .send(Job {
+            events: Vec::new(),
+            done: Some(done),
+        })
+        .await
+        .is_ok()
+    {
+        let _ = flushed.await;
+    }
+    drop(jobs_tx);
+    drop(runtime);
+    let _ = stop_tx.send(true);
+    let _ = forwarder.await;
+    let _ = watcher.await;
+    writer.abort();
+    let _ = fs::remove_file(config.socket_path());
+    Ok(())
+}
+
+async fn admit(runtime: Arc<Runtime>, stream: UnixStream, served: &[u32]) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Peer {
+            uid: cred.uid(),
+            pid: cred.pid().unwrap_or(0),
+        },
+        Err(_) => return,
+    };
+    if !served.contains(&peer.uid) {
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "connection from a uid this runtime does not serve"
+        );
+        let (_, writer) = stream.into_split();
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx
+            .send(error_frame(
+                0,
+                ErrorCode::Unauthenticated,
+                format!("uid {} is not served by this runtime", peer.uid),
+            ))
+            .await;
+        drop(tx);
+        write_frames(writer, rx).await;
+        return;
+    }
+    serve(runtime, stream, peer).await;
+}
+
+async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
+    let (mut reader, writer) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<pb::Frame>(1024);
+    let writer = tokio::spawn(write_frames(writer, rx));
+    let in_flight = Arc::new(Semaphore::new(runtime.config().max_in_flight));
+    let mut decoder = FrameDecoder::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    'read: loop {
+        let n = match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        decoder.extend(&buffer[..n]);
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                        break 'read;
+                    };
+                    dispatch(&runtime, frame, peer, &tx, permit).await;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let code = match error {
+                        ProtoError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+                        _ => ErrorCode::MalformedFrame,
+                    };
+                    let _ = tx.send(error_frame(0, code, error.to_string())).await;
+                    break 'read;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn answer<T>(id: u64, result: Result<T, Refusal>, body: impl FnOnce(T) -> Body) -> pb::Frame {
+    match result {
+        Ok(value) => pb::Frame {
+            request_id: id,
+            body: Some(body(value)),
+        },
+        Err(refusal) => error_frame(id, refusal.code, refusal.message),
+    }
+}
+
+async fn dispatch(
+    runtime: &Arc<Runtime>,
+    frame: pb::Frame,
+    peer: Peer,
+    tx: &mpsc::Sender<pb::Frame>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let id = frame.request_id;
+    let Some(body) = frame.body else {
+        let _ = tx
+            .send(error_frame(
+                id,
+                ErrorCode::InvalidRequest,
+                "frame has no body",
+            ))
+            .await;
+        return;
+    };
+    // Checks are decided in place: no IO, microseconds. The rest wait on the gateway or the
+    // disk, so they run beside the connection's later frames.
+    if let Body::Check(check) = body {
+        let response = runtime.check(check, peer);
+        drop(permit);
+        let _ = tx
+            .send(pb::Frame {
+                request_id: id,
+                body: Some(Body::Decision(response)),
+            })
+            .await;
+        return;
+    }
+    let runtime = Arc::clone(runtime);
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let frame = match body {
+            Body::Register(r) => answer(id, runtime.register(r, peer).await, Body::Registered),
+            Body::Heartbeat(r) => answer(id, runtime.heartbeat(r, peer).await, Body::HeartbeatAck),
+            Body::Deregister(r) => {
+                answer(id, runtime.deregister(r, peer).await, Body::Deregistered)
+            }
+            Body::Events(batch) => answer(id, runtime.report(batch, peer).await, |accepted| {
+                Body::EventsAck(pb::EventAck { accepted })
+            }),
+            _ => error_frame(
+                id,
+                ErrorCode::InvalidRequest,
+                "this frame is an answer, not a request",
+            ),
+        };
+        drop(permit);
+        let _ = tx.send(frame).await;
+    });
+}
+
+async fn write_frames(writer: OwnedWriteHalf, mut frames: mpsc::Receiver<pb::Frame>) {
+    let mut writer = BufWriter::new(writer);
+    while let Some(frame) = frames.recv().await {
+        let mut next = Some(frame);
+        while let Some(frame) = next {
+            let bytes = match encode(&frame) {
+                Ok(bytes) => bytes,
+                Err(error) => match encode(&error_frame(
+                    frame.request_id,
+                    ErrorCode::Internal,
+                    error.to_string(),
+                )) {
+                    Ok(bytes) => bytes,
+                    Err(_) => return,
+                },
+            };
+            if writer.write_all(&bytes).await.is_err() {
+                return;
+            }
+            next = frames.try_recv().ok();
+        }
+        if writer.flush().await.is_err() {
+            return;
+        }
+    }
+}

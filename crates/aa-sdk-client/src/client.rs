@@ -1,0 +1,543 @@
+//! [`Client`]: connects lazily, reconnects after a broken connection, runs every call on its
+//! own background runtime, and resolves failures by the configured mode.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aa_core::{Action, AuditEvent, Decision, EventKind, Mode, TopologyEdge, Verdict};
+use aa_identity::Keypair;
+use aa_proto::pb;
+use aa_proto::pb::frame::Body;
+use serde_json::Value;
+use tokio::sync::{Mutex, oneshot};
+
+use crate::connection::Connection;
+use crate::error::ClientError;
+
+/// The environment variable naming the runtime socket.
+pub const SOCKET_ENV: &str = "AASM_SOCKET";
+/// The socket path when neither an argument nor `AASM_SOCKET` names one.
+pub const DEFAULT_SOCKET: &str = ".aasm/runtime.sock";
+/// Where agent keys are kept when no state directory is given.
+pub const DEFAULT_STATE_DIR: &str = ".aasm";
+
+/// The socket to use: the argument, else `AASM_SOCKET`, else [`DEFAULT_SOCKET`].
+pub fn resolve_socket(argument: Option<&Path>) -> PathBuf {
+    argument
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os(SOCKET_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// How the client is set up.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The runtime socket; `None` resolves by [`resolve_socket`].
+    pub socket_path: Option<PathBuf>,
+    /// Where agent keys live (`<state_dir>/agents/<id>.key`).
+    pub state_dir: PathBuf,
+    /// How failures resolve: under `enforce` every failure denies; otherwise it allows.
+    pub mode: Mode,
+    /// How long one call may take.
+    pub timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            socket_path: None,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            mode: Mode::Enforce,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What an agent presents when it registers.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSpec {
+    /// Stable id.
+    pub agent_id: String,
+    /// Display name (defaults to the id).
+    pub name: Option<String>,
+    /// e.g. `langchain`, `custom`.
+    pub framework: Option<String>,
+    /// Its team.
+    pub team_id: Option<String>,
+    /// The agent that spawned it.
+    pub parent_agent_id: Option<String>,
+    /// Why it was spawned.
+    pub delegation_reason: Option<String>,
+    /// The parent's tool that spawned it.
+    pub spawned_by_tool: Option<String>,
+}
+
+/// A registered agent: its id and current credential, renewed in the background.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    id: String,
+    credential: Arc<StdMutex<Credential>>,
+}
+
+#[derive(Debug, Clone)]
+struct Credential {
+    token: String,
+    expires_at_ms: i64,
+}
+
+impl Agent {
+    /// Its id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn token(&self) -> String {
+        self.credential
+            .lock()
+            .map(|c| c.token.clone())
+            .unwrap_or_default()
+    }
+
+    /// When the current token expires, ms since the epoch.
+    pub fn expires_at_ms(&self) -> i64 {
+        self.credential.lock().map_or(0, |c| c.expires_at_ms)
+    }
+
+    fn renew(&self, token: String, expires_at_ms: i64) {
+        if let Ok(mut c) = self.credential.lock() {
+            *c = Credential {
+                token,
+                expires_at_ms,
+            };
+        }
+    }
+}
+
+/// A decision and how it was reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckOutcome {
+    /// The decision to apply, with its rule and reason.
+    pub verdict: Verdict,
+    /// Set when the decision is pending a human's approval.
+    pub approval_id: Option<String>,
+    /// True when the runtime did not decide (unreachable, timed out, refused) and the client
+    /// resolved by its mode.
+    pub resolved_locally: bool,
+}
+
+/// Something an agent reports.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// What happened.
+    pub kind: EventKind,
+    /// The action it concerns.
+    pub action: Action,
+    /// Result, error, duration, usage: free-form JSON.
+    pub detail: Option<Value>,
+    /// The run it belongs to.
+    pub session_id: Option<String>,
+}
+
+/// An answer being computed on the client's runtime: `.await` it from any executor, or
+/// [`Call::wait`] for it from a plain thread.
+#[derive(Debug)]
+pub struct Call<T> {
+    answer: oneshot::Receiver<Result<T, ClientError>>,
+}
+
+impl<T> Future for Call<T> {
+    type Output = Result<T, ClientError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.answer)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(ClientError::Internal("call abandoned".into()))))
+    }
+}
+
+impl<T> Call<T> {
+    /// Blocks the thread until the answer. From inside an async runtime, `.await` instead:
+    /// blocking there is refused with an error.
+    pub fn wait(self) -> Result<T, ClientError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(ClientError::Internal(
+                "wait() called inside an async runtime; await the call instead".into(),
+            ));
+        }
+        self.answer
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(ClientError::Internal("call abandoned".into())))
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: ClientConfig,
+    socket: PathBuf,
+    connection: Mutex<Option<Arc<Connection>>>,
+}
+
+/// The client. Cheap to clone; clones share one connection and one background runtime.
+#[derive(Debug, Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    runtime: Arc<tokio::runtime::Runtime>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn random_id() -> Result<String, ClientError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| ClientError::Internal(e.to_string()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Client {
+    /// A client; nothing is dialled until the first call.
+    pub fn new(config: ClientConfig) -> Result<Client, ClientError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("aasm-client")
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Internal(format!("background runtime: {e}")))?;
+        let socket = resolve_socket(config.socket_path.as_deref());
+        Ok(Client {
+            shared: Arc::new(Shared {
+                config,
+                socket,
+                connection: Mutex::new(None),
+            }),
+            runtime: Arc::new(runtime),
+        })
+    }
+
+    /// The socket this client uses.
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.socket
+    }
+
+    /// The configured mode.
+    pub fn mode(&self) -> Mode {
+        self.shared.config.mode
+    }
+
+    fn spawn<T, F>(&self, work: F) -> Call<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ClientError>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.runtime.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        Call { answer: rx }
+    }
+
+    /// Connects now (otherwise the first call does), so a missing runtime shows at start-up.
+    pub fn connect(&self) -> Call<()> {
+        let shared = Arc::clone(&self.shared);
+        self.spawn(async move { shared.connection().await.map(|_| ()) })
+    }
+
+    /// Registers an agent: loads or creates its key under the state directory, answers the
+    /// gateway's challenge, and keeps its token renewed until the client is dropped.
+    pub fn register(&self, spec: AgentSpec) -> Call<Agent> {
+        let shared = Arc::clone(&self.shared);
+        let handle = self.runtime.handle().clone();
+        self.spawn(async move {
+            let agent = shared.register(&spec).await?;
+            handle.spawn(renew(Arc::downgrade(&shared), agent.clone()));
+            Ok(agent)
+        })
+    }
+
+    /// Asks whether `agent` may perform `action`. Never fails: a failure resolves by the mode
+    /// (`enforce` denies, `observe` and `disabled` allow), marked `resolved_locally`.
+    pub fn check(
+        &self,
+        agent: &Agent,
+        action: Action,
+        session_id: Option<String>,
+    ) -> Call<CheckOutcome> {
+        let shared = Arc::clone(&self.shared);
+        let agent = agent.clone();
+        self.spawn(async move {
+            let mode = shared.config.mode;
+            if mode == Mode::Disabled {
+                return Ok(local(
+                    Decision::Allow,
+                    mode,
+                    "checks are disabled in this client".into(),
+                ));
+            }
+            match shared.check(&agent, &action, session_id).await {
+                Ok(outcome) => Ok(outcome),
+                Err(error) => {
+                    let decision = if mode == Mode::Enforce {
+                        Decision::Deny
+                    } else {
+                        Decision::Allow
+                    };
+                    Ok(local(
+                        decision,
+                        mode,
+                        format!("the runtime did not decide: {error}"),
+                    ))
+                }
+            }
+        })
+    }
+
+    /// Reports events as `agent`'s; returns how many were new once the runtime has them on
+    /// disk. A failure is returned, never swallowed: the caller may retry (ids make retries
+    /// safe).
+    pub fn report(
+        &self,
+        agent: &Agent,
+        reports: Vec<Report>,
+        edges: Vec<TopologyEdge>,
+    ) -> Call<u64> {
+        let shared = Arc::clone(&self.shared);
+        let agent = agent.clone();
+        self.spawn(async move {
+            let now = now_ms();
+            let mut events = Vec::with_capacity(reports.len());
+            for report in reports {
+                let event = AuditEvent {
+                    event_id: random_id()?,
+                    timestamp_ms: now,
+                    agent: aa_core::AgentContext::new(agent.id.clone()),
+                    session_id: report.session_id,
+                    action: report.action,
+                    verdict: None,
+                    redactions: Vec::new(),
+                    kind: report.kind,
+                    detail: report.detail,
+                    origin: None,
+                };
+                events.push(pb::AuditEvent::from(&event));
+            }
+            let batch = pb::EventBatch {
+                events,
+                edges: edges.iter().map(Into::into).collect(),
+                agent_id: agent.id.clone(),
+                credential_token: agent.token(),
+            };
+            match shared.call(Body::Events(batch), true).await? {
+                Body::EventsAck(ack) => Ok(ack.accepted),
+                other => Err(unexpected(&other)),
+            }
+        })
+    }
+
+    /// Renews `agent`'s token now (the client also does this on its own before expiry).
+    pub fn heartbeat(&self, agent: &Agent) -> Call<()> {
+        let shared = Arc::clone(&self.shared);
+        let agent = agent.clone();
+        self.spawn(async move { shared.heartbeat(&agent).await })
+    }
+
+    /// Ends `agent`'s registration; its token stops working.
+    pub fn deregister(&self, agent: &Agent, reason: &str) -> Call<()> {
+        let shared = Arc::clone(&self.shared);
+        let agent = agent.clone();
+        let reason = reason.to_owned();
+        self.spawn(async move {
+            let request = pb::DeregisterRequest {
+                agent_id: agent.id.clone(),
+                credential_token: agent.token(),
+                reason,
+            };
+            match shared.call(Body::Deregister(request), false).await? {
+                Body::Deregistered(_) => Ok(()),
+                other => Err(unexpected(&other)),
+            }
+        })
+    }
+}
+
+fn local(decision: Decision, mode: Mode, reason: String) -> CheckOutcome {
+    CheckOutcome {
+        verdict: Verdict {
+            decision,
+            rule: "client".into(),
+            reason,
+            policy: String::new(),
+            mode,
+        },
+        approval_id: None,
+        resolved_locally: true,
+    }
+}
+
+fn unexpected(body: &Body) -> ClientError {
+    let name = match body {
+        Body::Register(_) => "register",
+        Body::Registered(_) => "registered",
+        Body::Heartbeat(_) => "heartbeat",
+        Body::HeartbeatAck(_) => "heartbeat_ack",
+        Body::Deregister(_) => "deregister",
+        Body::Deregistered(_) => "deregistered",
+        Body::Check(_) => "check",
+        Body::Decision(_) => "decision",
+        Body::Events(_) => "events",
+        Body::EventsAck(_) => "events_ack",
+        Body::Error(_) => "error",
+    };
+    ClientError::Protocol(format!("unexpected answer {name}"))
+}
+
+/// Renews the token at half its remaining life until the client is gone.
+async fn renew(shared: std::sync::Weak<Shared>, agent: Agent) {
+    loop {
+        let left = agent.expires_at_ms().saturating_sub(now_ms());
+        let wait = Duration::from_millis(u64::try_from(left / 2).unwrap_or(0).max(1000));
+        tokio::time::sleep(wait).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = shared.heartbeat(&agent).await
+            && error.is_unauthenticated()
+        {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    async fn connection(&self) -> Result<Arc<Connection>, ClientError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(Arc::clone(connection));
+        }
+        let connection = Arc::new(Connection::open(&self.socket).await?);
+        *slot = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// One call; after a broken connection, idempotent calls are tried once more on a new one.
+    async fn call(&self, body: Body, idempotent: bool) -> Result<Body, ClientError> {
+        let timeout = self.config.timeout;
+        let connection = self.connection().await?;
+        match connection.call(body.clone(), timeout).await {
+            Err(ClientError::Disconnected) if idempotent => {
+                self.connection().await?.call(body, timeout).await
+            }
+            other => other,
+        }
+    }
+
+    async fn register(&self, spec: &AgentSpec) -> Result<Agent, ClientError> {
+        if spec.agent_id.is_empty()
+            || !spec
+                .agent_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+        {
+            return Err(ClientError::InvalidArgument {
+                field: "agent_id",
+                message: "must be non-empty and use only letters, digits and - _ . : @".into(),
+            });
+        }
+        let key_path = self
+            .config
+            .state_dir
+            .join("agents")
+            .join(format!("{}.key", spec.agent_id));
+        let key =
+            tokio::task::spawn_blocking(move || aa_identity::keyfile::load_or_create(&key_path))
+                .await
+                .map_err(|e| ClientError::Internal(e.to_string()))?
+                .map_err(|e| ClientError::Identity(e.to_string()))?;
+        let request = |signature: Vec<u8>| Body::Register(register_request(spec, &key, signature));
+        let challenge = match self.call(request(Vec::new()), false).await? {
+            Body::Registered(r) if !r.challenge.is_empty() => r.challenge,
+            other => return Err(unexpected(&other)),
+        };
+        let signature = key.sign_challenge(&spec.agent_id, &challenge).to_vec();
+        match self.call(request(signature), false).await? {
+            Body::Registered(r) if !r.credential_token.is_empty() => Ok(Agent {
+                id: spec.agent_id.clone(),
+                credential: Arc::new(StdMutex::new(Credential {
+                    token: r.credential_token,
+                    expires_at_ms: r.expires_at.map_or(0, aa_proto::convert::millis),
+                })),
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn check(
+        &self,
+        agent: &Agent,
+        action: &Action,
+        session_id: Option<String>,
+    ) -> Result<CheckOutcome, ClientError> {
+        let request = pb::CheckRequest {
+            agent_id: agent.id.clone(),
+            credential_token: agent.token(),
+            action: Some(action.into()),
+            session_id: session_id.unwrap_or_default(),
+        };
+        match self.call(Body::Check(request), true).await? {
+            Body::Decision(pb::CheckResponse {
+                decision: Some(decision),
+            }) => {
+                let approval_id = Some(decision.approval_id.clone()).filter(|a| !a.is_empty());
+                Ok(CheckOutcome {
+                    verdict: Verdict::from(decision),
+                    approval_id,
+                    resolved_locally: false,
+                })
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn heartbeat(&self, agent: &Agent) -> Result<(), ClientError> {
+        let request = pb::HeartbeatRequest {
+            agent_id: agent.id.clone(),
+            credential_token: agent.token(),
+        };
+        match self.call(Body::Heartbeat(request), false).await? {
+            Body::HeartbeatAck(ack) => {
+                agent.renew(
+                    ack.credential_token,
+                    ack.expires_at.map_or(0, aa_proto::convert::millis),
+                );
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn register_request(spec: &AgentSpec, key: &Keypair, signature: Vec<u8>) -> pb::RegisterRequest {
+    let public = key.public();
+    pb::RegisterRequest {
+        agent_id: spec.agent_id.clone(),
+        name: spec.name.clone().unwrap_or_else(|| spec.agent_id.clone()),
+        framework: spec.framework.clone().unwrap_or_else(|| "custom".into()),
+        public_key: public.to_bytes().to_vec(),
+        did_key: public.did(),
+        parent_agent_id: spec.parent_agent_id.clone().unwrap_or_default(),
+        team_id: spec.team_id.clone().unwrap_or_default(),
+        delegation_reason: spec.delegation_reason.clone().unwrap_or_default(),
+        spawned_by_tool: spec.spawned_by_tool.clone().unwrap_or_default(),
+        depth: 0,
+        challenge_signature: signature,
+    }
+}

@@ -1,0 +1,162 @@
+//! One socket connection: a writer task, a reader task, and the table of calls waiting for
+//! their answer by request id, so calls run concurrently over it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aa_proto::frame::{FrameDecoder, MAX_FRAME_BYTES, encode};
+use aa_proto::pb;
+use aa_proto::pb::frame::Body;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ClientError;
+
+type Waiting = Arc<Mutex<HashMap<u64, oneshot::Sender<pb::Frame>>>>;
+
+#[derive(Debug)]
+pub(crate) struct Connection {
+    frames: mpsc::Sender<pb::Frame>,
+    waiting: Waiting,
+    closed: Arc<AtomicBool>,
+    next_id: AtomicU64,
+}
+
+impl Connection {
+    pub(crate) async fn open(path: &Path) -> Result<Connection, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| ClientError::Connect {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        let (mut reader, writer) = stream.into_split();
+        let (frames, mut outgoing) = mpsc::channel::<pb::Frame>(1024);
+        let waiting: Waiting = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+
+        let writer_closed = Arc::clone(&closed);
+        tokio::spawn(async move {
+            let mut writer = BufWriter::new(writer);
+            while let Some(frame) = outgoing.recv().await {
+                let mut next = Some(frame);
+                while let Some(frame) = next.take() {
+                    // A frame too large to encode cannot be sent; its caller times out.
+                    if let Ok(bytes) = encode(&frame)
+                        && writer.write_all(&bytes).await.is_err()
+                    {
+                        writer_closed.store(true, Ordering::Release);
+                        return;
+                    }
+                    next = outgoing.try_recv().ok();
+                }
+                if writer.flush().await.is_err() {
+                    writer_closed.store(true, Ordering::Release);
+                    return;
+                }
+            }
+        });
+
+        let reader_waiting = Arc::clone(&waiting);
+        let reader_closed = Arc::clone(&closed);
+        tokio::spawn(async move {
+            let mut decoder = FrameDecoder::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            'read: loop {
+                let n = match reader.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                decoder.extend(&buffer[..n]);
+                loop {
+                    match decoder.next_frame() {
+                        Ok(Some(frame)) if frame.request_id == 0 => {
+                            // About the connection, not one call: every waiting call gets it.
+                            let waiters: Vec<_> = reader_waiting
+                                .lock()
+                                .map(|mut w| w.drain().map(|(_, tx)| tx).collect())
+                                .unwrap_or_default();
+                            for waiter in waiters {
+                                let _ = waiter.send(frame.clone());
+                            }
+                        }
+                        Ok(Some(frame)) => {
+                            let waiter = reader_waiting
+                                .lock()
+                                .ok()
+                                .and_then(|mut w| w.remove(&frame.request_id));
+                            if let Some(waiter) = waiter {
+                                let _ = waiter.send(frame);
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(_) => break 'read,
+                    }
+                }
+            }
+            reader_closed.store(true, Ordering::Release);
+            // Dropping the senders wakes every waiting call with `Disconnected`.
+            if let Ok(mut waiting) = reader_waiting.lock() {
+                waiting.clear();
+            }
+        });
+
+        Ok(Connection {
+            frames,
+            waiting,
+            closed,
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire) || self.frames.is_closed()
+    }
+
+    /// Sends `body` and waits for its answer; an error frame becomes [`ClientError::Refused`].
+    pub(crate) async fn call(&self, body: Body, timeout: Duration) -> Result<Body, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = pb::Frame {
+            request_id: id,
+            body: Some(body),
+        };
+        let size = prost::Message::encoded_len(&frame);
+        if size > MAX_FRAME_BYTES {
+            return Err(ClientError::InvalidArgument {
+                field: "frame",
+                message: format!("{size} bytes exceed the {MAX_FRAME_BYTES}-byte frame limit"),
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .map_err(|_| ClientError::Internal("call table poisoned".into()))?
+            .insert(id, tx);
+        let forget = || {
+            if let Ok(mut waiting) = self.waiting.lock() {
+                waiting.remove(&id);
+            }
+        };
+        if self.frames.send(frame).await.is_err() {
+            forget();
+            return Err(ClientError::Disconnected);
+        }
+        let answer = match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(frame)) => frame,
+            Ok(Err(_)) => return Err(ClientError::Disconnected),
+            Err(_) => {
+                forget();
+                return Err(ClientError::Timeout(timeout));
+            }
+        };
+        match answer.body {
+            Some(Body::Error(e)) => Err(ClientError::refused(e.code, e.message)),
+            Some(body) => Ok(body),
+            None => Err(ClientError::Protocol("answer without a body".into())),
+        }
+    }
+}
