@@ -3,6 +3,7 @@
 //! checkpoints. The gRPC and HTTP layers only translate.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,6 +111,7 @@ pub struct Gateway<S> {
     challenges: Mutex<HashMap<String, OpenChallenge>>,
     scanner: Scanner,
     metrics: Metrics,
+    closing: watch::Sender<bool>,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -140,6 +142,7 @@ impl<S: Store> Gateway<S> {
             challenges: Mutex::new(HashMap::new()),
             scanner,
             metrics: Metrics::default(),
+            closing: watch::Sender::new(false),
         })
     }
 
@@ -171,6 +174,20 @@ impl<S: Store> Gateway<S> {
     /// Follows published bundles.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Bundle>> {
         self.bundle.subscribe()
+    }
+
+    /// Ends every bundle watch, so a stopping server is not held open by runtimes that
+    /// would otherwise watch forever.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Gateway::close`] was called.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut closing = self.closing.subscribe();
+        async move {
+            let _ = closing.wait_for(|c| *c).await;
+        }
     }
 
     /// Publishes new documents; runtimes watching receive them. Publishing the same content

@@ -176,8 +176,10 @@ impl<S: Store> pb::policy_service_server::PolicyService for GrpcApi<S> {
     ) -> Result<Response<Self::WatchBundleStream>, Status> {
         let known = request.into_inner().known_version;
         let mut bundles = self.gateway.subscribe();
+        let closed = self.gateway.closed();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
+            tokio::pin!(closed);
             let mut last = known;
             loop {
                 let current = bundles.borrow_and_update().clone();
@@ -190,6 +192,7 @@ impl<S: Store> pb::policy_service_server::PolicyService for GrpcApi<S> {
                 tokio::select! {
                     changed = bundles.changed() => if changed.is_err() { return },
                     () = tx.closed() => return,
+                    () = &mut closed => return,
                 }
             }
         });

@@ -22,8 +22,10 @@ pub async fn run<S: Store>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let closing = Arc::clone(&gateway);
     tokio::spawn(async move {
         shutdown.await;
+        closing.close();
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -99,6 +99,11 @@ impl Agent {
         &self.id
     }
 
+    /// The current credential token (what every call presents).
+    pub fn credential_token(&self) -> String {
+        self.token()
+    }
+
     fn token(&self) -> String {
         self.credential
             .lock()
@@ -185,11 +190,35 @@ struct Shared {
     connection: Mutex<Option<Arc<Connection>>>,
 }
 
+/// The client's own async runtime. Dropped without waiting, so the last clone of a client
+/// may go away anywhere, an async context included, without blocking or panicking.
+#[derive(Debug)]
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Background {
+    fn spawn<F>(&self, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if let Some(runtime) = &self.0 {
+            runtime.spawn(work);
+        }
+    }
+}
+
 /// The client. Cheap to clone; clones share one connection and one background runtime.
 #[derive(Debug, Clone)]
 pub struct Client {
     shared: Arc<Shared>,
-    runtime: Arc<tokio::runtime::Runtime>,
+    runtime: Arc<Background>,
 }
 
 fn now_ms() -> i64 {
@@ -220,7 +249,7 @@ impl Client {
                 socket,
                 connection: Mutex::new(None),
             }),
-            runtime: Arc::new(runtime),
+            runtime: Arc::new(Background(Some(runtime))),
         })
     }
 
@@ -256,10 +285,9 @@ impl Client {
     /// gateway's challenge, and keeps its token renewed until the client is dropped.
     pub fn register(&self, spec: AgentSpec) -> Call<Agent> {
         let shared = Arc::clone(&self.shared);
-        let handle = self.runtime.handle().clone();
         self.spawn(async move {
             let agent = shared.register(&spec).await?;
-            handle.spawn(renew(Arc::downgrade(&shared), agent.clone()));
+            tokio::spawn(renew(Arc::downgrade(&shared), agent.clone()));
             Ok(agent)
         })
     }

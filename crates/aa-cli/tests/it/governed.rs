@@ -1,0 +1,605 @@
+//! The governed path end to end, in-process: a gateway and a runtime on temp dirs, driven by
+//! `aa-sdk-client` and by raw frames over the socket.
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aa_cli::up::{GatewayHandle, GatewayOptions, RuntimeHandle, Up};
+use aa_core::{Action, Decision, EventKind, Mode};
+use aa_gateway::{GatewayConfig, Store};
+use aa_proto::frame::{FrameDecoder, encode};
+use aa_proto::pb;
+use aa_runtime::RuntimeConfig;
+use aa_sdk_client::{Agent, AgentSpec, Client, ClientConfig, Report};
+use serde_json::json;
+
+const AWS_KEY: &str = "AKIAQWERTYUIOPASDFGH";
+
+fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/governed")
+}
+
+fn options(state: &Path, policies: Vec<PathBuf>) -> GatewayOptions {
+    GatewayOptions {
+        state_dir: state.to_path_buf(),
+        policies,
+        grpc: "127.0.0.1:0".parse().unwrap(),
+        http: "127.0.0.1:0".parse().unwrap(),
+        config: GatewayConfig::default(),
+    }
+}
+
+fn client(state: &Path, socket: &Path, mode: Mode) -> Client {
+    Client::new(ClientConfig {
+        socket_path: Some(socket.to_path_buf()),
+        state_dir: state.join("sdk"),
+        mode,
+        timeout: Duration::from_secs(5),
+    })
+    .unwrap()
+}
+
+async fn register(client: &Client, id: &str, team: Option<&str>) -> Agent {
+    client
+        .register(AgentSpec {
+            agent_id: id.into(),
+            team_id: team.map(Into::into),
+            ..AgentSpec::default()
+        })
+        .await
+        .unwrap()
+}
+
+fn tool(name: &str, args: serde_json::Value) -> Action {
+    Action::ToolCall {
+        tool: name.into(),
+        args,
+    }
+}
+
+fn shell(command: &str) -> Action {
+    tool("shell", json!({ "command": command }))
+}
+
+async fn decide(client: &Client, agent: &Agent, action: Action) -> aa_sdk_client::CheckOutcome {
+    client.check(agent, action, None).await.unwrap()
+}
+
+/// Waits until `condition` holds, up to `limit`.
+async fn eventually(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn stored_events(up: &GatewayHandle) -> Vec<serde_json::Value> {
+    let store = up.gateway.store();
+    store
+        .records(0, 1_000_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_deny_and_pending_in_each_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(options(dir.path(), vec![data()]), None)
+        .await
+        .unwrap();
+    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+    let enforced = register(&c, "enforced", None).await;
+    let observed = register(&c, "observed", Some("watchers")).await;
+    let quiet = register(&c, "quiet", Some("quiet")).await;
+
+    // enforce: each decision as the policy says.
+    let cases = [
+        (shell("ls"), Decision::Allow),
+        (tool("db_drop", json!({})), Decision::Deny),
+        (shell("rm -r x"), Decision::Pending),
+    ];
+    for (action, expected) in cases.clone() {
+        let outcome = decide(&c, &enforced, action).await;
+        assert_eq!(outcome.verdict.decision, expected, "{outcome:?}");
+        assert_eq!(outcome.verdict.mode, Mode::Enforce);
+        assert!(!outcome.resolved_locally);
+    }
+    // observe: never blocks, says what would have happened, records the real verdict.
+    for (action, expected) in cases.clone() {
+        let outcome = decide(&c, &observed, action).await;
+        assert_eq!(outcome.verdict.decision, Decision::Allow, "{outcome:?}");
+        assert_eq!(outcome.verdict.mode, Mode::Observe);
+        if expected != Decision::Allow {
+            assert!(
+                outcome
+                    .verdict
+                    .reason
+                    .contains(&format!("would have been {}", expected.as_str()))
+            );
+        }
+    }
+    // disabled: no check at all.
+    for (action, _) in cases {
+        let outcome = decide(&c, &quiet, action).await;
+        assert_eq!(
+            (outcome.verdict.decision, outcome.verdict.rule.as_str()),
+            (Decision::Allow, "mode")
+        );
+    }
+    // Rate limits are counted in the runtime.
+    let ping = || tool("ping", json!({}));
+    assert_eq!(
+        decide(&c, &enforced, ping()).await.verdict.decision,
+        Decision::Allow
+    );
+    assert_eq!(
+        decide(&c, &enforced, ping()).await.verdict.decision,
+        Decision::Allow
+    );
+    let third = decide(&c, &enforced, ping()).await.verdict;
+    assert_eq!(
+        (third.decision, third.rule.as_str()),
+        (Decision::Deny, "tools.ping.limit_per_minute")
+    );
+
+    // The observed deny is in the audit log as a deny under observe.
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            stored_events(&up.gateway).await.iter().any(|e| {
+                e["agent"]["id"] == "observed"
+                    && e["verdict"]["decision"] == "deny"
+                    && e["verdict"]["mode"] == "observe"
+            })
+        })
+        .await
+    );
+    // Lineage and team come from the registry.
+    let agents = up.gateway.gateway.store().agents().await.unwrap();
+    assert_eq!(agents.len(), 3);
+    up.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_edit_reaches_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    let source = std::fs::read_to_string(data().join("base.yaml")).unwrap();
+    std::fs::write(&policy, &source).unwrap();
+    let up = Up::start(
+        options(&dir.path().join("state"), vec![policy.clone()]),
+        None,
+    )
+    .await
+    .unwrap();
+    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    assert_eq!(
+        decide(&c, &agent, tool("deploy", json!({})))
+            .await
+            .verdict
+            .decision,
+        Decision::Allow
+    );
+
+    std::fs::write(
+        &policy,
+        source.replace("\"*\": {allow: true}", "\"*\": {allow: false}"),
+    )
+    .unwrap();
+    let changed = eventually(Duration::from_secs(5), async || {
+        decide(&c, &agent, tool("deploy", json!({})))
+            .await
+            .verdict
+            .decision
+            == Decision::Deny
+    })
+    .await;
+    assert!(changed, "the edit never reached the runtime");
+    up.stop().await.unwrap();
+}
+
+async fn report(c: &Client, agent: &Agent, n: usize, prefix: &str) -> u64 {
+    let reports = (0..n)
+        .map(|i| Report {
+            kind: EventKind::ToolEnd,
+            action: tool("shell", json!({ "command": format!("{prefix} {i}") })),
+            detail: Some(json!({ "duration_ms": i })),
+            session_id: None,
+        })
+        .collect();
+    c.report(agent, reports, vec![]).await.unwrap()
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_buffer_events_and_lose_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut gw_options = options(&state, vec![data()]);
+    gw_options.grpc = free_port();
+    let gateway = GatewayHandle::start(gw_options.clone()).await.unwrap();
+    let runtime_config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    let runtime = RuntimeHandle::start(runtime_config.clone()).unwrap();
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    assert_eq!(report(&c, &agent, 10, "before").await, 10);
+
+    // Gateway down: decisions continue from the held bundle; a new agent cannot register;
+    // events are acknowledged from the outbox.
+    gateway.stop().await.unwrap();
+    assert_eq!(
+        decide(&c, &agent, tool("db_drop", json!({})))
+            .await
+            .verdict
+            .decision,
+        Decision::Deny
+    );
+    assert_eq!(
+        decide(&c, &agent, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    assert!(
+        c.register(AgentSpec {
+            agent_id: "newcomer".into(),
+            ..AgentSpec::default()
+        })
+        .await
+        .is_err()
+    );
+    assert_eq!(report(&c, &agent, 300, "during").await, 300);
+
+    // The runtime dies with a full outbox and comes back on the same state.
+    runtime.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let runtime = RuntimeHandle::start(runtime_config).unwrap();
+    assert_eq!(
+        report(&c, &agent, 5, "after restart").await,
+        5,
+        "the session survived the restart"
+    );
+
+    // The gateway returns: everything arrives once, in order.
+    let gateway = GatewayHandle::start(gw_options).await.unwrap();
+    let expected = 10 + 2 + 300 + 5;
+    let arrived = eventually(Duration::from_secs(20), async || {
+        stored_events(&gateway).await.len() >= expected
+    })
+    .await;
+    let events = stored_events(&gateway).await;
+    assert!(arrived, "{} of {expected} events arrived", events.len());
+    assert_eq!(events.len(), expected, "no duplicates");
+    let sequences: Vec<u64> = events
+        .iter()
+        .map(|e| e["origin"]["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, (1..=expected as u64).collect::<Vec<_>>());
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), expected);
+
+    // With the runtime gone, the client decides by its mode.
+    runtime.stop().await.unwrap();
+    let enforce = decide(&c, &agent, shell("ls")).await;
+    assert!(
+        enforce.resolved_locally && enforce.verdict.decision == Decision::Deny,
+        "{enforce:?}"
+    );
+    let observe = client(
+        dir.path(),
+        &dir.path().join("runtime/runtime.sock"),
+        Mode::Observe,
+    );
+    let outcome = decide(&observe, &agent, shell("ls")).await;
+    assert!(outcome.resolved_locally && outcome.verdict.decision == Decision::Allow);
+    gateway.stop().await.unwrap();
+}
+
+fn file_text(path: &Path) -> String {
+    let mut text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+    text.push_str(&String::from_utf8_lossy(
+        &std::fs::read(path.with_extension("db-wal")).unwrap_or_default(),
+    ));
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_a_database_unredacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up = Up::start(options(&state, vec![data()]), None)
+        .await
+        .unwrap();
+    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    let secret_action = shell(&format!("aws s3 ls --key {AWS_KEY}"));
+    decide(&c, &agent, secret_action.clone()).await;
+    let report = Report {
+        kind: EventKind::Error,
+        action: secret_action,
+        detail: Some(json!({ "error": "login failed for jane.doe@example.com", "token": AWS_KEY })),
+        session_id: Some(format!("run {AWS_KEY}")),
+    };
+    c.report(&agent, vec![report], vec![]).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || stored_events(&up.gateway)
+            .await
+            .len()
+            >= 2)
+        .await
+    );
+    up.stop().await.unwrap();
+
+    for db in ["gateway.db", "runtime.db"] {
+        let text = file_text(&state.join(db));
+        assert!(!text.is_empty());
+        assert!(!text.contains(AWS_KEY), "{db} holds the key");
+        assert!(
+            !text.contains("jane.doe@example.com"),
+            "{db} holds the email"
+        );
+    }
+    let stored = rusqlite::Connection::open(state.join("gateway.db")).unwrap();
+    let events: Vec<String> = stored
+        .prepare("SELECT event FROM audit_records")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    for event in events {
+        assert!(event.contains("[REDACTED:aws_access_key]"), "{event}");
+        assert!(
+            event.contains("sha256_prefix"),
+            "receipts are attached: {event}"
+        );
+    }
+}
+
+fn verify(state: &Path) -> (i32, String) {
+    let out = crate::aasm(&["audit", "verify", "--state-dir", state.to_str().unwrap()]);
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_named_by_audit_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up = Up::start(options(&state, vec![data()]), None)
+        .await
+        .unwrap();
+    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    report(&c, &agent, 6, "step").await;
+    assert!(
+        eventually(Duration::from_secs(5), async || stored_events(&up.gateway)
+            .await
+            .len()
+            >= 6)
+        .await
+    );
+    up.stop().await.unwrap();
+
+    let (code, out) = verify(&state);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("6 records"), "{out}");
+
+    let db = state.join("gateway.db");
+    let pristine = std::fs::read(&db).unwrap();
+    let tamper = |sql: &str| {
+        std::fs::write(&db, &pristine).unwrap();
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!(
+            "DROP TRIGGER audit_records_no_update; DROP TRIGGER audit_records_no_delete; {sql}"
+        ))
+        .unwrap();
+    };
+    let attacks = [
+        (
+            "edit",
+            "UPDATE audit_records SET event = replace(event, 'step 2', 'step 9') WHERE sequence = 3;",
+            "sequence 3",
+        ),
+        (
+            "delete",
+            "DELETE FROM audit_records WHERE sequence = 4;",
+            "sequence",
+        ),
+        (
+            "reorder",
+            "UPDATE audit_records SET sequence = 100 WHERE sequence = 2; UPDATE audit_records SET sequence = 2 WHERE sequence = 5; UPDATE audit_records SET sequence = 5 WHERE sequence = 100;",
+            "sequence 2",
+        ),
+    ];
+    for (name, sql, named) in attacks {
+        tamper(sql);
+        let (code, out) = verify(&state);
+        assert_eq!(code, 1, "{name} went unnoticed: {out}");
+        assert!(
+            out.contains("TAMPERED") && out.contains(named),
+            "{name}: {out}"
+        );
+    }
+}
+
+fn raw_frame(stream: &mut std::os::unix::net::UnixStream) -> Option<pb::Frame> {
+    let mut decoder = FrameDecoder::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        if let Ok(Some(frame)) = decoder.next_frame() {
+            return Some(frame);
+        }
+        let n = stream.read(&mut buffer).ok()?;
+        if n == 0 {
+            return None;
+        }
+        decoder.extend(&buffer[..n]);
+    }
+}
+
+fn error_code(frame: Option<pb::Frame>) -> Option<pb::ErrorCode> {
+    match frame?.body? {
+        pb::frame::Body::Error(e) => pb::ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(options(&dir.path().join("state"), vec![data()]), None)
+        .await
+        .unwrap();
+    let socket = up.runtime.socket.clone();
+    let c = client(dir.path(), &socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+
+    let socket_for_raw = socket.clone();
+    let token = agent.credential_token();
+    let raw = tokio::task::spawn_blocking(move || {
+        let connect = || std::os::unix::net::UnixStream::connect(&socket_for_raw).unwrap();
+        // Garbage in a well-sized frame.
+        let mut s = connect();
+        s.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff]).unwrap();
+        let garbage = error_code(raw_frame(&mut s));
+        // A header announcing more than the limit.
+        let mut s = connect();
+        s.write_all(&u32::MAX.to_be_bytes()).unwrap();
+        let oversized = error_code(raw_frame(&mut s));
+        // A truncated frame, then silence: the connection is simply dropped.
+        let mut s = connect();
+        s.write_all(&[0, 0, 1, 0, 1, 2]).unwrap();
+        drop(s);
+        // A check with a forged token on a healthy connection.
+        let mut s = connect();
+        let check = |token: &str| pb::Frame {
+            request_id: 7,
+            body: Some(pb::frame::Body::Check(pb::CheckRequest {
+                agent_id: "bot".into(),
+                credential_token: token.into(),
+                action: Some((&shell("ls")).into()),
+                session_id: String::new(),
+            })),
+        };
+        s.write_all(&encode(&check("aat1.forged.token")).unwrap())
+            .unwrap();
+        let forged = raw_frame(&mut s);
+        s.write_all(&encode(&check(&token)).unwrap()).unwrap();
+        let genuine = raw_frame(&mut s);
+        (garbage, oversized, forged, genuine)
+    })
+    .await
+    .unwrap();
+    assert_eq!(raw.0, Some(pb::ErrorCode::MalformedFrame));
+    assert_eq!(raw.1, Some(pb::ErrorCode::FrameTooLarge));
+    let decision = |f: Option<pb::Frame>| match f.and_then(|f| f.body) {
+        Some(pb::frame::Body::Decision(d)) => d.decision.unwrap(),
+        other => panic!("expected a decision, got {other:?}"),
+    };
+    let forged = decision(raw.2);
+    assert_eq!(
+        (forged.decision, forged.matched_rule.as_str()),
+        (pb::Decision::Deny as i32, "credential")
+    );
+    assert_eq!(decision(raw.3).decision, pb::Decision::Allow as i32);
+
+    // A renewed token supersedes the old one: replaying the old one is refused.
+    let old = agent.credential_token();
+    c.heartbeat(&agent).await.unwrap();
+    assert_ne!(agent.credential_token(), old);
+    let socket_for_replay = socket.clone();
+    let replayed = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket_for_replay).unwrap();
+        let frame = pb::Frame {
+            request_id: 1,
+            body: Some(pb::frame::Body::Check(pb::CheckRequest {
+                agent_id: "bot".into(),
+                credential_token: old,
+                action: Some((&shell("ls")).into()),
+                session_id: String::new(),
+            })),
+        };
+        s.write_all(&encode(&frame).unwrap()).unwrap();
+        raw_frame(&mut s)
+    })
+    .await
+    .unwrap();
+    let replayed = decision(replayed);
+    assert_eq!(
+        (replayed.decision, replayed.matched_rule.as_str()),
+        (pb::Decision::Deny as i32, "credential")
+    );
+
+    // The healthy client never noticed.
+    assert_eq!(
+        decide(&c, &agent, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    up.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uid_the_runtime_does_not_serve_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = GatewayHandle::start(options(&dir.path().join("state"), vec![data()]))
+        .await
+        .unwrap();
+    let mut config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    let own_uid = std::fs::metadata(dir.path())
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap();
+    // Serve only another uid: this process is now the foreign peer.
+    config.allowed_uids = vec![own_uid.wrapping_add(1)];
+    let runtime = RuntimeHandle::start(config).unwrap();
+    let socket = runtime.socket.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        raw_frame(&mut s).and_then(|f| f.body)
+    })
+    .await
+    .unwrap();
+    match refused {
+        Some(pb::frame::Body::Error(e)) => {
+            assert_eq!(e.code, pb::ErrorCode::Unauthenticated as i32);
+            assert!(
+                e.message.contains(&format!("uid {own_uid}")),
+                "{}",
+                e.message
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let err = c
+        .register(AgentSpec {
+            agent_id: "bot".into(),
+            ..AgentSpec::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("not served"), "{err}");
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
