@@ -177,9 +177,10 @@ impl Runtime {
     }
 
     /// Decides a check. Never fails: every problem is a deny that says why.
-    pub fn check(&self, request: pb::CheckRequest, peer: Peer) -> pb::CheckResponse {
+    pub fn check(&self, mut request: pb::CheckRequest, peer: Peer) -> pb::CheckResponse {
         let started = Instant::now();
-        let (verdict, agent, action, applied) = self.decide(&request, peer);
+        let action = request.action.take();
+        let (verdict, agent, action, applied) = self.decide(&request, action, peer);
         if let (Some(agent), Some(action)) = (agent, action) {
             let mut event = self.event(agent, action, EventKind::Decision, peer, random_id());
             event.session_id = Some(request.session_id).filter(|s| !s.is_empty());
@@ -196,6 +197,7 @@ impl Runtime {
     fn decide(
         &self,
         request: &pb::CheckRequest,
+        action: Option<pb::Action>,
         peer: Peer,
     ) -> (Verdict, Option<AgentContext>, Option<Action>, Verdict) {
         let fail = |rule: &str, reason: String| Verdict {
@@ -207,7 +209,7 @@ impl Runtime {
         };
         let claimed =
             Some(AgentContext::new(request.agent_id.clone())).filter(|a| a.validate().is_ok());
-        let action = match request.action.clone().map(Action::try_from) {
+        let action = match action.map(Action::try_from) {
             Some(Ok(action)) => action,
             Some(Err(e)) => {
                 let v = fail("request", format!("invalid action: {e}"));

@@ -444,6 +444,19 @@ async fn tampering_is_named_by_audit_verify() {
     }
 }
 
+/// A check of `shell ls` by agent `bot` presenting `token`.
+fn check_frame(token: &str) -> pb::Frame {
+    pb::Frame {
+        request_id: 7,
+        body: Some(pb::frame::Body::Check(pb::CheckRequest {
+            agent_id: "bot".into(),
+            credential_token: token.into(),
+            action: Some((&shell("ls")).into()),
+            session_id: String::new(),
+        })),
+    }
+}
+
 fn raw_frame(stream: &mut std::os::unix::net::UnixStream) -> Option<pb::Frame> {
     let mut decoder = FrameDecoder::new();
     let mut buffer = [0u8; 4096];
@@ -494,19 +507,10 @@ async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
         drop(s);
         // A check with a forged token on a healthy connection.
         let mut s = connect();
-        let check = |token: &str| pb::Frame {
-            request_id: 7,
-            body: Some(pb::frame::Body::Check(pb::CheckRequest {
-                agent_id: "bot".into(),
-                credential_token: token.into(),
-                action: Some((&shell("ls")).into()),
-                session_id: String::new(),
-            })),
-        };
-        s.write_all(&encode(&check("aat1.forged.token")).unwrap())
+        s.write_all(&encode(&check_frame("aat1.forged.token")).unwrap())
             .unwrap();
         let forged = raw_frame(&mut s);
-        s.write_all(&encode(&check(&token)).unwrap()).unwrap();
+        s.write_all(&encode(&check_frame(&token)).unwrap()).unwrap();
         let genuine = raw_frame(&mut s);
         (garbage, oversized, forged, genuine)
     })
@@ -532,16 +536,7 @@ async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
     let socket_for_replay = socket.clone();
     let replayed = tokio::task::spawn_blocking(move || {
         let mut s = std::os::unix::net::UnixStream::connect(&socket_for_replay).unwrap();
-        let frame = pb::Frame {
-            request_id: 1,
-            body: Some(pb::frame::Body::Check(pb::CheckRequest {
-                agent_id: "bot".into(),
-                credential_token: old,
-                action: Some((&shell("ls")).into()),
-                session_id: String::new(),
-            })),
-        };
-        s.write_all(&encode(&frame).unwrap()).unwrap();
+        s.write_all(&encode(&check_frame(&old)).unwrap()).unwrap();
         raw_frame(&mut s)
     })
     .await
