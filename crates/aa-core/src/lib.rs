@@ -6,6 +6,7 @@
 //! - [`decision`]: the answer — allow, deny or pending — with the rule that decided it, and the
 //!   enforcement [`Mode`](decision::Mode) it applies under.
 //! - [`event`]: what is recorded — audit events, redaction receipts, approvals, topology edges.
+//! - [`hex`]: lowercase hex for ids, hashes and digests.
 //! - [`error`]: the crate's error type.
 //!
 //! This crate does no IO and holds no policy logic: it is the vocabulary the other crates speak.
@@ -16,6 +17,7 @@ pub mod agent;
 pub mod decision;
 pub mod error;
 pub mod event;
+pub mod hex;
 
 pub use action::{Action, ActionKind, FileOperation};
 pub use agent::{AgentContext, AgentRegistration, Lineage};

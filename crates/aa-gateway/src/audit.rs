@@ -109,7 +109,7 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_scalar(&Value::String(key.clone()), out);
+                write_str(key, out);
                 out.push(b':');
                 write_canonical(item, out);
             }
@@ -127,6 +127,11 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
         }
         scalar => write_scalar(scalar, out),
     }
+}
+
+fn write_str(s: &str, out: &mut Vec<u8>) {
+    // Serialising a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 fn write_scalar(value: &Value, out: &mut Vec<u8>) {
@@ -192,7 +197,7 @@ impl Checkpoint {
         let Ok(key) = PublicKey::from_did(&self.gateway_did) else {
             return false;
         };
-        let Some(signature) = unhex_vec(&self.signature) else {
+        let Some(signature) = aa_core::hex::decode(&self.signature) else {
             return false;
         };
         let bytes = Self::signed_bytes(self.id, self.created_at_ms, &self.heads, &self.gateway_did);
@@ -311,22 +316,12 @@ pub fn verify(
 
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex_vec(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    aa_core::hex::encode(bytes)
 }
 
 /// A 32-byte hash from hex.
 pub fn unhex(text: &str) -> Option<[u8; 32]> {
-    unhex_vec(text)?.try_into().ok()
+    aa_core::hex::decode(text)?.try_into().ok()
 }
 
 #[cfg(test)]

@@ -186,12 +186,11 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let head: Option<(i64, String)> = tx
-                .query_row(
+                .prepare_cached(
                     "SELECT sequence, hash FROM audit_records WHERE stream_id = ?1
                      ORDER BY sequence DESC LIMIT 1",
-                    params![stream_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
+                )?
+                .query_row(params![stream_id], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let (mut sequence, mut prev) = match head {
                 Some((sequence, hash)) => (
@@ -202,12 +201,16 @@ impl Store for SqliteStore {
             };
             let mut appended = Appended::default();
             let appended_at = now_ms();
+            // Statements are parsed once per connection, not once per event.
+            let mut exists = tx
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM audit_records WHERE event_id = ?1)")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO audit_records
+                 (stream_id, sequence, event_id, event, prev_hash, hash, appended_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
             for event in events {
-                let seen: bool = tx.query_row(
-                    "SELECT EXISTS(SELECT 1 FROM audit_records WHERE event_id = ?1)",
-                    params![event.event_id],
-                    |row| row.get(0),
-                )?;
+                let seen: bool = exists.query_row(params![event.event_id], |row| row.get(0))?;
                 if seen {
                     appended.duplicates += 1;
                     continue;
@@ -226,24 +229,20 @@ impl Store for SqliteStore {
                     event.event,
                     &prev,
                 );
-                tx.execute(
-                    "INSERT INTO audit_records
-                     (stream_id, sequence, event_id, event, prev_hash, hash, appended_at_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        record.stream_id,
-                        to_i64(record.sequence)?,
-                        record.event_id,
-                        record.event.to_string(),
-                        record.prev_hash,
-                        record.hash,
-                        appended_at,
-                    ],
-                )?;
+                insert.execute(params![
+                    record.stream_id,
+                    to_i64(record.sequence)?,
+                    record.event_id,
+                    record.event.to_string(),
+                    record.prev_hash,
+                    record.hash,
+                    appended_at,
+                ])?;
                 sequence = record.sequence;
                 prev = unhex(&record.hash).ok_or_else(|| corrupt("hash"))?;
                 appended.accepted += 1;
             }
+            drop((exists, insert));
             tx.commit()?;
             Ok(appended)
         })

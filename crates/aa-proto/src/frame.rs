@@ -14,6 +14,14 @@ const HEADER: usize = 4;
 
 /// Encodes one frame with its length prefix.
 pub fn encode(frame: &pb::Frame) -> Result<Vec<u8>, ProtoError> {
+    let mut out = Vec::with_capacity(HEADER + frame.encoded_len());
+    encode_into(frame, &mut out)?;
+    Ok(out)
+}
+
+/// Appends one frame with its length prefix to `out`, so several answers go out in one write.
+/// On error `out` is left as it was.
+pub fn encode_into(frame: &pb::Frame, out: &mut Vec<u8>) -> Result<(), ProtoError> {
     let size = frame.encoded_len();
     if size > MAX_FRAME_BYTES {
         return Err(ProtoError::FrameTooLarge {
@@ -21,16 +29,17 @@ pub fn encode(frame: &pb::Frame) -> Result<Vec<u8>, ProtoError> {
             limit: MAX_FRAME_BYTES,
         });
     }
-    let mut out = Vec::with_capacity(HEADER + size);
+    out.reserve(HEADER + size);
     // size ≤ MAX_FRAME_BYTES < u32::MAX, so the cast is exact.
+    let start = out.len();
     out.extend_from_slice(&(size as u32).to_be_bytes());
-    frame
-        .encode(&mut out)
-        .map_err(|e| ProtoError::InvalidField {
+    frame.encode(out).map_err(|e| {
+        out.truncate(start);
+        ProtoError::InvalidField {
             field: "frame",
             message: e.to_string(),
-        })?;
-    Ok(out)
+        }
+    })
 }
 
 /// Reassembles frames from a byte stream.
@@ -111,10 +120,15 @@ mod tests {
 
     #[test]
     fn frames_survive_arbitrary_chunking() {
+        // Appended into one buffer, as a connection's answers to one read are.
         let mut stream = Vec::new();
         for id in 1..=3 {
-            stream.extend(encode(&check(id)).unwrap());
+            encode_into(&check(id), &mut stream).unwrap();
         }
+        assert_eq!(
+            &stream[..encode(&check(1)).unwrap().len()],
+            &encode(&check(1)).unwrap()[..]
+        );
         for chunk in [1, 2, 3, 7, stream.len()] {
             let mut decoder = FrameDecoder::new();
             let mut ids = Vec::new();

@@ -16,6 +16,8 @@ use crate::runtime::{Refusal, Runtime};
 
 const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long the forwarder lets a short batch's successors gather before reading again.
+const FORWARD_LINGER: Duration = Duration::from_millis(10);
 const BUNDLE_KEY: &str = "bundle";
 
 /// Clients of the gateway's services over one lazily connected channel.
@@ -99,24 +101,13 @@ impl GatewayLink {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// Installs the bundle saved by an earlier run, so a restart during a gateway outage still
 /// decides by the last policy rather than denying everything.
 pub(crate) fn restore_bundle(runtime: &Runtime) {
     use prost::Message as _;
     let saved = runtime.outbox().get(BUNDLE_KEY).ok().flatten();
     let Some(bundle) = saved
-        .and_then(|h| unhex(&h))
+        .and_then(|h| aa_core::hex::decode(&h))
         .and_then(|b| pb::PolicyBundle::decode(&*b).ok())
     else {
         return;
@@ -160,7 +151,7 @@ pub(crate) async fn watch_bundles(
                         runtime.set_bundle(compiled);
                         if let Err(error) = runtime
                             .outbox()
-                            .put(BUNDLE_KEY, &hex(&bundle.encode_to_vec()))
+                            .put(BUNDLE_KEY, &aa_core::hex::encode(&bundle.encode_to_vec()))
                         {
                             tracing::warn!(%error, "bundle not saved");
                         }
@@ -231,6 +222,14 @@ pub(crate) async fn forward(
                 let marked = tokio::task::spawn_blocking(move || outbox.mark_delivered(last)).await;
                 if !matches!(marked, Ok(Ok(()))) {
                     tracing::error!("could not record delivery; events will be sent again");
+                }
+                // A short batch means the outbox is keeping up: let the next one fill a
+                // little, so a steady trickle goes out in few calls rather than one per event.
+                if pending.len() < batch && deadline.is_none() {
+                    tokio::select! {
+                        () = tokio::time::sleep(FORWARD_LINGER) => {}
+                        _ = stop.changed() => {}
+                    }
                 }
             }
             Err(status) => {

@@ -39,7 +39,7 @@ fn outbox_err(e: impl std::fmt::Display) -> RuntimeError {
 fn random_id() -> Result<String, RuntimeError> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).map_err(outbox_err)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(aa_core::hex::encode(&bytes))
 }
 
 impl Outbox {

@@ -2,6 +2,7 @@
 //! transaction (group commit), so throughput does not hang on one fsync per event.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use aa_core::AuditEvent;
 use aa_security::{Limits, Scanner};
@@ -18,6 +19,37 @@ pub(crate) struct Job {
 
 /// Jobs merged into one transaction at most.
 const GROUP: usize = 256;
+/// How long a group nobody waits on (the runtime's own decision events) gathers more jobs,
+/// so one sync of the disk covers many decisions. A job someone waits on ends the wait.
+const LINGER: Duration = Duration::from_millis(2);
+
+/// Adds queued jobs to `group` without waiting, up to [`GROUP`].
+fn take_queued(jobs: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>) {
+    while group.len() < GROUP {
+        match jobs.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Lets a group nobody waits on gather for up to [`LINGER`].
+async fn linger(jobs: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>) {
+    let deadline = tokio::time::sleep(LINGER);
+    tokio::pin!(deadline);
+    while group.len() < GROUP && group.iter().all(|j| j.done.is_none()) {
+        tokio::select! {
+            () = &mut deadline => break,
+            job = jobs.recv() => match job {
+                Some(job) => {
+                    group.push(job);
+                    take_queued(jobs, group);
+                }
+                None => break,
+            },
+        }
+    }
+}
 
 /// Runs the writer until every sender is gone and the queue is drained.
 pub(crate) async fn write_loop(
@@ -29,12 +61,8 @@ pub(crate) async fn write_loop(
 ) {
     while let Some(first) = jobs.recv().await {
         let mut group = vec![first];
-        while group.len() < GROUP {
-            match jobs.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
+        take_queued(&mut jobs, &mut group);
+        linger(&mut jobs, &mut group).await;
         let outbox = Arc::clone(&outbox);
         let scanner = Arc::clone(&scanner);
         let result = tokio::task::spawn_blocking(move || {

@@ -456,5 +456,5 @@ fn random_id() -> String {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return format!("d{}-{n}", now_ms());
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    aa_core::hex::encode(&bytes)
 }

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aa_proto::ProtoError;
-use aa_proto::frame::{FrameDecoder, encode, error_frame};
+use aa_proto::frame::{FrameDecoder, encode_into, error_frame};
 use aa_proto::pb::frame::Body;
 use aa_proto::pb::{self, ErrorCode};
 use aa_security::Scanner;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, Notify, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::RuntimeConfig;
@@ -152,7 +152,7 @@ pub async fn run(
     Ok(())
 }
 
-async fn admit(runtime: Arc<Runtime>, stream: UnixStream, served: &[u32]) {
+async fn admit(runtime: Arc<Runtime>, mut stream: UnixStream, served: &[u32]) {
     let peer = match stream.peer_cred() {
         Ok(cred) => Peer {
             uid: cred.uid(),
@@ -166,57 +166,82 @@ async fn admit(runtime: Arc<Runtime>, stream: UnixStream, served: &[u32]) {
             pid = peer.pid,
             "connection from a uid this runtime does not serve"
         );
-        let (_, writer) = stream.into_split();
-        let (tx, rx) = mpsc::channel(1);
-        let _ = tx
-            .send(error_frame(
+        let mut bytes = Vec::new();
+        push_frame(
+            &error_frame(
                 0,
                 ErrorCode::Unauthenticated,
                 format!("uid {} is not served by this runtime", peer.uid),
-            ))
-            .await;
-        drop(tx);
-        write_frames(writer, rx).await;
+            ),
+            &mut bytes,
+        );
+        let _ = stream.write_all(&bytes).await;
         return;
     }
     serve(runtime, stream, peer).await;
 }
 
+/// A connection's write half, shared by its reader, which answers checks in place, and the
+/// tasks answering slower calls. Every write holds whole frames, so frames never interleave.
+type Writer = Arc<Mutex<OwnedWriteHalf>>;
+
+async fn send(writer: &Writer, bytes: &[u8]) -> bool {
+    writer.lock().await.write_all(bytes).await.is_ok()
+}
+
+/// Appends `frame`; one too large to send becomes an error frame saying so.
+fn push_frame(frame: &pb::Frame, out: &mut Vec<u8>) {
+    if let Err(error) = encode_into(frame, out) {
+        let _ = encode_into(
+            &error_frame(frame.request_id, ErrorCode::Internal, error.to_string()),
+            out,
+        );
+    }
+}
+
 async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
     let (mut reader, writer) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<pb::Frame>(1024);
-    let writer = tokio::spawn(write_frames(writer, rx));
+    let writer: Writer = Arc::new(Mutex::new(writer));
     let in_flight = Arc::new(Semaphore::new(runtime.config().max_in_flight));
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; 64 * 1024];
-    'read: loop {
+    // The answers to everything one read brought in go out in one write.
+    let mut answers = Vec::new();
+    loop {
         let n = match reader.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         decoder.extend(&buffer[..n]);
-        loop {
+        let broken = loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
-                        break 'read;
-                    };
-                    dispatch(&runtime, frame, peer, &tx, permit).await;
+                    if let Some(answer) = dispatch(&runtime, frame, peer, &writer, &in_flight).await
+                    {
+                        push_frame(&answer, &mut answers);
+                    }
                 }
-                Ok(None) => break,
+                Ok(None) => break false,
                 Err(error) => {
                     let code = match error {
                         ProtoError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
                         _ => ErrorCode::MalformedFrame,
                     };
-                    let _ = tx.send(error_frame(0, code, error.to_string())).await;
-                    break 'read;
+                    push_frame(&error_frame(0, code, error.to_string()), &mut answers);
+                    break true;
                 }
             }
+        };
+        if !answers.is_empty() {
+            if !send(&writer, &answers).await {
+                break;
+            }
+            answers.clear();
+        }
+        if broken {
+            break;
         }
     }
-    drop(tx);
-    let _ = writer.await;
 }
 
 fn answer<T>(id: u64, result: Result<T, Refusal>, body: impl FnOnce(T) -> Body) -> pb::Frame {
@@ -229,39 +254,35 @@ fn answer<T>(id: u64, result: Result<T, Refusal>, body: impl FnOnce(T) -> Body) 
     }
 }
 
+/// Answers a check in place (no IO, microseconds). The other calls wait on the gateway or the
+/// disk, so they run beside the connection's later frames and write their own answer.
 async fn dispatch(
     runtime: &Arc<Runtime>,
     frame: pb::Frame,
     peer: Peer,
-    tx: &mpsc::Sender<pb::Frame>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
+    writer: &Writer,
+    in_flight: &Arc<Semaphore>,
+) -> Option<pb::Frame> {
     let id = frame.request_id;
     let Some(body) = frame.body else {
-        let _ = tx
-            .send(error_frame(
-                id,
-                ErrorCode::InvalidRequest,
-                "frame has no body",
-            ))
-            .await;
-        return;
+        return Some(error_frame(
+            id,
+            ErrorCode::InvalidRequest,
+            "frame has no body",
+        ));
     };
-    // Checks are decided in place: no IO, microseconds. The rest wait on the gateway or the
-    // disk, so they run beside the connection's later frames.
     if let Body::Check(check) = body {
-        let response = runtime.check(check, peer);
-        drop(permit);
-        let _ = tx
-            .send(pb::Frame {
-                request_id: id,
-                body: Some(Body::Decision(response)),
-            })
-            .await;
-        return;
+        return Some(pb::Frame {
+            request_id: id,
+            body: Some(Body::Decision(runtime.check(check, peer))),
+        });
     }
+    // Bounded per connection: past the bound, reading waits.
+    let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
+        return Some(error_frame(id, ErrorCode::Internal, "connection closing"));
+    };
     let runtime = Arc::clone(runtime);
-    let tx = tx.clone();
+    let writer = Arc::clone(writer);
     tokio::spawn(async move {
         let frame = match body {
             Body::Register(r) => answer(id, runtime.register(r, peer).await, Body::Registered),
@@ -279,33 +300,9 @@ async fn dispatch(
             ),
         };
         drop(permit);
-        let _ = tx.send(frame).await;
+        let mut bytes = Vec::new();
+        push_frame(&frame, &mut bytes);
+        let _ = send(&writer, &bytes).await;
     });
-}
-
-async fn write_frames(writer: OwnedWriteHalf, mut frames: mpsc::Receiver<pb::Frame>) {
-    let mut writer = BufWriter::new(writer);
-    while let Some(frame) = frames.recv().await {
-        let mut next = Some(frame);
-        while let Some(frame) = next {
-            let bytes = match encode(&frame) {
-                Ok(bytes) => bytes,
-                Err(error) => match encode(&error_frame(
-                    frame.request_id,
-                    ErrorCode::Internal,
-                    error.to_string(),
-                )) {
-                    Ok(bytes) => bytes,
-                    Err(_) => return,
-                },
-            };
-            if writer.write_all(&bytes).await.is_err() {
-                return;
-            }
-            next = frames.try_recv().ok();
-        }
-        if writer.flush().await.is_err() {
-            return;
-        }
-    }
+    None
 }

@@ -230,7 +230,7 @@ fn now_ms() -> i64 {
 fn random_id() -> Result<String, ClientError> {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).map_err(|e| ClientError::Internal(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(aa_core::hex::encode(&bytes))
 }
 
 impl Client {

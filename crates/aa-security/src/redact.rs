@@ -260,9 +260,5 @@ fn oversized_receipt(field: &str, bytes: &[u8]) -> RedactionReceipt {
 /// Hex of the first bytes of SHA-256 over `secret`: enough to match a known leaked value,
 /// too little to recover it.
 fn digest_prefix(secret: &[u8]) -> String {
-    Sha256::digest(secret)
-        .iter()
-        .take(DIGEST_PREFIX_BYTES)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    aa_core::hex::encode(&Sha256::digest(secret)[..DIGEST_PREFIX_BYTES])
 }
