@@ -1,0 +1,183 @@
+//! Checks at a fixed rate: each client sends on its own schedule and waits for each answer
+//! on its thread, as an agent does before running a tool. A slow answer delays that client's
+//! next send; how late sends were against the schedule is reported beside the latency, so a
+//! schedule that slipped shows.
+
+use std::path::PathBuf;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use aa_core::{Action, Decision};
+use aa_sdk_client::{Agent, Client};
+
+use crate::stats::Percentiles;
+use crate::{BenchError, registered_client};
+
+/// How long the runtime has to allow the first check (it needs the gateway's bundle).
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A check load.
+#[derive(Debug, Clone)]
+pub struct CheckLoad {
+    /// The runtime's socket.
+    pub socket: PathBuf,
+    /// Where the clients keep their agents' keys.
+    pub state_dir: PathBuf,
+    /// Concurrent clients, each with its own connection and agent.
+    pub clients: usize,
+    /// Checks per second, all clients together.
+    pub rate: f64,
+    /// How long the measured part lasts.
+    pub duration: Duration,
+    /// How long the load runs first, unmeasured.
+    pub warmup: Duration,
+    /// What every check asks.
+    pub action: Action,
+}
+
+impl CheckLoad {
+    /// A read of a workspace file, which the default (balanced) policy allows after
+    /// evaluating its `deny_if` condition.
+    pub fn default_action() -> Action {
+        Action::ToolCall {
+            tool: "read_file".into(),
+            args: serde_json::json!({"path": "/workspace/src/main.rs"}),
+        }
+    }
+}
+
+/// What a check load measured.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// Checks sent in the measured part.
+    pub sent: usize,
+    /// Of those, answered by the runtime (not resolved locally by the client).
+    pub answered: usize,
+    /// Answered allow.
+    pub allowed: usize,
+    /// Resolved by the client without the runtime: timeouts, refusals, lost connections.
+    pub failed: usize,
+    /// Answered checks per second over the measured part.
+    pub throughput: f64,
+    /// From send to answer, answered checks only.
+    pub latency: Option<Percentiles>,
+    /// How late sends were against their schedule: the sleep's own error, plus any slip a
+    /// slow answer caused.
+    pub lateness: Option<Percentiles>,
+    /// From the scheduled send to the answer (lateness plus latency), answered checks only:
+    /// what the latency would be had nothing slipped.
+    pub from_schedule: Option<Percentiles>,
+}
+
+struct Sample {
+    measured: bool,
+    answered: bool,
+    allowed: bool,
+    latency: Duration,
+    lateness: Duration,
+}
+
+/// Waits until the runtime allows the action: its bundle has arrived.
+fn ready(client: &Client, agent: &Agent, action: &Action) -> Result<(), BenchError> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let outcome = client.check(agent, action.clone(), None).wait()?;
+        if outcome.verdict.decision == Decision::Allow && !outcome.resolved_locally {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::NotReady {
+                seconds: READY_TIMEOUT.as_secs(),
+                reason: outcome.verdict.reason,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the load and reports.
+pub fn run(load: &CheckLoad) -> Result<CheckReport, BenchError> {
+    if load.clients == 0 || load.rate.is_nan() || load.rate <= 0.0 || load.duration.is_zero() {
+        return Err(BenchError::Invalid(
+            "clients, rate and duration must be positive".into(),
+        ));
+    }
+    let sessions = (0..load.clients)
+        .map(|i| {
+            registered_client(
+                &load.socket,
+                &load.state_dir,
+                format!("bench-{i}"),
+                Duration::from_secs(5),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    ready(&sessions[0].0, &sessions[0].1, &load.action)?;
+
+    let period = Duration::from_secs_f64(load.clients as f64 / load.rate);
+    let barrier = Barrier::new(load.clients + 1);
+    let total = load.warmup + load.duration;
+    let samples: Vec<Sample> = std::thread::scope(|scope| {
+        let pacers: Vec<_> = sessions
+            .iter()
+            .enumerate()
+            .map(|(index, (client, agent))| {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    let origin = Instant::now();
+                    // Clients are staggered across one period so their sends interleave.
+                    let offset = period.mul_f64(index as f64 / load.clients as f64);
+                    let mut samples = Vec::new();
+                    for k in 0u32.. {
+                        let due = offset + period * k;
+                        if due >= total {
+                            break;
+                        }
+                        let now = origin.elapsed();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        let start = Instant::now();
+                        // Waited for on this thread, as an agent waits before running its tool.
+                        let outcome = client.check(agent, load.action.clone(), None).wait();
+                        let latency = start.elapsed();
+                        let (answered, allowed) = match outcome {
+                            Ok(o) => (
+                                !o.resolved_locally,
+                                !o.resolved_locally && o.verdict.decision == Decision::Allow,
+                            ),
+                            Err(_) => (false, false),
+                        };
+                        samples.push(Sample {
+                            measured: due >= load.warmup,
+                            answered,
+                            allowed,
+                            latency,
+                            lateness: start.duration_since(origin).saturating_sub(due),
+                        });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        barrier.wait();
+        pacers
+            .into_iter()
+            .flat_map(|p| p.join().unwrap_or_default())
+            .collect()
+    });
+
+    let measured: Vec<&Sample> = samples.iter().filter(|s| s.measured).collect();
+    let answered: Vec<&&Sample> = measured.iter().filter(|s| s.answered).collect();
+    Ok(CheckReport {
+        sent: measured.len(),
+        answered: answered.len(),
+        allowed: answered.iter().filter(|s| s.allowed).count(),
+        failed: measured.len() - answered.len(),
+        throughput: answered.len() as f64 / load.duration.as_secs_f64(),
+        latency: Percentiles::of(answered.iter().map(|s| s.latency).collect()),
+        lateness: Percentiles::of(measured.iter().map(|s| s.lateness).collect()),
+        from_schedule: Percentiles::of(answered.iter().map(|s| s.lateness + s.latency).collect()),
+    })
+}

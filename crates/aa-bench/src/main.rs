@@ -1,0 +1,181 @@
+//! `aa-bench`: the load generator. See the crate docs and BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use aa_bench::checks::{self, CheckLoad};
+use aa_bench::events::{self, EventLoad};
+use aa_bench::stack::{self, Memory, Stack};
+use aa_bench::stats::Percentiles;
+use anyhow::{Context as _, Result};
+use clap::{Args, Parser, Subcommand};
+
+/// Load against real `aasm gateway` and `aasm runtime` processes, through aa-sdk-client.
+#[derive(Debug, Parser)]
+#[command(name = "aa-bench", version)]
+struct Cli {
+    /// The aasm binary (default: beside this one, else on PATH).
+    #[arg(long, global = true)]
+    aasm: Option<PathBuf>,
+    #[command(subcommand)]
+    load: Load,
+}
+
+#[derive(Debug, Subcommand)]
+enum Load {
+    /// Checks at a fixed rate: latency percentiles, throughput, runtime memory.
+    Checks(CheckArgs),
+    /// Events as fast as they are taken: rates to the runtime's outbox and the gateway's store.
+    Events(EventArgs),
+    /// Both, each on a fresh gateway and runtime.
+    All {
+        #[command(flatten)]
+        checks: CheckArgs,
+        #[command(flatten)]
+        events: EventArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    /// Concurrent clients, each with its own connection and agent.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Checks per second, all clients together.
+    #[arg(long, default_value_t = 10_000.0)]
+    rate: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds of unmeasured load first.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Seconds the runtime sits idle before its memory is read.
+    #[arg(long, default_value_t = 2.0)]
+    idle: f64,
+}
+
+#[derive(Debug, Args)]
+struct EventArgs {
+    /// Concurrent reporting clients.
+    #[arg(long = "event-clients", default_value_t = 4)]
+    clients: usize,
+    /// Events per report call.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Report calls each client keeps in flight.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Events in all.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+}
+
+fn seconds(s: f64, what: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("--{what} {s} is not a duration"))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn print_latency(label: &str, p: Option<Percentiles>) {
+    match p {
+        Some(p) => println!("  {label:<22} {p}"),
+        None => println!("  {label:<22} (none)"),
+    }
+}
+
+fn print_memory(label: &str, m: Memory) {
+    println!("  {label:<22} rss {}  peak {}", mib(m.rss), mib(m.peak));
+}
+
+fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
+    let stack = Stack::start(aasm)?;
+    let idle = seconds(args.idle, "idle")?;
+    std::thread::sleep(idle);
+    let before = stack.runtime_memory()?;
+    let load = CheckLoad {
+        socket: stack.socket.clone(),
+        state_dir: stack.client_state_dir(),
+        clients: args.clients,
+        rate: args.rate,
+        duration: seconds(args.seconds, "seconds")?,
+        warmup: seconds(args.warmup, "warmup")?,
+        action: CheckLoad::default_action(),
+    };
+    let report = checks::run(&load)?;
+    std::thread::sleep(idle);
+    let after = stack.runtime_memory()?;
+    stack.stop()?;
+    println!(
+        "checks: {} clients, {:.0}/s offered for {} s after {} s warm-up",
+        args.clients, args.rate, args.seconds, args.warmup
+    );
+    println!(
+        "  sent {}  answered {}  allowed {}  failed {}  throughput {:.0}/s",
+        report.sent, report.answered, report.allowed, report.failed, report.throughput
+    );
+    print_latency("latency", report.latency);
+    print_latency("send lateness", report.lateness);
+    print_latency("from schedule", report.from_schedule);
+    print_memory("runtime idle, fresh", before);
+    print_memory("runtime idle, after", after);
+    Ok(report.failed == 0 && report.allowed == report.answered)
+}
+
+fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
+    let stack = Stack::start(aasm)?;
+    let load = EventLoad {
+        socket: stack.socket.clone(),
+        state_dir: stack.client_state_dir(),
+        clients: args.clients,
+        batch: args.batch,
+        in_flight: args.in_flight,
+        events: args.events,
+    };
+    let report = events::run(&load, || stack.events_stored())?;
+    let memory = stack.runtime_memory()?;
+    stack.stop()?;
+    println!(
+        "events: {} clients, batches of {}, {} in flight each, {} events",
+        args.clients, args.batch, args.in_flight, report.events
+    );
+    println!(
+        "  on disk at the runtime   {:.0}/s  ({:.2} s)",
+        report.acknowledged_rate(),
+        report.acknowledged_in.as_secs_f64()
+    );
+    println!(
+        "  stored by the gateway    {:.0}/s  ({:.2} s)",
+        report.stored_rate(),
+        report.stored_in.as_secs_f64()
+    );
+    print_latency("report call", report.batch_latency);
+    print_memory("runtime after", memory);
+    Ok(true)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let aasm = cli.aasm.unwrap_or_else(stack::default_aasm);
+    let outcome = match &cli.load {
+        Load::Checks(args) => run_checks(&aasm, args),
+        Load::Events(args) => run_events(&aasm, args),
+        Load::All { checks, events } => {
+            run_checks(&aasm, checks).and_then(|ok| Ok(run_events(&aasm, events)? && ok))
+        }
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("aa-bench: some checks failed or were not allowed (see above)");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("aa-bench: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Real `aasm gateway` and `aasm runtime` processes, on a state directory of their own, for a
+//! load to run against. They are separate processes, as in production, so the runtime's
+//! memory is its own.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::BenchError;
+
+/// How long a service has to print its addresses.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The gateway counter of audit events stored.
+const STORED_METRIC: &str = "aasm_gateway_audit_events_appended_total";
+
+/// Where the `aasm` binary is by default: beside this one (both built into one target
+/// directory), else on `PATH`.
+pub fn default_aasm() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("aasm")))
+        .filter(|path| path.is_file())
+        .unwrap_or_else(|| PathBuf::from("aasm"))
+}
+
+/// A child process, killed if dropped while running.
+#[derive(Debug)]
+struct Service {
+    name: &'static str,
+    child: Child,
+}
+
+impl Service {
+    /// Starts `aasm <args>` and waits for it to print a line starting with each of `wanted`;
+    /// returns what follows each prefix, trimmed.
+    fn start(
+        name: &'static str,
+        aasm: &Path,
+        args: &[String],
+        wanted: &[&str],
+    ) -> Result<(Service, Vec<String>), BenchError> {
+        let start_error = |detail: String| BenchError::Start { what: name, detail };
+        let mut child = Command::new(aasm)
+            .args(args)
+            .env("AASM_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| start_error(format!("{}: {e}", aasm.display())))?;
+        let stdout = child.stdout.take();
+        let service = Service { name, child };
+        let Some(stdout) = stdout else {
+            return Err(start_error("no stdout".into()));
+        };
+        // The reader keeps draining stdout after start-up so the child never blocks on it.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep reading to EOF.
+                    continue;
+                }
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut found: Vec<Option<String>> = vec![None; wanted.len()];
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).map_err(|_| {
+                start_error(format!(
+                    "it did not print {wanted:?} within {} s (see its output above)",
+                    START_TIMEOUT.as_secs()
+                ))
+            })?;
+            for (prefix, slot) in wanted.iter().zip(found.iter_mut()) {
+                if let Some(rest) = line.strip_prefix(prefix) {
+                    *slot = Some(rest.trim().to_owned());
+                }
+            }
+        }
+        Ok((service, found.into_iter().flatten().collect()))
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then waits: the runtime drains its outbox on the way out.
+    fn stop(mut self) -> Result<(), BenchError> {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).map_err(|e| {
+            BenchError::Start {
+                what: self.name,
+                detail: format!("signalling it to stop: {e}"),
+            }
+        })?;
+        let status = self
+            .child
+            .wait()
+            .map_err(BenchError::io(format!("waiting for {}", self.name)))?;
+        if !status.success() {
+            return Err(BenchError::Start {
+                what: self.name,
+                detail: format!("it exited with {status}"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A process's resident memory, from `/proc/<pid>/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Memory {
+    /// Resident now (`VmRSS`), bytes.
+    pub rss: u64,
+    /// The most ever resident (`VmHWM`), bytes.
+    pub peak: u64,
+}
+
+impl Memory {
+    fn of(pid: u32) -> Result<Memory, BenchError> {
+        let path = format!("/proc/{pid}/status");
+        let status = std::fs::read_to_string(&path).map_err(BenchError::io(path))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kib| kib * 1024)
+        };
+        match (field("VmRSS:"), field("VmHWM:")) {
+            (Some(rss), Some(peak)) => Ok(Memory { rss, peak }),
+            _ => Err(BenchError::Invalid(format!(
+                "no VmRSS/VmHWM in /proc/{pid}/status"
+            ))),
+        }
+    }
+}
+
+/// A gateway and a runtime linked to it.
+#[derive(Debug)]
+pub struct Stack {
+    // Declared before `dir` so the processes stop before their files go.
+    runtime: Service,
+    gateway: Service,
+    /// The runtime's socket.
+    pub socket: PathBuf,
+    /// The gateway's operator HTTP address.
+    pub http: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts `aasm gateway` on free ports with the default policy, then `aasm runtime`
+    /// linked to it, each with its own state under a fresh temp directory.
+    pub fn start(aasm: &Path) -> Result<Stack, BenchError> {
+        if aasm.components().count() > 1 && !aasm.is_file() {
+            return Err(BenchError::NoBinary(aasm.to_path_buf()));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("aa-bench-")
+            .tempdir()
+            .map_err(BenchError::io("creating a state directory"))?;
+        let state = |name: &str| dir.path().join(name).display().to_string();
+        let (gateway, found) = Service::start(
+            "aasm gateway",
+            aasm,
+            &[
+                "gateway".into(),
+                "--state-dir".into(),
+                state("gateway"),
+                "--grpc".into(),
+                "127.0.0.1:0".into(),
+                "--http".into(),
+                "127.0.0.1:0".into(),
+            ],
+            &["gateway gRPC:", "operator HTTP:"],
+        )?;
+        let (grpc, http) = (&found[0], &found[1]);
+        let http: SocketAddr =
+            http.trim_start_matches("http://")
+                .parse()
+                .map_err(|e| BenchError::Start {
+                    what: "aasm gateway",
+                    detail: format!("unreadable HTTP address {http:?}: {e}"),
+                })?;
+        let (runtime, found) = Service::start(
+            "aasm runtime",
+            aasm,
+            &[
+                "runtime".into(),
+                "--gateway".into(),
+                grpc.clone(),
+                "--state-dir".into(),
+                state("runtime"),
+            ],
+            &["runtime socket:"],
+        )?;
+        Ok(Stack {
+            runtime,
+            gateway,
+            socket: PathBuf::from(&found[0]),
+            http,
+            dir,
+        })
+    }
+
+    /// A directory for clients' agent keys.
+    pub fn client_state_dir(&self) -> PathBuf {
+        self.dir.path().join("clients")
+    }
+
+    /// The runtime process's memory now.
+    pub fn runtime_memory(&self) -> Result<Memory, BenchError> {
+        Memory::of(self.runtime.pid())
+    }
+
+    /// How many audit events the gateway has stored, from its `/metrics`.
+    pub fn events_stored(&self) -> Result<u64, BenchError> {
+        let io = |what: &str| BenchError::io(format!("GET http://{}/metrics: {what}", self.http));
+        let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(5))
+            .map_err(io("connecting"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(io("setting a timeout"))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http
+        )
+        .map_err(io("sending"))?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(io("reading"))?;
+        response
+            .lines()
+            .find_map(|l| l.strip_prefix(STORED_METRIC))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                BenchError::Invalid(format!("no {STORED_METRIC} in the gateway's /metrics"))
+            })
+    }
+
+    /// Stops the runtime (it drains its outbox), then the gateway.
+    pub fn stop(self) -> Result<(), BenchError> {
+        let Stack {
+            runtime,
+            gateway,
+            dir,
+            ..
+        } = self;
+        let stopped = runtime.stop().and(gateway.stop());
+        drop(dir);
+        stopped
+    }
+}

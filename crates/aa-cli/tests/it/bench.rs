@@ -1,0 +1,63 @@
+//! The load generator against the real `aasm` binary: a short, slow run of each load, to keep
+//! the tool working. It asserts what was delivered, never how fast: speed is BENCHMARKS.md's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use aa_bench::checks::{self, CheckLoad};
+use aa_bench::events::{self, EventLoad};
+use aa_bench::stack::Stack;
+
+fn stack() -> Stack {
+    Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap()
+}
+
+#[test]
+fn check_load_is_answered_in_full_and_memory_is_read() {
+    let stack = stack();
+    let load = CheckLoad {
+        socket: stack.socket.clone(),
+        state_dir: stack.client_state_dir(),
+        clients: 2,
+        rate: 200.0,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(200),
+        action: CheckLoad::default_action(),
+    };
+    let report = checks::run(&load).unwrap();
+    // 2 clients × 100/s over the 1 s measured: one send a client each 10 ms.
+    assert_eq!(report.sent, 200, "{report:?}");
+    assert_eq!(report.answered, report.sent, "{report:?}");
+    assert_eq!(report.allowed, report.sent, "{report:?}");
+    assert_eq!(report.failed, 0);
+    let latency = report.latency.unwrap();
+    assert_eq!(latency.count, 200);
+    assert!(latency.p50 <= latency.p99 && latency.p99 <= latency.max);
+    let memory = stack.runtime_memory().unwrap();
+    assert!(
+        memory.rss > 1 << 20 && memory.peak >= memory.rss,
+        "{memory:?}"
+    );
+    stack.stop().unwrap();
+}
+
+#[test]
+fn event_load_reaches_the_gateway_store_in_full() {
+    let stack = stack();
+    let load = EventLoad {
+        socket: stack.socket.clone(),
+        state_dir: stack.client_state_dir(),
+        clients: 2,
+        batch: 50,
+        in_flight: 2,
+        events: 1_001,
+    };
+    let before = stack.events_stored().unwrap();
+    let report = events::run(&load, || stack.events_stored()).unwrap();
+    assert_eq!(report.events, 1_001);
+    assert_eq!(stack.events_stored().unwrap() - before, 1_001);
+    assert!(report.stored_in >= report.acknowledged_in);
+    // 1,001 events over 2 clients, 501 and 500, in batches of 50: 11 calls and 10.
+    assert_eq!(report.batch_latency.unwrap().count, 21);
+    stack.stop().unwrap();
+}
