@@ -3,6 +3,8 @@
 //! - `cargo xtask ci`: everything CI checks — installs missing toolchain components, then
 //!   formatting, clippy with warnings denied, every test, and the example policies' tests.
 //! - `cargo xtask bench`: the benchmarks, then a table of criterion medians.
+//! - `cargo xtask load [aa-bench arguments]`: builds `aasm` and `aa-bench` in release and
+//!   runs the load generator (by default `all`: checks at 10,000/s, then 200,000 events).
 //! - `cargo xtask scan-compare`: `aasm scan` against `detect-secrets` (PyPI) on the same
 //!   generated corpus: throughput and recall of planted secrets, side by side.
 
@@ -20,8 +22,9 @@ fn main() -> Result<()> {
     match task.as_str() {
         "ci" => ci(),
         "bench" => bench(),
+        "load" => load(std::env::args().skip(2).collect()),
         "scan-compare" => scan_compare::run(),
-        _ => bail!("usage: cargo xtask <ci|bench|scan-compare>"),
+        _ => bail!("usage: cargo xtask <ci|bench|load|scan-compare>"),
     }
 }
 
@@ -80,6 +83,18 @@ fn bench() -> Result<()> {
         println!("{name:<32} {:>9.2} µs", median_ns / 1000.0);
     }
     Ok(())
+}
+
+fn load(mut args: Vec<String>) -> Result<()> {
+    cargo(&["build", "--release", "-p", "aa-cli", "-p", "aa-bench"])?;
+    if args.is_empty() {
+        args.push("all".into());
+    }
+    let release = target_dir().join("release");
+    run(Command::new(release.join("aa-bench"))
+        .arg("--aasm")
+        .arg(release.join("aasm"))
+        .args(&args))
 }
 
 fn install_components(components: &[&str]) -> Result<()> {

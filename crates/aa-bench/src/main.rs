@@ -59,8 +59,8 @@ struct CheckArgs {
 #[derive(Debug, Args)]
 struct EventArgs {
     /// Concurrent reporting clients.
-    #[arg(long = "event-clients", default_value_t = 4)]
-    clients: usize,
+    #[arg(long, default_value_t = 4)]
+    event_clients: usize,
     /// Events per report call.
     #[arg(long, default_value_t = 100)]
     batch: usize,
@@ -130,7 +130,7 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
     let load = EventLoad {
         socket: stack.socket.clone(),
         state_dir: stack.client_state_dir(),
-        clients: args.clients,
+        clients: args.event_clients,
         batch: args.batch,
         in_flight: args.in_flight,
         events: args.events,
@@ -140,7 +140,7 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
     stack.stop()?;
     println!(
         "events: {} clients, batches of {}, {} in flight each, {} events",
-        args.clients, args.batch, args.in_flight, report.events
+        args.event_clients, args.batch, args.in_flight, report.events
     );
     println!(
         "  on disk at the runtime   {:.0}/s  ({:.2} s)",
@@ -177,5 +177,30 @@ fn main() -> ExitCode {
             eprintln!("aa-bench: {error:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn all_takes_both_loads_options() {
+        let cli =
+            Cli::try_parse_from(["aa-bench", "all", "--clients", "8", "--event-clients", "2"]);
+        let Ok(Cli {
+            load: Load::All { checks, events },
+            ..
+        }) = cli
+        else {
+            unreachable!("{cli:?}");
+        };
+        assert_eq!((checks.clients, events.event_clients), (8, 2));
     }
 }
