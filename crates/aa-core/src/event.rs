@@ -149,11 +149,17 @@ pub struct Approval {
 #[serde(rename_all = "snake_case")]
 pub enum EdgeKind {
     /// The source agent spawned the target agent.
+    #[serde(alias = "spawns")]
     Spawned,
     /// The source agent delegated a task to the target agent.
+    #[serde(alias = "delegates_to")]
     Delegated,
     /// The source agent called the target agent as a tool.
+    #[serde(alias = "calls")]
     Called,
+    /// The source agent sent the target agent a message.
+    #[serde(alias = "messages")]
+    Messaged,
 }
 
 /// One edge of who-spawned-or-called-whom.
@@ -170,4 +176,7 @@ pub struct TopologyEdge {
     pub tool: Option<String>,
     /// When it was first seen, ms since the epoch.
     pub created_at_ms: i64,
+    /// What the agent said about it: free-form JSON, scanned like every event field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }

@@ -86,6 +86,7 @@ impl From<EdgeKind> for pb::EdgeKind {
             EdgeKind::Spawned => pb::EdgeKind::Spawned,
             EdgeKind::Delegated => pb::EdgeKind::Delegated,
             EdgeKind::Called => pb::EdgeKind::Called,
+            EdgeKind::Messaged => pb::EdgeKind::Messaged,
         }
     }
 }
@@ -437,16 +438,7 @@ impl TryFrom<pb::AuditEvent> for AuditEvent {
             verdict: e.decision.map(Into::into),
             redactions: e.redactions.into_iter().map(Into::into).collect(),
             kind: event_kind_from_wire(e.kind),
-            detail: if e.detail_json.is_empty() {
-                None
-            } else {
-                Some(serde_json::from_str(&e.detail_json).map_err(|err| {
-                    ProtoError::InvalidField {
-                        field: "event.detail_json",
-                        message: err.to_string(),
-                    }
-                })?)
-            },
+            detail: optional_json("event.detail_json", &e.detail_json)?,
             origin: e.origin.map(|o| Origin {
                 stream_id: e.stream_id,
                 sequence: e.sequence,
@@ -466,6 +458,11 @@ impl From<&TopologyEdge> for pb::TopologyEdge {
             kind: pb::EdgeKind::from(e.kind).into(),
             tool: e.tool.clone().unwrap_or_default(),
             created_at: Some(timestamp(e.created_at_ms)),
+            metadata_json: e
+                .metadata
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         }
     }
 }
@@ -478,6 +475,7 @@ impl TryFrom<pb::TopologyEdge> for TopologyEdge {
             Ok(pb::EdgeKind::Spawned) => EdgeKind::Spawned,
             Ok(pb::EdgeKind::Delegated) => EdgeKind::Delegated,
             Ok(pb::EdgeKind::Called) => EdgeKind::Called,
+            Ok(pb::EdgeKind::Messaged) => EdgeKind::Messaged,
             _ => return Err(invalid("edge.kind", format!("unknown kind {}", e.kind))),
         };
         if e.from_agent_id.is_empty() || e.to_agent_id.is_empty() {
@@ -489,6 +487,7 @@ impl TryFrom<pb::TopologyEdge> for TopologyEdge {
             kind,
             tool: non_empty(e.tool),
             created_at_ms: e.created_at.map_or(0, millis),
+            metadata: optional_json("edge.metadata_json", &e.metadata_json)?,
         })
     }
 }
@@ -560,6 +559,16 @@ fn non_empty(s: String) -> Option<String> {
 
 fn invalid(field: &'static str, message: String) -> ProtoError {
     ProtoError::InvalidField { field, message }
+}
+
+/// A JSON field that the wire leaves empty when absent.
+fn optional_json(field: &'static str, text: &str) -> Result<Option<serde_json::Value>, ProtoError> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|err| invalid(field, err.to_string()))
 }
 
 #[cfg(test)]
@@ -723,6 +732,7 @@ mod tests {
             kind: EdgeKind::Delegated,
             tool: None,
             created_at_ms: 5,
+            metadata: Some(serde_json::json!({"task": "triage"})),
         };
         assert_eq!(
             TopologyEdge::try_from(pb::TopologyEdge::from(&edge)).unwrap(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aa_core::{Action, AuditEvent, Decision, EventKind, Mode, TopologyEdge, Verdict};
+use aa_core::{Action, AgentContext, AuditEvent, Decision, EventKind, Mode, TopologyEdge, Verdict};
 use aa_identity::Keypair;
 use aa_proto::pb;
 use aa_proto::pb::frame::Body;
@@ -20,6 +20,8 @@ use crate::error::ClientError;
 
 /// The environment variable naming the runtime socket.
 pub const SOCKET_ENV: &str = "AASM_SOCKET";
+/// The environment variable naming the state directory (where agent keys live).
+pub const STATE_DIR_ENV: &str = "AASM_STATE_DIR";
 /// The socket path when neither an argument nor `AASM_SOCKET` names one.
 pub const DEFAULT_SOCKET: &str = ".aasm/runtime.sock";
 /// Where agent keys are kept when no state directory is given.
@@ -35,6 +37,19 @@ pub fn resolve_socket(argument: Option<&Path>) -> PathBuf {
                 .map(PathBuf::from)
         })
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+/// The state directory to use: the argument, else `AASM_STATE_DIR`, else
+/// [`DEFAULT_STATE_DIR`] (the one `aasm up` uses when started in the same folder).
+pub fn resolve_state_dir(argument: Option<&Path>) -> PathBuf {
+    argument
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os(STATE_DIR_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
 }
 
 /// How the client is set up.
@@ -80,10 +95,12 @@ pub struct AgentSpec {
     pub spawned_by_tool: Option<String>,
 }
 
-/// A registered agent: its id and current credential, renewed in the background.
+/// A registered agent: its id, its lineage as the gateway recorded it, and its current
+/// credential, renewed in the background.
 #[derive(Debug, Clone)]
 pub struct Agent {
     id: String,
+    context: AgentContext,
     credential: Arc<StdMutex<Credential>>,
 }
 
@@ -97,6 +114,12 @@ impl Agent {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Its team, parent and depth as the gateway recorded them (the gateway, not the
+    /// agent, counts the depth).
+    pub fn context(&self) -> &AgentContext {
+        &self.context
     }
 
     /// The current credential token (what every call presents).
@@ -180,6 +203,34 @@ impl<T> Call<T> {
         self.answer
             .blocking_recv()
             .unwrap_or_else(|_| Err(ClientError::Internal("call abandoned".into())))
+    }
+
+    /// Blocks the thread for at most `limit`: the answer if it came, `None` if not yet (wait
+    /// again, or drop the call to abandon it). Lets a binding wait in slices and handle its
+    /// language's interrupts in between.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<Result<T, ClientError>> {
+        let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+        let mut context = Context::from_waker(&waker);
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Poll::Ready(answer) = Pin::new(&mut *self).poll(&mut context) {
+                return Some(answer);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            std::thread::park_timeout(left);
+        }
+    }
+}
+
+/// Wakes a thread parked in [`Call::wait_for`].
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
     }
 }
 
@@ -326,6 +377,34 @@ impl Client {
                     ))
                 }
             }
+        })
+    }
+
+    /// Resolves a pending outcome: waits for a human's decision on it and denies when none
+    /// comes within `timeout`. Any other outcome comes back as it is.
+    ///
+    /// The gateway keeps no approvals yet, so no decision can arrive: a pending check waits
+    /// out its timeout and denies.
+    pub fn await_approval(&self, outcome: CheckOutcome, timeout: Duration) -> Call<CheckOutcome> {
+        self.spawn(async move {
+            if outcome.verdict.decision != Decision::Pending {
+                return Ok(outcome);
+            }
+            tokio::time::sleep(timeout).await;
+            let verdict = outcome.verdict;
+            Ok(CheckOutcome {
+                verdict: Verdict {
+                    decision: Decision::Deny,
+                    reason: format!(
+                        "no approval within {} s: {}",
+                        timeout.as_secs_f64(),
+                        verdict.reason
+                    ),
+                    ..verdict
+                },
+                approval_id: outcome.approval_id,
+                resolved_locally: true,
+            })
         })
     }
 
@@ -499,6 +578,11 @@ impl Shared {
         match self.call(request(signature), false).await? {
             Body::Registered(r) if !r.credential_token.is_empty() => Ok(Agent {
                 id: spec.agent_id.clone(),
+                context: match r.agent {
+                    Some(recorded) => AgentContext::try_from(recorded)
+                        .map_err(|e| ClientError::Protocol(format!("registered agent: {e}")))?,
+                    None => AgentContext::new(spec.agent_id.clone()),
+                },
                 credential: Arc::new(StdMutex::new(Credential {
                     token: r.credential_token,
                     expires_at_ms: r.expires_at.map_or(0, aa_proto::convert::millis),

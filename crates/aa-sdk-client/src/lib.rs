@@ -16,7 +16,7 @@ mod connection;
 pub mod error;
 
 pub use client::{
-    Agent, AgentSpec, Call, CheckOutcome, Client, ClientConfig, DEFAULT_SOCKET, Report, SOCKET_ENV,
-    resolve_socket,
+    Agent, AgentSpec, Call, CheckOutcome, Client, ClientConfig, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+    Report, SOCKET_ENV, STATE_DIR_ENV, resolve_socket, resolve_state_dir,
 };
 pub use error::ClientError;

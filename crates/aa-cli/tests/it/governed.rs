@@ -375,6 +375,83 @@ async fn secrets_never_reach_a_database_unredacted() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_gets_its_lineage_and_an_unapproved_pending_check_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(options(dir.path(), vec![data()]), None)
+        .await
+        .unwrap();
+    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+    let root = register(&c, "root", Some("ops")).await;
+    assert_eq!(root.context().depth, 0);
+    let child = c
+        .register(AgentSpec {
+            agent_id: "child".into(),
+            parent_agent_id: Some("root".into()),
+            delegation_reason: Some("triage".into()),
+            ..AgentSpec::default()
+        })
+        .await
+        .unwrap();
+    // The gateway counts the depth and hands down the parent's team.
+    let context = child.context();
+    assert_eq!(
+        (
+            context.depth,
+            context.parent.as_deref(),
+            context.team.as_deref()
+        ),
+        (1, Some("root"), Some("ops"))
+    );
+
+    let pending = decide(&c, &child, shell("rm -r x")).await;
+    assert_eq!(pending.verdict.decision, Decision::Pending);
+    let started = std::time::Instant::now();
+    let resolved = c
+        .await_approval(pending.clone(), Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(resolved.verdict.decision, Decision::Deny);
+    assert_eq!(resolved.verdict.rule, pending.verdict.rule);
+    assert!(
+        resolved
+            .verdict
+            .reason
+            .starts_with("no approval within 0.2 s")
+    );
+    assert!(resolved.resolved_locally);
+    let allowed = decide(&c, &child, shell("ls")).await;
+    assert_eq!(
+        c.await_approval(allowed.clone(), Duration::from_secs(60))
+            .await
+            .unwrap(),
+        allowed
+    );
+
+    // An edge's metadata is an event field like any other: stored, and scanned.
+    let edge = aa_core::TopologyEdge {
+        from_agent_id: "root".into(),
+        to_agent_id: "child".into(),
+        kind: aa_core::EdgeKind::Messaged,
+        tool: None,
+        created_at_ms: 1,
+        metadata: Some(json!({ "note": format!("use {AWS_KEY}") })),
+    };
+    assert_eq!(c.report(&root, vec![], vec![edge]).await.unwrap(), 1);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            stored_events(&up.gateway).await.iter().any(|e| {
+                e["kind"] == "edge"
+                    && e["detail"]["kind"] == "messaged"
+                    && e["detail"]["metadata"]["note"] == "use [REDACTED:aws_access_key]"
+            })
+        })
+        .await
+    );
+    up.stop().await.unwrap();
+}
+
 fn verify(state: &Path) -> (i32, String) {
     let out = crate::aasm(&["audit", "verify", "--state-dir", state.to_str().unwrap()]);
     (

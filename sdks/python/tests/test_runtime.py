@@ -1,0 +1,196 @@
+"""The SDK against a real ``aasm up`` (started per test on a temp state directory)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+from agent_assembly import (
+    LlmCallDenied,
+    RegistrationError,
+    ToolDenied,
+    init_assembly,
+)
+from conftest import AWS_KEY, Aasm
+
+
+def test_allow_runs_the_tool_and_reports_it(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    with init_assembly("reader", **sdk_dirs) as assembly:
+
+        @assembly.tool
+        def read_file(path: str) -> str:
+            return f"contents of {path}"
+
+        assert read_file("/workspace/notes.txt") == "contents of /workspace/notes.txt"
+        decision = assembly.check_tool_start("read_file", {"path": "/workspace/a"})
+        assert (decision.decision, decision.policy) == ("allow", "python-sdk@1")
+
+    events = aasm.wait_for_events(lambda es: any(e["kind"] == "tool_end" for e in es))
+    ends = [e for e in events if e["kind"] == "tool_end"]
+    assert len(ends) == 1
+    assert ends[0]["agent"]["id"] == "reader"
+    assert ends[0]["detail"]["result"] == "contents of /workspace/notes.txt"
+    assert ends[0]["detail"]["duration_ms"] >= 0
+
+
+def test_a_deny_stops_the_body(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    ran: list[str] = []
+    with init_assembly("reader", **sdk_dirs) as assembly:
+
+        @assembly.tool
+        def read_file(path: str) -> str:
+            ran.append(path)
+            return "secret"
+
+        with pytest.raises(ToolDenied) as denied:
+            read_file("/etc/shadow")
+        assert ran == []
+        assert denied.value.tool_name == "read_file"
+        assert denied.value.rule == "tools.read_file.deny_if"
+        assert denied.value.decision.policy == "python-sdk@1"
+        with pytest.raises(ToolDenied):
+            assembly.check_tool_start("delete_file", {"path": "/workspace/x"})
+
+    # The runtime recorded both denials.
+    events = aasm.wait_for_events(
+        lambda es: sum(e.get("verdict", {}).get("decision") == "deny" for e in es) >= 2
+    )
+    assert sum(e.get("verdict", {}).get("decision") == "deny" for e in events) == 2
+
+
+def test_pending_denies_when_no_approval_comes(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    ran: list[str] = []
+    with init_assembly("ops", approval_timeout=0.3, **sdk_dirs) as assembly:
+
+        @assembly.tool
+        def shell(command: str) -> str:
+            ran.append(command)
+            return "done"
+
+        started = time.monotonic()
+        with pytest.raises(ToolDenied) as denied:
+            shell("rm -rf /tmp/x")
+        assert time.monotonic() - started >= 0.3
+        assert ran == []
+        assert denied.value.rule == "tools.shell.requires_approval_if"
+        assert denied.value.reason.startswith("no approval within 0.3 s")
+        assert shell("ls") == "done"
+
+
+def test_observe_reports_a_deny_and_runs_the_tool(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    ran: list[str] = []
+    with init_assembly("watcher", mode="observe", **sdk_dirs) as assembly:
+
+        @assembly.tool
+        def delete_file(path: str) -> None:
+            ran.append(path)
+
+        delete_file("/workspace/old")
+        assert ran == ["/workspace/old"]
+        decision = assembly.check_tool_start("delete_file", {"path": "/workspace/x"})
+        assert (decision.decision, decision.rule) == ("deny", "tools.delete_file.allow")
+
+
+def test_secrets_reach_the_audit_log_redacted(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    with init_assembly("leaky", **sdk_dirs) as assembly:
+
+        @assembly.tool
+        def fetch(url: str, token: str) -> dict[str, str]:
+            return {"echo": f"authorised with {token}"}
+
+        fetch("https://example.com", token=AWS_KEY)
+        with pytest.raises(ValueError):  # not a secret problem: a bad argument is loud
+            assembly.report_edge("peer", "befriended")
+        assembly.report_edge("peer", "messages", {"note": f"use {AWS_KEY}"})
+
+    events = aasm.wait_for_events(
+        lambda es: {e["kind"] for e in es} >= {"decision", "tool_end", "edge"}
+    )
+    text = json.dumps(events)
+    assert AWS_KEY not in text
+    assert AWS_KEY not in aasm.run("audit", "export")
+    kinds = {e["kind"] for e in events}
+    assert kinds >= {"decision", "tool_end", "edge"}
+    end = next(e for e in events if e["kind"] == "tool_end")
+    assert end["detail"]["result"]["echo"] == "authorised with [REDACTED:aws_access_key]"
+    assert end["redactions"], "receipts are attached"
+    edge = next(e for e in events if e["kind"] == "edge")
+    assert edge["detail"]["kind"] == "messaged"
+    assert edge["detail"]["metadata"]["note"] == "use [REDACTED:aws_access_key]"
+
+
+def test_a_spawned_child_has_its_lineage(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    with init_assembly("lead", team_id="research", **sdk_dirs) as lead:
+        assert lead.depth == 0
+        with lead.spawn_child(
+            "helper", delegation_reason="summarise", spawned_by_tool="delegate"
+        ) as child:
+            assert (child.depth, child.team_id, child.parent_agent_id) == (1, "research", "lead")
+            assert child.check_tool_start("read_file", {"path": "/workspace/a"}).allowed
+        agents = aasm.agents()
+    helper = agents["helper"]
+    assert helper["parent_agent_id"] == "lead"
+    assert helper["depth"] == 1
+    assert helper["team_id"] == "research"
+    assert helper["delegation_reason"] == "summarise"
+    assert helper["spawned_by_tool"] == "delegate"
+    events = aasm.wait_for_events(lambda es: any(e["kind"] == "edge" for e in es))
+    spawn = next(e for e in events if e["kind"] == "edge")
+    assert (spawn["agent"]["id"], spawn["detail"]["to_agent_id"]) == ("lead", "helper")
+
+
+def test_llm_calls_are_checked_and_usage_recorded(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    with init_assembly("writer", **sdk_dirs) as assembly:
+        assert assembly.check_llm_call("gpt-4o-mini", 1200).allowed
+        with pytest.raises(LlmCallDenied) as denied:
+            assembly.check_llm_call("some-other-model", 10)
+        assert denied.value.model == "some-other-model"
+        assembly.report_llm_usage("gpt-4o-mini", 1200, 300, cost_usd=0.0021)
+    events = aasm.wait_for_events(lambda es: any(e["kind"] == "llm_usage" for e in es))
+    usage = next(e for e in events if e["kind"] == "llm_usage")
+    assert usage["detail"] == {"input_tokens": 1200, "output_tokens": 300, "cost_usd": 0.0021}
+
+
+def test_async_tools_are_governed(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    ran: list[str] = []
+    with init_assembly("async-bot", **sdk_dirs) as assembly:
+
+        @assembly.tool(name="read_file")
+        async def read(path: str) -> str:
+            ran.append(path)
+            await asyncio.sleep(0)
+            return "ok"
+
+        async def main() -> None:
+            assert await read("/workspace/a") == "ok"
+            with pytest.raises(ToolDenied):
+                await read("/etc/passwd")
+
+        asyncio.run(main())
+    assert ran == ["/workspace/a"]
+
+
+def test_a_lost_runtime_denies_under_enforce(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    assembly = init_assembly("bot", timeout=1.0, **sdk_dirs)
+    assert assembly.check_tool_start("read_file", {"path": "/workspace/a"}).allowed
+    aasm.stop()
+    with pytest.raises(ToolDenied) as denied:
+        assembly.check_tool_start("read_file", {"path": "/workspace/a"})
+    assert denied.value.rule == "client"
+    assert "the runtime did not decide" in denied.value.reason
+    assembly.shutdown()
+
+
+def test_registration_failure_raises_only_under_enforce(tmp_path: Any) -> None:
+    missing = str(tmp_path / "no.sock")
+    with pytest.raises(RegistrationError, match=r"no\.sock"):
+        init_assembly("bot", socket_path=missing, state_dir=str(tmp_path))
+    for mode in ("observe", "disabled"):
+        assembly = init_assembly("bot", mode=mode, socket_path=missing, state_dir=str(tmp_path))
+        assert not assembly.governed
+        assert assembly.check_tool_start("delete_file").allowed
+        assembly.shutdown()
