@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! - `cargo xtask ci`: everything CI checks — installs missing toolchain components, then
-//!   formatting, clippy with warnings denied, every test, and the example policies' tests.
+//!   formatting, clippy with warnings denied, every test, the example policies' tests, and
+//!   the Python SDK from its wheel in a fresh virtualenv (pytest, mypy, ruff, stubtest).
 //! - `cargo xtask bench`: the benchmarks, then a table of criterion medians.
 //! - `cargo xtask load [aa-bench arguments]`: builds `aasm` and `aa-bench` in release and
 //!   runs the load generator (by default `all`: checks at 10,000/s, then 200,000 events).
@@ -13,6 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod python;
 mod scan_compare;
 
 fn main() -> Result<()> {
@@ -58,7 +60,7 @@ fn ci() -> Result<()> {
             "policy-examples",
         ])?;
     }
-    Ok(())
+    python::ci()
 }
 
 fn bench() -> Result<()> {

@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import Aasm
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.tools import BaseTool, tool
@@ -18,6 +17,7 @@ from agent_assembly.adapters.langchain import (
     LangChainToolDenied,
     govern_tools,
 )
+from conftest import Aasm
 
 RAN: list[str] = []
 
@@ -89,8 +89,10 @@ def test_a_denied_langchain_tool_does_not_run(
     assert read_file.invoke({"path": "/etc/hosts"}) == "contents of /etc/hosts"
 
     events = aasm.wait_for_events(
-        lambda es: sum(e["kind"] == "decision" for e in es) >= 5
-        and any(e["kind"] == "tool_end" for e in es)
+        lambda es: (
+            sum(e["kind"] == "decision" for e in es) >= 5
+            and any(e["kind"] == "tool_end" for e in es)
+        )
     )
     decisions = [
         (e["action"].get("tool") or e["action"].get("model"), e["verdict"]["decision"])
