@@ -6,6 +6,8 @@
 //! - `cargo xtask bench`: the benchmarks, then a table of criterion medians.
 //! - `cargo xtask load [aa-bench arguments]`: builds `aasm` and `aa-bench` in release and
 //!   runs the load generator (by default `all`: checks at 10,000/s, then 200,000 events).
+//! - `cargo xtask bench-python`: the latency of `check_tool_start` from Python beside the Rust
+//!   client's, against one `aasm up` (release builds of both).
 //! - `cargo xtask scan-compare`: `aasm scan` against `detect-secrets` (PyPI) on the same
 //!   generated corpus: throughput and recall of planted secrets, side by side.
 
@@ -25,8 +27,9 @@ fn main() -> Result<()> {
         "ci" => ci(),
         "bench" => bench(),
         "load" => load(std::env::args().skip(2).collect()),
+        "bench-python" => python::bench(),
         "scan-compare" => scan_compare::run(),
-        _ => bail!("usage: cargo xtask <ci|bench|load|scan-compare>"),
+        _ => bail!("usage: cargo xtask <ci|bench|bench-python|load|scan-compare>"),
     }
 }
 

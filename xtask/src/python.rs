@@ -13,12 +13,12 @@ const SDK: &str = "sdks/python";
 /// Every extra, so the adapters are tested with their real frameworks.
 const EXTRAS: &str = "langchain,openai-agents,mcp,test,lint";
 
-/// A fresh virtualenv under the target directory with the SDK's wheel installed; returns
-/// the virtualenv.
-pub(crate) fn install() -> Result<PathBuf> {
+/// A fresh virtualenv under the target directory with the SDK's wheel, built in the dev or
+/// release profile, installed with `extras`; returns the virtualenv.
+fn install(name: &str, release: bool, extras: &str) -> Result<PathBuf> {
     let root = std::fs::canonicalize(target_dir())
         .context("the target directory")?
-        .join("python-sdk");
+        .join(name);
     let venv = root.join("venv");
     let wheels = root.join("wheels");
     if wheels.exists() {
@@ -29,9 +29,13 @@ pub(crate) fn install() -> Result<PathBuf> {
         .arg(&venv))?;
     let bin = venv.join("bin");
     run(Command::new(bin.join("pip")).args(["install", "--quiet", "maturin>=1.9.4,<2"]))?;
-    // The dev profile: the target directory already holds it from the Rust tests.
-    run(Command::new(bin.join("maturin"))
-        .args(["build", "--quiet", "--out"])
+    let mut maturin = Command::new(bin.join("maturin"));
+    maturin.args(["build", "--quiet"]);
+    if release {
+        maturin.arg("--release");
+    }
+    run(maturin
+        .arg("--out")
         .arg(&wheels)
         .arg("--interpreter")
         .arg(bin.join("python"))
@@ -42,7 +46,7 @@ pub(crate) fn install() -> Result<PathBuf> {
         .context("maturin built no wheel")?;
     run(Command::new(bin.join("pip"))
         .args(["install", "--quiet"])
-        .arg(format!("{}[{EXTRAS}]", wheel.display())))?;
+        .arg(format!("{}[{extras}]", wheel.display())))?;
     Ok(venv)
 }
 
@@ -50,7 +54,8 @@ pub(crate) fn install() -> Result<PathBuf> {
 pub(crate) fn ci() -> Result<()> {
     cargo(&["build", "-p", "aa-cli"])?;
     let aasm = std::fs::canonicalize(target_dir().join("debug/aasm")).context("the aasm binary")?;
-    let venv = install()?;
+    // The dev profile: the target directory already holds it from the Rust tests.
+    let venv = install("python-sdk", false, EXTRAS)?;
     let bin = venv.join("bin");
     let python = bin.join("python");
     // The tests import the installed package, never the sources beside them.
@@ -61,14 +66,27 @@ pub(crate) fn ci() -> Result<()> {
         .current_dir(SDK))?;
     run(Command::new(bin.join("mypy")).current_dir(SDK))?;
     run(Command::new(bin.join("ruff"))
-        .args(["check", "python", "tests"])
+        .args(["check", "python", "tests", "benches"])
         .current_dir(SDK))?;
     run(Command::new(bin.join("ruff"))
-        .args(["format", "--check", "python", "tests"])
+        .args(["format", "--check", "python", "tests", "benches"])
         .current_dir(SDK))?;
     run(Command::new(&python)
         .args(["-m", "mypy.stubtest", "agent_assembly._native"])
         .current_dir(&venv))
+}
+
+/// `check_tool_start` from Python beside the Rust client, release builds of both.
+pub(crate) fn bench() -> Result<()> {
+    cargo(&["build", "--release", "-p", "aa-cli", "-p", "aa-bench"])?;
+    let release = std::fs::canonicalize(target_dir().join("release"))?;
+    let venv = install("python-bench", true, "test")?;
+    run(Command::new(venv.join("bin/python"))
+        .arg(Path::new(SDK).join("benches/check_latency.py"))
+        .arg("--aasm")
+        .arg(release.join("aasm"))
+        .arg("--aa-bench")
+        .arg(release.join("aa-bench")))
 }
 
 fn check_installed(python: &Path, venv: &Path) -> Result<()> {

@@ -3,7 +3,7 @@
 //! next send; how late sends were against the schedule is reported beside the latency, so a
 //! schedule that slipped shows.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
@@ -93,6 +93,37 @@ fn ready(client: &Client, agent: &Agent, action: &Action) -> Result<(), BenchErr
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Checks one after another from one client against a runtime that is already running:
+/// the latency an agent sees when it is the only one asking. `warmup` checks go first,
+/// unmeasured; every measured check must be answered allow by the runtime.
+pub fn serial(
+    socket: &Path,
+    state_dir: &Path,
+    agent_id: &str,
+    count: usize,
+    warmup: usize,
+) -> Result<Percentiles, BenchError> {
+    let (client, agent) = registered_client(socket, state_dir, agent_id.to_owned(), READY_TIMEOUT)?;
+    let action = CheckLoad::default_action();
+    ready(&client, &agent, &action)?;
+    let mut samples = Vec::with_capacity(count);
+    for i in 0..warmup + count {
+        let started = Instant::now();
+        let outcome = client.check(&agent, action.clone(), None).wait()?;
+        let took = started.elapsed();
+        if outcome.verdict.decision != Decision::Allow || outcome.resolved_locally {
+            return Err(BenchError::NotReady {
+                seconds: 0,
+                reason: outcome.verdict.reason,
+            });
+        }
+        if i >= warmup {
+            samples.push(took);
+        }
+    }
+    Percentiles::of(samples).ok_or_else(|| BenchError::Invalid("count must be positive".into()))
 }
 
 /// Runs the load and reports.

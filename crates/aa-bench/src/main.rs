@@ -28,6 +28,9 @@ enum Load {
     Checks(CheckArgs),
     /// Events as fast as they are taken: rates to the runtime's outbox and the gateway's store.
     Events(EventArgs),
+    /// Checks one at a time from one client against a runtime already running (no services
+    /// are started): the baseline for an SDK's own latency.
+    Serial(SerialArgs),
     /// Both, each on a fresh gateway and runtime.
     All {
         #[command(flatten)]
@@ -54,6 +57,28 @@ struct CheckArgs {
     /// Seconds the runtime sits idle before its memory is read.
     #[arg(long, default_value_t = 2.0)]
     idle: f64,
+}
+
+#[derive(Debug, Args)]
+struct SerialArgs {
+    /// The runtime's socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Where the client keeps its agent's key.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// The agent to register and check as.
+    #[arg(long, default_value = "serial-bench")]
+    agent: String,
+    /// Checks measured.
+    #[arg(long, default_value_t = 20_000)]
+    count: usize,
+    /// Checks first, unmeasured.
+    #[arg(long, default_value_t = 2_000)]
+    warmup: usize,
+    /// Print the percentiles as one JSON object (microseconds) instead of a line of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +150,29 @@ fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
     Ok(report.failed == 0 && report.allowed == report.answered)
 }
 
+fn run_serial(args: &SerialArgs) -> Result<bool> {
+    let p = checks::serial(
+        &args.socket,
+        &args.state_dir,
+        &args.agent,
+        args.count,
+        args.warmup,
+    )?;
+    if args.json {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!(
+            "{}",
+            serde_json::json!({
+                "count": p.count, "p50_us": us(p.p50), "p90_us": us(p.p90),
+                "p99_us": us(p.p99), "p999_us": us(p.p999), "max_us": us(p.max),
+            })
+        );
+    } else {
+        print_latency("serial checks", Some(p));
+    }
+    Ok(true)
+}
+
 fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
     let stack = Stack::start(aasm)?;
     let load = EventLoad {
@@ -163,6 +211,7 @@ fn main() -> ExitCode {
     let outcome = match &cli.load {
         Load::Checks(args) => run_checks(&aasm, args),
         Load::Events(args) => run_events(&aasm, args),
+        Load::Serial(args) => run_serial(args),
         Load::All { checks, events } => {
             run_checks(&aasm, checks).and_then(|ok| Ok(run_events(&aasm, events)? && ok))
         }

@@ -30,17 +30,18 @@ def aasm_binary() -> str:
 class Aasm:
     """A running ``aasm up``: its socket, state directory, and offline views of its data."""
 
-    def __init__(self, state_dir: Path, policy: Path) -> None:
+    def __init__(self, state_dir: Path, policy: Path | None) -> None:
+        """Starts ``aasm up`` with ``policy`` (None: its default, the balanced example)."""
         self.binary = aasm_binary()
         self.state_dir = state_dir
+        policy_args = [] if policy is None else ["--policy", str(policy)]
         self.process = subprocess.Popen(
             [
                 self.binary,
                 "up",
                 "--state-dir",
                 str(state_dir),
-                "--policy",
-                str(policy),
+                *policy_args,
                 "--grpc",
                 "127.0.0.1:0",
                 "--http",
