@@ -58,7 +58,9 @@ class ScriptedModel(Model):
         return ModelResponse(output=[message], usage=usage, response_id=None)
 
     def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
+        # The Model interface requires it; these tests run Runner.run_sync, which never
+        # streams, so reaching this is a test failure, not a path under test.
+        raise NotImplementedError("ScriptedModel does not stream")
 
 
 @function_tool
