@@ -4,13 +4,15 @@
 //!   shared by every agent registered on it), `Agent` (a registration and its credential) and
 //!   `Outcome` (a decision).
 //! - [`errors`]: how client errors become Python exceptions.
+//! - [`json`]: Python objects to JSON values.
 //!
 //! It holds no client logic: each method hands its call to `aa-sdk-client` and waits with the
-//! GIL released, in slices so Ctrl-C still interrupts. Actions and events cross as JSON text,
-//! parsed here with errors that say which item and field was wrong. Nothing here may panic
+//! GIL released, in slices so Ctrl-C still interrupts. Actions and events cross as Python
+//! objects (or JSON text), checked here with errors that say which item and field was wrong. Nothing here may panic
 //! across the boundary: every failure is a Python exception.
 
 mod errors;
+mod json;
 
 use std::path::PathBuf;
 use std::sync::RwLock;
@@ -19,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aa_core::{Action, EdgeKind, EventKind, Mode, TopologyEdge};
 use aa_sdk_client::{Agent, AgentSpec, Call, CheckOutcome, Client, ClientConfig, Report};
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -52,10 +55,24 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A JSON array of items, each parsed on its own so an error names its index.
-fn parse_items<T: for<'de> Deserialize<'de>>(what: &str, json: &str) -> PyResult<Vec<T>> {
-    let items: Vec<Value> = serde_json::from_str(json)
-        .map_err(|e| errors::invalid(what, format!("not a JSON array: {e}")))?;
+/// A JSON document given as text or as a Python object.
+fn json_value(
+    what: &str,
+    value: &Bound<'_, PyAny>,
+    default: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Value> {
+    match value.cast::<PyString>() {
+        Ok(text) => serde_json::from_str(&text.to_cow()?)
+            .map_err(|e| errors::invalid(what, format!("not JSON: {e}"))),
+        Err(_) => json::to_value(value, default),
+    }
+}
+
+/// An array of items, each parsed on its own so an error names its index.
+fn parse_items<T: for<'de> Deserialize<'de>>(what: &str, items: Value) -> PyResult<Vec<T>> {
+    let Value::Array(items) = items else {
+        return Err(errors::invalid(what, "not an array"));
+    };
     items
         .into_iter()
         .enumerate()
@@ -96,9 +113,15 @@ struct PyClient {
     client: RwLock<Option<Client>>,
     socket_path: String,
     mode: Mode,
+    /// Makes objects of other types JSON-ready, as `json.dumps(default=...)`.
+    json_default: Option<Py<PyAny>>,
 }
 
 impl PyClient {
+    fn value(&self, py: Python<'_>, what: &str, value: &Bound<'_, PyAny>) -> PyResult<Value> {
+        json_value(what, value, self.json_default.as_ref().map(|d| d.bind(py)))
+    }
+
     fn client(&self) -> PyResult<Client> {
         self.client
             .read()
@@ -111,12 +134,14 @@ impl PyClient {
 #[pymethods]
 impl PyClient {
     #[new]
-    #[pyo3(signature = (*, socket_path=None, state_dir=None, mode="enforce", timeout=5.0))]
+    #[pyo3(signature = (*, socket_path=None, state_dir=None, mode="enforce", timeout=5.0,
+        json_default=None))]
     fn new(
         socket_path: Option<PathBuf>,
         state_dir: Option<PathBuf>,
         mode: &str,
         timeout: f64,
+        json_default: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         let mode: Mode = mode.parse().map_err(|e| errors::invalid("mode", e))?;
         let client = Client::new(ClientConfig {
@@ -130,6 +155,7 @@ impl PyClient {
             socket_path: client.socket_path().display().to_string(),
             client: RwLock::new(Some(client)),
             mode,
+            json_default,
         })
     }
 
@@ -178,17 +204,18 @@ impl PyClient {
         Ok(PyAgent { agent })
     }
 
-    /// Asks for a decision on an action given as JSON (`{"type": "tool_call", ...}`).
+    /// Asks for a decision on an action (`{"type": "tool_call", ...}`, a dict or JSON text).
     /// Never raises for a runtime failure: that resolves by the mode.
-    #[pyo3(signature = (agent, action_json, session_id=None))]
+    #[pyo3(signature = (agent, action, session_id=None))]
     fn check(
         &self,
         py: Python<'_>,
         agent: &Bound<'_, PyAgent>,
-        action_json: &str,
+        action: &Bound<'_, PyAny>,
         session_id: Option<String>,
     ) -> PyResult<PyOutcome> {
-        let action = Action::from_json(action_json).map_err(|e| errors::invalid("action", e))?;
+        let action = Action::from_value(self.value(py, "action", action)?)
+            .map_err(|e| errors::invalid("action", e))?;
         let call = self.client()?.check(&agent.get().agent, action, session_id);
         Ok(PyOutcome {
             outcome: wait(py, call)?,
@@ -210,19 +237,25 @@ impl PyClient {
         })
     }
 
-    /// Reports events and edges as JSON arrays; returns how many events were new once the
-    /// runtime has them on disk.
-    #[pyo3(signature = (agent, events_json="[]", edges_json="[]"))]
+    /// Reports events and edges (lists, or JSON arrays as text); returns how many events were
+    /// new once the runtime has them on disk.
+    #[pyo3(signature = (agent, events=None, edges=None))]
     fn report(
         &self,
         py: Python<'_>,
         agent: &Bound<'_, PyAgent>,
-        events_json: &str,
-        edges_json: &str,
+        events: Option<&Bound<'_, PyAny>>,
+        edges: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
+        let items = |what: &str, list: Option<&Bound<'_, PyAny>>| {
+            list.map_or(Ok(Value::Array(Vec::new())), |list| {
+                self.value(py, what, list)
+            })
+        };
+        let (events, edges) = (items("events", events)?, items("edges", edges)?);
         let agent = &agent.get().agent;
         let mut reports = Vec::new();
-        for (i, event) in parse_items::<EventJson>("events", events_json)?
+        for (i, event) in parse_items::<EventJson>("events", events)?
             .into_iter()
             .enumerate()
         {
@@ -238,7 +271,7 @@ impl PyClient {
             });
         }
         let now = now_ms();
-        let edges = parse_items::<EdgeJson>("edges", edges_json)?
+        let edges = parse_items::<EdgeJson>("edges", edges)?
             .into_iter()
             .map(|edge| TopologyEdge {
                 from_agent_id: agent.id().to_owned(),
@@ -250,6 +283,13 @@ impl PyClient {
             })
             .collect();
         wait(py, self.client()?.report(agent, reports, edges))
+    }
+
+    /// The JSON text of a value, converted as actions and events are.
+    fn dumps(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<String> {
+        let default = self.json_default.as_ref().map(|d| d.bind(py));
+        serde_json::to_string(&json::to_value(value, default)?)
+            .map_err(|e| errors::invalid("value", e))
     }
 
     /// Renews the agent's credential now (the client also does it on its own).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import json
 import logging
 import threading
 import time
@@ -83,10 +82,8 @@ def _native_missing(error: ImportError, mode: Mode) -> None:
 
 
 def _jsonable(value: object) -> object:
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
+    """What the native client sends for an object JSON cannot hold: a pydantic model's
+    ``model_dump``, else its ``repr`` — never nothing."""
     dump = getattr(value, "model_dump", None)  # pydantic models, as frameworks pass them
     if callable(dump):
         try:
@@ -94,35 +91,6 @@ def _jsonable(value: object) -> object:
         except Exception:
             pass
     return repr(value)
-
-
-def _plain(value: object, seen: frozenset[int]) -> object:
-    """``value`` with string keys and no cycles (a repeated container becomes ``"<cycle>"``)."""
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    if id(value) in seen:
-        return "<cycle>"
-    seen = seen | {id(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, seen) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_plain(v, seen) for v in value]
-    return _plain(_jsonable(value), seen)
-
-
-def _to_json(value: object) -> str:
-    """JSON for anything: what JSON cannot hold is sent as its ``repr``, never dropped."""
-    try:
-        return json.dumps(value, default=_jsonable, ensure_ascii=False, separators=(",", ":"))
-    except (TypeError, ValueError):  # non-string keys, cycles
-        return json.dumps(_plain(value, frozenset()), ensure_ascii=False, separators=(",", ":"))
-
-
-def _result_detail(result: object) -> object:
-    text = _to_json(result)
-    if len(text) > _RESULT_LIMIT:
-        return {"type": type(result).__name__, "json_bytes": len(text), "truncated": True}
-    return json.loads(text)
 
 
 class Assembly:
@@ -201,7 +169,7 @@ class Assembly:
         if agent is None or self._client is None:
             return self._local(f"agent {self.agent_id!r} is not registered with a runtime")
         try:
-            outcome = self._client.check(agent, _to_json(action), self.session_id)
+            outcome = self._client.check(agent, action, self.session_id)
             if outcome.decision == "pending" and self.mode == "enforce":
                 outcome = self._client.await_approval(outcome, self._approval_timeout)
             return Decision.from_native(outcome)
@@ -213,7 +181,8 @@ class Assembly:
     def check_tool_start(self, tool_name: str, args: Mapping[str, Any] | None = None) -> Decision:
         """Asks whether the tool may run with ``args``. Under ``enforce`` anything but allow
         raises ``ToolDenied`` (a pending action first waits for its approval)."""
-        decision = self._decide({"type": "tool_call", "tool": tool_name, "args": dict(args or {})})
+        plain_args = args if type(args) is dict else dict(args or {})
+        decision = self._decide({"type": "tool_call", "tool": tool_name, "args": plain_args})
         if self.mode == "enforce" and not decision.allowed:
             raise ToolDenied(tool_name, decision)
         return decision
@@ -256,7 +225,7 @@ class Assembly:
         try:
             if agent is None or self._client is None:
                 raise ReportError(f"agent {self.agent_id!r} is not registered with a runtime")
-            return self._client.report(agent, _to_json(events), _to_json(edges or []))
+            return self._client.report(agent, events, edges)
         except ValueError:
             raise
         except Exception as error:
@@ -265,6 +234,15 @@ class Assembly:
                 raise ReportError(message) from error
             _log.error("%s", message)
             return 0
+
+    def _result_detail(self, result: object) -> object:
+        """The result as it will be sent, or a summary when it is large."""
+        if self._client is None:
+            return None  # nothing is sent; the report is logged as lost
+        size = len(self._client.dumps(result))
+        if size > _RESULT_LIMIT:
+            return {"type": type(result).__name__, "json_bytes": size, "truncated": True}
+        return result
 
     def report_tool_end(
         self,
@@ -281,7 +259,7 @@ class Assembly:
         detail: dict[str, object] = {"duration_ms": round(duration_s * 1000, 3)}
         if error is None:
             kind = "tool_end"
-            detail["result"] = _result_detail(result)
+            detail["result"] = self._result_detail(result)
         else:
             kind = "error"
             detail["error"] = type(error).__name__
@@ -560,7 +538,11 @@ def init_assembly(
     client: _native.Client | None = None
     if native is not None:
         client = native.Client(
-            socket_path=socket_path, state_dir=state_dir, mode=mode, timeout=timeout
+            socket_path=socket_path,
+            state_dir=state_dir,
+            mode=mode,
+            timeout=timeout,
+            json_default=_jsonable,
         )
     return _register(
         agent_id,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from . import _native
@@ -14,9 +13,8 @@ MODES: tuple[Mode, ...] = ("enforce", "observe", "disabled")
 DECISIONS: tuple[DecisionName, ...] = ("allow", "deny", "pending")
 
 
-@dataclass(frozen=True)
-class Decision:
-    """One decision on one action.
+class Decision(NamedTuple):
+    """One decision on one action (immutable: a named tuple, cheap to make on every check).
 
     ``rule`` names what decided (``tools.shell.requires_approval_if``, ``default``, or
     ``client`` when the runtime did not answer and the mode did), ``policy`` the deciding
