@@ -1,6 +1,7 @@
 //! `aasm`, the Agent Assembly command line. Argument parsing and IO live here; the logic lives
 //! in the library crates.
 
+mod approvals;
 mod audit;
 mod check;
 mod files;
@@ -42,6 +43,9 @@ enum Command {
     /// The agent registry.
     #[command(subcommand)]
     Agents(audit::AgentsCommand),
+    /// Decide pending actions: list, show, approve, deny (through the gateway).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Audit(command) => audit::audit(command),
         Command::Agents(command) => audit::agents(command),
+        Command::Approvals(command) => approvals::run(command),
     };
     match result {
         Ok(code) => code,

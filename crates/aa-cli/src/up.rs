@@ -26,6 +26,55 @@ pub fn gateway_database(state_dir: &Path) -> PathBuf {
     state_dir.join("gateway.db")
 }
 
+/// The operators' bearer token (created 0600 on first start, unless `AASM_ADMIN_TOKEN` set
+/// one).
+pub fn admin_token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("admin.token")
+}
+
+/// Where a running gateway says it listens: `{"grpc": URL, "http": URL}`, for the CLI.
+pub fn gateway_address_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("gateway.json")
+}
+
+/// The environment variable that sets the admin token instead of the file.
+pub const ADMIN_TOKEN_ENV: &str = "AASM_ADMIN_TOKEN";
+
+/// The admin token: from the environment, else the state directory's file, created with 32
+/// random bytes the first time.
+fn admin_token(state_dir: &Path) -> Result<String> {
+    if let Some(token) = std::env::var(ADMIN_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let path = admin_token_file(state_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+        Ok(_) => anyhow::bail!(
+            "{} is empty; delete it to have a new token made",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+    let token = aa_core::hex::encode(&bytes);
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
 /// How to run a gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -115,7 +164,11 @@ impl GatewayHandle {
         let key = aa_identity::keyfile::load_or_create(&options.state_dir.join("gateway.key"))?;
         let store = SqliteStore::open(&gateway_database(&options.state_dir))?;
         let documents = read_policies(&options.policies)?;
-        let gateway = Arc::new(Gateway::new(store, key, documents, options.config)?);
+        let mut config = options.config;
+        if config.admin_token.is_none() {
+            config.admin_token = Some(admin_token(&options.state_dir)?);
+        }
+        let gateway = Arc::new(Gateway::new(store, key, documents, config)?);
         let grpc = TcpListener::bind(options.grpc)
             .await
             .with_context(|| format!("binding gRPC on {}", options.grpc))?;
@@ -123,6 +176,13 @@ impl GatewayHandle {
             .await
             .with_context(|| format!("binding HTTP on {}", options.http))?;
         let (grpc_addr, http_addr) = (grpc.local_addr()?, http.local_addr()?);
+        let address = serde_json::json!({
+            "grpc": format!("http://{grpc_addr}"),
+            "http": format!("http://{http_addr}"),
+        });
+        let address_file = gateway_address_file(&options.state_dir);
+        std::fs::write(&address_file, format!("{address}\n"))
+            .with_context(|| format!("writing {}", address_file.display()))?;
         let (stop, stopped) = watch::channel(false);
         let mut on_stop = stopped.clone();
         let task = tokio::spawn(aa_gateway::run(

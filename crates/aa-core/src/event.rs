@@ -54,6 +54,9 @@ pub enum EventKind {
     Error,
     /// An edge between agents (spawn, delegation, call).
     Edge,
+    /// A step of an approval (requested, approved, denied, expired, used); only the gateway
+    /// records these.
+    Approval,
 }
 
 impl EventKind {
@@ -66,6 +69,7 @@ impl EventKind {
             EventKind::LlmUsage => "llm_usage",
             EventKind::Error => "error",
             EventKind::Edge => "edge",
+            EventKind::Approval => "approval",
         }
     }
 }
@@ -142,6 +146,42 @@ pub struct Approval {
     /// Who decided, once decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
+    /// The decider's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When it was decided (or found expired), ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at_ms: Option<i64>,
+    /// When the approved action was released, ms since the epoch: an approval is used once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_at_ms: Option<i64>,
+    /// The policy that asked, as `name@version`.
+    #[serde(default)]
+    pub policy: String,
+}
+
+impl ApprovalStatus {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Denied => "denied",
+            ApprovalStatus::Expired => "expired",
+        }
+    }
+}
+
+impl Approval {
+    /// The status at `now_ms`: a pending approval past its expiry is expired, whether or not
+    /// anyone has recorded that yet.
+    pub fn status_at(&self, now_ms: i64) -> ApprovalStatus {
+        if self.status == ApprovalStatus::Pending && now_ms >= self.expires_at_ms {
+            ApprovalStatus::Expired
+        } else {
+            self.status
+        }
+    }
 }
 
 /// The kinds of edges in the agent topology.

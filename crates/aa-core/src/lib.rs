@@ -6,6 +6,7 @@
 //! - [`decision`]: the answer — allow, deny or pending — with the rule that decided it, and the
 //!   enforcement [`Mode`](decision::Mode) it applies under.
 //! - [`event`]: what is recorded — audit events, redaction receipts, approvals, topology edges.
+//! - [`canonical`]: canonical JSON, the form hashes and signatures are taken over.
 //! - [`hex`]: lowercase hex for ids, hashes and digests.
 //! - [`error`]: the crate's error type.
 //!
@@ -14,6 +15,7 @@
 
 pub mod action;
 pub mod agent;
+pub mod canonical;
 pub mod decision;
 pub mod error;
 pub mod event;

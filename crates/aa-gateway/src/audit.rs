@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use aa_core::canonical::canonical;
 use aa_identity::{Keypair, PublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -90,55 +91,6 @@ pub fn link_hash(
     hasher.update(prev);
     hasher.update(canonical(&body));
     hasher.finalize().into()
-}
-
-/// JSON with object keys sorted (by bytes) and no white space, whatever order the value's
-/// maps keep.
-pub fn canonical(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    write_canonical(value, &mut out);
-    out
-}
-
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
-            out.push(b'{');
-            for (i, (key, item)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(key, out);
-                out.push(b':');
-                write_canonical(item, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => write_scalar(scalar, out),
-    }
-}
-
-fn write_str(s: &str, out: &mut Vec<u8>) {
-    // Serialising a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-fn write_scalar(value: &Value, out: &mut Vec<u8>) {
-    // Serialising a scalar into a Vec cannot fail.
-    if serde_json::to_writer(&mut *out, value).is_err() {
-        out.extend_from_slice(b"null");
-    }
 }
 
 /// The head of one stream: its last sequence number and hash.
@@ -344,15 +296,6 @@ mod tests {
                 record
             })
             .collect()
-    }
-
-    #[test]
-    fn canonical_sorts_keys_at_every_level() {
-        let value = json!({"b": {"y": 1, "x": [true, null]}, "a": "é\n"});
-        assert_eq!(
-            String::from_utf8(canonical(&value)).unwrap(),
-            r#"{"a":"é\n","b":{"x":[true,null],"y":1}}"#
-        );
     }
 
     #[test]

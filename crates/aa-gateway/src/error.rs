@@ -20,6 +20,13 @@ pub enum GatewayError {
     /// expired or superseded token.
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
+    /// No such thing (an approval id nobody created).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request does not fit the current state: an approval already decided, used, or
+    /// asked for another action.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A policy document that does not validate.
     #[error("invalid policy: {0}")]
     Policy(String),

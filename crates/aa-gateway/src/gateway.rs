@@ -30,6 +30,9 @@ pub struct GatewayConfig {
     pub checkpoint_interval: Duration,
     /// Size caps for the backstop scan.
     pub limits: Limits,
+    /// The bearer token operators present to decide approvals and suspend agents; without
+    /// one those calls are refused.
+    pub admin_token: Option<String>,
 }
 
 impl Default for GatewayConfig {
@@ -39,6 +42,7 @@ impl Default for GatewayConfig {
             challenge_ttl: Duration::from_secs(60),
             checkpoint_interval: Duration::from_secs(10),
             limits: Limits::default(),
+            admin_token: None,
         }
     }
 }
@@ -97,28 +101,32 @@ pub struct Metrics {
     pub checkpoints: AtomicU64,
 }
 
-fn bump(counter: &AtomicU64, by: u64) {
+pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
 /// The gateway over a store.
 #[derive(Debug)]
 pub struct Gateway<S> {
-    store: S,
+    pub(crate) store: S,
     key: Keypair,
-    config: GatewayConfig,
+    pub(crate) config: GatewayConfig,
     bundle: watch::Sender<Arc<Bundle>>,
     challenges: Mutex<HashMap<String, OpenChallenge>>,
-    scanner: Scanner,
-    metrics: Metrics,
+    pub(crate) scanner: Scanner,
+    pub(crate) metrics: Metrics,
     closing: watch::Sender<bool>,
+    /// Bumped on every approval change, so waiters re-read theirs.
+    pub(crate) approval_epoch: watch::Sender<u64>,
+    /// Serialises the gateway's own appends, which number their stream themselves.
+    pub(crate) own_stream: tokio::sync::Mutex<()>,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -143,6 +151,8 @@ impl<S: Store> Gateway<S> {
             scanner,
             metrics: Metrics::default(),
             closing: watch::Sender::new(false),
+            approval_epoch: watch::Sender::new(0),
+            own_stream: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -404,11 +414,13 @@ impl<S: Store> Gateway<S> {
                     event.event_id
                 )));
             };
-            let added = self
-                .scanner
-                .redact_audit_event(&mut event, &self.config.limits)
-                .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-            bump(&self.metrics.backstop_redactions, added as u64);
+            if origin.stream_id == crate::approvals::GATEWAY_STREAM {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "event {:?}: stream {:?} is the gateway's own",
+                    event.event_id, origin.stream_id
+                )));
+            }
+            self.backstop(&mut event)?;
             if origin.stream_id != run_stream && !run.is_empty() {
                 total = add(
                     total,
@@ -431,7 +443,22 @@ impl<S: Store> Gateway<S> {
         Ok(total)
     }
 
-    async fn append_run(&self, stream: &str, run: Vec<NewEvent>) -> Result<Appended, GatewayError> {
+    /// The backstop scan: redacts what a runtime missed (or what the gateway itself is about
+    /// to record) in place.
+    pub(crate) fn backstop(&self, event: &mut AuditEvent) -> Result<(), GatewayError> {
+        let added = self
+            .scanner
+            .redact_audit_event(event, &self.config.limits)
+            .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        bump(&self.metrics.backstop_redactions, added as u64);
+        Ok(())
+    }
+
+    pub(crate) async fn append_run(
+        &self,
+        stream: &str,
+        run: Vec<NewEvent>,
+    ) -> Result<Appended, GatewayError> {
         let appended = self.store.append_events(stream, run).await?;
         bump(&self.metrics.events_appended, appended.accepted);
         bump(&self.metrics.events_duplicate, appended.duplicates);

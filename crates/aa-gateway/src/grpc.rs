@@ -1,17 +1,19 @@
-//! The gRPC face for runtimes: agent lifecycle, the policy bundle watch stream, audit appends.
+//! The gRPC face for runtimes: agent lifecycle, the policy bundle watch stream, audit appends,
+//! approvals (created and redeemed by runtimes, decided by operators with the admin token).
 //! Translation only: wire → domain, a call on [`Gateway`], domain → wire, and errors mapped to
 //! a status once, here, without internals.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
-use aa_core::{AgentRegistration, AuditEvent};
-use aa_proto::convert::timestamp;
+use aa_core::{Action, AgentRegistration, ApprovalStatus, AuditEvent};
+use aa_proto::convert::{duration, timestamp};
 use aa_proto::pb;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::approvals::NewApproval;
 use crate::bundle::Bundle;
 use crate::error::GatewayError;
 use crate::gateway::{Credential, Gateway, Registered};
@@ -25,7 +27,10 @@ pub fn status(error: GatewayError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         GatewayError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
-        GatewayError::Sequence { .. } => Status::failed_precondition(error.to_string()),
+        GatewayError::Sequence { .. } | GatewayError::Conflict(_) => {
+            Status::failed_precondition(error.to_string())
+        }
+        GatewayError::NotFound(_) => Status::not_found(error.to_string()),
         GatewayError::Unavailable(_) => Status::unavailable(error.to_string()),
         GatewayError::Storage(_) | GatewayError::Setup(_) => {
             tracing::error!(%error, "gateway request failed");
@@ -66,7 +71,12 @@ impl<S: Store> GrpcApi<S> {
         .add_service(pb::policy_service_server::PolicyServiceServer::new(
             self.clone(),
         ))
-        .add_service(pb::audit_service_server::AuditServiceServer::new(self))
+        .add_service(pb::audit_service_server::AuditServiceServer::new(
+            self.clone(),
+        ))
+        .add_service(pb::approval_service_server::ApprovalServiceServer::new(
+            self,
+        ))
     }
 }
 
@@ -218,5 +228,164 @@ impl<S: Store> pb::audit_service_server::AuditService for GrpcApi<S> {
             accepted: appended.accepted,
             duplicates: appended.duplicates,
         }))
+    }
+}
+
+/// A request's `authorization` metadata.
+fn bearer<T>(request: &Request<T>) -> Option<&str> {
+    request.metadata().get("authorization")?.to_str().ok()
+}
+
+type ApprovalStream = Pin<Box<dyn Stream<Item = Result<pb::Approval, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::approval_service_server::ApprovalService for GrpcApi<S> {
+    type WatchStream = ApprovalStream;
+
+    async fn create(
+        &self,
+        request: Request<pb::CreateApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let request = request.into_inner();
+        let action = request
+            .action
+            .ok_or_else(|| Status::invalid_argument("approval needs the action"))
+            .and_then(|a| Action::try_from(a).map_err(invalid))?;
+        let timeout = request
+            .timeout
+            .and_then(|t| duration(&t))
+            .ok_or_else(|| Status::invalid_argument("approval needs a positive timeout"))?;
+        let approval = self
+            .gateway
+            .create_approval(NewApproval {
+                agent_id: request.agent_id,
+                credential_token: request.credential_token,
+                approval_id: request.approval_id,
+                action,
+                action_digest: request.action_digest,
+                rule: request.rule,
+                reason: request.reason,
+                policy: request.policy_version,
+                timeout,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new((&approval).into()))
+    }
+
+    async fn redeem(
+        &self,
+        request: Request<pb::RedeemApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let r = request.into_inner();
+        let approval = self
+            .gateway
+            .redeem_approval(
+                &r.agent_id,
+                &r.credential_token,
+                &r.approval_id,
+                &r.action_digest,
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new((&approval).into()))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        self.gateway
+            .authorize_admin(bearer(&request))
+            .map_err(status)?;
+        let approval = self
+            .gateway
+            .approval(&request.into_inner().approval_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new((&approval).into()))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        self.gateway
+            .authorize_admin(bearer(&request))
+            .map_err(status)?;
+        let filter = match pb::ApprovalStatus::try_from(request.into_inner().status) {
+            Ok(pb::ApprovalStatus::Unspecified) => None,
+            Ok(pb::ApprovalStatus::Pending) => Some(ApprovalStatus::Pending),
+            Ok(pb::ApprovalStatus::Approved) => Some(ApprovalStatus::Approved),
+            Ok(pb::ApprovalStatus::Denied) => Some(ApprovalStatus::Denied),
+            Ok(pb::ApprovalStatus::Expired) => Some(ApprovalStatus::Expired),
+            Err(_) => return Err(Status::invalid_argument("unknown approval status")),
+        };
+        let approvals = self.gateway.approvals(filter).await.map_err(status)?;
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: approvals.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        self.gateway
+            .authorize_admin(bearer(&request))
+            .map_err(status)?;
+        let r = request.into_inner();
+        let approval = self
+            .gateway
+            .decide_approval(&r.approval_id, r.approve, &r.decided_by, Some(r.comment))
+            .await
+            .map_err(status)?;
+        Ok(Response::new((&approval).into()))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchApprovalRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let approval_id = request.into_inner().approval_id;
+        let gateway = Arc::clone(&self.gateway);
+        // Refuse an unknown id now, as a status, rather than as a stream that ends at once.
+        let first = gateway.approval(&approval_id).await.map_err(status)?;
+        let mut changes = gateway.approval_changes();
+        let closed = gateway.closed();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            tokio::pin!(closed);
+            let mut current = first;
+            let mut sent = None;
+            loop {
+                let wire = pb::Approval::from(&current);
+                if sent.as_ref() != Some(&wire) {
+                    sent = Some(wire.clone());
+                    if tx.send(Ok(wire)).await.is_err() {
+                        return;
+                    }
+                }
+                if current.status != ApprovalStatus::Pending {
+                    return;
+                }
+                let until_expiry = u64::try_from(current.expires_at_ms - crate::gateway::now_ms())
+                    .map_or(std::time::Duration::ZERO, std::time::Duration::from_millis);
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(until_expiry) => {},
+                    () = tx.closed() => return,
+                    () = &mut closed => return,
+                }
+                current = match gateway.approval(&approval_id).await {
+                    Ok(approval) => approval,
+                    Err(error) => {
+                        let _ = tx.send(Err(status(error))).await;
+                        return;
+                    }
+                };
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,5 +1,6 @@
-//! The HTTP face for operators: `/health`, `/agents`, `/audit`, `/audit/checkpoints` and
-//! `/metrics` (Prometheus text format). Read-only.
+//! The HTTP face for operators: `/health`, `/agents`, `/audit`, `/audit/checkpoints`,
+//! `/metrics` (Prometheus text format), and under `/api/v1/` the approvals, which need the
+//! admin token (`Authorization: Bearer <token>`).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -8,11 +9,14 @@ use std::sync::atomic::Ordering;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
+
+use aa_core::ApprovalStatus;
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -30,6 +34,10 @@ pub fn router<S: Store>(gateway: Arc<Gateway<S>>) -> Router {
         .route("/audit", get(audit::<S>))
         .route("/audit/checkpoints", get(checkpoints::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/approvals", get(approvals::<S>))
+        .route("/api/v1/approvals/{id}", get(approval::<S>))
+        .route("/api/v1/approvals/{id}/approve", post(approve::<S>))
+        .route("/api/v1/approvals/{id}/deny", post(deny::<S>))
         .with_state(gateway)
 }
 
@@ -43,7 +51,10 @@ impl IntoResponse for HttpError {
                 (StatusCode::BAD_REQUEST, self.0.to_string())
             }
             GatewayError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, self.0.to_string()),
-            GatewayError::Sequence { .. } => (StatusCode::CONFLICT, self.0.to_string()),
+            GatewayError::Sequence { .. } | GatewayError::Conflict(_) => {
+                (StatusCode::CONFLICT, self.0.to_string())
+            }
+            GatewayError::NotFound(_) => (StatusCode::NOT_FOUND, self.0.to_string()),
             GatewayError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, self.0.to_string()),
             GatewayError::Storage(_) | GatewayError::Setup(_) => {
                 tracing::error!(error = %self.0, "operator API request failed");
@@ -183,4 +194,79 @@ async fn metrics<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoRespons
         )],
         text,
     ))
+}
+
+/// The `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()
+}
+
+#[derive(Debug, Deserialize)]
+struct ApprovalFilter {
+    status: Option<ApprovalStatus>,
+}
+
+async fn approvals<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Query(filter): Query<ApprovalFilter>,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(gateway.approvals(filter.status).await?))
+}
+
+async fn approval<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(gateway.approval(&id).await?))
+}
+
+/// The body of an approve or deny.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    /// Who decides (free text, e.g. a user name); `operator` when absent.
+    #[serde(default)]
+    decided_by: Option<String>,
+    /// Why.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn decide<S: Store>(
+    gateway: &Gateway<S>,
+    headers: &HeaderMap,
+    id: &str,
+    approve: bool,
+    body: Option<Json<Decision>>,
+) -> Result<Json<aa_core::Approval>, HttpError> {
+    gateway.authorize_admin(bearer(headers))?;
+    let Decision { decided_by, reason } = body.map(|Json(d)| d).unwrap_or_default();
+    let decided_by = decided_by.unwrap_or_default();
+    Ok(Json(
+        gateway
+            .decide_approval(id, approve, &decided_by, reason)
+            .await?,
+    ))
+}
+
+async fn approve<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<Decision>>,
+) -> Result<impl IntoResponse, HttpError> {
+    decide(&gateway, &headers, &id, true, body).await
+}
+
+async fn deny<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<Decision>>,
+) -> Result<impl IntoResponse, HttpError> {
+    decide(&gateway, &headers, &id, false, body).await
 }

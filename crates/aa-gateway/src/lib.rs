@@ -3,6 +3,8 @@
 //!
 //! - [`gateway`]: [`Gateway`], the logic — registration with a challenge, credential tokens
 //!   and their renewal, bundle publication, audit appends with a backstop scan, checkpoints.
+//! - [`approvals`]: pending decisions as durable approvals — created by runtimes, decided by
+//!   operators, bound to the action's digest, released once; each step audited.
 //! - [`bundle`]: policy bundles named by a content hash.
 //! - [`grpc`]: the gRPC services runtimes call; [`http`]: the operator API; [`server`]:
 //!   [`run`], serving both on listeners the caller bound.
@@ -16,6 +18,7 @@
 //! The audit log is append-only: nothing here updates or deletes a record. Nothing an agent
 //! supplied is stored before the backstop scan has redacted it.
 
+pub mod approvals;
 pub mod audit;
 pub mod bundle;
 pub mod error;
@@ -26,6 +29,7 @@ pub mod server;
 pub mod sqlite;
 pub mod store;
 
+pub use approvals::{GATEWAY_STREAM, NewApproval};
 pub use bundle::{Bundle, PolicyDocument};
 pub use error::GatewayError;
 pub use gateway::{Credential, Gateway, GatewayConfig, Registered};

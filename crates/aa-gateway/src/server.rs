@@ -1,5 +1,5 @@
 //! Running the gateway: gRPC and HTTP on listeners the caller bound (port 0 in tests), the
-//! checkpoint timer, and a clean stop when `shutdown` resolves.
+//! checkpoint timer (which also records approval expiries), and a clean stop when `shutdown` resolves.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,6 +60,10 @@ async fn checkpoint_loop<S: Store>(gateway: Arc<Gateway<S>>, stop: impl Future<O
         tokio::select! {
             () = &mut stop => return,
             _ = tick.tick() => {
+                // Expiries first, so the checkpoint covers their audit events.
+                if let Err(error) = gateway.expire_approvals().await {
+                    tracing::error!(%error, "approval expiry sweep failed");
+                }
                 if let Err(error) = gateway.checkpoint().await {
                     tracing::error!(%error, "checkpoint failed");
                 }

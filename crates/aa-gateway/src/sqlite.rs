@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aa_core::{Approval, ApprovalStatus};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::audit::{Checkpoint, GENESIS, Head, Record, unhex};
@@ -13,7 +14,8 @@ use crate::error::GatewayError;
 use crate::store::{AgentRecord, Appended, NewEvent, Store};
 
 /// Each entry moves the schema one version up; never edit a released one, add another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE audit_records (
     stream_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
@@ -56,7 +58,19 @@ CREATE TABLE agent_edges (
     created_at_ms INTEGER NOT NULL,
     PRIMARY KEY (parent_agent_id, child_agent_id, kind)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE approvals (
+    approval_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    used_at_ms INTEGER,
+    record TEXT NOT NULL
+);
+CREATE INDEX approvals_by_created ON approvals (created_at_ms);
+"#,
+];
 
 /// The SQLite store. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
@@ -406,6 +420,77 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn insert_approval(&self, approval: Approval) -> Result<bool, GatewayError> {
+        let record = approval_json(&approval)?;
+        self.with(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO approvals (approval_id, agent_id, status, created_at_ms, used_at_ms,
+                     record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (approval_id) DO NOTHING",
+                params![
+                    approval.approval_id,
+                    approval.agent.id,
+                    ApprovalStatus::as_str(approval.status),
+                    approval.created_at_ms,
+                    approval.used_at_ms,
+                    record,
+                ],
+            )?;
+            Ok(inserted == 1)
+        })
+        .await
+    }
+
+    async fn approval(&self, approval_id: &str) -> Result<Option<Approval>, GatewayError> {
+        let approval_id = approval_id.to_owned();
+        self.with(move |conn| {
+            conn.query_row(
+                "SELECT record FROM approvals WHERE approval_id = ?1",
+                params![approval_id],
+                |row| row.get::<_, String>(0),
+            )
+            .optional()?
+            .map(|text| approval_from_json(&text))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn approvals(&self) -> Result<Vec<Approval>, GatewayError> {
+        self.with(|conn| {
+            let mut statement = conn
+                .prepare("SELECT record FROM approvals ORDER BY created_at_ms DESC, approval_id")?;
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.iter().map(|text| approval_from_json(text)).collect()
+        })
+        .await
+    }
+
+    async fn update_approval(
+        &self,
+        approval: Approval,
+        from: ApprovalStatus,
+    ) -> Result<bool, GatewayError> {
+        let record = approval_json(&approval)?;
+        self.with(move |conn| {
+            let changed = conn.execute(
+                "UPDATE approvals SET status = ?2, used_at_ms = ?3, record = ?4
+                 WHERE approval_id = ?1 AND status = ?5 AND used_at_ms IS NULL",
+                params![
+                    approval.approval_id,
+                    ApprovalStatus::as_str(approval.status),
+                    approval.used_at_ms,
+                    record,
+                    ApprovalStatus::as_str(from),
+                ],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
     async fn agents(&self) -> Result<Vec<AgentRecord>, GatewayError> {
         self.with(|conn| {
             let mut statement = conn.prepare(&format!("{AGENT_COLUMNS} ORDER BY agent_id"))?;
@@ -416,6 +501,14 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn approval_json(approval: &Approval) -> Result<String, GatewayError> {
+    serde_json::to_string(approval).map_err(|e| GatewayError::Storage(e.to_string()))
+}
+
+fn approval_from_json(text: &str) -> Result<Approval, GatewayError> {
+    serde_json::from_str(text).map_err(|_| corrupt("approval record"))
 }
 
 const AGENT_COLUMNS: &str = "SELECT agent_id, did, name, framework, team_id, parent_agent_id,

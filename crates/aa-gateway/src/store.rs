@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use aa_core::{Approval, ApprovalStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -58,6 +59,18 @@ pub struct AgentRecord {
     pub token_id: String,
 }
 
+impl AgentRecord {
+    /// The agent as policy sees it.
+    pub fn context(&self) -> aa_core::AgentContext {
+        aa_core::AgentContext {
+            id: self.agent_id.clone(),
+            team: self.team_id.clone(),
+            depth: self.depth,
+            parent: self.parent_agent_id.clone(),
+        }
+    }
+}
+
 /// Where the gateway keeps its state.
 pub trait Store: Send + Sync + 'static {
     /// Appends events to `stream_id` in one transaction: each event either is a duplicate by
@@ -108,4 +121,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every agent, by id.
     fn agents(&self) -> impl Future<Output = Result<Vec<AgentRecord>, GatewayError>> + Send;
+
+    /// Records a new approval; returns false (changing nothing) when its id exists already.
+    fn insert_approval(
+        &self,
+        approval: Approval,
+    ) -> impl Future<Output = Result<bool, GatewayError>> + Send;
+
+    /// One approval.
+    fn approval(
+        &self,
+        approval_id: &str,
+    ) -> impl Future<Output = Result<Option<Approval>, GatewayError>> + Send;
+
+    /// Every approval, newest first.
+    fn approvals(&self) -> impl Future<Output = Result<Vec<Approval>, GatewayError>> + Send;
+
+    /// Replaces an approval only if it is still `from` and unused (compare and set, so two
+    /// deciders or two redeemers cannot both win); returns whether it did.
+    fn update_approval(
+        &self,
+        approval: Approval,
+        from: ApprovalStatus,
+    ) -> impl Future<Output = Result<bool, GatewayError>> + Send;
 }

@@ -3,7 +3,8 @@
 //! issues to registered agents and every runtime checks.
 //!
 //! - [`key`]: [`Keypair`] and [`PublicKey`], their `did:key` form, and the challenge.
-//! - [`token`]: [`Claims`], [`issue`] and [`verify`] for credential tokens.
+//! - [`token`]: [`Claims`], [`issue`] and [`verify`] for credential tokens, and
+//!   [`same_secret`], the constant-time comparison of tokens.
 //! - [`keyfile`]: keys kept on disk, owner-only.
 //! - [`error`]: the crate's error type, [`IdentityError`].
 //!
@@ -17,4 +18,4 @@ pub mod token;
 
 pub use error::IdentityError;
 pub use key::{CHALLENGE_BYTES, Keypair, PublicKey, challenge};
-pub use token::{Claims, issue, verify};
+pub use token::{Claims, issue, same_secret, verify};

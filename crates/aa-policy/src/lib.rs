@@ -30,6 +30,6 @@ pub use policy::{
     API_VERSION, Budget, CredentialAction, CustomPattern, DataRules, ExceedAction, Policy,
     RateLimits, Scope, ToolRule,
 };
-pub use set::PolicySet;
+pub use set::{DEFAULT_APPROVAL_TIMEOUT_S, PolicySet};
 pub use testing::{Expectation, TestCase, TestFailure, TestSuite};
 pub use yaml::Loc;

@@ -28,6 +28,7 @@ pub struct Policy {
     pub(crate) llm: Option<LlmRules>,
     pub(crate) process: Option<ProcessRules>,
     pub(crate) max_depth: Option<u32>,
+    pub(crate) approval_timeout_s: Option<u32>,
     pub(crate) schedule: Option<Schedule>,
     pub(crate) budget: Option<Budget>,
     pub(crate) data: Option<DataRules>,
@@ -271,6 +272,11 @@ impl Policy {
         self.mode
     }
 
+    /// `spec.approvals.timeout_seconds`, when set.
+    pub fn approval_timeout_s(&self) -> Option<u32> {
+        self.approval_timeout_s
+    }
+
     /// `spec.default`.
     pub fn default_decision(&self) -> Decision {
         self.default
@@ -304,6 +310,7 @@ const SPEC_KEYS: &[&str] = &[
     "llm",
     "process",
     "delegation",
+    "approvals",
     "schedule",
     "budget",
     "data",
@@ -405,6 +412,7 @@ fn spec_section(r: &mut Reader<'_>, node: &Node<'_>) -> Option<Policy> {
         llm: None,
         process: None,
         max_depth: None,
+        approval_timeout_s: None,
         schedule: None,
         budget: None,
         data: None,
@@ -451,6 +459,7 @@ fn spec_section(r: &mut Reader<'_>, node: &Node<'_>) -> Option<Policy> {
             "llm" => policy.llm = llm(r, value, &path),
             "process" => policy.process = process(r, value, &path),
             "delegation" => policy.max_depth = delegation(r, value, &path),
+            "approvals" => policy.approval_timeout_s = approvals(r, value, &path),
             "schedule" => policy.schedule = schedule(r, value, &path),
             "budget" => policy.budget = budget(r, value, &path),
             _ => policy.data = data(r, value, &path),
@@ -691,6 +700,17 @@ fn delegation(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<u32> {
     r.require(node, path, &entries, &["max_depth"]);
     let (k, value) = entries.first()?;
     let n = r.integer(value, &join_path(path, &k.value), 0, 1000)?;
+    u32::try_from(n).ok()
+}
+
+/// The longest an approval may wait: a week.
+const MAX_APPROVAL_TIMEOUT_S: i64 = 7 * 24 * 3600;
+
+fn approvals(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<u32> {
+    let entries = r.mapping(node, path, Some(&["timeout_seconds"]))?;
+    r.require(node, path, &entries, &["timeout_seconds"]);
+    let (k, value) = entries.first()?;
+    let n = r.integer(value, &join_path(path, &k.value), 1, MAX_APPROVAL_TIMEOUT_S)?;
     u32::try_from(n).ok()
 }
 

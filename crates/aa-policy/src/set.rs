@@ -6,6 +6,9 @@ use aa_core::{Decision, Mode, Verdict};
 use crate::eval::Request;
 use crate::policy::{Policy, RateLimits, ToolRule};
 
+/// How long an approval waits when no policy says: five minutes.
+pub const DEFAULT_APPROVAL_TIMEOUT_S: u32 = 300;
+
 /// Policies evaluated together, ordered from least to most specific scope.
 #[derive(Debug, Default)]
 pub struct PolicySet {
@@ -23,6 +26,18 @@ impl PolicySet {
     /// The policies, least specific first.
     pub fn policies(&self) -> &[Policy] {
         &self.policies
+    }
+
+    /// How long an approval asked for `agent` waits: `spec.approvals.timeout_seconds` of the
+    /// most specific policy covering it that sets one (the shortest among equals), else
+    /// [`DEFAULT_APPROVAL_TIMEOUT_S`].
+    pub fn approval_timeout_s_for(&self, agent: &aa_core::AgentContext) -> u32 {
+        self.policies
+            .iter()
+            .filter(|p| p.scope().covers(agent))
+            .filter_map(|p| Some((p.scope().specificity(), p.approval_timeout_s()?)))
+            .max_by_key(|(specificity, seconds)| (*specificity, std::cmp::Reverse(*seconds)))
+            .map_or(DEFAULT_APPROVAL_TIMEOUT_S, |(_, seconds)| seconds)
     }
 
     /// The mode for an agent: set by the most specific covering policy that sets one; where

@@ -370,6 +370,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::LlmUsage => pb::EventKind::LlmUsage,
             EventKind::Error => pb::EventKind::Error,
             EventKind::Edge => pb::EventKind::Edge,
+            EventKind::Approval => pb::EventKind::Approval,
         }
     }
 }
@@ -382,6 +383,7 @@ pub fn event_kind_from_wire(value: i32) -> EventKind {
         Ok(pb::EventKind::LlmUsage) => EventKind::LlmUsage,
         Ok(pb::EventKind::Error) => EventKind::Error,
         Ok(pb::EventKind::Edge) => EventKind::Edge,
+        Ok(pb::EventKind::Approval) => EventKind::Approval,
         _ => EventKind::Decision,
     }
 }
@@ -505,7 +507,10 @@ impl From<&Approval> for pb::Approval {
             created_at: Some(timestamp(a.created_at_ms)),
             expires_at: Some(timestamp(a.expires_at_ms)),
             decided_by: a.decided_by.clone().unwrap_or_default(),
-            comment: String::new(),
+            comment: a.comment.clone().unwrap_or_default(),
+            decided_at: a.decided_at_ms.map(timestamp),
+            used_at: a.used_at_ms.map(timestamp),
+            policy_version: a.policy.clone(),
         }
     }
 }
@@ -531,6 +536,10 @@ impl TryFrom<pb::Approval> for Approval {
             created_at_ms: a.created_at.map_or(0, millis),
             expires_at_ms: a.expires_at.map_or(0, millis),
             decided_by: non_empty(a.decided_by),
+            comment: non_empty(a.comment),
+            decided_at_ms: a.decided_at.map(millis),
+            used_at_ms: a.used_at.map(millis),
+            policy: a.policy_version,
         })
     }
 }
@@ -551,6 +560,18 @@ pub fn millis(t: prost_types::Timestamp) -> i64 {
     t.seconds
         .saturating_mul(1000)
         .saturating_add(i64::from(t.nanos / 1_000_000))
+}
+
+/// A std duration on the wire (`None` only past the wire's range).
+pub fn duration_to_wire(d: std::time::Duration) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(d).ok()
+}
+
+/// A wire duration as a std one; `None` when negative or empty (zero).
+pub fn duration(d: &prost_types::Duration) -> Option<std::time::Duration> {
+    std::time::Duration::try_from(*d)
+        .ok()
+        .filter(|d| !d.is_zero())
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -749,6 +770,10 @@ mod tests {
             created_at_ms: 1,
             expires_at_ms: 2,
             decided_by: Some("alice".into()),
+            comment: Some("ok".into()),
+            decided_at_ms: Some(3),
+            used_at_ms: Some(4),
+            policy: "p@1".into(),
         };
         assert_eq!(
             Approval::try_from(pb::Approval::from(&approval)).unwrap(),

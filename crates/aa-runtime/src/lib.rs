@@ -7,6 +7,9 @@
 //!   gateway, and SDK reports turned into trusted events.
 //! - [`outbox`]: the local SQLite database (WAL): numbered, redacted events waiting for the
 //!   gateway, sessions, the last bundle.
+//! - `approvals`: pending decisions — the approval created at the gateway in the background,
+//!   and the wait that ends when a human decides, the approval expires or the SDK's timeout
+//!   passes.
 //! - `pipeline`: the writer that redacts and group-commits events; `link`: the gateway
 //!   link, the bundle watch and the forwarder; [`bundle`], [`limits`], [`config`], [`error`].
 //!
@@ -14,6 +17,7 @@
 //! and redactions are the runtime's own, and every string is scanned before it is written.
 //! Under `enforce` every failure is a deny.
 
+mod approvals;
 pub mod bundle;
 pub mod config;
 pub mod error;

@@ -14,8 +14,8 @@ use crate::error::RuntimeError;
 use crate::outbox::Outbox;
 use crate::runtime::{Refusal, Runtime};
 
-const BACKOFF_START: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+pub(crate) const BACKOFF_START: Duration = Duration::from_millis(50);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long the forwarder lets a short batch's successors gather before reading again.
 const FORWARD_LINGER: Duration = Duration::from_millis(10);
 const BUNDLE_KEY: &str = "bundle";
@@ -85,6 +85,46 @@ impl GatewayLink {
     ) -> Result<pb::DeregisterResponse, Refusal> {
         self.agents()
             .deregister(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| refusal(&s))
+    }
+
+    fn approvals(&self) -> pb::approval_service_client::ApprovalServiceClient<Channel> {
+        pb::approval_service_client::ApprovalServiceClient::new(self.channel.clone())
+    }
+
+    pub(crate) async fn create_approval(
+        &self,
+        request: pb::CreateApprovalRequest,
+    ) -> Result<pb::Approval, Refusal> {
+        self.approvals()
+            .create(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| refusal(&s))
+    }
+
+    pub(crate) async fn redeem_approval(
+        &self,
+        request: pb::RedeemApprovalRequest,
+    ) -> Result<pb::Approval, Refusal> {
+        self.approvals()
+            .redeem(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| refusal(&s))
+    }
+
+    /// The approval's state now and at every change, until it is decided or expires.
+    pub(crate) async fn watch_approval(
+        &self,
+        approval_id: &str,
+    ) -> Result<tonic::Streaming<pb::Approval>, Refusal> {
+        self.approvals()
+            .watch(pb::WatchApprovalRequest {
+                approval_id: approval_id.to_owned(),
+            })
             .await
             .map(tonic::Response::into_inner)
             .map_err(|s| refusal(&s))

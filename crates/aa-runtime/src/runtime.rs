@@ -16,6 +16,7 @@ use aa_proto::pb::ErrorCode;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::approvals::{self, Pending, PendingTable, Resolution};
 use crate::bundle::Compiled;
 use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
@@ -64,15 +65,6 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Compares tokens in time independent of where they differ.
-fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 /// The runtime's shared state.
 #[derive(Debug)]
 pub struct Runtime {
@@ -80,6 +72,7 @@ pub struct Runtime {
     bundle: RwLock<Option<Arc<Compiled>>>,
     sessions: RwLock<HashMap<String, Session>>,
     rates: RateCounter,
+    pending: PendingTable,
     outbox: Arc<Outbox>,
     jobs: mpsc::Sender<Job>,
     link: GatewayLink,
@@ -103,6 +96,7 @@ impl Runtime {
             bundle: RwLock::new(None),
             sessions: RwLock::new(sessions),
             rates: RateCounter::default(),
+            pending: PendingTable::default(),
             outbox,
             jobs,
             link,
@@ -143,7 +137,7 @@ impl Runtime {
                 "agent {agent_id:?} is not registered with this runtime"
             ));
         };
-        if !same_token(&session.token, token) {
+        if !aa_identity::same_secret(&session.token, token) {
             return Err("credential token is not the agent's current one".into());
         }
         if session.expires_at_ms <= now_ms() {
@@ -180,15 +174,205 @@ impl Runtime {
     pub fn check(&self, mut request: pb::CheckRequest, peer: Peer) -> pb::CheckResponse {
         let started = Instant::now();
         let action = request.action.take();
-        let (verdict, agent, action, applied) = self.decide(&request, action, peer);
+        let (mut verdict, agent, action, mut applied) = self.decide(&request, action, peer);
+        let mut approval_id = None;
         if let (Some(agent), Some(action)) = (agent, action) {
+            if applied.decision == Decision::Pending {
+                match self.open_approval(&request, &agent, &action, &applied) {
+                    Ok(id) => approval_id = Some(id),
+                    Err(reason) => {
+                        applied = Verdict {
+                            decision: Decision::Deny,
+                            reason: format!("approval needed but not possible: {reason}"),
+                            ..applied
+                        };
+                        verdict = applied.clone();
+                    }
+                }
+            }
             let mut event = self.event(agent, action, EventKind::Decision, peer, random_id());
             event.session_id = Some(request.session_id).filter(|s| !s.is_empty());
-            event.verdict = Some(verdict.clone());
+            event.verdict = Some(verdict);
+            event.detail = approval_id
+                .as_ref()
+                .map(|id| serde_json::json!({ "approval_id": id }));
             self.record(event);
         }
         pb::CheckResponse {
-            decision: Some(decision_to_wire(&applied, None, started.elapsed())),
+            decision: Some(decision_to_wire(
+                &applied,
+                approval_id.as_deref(),
+                started.elapsed(),
+            )),
+        }
+    }
+
+    /// Records a pending decision and starts creating its approval at the gateway; returns
+    /// the approval id the SDK waits on.
+    fn open_approval(
+        &self,
+        request: &pb::CheckRequest,
+        agent: &AgentContext,
+        action: &Action,
+        verdict: &Verdict,
+    ) -> Result<String, String> {
+        let timeout = self
+            .bundle()
+            .map_or(u64::from(aa_policy::DEFAULT_APPROVAL_TIMEOUT_S), |b| {
+                u64::from(b.set.approval_timeout_s_for(agent))
+            });
+        let timeout = std::time::Duration::from_secs(timeout);
+        let approval_id = random_hex(16)?;
+        let expires = Instant::now() + timeout;
+        let digest = action.digest();
+        let (done, created) = tokio::sync::watch::channel(None);
+        self.pending.insert(
+            approval_id.clone(),
+            Pending {
+                agent: agent.clone(),
+                action: action.clone(),
+                digest: digest.clone(),
+                verdict: verdict.clone(),
+                expires,
+                created,
+            },
+        )?;
+        let create = pb::CreateApprovalRequest {
+            agent_id: agent.id.clone(),
+            credential_token: request.credential_token.clone(),
+            approval_id: approval_id.clone(),
+            action: Some(action.into()),
+            action_digest: digest,
+            rule: verdict.rule.clone(),
+            reason: verdict.reason.clone(),
+            policy_version: verdict.policy.clone(),
+            timeout: aa_proto::convert::duration_to_wire(timeout),
+        };
+        tokio::spawn(approvals::create(self.link.clone(), create, expires, done));
+        Ok(approval_id)
+    }
+
+    /// Waits for the approval of a pending check and answers like a check: allow once a human
+    /// approved (the approval is then used up at the gateway), else deny saying why. Never
+    /// fails.
+    pub async fn await_approval(
+        &self,
+        request: pb::AwaitApprovalRequest,
+        peer: Peer,
+    ) -> pb::CheckResponse {
+        let started = Instant::now();
+        let deny = |rule: &str, reason: String| Verdict {
+            decision: Decision::Deny,
+            rule: rule.to_owned(),
+            reason,
+            policy: String::new(),
+            mode: Mode::Enforce,
+        };
+        let answer = |verdict: &Verdict| pb::CheckResponse {
+            decision: Some(decision_to_wire(
+                verdict,
+                Some(&request.approval_id),
+                started.elapsed(),
+            )),
+        };
+        if let Err(reason) = self.session(&request.agent_id, &request.credential_token, peer) {
+            return answer(&deny("credential", reason));
+        }
+        let pending = self
+            .pending
+            .take(&request.approval_id)
+            .filter(|p| p.agent.id == request.agent_id);
+        let Some(pending) = pending else {
+            return answer(&deny(
+                "approval",
+                format!(
+                    "no pending approval {:?} for this agent here (unknown, or used already)",
+                    request.approval_id
+                ),
+            ));
+        };
+        let presented = request.action.clone().map(Action::try_from);
+        let matches = matches!(&presented, Some(Ok(a)) if a.digest() == pending.digest);
+        let verdict = if matches {
+            self.resolve_approval(&request, &pending).await
+        } else {
+            deny(
+                "approval",
+                "the action is not the one the approval was asked for".into(),
+            )
+        };
+        let mut event = self.event(
+            pending.agent.clone(),
+            pending.action.clone(),
+            EventKind::Decision,
+            peer,
+            random_id(),
+        );
+        event.verdict = Some(verdict.clone());
+        event.detail = Some(serde_json::json!({ "approval_id": request.approval_id }));
+        self.record(event);
+        answer(&verdict)
+    }
+
+    async fn resolve_approval(
+        &self,
+        request: &pb::AwaitApprovalRequest,
+        pending: &Pending,
+    ) -> Verdict {
+        let wait = request
+            .timeout
+            .and_then(|t| aa_proto::convert::duration(&t))
+            .unwrap_or_default()
+            .min(pending.expires.saturating_duration_since(Instant::now()));
+        let deadline = tokio::time::Instant::now() + wait;
+        let resolution = approvals::resolve(
+            &self.link,
+            &request.approval_id,
+            pending.created.clone(),
+            deadline,
+        )
+        .await;
+        let verdict = |decision, reason| Verdict {
+            decision,
+            reason,
+            ..pending.verdict.clone()
+        };
+        let said = |by: &str, comment: &str| {
+            let by = if by.is_empty() { "an operator" } else { by };
+            if comment.is_empty() {
+                format!("by {by}")
+            } else {
+                format!("by {by}: {comment}")
+            }
+        };
+        match resolution {
+            Resolution::Approved { by, comment } => {
+                let redeem = pb::RedeemApprovalRequest {
+                    agent_id: request.agent_id.clone(),
+                    credential_token: request.credential_token.clone(),
+                    approval_id: request.approval_id.clone(),
+                    action_digest: pending.digest.clone(),
+                };
+                match self.link.redeem_approval(redeem).await {
+                    Ok(_) => verdict(Decision::Allow, format!("approved {}", said(&by, &comment))),
+                    Err(refusal) => verdict(
+                        Decision::Deny,
+                        format!("approved but not released: {}", refusal.message),
+                    ),
+                }
+            }
+            Resolution::Denied { by, comment } => {
+                verdict(Decision::Deny, format!("denied {}", said(&by, &comment)))
+            }
+            Resolution::Expired => verdict(
+                Decision::Deny,
+                "the approval expired before anyone decided".into(),
+            ),
+            Resolution::TimedOut => verdict(
+                Decision::Deny,
+                format!("no decision within {:.1} s", wait.as_secs_f64()),
+            ),
+            Resolution::Failed(reason) => verdict(Decision::Deny, reason),
         }
     }
 
@@ -446,6 +630,13 @@ impl Runtime {
         self.drop_session(&agent_id);
         Ok(response)
     }
+}
+
+/// `bytes` random bytes as hex; an approval id must be unguessable, so no fallback.
+fn random_hex(bytes: usize) -> Result<String, String> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).map_err(|e| format!("no randomness for an approval id: {e}"))?;
+    Ok(aa_core::hex::encode(&buffer))
 }
 
 fn random_id() -> String {

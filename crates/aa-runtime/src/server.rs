@@ -293,6 +293,10 @@ async fn dispatch(
             Body::Events(batch) => answer(id, runtime.report(batch, peer).await, |accepted| {
                 Body::EventsAck(pb::EventAck { accepted })
             }),
+            Body::AwaitApproval(r) => pb::Frame {
+                request_id: id,
+                body: Some(Body::Decision(runtime.await_approval(r, peer).await)),
+            },
             _ => error_frame(
                 id,
                 ErrorCode::InvalidRequest,

@@ -150,12 +150,15 @@ impl Agent {
 }
 
 /// A decision and how it was reached.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CheckOutcome {
     /// The decision to apply, with its rule and reason.
     pub verdict: Verdict,
     /// Set when the decision is pending a human's approval.
     pub approval_id: Option<String>,
+    /// The action checked, kept while the decision is pending: the wait presents it, and the
+    /// runtime releases only the action the approval was asked for.
+    pub action: Option<Action>,
     /// True when the runtime did not decide (unreachable, timed out, refused) and the client
     /// resolved by its mode.
     pub resolved_locally: bool,
@@ -380,31 +383,40 @@ impl Client {
         })
     }
 
-    /// Resolves a pending outcome: waits for a human's decision on it and denies when none
-    /// comes within `timeout`. Any other outcome comes back as it is.
-    ///
-    /// The gateway keeps no approvals yet, so no decision can arrive: a pending check waits
-    /// out its timeout and denies.
-    pub fn await_approval(&self, outcome: CheckOutcome, timeout: Duration) -> Call<CheckOutcome> {
+    /// Resolves a pending outcome: waits for a human's decision on it, through the runtime,
+    /// and denies when none comes within `timeout` (or the approval expires first). Any other
+    /// outcome comes back as it is. A runtime that cannot be reached resolves by the mode.
+    pub fn await_approval(
+        &self,
+        agent: &Agent,
+        outcome: CheckOutcome,
+        timeout: Duration,
+    ) -> Call<CheckOutcome> {
+        let shared = Arc::clone(&self.shared);
+        let agent = agent.clone();
         self.spawn(async move {
             if outcome.verdict.decision != Decision::Pending {
                 return Ok(outcome);
             }
-            tokio::time::sleep(timeout).await;
-            let verdict = outcome.verdict;
-            Ok(CheckOutcome {
-                verdict: Verdict {
-                    decision: Decision::Deny,
-                    reason: format!(
-                        "no approval within {} s: {}",
-                        timeout.as_secs_f64(),
-                        verdict.reason
-                    ),
-                    ..verdict
-                },
-                approval_id: outcome.approval_id,
-                resolved_locally: true,
-            })
+            let mode = shared.config.mode;
+            match shared.await_approval(&agent, &outcome, timeout).await {
+                Ok(resolved) => Ok(resolved),
+                Err(error) => {
+                    let decision = if mode == Mode::Enforce {
+                        Decision::Deny
+                    } else {
+                        Decision::Allow
+                    };
+                    Ok(CheckOutcome {
+                        approval_id: outcome.approval_id,
+                        ..local(
+                            decision,
+                            mode,
+                            format!("the runtime did not answer the approval wait: {error}"),
+                        )
+                    })
+                }
+            }
         })
     }
 
@@ -486,6 +498,7 @@ fn local(decision: Decision, mode: Mode, reason: String) -> CheckOutcome {
             mode,
         },
         approval_id: None,
+        action: None,
         resolved_locally: true,
     }
 }
@@ -502,6 +515,7 @@ fn unexpected(body: &Body) -> ClientError {
         Body::Decision(_) => "decision",
         Body::Events(_) => "events",
         Body::EventsAck(_) => "events_ack",
+        Body::AwaitApproval(_) => "await_approval",
         Body::Error(_) => "error",
     };
     ClientError::Protocol(format!("unexpected answer {name}"))
@@ -537,7 +551,16 @@ impl Shared {
 
     /// One call; after a broken connection, idempotent calls are tried once more on a new one.
     async fn call(&self, body: Body, idempotent: bool) -> Result<Body, ClientError> {
-        let timeout = self.config.timeout;
+        self.call_within(body, idempotent, self.config.timeout)
+            .await
+    }
+
+    async fn call_within(
+        &self,
+        body: Body,
+        idempotent: bool,
+        timeout: Duration,
+    ) -> Result<Body, ClientError> {
         let connection = self.connection().await?;
         match connection.call(body.clone(), timeout).await {
             Err(ClientError::Disconnected) if idempotent => {
@@ -609,12 +632,53 @@ impl Shared {
                 decision: Some(decision),
             }) => {
                 let approval_id = Some(decision.approval_id.clone()).filter(|a| !a.is_empty());
+                let verdict = Verdict::from(decision);
+                let action = (verdict.decision == Decision::Pending).then(|| action.clone());
                 Ok(CheckOutcome {
-                    verdict: Verdict::from(decision),
+                    verdict,
                     approval_id,
+                    action,
                     resolved_locally: false,
                 })
             }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn await_approval(
+        &self,
+        agent: &Agent,
+        outcome: &CheckOutcome,
+        timeout: Duration,
+    ) -> Result<CheckOutcome, ClientError> {
+        let (Some(approval_id), Some(action)) = (&outcome.approval_id, &outcome.action) else {
+            return Err(ClientError::InvalidArgument {
+                field: "outcome",
+                message: "a pending outcome without its approval id and action".into(),
+            });
+        };
+        let request = pb::AwaitApprovalRequest {
+            agent_id: agent.id.clone(),
+            credential_token: agent.token(),
+            approval_id: approval_id.clone(),
+            action: Some(action.into()),
+            timeout: aa_proto::convert::duration_to_wire(timeout),
+        };
+        // The runtime answers by the timeout itself; the client waits a little longer so that
+        // answer, not a client timeout, is what the caller sees.
+        let patience = timeout.saturating_add(self.config.timeout);
+        match self
+            .call_within(Body::AwaitApproval(request), false, patience)
+            .await?
+        {
+            Body::Decision(pb::CheckResponse {
+                decision: Some(decision),
+            }) => Ok(CheckOutcome {
+                verdict: Verdict::from(decision),
+                approval_id: outcome.approval_id.clone(),
+                action: None,
+                resolved_locally: false,
+            }),
             other => Err(unexpected(&other)),
         }
     }

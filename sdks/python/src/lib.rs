@@ -222,16 +222,20 @@ impl PyClient {
         })
     }
 
-    /// Waits for the approval of a pending outcome; denies after `timeout` seconds.
+    /// Waits for the approval of a pending outcome; denies when no one decides within
+    /// `timeout` seconds (or the approval expires first).
     fn await_approval(
         &self,
         py: Python<'_>,
+        agent: &Bound<'_, PyAgent>,
         outcome: &Bound<'_, PyOutcome>,
         timeout: f64,
     ) -> PyResult<PyOutcome> {
-        let call = self
-            .client()?
-            .await_approval(outcome.get().outcome.clone(), seconds("timeout", timeout)?);
+        let call = self.client()?.await_approval(
+            &agent.get().agent,
+            outcome.get().outcome.clone(),
+            seconds("timeout", timeout)?,
+        );
         Ok(PyOutcome {
             outcome: wait(py, call)?,
         })

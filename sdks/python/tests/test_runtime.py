@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from typing import Any
 
@@ -77,8 +78,54 @@ def test_pending_denies_when_no_approval_comes(aasm: Aasm, sdk_dirs: dict[str, A
         assert time.monotonic() - started >= 0.3
         assert ran == []
         assert denied.value.rule == "tools.shell.requires_approval_if"
-        assert denied.value.reason.startswith("no approval within 0.3 s")
+        assert denied.value.reason.startswith("no decision within 0.3 s")
         assert shell("ls") == "done"
+
+
+def _decide_when_asked(aasm: Aasm, verb: str, *extra: str) -> threading.Thread:
+    """An operator in another thread: waits for the pending approval, then decides it with
+    ``aasm approvals``."""
+
+    def operator() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            pending = json.loads(aasm.run("approvals", "list", "--json"))
+            if pending:
+                aasm.run("approvals", verb, pending[0]["approval_id"], "--by", "alice", *extra)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=operator)
+    thread.start()
+    return thread
+
+
+def test_pending_waits_for_an_operator(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
+    ran: list[str] = []
+    with init_assembly("ops", approval_timeout=30, **sdk_dirs) as assembly:
+
+        @assembly.tool
+        def shell(command: str) -> str:
+            ran.append(command)
+            return "done"
+
+        operator = _decide_when_asked(aasm, "approve", "--reason", "checked")
+        assert shell("rm -rf /tmp/build") == "done"
+        operator.join()
+        assert ran == ["rm -rf /tmp/build"]
+
+        operator = _decide_when_asked(aasm, "deny", "--reason", "not now")
+        with pytest.raises(ToolDenied) as denied:
+            shell("rm -rf /tmp/cache")
+        operator.join()
+        assert ran == ["rm -rf /tmp/build"]
+        assert denied.value.reason == "denied by alice: not now"
+
+    def steps(events: list[dict[str, Any]]) -> list[str]:
+        return [e["detail"]["step"] for e in events if e["kind"] == "approval"]
+
+    events = aasm.wait_for_events(lambda events: len(steps(events)) == 5)
+    assert sorted(steps(events)) == ["approved", "denied", "requested", "requested", "used"]
 
 
 def test_observe_reports_a_deny_and_runs_the_tool(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:

@@ -81,7 +81,7 @@ class FakeClient:
             raise self.core.answer
         return self.core.answer
 
-    def await_approval(self, outcome: Outcome, timeout: float) -> Outcome:
+    def await_approval(self, agent: Agent, outcome: Outcome, timeout: float) -> Outcome:
         self.core.calls.append(("await_approval", timeout))
         return Outcome("deny", outcome.rule, "no approval within 1 s")
 

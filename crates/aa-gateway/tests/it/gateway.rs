@@ -23,7 +23,7 @@ pub(crate) fn documents(source: &str) -> Vec<PolicyDocument> {
     }]
 }
 
-fn gateway(config: GatewayConfig) -> Gateway<SqliteStore> {
+pub(crate) fn gateway(config: GatewayConfig) -> Gateway<SqliteStore> {
     let store = SqliteStore::open_in_memory().unwrap();
     Gateway::new(
         store,
@@ -50,7 +50,7 @@ fn registration(id: &str, key: &Keypair, parent: Option<&str>) -> AgentRegistrat
     }
 }
 
-async fn register(
+pub(crate) async fn register(
     gw: &Gateway<SqliteStore>,
     id: &str,
     key: &Keypair,

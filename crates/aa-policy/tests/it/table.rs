@@ -100,3 +100,29 @@ fn no_covering_policy_denies() {
         verdict.reason
     );
 }
+
+#[test]
+fn the_most_specific_policy_sets_the_approval_timeout() {
+    let policies = Policy::parse(
+        "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: g}\nspec: {approvals: {timeout_seconds: 600}}\n---\n\
+         apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: t}\nspec: {scope: 'team:ops', approvals: {timeout_seconds: 30}}\n",
+    )
+    .unwrap();
+    let set = PolicySet::new(policies);
+    let mut agent = aa_core::AgentContext::new("a");
+    assert_eq!(set.approval_timeout_s_for(&agent), 600);
+    agent.team = Some("ops".into());
+    assert_eq!(set.approval_timeout_s_for(&agent), 30);
+    assert_eq!(
+        PolicySet::new(Vec::new()).approval_timeout_s_for(&agent),
+        aa_policy::DEFAULT_APPROVAL_TIMEOUT_S
+    );
+    let error = Policy::parse(
+        "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: g}\nspec: {approvals: {timeout_seconds: 0}}\n",
+    )
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("spec.approvals.timeout_seconds"),
+        "{error}"
+    );
+}

@@ -171,7 +171,7 @@ class Assembly:
         try:
             outcome = self._client.check(agent, action, self.session_id)
             if outcome.decision == "pending" and self.mode == "enforce":
-                outcome = self._client.await_approval(outcome, self._approval_timeout)
+                outcome = self._client.await_approval(agent, outcome, self._approval_timeout)
             return Decision.from_native(outcome)
         except ValueError:
             raise

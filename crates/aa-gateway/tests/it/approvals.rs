@@ -1,0 +1,284 @@
+//! Approvals at the gateway over a real SQLite store: who may create, decide and redeem;
+//! decided once, used once, bound to the digest; expiry; every step on the audited stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aa_core::{Action, ApprovalStatus};
+use aa_gateway::{
+    GATEWAY_STREAM, Gateway, GatewayConfig, GatewayError, NewApproval, SqliteStore, Store, audit,
+};
+use aa_identity::Keypair;
+use serde_json::json;
+
+use crate::gateway::{gateway, register};
+
+const ADMIN: &str = "admin-secret";
+
+fn action(command: &str) -> Action {
+    Action::ToolCall {
+        tool: "shell".into(),
+        args: json!({ "command": command }),
+    }
+}
+
+fn ask(agent: &str, token: &str, id: &str, command: &str, timeout: Duration) -> NewApproval {
+    let action = action(command);
+    NewApproval {
+        agent_id: agent.into(),
+        credential_token: token.into(),
+        approval_id: id.into(),
+        action_digest: action.digest(),
+        action,
+        rule: "tools.shell.requires_approval_if".into(),
+        reason: "deletes files".into(),
+        policy: "test@1".into(),
+        timeout,
+    }
+}
+
+async fn setup() -> (Arc<Gateway<SqliteStore>>, String, String) {
+    let gw = Arc::new(gateway(GatewayConfig {
+        admin_token: Some(ADMIN.into()),
+        ..GatewayConfig::default()
+    }));
+    let lead = register(&gw, "lead", &Keypair::generate().unwrap(), None).await;
+    let helper = register(&gw, "helper", &Keypair::generate().unwrap(), Some("lead")).await;
+    (gw, lead, helper)
+}
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn only_a_registered_agent_creates_and_ids_and_digests_are_checked() {
+    let (gw, lead, _) = setup().await;
+    let id = "0123456789abcdef0123";
+    let bad = gw
+        .create_approval(ask("lead", "forged", id, "rm x", MINUTE))
+        .await;
+    assert!(
+        matches!(bad, Err(GatewayError::Unauthenticated(_))),
+        "{bad:?}"
+    );
+    for (approval_id, digest, timeout, what) in [
+        ("short", None, MINUTE, "approval_id"),
+        ("has spaces in it, sixteen+", None, MINUTE, "approval_id"),
+        (id, Some("abc"), MINUTE, "action_digest"),
+        (id, None, Duration::ZERO, "timeout"),
+        (id, None, Duration::from_secs(8 * 24 * 3600), "timeout"),
+    ] {
+        let mut request = ask("lead", &lead, approval_id, "rm x", timeout);
+        if let Some(digest) = digest {
+            request.action_digest = digest.into();
+        }
+        let error = gw.create_approval(request).await.unwrap_err();
+        assert!(
+            matches!(&error, GatewayError::InvalidRequest(m) if m.contains(what)),
+            "{error}"
+        );
+    }
+    let created = gw
+        .create_approval(ask("lead", &lead, id, "rm x", MINUTE))
+        .await
+        .unwrap();
+    assert_eq!(created.status, ApprovalStatus::Pending);
+    assert_eq!(created.agent.team.as_deref(), Some("ops"));
+    assert!(created.expires_at_ms - created.created_at_ms == 60_000);
+    // A retry of the same creation returns the same approval.
+    let again = gw
+        .create_approval(ask("lead", &lead, id, "rm x", MINUTE))
+        .await
+        .unwrap();
+    assert_eq!(again, created);
+}
+
+#[tokio::test]
+async fn operators_need_the_admin_token() {
+    let (gw, _, _) = setup().await;
+    assert!(gw.authorize_admin(Some(&format!("Bearer {ADMIN}"))).is_ok());
+    for presented in [None, Some("Bearer admin-secreT"), Some(ADMIN), Some("")] {
+        assert!(matches!(
+            gw.authorize_admin(presented),
+            Err(GatewayError::Unauthenticated(_))
+        ));
+    }
+    let open = gateway(GatewayConfig::default());
+    let refused = open
+        .authorize_admin(Some(&format!("Bearer {ADMIN}")))
+        .unwrap_err();
+    assert!(refused.to_string().contains("no admin token"), "{refused}");
+}
+
+#[tokio::test]
+async fn decided_once_used_once_and_only_for_its_action() {
+    let (gw, lead, helper) = setup().await;
+    let id = "approval-aaaaaaaaaaaaaaaa";
+    let created = gw
+        .create_approval(ask("helper", &helper, id, "rm x", MINUTE))
+        .await
+        .unwrap();
+    let digest = created.action_digest.clone();
+    assert_eq!(created.agent.parent.as_deref(), Some("lead"));
+
+    // Not approved yet: nothing to release.
+    let early = gw.redeem_approval("helper", &helper, id, &digest).await;
+    assert!(matches!(early, Err(GatewayError::Conflict(_))), "{early:?}");
+
+    // Two operators decide at once: exactly one wins.
+    let (a, b) = tokio::join!(
+        gw.decide_approval(id, true, "alice", Some("fine".into())),
+        gw.decide_approval(id, false, "bob", Some("no".into())),
+    );
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+    let raced = gw.approval(id).await.unwrap();
+    let winner = if raced.status == ApprovalStatus::Approved {
+        "alice"
+    } else {
+        "bob"
+    };
+    assert_eq!(raced.decided_by.as_deref(), Some(winner));
+
+    // A second approval, approved, for the rest.
+    let id = "approval-bbbbbbbbbbbbbbbb";
+    gw.create_approval(ask("helper", &helper, id, "rm x", MINUTE))
+        .await
+        .unwrap();
+    let decided = gw
+        .decide_approval(id, true, "alice", Some("fine".into()))
+        .await
+        .unwrap();
+    assert_eq!(decided.decided_by.as_deref(), Some("alice"));
+    assert_eq!(decided.comment.as_deref(), Some("fine"));
+
+    // Another agent, another action: refused; the right one: released once.
+    let other = gw.redeem_approval("lead", &lead, id, &digest).await;
+    assert!(matches!(other, Err(GatewayError::Conflict(_))), "{other:?}");
+    let wrong = gw
+        .redeem_approval("helper", &helper, id, &action("rm -rf /").digest())
+        .await;
+    assert!(matches!(wrong, Err(GatewayError::Conflict(m)) if m.contains("another action")));
+    let used = gw
+        .redeem_approval("helper", &helper, id, &digest)
+        .await
+        .unwrap();
+    assert!(used.used_at_ms.is_some());
+    let twice = gw.redeem_approval("helper", &helper, id, &digest).await;
+    assert!(matches!(twice, Err(GatewayError::Conflict(m)) if m.contains("used already")));
+    let unknown = gw
+        .decide_approval("nope-nope-nope-nope", true, "x", None)
+        .await;
+    assert!(matches!(unknown, Err(GatewayError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn expiry_is_recorded_on_read_and_by_the_sweep() {
+    let (gw, lead, _) = setup().await;
+    let short = Duration::from_millis(50);
+    gw.create_approval(ask("lead", &lead, "expires-on-read-0001", "rm a", short))
+        .await
+        .unwrap();
+    gw.create_approval(ask("lead", &lead, "expires-by-sweep-0001", "rm b", short))
+        .await
+        .unwrap();
+    let mut changes = gw.approval_changes();
+    changes.borrow_and_update();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(
+        gw.approval("expires-on-read-0001").await.unwrap().status,
+        ApprovalStatus::Expired
+    );
+    assert!(changes.has_changed().unwrap(), "waiters hear of the expiry");
+    assert_eq!(gw.expire_approvals().await.unwrap(), 1);
+    assert_eq!(gw.expire_approvals().await.unwrap(), 0);
+    let late = gw
+        .decide_approval("expires-by-sweep-0001", true, "x", None)
+        .await;
+    assert!(matches!(late, Err(GatewayError::Conflict(m)) if m.contains("expired")));
+    assert_eq!(
+        gw.approvals(Some(ApprovalStatus::Expired))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        gw.approvals(Some(ApprovalStatus::Pending))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn every_step_is_on_the_gateway_stream_and_verifies() {
+    let (gw, _, helper) = setup().await;
+    let id = "audited-approval-0001";
+    let created = gw
+        .create_approval(ask("helper", &helper, id, "rm x", MINUTE))
+        .await
+        .unwrap();
+    gw.decide_approval(
+        id,
+        true,
+        "alice",
+        Some("with key AKIAQWERTYUIOPASDFGH".into()),
+    )
+    .await
+    .unwrap();
+    gw.redeem_approval("helper", &helper, id, &created.action_digest)
+        .await
+        .unwrap();
+    let records = gw.store().records(0, 1000).await.unwrap();
+    let steps: Vec<_> = records
+        .iter()
+        .filter(|r| r.stream_id == GATEWAY_STREAM)
+        .map(|r| {
+            (
+                r.sequence,
+                r.event["detail"]["step"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (1, "requested".into()),
+            (2, "approved".into()),
+            (3, "used".into())
+        ]
+    );
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(
+        !text.contains("AKIAQWERTYUIOPASDFGH"),
+        "an operator's comment is scanned too"
+    );
+    gw.checkpoint().await.unwrap();
+    let checkpoints = gw.store().checkpoints().await.unwrap();
+    audit::verify(records, &checkpoints, Some(&gw.public_key())).unwrap();
+
+    // No runtime may write on the gateway's stream.
+    let mut forged = aa_core::AuditEvent {
+        event_id: "forged".into(),
+        timestamp_ms: 1,
+        agent: aa_core::AgentContext::new("helper"),
+        session_id: None,
+        action: action("ls"),
+        verdict: None,
+        redactions: Vec::new(),
+        kind: aa_core::EventKind::Approval,
+        detail: None,
+        origin: None,
+    };
+    forged.origin = Some(aa_core::Origin {
+        stream_id: GATEWAY_STREAM.into(),
+        sequence: 4,
+        received_at_ms: 1,
+        peer_uid: 0,
+        peer_pid: 0,
+    });
+    let refused = gw.append(vec![forged]).await;
+    assert!(
+        matches!(refused, Err(GatewayError::InvalidRequest(_))),
+        "{refused:?}"
+    );
+}

@@ -1,0 +1,177 @@
+//! Pending decisions on this runtime. Each becomes an approval at the gateway, created in the
+//! background so the check itself stays free of IO; an SDK waiting on one is answered when a
+//! human decides, when the approval expires, or at the SDK's timeout — whichever is first.
+//!
+//! An entry is taken out of the table by the first wait on it, so one pending decision
+//! releases at most one action here; the gateway's redeem makes that hold across runtimes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use aa_core::{Action, AgentContext, Verdict};
+use aa_proto::pb;
+use tokio::sync::watch;
+
+use crate::link::{BACKOFF_MAX, BACKOFF_START, GatewayLink};
+use crate::runtime::Refusal;
+
+/// Pending decisions kept at most; past it, a pending decision is denied.
+const MAX_PENDING: usize = 10_000;
+
+/// Whether the gateway has the approval yet: `None` while creating, then the outcome.
+pub(crate) type Created = Option<Result<(), String>>;
+
+/// One pending decision.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) agent: AgentContext,
+    pub(crate) action: Action,
+    pub(crate) digest: String,
+    pub(crate) verdict: Verdict,
+    pub(crate) expires: Instant,
+    pub(crate) created: watch::Receiver<Created>,
+}
+
+/// The table of pending decisions by approval id.
+#[derive(Debug, Default)]
+pub(crate) struct PendingTable {
+    entries: Mutex<HashMap<String, Pending>>,
+}
+
+impl PendingTable {
+    /// Adds an entry; refused when the table is full of live entries.
+    pub(crate) fn insert(&self, approval_id: String, pending: Pending) -> Result<(), String> {
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| "pending table poisoned".to_owned())?;
+        if entries.len() >= MAX_PENDING {
+            let now = Instant::now();
+            entries.retain(|_, p| p.expires > now);
+            if entries.len() >= MAX_PENDING {
+                return Err(format!(
+                    "{MAX_PENDING} approvals are waiting on this runtime already"
+                ));
+            }
+        }
+        entries.insert(approval_id, pending);
+        Ok(())
+    }
+
+    /// Takes the entry out: only the first wait gets it.
+    pub(crate) fn take(&self, approval_id: &str) -> Option<Pending> {
+        self.entries.lock().ok()?.remove(approval_id)
+    }
+}
+
+/// Creates the approval at the gateway, retrying while the gateway is away, until it expires.
+pub(crate) async fn create(
+    link: GatewayLink,
+    request: pb::CreateApprovalRequest,
+    expires: Instant,
+    done: watch::Sender<Created>,
+) {
+    let mut backoff = BACKOFF_START;
+    let outcome = loop {
+        match link.create_approval(request.clone()).await {
+            Ok(_) => break Ok(()),
+            Err(refusal) if refusal.code == pb::ErrorCode::Unavailable => {
+                if Instant::now() + backoff >= expires {
+                    break Err(refusal.message);
+                }
+                tracing::warn!(message = %refusal.message, "approval not created yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(refusal) => break Err(refusal.message),
+        }
+    };
+    if let Err(message) = &outcome {
+        tracing::error!(approval = %request.approval_id, %message, "approval not created");
+    }
+    done.send_replace(Some(outcome));
+}
+
+/// How a wait ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Resolution {
+    /// A human approved: who, and why.
+    Approved { by: String, comment: String },
+    /// A human refused.
+    Denied { by: String, comment: String },
+    /// The approval expired at the gateway.
+    Expired,
+    /// `deadline` passed first.
+    TimedOut,
+    /// The approval could not be created or followed.
+    Failed(String),
+}
+
+/// Waits until the approval is decided or `deadline`, following the gateway's watch stream
+/// and re-opening it when it breaks (a gateway restart).
+pub(crate) async fn resolve(
+    link: &GatewayLink,
+    approval_id: &str,
+    mut created: watch::Receiver<Created>,
+    deadline: tokio::time::Instant,
+) -> Resolution {
+    let ready = tokio::time::timeout_at(deadline, created.wait_for(Option::is_some))
+        .await
+        .map(|state| state.map(|s| s.clone()));
+    match ready {
+        Err(_) => return Resolution::TimedOut,
+        Ok(Err(_)) => return Resolution::Failed("the approval was never created".into()),
+        Ok(Ok(Some(Err(message)))) => {
+            return Resolution::Failed(format!(
+                "the gateway did not record the approval: {message}"
+            ));
+        }
+        Ok(Ok(_)) => {}
+    }
+    let mut backoff = BACKOFF_START;
+    loop {
+        let followed = tokio::time::timeout_at(deadline, follow(link, approval_id)).await;
+        match followed {
+            Err(_) => return Resolution::TimedOut,
+            Ok(Ok(resolution)) => return resolution,
+            Ok(Err(refusal)) if refusal.code != pb::ErrorCode::Unavailable => {
+                return Resolution::Failed(refusal.message);
+            }
+            Ok(Err(refusal)) => {
+                tracing::warn!(message = %refusal.message, "approval watch broke; re-opening");
+            }
+        }
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(backoff))
+            .await
+            .is_err()
+        {
+            return Resolution::TimedOut;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One watch stream to its end: the resolution, or why the stream broke.
+async fn follow(link: &GatewayLink, approval_id: &str) -> Result<Resolution, Refusal> {
+    let mut stream = link.watch_approval(approval_id).await?;
+    loop {
+        let message = stream.message().await.map_err(|s| Refusal {
+            code: pb::ErrorCode::Unavailable,
+            message: format!("gateway unavailable: {}", s.message()),
+        })?;
+        let Some(approval) = message else {
+            return Err(Refusal {
+                code: pb::ErrorCode::Unavailable,
+                message: "the approval watch ended before a decision".into(),
+            });
+        };
+        let (by, comment) = (approval.decided_by.clone(), approval.comment.clone());
+        match pb::ApprovalStatus::try_from(approval.status) {
+            Ok(pb::ApprovalStatus::Approved) => return Ok(Resolution::Approved { by, comment }),
+            Ok(pb::ApprovalStatus::Denied) => return Ok(Resolution::Denied { by, comment }),
+            Ok(pb::ApprovalStatus::Expired) => return Ok(Resolution::Expired),
+            _ => {}
+        }
+    }
+}
