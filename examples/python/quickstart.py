@@ -15,6 +15,8 @@ from __future__ import annotations
 from agent_assembly import ToolDenied, init_assembly
 
 # The socket and state directory default to .aasm/ (or AASM_SOCKET / AASM_STATE_DIR).
+# A pending action waits for an operator: `aasm approvals list`, then `aasm approvals approve ID`
+# in another terminal; here nobody approves within approval_timeout, so it is denied.
 with init_assembly("quickstart", team_id="demo", approval_timeout=2.0) as assembly:
 
     @assembly.tool
@@ -33,7 +35,7 @@ with init_assembly("quickstart", team_id="demo", approval_timeout=2.0) as assemb
         print("denied: ", denied.rule, "-", denied.reason)
 
     try:
-        shell("sudo rm -rf /tmp/build")  # needs a human; nobody approves within 2 s
+        shell("sudo rm -rf /tmp/build")  # needs a human's approval
     except ToolDenied as denied:
         print("pending, then denied:", denied.reason)
 

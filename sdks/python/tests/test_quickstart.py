@@ -28,7 +28,7 @@ def test_the_quickstart_runs_against_aasm_up(tmp_path: Path) -> None:
         out = done.stdout
         assert "allowed: (contents of /workspace/README.md)" in out
         assert "denied:  tools.read_file.deny_if" in out
-        assert "pending, then denied: no approval within 2 s" in out
+        assert "pending, then denied: no decision within 2.0 s" in out
         assert "model call: allow (balanced@3)" in out
         assert "child depth: 1 team: demo" in out
         events = aasm.wait_for_events(lambda es: {e["kind"] for e in es} >= {"llm_usage", "edge"})
