@@ -7,12 +7,14 @@
 //!   agent does; latency percentiles, throughput, and how far sends slipped from schedule.
 //! - [`events`]: N clients reporting event batches as fast as the runtime acknowledges them;
 //!   the rate at which they are on disk at the runtime and stored by the gateway.
+//! - [`approvals`]: how soon a waiting call is released after an operator approves it.
 //! - [`stats`]: percentiles of recorded latencies.
 //! - [`error`]: the error type, [`BenchError`].
 //!
 //! It measures; it never asserts targets, and it never talks to the runtime by any path an
 //! SDK would not use.
 
+pub mod approvals;
 pub mod checks;
 pub mod error;
 pub mod events;

@@ -31,6 +31,16 @@ enum Load {
     /// Checks one at a time from one client against a runtime already running (no services
     /// are started): the baseline for an SDK's own latency.
     Serial(SerialArgs),
+    /// Pending checks approved over the HTTP API one at a time: the time from the approval
+    /// to the waiting call's answer.
+    Approvals {
+        /// Approvals measured.
+        #[arg(long, default_value_t = 200)]
+        count: usize,
+        /// Approvals first, unmeasured.
+        #[arg(long, default_value_t = 20)]
+        warmup: usize,
+    },
     /// Both, each on a fresh gateway and runtime.
     All {
         #[command(flatten)]
@@ -173,6 +183,15 @@ fn run_serial(args: &SerialArgs) -> Result<bool> {
     Ok(true)
 }
 
+fn run_approvals(aasm: &std::path::Path, count: usize, warmup: usize) -> Result<bool> {
+    let stack = Stack::start(aasm)?;
+    let latency = aa_bench::approvals::run(&stack, count, warmup)?;
+    stack.stop()?;
+    println!("approvals: {count} approved over HTTP, one at a time");
+    print_latency("approval to release", Some(latency));
+    Ok(true)
+}
+
 fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
     let stack = Stack::start(aasm)?;
     let load = EventLoad {
@@ -212,6 +231,7 @@ fn main() -> ExitCode {
         Load::Checks(args) => run_checks(&aasm, args),
         Load::Events(args) => run_events(&aasm, args),
         Load::Serial(args) => run_serial(args),
+        Load::Approvals { count, warmup } => run_approvals(&aasm, *count, *warmup),
         Load::All { checks, events } => {
             run_checks(&aasm, checks).and_then(|ok| Ok(run_events(&aasm, events)? && ok))
         }

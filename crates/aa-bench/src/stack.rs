@@ -231,29 +231,61 @@ impl Stack {
 
     /// How many audit events the gateway has stored, from its `/metrics`.
     pub fn events_stored(&self) -> Result<u64, BenchError> {
-        let io = |what: &str| BenchError::io(format!("GET http://{}/metrics: {what}", self.http));
+        let (_, body) = self.http("GET", "/metrics", None, "")?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(STORED_METRIC))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| {
+                BenchError::Invalid(format!("no {STORED_METRIC} in the gateway's /metrics"))
+            })
+    }
+
+    /// The operators' token the gateway made in its state directory.
+    pub fn admin_token(&self) -> Result<String, BenchError> {
+        let path = self.dir.path().join("gateway/admin.token");
+        std::fs::read_to_string(&path)
+            .map(|t| t.trim().to_owned())
+            .map_err(BenchError::io(path.display().to_string()))
+    }
+
+    /// One request to the gateway's operator HTTP API: the status code and the body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> Result<(u16, String), BenchError> {
+        let io =
+            |what: &str| BenchError::io(format!("{method} http://{}{path}: {what}", self.http));
         let mut stream = TcpStream::connect_timeout(&self.http, Duration::from_secs(5))
             .map_err(io("connecting"))?;
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(io("setting a timeout"))?;
+        stream.set_nodelay(true).map_err(io("setting nodelay"))?;
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         write!(
             stream,
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.http
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.http,
+            body.len()
         )
         .map_err(io("sending"))?;
         let mut response = String::new();
         stream
             .read_to_string(&mut response)
             .map_err(io("reading"))?;
-        response
-            .lines()
-            .find_map(|l| l.strip_prefix(STORED_METRIC))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                BenchError::Invalid(format!("no {STORED_METRIC} in the gateway's /metrics"))
-            })
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        let code = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| BenchError::Invalid(format!("{method} {path}: no HTTP status")))?;
+        Ok((code, body.to_owned()))
     }
 
     /// Stops the runtime (it drains its outbox), then the gateway.

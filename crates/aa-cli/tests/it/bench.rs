@@ -61,3 +61,21 @@ fn event_load_reaches_the_gateway_store_in_full() {
     assert_eq!(report.batch_latency.unwrap().count, 21);
     stack.stop().unwrap();
 }
+
+#[test]
+fn approvals_are_released_one_by_one() {
+    let stack = stack();
+    let latency = aa_bench::approvals::run(&stack, 5, 1).unwrap();
+    assert_eq!(latency.count, 5);
+    assert!(latency.p50 <= latency.max);
+    // Every one went through the gateway: requested, approved and used, six times.
+    let token = stack.admin_token().unwrap();
+    let (code, body) = stack
+        .http("GET", "/api/v1/approvals?status=approved", Some(&token), "")
+        .unwrap();
+    assert_eq!(code, 200);
+    let approvals: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(approvals.len(), 6);
+    assert!(approvals.iter().all(|a| a["used_at_ms"].is_i64()));
+    stack.stop().unwrap();
+}
