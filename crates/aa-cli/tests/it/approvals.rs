@@ -4,7 +4,6 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aa_cli::up::{GatewayHandle, Up};
@@ -13,16 +12,10 @@ use aa_gateway::{GatewayError, Store};
 use aa_sdk_client::{Agent, CheckOutcome, Client};
 use serde_json::Value;
 
-use crate::governed::{client, data, decide, eventually, options, register, shell, stored_events};
+use crate::governed::{
+    client, data, decide, eventually, options, register, shell, start_bot, stored_events,
+};
 use crate::{aasm, stderr, stdout};
-
-/// `aasm up` in process on `state` with the governed test policy, a client, and agent `bot`.
-async fn start(state: &Path) -> (Up, Client, Agent) {
-    let up = Up::start(options(state, vec![data()]), None).await.unwrap();
-    let c = client(state, &up.runtime.socket, Mode::Enforce);
-    let agent = register(&c, "bot", None).await;
-    (up, c, agent)
-}
 
 /// Checks `command` (pending by the policy) and starts waiting for its approval.
 async fn ask(
@@ -249,7 +242,7 @@ async fn an_approval_expires_by_the_policy_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_approval_survives_a_gateway_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (up, c, agent) = start(dir.path()).await;
+    let (up, c, agent) = start_bot(dir.path(), dir.path()).await;
     let (pending, waiting) = ask(&c, &agent, "rm -r cache", Duration::from_secs(60)).await;
     let id = pending.approval_id.unwrap();
     recorded(&up.gateway, &id).await;
@@ -310,7 +303,7 @@ fn http(
 async fn operators_decide_with_the_cli_and_the_http_api() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_path_buf();
-    let (up, c, agent) = start(&state).await;
+    let (up, c, agent) = start_bot(&state, &state).await;
     let state_arg = state.display().to_string();
     let cli = move |args: &[&str]| {
         let mut all = args.to_vec();
@@ -441,7 +434,7 @@ async fn operators_decide_with_the_cli_and_the_http_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approval_never_shows_a_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let (up, c, agent) = start(dir.path()).await;
+    let (up, c, agent) = start_bot(dir.path(), dir.path()).await;
     let command = format!("rm -r x --key {}", crate::governed::AWS_KEY);
     let (pending, _waiting) = ask(&c, &agent, &command, Duration::from_secs(30)).await;
     let id = pending.approval_id.unwrap();

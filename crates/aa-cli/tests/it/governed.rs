@@ -52,6 +52,15 @@ pub(crate) async fn register(client: &Client, id: &str, team: Option<&str>) -> A
         .unwrap()
 }
 
+/// `aasm up` in process on `state` with the test policy, a client keeping its keys under
+/// `dir`, and the agent `bot` registered.
+pub(crate) async fn start_bot(dir: &Path, state: &Path) -> (Up, Client, Agent) {
+    let up = Up::start(options(state, vec![data()]), None).await.unwrap();
+    let c = client(dir, &up.runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    (up, c, agent)
+}
+
 pub(crate) fn tool(name: &str, args: serde_json::Value) -> Action {
     Action::ToolCall {
         tool: name.into(),
@@ -329,11 +338,7 @@ fn file_text(path: &Path) -> String {
 async fn secrets_never_reach_a_database_unredacted() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let up = Up::start(options(&state, vec![data()]), None)
-        .await
-        .unwrap();
-    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
-    let agent = register(&c, "bot", None).await;
+    let (up, c, agent) = start_bot(dir.path(), &state).await;
     let secret_action = shell(&format!("aws s3 ls --key {AWS_KEY}"));
     decide(&c, &agent, secret_action.clone()).await;
     let report = Report {
@@ -469,11 +474,7 @@ fn verify(state: &Path) -> (i32, String) {
 async fn tampering_is_named_by_audit_verify() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let up = Up::start(options(&state, vec![data()]), None)
-        .await
-        .unwrap();
-    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
-    let agent = register(&c, "bot", None).await;
+    let (up, c, agent) = start_bot(dir.path(), &state).await;
     report(&c, &agent, 6, "step").await;
     assert!(
         eventually(Duration::from_secs(5), async || stored_events(&up.gateway)
@@ -564,12 +565,8 @@ fn error_code(frame: Option<pb::Frame>) -> Option<pb::ErrorCode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(options(&dir.path().join("state"), vec![data()]), None)
-        .await
-        .unwrap();
+    let (up, c, agent) = start_bot(dir.path(), &dir.path().join("state")).await;
     let socket = up.runtime.socket.clone();
-    let c = client(dir.path(), &socket, Mode::Enforce);
-    let agent = register(&c, "bot", None).await;
 
     let socket_for_raw = socket.clone();
     let token = agent.credential_token();
