@@ -1,5 +1,4 @@
-//! `aasm audit verify | export | tail` and `aasm agents list`: read the gateway's database (or
-//! an export) offline.
+//! `aasm audit verify | export | tail`: read the gateway's database (or an export) offline.
 
 use std::io::{BufRead as _, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
@@ -46,28 +45,11 @@ pub(crate) enum AuditCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-pub(crate) enum AgentsCommand {
-    /// Every registered agent with its lineage, as JSON lines.
-    List {
-        #[command(flatten)]
-        source: Source,
-    },
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct Source {
     /// The state directory holding gateway.db.
     #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
     state_dir: PathBuf,
-}
-
-fn block_on<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(work)
 }
 
 fn open(state_dir: &Path) -> Result<SqliteStore> {
@@ -127,7 +109,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                     let (r, c) = read_export(&file)?;
                     (r, c, None)
                 }
-                None => block_on(async {
+                None => crate::block_on(async {
                     let store = open(&source.state_dir)?;
                     let records = all_records(&store).await?;
                     let checkpoints = store.checkpoints().await?;
@@ -148,7 +130,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                 }
             }
         }
-        AuditCommand::Export { source } => block_on(async {
+        AuditCommand::Export { source } => crate::block_on(async {
             let store = open(&source.state_dir)?;
             let mut out = BufWriter::new(std::io::stdout().lock());
             for record in all_records(&store).await? {
@@ -164,7 +146,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
             source,
             lines,
             follow,
-        } => block_on(async {
+        } => crate::block_on(async {
             let store = open(&source.state_dir)?;
             let total = all_records(&store).await?.len() as u64;
             let mut next = total.saturating_sub(lines);
@@ -183,16 +165,4 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
             }
         }),
     }
-}
-
-pub(crate) fn agents(command: AgentsCommand) -> Result<ExitCode> {
-    let AgentsCommand::List { source } = command;
-    block_on(async {
-        let store = open(&source.state_dir)?;
-        let mut out = std::io::stdout().lock();
-        for agent in store.agents().await? {
-            writeln!(out, "{}", serde_json::to_string(&agent)?)?;
-        }
-        Ok(ExitCode::SUCCESS)
-    })
 }

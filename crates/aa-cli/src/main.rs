@@ -1,6 +1,8 @@
 //! `aasm`, the Agent Assembly command line. Argument parsing and IO live here; the logic lives
 //! in the library crates.
 
+mod agents;
+mod api;
 mod approvals;
 mod audit;
 mod check;
@@ -40,12 +42,26 @@ enum Command {
     /// Verify, export or follow the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// The agent registry.
+    /// The agent registry and the kill switch: list, show, suspend, resume (through the
+    /// gateway).
     #[command(subcommand)]
-    Agents(audit::AgentsCommand),
+    Agents(agents::AgentsCommand),
+    /// Who spawned, delegated to or called whom.
+    #[command(subcommand)]
+    Topology(agents::TopologyCommand),
     /// Decide pending actions: list, show, approve, deny (through the gateway).
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+}
+
+/// Runs an async command on a one-thread runtime.
+pub(crate) fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(work)
 }
 
 fn main() -> ExitCode {
@@ -73,7 +89,8 @@ fn main() -> ExitCode {
         Command::Runtime(args) => serve::runtime(args),
         Command::Check(args) => check::run(args),
         Command::Audit(command) => audit::audit(command),
-        Command::Agents(command) => audit::agents(command),
+        Command::Agents(command) => agents::agents(command),
+        Command::Topology(command) => agents::topology(command),
         Command::Approvals(command) => approvals::run(command),
     };
     match result {

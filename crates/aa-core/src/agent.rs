@@ -1,4 +1,6 @@
-//! Agents: identity, team and lineage (who spawned whom).
+//! Agents: identity, team and lineage (who spawned whom), and operators' suspensions.
+
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -108,6 +110,70 @@ impl AgentContext {
     }
 }
 
+/// An operator's stop on an agent: every check it makes is denied until it is resumed. With
+/// `subtree`, every agent below it in the delegation tree is stopped too, including agents
+/// spawned after the suspension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// The suspended agent.
+    pub agent_id: String,
+    /// Whether its descendants are stopped with it.
+    #[serde(default)]
+    pub subtree: bool,
+    /// Who suspended it.
+    pub suspended_by: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+    /// When, ms since the epoch.
+    pub suspended_at_ms: i64,
+}
+
+/// The suspensions in force, by agent id.
+pub type Suspensions = HashMap<String, Suspension>;
+
+/// The suspension that stops `agent_id`: its own, else the nearest ancestor's that covers its
+/// subtree. `ancestors` are the agent's ancestors' ids, nearest (the parent) first.
+pub fn suspension_of<'a, 's>(
+    suspensions: &'s Suspensions,
+    agent_id: &str,
+    ancestors: impl IntoIterator<Item = &'a str>,
+) -> Option<&'s Suspension> {
+    if suspensions.is_empty() {
+        return None;
+    }
+    suspensions.get(agent_id).or_else(|| {
+        ancestors
+            .into_iter()
+            .filter_map(|id| suspensions.get(id))
+            .find(|s| s.subtree)
+    })
+}
+
+impl Suspension {
+    /// Why a check by `agent_id` is refused, in words for the agent and the audit log.
+    pub fn reason_for(&self, agent_id: &str) -> String {
+        let by = if self.suspended_by.is_empty() {
+            "an operator"
+        } else {
+            &self.suspended_by
+        };
+        let whom = if self.agent_id == agent_id {
+            format!("agent {agent_id:?} is suspended")
+        } else {
+            format!(
+                "agent {agent_id:?} is suspended with the subtree of {:?}",
+                self.agent_id
+            )
+        };
+        if self.reason.is_empty() {
+            format!("{whom} by {by}")
+        } else {
+            format!("{whom} by {by}: {}", self.reason)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +213,37 @@ mod tests {
         assert_eq!(ctx.parent.as_deref(), Some("lead"));
         assert_eq!(ctx.team.as_deref(), Some("ops"));
         assert_eq!(ctx.depth, 2);
+    }
+
+    #[test]
+    fn a_subtree_suspension_stops_descendants_and_an_own_one_only_the_agent() {
+        let stop = |id: &str, subtree| Suspension {
+            agent_id: id.into(),
+            subtree,
+            suspended_by: "alice".into(),
+            reason: "runaway".into(),
+            suspended_at_ms: 1,
+        };
+        let mut set = Suspensions::new();
+        set.insert("lead".into(), stop("lead", false));
+        assert_eq!(
+            suspension_of(&set, "lead", []).map(|s| s.agent_id.as_str()),
+            Some("lead")
+        );
+        assert!(
+            suspension_of(&set, "child", ["lead"]).is_none(),
+            "lead alone"
+        );
+        set.insert("root".into(), stop("root", true));
+        let found = suspension_of(&set, "child", ["lead", "root"]).unwrap();
+        assert_eq!(found.agent_id, "root");
+        assert_eq!(
+            found.reason_for("child"),
+            "agent \"child\" is suspended with the subtree of \"root\" by alice: runaway"
+        );
+        assert_eq!(
+            set["lead"].reason_for("lead"),
+            "agent \"lead\" is suspended by alice: runaway"
+        );
     }
 }

@@ -57,6 +57,8 @@ pub enum EventKind {
     /// A step of an approval (requested, approved, denied, expired, used); only the gateway
     /// records these.
     Approval,
+    /// An operator suspended or resumed an agent; only the gateway records these.
+    Suspension,
 }
 
 impl EventKind {
@@ -70,6 +72,7 @@ impl EventKind {
             EventKind::Error => "error",
             EventKind::Edge => "edge",
             EventKind::Approval => "approval",
+            EventKind::Suspension => "suspension",
         }
     }
 }
@@ -200,6 +203,18 @@ pub enum EdgeKind {
     /// The source agent sent the target agent a message.
     #[serde(alias = "messages")]
     Messaged,
+}
+
+impl EdgeKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeKind::Spawned => "spawned",
+            EdgeKind::Delegated => "delegated",
+            EdgeKind::Called => "called",
+            EdgeKind::Messaged => "messaged",
+        }
+    }
 }
 
 /// One edge of who-spawned-or-called-whom.

@@ -1,6 +1,7 @@
 //! Domain types shared by every Agent Assembly crate.
 //!
-//! - [`agent`]: who acts — an agent's identity, team and lineage.
+//! - [`agent`]: who acts — an agent's identity, team and lineage — and operators'
+//!   suspensions of agents and their subtrees.
 //! - [`action`]: what an agent wants to do (tool call, LLM call, network call, file operation,
 //!   process exec, agent spawn).
 //! - [`decision`]: the answer — allow, deny or pending — with the rule that decided it, and the
@@ -22,7 +23,7 @@ pub mod event;
 pub mod hex;
 
 pub use action::{Action, ActionKind, FileOperation};
-pub use agent::{AgentContext, AgentRegistration, Lineage};
+pub use agent::{AgentContext, AgentRegistration, Lineage, Suspension, Suspensions, suspension_of};
 pub use decision::{Decision, Mode, Verdict};
 pub use error::CoreError;
 pub use event::{

@@ -94,6 +94,7 @@ impl<S: Store> Gateway<S> {
         let agent = self
             .authenticate(&new.agent_id, &new.credential_token)
             .await?;
+        self.ensure_running(&agent).await?;
         if !valid_id(&new.approval_id) {
             return Err(GatewayError::InvalidRequest(
                 "approval_id must be 16 to 64 letters, digits, '-' or '_'".into(),
@@ -285,7 +286,8 @@ impl<S: Store> Gateway<S> {
         approval_id: &str,
         action_digest: &str,
     ) -> Result<Approval, GatewayError> {
-        self.authenticate(agent_id, credential_token).await?;
+        let agent = self.authenticate(agent_id, credential_token).await?;
+        self.ensure_running(&agent).await?;
         let current = self.approval(approval_id).await?;
         if current.agent.id != agent_id {
             return Err(GatewayError::Conflict(format!(

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aa_core::{AgentRegistration, AuditEvent};
+use aa_core::{AgentRegistration, AuditEvent, EventKind, TopologyEdge};
 use aa_identity::{Claims, Keypair, PublicKey};
 use aa_security::{Limits, Scanner};
 use tokio::sync::watch;
@@ -68,6 +68,8 @@ pub enum Registered {
         credential: Credential,
         /// The agent as recorded, lineage included.
         agent: Box<AgentRecord>,
+        /// The registry's chain above it: the root first, the parent last.
+        ancestors: Vec<AgentRecord>,
     },
 }
 
@@ -118,6 +120,8 @@ pub struct Gateway<S> {
     closing: watch::Sender<bool>,
     /// Bumped on every approval change, so waiters re-read theirs.
     pub(crate) approval_epoch: watch::Sender<u64>,
+    /// Bumped on every suspension change, so runtimes get the new set.
+    pub(crate) suspension_epoch: watch::Sender<u64>,
     /// Serialises the gateway's own appends, which number their stream themselves.
     pub(crate) own_stream: tokio::sync::Mutex<()>,
 }
@@ -152,6 +156,7 @@ impl<S: Store> Gateway<S> {
             metrics: Metrics::default(),
             closing: watch::Sender::new(false),
             approval_epoch: watch::Sender::new(0),
+            suspension_epoch: watch::Sender::new(0),
             own_stream: tokio::sync::Mutex::new(()),
         })
     }
@@ -252,18 +257,23 @@ impl<S: Store> Gateway<S> {
         };
         self.answer_challenge(&reg, &key, signature)?;
 
-        let (team_id, depth) = match &reg.lineage.parent_agent_id {
+        let (team_id, depth, ancestors) = match &reg.lineage.parent_agent_id {
             Some(parent_id) => {
                 let parent = self.store.agent(parent_id).await?.ok_or_else(|| {
                     GatewayError::InvalidRequest(format!(
                         "parent agent {parent_id:?} is not registered"
                     ))
                 })?;
+                // A stopped agent spawns nothing.
+                self.ensure_running(&parent).await?;
                 // Depth is the registry's to say, not the child's: one below its parent.
-                let team = reg.lineage.team_id.clone().or(parent.team_id);
-                (team, parent.depth.saturating_add(1))
+                let team = reg.lineage.team_id.clone().or(parent.team_id.clone());
+                let depth = parent.depth.saturating_add(1);
+                let mut ancestors = self.ancestors(&parent).await?;
+                ancestors.push(parent);
+                (team, depth, ancestors)
             }
-            None => (reg.lineage.team_id.clone(), 0),
+            None => (reg.lineage.team_id.clone(), 0, Vec::new()),
         };
         let credential = self.issue(&reg.agent_id, &reg.public_key)?;
         let now = now_ms();
@@ -286,6 +296,7 @@ impl<S: Store> Gateway<S> {
         Ok(Registered::Issued {
             credential,
             agent: Box::new(agent),
+            ancestors,
         })
     }
 
@@ -407,6 +418,7 @@ impl<S: Store> Gateway<S> {
         let mut total = Appended::default();
         let mut run: Vec<NewEvent> = Vec::new();
         let mut run_stream = String::new();
+        let mut edges = Vec::new();
         for mut event in events {
             let Some(origin) = event.origin.clone() else {
                 return Err(GatewayError::InvalidRequest(format!(
@@ -421,6 +433,14 @@ impl<S: Store> Gateway<S> {
                 )));
             }
             self.backstop(&mut event)?;
+            if event.kind == EventKind::Edge
+                && let Some(edge) = event
+                    .detail
+                    .clone()
+                    .and_then(|d| serde_json::from_value::<TopologyEdge>(d).ok())
+            {
+                edges.push(edge);
+            }
             if origin.stream_id != run_stream && !run.is_empty() {
                 total = add(
                     total,
@@ -439,6 +459,9 @@ impl<S: Store> Gateway<S> {
         }
         if !run.is_empty() {
             total = add(total, self.append_run(&run_stream, run).await?);
+        }
+        if !edges.is_empty() {
+            self.store.put_edges(edges).await?;
         }
         Ok(total)
     }

@@ -85,8 +85,52 @@ fn expires(credential: &Credential) -> Option<prost_types::Timestamp> {
     Some(timestamp(secs.saturating_mul(1000)))
 }
 
+type SuspensionStream = Pin<Box<dyn Stream<Item = Result<pb::Suspensions, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
+    type WatchSuspensionsStream = SuspensionStream;
+
+    async fn watch_suspensions(
+        &self,
+        _request: Request<pb::WatchSuspensionsRequest>,
+    ) -> Result<Response<Self::WatchSuspensionsStream>, Status> {
+        let gateway = Arc::clone(&self.gateway);
+        let mut changes = gateway.suspension_changes();
+        let closed = gateway.closed();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            tokio::pin!(closed);
+            let mut sent = None;
+            loop {
+                changes.borrow_and_update();
+                let current = match gateway.suspensions().await {
+                    Ok(set) => {
+                        let mut list: Vec<_> = set.values().map(pb::Suspension::from).collect();
+                        list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+                        pb::Suspensions { suspensions: list }
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(status(error))).await;
+                        return;
+                    }
+                };
+                if sent.as_ref() != Some(&current) {
+                    sent = Some(current.clone());
+                    if tx.send(Ok(current)).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    () = &mut closed => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn register(
         &self,
         request: Request<pb::RegisterRequest>,
@@ -106,12 +150,17 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
                 challenge,
                 ..Default::default()
             },
-            Registered::Issued { credential, agent } => pb::RegisterResponse {
+            Registered::Issued {
+                credential,
+                agent,
+                ancestors,
+            } => pb::RegisterResponse {
                 agent_id,
                 expires_at: expires(&credential),
                 credential_token: credential.token,
                 challenge: Vec::new(),
                 agent: Some(agent_ref(&agent)),
+                ancestors: ancestors.iter().map(agent_ref).collect(),
             },
         }))
     }

@@ -1,6 +1,7 @@
-//! The HTTP face for operators: `/health`, `/agents`, `/audit`, `/audit/checkpoints`,
-//! `/metrics` (Prometheus text format), and under `/api/v1/` the approvals, which need the
-//! admin token (`Authorization: Bearer <token>`).
+//! The HTTP face for operators: `/health` and `/metrics` (Prometheus text format) for anyone
+//! who can reach the port, and under `/api/v1/`, with the admin token
+//! (`Authorization: Bearer <token>`): agents, their lineage and the topology, suspending and
+//! resuming agents, approvals, and the audit log with its checkpoints.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -29,11 +30,15 @@ const MAX_PAGE: u64 = 1000;
 pub fn router<S: Store>(gateway: Arc<Gateway<S>>) -> Router {
     Router::new()
         .route("/health", get(health::<S>))
-        .route("/agents", get(agents::<S>))
-        .route("/agents/{id}", get(agent::<S>))
-        .route("/audit", get(audit::<S>))
-        .route("/audit/checkpoints", get(checkpoints::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/agents", get(agents::<S>))
+        .route("/api/v1/agents/{id}", get(agent::<S>))
+        .route("/api/v1/agents/{id}/lineage", get(lineage::<S>))
+        .route("/api/v1/agents/{id}/suspend", post(suspend::<S>))
+        .route("/api/v1/agents/{id}/resume", post(resume::<S>))
+        .route("/api/v1/topology", get(topology::<S>))
+        .route("/api/v1/audit", get(audit::<S>))
+        .route("/api/v1/audit/checkpoints", get(checkpoints::<S>))
         .route("/api/v1/approvals", get(approvals::<S>))
         .route("/api/v1/approvals/{id}", get(approval::<S>))
         .route("/api/v1/approvals/{id}/approve", post(approve::<S>))
@@ -84,22 +89,102 @@ async fn health<S: Store>(State(gateway): Shared<S>) -> impl IntoResponse {
     }))
 }
 
-async fn agents<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoResponse, HttpError> {
-    Ok(Json(gateway.store().agents().await?))
+#[derive(Debug, Deserialize)]
+struct TeamFilter {
+    team: Option<String>,
+}
+
+async fn agents<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Query(filter): Query<TeamFilter>,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(gateway.agent_views(filter.team.as_deref()).await?))
 }
 
 async fn agent<S: Store>(
     State(gateway): Shared<S>,
+    headers: HeaderMap,
     Path(id): Path<String>,
-) -> Result<Response, HttpError> {
-    Ok(match gateway.store().agent(&id).await? {
-        Some(agent) => Json(agent).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({ "error": format!("no agent {id:?}") })),
-        )
-            .into_response(),
-    })
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(gateway.agent_view(&id).await?))
+}
+
+async fn lineage<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(gateway.lineage(&id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct TopologyQuery {
+    root: Option<String>,
+}
+
+async fn topology<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Query(query): Query<TopologyQuery>,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(gateway.topology(query.root.as_deref()).await?))
+}
+
+/// The body of a suspend or resume.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspensionRequest {
+    /// Whether the agent's descendants are stopped (or released) with it.
+    #[serde(default)]
+    subtree: bool,
+    /// Who acts (free text, e.g. a user name).
+    #[serde(default)]
+    by: Option<String>,
+    /// Why (a suspension's reason is told to the agent with every denied check).
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn change_suspension<S: Store>(
+    gateway: &Gateway<S>,
+    headers: &HeaderMap,
+    id: &str,
+    suspend: bool,
+    body: Option<Json<SuspensionRequest>>,
+) -> Result<Json<crate::SuspensionChange>, HttpError> {
+    gateway.authorize_admin(bearer(headers))?;
+    let r = body.map(|Json(r)| r).unwrap_or_default();
+    let by = r.by.as_deref().unwrap_or_default();
+    let reason = r.reason.as_deref().unwrap_or_default();
+    let change = if suspend {
+        gateway.suspend(id, r.subtree, by, reason).await?
+    } else {
+        gateway.resume(id, r.subtree, by, reason).await?
+    };
+    Ok(Json(change))
+}
+
+async fn suspend<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<SuspensionRequest>>,
+) -> Result<impl IntoResponse, HttpError> {
+    change_suspension(&gateway, &headers, &id, true, body).await
+}
+
+async fn resume<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<SuspensionRequest>>,
+) -> Result<impl IntoResponse, HttpError> {
+    change_suspension(&gateway, &headers, &id, false, body).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,8 +201,10 @@ fn default_limit() -> u64 {
 
 async fn audit<S: Store>(
     State(gateway): Shared<S>,
+    headers: HeaderMap,
     Query(page): Query<Page>,
 ) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
     let records = gateway
         .store()
         .records(page.after, page.limit.min(MAX_PAGE))
@@ -126,7 +213,11 @@ async fn audit<S: Store>(
     Ok(Json(json!({ "records": records, "next": next })))
 }
 
-async fn checkpoints<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoResponse, HttpError> {
+async fn checkpoints<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
     Ok(Json(gateway.store().checkpoints().await?))
 }
 

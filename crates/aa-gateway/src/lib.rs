@@ -5,6 +5,8 @@
 //!   and their renewal, bundle publication, audit appends with a backstop scan, checkpoints.
 //! - [`approvals`]: pending decisions as durable approvals — created by runtimes, decided by
 //!   operators, bound to the action's digest, released once; each step audited.
+//! - [`registry`]: agents as operators see them, the topology (lineage and reported edges),
+//!   and suspensions — the kill switch runtimes follow.
 //! - [`bundle`]: policy bundles named by a content hash.
 //! - [`grpc`]: the gRPC services runtimes call; [`http`]: the operator API; [`server`]:
 //!   [`run`], serving both on listeners the caller bound.
@@ -25,6 +27,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
+pub mod registry;
 pub mod server;
 pub mod sqlite;
 pub mod store;
@@ -33,6 +36,7 @@ pub use approvals::{GATEWAY_STREAM, NewApproval};
 pub use bundle::{Bundle, PolicyDocument};
 pub use error::GatewayError;
 pub use gateway::{Credential, Gateway, GatewayConfig, Registered};
+pub use registry::{AgentView, SuspensionChange, Topology};
 pub use server::run;
 pub use sqlite::SqliteStore;
 pub use store::{AgentRecord, Appended, NewEvent, Store};

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aa_core::{Approval, ApprovalStatus};
+use aa_core::{Approval, ApprovalStatus, EdgeKind, Suspension, TopologyEdge};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::audit::{Checkpoint, GENESIS, Head, Record, unhex};
@@ -69,6 +69,14 @@ CREATE TABLE approvals (
     record TEXT NOT NULL
 );
 CREATE INDEX approvals_by_created ON approvals (created_at_ms);
+"#,
+    r#"
+CREATE TABLE suspensions (
+    agent_id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
+ALTER TABLE agent_edges ADD COLUMN tool TEXT;
+ALTER TABLE agent_edges ADD COLUMN metadata TEXT;
 "#,
 ];
 
@@ -498,6 +506,116 @@ impl Store for SqliteStore {
                 .query_map([], agent_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(agents)
+        })
+        .await
+    }
+
+    async fn put_suspension(&self, suspension: Suspension) -> Result<(), GatewayError> {
+        let record =
+            serde_json::to_string(&suspension).map_err(|e| GatewayError::Storage(e.to_string()))?;
+        self.with(move |conn| {
+            conn.execute(
+                "INSERT INTO suspensions (agent_id, record) VALUES (?1, ?2)
+                 ON CONFLICT (agent_id) DO UPDATE SET record = excluded.record",
+                params![suspension.agent_id, record],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn remove_suspensions(
+        &self,
+        agent_ids: Vec<String>,
+    ) -> Result<Vec<String>, GatewayError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let mut removed = Vec::new();
+            for id in agent_ids {
+                if tx.execute("DELETE FROM suspensions WHERE agent_id = ?1", params![id])? == 1 {
+                    removed.push(id);
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn suspensions(&self) -> Result<Vec<Suspension>, GatewayError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare("SELECT record FROM suspensions ORDER BY agent_id")?;
+            let rows = statement
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.iter()
+                .map(|text| serde_json::from_str(text).map_err(|_| corrupt("suspension record")))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_edges(&self, edges: Vec<TopologyEdge>) -> Result<(), GatewayError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            for edge in edges {
+                let metadata = edge.metadata.as_ref().map(ToString::to_string);
+                tx.execute(
+                    "INSERT OR IGNORE INTO agent_edges
+                     (parent_agent_id, child_agent_id, kind, created_at_ms, tool, metadata)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        edge.from_agent_id,
+                        edge.to_agent_id,
+                        edge.kind.as_str(),
+                        edge.created_at_ms,
+                        edge.tool,
+                        metadata
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn edges(&self) -> Result<Vec<TopologyEdge>, GatewayError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT parent_agent_id, child_agent_id, kind, created_at_ms, tool, metadata
+                 FROM agent_edges ORDER BY created_at_ms, parent_agent_id, child_agent_id, kind",
+            )?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, Option<String>>(4)?,
+                        row.get::<_, Option<String>>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(from, to, kind, created_at_ms, tool, metadata)| {
+                    let kind: EdgeKind = serde_json::from_value(serde_json::Value::String(kind))
+                        .map_err(|_| corrupt("edge kind"))?;
+                    let metadata = metadata
+                        .map(|m| serde_json::from_str(&m))
+                        .transpose()
+                        .map_err(|_| corrupt("edge metadata"))?;
+                    Ok(TopologyEdge {
+                        from_agent_id: from,
+                        to_agent_id: to,
+                        kind,
+                        tool,
+                        created_at_ms,
+                        metadata,
+                    })
+                })
+                .collect()
         })
         .await
     }

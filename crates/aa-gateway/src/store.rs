@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use aa_core::{Approval, ApprovalStatus};
+use aa_core::{Approval, ApprovalStatus, Suspension, TopologyEdge};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -144,4 +144,29 @@ pub trait Store: Send + Sync + 'static {
         approval: Approval,
         from: ApprovalStatus,
     ) -> impl Future<Output = Result<bool, GatewayError>> + Send;
+
+    /// Records an operator's suspension of an agent, replacing any it had.
+    fn put_suspension(
+        &self,
+        suspension: Suspension,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// Lifts the suspensions of `agent_ids`; returns the ids that had one.
+    fn remove_suspensions(
+        &self,
+        agent_ids: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<String>, GatewayError>> + Send;
+
+    /// Every suspension in force, by agent id.
+    fn suspensions(&self) -> impl Future<Output = Result<Vec<Suspension>, GatewayError>> + Send;
+
+    /// Records edges agents reported; an edge already known (same ends and kind) is kept as
+    /// first seen.
+    fn put_edges(
+        &self,
+        edges: Vec<TopologyEdge>,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// Every edge, oldest first: the `spawned` edges of registrations and the reported ones.
+    fn edges(&self) -> impl Future<Output = Result<Vec<TopologyEdge>, GatewayError>> + Send;
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`policy`]: loading — [`Policy::parse`] turns YAML into compiled [`Policy`] values.
 //! - [`eval`]: [`Policy::evaluate`] answers one [`Request`] with an [`aa_core::Verdict`].
-//! - [`set`]: [`PolicySet`] cascades global, team and agent policies; the most restrictive wins.
+//! - [`set`]: [`PolicySet`] cascades global, team and agent policies; the most restrictive wins;
+//!   a spawned agent's answer is bounded by its ancestors'.
 //! - [`testing`]: policy test files (cases of agent, action and expected decision) and their runner.
 //! - `condition`, `pattern`, `schedule`, `yaml`, `suggest`: CEL conditions, globs/hosts/paths,
 //!   active hours, the located YAML reader, did-you-mean hints.

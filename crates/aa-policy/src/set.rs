@@ -1,7 +1,7 @@
 //! The cascade: every policy whose scope covers the agent applies; the most restrictive answer
 //! wins (deny > pending > allow) and names its rule.
 
-use aa_core::{Decision, Mode, Verdict};
+use aa_core::{AgentContext, Decision, Mode, Verdict};
 
 use crate::eval::Request;
 use crate::policy::{Policy, RateLimits, ToolRule};
@@ -110,5 +110,121 @@ impl PolicySet {
                 mode,
             },
         }
+    }
+
+    /// Decides `request` for an agent others spawned: its own answer, bounded by each
+    /// ancestor's answer for the same action, so a child never gets a right its parent lacks.
+    /// `ancestors` is the chain above the agent (the root first). The most restrictive answer
+    /// wins; one that comes from an ancestor says so. The mode stays the agent's.
+    pub fn evaluate_delegated(&self, request: &Request<'_>, ancestors: &[AgentContext]) -> Verdict {
+        let mut verdict = self.evaluate(request);
+        // Nearest first: among equally restrictive bounds, the parent's is named.
+        for ancestor in ancestors.iter().rev() {
+            if verdict.decision == Decision::Deny {
+                break;
+            }
+            let theirs = self.evaluate(&Request {
+                agent: ancestor,
+                ..*request
+            });
+            if theirs.decision > verdict.decision {
+                verdict = Verdict {
+                    reason: format!(
+                        "inherited from ancestor {:?}: {}",
+                        ancestor.id, theirs.reason
+                    ),
+                    mode: verdict.mode,
+                    ..theirs
+                };
+            }
+        }
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aa_core::Action;
+
+    use super::*;
+
+    const POLICIES: &str = r#"
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: everyone}
+spec:
+  scope: global
+  default: allow
+---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: sandbox}
+spec:
+  scope: team:sandbox
+  default: allow
+  tools:
+    shell: {allow: false}
+    deploy: {requires_approval_if: 'true'}
+"#;
+
+    fn agent(id: &str, team: Option<&str>, depth: u32) -> AgentContext {
+        AgentContext {
+            team: team.map(Into::into),
+            depth,
+            ..AgentContext::new(id)
+        }
+    }
+
+    fn decide(set: &PolicySet, who: &AgentContext, above: &[AgentContext], tool: &str) -> Verdict {
+        let action = Action::ToolCall {
+            tool: tool.into(),
+            args: serde_json::json!({}),
+        };
+        set.evaluate_delegated(
+            &Request {
+                agent: who,
+                action: &action,
+                now: chrono::DateTime::UNIX_EPOCH,
+            },
+            above,
+        )
+    }
+
+    #[test]
+    fn a_child_gets_no_right_its_ancestors_lack() {
+        let set = PolicySet::new(Policy::parse(POLICIES).unwrap());
+        let root = agent("root", Some("sandbox"), 0);
+        let lead = agent("lead", Some("builders"), 1);
+        let child = agent("child", Some("builders"), 2);
+        assert_eq!(decide(&set, &child, &[], "shell").decision, Decision::Allow);
+        let bounded = decide(&set, &child, &[root.clone(), lead.clone()], "shell");
+        assert_eq!(bounded.decision, Decision::Deny);
+        assert!(
+            bounded
+                .reason
+                .starts_with("inherited from ancestor \"root\": "),
+            "{}",
+            bounded.reason
+        );
+        assert_eq!(bounded.mode, Mode::Enforce);
+        assert_eq!(
+            decide(&set, &child, &[root.clone(), lead.clone()], "search").decision,
+            Decision::Allow,
+            "what every ancestor may do, the child may too"
+        );
+        let pending = decide(&set, &child, &[root], "deploy");
+        assert_eq!(pending.decision, Decision::Pending);
+        assert!(
+            pending.reason.starts_with("inherited"),
+            "{}",
+            pending.reason
+        );
+        let sandboxed = agent("boxed", Some("sandbox"), 2);
+        let own = decide(&set, &sandboxed, &[lead], "deploy");
+        assert_eq!(own.decision, Decision::Pending);
+        assert!(
+            !own.reason.starts_with("inherited"),
+            "the child's own answer"
+        );
     }
 }

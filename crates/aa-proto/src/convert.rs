@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use aa_core::{
     Action, AgentContext, AgentRegistration, Approval, ApprovalStatus, AuditEvent, Decision,
-    EdgeKind, EventKind, FileOperation, Lineage, Mode, Origin, RedactionReceipt, TopologyEdge,
-    Verdict,
+    EdgeKind, EventKind, FileOperation, Lineage, Mode, Origin, RedactionReceipt, Suspension,
+    TopologyEdge, Verdict,
 };
 use serde_json::Value;
 
@@ -371,6 +371,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::Error => pb::EventKind::Error,
             EventKind::Edge => pb::EventKind::Edge,
             EventKind::Approval => pb::EventKind::Approval,
+            EventKind::Suspension => pb::EventKind::Suspension,
         }
     }
 }
@@ -384,6 +385,7 @@ pub fn event_kind_from_wire(value: i32) -> EventKind {
         Ok(pb::EventKind::Error) => EventKind::Error,
         Ok(pb::EventKind::Edge) => EventKind::Edge,
         Ok(pb::EventKind::Approval) => EventKind::Approval,
+        Ok(pb::EventKind::Suspension) => EventKind::Suspension,
         _ => EventKind::Decision,
     }
 }
@@ -540,6 +542,35 @@ impl TryFrom<pb::Approval> for Approval {
             decided_at_ms: a.decided_at.map(millis),
             used_at_ms: a.used_at.map(millis),
             policy: a.policy_version,
+        })
+    }
+}
+
+impl From<&Suspension> for pb::Suspension {
+    fn from(s: &Suspension) -> Self {
+        pb::Suspension {
+            agent_id: s.agent_id.clone(),
+            subtree: s.subtree,
+            suspended_by: s.suspended_by.clone(),
+            reason: s.reason.clone(),
+            suspended_at: Some(timestamp(s.suspended_at_ms)),
+        }
+    }
+}
+
+impl TryFrom<pb::Suspension> for Suspension {
+    type Error = ProtoError;
+
+    fn try_from(s: pb::Suspension) -> Result<Self, Self::Error> {
+        if s.agent_id.trim().is_empty() {
+            return Err(ProtoError::MissingField("suspension.agent_id"));
+        }
+        Ok(Suspension {
+            agent_id: s.agent_id,
+            subtree: s.subtree,
+            suspended_by: s.suspended_by,
+            reason: s.reason,
+            suspended_at_ms: s.suspended_at.map_or(0, millis),
         })
     }
 }

@@ -2,16 +2,17 @@
 //!
 //! - [`server`]: [`bind`] (owner-only socket) and [`run`] — peer uid checks, frames with
 //!   request ids, concurrent calls per connection, a clean drain on shutdown.
-//! - [`runtime`]: [`Runtime`], the logic — sessions bound to a token and a uid, local
-//!   decisions from the bundle with modes and rate limits, lifecycle calls forwarded to the
-//!   gateway, and SDK reports turned into trusted events.
+//! - [`runtime`]: [`Runtime`], the logic — sessions bound to a token and a uid, the
+//!   suspensions in force, local decisions from the bundle (bounded by the agent's ancestors)
+//!   with modes and rate limits, lifecycle calls forwarded to the gateway, and SDK reports
+//!   turned into trusted events.
 //! - [`outbox`]: the local SQLite database (WAL): numbered, redacted events waiting for the
-//!   gateway, sessions, the last bundle.
+//!   gateway, sessions, the last bundle and suspensions.
 //! - `approvals`: pending decisions — the approval created at the gateway in the background,
 //!   and the wait that ends when a human decides, the approval expires or the SDK's timeout
 //!   passes.
 //! - `pipeline`: the writer that redacts and group-commits events; `link`: the gateway
-//!   link, the bundle watch and the forwarder; [`bundle`], [`limits`], [`config`], [`error`].
+//!   link, the bundle and suspension watches and the forwarder; [`bundle`], [`limits`], [`config`], [`error`].
 //!
 //! The runtime trusts nothing the SDK says about itself: an event's agent, origin, decision
 //! and redactions are the runtime's own, and every string is scanned before it is written.

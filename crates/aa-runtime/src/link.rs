@@ -1,9 +1,11 @@
-//! The link to the gateway: lifecycle calls, the bundle watch, and the forwarder that drains
-//! the outbox in order. Every loop here outlives gateway outages: it backs off and retries.
+//! The link to the gateway: lifecycle calls, the bundle and suspension watches, and the
+//! forwarder that drains the outbox in order. Every loop here outlives gateway outages: it backs off and retries.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aa_core::Suspension;
 use aa_proto::pb;
 use aa_proto::pb::ErrorCode;
 use tokio::sync::{Notify, watch};
@@ -19,6 +21,7 @@ pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How long the forwarder lets a short batch's successors gather before reading again.
 const FORWARD_LINGER: Duration = Duration::from_millis(10);
 const BUNDLE_KEY: &str = "bundle";
+const SUSPENSIONS_KEY: &str = "suspensions";
 
 /// Clients of the gateway's services over one lazily connected channel.
 #[derive(Debug, Clone)]
@@ -141,40 +144,52 @@ impl GatewayLink {
     }
 }
 
-/// Installs the bundle saved by an earlier run, so a restart during a gateway outage still
-/// decides by the last policy rather than denying everything.
-pub(crate) fn restore_bundle(runtime: &Runtime) {
+/// Installs what an earlier run saved — the bundle and the suspensions — so a restart during
+/// a gateway outage still decides by the last policy (rather than denying everything) and
+/// still stops suspended agents.
+pub(crate) fn restore(runtime: &Runtime) {
     use prost::Message as _;
-    let saved = runtime.outbox().get(BUNDLE_KEY).ok().flatten();
-    let Some(bundle) = saved
+    let saved = |key| runtime.outbox().get(key).ok().flatten();
+    if let Some(bundle) = saved(BUNDLE_KEY)
         .and_then(|h| aa_core::hex::decode(&h))
         .and_then(|b| pb::PolicyBundle::decode(&*b).ok())
-    else {
-        return;
-    };
-    match Compiled::compile(&bundle) {
-        Ok(compiled) => runtime.set_bundle(compiled),
-        Err(error) => tracing::warn!(%error, "saved bundle ignored"),
+    {
+        match Compiled::compile(&bundle) {
+            Ok(compiled) => runtime.set_bundle(compiled),
+            Err(error) => tracing::warn!(%error, "saved bundle ignored"),
+        }
+    }
+    if let Some(text) = saved(SUSPENSIONS_KEY) {
+        match serde_json::from_str::<Vec<Suspension>>(&text) {
+            Ok(list) => runtime.set_suspensions(list),
+            Err(error) => tracing::error!(%error, "saved suspensions unreadable"),
+        }
     }
 }
 
-/// Follows the gateway's bundle; each new version is compiled and applied, then saved.
-pub(crate) async fn watch_bundles(
-    runtime: Arc<Runtime>,
-    link: GatewayLink,
+/// Follows the gateway's policy bundle and suspensions until `stop`.
+pub(crate) async fn watch(runtime: Arc<Runtime>, link: GatewayLink, stop: watch::Receiver<bool>) {
+    tokio::join!(
+        watch_bundles(Arc::clone(&runtime), link.clone(), stop.clone()),
+        watch_suspensions(runtime, link, stop),
+    );
+}
+
+/// Keeps a server stream open until `stop`: `open` starts it, `apply` takes each message. A
+/// refused or broken stream is opened again after a pause that doubles from 50 ms to 2 s and
+/// starts over once a message arrives.
+async fn follow<T, F>(
     mut stop: watch::Receiver<bool>,
-) {
-    use prost::Message as _;
+    mut open: impl FnMut() -> F,
+    mut apply: impl FnMut(T),
+) where
+    F: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
     let mut backoff = BACKOFF_START;
     loop {
-        let known = runtime
-            .bundle()
-            .map(|b| b.version.clone())
-            .unwrap_or_default();
-        let mut client = pb::policy_service_client::PolicyServiceClient::new(link.channel.clone());
         let stream = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            s = client.watch_bundle(pb::WatchBundleRequest { known_version: known }) => s,
+            s = open() => s,
         };
         if let Ok(response) = stream {
             let mut stream = response.into_inner();
@@ -183,23 +198,9 @@ pub(crate) async fn watch_bundles(
                     _ = stop.wait_for(|s| *s) => return,
                     m = stream.message() => m,
                 };
-                let Ok(Some(bundle)) = message else { break };
+                let Ok(Some(message)) = message else { break };
                 backoff = BACKOFF_START;
-                match Compiled::compile(&bundle) {
-                    Ok(compiled) => {
-                        tracing::info!(version = %compiled.version, "policy bundle applied");
-                        runtime.set_bundle(compiled);
-                        if let Err(error) = runtime
-                            .outbox()
-                            .put(BUNDLE_KEY, &aa_core::hex::encode(&bundle.encode_to_vec()))
-                        {
-                            tracing::warn!(%error, "bundle not saved");
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "bundle refused; keeping the one in force")
-                    }
-                }
+                apply(message);
             }
         }
         tokio::select! {
@@ -208,6 +209,76 @@ pub(crate) async fn watch_bundles(
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// Each new bundle version is compiled and applied, then saved.
+async fn watch_bundles(runtime: Arc<Runtime>, link: GatewayLink, stop: watch::Receiver<bool>) {
+    use prost::Message as _;
+    let open = || {
+        let known = runtime
+            .bundle()
+            .map(|b| b.version.clone())
+            .unwrap_or_default();
+        let mut client = pb::policy_service_client::PolicyServiceClient::new(link.channel.clone());
+        async move {
+            client
+                .watch_bundle(pb::WatchBundleRequest {
+                    known_version: known,
+                })
+                .await
+        }
+    };
+    let apply = |bundle: pb::PolicyBundle| match Compiled::compile(&bundle) {
+        Ok(compiled) => {
+            tracing::info!(version = %compiled.version, "policy bundle applied");
+            runtime.set_bundle(compiled);
+            if let Err(error) = runtime
+                .outbox()
+                .put(BUNDLE_KEY, &aa_core::hex::encode(&bundle.encode_to_vec()))
+            {
+                tracing::warn!(%error, "bundle not saved");
+            }
+        }
+        Err(error) => tracing::error!(%error, "bundle refused; keeping the one in force"),
+    };
+    follow(stop, open, apply).await;
+}
+
+/// Each new set of suspensions is applied at once, then saved.
+async fn watch_suspensions(runtime: Arc<Runtime>, link: GatewayLink, stop: watch::Receiver<bool>) {
+    let open = || {
+        let mut client = link.agents();
+        async move {
+            client
+                .watch_suspensions(pb::WatchSuspensionsRequest {})
+                .await
+        }
+    };
+    let apply = |wire: pb::Suspensions| {
+        let list: Vec<Suspension> = wire
+            .suspensions
+            .into_iter()
+            .filter_map(|s| match Suspension::try_from(s) {
+                Ok(s) => Some(s),
+                Err(error) => {
+                    tracing::error!(%error, "unreadable suspension from the gateway skipped");
+                    None
+                }
+            })
+            .collect();
+        tracing::info!(count = list.len(), "suspensions applied");
+        let saved = serde_json::to_string(&list).map_err(|e| e.to_string());
+        runtime.set_suspensions(list);
+        if let Err(error) = saved.and_then(|text| {
+            runtime
+                .outbox()
+                .put(SUSPENSIONS_KEY, &text)
+                .map_err(|e| e.to_string())
+        }) {
+            tracing::warn!(%error, "suspensions not saved");
+        }
+    };
+    follow(stop, open, apply).await;
 }
 
 /// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`

@@ -7,7 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aa_core::{
-    Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, TopologyEdge, Verdict,
+    Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, Suspension, Suspensions,
+    TopologyEdge, Verdict, suspension_of,
 };
 use aa_policy::Request;
 use aa_proto::convert::decision_to_wire;
@@ -54,6 +55,9 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Session {
     agent: AgentContext,
+    /// The registry's chain above the agent, the root first: their policies bound the agent's.
+    #[serde(default)]
+    ancestors: Vec<AgentContext>,
     token: String,
     expires_at_ms: i64,
     uid: u32,
@@ -71,6 +75,7 @@ pub struct Runtime {
     config: RuntimeConfig,
     bundle: RwLock<Option<Arc<Compiled>>>,
     sessions: RwLock<HashMap<String, Session>>,
+    suspensions: RwLock<Arc<Suspensions>>,
     rates: RateCounter,
     pending: PendingTable,
     outbox: Arc<Outbox>,
@@ -95,6 +100,7 @@ impl Runtime {
             config,
             bundle: RwLock::new(None),
             sessions: RwLock::new(sessions),
+            suspensions: RwLock::new(Arc::default()),
             rates: RateCounter::default(),
             pending: PendingTable::default(),
             outbox,
@@ -122,6 +128,24 @@ impl Runtime {
         if let Ok(mut slot) = self.bundle.write() {
             *slot = Some(Arc::new(compiled));
         }
+    }
+
+    /// Replaces the suspensions in force with the gateway's latest set.
+    pub(crate) fn set_suspensions(&self, list: Vec<Suspension>) {
+        let set: Suspensions = list.into_iter().map(|s| (s.agent_id.clone(), s)).collect();
+        if let Ok(mut slot) = self.suspensions.write() {
+            *slot = Arc::new(set);
+        }
+    }
+
+    /// Why the session's agent is stopped, if it is. A poisoned table stops everyone: the
+    /// kill switch must not fail open.
+    fn suspended(&self, session: &Session) -> Option<String> {
+        let Ok(set) = self.suspensions.read() else {
+            return Some("the suspension table is unreadable".into());
+        };
+        let ancestors = session.ancestors.iter().rev().map(|a| a.id.as_str());
+        suspension_of(&set, &session.agent.id, ancestors).map(|s| s.reason_for(&session.agent.id))
     }
 
     fn session(&self, agent_id: &str, token: &str, peer: Peer) -> Result<Session, String> {
@@ -411,6 +435,11 @@ impl Runtime {
                 return (v.clone(), claimed, Some(action), v);
             }
         };
+        // The kill switch holds in every mode.
+        if let Some(reason) = self.suspended(&session) {
+            let v = fail("suspension", reason);
+            return (v.clone(), Some(session.agent), Some(action), v);
+        }
         let Some(bundle) = self.bundle() else {
             let v = fail("bundle", "no policy bundle from the gateway yet".into());
             return (v.clone(), Some(session.agent), Some(action), v);
@@ -426,11 +455,14 @@ impl Runtime {
             };
             return (v.clone(), None, None, v);
         }
-        let mut verdict = bundle.set.evaluate(&Request {
-            agent: &session.agent,
-            action: &action,
-            now: chrono::Utc::now(),
-        });
+        let mut verdict = bundle.set.evaluate_delegated(
+            &Request {
+                agent: &session.agent,
+                action: &action,
+                now: chrono::Utc::now(),
+            },
+            &session.ancestors,
+        );
         if verdict.decision == Decision::Allow
             && let Action::ToolCall { tool, .. } = &action
         {
@@ -583,16 +615,23 @@ impl Runtime {
             .map_err(|e| refuse(ErrorCode::InvalidRequest, e.to_string()))?;
         let response = self.link.register(request).await?;
         if !response.credential_token.is_empty() {
+            let context = |a: pb::AgentRef| {
+                AgentContext::try_from(a).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))
+            };
             let agent = response
                 .agent
                 .clone()
                 .ok_or_else(|| refuse(ErrorCode::Internal, "gateway answer lacks the agent"))
-                .and_then(|a| {
-                    AgentContext::try_from(a)
-                        .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))
-                })?;
+                .and_then(context)?;
+            let ancestors = response
+                .ancestors
+                .iter()
+                .cloned()
+                .map(context)
+                .collect::<Result<_, _>>()?;
             self.store_session(Session {
                 agent,
+                ancestors,
                 token: response.credential_token.clone(),
                 expires_at_ms: response.expires_at.map_or(0, aa_proto::convert::millis),
                 uid: peer.uid,

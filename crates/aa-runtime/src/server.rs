@@ -92,10 +92,10 @@ pub async fn run(
         jobs_tx.clone(),
         link.clone(),
     )?);
-    link::restore_bundle(&runtime);
+    link::restore(&runtime);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let watcher = tokio::spawn(link::watch_bundles(
+    let watcher = tokio::spawn(link::watch(
         Arc::clone(&runtime),
         link.clone(),
         stop_rx.clone(),

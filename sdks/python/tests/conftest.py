@@ -78,7 +78,7 @@ class Aasm:
         return done.stdout
 
     def agents(self) -> dict[str, dict[str, Any]]:
-        rows = [json.loads(line) for line in self.run("agents", "list").splitlines()]
+        rows = json.loads(self.run("agents", "list", "--json"))
         return {row["agent_id"]: row for row in rows}
 
     def events(self) -> list[dict[str, Any]]:

@@ -2,7 +2,6 @@
 //! the gateway (in process, through `aasm approvals`, or over HTTP); approvals are bound to
 //! their action, used once, survive a gateway restart, and every step is audited.
 
-use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use serde_json::Value;
 use crate::governed::{
     client, data, decide, eventually, options, register, shell, start_bot, stored_events,
 };
-use crate::{aasm, stderr, stdout};
+use crate::{aasm, http, stderr, stdout};
 
 /// Checks `command` (pending by the policy) and starts waiting for its approval.
 async fn ask(
@@ -271,32 +270,6 @@ async fn a_pending_approval_survives_a_gateway_restart() {
         .unwrap();
     assert_eq!(released.verdict.decision, Decision::Allow, "{released:?}");
     Up { gateway, runtime }.stop().await.unwrap();
-}
-
-/// One HTTP/1.1 request; the status code and the JSON body.
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (u16, Value) {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token
-        .map(|t| format!("authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nhost: gateway\r\n{auth}content-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (code, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

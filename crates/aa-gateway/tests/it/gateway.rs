@@ -34,7 +34,7 @@ pub(crate) fn gateway(config: GatewayConfig) -> Gateway<SqliteStore> {
     .unwrap()
 }
 
-fn registration(id: &str, key: &Keypair, parent: Option<&str>) -> AgentRegistration {
+pub(crate) fn registration(id: &str, key: &Keypair, parent: Option<&str>) -> AgentRegistration {
     AgentRegistration {
         agent_id: id.into(),
         name: id.into(),

@@ -4,4 +4,5 @@
 
 mod approvals;
 mod gateway;
+mod registry;
 mod store;

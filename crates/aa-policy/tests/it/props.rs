@@ -132,6 +132,22 @@ proptest! {
     }
 
     #[test]
+    fn a_delegated_decision_is_never_more_permissive_than_any_ancestor(
+        agent in agent(),
+        ancestors in prop::collection::vec(agent(), 0..4),
+        action in action(),
+    ) {
+        let set = &*EXAMPLES;
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        let verdict = set.evaluate_delegated(&Request { agent: &agent, action: &action, now }, &ancestors);
+        for who in ancestors.iter().chain([&agent]) {
+            let own = set.evaluate(&Request { agent: who, action: &action, now });
+            prop_assert!(verdict.decision >= own.decision, "{who:?}: {own:?} vs {verdict:?}");
+        }
+        prop_assert_eq!(verdict.mode, set.mode_for(&agent));
+    }
+
+    #[test]
     fn loading_arbitrary_text_never_panics(text in ".{0,200}") {
         let _ = Policy::parse(&text);
     }

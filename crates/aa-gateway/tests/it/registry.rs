@@ -1,0 +1,221 @@
+//! The registry at the gateway over a real SQLite store: lineage and ancestors, topology with
+//! reported edges, and suspensions — who they stop, what the gateway refuses for a stopped
+//! agent, how they are lifted, and that the change reaches watchers.
+
+use std::time::Duration;
+
+use aa_core::{AgentContext, AuditEvent, EdgeKind, EventKind, Origin, TopologyEdge};
+use aa_gateway::{GatewayConfig, GatewayError, Registered, Store};
+use aa_identity::Keypair;
+
+use crate::gateway::{gateway, register, registration};
+
+#[tokio::test]
+async fn lineage_topology_and_ancestors_come_from_the_registry() {
+    let gw = gateway(GatewayConfig::default());
+    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    register(&gw, "lead", &Keypair::generate().unwrap(), Some("root")).await;
+    let key = Keypair::generate().unwrap();
+    register(&gw, "worker", &key, Some("lead")).await;
+    register(&gw, "other", &Keypair::generate().unwrap(), None).await;
+
+    // A registration answers with the chain above the agent, the root first.
+    let Registered::Challenge(challenge) = gw
+        .register(registration("worker", &key, Some("lead")), None)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a challenge");
+    };
+    let signature = key.sign_challenge("worker", &challenge);
+    let Registered::Issued { ancestors, .. } = gw
+        .register(registration("worker", &key, Some("lead")), Some(&signature))
+        .await
+        .unwrap()
+    else {
+        panic!("expected a token");
+    };
+    let ids: Vec<_> = ancestors.iter().map(|a| a.agent_id.as_str()).collect();
+    assert_eq!(ids, ["root", "lead"]);
+
+    let lineage = gw.lineage("worker").await.unwrap();
+    let ids: Vec<_> = lineage.iter().map(|v| v.agent.agent_id.as_str()).collect();
+    assert_eq!(ids, ["root", "lead", "worker"]);
+    assert!(matches!(
+        gw.lineage("nobody").await,
+        Err(GatewayError::NotFound(_))
+    ));
+
+    // A reported edge (through an appended event) joins the registration edges.
+    let edge = TopologyEdge {
+        from_agent_id: "lead".into(),
+        to_agent_id: "other".into(),
+        kind: EdgeKind::Delegated,
+        tool: Some("handoff".into()),
+        created_at_ms: 5,
+        metadata: None,
+    };
+    let event = AuditEvent {
+        event_id: "rt/lead/edge-1".into(),
+        timestamp_ms: 5,
+        agent: AgentContext::new("lead"),
+        session_id: None,
+        action: aa_core::Action::AgentSpawn {
+            child_id: Some("other".into()),
+            reason: None,
+        },
+        verdict: None,
+        redactions: Vec::new(),
+        kind: EventKind::Edge,
+        detail: serde_json::to_value(&edge).ok(),
+        origin: Some(Origin {
+            stream_id: "rt".into(),
+            sequence: 1,
+            received_at_ms: 5,
+            peer_uid: 0,
+            peer_pid: 0,
+        }),
+    };
+    gw.append(vec![event.clone()]).await.unwrap();
+    gw.append(vec![event]).await.unwrap();
+    let tree = gw.topology(Some("lead")).await.unwrap();
+    let ids: Vec<_> = tree
+        .agents
+        .iter()
+        .map(|v| v.agent.agent_id.as_str())
+        .collect();
+    assert_eq!(ids, ["lead", "worker"]);
+    let edges: Vec<_> = tree
+        .edges
+        .iter()
+        .map(|e| (e.from_agent_id.as_str(), e.to_agent_id.as_str(), e.kind))
+        .collect();
+    // Oldest first: the reported edge carries its own (early) time.
+    assert_eq!(
+        edges,
+        [
+            ("lead", "other", EdgeKind::Delegated),
+            ("lead", "worker", EdgeKind::Spawned)
+        ]
+    );
+    assert_eq!(tree.edges.len(), 2, "the duplicate append added nothing");
+    let all = gw.topology(None).await.unwrap();
+    let roots: Vec<_> = all
+        .agents
+        .iter()
+        .map(|v| v.agent.agent_id.as_str())
+        .collect();
+    assert_eq!(roots, ["other", "root", "lead", "worker"]);
+}
+
+#[tokio::test]
+async fn a_suspension_stops_an_agent_or_its_subtree_until_lifted() {
+    let gw = gateway(GatewayConfig::default());
+    let mut changes = gw.suspension_changes();
+    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    let lead_token = register(&gw, "lead", &Keypair::generate().unwrap(), Some("root")).await;
+    register(&gw, "worker", &Keypair::generate().unwrap(), Some("lead")).await;
+    assert!(matches!(
+        gw.suspend("nobody", true, "alice", "").await,
+        Err(GatewayError::NotFound(_))
+    ));
+
+    let change = gw.suspend("root", true, "alice", "runaway").await.unwrap();
+    assert_eq!(change.agent_ids, ["root", "lead", "worker"]);
+    tokio::time::timeout(Duration::from_secs(1), changes.changed())
+        .await
+        .expect("watchers hear of the change")
+        .unwrap();
+    let worker = gw.agent_view("worker").await.unwrap();
+    assert_eq!(worker.suspension.unwrap().agent_id, "root");
+
+    // What the gateway decides itself is refused for a stopped agent: spawning, asking for
+    // an approval.
+    let refused = register_err(&gw, "late", Some("worker")).await;
+    assert!(
+        refused.contains("\"worker\" is suspended with the subtree of \"root\" by alice: runaway"),
+        "{refused}"
+    );
+    let action = aa_core::Action::ToolCall {
+        tool: "deploy".into(),
+        args: serde_json::json!({}),
+    };
+    let asked = gw
+        .create_approval(aa_gateway::NewApproval {
+            agent_id: "lead".into(),
+            credential_token: lead_token,
+            approval_id: "0123456789abcdef0123".into(),
+            action_digest: action.digest(),
+            action,
+            rule: "r".into(),
+            reason: "why".into(),
+            policy: "p@1".into(),
+            timeout: Duration::from_secs(60),
+        })
+        .await;
+    assert!(matches!(asked, Err(GatewayError::Conflict(_))), "{asked:?}");
+
+    // A descendant is released only with the suspension that stops it.
+    let err = gw.resume("lead", false, "bob", "").await.unwrap_err();
+    assert!(err.to_string().contains("resume that one"), "{err}");
+    let lifted = gw.resume("root", false, "bob", "fixed").await.unwrap();
+    assert_eq!(lifted.agent_ids, ["root"]);
+    assert!(gw.agent_view("worker").await.unwrap().suspension.is_none());
+    let err = gw.resume("root", false, "bob", "").await.unwrap_err();
+    assert_eq!(err.to_string(), "conflict: agent \"root\" is not suspended");
+
+    // Without the subtree, only the agent; resuming a subtree lifts every suspension in it.
+    gw.suspend("lead", false, "alice", "").await.unwrap();
+    gw.suspend("worker", false, "alice", "").await.unwrap();
+    assert!(gw.agent_view("root").await.unwrap().suspension.is_none());
+    let lifted = gw.resume("root", true, "bob", "").await.unwrap();
+    assert_eq!(lifted.agent_ids, ["lead", "worker"]);
+    assert!(gw.suspensions().await.unwrap().is_empty());
+
+    // Each step is on the gateway's stream.
+    let steps: Vec<String> = gw
+        .store()
+        .records(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event["kind"] == "suspension")
+        .map(|r| {
+            format!(
+                "{} {}",
+                r.event["agent"]["id"].as_str().unwrap(),
+                r.event["detail"]["step"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "root suspended",
+            "root resumed",
+            "lead suspended",
+            "worker suspended",
+            "root resumed"
+        ]
+    );
+}
+
+async fn register_err(
+    gw: &aa_gateway::Gateway<aa_gateway::SqliteStore>,
+    id: &str,
+    parent: Option<&str>,
+) -> String {
+    let key = Keypair::generate().unwrap();
+    let Registered::Challenge(challenge) = gw
+        .register(registration(id, &key, parent), None)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a challenge");
+    };
+    let signature = key.sign_challenge(id, &challenge);
+    gw.register(registration(id, &key, parent), Some(&signature))
+        .await
+        .unwrap_err()
+        .to_string()
+}
