@@ -9,6 +9,7 @@
 //! - [`event`]: what is recorded — audit events, redaction receipts, approvals, topology edges.
 //! - [`canonical`]: canonical JSON, the form hashes and signatures are taken over.
 //! - [`hex`]: lowercase hex for ids, hashes and digests.
+//! - [`rate`]: call-rate limits by GCRA, keyed, with the time as an input.
 //! - [`error`]: the crate's error type.
 //!
 //! This crate does no IO and holds no policy logic: it is the vocabulary the other crates speak.
@@ -21,6 +22,7 @@ pub mod decision;
 pub mod error;
 pub mod event;
 pub mod hex;
+pub mod rate;
 
 pub use action::{Action, ActionKind, FileOperation};
 pub use agent::{AgentContext, AgentRegistration, Lineage, Suspension, Suspensions, suspension_of};

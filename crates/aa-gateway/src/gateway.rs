@@ -122,6 +122,8 @@ pub struct Gateway<S> {
     pub(crate) approval_epoch: watch::Sender<u64>,
     /// Bumped on every suspension change, so runtimes get the new set.
     pub(crate) suspension_epoch: watch::Sender<u64>,
+    /// Team-wide call-rate limits.
+    pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
     pub(crate) own_stream: tokio::sync::Mutex<()>,
 }
@@ -157,6 +159,7 @@ impl<S: Store> Gateway<S> {
             closing: watch::Sender::new(false),
             approval_epoch: watch::Sender::new(0),
             suspension_epoch: watch::Sender::new(0),
+            team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
         })
     }

@@ -17,6 +17,7 @@ use crate::approvals::NewApproval;
 use crate::bundle::Bundle;
 use crate::error::GatewayError;
 use crate::gateway::{Credential, Gateway, Registered};
+use crate::rates::{TeamLimit, TeamRate};
 use crate::store::{AgentRecord, Store};
 
 /// The gateway's error as a gRPC status. Storage and setup failures say only that something
@@ -129,6 +130,48 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn take_team_rate(
+        &self,
+        request: Request<pb::TakeTeamRateRequest>,
+    ) -> Result<Response<pb::TakeTeamRateResponse>, Status> {
+        let r = request.into_inner();
+        let limits: Vec<TeamLimit> = r
+            .limits
+            .into_iter()
+            .map(|l| TeamLimit {
+                policy: l.policy,
+                entry: l.entry,
+                limits: aa_policy::RateLimits {
+                    per_minute: Some(l.per_minute).filter(|n| *n > 0),
+                    per_hour: Some(l.per_hour).filter(|n| *n > 0),
+                },
+            })
+            .collect();
+        let taken = self
+            .gateway
+            .take_team_rate(&r.agent_id, &r.credential_token, &limits)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(match taken {
+            TeamRate::Allowed => pb::TakeTeamRateResponse {
+                allowed: true,
+                ..Default::default()
+            },
+            TeamRate::Limited {
+                index,
+                window,
+                retry_after,
+                team,
+            } => pb::TakeTeamRateResponse {
+                allowed: false,
+                limit_index: u32::try_from(index).unwrap_or(u32::MAX),
+                window: window.to_owned(),
+                retry_after: aa_proto::convert::duration_to_wire(retry_after),
+                team,
+            },
+        }))
     }
 
     async fn register(

@@ -7,6 +7,7 @@
 //!   operators, bound to the action's digest, released once; each step audited.
 //! - [`registry`]: agents as operators see them, the topology (lineage and reported edges),
 //!   and suspensions — the kill switch runtimes follow.
+//! - [`rates`]: team-wide call-rate limits, counted across every runtime.
 //! - [`bundle`]: policy bundles named by a content hash.
 //! - [`grpc`]: the gRPC services runtimes call; [`http`]: the operator API; [`server`]:
 //!   [`run`], serving both on listeners the caller bound.
@@ -27,6 +28,7 @@ pub mod error;
 pub mod gateway;
 pub mod grpc;
 pub mod http;
+pub mod rates;
 pub mod registry;
 pub mod server;
 pub mod sqlite;
@@ -36,6 +38,7 @@ pub use approvals::{GATEWAY_STREAM, NewApproval};
 pub use bundle::{Bundle, PolicyDocument};
 pub use error::GatewayError;
 pub use gateway::{Credential, Gateway, GatewayConfig, Registered};
+pub use rates::{TeamLimit, TeamRate};
 pub use registry::{AgentView, SuspensionChange, Topology};
 pub use server::run;
 pub use sqlite::SqliteStore;

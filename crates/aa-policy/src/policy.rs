@@ -83,6 +83,7 @@ pub struct ToolRule {
     pub(crate) deny_if: Option<Condition>,
     pub(crate) requires_approval_if: Option<Condition>,
     limits: RateLimits,
+    team_limits: RateLimits,
 }
 
 impl ToolRule {
@@ -91,9 +92,15 @@ impl ToolRule {
         &self.key
     }
 
-    /// The call-rate limits the runtime counts for this entry.
+    /// The call-rate limits the runtime counts for this entry, per agent.
     pub fn limits(&self) -> RateLimits {
         self.limits
+    }
+
+    /// The call-rate limits the gateway counts for this entry, across the agent's team
+    /// (`team_limit_per_minute`, `team_limit_per_hour`).
+    pub fn team_limits(&self) -> RateLimits {
+        self.team_limits
     }
 }
 
@@ -474,6 +481,8 @@ const TOOL_KEYS: &[&str] = &[
     "requires_approval_if",
     "limit_per_minute",
     "limit_per_hour",
+    "team_limit_per_minute",
+    "team_limit_per_hour",
     "description",
 ];
 
@@ -526,6 +535,7 @@ fn tool_rule(r: &mut Reader<'_>, key: &str, node: &Node<'_>, path: &str) -> Opti
         deny_if: None,
         requires_approval_if: None,
         limits: RateLimits::default(),
+        team_limits: RateLimits::default(),
     };
     let mut valid = true;
     for (k, value) in &entries {
@@ -538,6 +548,12 @@ fn tool_rule(r: &mut Reader<'_>, key: &str, node: &Node<'_>, path: &str) -> Opti
             }
             "limit_per_minute" => limit(r, value, &path).map(|n| rule.limits.per_minute = Some(n)),
             "limit_per_hour" => limit(r, value, &path).map(|n| rule.limits.per_hour = Some(n)),
+            "team_limit_per_minute" => {
+                limit(r, value, &path).map(|n| rule.team_limits.per_minute = Some(n))
+            }
+            "team_limit_per_hour" => {
+                limit(r, value, &path).map(|n| rule.team_limits.per_hour = Some(n))
+            }
             _ => r.string(value, &path).map(drop),
         };
         valid &= ok.is_some();

@@ -57,8 +57,9 @@ impl PolicySet {
             .map_or(Mode::Enforce, |(_, _, mode)| mode)
     }
 
-    /// The tool entries that govern `tool` for `agent` and set a call-rate limit, with their
-    /// policies. The runtime counts each; every one must have room for the call to go ahead.
+    /// The tool entries that govern `tool` for `agent` and set a call-rate limit (per agent or
+    /// per team), with their policies. Each is counted (per-agent limits by the runtime,
+    /// team limits by the gateway); every one must have room for the call to go ahead.
     pub fn rate_limits<'a>(
         &'a self,
         agent: &'a aa_core::AgentContext,
@@ -68,7 +69,10 @@ impl PolicySet {
             .iter()
             .filter(move |p| p.scope().covers(agent))
             .filter_map(move |p| Some((p, p.tool_rule(tool)?)))
-            .filter(|(_, rule)| rule.limits() != RateLimits::default())
+            .filter(|(_, rule)| {
+                rule.limits() != RateLimits::default()
+                    || rule.team_limits() != RateLimits::default()
+            })
     }
 
     /// Decides `request`. With no covering policy the answer is deny (fail closed).

@@ -1,28 +1,33 @@
 //! Per-agent call-rate limits (`limit_per_minute`, `limit_per_hour`), counted where the agent
-//! runs: a sliding window of the calls let through.
+//! runs, by GCRA ([`aa_core::rate`]): a burst up to the limit, then calls as fast as they
+//! free up, and a refusal says when the next one fits.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use aa_core::rate::{Quota, RateTable};
 use aa_policy::RateLimits;
 
-const MINUTE: Duration = Duration::from_secs(60);
-const HOUR: Duration = Duration::from_secs(3600);
+type Key = (String, String, String, &'static str);
 
-/// Call times per (agent, policy, tool entry).
+/// Arrival times per (agent, policy, tool entry, window).
 #[derive(Debug, Default)]
 pub struct RateCounter {
-    windows: Mutex<HashMap<(String, String, String), VecDeque<Instant>>>,
+    table: RateTable<Key>,
 }
 
 /// A limit that has no room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exceeded {
+    /// The policy that sets it.
+    pub policy: String,
+    /// The tool entry that sets it.
+    pub entry: String,
     /// `limit_per_minute` or `limit_per_hour`.
     pub which: &'static str,
     /// The limit.
     pub limit: u32,
+    /// When a call would fit.
+    pub retry_after: Duration,
 }
 
 impl RateCounter {
@@ -34,52 +39,40 @@ impl RateCounter {
         limits: &[(String, String, RateLimits)],
         now: Instant,
     ) -> Result<(), Exceeded> {
-        let Ok(mut windows) = self.windows.lock() else {
-            // A poisoned counter cannot count: refuse rather than let calls through unlimited.
-            return Err(Exceeded {
-                which: "limit_per_minute",
-                limit: 0,
-            });
-        };
+        let mut quotas = Vec::new();
         for (policy, entry, limit) in limits {
-            let key = (agent.to_owned(), policy.clone(), entry.clone());
-            let window = windows.entry(key).or_default();
-            while window
-                .front()
-                .is_some_and(|t| now.duration_since(*t) >= HOUR)
-            {
-                window.pop_front();
-            }
-            if let Some(per_hour) = limit.per_hour
-                && window.len() >= per_hour as usize
-            {
-                return Err(Exceeded {
-                    which: "limit_per_hour",
-                    limit: per_hour,
-                });
-            }
-            if let Some(per_minute) = limit.per_minute {
-                let recent = window
-                    .iter()
-                    .rev()
-                    .take_while(|t| now.duration_since(**t) < MINUTE)
-                    .count();
-                if recent >= per_minute as usize {
-                    return Err(Exceeded {
-                        which: "limit_per_minute",
-                        limit: per_minute,
-                    });
+            let windows = [
+                ("limit_per_minute", limit.per_minute.map(Quota::per_minute)),
+                ("limit_per_hour", limit.per_hour.map(Quota::per_hour)),
+            ];
+            for (which, quota) in windows {
+                if let Some(quota) = quota {
+                    let key = (agent.to_owned(), policy.clone(), entry.clone(), which);
+                    quotas.push((key, quota));
                 }
             }
         }
-        for (policy, entry, _) in limits {
-            if let Some(window) =
-                windows.get_mut(&(agent.to_owned(), policy.clone(), entry.clone()))
-            {
-                window.push_back(now);
+        self.table.try_take(&quotas, now).map_err(|limited| {
+            let ((_, policy, entry, which), quota) =
+                quotas.get(limited.index).cloned().unwrap_or_else(|| {
+                    (
+                        (
+                            String::new(),
+                            String::new(),
+                            String::new(),
+                            "limit_per_minute",
+                        ),
+                        Quota::per_minute(0),
+                    )
+                });
+            Exceeded {
+                policy,
+                entry,
+                which,
+                limit: quota.limit,
+                retry_after: limited.retry_after,
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -88,7 +81,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn windows_slide() {
+    fn each_entry_and_agent_counts_apart_and_a_refusal_names_its_limit() {
         let counter = RateCounter::default();
         let limits = vec![(
             "p@1".to_owned(),
@@ -101,22 +94,20 @@ mod tests {
         let start = Instant::now();
         assert!(counter.try_take("bot", &limits, start).is_ok());
         assert!(counter.try_take("bot", &limits, start).is_ok());
-        let third = counter.try_take("bot", &limits, start);
-        assert_eq!(third.map_err(|e| e.which), Err("limit_per_minute"));
+        let third = counter.try_take("bot", &limits, start).unwrap_err();
+        assert_eq!((third.which, third.limit), ("limit_per_minute", 2));
+        assert_eq!(third.retry_after, Duration::from_secs(30));
+        assert_eq!(
+            (third.policy.as_str(), third.entry.as_str()),
+            ("p@1", "shell")
+        );
         assert!(
             counter.try_take("other", &limits, start).is_ok(),
             "per agent"
         );
-        let later = start + MINUTE;
+        let later = start + Duration::from_secs(60);
         assert!(counter.try_take("bot", &limits, later).is_ok());
-        assert_eq!(
-            counter.try_take("bot", &limits, later).map_err(|e| e.which),
-            Err("limit_per_hour")
-        );
-        assert!(
-            counter
-                .try_take("bot", &limits, start + HOUR + MINUTE)
-                .is_ok()
-        );
+        let fourth = counter.try_take("bot", &limits, later).unwrap_err();
+        assert_eq!(fourth.which, "limit_per_hour");
     }
 }

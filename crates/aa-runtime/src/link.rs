@@ -93,6 +93,17 @@ impl GatewayLink {
             .map_err(|s| refusal(&s))
     }
 
+    pub(crate) async fn take_team_rate(
+        &self,
+        request: pb::TakeTeamRateRequest,
+    ) -> Result<pb::TakeTeamRateResponse, Refusal> {
+        self.agents()
+            .take_team_rate(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| refusal(&s))
+    }
+
     fn approvals(&self) -> pb::approval_service_client::ApprovalServiceClient<Channel> {
         pb::approval_service_client::ApprovalServiceClient::new(self.channel.clone())
     }

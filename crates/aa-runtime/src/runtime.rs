@@ -51,6 +51,52 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     }
 }
 
+/// What a check came to before any call to the gateway.
+#[derive(Debug)]
+pub struct Decided {
+    verdict: Verdict,
+    /// The agent and action to record the decision under (none for a malformed request).
+    agent: Option<AgentContext>,
+    action: Option<Action>,
+    /// Team-wide limits the gateway must count before an allow stands.
+    team_limits: Vec<pb::TeamLimit>,
+}
+
+/// A check answered at once, or one that needs the gateway first.
+#[derive(Debug)]
+pub enum Checked {
+    /// The answer.
+    Done(pb::CheckResponse),
+    /// Finish it with [`Runtime::finish`].
+    Gateway(Box<GatewayCheck>),
+}
+
+/// A check waiting to be counted against team-wide rate limits at the gateway.
+#[derive(Debug)]
+pub struct GatewayCheck {
+    request: pb::CheckRequest,
+    decided: Decided,
+    peer: Peer,
+    started: Instant,
+}
+
+/// The verdict to apply: under `observe` a refusal is recorded, and allowed.
+fn applied(verdict: &Verdict) -> Verdict {
+    if verdict.mode == Mode::Observe && verdict.decision != Decision::Allow {
+        Verdict {
+            decision: Decision::Allow,
+            reason: format!(
+                "observe mode: would have been {}: {}",
+                verdict.decision.as_str(),
+                verdict.reason
+            ),
+            ..verdict.clone()
+        }
+    } else {
+        verdict.clone()
+    }
+}
+
 /// A registered agent as this runtime serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Session {
@@ -194,15 +240,121 @@ impl Runtime {
         }
     }
 
-    /// Decides a check. Never fails: every problem is a deny that says why.
-    pub fn check(&self, mut request: pb::CheckRequest, peer: Peer) -> pb::CheckResponse {
+    /// Decides a check. Never fails: every problem is a deny that says why. Most checks are
+    /// answered here and now; one whose tool has a team-wide rate limit must be counted at the
+    /// gateway first ([`Runtime::finish`]).
+    pub fn check(&self, mut request: pb::CheckRequest, peer: Peer) -> Checked {
         let started = Instant::now();
         let action = request.action.take();
-        let (mut verdict, agent, action, mut applied) = self.decide(&request, action, peer);
+        let decided = self.decide(&request, action, peer);
+        if decided.team_limits.is_empty() {
+            Checked::Done(self.conclude(&request, decided, peer, started))
+        } else {
+            Checked::Gateway(Box::new(GatewayCheck {
+                request,
+                decided,
+                peer,
+                started,
+            }))
+        }
+    }
+
+    /// Counts a check's team-wide rate limits at the gateway, then answers it. A limit without
+    /// room denies saying when to retry; a gateway that cannot count denies too (fail closed).
+    pub async fn finish(&self, check: GatewayCheck) -> pb::CheckResponse {
+        let GatewayCheck {
+            request,
+            mut decided,
+            peer,
+            started,
+        } = check;
+        let take = pb::TakeTeamRateRequest {
+            agent_id: request.agent_id.clone(),
+            credential_token: request.credential_token.clone(),
+            limits: decided.team_limits.clone(),
+        };
+        let tool = match &decided.action {
+            Some(Action::ToolCall { tool, .. }) => tool.clone(),
+            _ => String::new(),
+        };
+        let taken =
+            tokio::time::timeout(self.config.gateway_timeout, self.link.take_team_rate(take))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Refusal {
+                        code: ErrorCode::Unavailable,
+                        message: "the gateway did not answer in time".into(),
+                    })
+                });
+        let refused = match taken {
+            Ok(taken) if taken.allowed => None,
+            Ok(taken) => {
+                let index = usize::try_from(taken.limit_index).unwrap_or(usize::MAX);
+                let limit = decided.team_limits.get(index).cloned().unwrap_or_default();
+                let count = if taken.window == "team_limit_per_hour" {
+                    limit.per_hour
+                } else {
+                    limit.per_minute
+                };
+                let retry = taken
+                    .retry_after
+                    .and_then(|d| aa_proto::convert::duration(&d))
+                    .unwrap_or_default();
+                Some((
+                    format!("tools.{}.{}", limit.entry, taken.window),
+                    format!(
+                        "{tool}: {} of {count} for team {} reached; retry in {}",
+                        taken.window,
+                        taken.team,
+                        aa_core::rate::human(retry)
+                    ),
+                    limit.policy,
+                ))
+            }
+            Err(refusal) => {
+                let limit = decided.team_limits.first().cloned().unwrap_or_default();
+                Some((
+                    format!("tools.{}.team_limit", limit.entry),
+                    format!(
+                        "{tool}: the team rate limit could not be counted: {}",
+                        refusal.message
+                    ),
+                    limit.policy,
+                ))
+            }
+        };
+        if let Some((rule, reason, policy)) = refused {
+            decided.verdict = Verdict {
+                decision: Decision::Deny,
+                rule,
+                reason,
+                policy,
+                mode: decided.verdict.mode,
+            };
+        }
+        self.conclude(&request, decided, peer, started)
+    }
+
+    /// Applies the mode, opens the approval of a pending check, records the decision, and
+    /// answers.
+    fn conclude(
+        &self,
+        request: &pb::CheckRequest,
+        decided: Decided,
+        peer: Peer,
+        started: Instant,
+    ) -> pb::CheckResponse {
+        let Decided {
+            mut verdict,
+            agent,
+            action,
+            ..
+        } = decided;
+        let mut applied = applied(&verdict);
         let mut approval_id = None;
         if let (Some(agent), Some(action)) = (agent, action) {
             if applied.decision == Decision::Pending {
-                match self.open_approval(&request, &agent, &action, &applied) {
+                match self.open_approval(request, &agent, &action, &applied) {
                     Ok(id) => approval_id = Some(id),
                     Err(reason) => {
                         applied = Verdict {
@@ -215,7 +367,7 @@ impl Runtime {
                 }
             }
             let mut event = self.event(agent, action, EventKind::Decision, peer, random_id());
-            event.session_id = Some(request.session_id).filter(|s| !s.is_empty());
+            event.session_id = Some(request.session_id.clone()).filter(|s| !s.is_empty());
             event.verdict = Some(verdict);
             event.detail = approval_id
                 .as_ref()
@@ -400,14 +552,20 @@ impl Runtime {
         }
     }
 
-    /// The verdict, the agent and action to record it under, and the verdict to apply (which
-    /// differs from the first under `observe`).
+    /// The verdict, the agent and action to record it under, and the team limits the gateway
+    /// must still count.
     fn decide(
         &self,
         request: &pb::CheckRequest,
         action: Option<pb::Action>,
         peer: Peer,
-    ) -> (Verdict, Option<AgentContext>, Option<Action>, Verdict) {
+    ) -> Decided {
+        let done = |verdict, agent, action| Decided {
+            verdict,
+            agent,
+            action,
+            team_limits: Vec::new(),
+        };
         let fail = |rule: &str, reason: String| Verdict {
             decision: Decision::Deny,
             rule: rule.to_owned(),
@@ -420,29 +578,33 @@ impl Runtime {
         let action = match action.map(Action::try_from) {
             Some(Ok(action)) => action,
             Some(Err(e)) => {
-                let v = fail("request", format!("invalid action: {e}"));
-                return (v.clone(), None, None, v);
+                return done(fail("request", format!("invalid action: {e}")), None, None);
             }
             None => {
-                let v = fail("request", "check carries no action".into());
-                return (v.clone(), None, None, v);
+                return done(
+                    fail("request", "check carries no action".into()),
+                    None,
+                    None,
+                );
             }
         };
         let session = match self.session(&request.agent_id, &request.credential_token, peer) {
             Ok(session) => session,
             Err(reason) => {
-                let v = fail("credential", reason);
-                return (v.clone(), claimed, Some(action), v);
+                return done(fail("credential", reason), claimed, Some(action));
             }
         };
         // The kill switch holds in every mode.
         if let Some(reason) = self.suspended(&session) {
-            let v = fail("suspension", reason);
-            return (v.clone(), Some(session.agent), Some(action), v);
+            return done(
+                fail("suspension", reason),
+                Some(session.agent),
+                Some(action),
+            );
         }
         let Some(bundle) = self.bundle() else {
             let v = fail("bundle", "no policy bundle from the gateway yet".into());
-            return (v.clone(), Some(session.agent), Some(action), v);
+            return done(v, Some(session.agent), Some(action));
         };
         let mode = bundle.set.mode_for(&session.agent);
         if mode == Mode::Disabled {
@@ -453,7 +615,7 @@ impl Runtime {
                 policy: String::new(),
                 mode,
             };
-            return (v.clone(), None, None, v);
+            return done(v, None, None);
         }
         let mut verdict = bundle.set.evaluate_delegated(
             &Request {
@@ -463,46 +625,51 @@ impl Runtime {
             },
             &session.ancestors,
         );
+        let mut team_limits = Vec::new();
         if verdict.decision == Decision::Allow
             && let Action::ToolCall { tool, .. } = &action
         {
-            let limits: Vec<_> = bundle
-                .set
-                .rate_limits(&session.agent, tool)
-                .map(|(policy, rule)| (policy.id(), rule.key().to_owned(), rule.limits()))
-                .collect();
+            let mut limits = Vec::new();
+            for (policy, rule) in bundle.set.rate_limits(&session.agent, tool) {
+                let (local, team) = (rule.limits(), rule.team_limits());
+                if local != aa_policy::RateLimits::default() {
+                    limits.push((policy.id(), rule.key().to_owned(), local));
+                }
+                if team != aa_policy::RateLimits::default() {
+                    team_limits.push(pb::TeamLimit {
+                        policy: policy.id(),
+                        entry: rule.key().to_owned(),
+                        per_minute: team.per_minute.unwrap_or(0),
+                        per_hour: team.per_hour.unwrap_or(0),
+                    });
+                }
+            }
             if !limits.is_empty()
                 && let Err(exceeded) =
                     self.rates
                         .try_take(&session.agent.id, &limits, Instant::now())
             {
-                let entry = limits.first().map_or("", |(_, key, _)| key.as_str());
+                team_limits.clear();
                 verdict = Verdict {
                     decision: Decision::Deny,
-                    rule: format!("tools.{entry}.{}", exceeded.which),
-                    reason: format!("{tool} was called {} times already", exceeded.limit),
-                    policy: limits
-                        .first()
-                        .map(|(p, _, _)| p.clone())
-                        .unwrap_or_default(),
+                    rule: format!("tools.{}.{}", exceeded.entry, exceeded.which),
+                    reason: format!(
+                        "{tool}: {} of {} reached; retry in {}",
+                        exceeded.which,
+                        exceeded.limit,
+                        aa_core::rate::human(exceeded.retry_after)
+                    ),
+                    policy: exceeded.policy,
                     mode,
                 };
             }
         }
-        let applied = if mode == Mode::Observe && verdict.decision != Decision::Allow {
-            Verdict {
-                decision: Decision::Allow,
-                reason: format!(
-                    "observe mode: would have been {}: {}",
-                    verdict.decision.as_str(),
-                    verdict.reason
-                ),
-                ..verdict.clone()
-            }
-        } else {
-            verdict.clone()
-        };
-        (verdict, Some(session.agent), Some(action), applied)
+        Decided {
+            verdict,
+            agent: Some(session.agent),
+            action: Some(action),
+            team_limits,
+        }
     }
 
     fn event(

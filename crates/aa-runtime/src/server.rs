@@ -24,7 +24,7 @@ use crate::error::RuntimeError;
 use crate::link::{self, GatewayLink};
 use crate::outbox::Outbox;
 use crate::pipeline::{self, Job};
-use crate::runtime::{Peer, Refusal, Runtime};
+use crate::runtime::{Checked, GatewayCheck, Peer, Refusal, Runtime};
 
 /// How long a stopping runtime keeps trying to hand its outbox to the gateway.
 pub const DRAIN: Duration = Duration::from_secs(5);
@@ -254,8 +254,15 @@ fn answer<T>(id: u64, result: Result<T, Refusal>, body: impl FnOnce(T) -> Body) 
     }
 }
 
-/// Answers a check in place (no IO, microseconds). The other calls wait on the gateway or the
-/// disk, so they run beside the connection's later frames and write their own answer.
+/// What a spawned task answers: a call, or a check that needs the gateway.
+enum Work {
+    Call(Body),
+    Check(GatewayCheck),
+}
+
+/// Answers a check in place (no IO, microseconds) unless it needs the gateway. The other calls
+/// wait on the gateway or the disk, so they run beside the connection's later frames and
+/// write their own answer.
 async fn dispatch(
     runtime: &Arc<Runtime>,
     frame: pb::Frame,
@@ -271,12 +278,18 @@ async fn dispatch(
             "frame has no body",
         ));
     };
-    if let Body::Check(check) = body {
-        return Some(pb::Frame {
-            request_id: id,
-            body: Some(Body::Decision(runtime.check(check, peer))),
-        });
-    }
+    let work = match body {
+        Body::Check(check) => match runtime.check(check, peer) {
+            Checked::Done(decision) => {
+                return Some(pb::Frame {
+                    request_id: id,
+                    body: Some(Body::Decision(decision)),
+                });
+            }
+            Checked::Gateway(check) => Work::Check(*check),
+        },
+        other => Work::Call(other),
+    };
     // Bounded per connection: past the bound, reading waits.
     let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
         return Some(error_frame(id, ErrorCode::Internal, "connection closing"));
@@ -284,20 +297,28 @@ async fn dispatch(
     let runtime = Arc::clone(runtime);
     let writer = Arc::clone(writer);
     tokio::spawn(async move {
-        let frame = match body {
-            Body::Register(r) => answer(id, runtime.register(r, peer).await, Body::Registered),
-            Body::Heartbeat(r) => answer(id, runtime.heartbeat(r, peer).await, Body::HeartbeatAck),
-            Body::Deregister(r) => {
+        let decision = |decision| pb::Frame {
+            request_id: id,
+            body: Some(Body::Decision(decision)),
+        };
+        let frame = match work {
+            Work::Check(check) => decision(runtime.finish(check).await),
+            Work::Call(Body::Register(r)) => {
+                answer(id, runtime.register(r, peer).await, Body::Registered)
+            }
+            Work::Call(Body::Heartbeat(r)) => {
+                answer(id, runtime.heartbeat(r, peer).await, Body::HeartbeatAck)
+            }
+            Work::Call(Body::Deregister(r)) => {
                 answer(id, runtime.deregister(r, peer).await, Body::Deregistered)
             }
-            Body::Events(batch) => answer(id, runtime.report(batch, peer).await, |accepted| {
-                Body::EventsAck(pb::EventAck { accepted })
-            }),
-            Body::AwaitApproval(r) => pb::Frame {
-                request_id: id,
-                body: Some(Body::Decision(runtime.await_approval(r, peer).await)),
-            },
-            _ => error_frame(
+            Work::Call(Body::Events(batch)) => {
+                answer(id, runtime.report(batch, peer).await, |accepted| {
+                    Body::EventsAck(pb::EventAck { accepted })
+                })
+            }
+            Work::Call(Body::AwaitApproval(r)) => decision(runtime.await_approval(r, peer).await),
+            Work::Call(_) => error_frame(
                 id,
                 ErrorCode::InvalidRequest,
                 "this frame is an answer, not a request",

@@ -163,6 +163,13 @@ async fn allow_deny_and_pending_in_each_mode() {
         (third.decision, third.rule.as_str()),
         (Decision::Deny, "tools.ping.limit_per_minute")
     );
+    assert!(
+        third
+            .reason
+            .starts_with("ping: limit_per_minute of 2 reached; retry in "),
+        "{}",
+        third.reason
+    );
 
     // The observed deny is in the audit log as a deny under observe.
     assert!(
@@ -232,7 +239,7 @@ async fn report(c: &Client, agent: &Agent, n: usize, prefix: &str) -> u64 {
     c.report(agent, reports, vec![]).await.unwrap()
 }
 
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

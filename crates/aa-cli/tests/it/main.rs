@@ -6,6 +6,7 @@
 mod approvals;
 mod bench;
 mod governed;
+mod limits;
 mod policy;
 mod scan;
 mod topology;
