@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -188,6 +188,61 @@ def test_a_spawned_child_has_its_lineage(aasm: Aasm, sdk_dirs: dict[str, Any]) -
     events = aasm.wait_for_events(lambda es: any(e["kind"] == "edge" for e in es))
     spawn = next(e for e in events if e["kind"] == "edge")
     assert (spawn["agent"]["id"], spawn["detail"]["to_agent_id"]) == ("lead", "helper")
+
+
+def _refusal(check: Callable[[], object]) -> ToolDenied | None:
+    """The ``ToolDenied`` that ``check`` raises, or None when it is allowed."""
+    try:
+        check()
+    except ToolDenied as denied:
+        return denied
+    return None
+
+
+def _until(condition: Callable[[], bool], limit: float) -> bool:
+    """Whether ``condition`` holds within ``limit`` seconds (polled every 10 ms)."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_tree_is_bounded_by_its_root_and_stopped_by_the_kill_switch(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    with (
+        init_assembly("lead", **sdk_dirs) as lead,
+        lead.spawn_child("helper") as helper,
+        helper.spawn_child("worker") as worker,
+    ):
+        assert worker.depth == 2
+        # The worker's own policy allows a web search; its root's does not, so neither may it.
+        with pytest.raises(ToolDenied) as denied:
+            worker.check_tool_start("web_search", {"q": "x"})
+        assert denied.value.reason.startswith('inherited from ancestor "lead": ')
+        search = lambda: worker.check_tool_start("read_file", {"path": "/workspace/a"})  # noqa: E731
+        assert search().allowed
+
+        # The kill switch: the whole tree is stopped within a second, then released.
+        aasm.run("agents", "suspend", "lead", "--subtree", "--reason", "runaway", "--by", "alice")
+        assert _until(lambda: _refusal(search) is not None, 1.0), "not stopped within 1 s"
+        stopped = _refusal(search)
+        assert stopped is not None
+        assert stopped.rule == "suspension"
+        assert stopped.reason == (
+            'agent "worker" is suspended with the subtree of "lead" by alice: runaway'
+        )
+        assert _refusal(lambda: helper.check_tool_start("read_file", {"path": "/a"})) is not None
+        aasm.run("agents", "resume", "lead", "--subtree")
+        assert _until(lambda: _refusal(search) is None, 1.0), "not released within 1 s"
+
+    tree = json.loads(aasm.run("topology", "tree", "lead", "--json"))
+    assert [a["agent_id"] for a in tree["agents"]] == ["lead", "helper", "worker"]
+    events = aasm.wait_for_events(lambda es: sum(e["kind"] == "suspension" for e in es) >= 2)
+    steps = [e["detail"]["step"] for e in events if e["kind"] == "suspension"]
+    assert steps == ["suspended", "resumed"]
 
 
 def test_llm_calls_are_checked_and_usage_recorded(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
