@@ -8,6 +8,7 @@ use crate::CoreError;
 
 /// One action an agent wants to perform. The JSON form is tagged by `type`, e.g.
 /// `{"type":"tool_call","tool":"shell","args":{"command":"ls"}}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Action {
@@ -165,6 +166,7 @@ impl fmt::Display for ActionKind {
 }
 
 /// What a file action does.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileOperation {

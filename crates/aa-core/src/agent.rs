@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::CoreError;
 
 /// The agent on whose behalf an action is checked, as policy conditions see it (`agent.*`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentContext {
@@ -113,6 +114,7 @@ impl AgentContext {
 /// An operator's stop on an agent: every check it makes is denied until it is resumed. With
 /// `subtree`, every agent below it in the delegation tree is stopped too, including agents
 /// spawned after the suspension.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Suspension {
     /// The suspended agent.

@@ -112,6 +112,7 @@ pub struct RedactionReceipt {
 }
 
 /// Where an approval stands.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ApprovalStatus {
@@ -126,6 +127,7 @@ pub enum ApprovalStatus {
 }
 
 /// A request for a human to approve a pending action.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
     /// Unique id, returned with the `pending` decision.
@@ -188,6 +190,7 @@ impl Approval {
 }
 
 /// The kinds of edges in the agent topology.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EdgeKind {
@@ -218,6 +221,7 @@ impl EdgeKind {
 }
 
 /// One edge of who-spawned-or-called-whom.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopologyEdge {
     /// The acting (parent) agent.

@@ -17,7 +17,7 @@ use sha2::{Digest as _, Sha256};
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// One event as the chain holds it; hashes are lowercase hex.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record {
     /// The runtime stream the event came from.
     pub stream_id: String,
@@ -94,7 +94,7 @@ pub fn link_hash(
 }
 
 /// The head of one stream: its last sequence number and hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Head {
     /// The stream.
     pub stream_id: String,
@@ -105,7 +105,7 @@ pub struct Head {
 }
 
 /// The gateway's signed statement of every stream head at a moment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Checkpoint {
     /// Increasing from 1.
     pub id: u64,

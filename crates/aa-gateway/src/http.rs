@@ -1,7 +1,8 @@
 //! The HTTP face for operators: `/health` and `/metrics` (Prometheus text format) for anyone
 //! who can reach the port, and under `/api/v1/`, with the admin token
 //! (`Authorization: Bearer <token>`): agents, their lineage and the topology, suspending and
-//! resuming agents, approvals, and the audit log with its checkpoints.
+//! resuming agents, approvals, and the audit log with its checkpoints; and the OpenAPI
+//! document of all of it at `/api/v1/openapi.json` (no token), generated from the handlers.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -14,10 +15,14 @@ use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
 
-use aa_core::ApprovalStatus;
+use aa_core::{Approval, ApprovalStatus};
+
+use crate::audit::{Checkpoint, Record};
+use crate::registry::{AgentView, SuspensionChange, Topology};
 
 use crate::error::GatewayError;
 use crate::gateway::Gateway;
@@ -31,6 +36,7 @@ pub fn router<S: Store>(gateway: Arc<Gateway<S>>) -> Router {
     Router::new()
         .route("/health", get(health::<S>))
         .route("/metrics", get(metrics::<S>))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/agents", get(agents::<S>))
         .route("/api/v1/agents/{id}", get(agent::<S>))
         .route("/api/v1/agents/{id}/lineage", get(lineage::<S>))
@@ -44,6 +50,13 @@ pub fn router<S: Store>(gateway: Arc<Gateway<S>>) -> Router {
         .route("/api/v1/approvals/{id}/approve", post(approve::<S>))
         .route("/api/v1/approvals/{id}/deny", post(deny::<S>))
         .with_state(gateway)
+}
+
+/// What every error answer holds.
+#[derive(Debug, Serialize, ToSchema)]
+struct ErrorBody {
+    /// What was wrong, for a person.
+    error: String,
 }
 
 /// An error as an HTTP answer; internals stay in the log.
@@ -69,7 +82,7 @@ impl IntoResponse for HttpError {
                 )
             }
         };
-        (code, Json(json!({ "error": message }))).into_response()
+        (code, Json(ErrorBody { error: message })).into_response()
     }
 }
 
@@ -81,12 +94,25 @@ impl From<GatewayError> for HttpError {
 
 type Shared<S> = State<Arc<Gateway<S>>>;
 
+/// The gateway's state.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+    /// The version (content hash) of the policy bundle runtimes hold.
+    policy_version: String,
+    /// The key that signs tokens and checkpoints.
+    gateway_did: String,
+}
+
+#[utoipa::path(get, path = "/health", tag = "service", security(()),
+    responses((status = 200, description = "The gateway is up", body = Health)))]
 async fn health<S: Store>(State(gateway): Shared<S>) -> impl IntoResponse {
-    Json(json!({
-        "status": "ok",
-        "policy_version": gateway.bundle().version,
-        "gateway_did": gateway.public_key().did(),
-    }))
+    Json(Health {
+        status: "ok",
+        policy_version: gateway.bundle().version.clone(),
+        gateway_did: gateway.public_key().did(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +120,9 @@ struct TeamFilter {
     team: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    params(("team" = Option<String>, Query, description = "Only this team's agents")),
+    responses((status = 200, description = "Agents by id", body = [AgentView]), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
 async fn agents<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -103,6 +132,8 @@ async fn agents<S: Store>(
     Ok(Json(gateway.agent_views(filter.team.as_deref()).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = String, Path, description = "The agent id")),
+    responses((status = 200, description = "The agent", body = AgentView), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn agent<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -112,6 +143,8 @@ async fn agent<S: Store>(
     Ok(Json(gateway.agent_view(&id).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/agents/{id}/lineage", tag = "agents", params(("id" = String, Path, description = "The agent id")),
+    responses((status = 200, description = "Its ancestors and itself, the root first", body = [AgentView]), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn lineage<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -126,6 +159,9 @@ struct TopologyQuery {
     root: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/topology", tag = "agents",
+    params(("root" = Option<String>, Query, description = "The agent at the top (default: every tree)")),
+    responses((status = 200, description = "The agents, parents first, and the edges from them", body = Topology), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn topology<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -136,7 +172,7 @@ async fn topology<S: Store>(
 }
 
 /// The body of a suspend or resume.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SuspensionRequest {
     /// Whether the agent's descendants are stopped (or released) with it.
@@ -169,6 +205,9 @@ async fn change_suspension<S: Store>(
     Ok(Json(change))
 }
 
+#[utoipa::path(post, path = "/api/v1/agents/{id}/suspend", tag = "agents", params(("id" = String, Path, description = "The agent id")),
+    request_body(content = SuspensionRequest, description = "All fields optional"),
+    responses((status = 200, description = "The agents now stopped", body = SuspensionChange), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn suspend<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -178,6 +217,9 @@ async fn suspend<S: Store>(
     change_suspension(&gateway, &headers, &id, true, body).await
 }
 
+#[utoipa::path(post, path = "/api/v1/agents/{id}/resume", tag = "agents", params(("id" = String, Path, description = "The agent id")),
+    request_body(content = SuspensionRequest, description = "All fields optional"),
+    responses((status = 200, description = "The agents released", body = SuspensionChange), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn resume<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -199,6 +241,19 @@ fn default_limit() -> u64 {
     100
 }
 
+/// One page of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+struct AuditPage {
+    /// The records, in stream order.
+    records: Vec<Record>,
+    /// The `after` of the next page.
+    next: u64,
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
+    params(("after" = Option<u64>, Query, description = "Skip this many records (default 0)"),
+        ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)")),
+    responses((status = 200, description = "Records in stream order", body = AuditPage), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
 async fn audit<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -210,9 +265,11 @@ async fn audit<S: Store>(
         .records(page.after, page.limit.min(MAX_PAGE))
         .await?;
     let next = page.after + records.len() as u64;
-    Ok(Json(json!({ "records": records, "next": next })))
+    Ok(Json(AuditPage { records, next }))
 }
 
+#[utoipa::path(get, path = "/api/v1/audit/checkpoints", tag = "audit",
+    responses((status = 200, description = "Every signed checkpoint, oldest first", body = [Checkpoint]), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
 async fn checkpoints<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -221,6 +278,8 @@ async fn checkpoints<S: Store>(
     Ok(Json(gateway.store().checkpoints().await?))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "service", security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoResponse, HttpError> {
     let m = gateway.metrics();
     let agents = gateway.store().agents().await?.len();
@@ -297,6 +356,9 @@ struct ApprovalFilter {
     status: Option<ApprovalStatus>,
 }
 
+#[utoipa::path(get, path = "/api/v1/approvals", tag = "approvals",
+    params(("status" = Option<ApprovalStatus>, Query, description = "Only approvals in this state")),
+    responses((status = 200, description = "Approvals, newest first", body = [Approval]), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
 async fn approvals<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -306,6 +368,8 @@ async fn approvals<S: Store>(
     Ok(Json(gateway.approvals(filter.status).await?))
 }
 
+#[utoipa::path(get, path = "/api/v1/approvals/{id}", tag = "approvals", params(("id" = String, Path, description = "The approval id")),
+    responses((status = 200, description = "The approval", body = Approval), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody)))]
 async fn approval<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -316,9 +380,9 @@ async fn approval<S: Store>(
 }
 
 /// The body of an approve or deny.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Decision {
+struct ApprovalDecision {
     /// Who decides (free text, e.g. a user name); `operator` when absent.
     #[serde(default)]
     decided_by: Option<String>,
@@ -332,10 +396,10 @@ async fn decide<S: Store>(
     headers: &HeaderMap,
     id: &str,
     approve: bool,
-    body: Option<Json<Decision>>,
+    body: Option<Json<ApprovalDecision>>,
 ) -> Result<Json<aa_core::Approval>, HttpError> {
     gateway.authorize_admin(bearer(headers))?;
-    let Decision { decided_by, reason } = body.map(|Json(d)| d).unwrap_or_default();
+    let ApprovalDecision { decided_by, reason } = body.map(|Json(d)| d).unwrap_or_default();
     let decided_by = decided_by.unwrap_or_default();
     Ok(Json(
         gateway
@@ -344,20 +408,67 @@ async fn decide<S: Store>(
     ))
 }
 
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "approvals", params(("id" = String, Path, description = "The approval id")),
+    request_body(content = ApprovalDecision, description = "Both fields optional"),
+    responses((status = 200, description = "The approved approval", body = Approval), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn approve<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    body: Option<Json<ApprovalDecision>>,
 ) -> Result<impl IntoResponse, HttpError> {
     decide(&gateway, &headers, &id, true, body).await
 }
 
+#[utoipa::path(post, path = "/api/v1/approvals/{id}/deny", tag = "approvals", params(("id" = String, Path, description = "The approval id")),
+    request_body(content = ApprovalDecision, description = "Both fields optional"),
+    responses((status = 200, description = "The denied approval", body = Approval), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown id", body = ErrorBody), (status = 409, description = "Not in a state that allows it", body = ErrorBody)))]
 async fn deny<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Option<Json<Decision>>,
+    body: Option<Json<ApprovalDecision>>,
 ) -> Result<impl IntoResponse, HttpError> {
     decide(&gateway, &headers, &id, false, body).await
+}
+
+/// The operator API's OpenAPI document, generated from the handlers and types above.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Agent Assembly gateway",
+        description = "The operators' API: agents, their trees and suspensions, approvals, the audit log. Everything under /api/v1 but this document needs the admin token as a bearer token."
+    ),
+    paths(
+        health, metrics, agents, agent, lineage, topology, suspend, resume, audit, checkpoints,
+        approvals, approval, approve, deny
+    ),
+    modifiers(&AdminToken),
+    security(("admin_token" = [])),
+    tags(
+        (name = "agents", description = "The registry, lineage, topology and the kill switch"),
+        (name = "approvals", description = "Pending actions waiting for a human"),
+        (name = "audit", description = "The hash-chained audit log and its signed checkpoints"),
+        (name = "service", description = "Health and metrics, without a token")
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// Declares the admin token as the API's bearer scheme.
+#[derive(Debug)]
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
 }

@@ -23,7 +23,7 @@ use crate::gateway::{Gateway, now_ms};
 use crate::store::{AgentRecord, Store};
 
 /// An agent as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentView {
     /// The registry's record.
     #[serde(flatten)]
@@ -34,7 +34,7 @@ pub struct AgentView {
 }
 
 /// A part of the agent graph: agents (parents before children) and the edges among them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Topology {
     /// The agents, each after its parent.
     pub agents: Vec<AgentView>,
@@ -44,7 +44,7 @@ pub struct Topology {
 }
 
 /// What a suspend or resume changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SuspensionChange {
     /// `suspended` or `resumed`.
     pub step: String,

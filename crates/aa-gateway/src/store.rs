@@ -31,7 +31,7 @@ pub struct Appended {
 }
 
 /// A registered agent and its lineage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AgentRecord {
     /// Its id.
     pub agent_id: String,
