@@ -37,29 +37,23 @@ pub(crate) enum AgentsCommand {
         json: bool,
     },
     /// Stop an agent: every check it makes is denied, on every runtime, until it is resumed.
-    Suspend {
-        #[command(flatten)]
-        gateway: ApiArgs,
-        /// The agent id.
-        id: String,
-        /// Stop everything below it too, including agents it spawns later.
-        #[arg(long)]
-        subtree: bool,
-        #[command(flatten)]
-        note: Note,
-    },
+    Suspend(Change),
     /// Lift a suspension.
-    Resume {
-        #[command(flatten)]
-        gateway: ApiArgs,
-        /// The agent id.
-        id: String,
-        /// Lift the suspensions of everything below it too.
-        #[arg(long)]
-        subtree: bool,
-        #[command(flatten)]
-        note: Note,
-    },
+    Resume(Change),
+}
+
+/// What a suspend or resume names.
+#[derive(Debug, Args)]
+pub(crate) struct Change {
+    #[command(flatten)]
+    gateway: ApiArgs,
+    /// The agent id.
+    id: String,
+    /// Everything below the agent too (for a suspend, also agents it spawns later).
+    #[arg(long)]
+    subtree: bool,
+    #[command(flatten)]
+    note: Note,
 }
 
 #[derive(Debug, Args)]
@@ -121,29 +115,21 @@ pub(crate) fn agents(command: AgentsCommand) -> Result<ExitCode> {
                     print_details(&lineage);
                 }
             }
-            AgentsCommand::Suspend {
-                gateway,
-                id,
-                subtree,
-                note,
-            } => change(&gateway, "suspend", &id, subtree, &note).await?,
-            AgentsCommand::Resume {
-                gateway,
-                id,
-                subtree,
-                note,
-            } => change(&gateway, "resume", &id, subtree, &note).await?,
+            AgentsCommand::Suspend(c) => change("suspend", &c).await?,
+            AgentsCommand::Resume(c) => change("resume", &c).await?,
         }
         Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn change(gateway: &ApiArgs, verb: &str, id: &str, subtree: bool, note: &Note) -> Result<()> {
-    let changed: SuspensionChange = gateway
+async fn change(verb: &str, c: &Change) -> Result<()> {
+    let (id, note) = (&c.id, &c.note);
+    let changed: SuspensionChange = c
+        .gateway
         .api()?
         .post(
             &format!("/api/v1/agents/{}/{verb}", segment(id)),
-            &json!({ "subtree": subtree, "by": operator(note.by.as_deref()), "reason": note.reason }),
+            &json!({ "subtree": c.subtree, "by": operator(note.by.as_deref()), "reason": note.reason }),
         )
         .await?;
     if note.json {

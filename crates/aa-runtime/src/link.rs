@@ -29,6 +29,15 @@ pub struct GatewayLink {
     channel: Channel,
 }
 
+/// A unary call's answer, or the gateway's refusal in the runtime's terms.
+async fn unary<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Refusal> {
+    call.await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| refusal(&s))
+}
+
 fn refusal(status: &tonic::Status) -> Refusal {
     let code = match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ErrorCode::Unauthenticated,
@@ -64,44 +73,28 @@ impl GatewayLink {
         &self,
         request: pb::RegisterRequest,
     ) -> Result<pb::RegisterResponse, Refusal> {
-        self.agents()
-            .register(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| refusal(&s))
+        unary(self.agents().register(request)).await
     }
 
     pub(crate) async fn heartbeat(
         &self,
         request: pb::HeartbeatRequest,
     ) -> Result<pb::HeartbeatResponse, Refusal> {
-        self.agents()
-            .heartbeat(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| refusal(&s))
+        unary(self.agents().heartbeat(request)).await
     }
 
     pub(crate) async fn deregister(
         &self,
         request: pb::DeregisterRequest,
     ) -> Result<pb::DeregisterResponse, Refusal> {
-        self.agents()
-            .deregister(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| refusal(&s))
+        unary(self.agents().deregister(request)).await
     }
 
     pub(crate) async fn take_team_rate(
         &self,
         request: pb::TakeTeamRateRequest,
     ) -> Result<pb::TakeTeamRateResponse, Refusal> {
-        self.agents()
-            .take_team_rate(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| refusal(&s))
+        unary(self.agents().take_team_rate(request)).await
     }
 
     fn approvals(&self) -> pb::approval_service_client::ApprovalServiceClient<Channel> {
@@ -112,22 +105,14 @@ impl GatewayLink {
         &self,
         request: pb::CreateApprovalRequest,
     ) -> Result<pb::Approval, Refusal> {
-        self.approvals()
-            .create(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| refusal(&s))
+        unary(self.approvals().create(request)).await
     }
 
     pub(crate) async fn redeem_approval(
         &self,
         request: pb::RedeemApprovalRequest,
     ) -> Result<pb::Approval, Refusal> {
-        self.approvals()
-            .redeem(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| refusal(&s))
+        unary(self.approvals().redeem(request)).await
     }
 
     /// The approval's state now and at every change, until it is decided or expires.
@@ -135,13 +120,10 @@ impl GatewayLink {
         &self,
         approval_id: &str,
     ) -> Result<tonic::Streaming<pb::Approval>, Refusal> {
-        self.approvals()
-            .watch(pb::WatchApprovalRequest {
-                approval_id: approval_id.to_owned(),
-            })
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|s| refusal(&s))
+        unary(self.approvals().watch(pb::WatchApprovalRequest {
+            approval_id: approval_id.to_owned(),
+        }))
+        .await
     }
 
     async fn append(

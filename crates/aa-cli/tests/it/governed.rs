@@ -52,6 +52,24 @@ pub(crate) async fn register(client: &Client, id: &str, team: Option<&str>) -> A
         .unwrap()
 }
 
+/// Two runtimes (`a`, `b`) linked to `gateway`, each with its own client (keys under `dir`).
+pub(crate) fn two_runtimes(
+    dir: &Path,
+    gateway: &GatewayHandle,
+) -> ((RuntimeHandle, Client), (RuntimeHandle, Client)) {
+    let start = |name: &str| {
+        let runtime =
+            RuntimeHandle::start(RuntimeConfig::new(dir.join(name), gateway.url())).unwrap();
+        let c = client(
+            &dir.join(format!("sdk-{name}")),
+            &runtime.socket,
+            Mode::Enforce,
+        );
+        (runtime, c)
+    };
+    (start("a"), start("b"))
+}
+
 /// `aasm up` in process on `state` with the test policy, a client keeping its keys under
 /// `dir`, and the agent `bot` registered.
 pub(crate) async fn start_bot(dir: &Path, state: &Path) -> (Up, Client, Agent) {

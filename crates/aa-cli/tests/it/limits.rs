@@ -67,12 +67,7 @@ async fn a_team_limit_is_counted_at_the_gateway_across_runtimes() {
     let mut gw_options = options(&dir.path().join("state"), vec![policy()]);
     gw_options.grpc = crate::governed::free_port();
     let gateway = GatewayHandle::start(gw_options).await.unwrap();
-    let rt_a =
-        RuntimeHandle::start(RuntimeConfig::new(dir.path().join("a"), gateway.url())).unwrap();
-    let rt_b =
-        RuntimeHandle::start(RuntimeConfig::new(dir.path().join("b"), gateway.url())).unwrap();
-    let a = client(&dir.path().join("sdk-a"), &rt_a.socket, Mode::Enforce);
-    let b = client(&dir.path().join("sdk-b"), &rt_b.socket, Mode::Enforce);
+    let ((rt_a, a), (rt_b, b)) = crate::governed::two_runtimes(dir.path(), &gateway);
     let register = |c: &aa_sdk_client::Client, id: &str, team: &str| {
         c.register(AgentSpec {
             agent_id: id.into(),

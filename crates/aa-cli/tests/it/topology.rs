@@ -136,12 +136,7 @@ async fn a_suspended_subtree_stops_on_every_runtime_until_resumed() {
     let gateway = GatewayHandle::start(options(&state, vec![policy()]))
         .await
         .unwrap();
-    let rt_a =
-        RuntimeHandle::start(RuntimeConfig::new(dir.path().join("a"), gateway.url())).unwrap();
-    let rt_b =
-        RuntimeHandle::start(RuntimeConfig::new(dir.path().join("b"), gateway.url())).unwrap();
-    let a = client(&dir.path().join("sdk-a"), &rt_a.socket, Mode::Enforce);
-    let b = client(&dir.path().join("sdk-b"), &rt_b.socket, Mode::Enforce);
+    let ((rt_a, a), (rt_b, b)) = crate::governed::two_runtimes(dir.path(), &gateway);
     let root = spawn(&a, "root", "builders", None).await;
     let child = spawn(&b, "child", "builders", Some("root")).await;
     let grandchild = spawn(&b, "grandchild", "builders", Some("child")).await;
