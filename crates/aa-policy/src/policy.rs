@@ -191,6 +191,19 @@ pub struct Budget {
     pub monthly_usd: Option<f64>,
     /// What exceeding does.
     pub action_on_exceed: ExceedAction,
+    /// Where days and months begin: `budget.timezone`, else the schedule's, else UTC.
+    pub timezone: chrono_tz::Tz,
+}
+
+impl ExceedAction {
+    /// The name as written in a policy.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExceedAction::Deny => "deny",
+            ExceedAction::Pending => "pending",
+            ExceedAction::Alert => "alert",
+        }
+    }
 }
 
 /// What the runtime does when it finds a credential in an event.
@@ -424,6 +437,7 @@ fn spec_section(r: &mut Reader<'_>, node: &Node<'_>) -> Option<Policy> {
         budget: None,
         data: None,
     };
+    let mut budget_and_zone = None;
     for (key, value) in &entries {
         let path = join_path("spec", &key.value);
         match key.value.as_str() {
@@ -468,10 +482,15 @@ fn spec_section(r: &mut Reader<'_>, node: &Node<'_>) -> Option<Policy> {
             "delegation" => policy.max_depth = delegation(r, value, &path),
             "approvals" => policy.approval_timeout_s = approvals(r, value, &path),
             "schedule" => policy.schedule = schedule(r, value, &path),
-            "budget" => policy.budget = budget(r, value, &path),
+            "budget" => budget_and_zone = budget(r, value, &path),
             _ => policy.data = data(r, value, &path),
         }
     }
+    // A budget's days follow the policy's own clock unless it names another zone.
+    if let (Some((budget, false)), Some(schedule)) = (&mut budget_and_zone, &policy.schedule) {
+        budget.timezone = schedule.timezone();
+    }
+    policy.budget = budget_and_zone.map(|(budget, _)| budget);
     (r.diagnostics.len() == before).then_some(policy)
 }
 
@@ -774,22 +793,38 @@ fn schedule(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<Schedule>
     Some(Schedule::new(start, end, tz?, days))
 }
 
-fn budget(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<Budget> {
+/// The budget, and whether it named its time zone.
+fn budget(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<(Budget, bool)> {
     let entries = r.mapping(
         node,
         path,
-        Some(&["daily_usd", "monthly_usd", "action_on_exceed"]),
+        Some(&["daily_usd", "monthly_usd", "action_on_exceed", "timezone"]),
     )?;
     let mut budget = Budget {
         daily_usd: None,
         monthly_usd: None,
         action_on_exceed: ExceedAction::Deny,
+        timezone: chrono_tz::UTC,
     };
+    let mut named_zone = false;
     for (k, value) in &entries {
         let path = join_path(path, &k.value);
         match k.value.as_str() {
             "daily_usd" => budget.daily_usd = Some(r.amount(value, &path)?),
             "monthly_usd" => budget.monthly_usd = Some(r.amount(value, &path)?),
+            "timezone" => {
+                let s = r.string(value, &path)?;
+                match parse_timezone(&s.value) {
+                    Ok(tz) => {
+                        budget.timezone = tz;
+                        named_zone = true;
+                    }
+                    Err(e) => {
+                        r.error(s.loc, &path, e);
+                        return None;
+                    }
+                }
+            }
             _ => {
                 let s = r.string(value, &path)?;
                 budget.action_on_exceed = match s.value.as_str() {
@@ -808,7 +843,7 @@ fn budget(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<Budget> {
             }
         }
     }
-    Some(budget)
+    Some((budget, named_zone))
 }
 
 fn data(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<DataRules> {

@@ -51,6 +51,11 @@ impl Schedule {
         self.days.as_ref().is_none_or(|days| days.contains(&day))
     }
 
+    /// The zone its hours are in.
+    pub fn timezone(&self) -> Tz {
+        self.timezone
+    }
+
     /// `08:00–20:00 Europe/Berlin`, for reasons.
     pub fn describe(&self) -> String {
         format!(

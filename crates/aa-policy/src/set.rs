@@ -4,7 +4,25 @@
 use aa_core::{AgentContext, Decision, Mode, Verdict};
 
 use crate::eval::Request;
-use crate::policy::{Policy, RateLimits, ToolRule};
+use crate::policy::{Budget, Policy, RateLimits, Scope, ToolRule};
+
+/// Whose spend a budget caps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Account {
+    /// An agent and everything it spawned.
+    Agent(String),
+    /// A team's agents.
+    Team(String),
+}
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Account::Agent(id) => write!(f, "agent:{id}"),
+            Account::Team(id) => write!(f, "team:{id}"),
+        }
+    }
+}
 
 /// How long an approval waits when no policy says: five minutes.
 pub const DEFAULT_APPROVAL_TIMEOUT_S: u32 = 300;
@@ -73,6 +91,30 @@ impl PolicySet {
                 rule.limits() != RateLimits::default()
                     || rule.team_limits() != RateLimits::default()
             })
+    }
+
+    /// The budgets capping one account's spend, with their policies. An agent's account holds
+    /// what it and everything it spawned spent; `global` budgets cap every agent's account and
+    /// `agent:<id>` budgets that agent's. A team's account holds what its agents spent;
+    /// `team:<id>` budgets cap it.
+    pub fn budgets_for<'a>(
+        &'a self,
+        account: &'a Account,
+    ) -> impl Iterator<Item = (&'a Policy, &'a Budget)> + 'a {
+        self.policies.iter().filter_map(move |p| {
+            let caps = match (p.scope(), account) {
+                (Scope::Global, Account::Agent(_)) => true,
+                (Scope::Agent(id), Account::Agent(agent)) => id == agent,
+                (Scope::Team(id), Account::Team(team)) => id == team,
+                _ => false,
+            };
+            Some((p, p.budget().filter(|_| caps)?))
+        })
+    }
+
+    /// True when any policy sets a budget, so LLM calls must reserve their cost.
+    pub fn has_budgets(&self) -> bool {
+        self.policies.iter().any(|p| p.budget().is_some())
     }
 
     /// Decides `request`. With no covering policy the answer is deny (fail closed).
@@ -230,5 +272,53 @@ spec:
             !own.reason.starts_with("inherited"),
             "the child's own answer"
         );
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn budgets_cap_agents_globally_or_by_id_and_teams_by_team() {
+        let source = r#"
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: everyone}
+spec: {scope: global, default: allow, budget: {daily_usd: 10}}
+---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: lead}
+spec:
+  scope: agent:lead
+  schedule: {active_hours: {start: "08:00", end: "20:00", timezone: Asia/Kolkata}}
+  budget: {monthly_usd: 100, action_on_exceed: pending}
+---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: ops}
+spec: {scope: team:ops, budget: {daily_usd: 50, timezone: America/New_York}}
+"#;
+        let set = PolicySet::new(Policy::parse(source).unwrap());
+        assert!(set.has_budgets());
+        let names = |account: Account| {
+            set.budgets_for(&account)
+                .map(|(p, b)| (p.name().to_owned(), b.timezone.name().to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(Account::Agent("lead".into())),
+            [
+                ("everyone".into(), "UTC".into()),
+                ("lead".into(), "Asia/Kolkata".into())
+            ]
+        );
+        assert_eq!(
+            names(Account::Agent("worker".into())),
+            [("everyone".into(), "UTC".into())]
+        );
+        assert_eq!(
+            names(Account::Team("ops".into())),
+            [("ops".into(), "America/New_York".into())]
+        );
+        assert!(names(Account::Team("dev".into())).is_empty());
+        assert_eq!(Account::Team("ops".into()).to_string(), "team:ops");
     }
 }
