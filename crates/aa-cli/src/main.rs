@@ -5,6 +5,7 @@ mod agents;
 mod api;
 mod approvals;
 mod audit;
+mod budget;
 mod check;
 mod files;
 mod policy;
@@ -52,6 +53,9 @@ enum Command {
     /// Decide pending actions: list, show, approve, deny (through the gateway).
     #[command(subcommand)]
     Approvals(approvals::ApprovalsCommand),
+    /// LLM spend against budgets, by team or agent (through the gateway).
+    #[command(subcommand)]
+    Budget(budget::BudgetCommand),
 }
 
 /// Runs an async command on a one-thread runtime.
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         Command::Agents(command) => agents::agents(command),
         Command::Topology(command) => agents::topology(command),
         Command::Approvals(command) => approvals::run(command),
+        Command::Budget(command) => budget::run(command),
     };
     match result {
         Ok(code) => code,

@@ -28,17 +28,33 @@ pub(crate) struct GatewayArgs {
     /// HTTP listen address, for operators.
     #[arg(long, default_value = DEFAULT_HTTP)]
     http: SocketAddr,
+    /// The price table LLM calls are charged by (default: the shipped one).
+    #[arg(long)]
+    prices: Option<PathBuf>,
 }
 
 impl GatewayArgs {
-    fn options(self) -> GatewayOptions {
-        GatewayOptions {
+    fn options(self) -> Result<GatewayOptions> {
+        let prices = match &self.prices {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading the price table {}", path.display()))?;
+                let table = aa_policy::PriceTable::parse(&text)
+                    .with_context(|| format!("price table {}", path.display()))?;
+                Some(std::sync::Arc::new(table))
+            }
+            None => None,
+        };
+        Ok(GatewayOptions {
             state_dir: self.state_dir,
             policies: self.policies,
             grpc: self.grpc,
             http: self.http,
-            config: GatewayConfig::default(),
-        }
+            config: GatewayConfig {
+                prices,
+                ..GatewayConfig::default()
+            },
+        })
     }
 }
 
@@ -99,7 +115,7 @@ async fn terminated() -> Result<()> {
 pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
-        let up = Up::start(args.gateway.options(), args.socket).await?;
+        let up = Up::start(args.gateway.options()?, args.socket).await?;
         println!("runtime socket: {}", up.runtime.socket.display());
         println!("gateway gRPC:   {}", up.gateway.url());
         println!("operator HTTP:  http://{}", up.gateway.http);
@@ -114,7 +130,7 @@ pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
 pub(crate) fn gateway(args: GatewayArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
-        let gateway = GatewayHandle::start(args.options()).await?;
+        let gateway = GatewayHandle::start(args.options()?).await?;
         println!("gateway gRPC:   {}", gateway.url());
         println!("operator HTTP:  http://{}", gateway.http);
         terminated().await?;

@@ -59,6 +59,9 @@ pub enum EventKind {
     Approval,
     /// An operator suspended or resumed an agent; only the gateway records these.
     Suspension,
+    /// An LLM call's cost as the gateway priced it, charged to every budget over the agent;
+    /// only the gateway records these.
+    Spend,
 }
 
 impl EventKind {
@@ -73,7 +76,16 @@ impl EventKind {
             EventKind::Edge => "edge",
             EventKind::Approval => "approval",
             EventKind::Suspension => "suspension",
+            EventKind::Spend => "spend",
         }
+    }
+
+    /// True for the kinds only the gateway records; a runtime refuses them from an SDK.
+    pub fn gateway_only(self) -> bool {
+        matches!(
+            self,
+            EventKind::Approval | EventKind::Suspension | EventKind::Spend
+        )
     }
 }
 

@@ -1,8 +1,10 @@
 //! Policy bundles: the documents a runtime compiles to decide locally, named by a content hash
 //! so a runtime can tell a new bundle from one it holds.
 
+use std::sync::Arc;
+
 use aa_identity::PublicKey;
-use aa_policy::Policy;
+use aa_policy::{Policy, PolicySet};
 use sha2::{Digest as _, Sha256};
 
 use crate::audit::hex;
@@ -18,7 +20,7 @@ pub struct PolicyDocument {
 }
 
 /// A validated set of documents and the key that signs credential tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Bundle {
     /// `sha256:<hex>` over the documents and the key: equal versions, equal bundles.
     pub version: String,
@@ -26,7 +28,18 @@ pub struct Bundle {
     pub documents: Vec<PolicyDocument>,
     /// The gateway's public key.
     pub gateway_key: PublicKey,
+    /// The documents compiled, for what the gateway enforces itself (budgets).
+    pub policies: Arc<PolicySet>,
 }
+
+impl PartialEq for Bundle {
+    fn eq(&self, other: &Self) -> bool {
+        // The version is a hash over everything else.
+        self.version == other.version
+    }
+}
+
+impl Eq for Bundle {}
 
 impl Bundle {
     /// Builds a bundle, refusing any document that does not parse and validate: a runtime
@@ -41,9 +54,12 @@ impl Bundle {
             ));
         }
         let mut hash = Sha256::new();
+        let mut policies = Vec::new();
         for doc in &documents {
-            Policy::parse(&doc.source)
-                .map_err(|e| GatewayError::Policy(format!("{}: {e}", doc.name)))?;
+            policies.extend(
+                Policy::parse(&doc.source)
+                    .map_err(|e| GatewayError::Policy(format!("{}: {e}", doc.name)))?,
+            );
             for part in [doc.name.as_bytes(), doc.source.as_bytes()] {
                 hash.update((part.len() as u64).to_be_bytes());
                 hash.update(part);
@@ -54,6 +70,7 @@ impl Bundle {
             version: format!("sha256:{}", hex(&hash.finalize())),
             documents,
             gateway_key,
+            policies: Arc::new(PolicySet::new(policies)),
         })
     }
 }

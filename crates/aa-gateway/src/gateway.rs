@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aa_core::{AgentRegistration, AuditEvent, EventKind, TopologyEdge};
 use aa_identity::{Claims, Keypair, PublicKey};
+use aa_policy::PriceTable;
 use aa_security::{Limits, Scanner};
 use tokio::sync::watch;
 
@@ -33,6 +34,8 @@ pub struct GatewayConfig {
     /// The bearer token operators present to decide approvals and suspend agents; without
     /// one those calls are refused.
     pub admin_token: Option<String>,
+    /// The prices LLM calls are charged by; `None` for the shipped table.
+    pub prices: Option<Arc<PriceTable>>,
 }
 
 impl Default for GatewayConfig {
@@ -43,6 +46,7 @@ impl Default for GatewayConfig {
             checkpoint_interval: Duration::from_secs(10),
             limits: Limits::default(),
             admin_token: None,
+            prices: None,
         }
     }
 }
@@ -101,6 +105,14 @@ pub struct Metrics {
     pub bundles_published: AtomicU64,
     /// Checkpoints signed.
     pub checkpoints: AtomicU64,
+    /// LLM calls whose estimated cost was reserved.
+    pub budget_reservations: AtomicU64,
+    /// LLM calls refused because a budget had no room.
+    pub budget_refusals: AtomicU64,
+    /// Reported LLM usages priced and charged.
+    pub usage_settled: AtomicU64,
+    /// Reported LLM usages that could not be priced (no token counts).
+    pub usage_unpriced: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
@@ -126,6 +138,8 @@ pub struct Gateway<S> {
     pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
     pub(crate) own_stream: tokio::sync::Mutex<()>,
+    /// The prices budgets charge by.
+    pub(crate) prices: Arc<PriceTable>,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -148,6 +162,13 @@ impl<S: Store> Gateway<S> {
     ) -> Result<Self, GatewayError> {
         let bundle = Bundle::new(documents, key.public())?;
         let scanner = Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?;
+        let prices = match &config.prices {
+            Some(prices) => Arc::clone(prices),
+            None => Arc::new(
+                PriceTable::builtin()
+                    .map_err(|e| GatewayError::Setup(format!("the shipped price table: {e}")))?,
+            ),
+        };
         Ok(Gateway {
             store,
             key,
@@ -161,6 +182,7 @@ impl<S: Store> Gateway<S> {
             suspension_epoch: watch::Sender::new(0),
             team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
+            prices,
         })
     }
 
@@ -182,6 +204,11 @@ impl<S: Store> Gateway<S> {
     /// The tunables.
     pub fn config(&self) -> &GatewayConfig {
         &self.config
+    }
+
+    /// The prices budgets charge by.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
     }
 
     /// The bundle runtimes hold now.
@@ -422,6 +449,7 @@ impl<S: Store> Gateway<S> {
         let mut run: Vec<NewEvent> = Vec::new();
         let mut run_stream = String::new();
         let mut edges = Vec::new();
+        let mut usages = Vec::new();
         for mut event in events {
             let Some(origin) = event.origin.clone() else {
                 return Err(GatewayError::InvalidRequest(format!(
@@ -444,6 +472,9 @@ impl<S: Store> Gateway<S> {
             {
                 edges.push(edge);
             }
+            if event.kind == EventKind::LlmUsage {
+                usages.push(event.clone());
+            }
             if origin.stream_id != run_stream && !run.is_empty() {
                 total = add(
                     total,
@@ -465,6 +496,11 @@ impl<S: Store> Gateway<S> {
         }
         if !edges.is_empty() {
             self.store.put_edges(edges).await?;
+        }
+        // After the append, so what is charged is on record; settling is idempotent, so a
+        // batch sent again after a failure here charges each usage once.
+        for usage in &usages {
+            self.settle_usage(usage).await?;
         }
         Ok(total)
     }

@@ -14,6 +14,7 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::approvals::NewApproval;
+use crate::budgets::ReserveRequest;
 use crate::bundle::Bundle;
 use crate::error::GatewayError;
 use crate::gateway::{Credential, Gateway, Registered};
@@ -130,6 +131,40 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn reserve_budget(
+        &self,
+        request: Request<pb::ReserveBudgetRequest>,
+    ) -> Result<Response<pb::ReserveBudgetResponse>, Status> {
+        let r = request.into_inner();
+        let reservation = self
+            .gateway
+            .reserve_budget(&ReserveRequest {
+                agent_id: r.agent_id,
+                credential_token: r.credential_token,
+                model: r.model,
+                token_estimate: r.token_estimate,
+                enforce: r.enforce,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ReserveBudgetResponse {
+            allowed: reservation.reservation_id.is_some(),
+            reservation_id: reservation.reservation_id.unwrap_or_default(),
+            estimate_usd: reservation.estimate_usd,
+            unlisted_model: !reservation.listed_price,
+            exceeded: reservation.exceeded.map(|e| pb::BudgetExceeded {
+                account: e.account.to_string(),
+                window: e.window.period.key().to_owned(),
+                cap_usd: e.cap_usd,
+                spent_usd: e.spent_usd,
+                action: e.action.as_str().to_owned(),
+                policy: e.policy,
+                resets_at: Some(timestamp(e.window.end.timestamp_millis())),
+                timezone: e.window.timezone.name().to_owned(),
+            }),
+        }))
     }
 
     async fn take_team_rate(
@@ -441,9 +476,11 @@ impl<S: Store> pb::approval_service_server::ApprovalService for GrpcApi<S> {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let approval_id = request.into_inner().approval_id;
         let gateway = Arc::clone(&self.gateway);
+        // Subscribed before the first read, so a decision landing between the two still wakes
+        // the watch.
+        let mut changes = gateway.approval_changes();
         // Refuse an unknown id now, as a status, rather than as a stream that ends at once.
         let first = gateway.approval(&approval_id).await.map_err(status)?;
-        let mut changes = gateway.approval_changes();
         let closed = gateway.closed();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {

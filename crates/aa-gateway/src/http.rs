@@ -1,7 +1,8 @@
 //! The HTTP face for operators: `/health` and `/metrics` (Prometheus text format) for anyone
 //! who can reach the port, and under `/api/v1/`, with the admin token
 //! (`Authorization: Bearer <token>`): agents, their lineage and the topology, suspending and
-//! resuming agents, approvals, and the audit log with its checkpoints; and the OpenAPI
+//! resuming agents, approvals, spend against budgets, and the audit log with its
+//! checkpoints; and the OpenAPI
 //! document of all of it at `/api/v1/openapi.json` (no token), generated from the handlers.
 
 use std::fmt::Write as _;
@@ -22,6 +23,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 use aa_core::{Approval, ApprovalStatus};
 
 use crate::audit::{Checkpoint, Record};
+use crate::budgets::BudgetReport;
 use crate::registry::{AgentView, SuspensionChange, Topology};
 
 use crate::error::GatewayError;
@@ -45,6 +47,9 @@ pub fn router<S: Store>(gateway: Arc<Gateway<S>>) -> Router {
         .route("/api/v1/topology", get(topology::<S>))
         .route("/api/v1/audit", get(audit::<S>))
         .route("/api/v1/audit/checkpoints", get(checkpoints::<S>))
+        .route("/api/v1/budgets", get(budgets::<S>))
+        .route("/api/v1/budgets/agents/{id}", get(agent_budget::<S>))
+        .route("/api/v1/budgets/teams/{id}", get(team_budget::<S>))
         .route("/api/v1/approvals", get(approvals::<S>))
         .route("/api/v1/approvals/{id}", get(approval::<S>))
         .route("/api/v1/approvals/{id}/approve", post(approve::<S>))
@@ -325,6 +330,26 @@ async fn metrics<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoRespons
             "Audit checkpoints signed.",
             &m.checkpoints,
         ),
+        (
+            "aasm_gateway_budget_reservations_total",
+            "LLM calls whose estimated cost was reserved.",
+            &m.budget_reservations,
+        ),
+        (
+            "aasm_gateway_budget_refusals_total",
+            "LLM calls refused for want of budget.",
+            &m.budget_refusals,
+        ),
+        (
+            "aasm_gateway_usage_settled_total",
+            "Reported LLM usages priced and charged.",
+            &m.usage_settled,
+        ),
+        (
+            "aasm_gateway_usage_unpriced_total",
+            "Reported LLM usages without token counts, left unsettled.",
+            &m.usage_unpriced,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(
@@ -349,6 +374,44 @@ async fn metrics<S: Store>(State(gateway): Shared<S>) -> Result<impl IntoRespons
 /// The `Authorization` header.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()
+}
+
+#[utoipa::path(get, path = "/api/v1/budgets", tag = "budgets",
+    responses((status = 200, description = "Spend of every team, every root agent and every agent with a budget of its own", body = [BudgetReport]), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
+async fn budgets<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(gateway.budget_reports().await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/budgets/agents/{id}", tag = "budgets", params(("id" = String, Path, description = "The agent id")),
+    responses((status = 200, description = "Spend of the agent and everything it spawned", body = BudgetReport), (status = 401, description = "No or wrong admin token", body = ErrorBody), (status = 404, description = "Unknown agent", body = ErrorBody)))]
+async fn agent_budget<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(
+        gateway
+            .budget_report(&aa_policy::Account::Agent(id))
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/budgets/teams/{id}", tag = "budgets", params(("id" = String, Path, description = "The team id")),
+    responses((status = 200, description = "Spend of the team's agents", body = BudgetReport), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
+async fn team_budget<S: Store>(
+    State(gateway): Shared<S>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, HttpError> {
+    gateway.authorize_admin(bearer(&headers))?;
+    Ok(Json(
+        gateway.budget_report(&aa_policy::Account::Team(id)).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,17 +500,18 @@ async fn deny<S: Store>(
 #[openapi(
     info(
         title = "Agent Assembly gateway",
-        description = "The operators' API: agents, their trees and suspensions, approvals, the audit log. Everything under /api/v1 but this document needs the admin token as a bearer token."
+        description = "The operators' API: agents, their trees and suspensions, approvals, budgets, the audit log. Everything under /api/v1 but this document needs the admin token as a bearer token."
     ),
     paths(
         health, metrics, agents, agent, lineage, topology, suspend, resume, audit, checkpoints,
-        approvals, approval, approve, deny
+        approvals, approval, approve, deny, budgets, agent_budget, team_budget
     ),
     modifiers(&AdminToken),
     security(("admin_token" = [])),
     tags(
         (name = "agents", description = "The registry, lineage, topology and the kill switch"),
         (name = "approvals", description = "Pending actions waiting for a human"),
+        (name = "budgets", description = "LLM spend against the budgets policies set"),
         (name = "audit", description = "The hash-chained audit log and its signed checkpoints"),
         (name = "service", description = "Health and metrics, without a token")
     )

@@ -8,6 +8,8 @@
 //! - [`registry`]: agents as operators see them, the topology (lineage and reported edges),
 //!   and suspensions — the kill switch runtimes follow.
 //! - [`rates`]: team-wide call-rate limits, counted across every runtime.
+//! - [`budgets`]: LLM calls reserve their estimated cost against the agent's, its ancestors'
+//!   and its team's budgets, and their reported usage settles it at the price table's cost.
 //! - [`bundle`]: policy bundles named by a content hash.
 //! - [`grpc`]: the gRPC services runtimes call; [`http`]: the operator API; [`server`]:
 //!   [`run`], serving both on listeners the caller bound.
@@ -23,6 +25,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod budgets;
 pub mod bundle;
 pub mod error;
 pub mod gateway;
@@ -35,6 +38,9 @@ pub mod sqlite;
 pub mod store;
 
 pub use approvals::{GATEWAY_STREAM, NewApproval};
+pub use budgets::{
+    BudgetReport, Exceeded, ModelSpendView, Reservation, ReserveRequest, WindowSpend,
+};
 pub use bundle::{Bundle, PolicyDocument};
 pub use error::GatewayError;
 pub use gateway::{Credential, Gateway, GatewayConfig, Registered};
@@ -42,4 +48,7 @@ pub use rates::{TeamLimit, TeamRate};
 pub use registry::{AgentView, SuspensionChange, Topology};
 pub use server::run;
 pub use sqlite::SqliteStore;
-pub use store::{AgentRecord, Appended, NewEvent, Store};
+pub use store::{
+    AgentRecord, Appended, CapCheck, ModelSpend, NewEvent, NewReservation, ReserveOutcome, Settled,
+    Store, Usage,
+};

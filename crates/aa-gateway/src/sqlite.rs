@@ -11,7 +11,10 @@ use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::audit::{Checkpoint, GENESIS, Head, Record, unhex};
 use crate::error::GatewayError;
-use crate::store::{AgentRecord, Appended, NewEvent, Store};
+use crate::store::{
+    AgentRecord, Appended, CapCheck, ModelSpend, NewEvent, NewReservation, ReserveOutcome, Settled,
+    Store, Usage,
+};
 
 /// Each entry moves the schema one version up; never edit a released one, add another.
 const MIGRATIONS: &[&str] = &[
@@ -78,7 +81,35 @@ CREATE TABLE suspensions (
 ALTER TABLE agent_edges ADD COLUMN tool TEXT;
 ALTER TABLE agent_edges ADD COLUMN metadata TEXT;
 "#,
+    r#"
+CREATE TABLE spend (
+    spend_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    estimate_micros INTEGER NOT NULL,
+    actual_micros INTEGER,
+    input_tokens INTEGER,
+    output_tokens INTEGER,
+    listed_price INTEGER NOT NULL,
+    usage_event_id TEXT UNIQUE,
+    settled_at_ms INTEGER
+);
+CREATE INDEX spend_open ON spend (agent_id, created_at_ms) WHERE actual_micros IS NULL;
+CREATE TABLE spend_accounts (
+    account TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    spend_id TEXT NOT NULL REFERENCES spend (spend_id),
+    PRIMARY KEY (account, at_ms, spend_id)
+) WITHOUT ROWID;
+"#,
 ];
+
+/// What an account was charged since a moment: settled costs, and open reservations at their
+/// estimate.
+const CHARGED_SINCE: &str = "SELECT COALESCE(SUM(COALESCE(s.actual_micros, s.estimate_micros)), 0)
+     FROM spend_accounts a JOIN spend s ON s.spend_id = a.spend_id
+     WHERE a.account = ?1 AND a.at_ms >= ?2";
 
 /// The SQLite store. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
@@ -580,6 +611,160 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn reserve(
+        &self,
+        reservation: NewReservation,
+        caps: Vec<CapCheck>,
+    ) -> Result<ReserveOutcome, GatewayError> {
+        self.with(move |conn| {
+            // Immediate: the sums and the insert are one step no other writer can split.
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut spent_micros = Vec::with_capacity(caps.len());
+            let mut reserved = true;
+            for cap in &caps {
+                let spent: i64 =
+                    tx.query_row(CHARGED_SINCE, params![cap.account, cap.since_ms], |row| {
+                        row.get(0)
+                    })?;
+                let spent = micros(spent)?;
+                if cap.enforced
+                    && spent.saturating_add(reservation.estimate_micros) > cap.cap_micros
+                {
+                    reserved = false;
+                }
+                spent_micros.push(spent);
+            }
+            if reserved {
+                insert_spend(&tx, &reservation, None)?;
+            }
+            tx.commit()?;
+            Ok(ReserveOutcome {
+                reserved,
+                spent_micros,
+            })
+        })
+        .await
+    }
+
+    async fn settle(&self, usage: Usage) -> Result<Settled, GatewayError> {
+        self.with(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let known: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT spend_id, estimate_micros FROM spend WHERE usage_event_id = ?1",
+                    params![usage.event_id],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            if let Some((spend_id, estimate)) = known {
+                // A usage charged by itself had no reservation to replace.
+                let reserved = !spend_id.starts_with("usage:");
+                return Ok(Settled {
+                    spend_id,
+                    estimate_micros: reserved.then(|| micros(estimate)).transpose()?,
+                    fresh: false,
+                });
+            }
+            let open: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT spend_id, estimate_micros FROM spend
+                     WHERE agent_id = ?1 AND actual_micros IS NULL
+                     ORDER BY model = ?2 DESC, created_at_ms, spend_id LIMIT 1",
+                    params![usage.agent_id, usage.model],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let now = now_ms();
+            let settled = match open {
+                Some((spend_id, estimate)) => {
+                    tx.execute(
+                        "UPDATE spend SET actual_micros = ?2, input_tokens = ?3,
+                         output_tokens = ?4, listed_price = listed_price AND ?5,
+                         usage_event_id = ?6, settled_at_ms = ?7
+                         WHERE spend_id = ?1",
+                        params![
+                            spend_id,
+                            to_i64(usage.cost_micros)?,
+                            to_i64(usage.input_tokens)?,
+                            to_i64(usage.output_tokens)?,
+                            usage.listed_price,
+                            usage.event_id,
+                            now
+                        ],
+                    )?;
+                    Settled {
+                        spend_id,
+                        estimate_micros: Some(micros(estimate)?),
+                        fresh: true,
+                    }
+                }
+                None => {
+                    let spend = NewReservation {
+                        spend_id: format!("usage:{}", usage.event_id),
+                        agent_id: usage.agent_id.clone(),
+                        model: usage.model.clone(),
+                        at_ms: usage.at_ms,
+                        estimate_micros: usage.cost_micros,
+                        listed_price: usage.listed_price,
+                        accounts: usage.accounts.clone(),
+                    };
+                    insert_spend(&tx, &spend, Some((&usage, now)))?;
+                    Settled {
+                        spend_id: spend.spend_id,
+                        estimate_micros: None,
+                        fresh: true,
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(settled)
+        })
+        .await
+    }
+
+    async fn spend(
+        &self,
+        account: String,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<ModelSpend>, GatewayError> {
+        self.with(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT s.model, COUNT(*),
+                        COALESCE(SUM(s.actual_micros), 0),
+                        COALESCE(SUM(CASE WHEN s.actual_micros IS NULL
+                                     THEN s.estimate_micros ELSE 0 END), 0),
+                        MIN(s.listed_price)
+                 FROM spend_accounts a JOIN spend s ON s.spend_id = a.spend_id
+                 WHERE a.account = ?1 AND a.at_ms >= ?2 AND a.at_ms < ?3
+                 GROUP BY s.model ORDER BY s.model",
+            )?;
+            let rows = statement
+                .query_map(params![account, since_ms, until_ms], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, i64>(3)?,
+                        row.get::<_, bool>(4)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(model, calls, settled, held, listed_price)| {
+                    Ok(ModelSpend {
+                        model,
+                        calls: micros(calls)?,
+                        settled_micros: micros(settled)?,
+                        held_micros: micros(held)?,
+                        listed_price,
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn edges(&self) -> Result<Vec<TopologyEdge>, GatewayError> {
         self.with(|conn| {
             let mut statement = conn.prepare(
@@ -619,6 +804,42 @@ impl Store for SqliteStore {
         })
         .await
     }
+}
+
+fn insert_spend(
+    tx: &rusqlite::Transaction<'_>,
+    spend: &NewReservation,
+    actual: Option<(&Usage, i64)>,
+) -> Result<(), GatewayError> {
+    tx.execute(
+        "INSERT INTO spend (spend_id, agent_id, model, created_at_ms, estimate_micros,
+         actual_micros, input_tokens, output_tokens, listed_price, usage_event_id, settled_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            spend.spend_id,
+            spend.agent_id,
+            spend.model,
+            spend.at_ms,
+            to_i64(spend.estimate_micros)?,
+            actual.map(|(u, _)| to_i64(u.cost_micros)).transpose()?,
+            actual.map(|(u, _)| to_i64(u.input_tokens)).transpose()?,
+            actual.map(|(u, _)| to_i64(u.output_tokens)).transpose()?,
+            spend.listed_price,
+            actual.map(|(u, _)| u.event_id.as_str()),
+            actual.map(|(_, at)| at),
+        ],
+    )?;
+    for account in &spend.accounts {
+        tx.execute(
+            "INSERT OR IGNORE INTO spend_accounts (account, at_ms, spend_id) VALUES (?1, ?2, ?3)",
+            params![account, spend.at_ms, spend.spend_id],
+        )?;
+    }
+    Ok(())
+}
+
+fn micros(n: i64) -> Result<u64, GatewayError> {
+    u64::try_from(n).map_err(|_| corrupt("amount"))
 }
 
 fn approval_json(approval: &Approval) -> Result<String, GatewayError> {

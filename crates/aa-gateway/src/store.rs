@@ -71,6 +71,97 @@ impl AgentRecord {
     }
 }
 
+/// An LLM call's estimated cost, held against accounts until its usage settles it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReservation {
+    /// Its id.
+    pub spend_id: String,
+    /// The calling agent.
+    pub agent_id: String,
+    /// The model, as the call named it.
+    pub model: String,
+    /// When it was made; the windows it counts in follow from this.
+    pub at_ms: i64,
+    /// The estimated cost.
+    pub estimate_micros: u64,
+    /// False when the model was priced at the table's `unknown` price.
+    pub listed_price: bool,
+    /// Every account it is charged to (`agent:<id>`, `team:<id>`).
+    pub accounts: Vec<String>,
+}
+
+/// One cap a reservation is checked against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapCheck {
+    /// The account capped.
+    pub account: String,
+    /// The window's start; spend charged since counts.
+    pub since_ms: i64,
+    /// The cap.
+    pub cap_micros: u64,
+    /// False for a cap that is only watched (`alert`, or observe mode): passing it does not
+    /// refuse the reservation.
+    pub enforced: bool,
+}
+
+/// What a reservation came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReserveOutcome {
+    /// True when it was recorded: no enforced cap would be passed.
+    pub reserved: bool,
+    /// For each cap, in order: what its window held before this call (settled and held).
+    pub spent_micros: Vec<u64>,
+}
+
+/// An LLM call's reported usage, priced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    /// The usage event; settling is idempotent by it.
+    pub event_id: String,
+    /// The agent that made the call.
+    pub agent_id: String,
+    /// The model, as reported.
+    pub model: String,
+    /// When the usage was reported; an unreserved call counts from then.
+    pub at_ms: i64,
+    /// Input tokens.
+    pub input_tokens: u64,
+    /// Output tokens.
+    pub output_tokens: u64,
+    /// Their cost.
+    pub cost_micros: u64,
+    /// False when the model was priced at the table's `unknown` price.
+    pub listed_price: bool,
+    /// Every account an unreserved call is charged to.
+    pub accounts: Vec<String>,
+}
+
+/// What settling a usage did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The spend record it settled or created.
+    pub spend_id: String,
+    /// The estimate it replaced, when it settled a reservation.
+    pub estimate_micros: Option<u64>,
+    /// False when this usage had been settled before (nothing changed).
+    pub fresh: bool,
+}
+
+/// Spend on one model in one account and window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpend {
+    /// The model, as calls named it.
+    pub model: String,
+    /// Calls reserved or reported.
+    pub calls: u64,
+    /// Settled cost.
+    pub settled_micros: u64,
+    /// Reservations not settled yet, at their estimate.
+    pub held_micros: u64,
+    /// False when any of its calls was priced at the table's `unknown` price.
+    pub listed_price: bool,
+}
+
 /// Where the gateway keeps its state.
 pub trait Store: Send + Sync + 'static {
     /// Appends events to `stream_id` in one transaction: each event either is a duplicate by
@@ -169,4 +260,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every edge, oldest first: the `spawned` edges of registrations and the reported ones.
     fn edges(&self) -> impl Future<Output = Result<Vec<TopologyEdge>, GatewayError>> + Send;
+
+    /// Checks `caps` and records `reservation` in one atomic step: it is recorded unless it
+    /// would take an enforced cap past its limit, so concurrent reservations can never
+    /// together pass one.
+    fn reserve(
+        &self,
+        reservation: NewReservation,
+        caps: Vec<CapCheck>,
+    ) -> impl Future<Output = Result<ReserveOutcome, GatewayError>> + Send;
+
+    /// Settles `usage`: replaces the agent's oldest open reservation (for the same model if
+    /// it has one) with the priced usage, or, with none open, charges the usage by itself.
+    /// Settling the same usage event again changes nothing.
+    fn settle(&self, usage: Usage) -> impl Future<Output = Result<Settled, GatewayError>> + Send;
+
+    /// Spend charged to `account` between `since_ms` (inclusive) and `until_ms`, by model.
+    fn spend(
+        &self,
+        account: String,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> impl Future<Output = Result<Vec<ModelSpend>, GatewayError>> + Send;
 }

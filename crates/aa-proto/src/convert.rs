@@ -372,6 +372,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::Edge => pb::EventKind::Edge,
             EventKind::Approval => pb::EventKind::Approval,
             EventKind::Suspension => pb::EventKind::Suspension,
+            EventKind::Spend => pb::EventKind::Spend,
         }
     }
 }
@@ -386,6 +387,7 @@ pub fn event_kind_from_wire(value: i32) -> EventKind {
         Ok(pb::EventKind::Edge) => EventKind::Edge,
         Ok(pb::EventKind::Approval) => EventKind::Approval,
         Ok(pb::EventKind::Suspension) => EventKind::Suspension,
+        Ok(pb::EventKind::Spend) => EventKind::Spend,
         _ => EventKind::Decision,
     }
 }

@@ -97,6 +97,13 @@ impl GatewayLink {
         unary(self.agents().take_team_rate(request)).await
     }
 
+    pub(crate) async fn reserve_budget(
+        &self,
+        request: pb::ReserveBudgetRequest,
+    ) -> Result<pb::ReserveBudgetResponse, Refusal> {
+        unary(self.agents().reserve_budget(request)).await
+    }
+
     fn approvals(&self) -> pb::approval_service_client::ApprovalServiceClient<Channel> {
         pb::approval_service_client::ApprovalServiceClient::new(self.channel.clone())
     }

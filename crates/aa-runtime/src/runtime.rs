@@ -60,6 +60,10 @@ pub struct Decided {
     action: Option<Action>,
     /// Team-wide limits the gateway must count before an allow stands.
     team_limits: Vec<pb::TeamLimit>,
+    /// The LLM call's cost to reserve at the gateway before an allow stands.
+    budget: Option<pb::ReserveBudgetRequest>,
+    /// What the decision event records beyond the verdict.
+    detail: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A check answered at once, or one that needs the gateway first.
@@ -71,7 +75,8 @@ pub enum Checked {
     Gateway(Box<GatewayCheck>),
 }
 
-/// A check waiting to be counted against team-wide rate limits at the gateway.
+/// A check waiting for the gateway: team-wide rate limits to count, or an LLM call's cost to
+/// reserve against budgets.
 #[derive(Debug)]
 pub struct GatewayCheck {
     request: pb::CheckRequest,
@@ -241,13 +246,13 @@ impl Runtime {
     }
 
     /// Decides a check. Never fails: every problem is a deny that says why. Most checks are
-    /// answered here and now; one whose tool has a team-wide rate limit must be counted at the
-    /// gateway first ([`Runtime::finish`]).
+    /// answered here and now; one whose tool has a team-wide rate limit, or an LLM call while
+    /// budgets are set, must go to the gateway first ([`Runtime::finish`]).
     pub fn check(&self, mut request: pb::CheckRequest, peer: Peer) -> Checked {
         let started = Instant::now();
         let action = request.action.take();
         let decided = self.decide(&request, action, peer);
-        if decided.team_limits.is_empty() {
+        if decided.team_limits.is_empty() && decided.budget.is_none() {
             Checked::Done(self.conclude(&request, decided, peer, started))
         } else {
             Checked::Gateway(Box::new(GatewayCheck {
@@ -259,8 +264,10 @@ impl Runtime {
         }
     }
 
-    /// Counts a check's team-wide rate limits at the gateway, then answers it. A limit without
-    /// room denies saying when to retry; a gateway that cannot count denies too (fail closed).
+    /// Counts a check's team-wide rate limits and reserves its LLM cost at the gateway, then
+    /// answers it. A limit without room denies saying when to retry; a budget without room
+    /// denies or asks for approval, as the budget says; a gateway that cannot answer denies
+    /// (fail closed).
     pub async fn finish(&self, check: GatewayCheck) -> pb::CheckResponse {
         let GatewayCheck {
             request,
@@ -268,6 +275,41 @@ impl Runtime {
             peer,
             started,
         } = check;
+        if !decided.team_limits.is_empty()
+            && let Some(verdict) = self.take_team_rate(&request, &decided).await
+        {
+            decided.verdict = verdict;
+        }
+        if decided.verdict.decision == Decision::Allow
+            && let Some(reserve) = decided.budget.take()
+        {
+            self.reserve_budget(reserve, &mut decided).await;
+        }
+        self.conclude(&request, decided, peer, started)
+    }
+
+    /// Waits for the gateway, at most `gateway_timeout`.
+    async fn ask_gateway<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Refusal>>,
+    ) -> Result<T, Refusal> {
+        tokio::time::timeout(self.config.gateway_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Refusal {
+                    code: ErrorCode::Unavailable,
+                    message: "the gateway did not answer in time".into(),
+                })
+            })
+    }
+
+    /// Takes one call from each team limit; the deny to answer with when one has no room or
+    /// the gateway could not count.
+    async fn take_team_rate(
+        &self,
+        request: &pb::CheckRequest,
+        decided: &Decided,
+    ) -> Option<Verdict> {
         let take = pb::TakeTeamRateRequest {
             agent_id: request.agent_id.clone(),
             credential_token: request.credential_token.clone(),
@@ -277,17 +319,8 @@ impl Runtime {
             Some(Action::ToolCall { tool, .. }) => tool.clone(),
             _ => String::new(),
         };
-        let taken =
-            tokio::time::timeout(self.config.gateway_timeout, self.link.take_team_rate(take))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Refusal {
-                        code: ErrorCode::Unavailable,
-                        message: "the gateway did not answer in time".into(),
-                    })
-                });
-        let refused = match taken {
-            Ok(taken) if taken.allowed => None,
+        let (rule, reason, policy) = match self.ask_gateway(self.link.take_team_rate(take)).await {
+            Ok(taken) if taken.allowed => return None,
             Ok(taken) => {
                 let index = usize::try_from(taken.limit_index).unwrap_or(usize::MAX);
                 let limit = decided.team_limits.get(index).cloned().unwrap_or_default();
@@ -300,7 +333,7 @@ impl Runtime {
                     .retry_after
                     .and_then(|d| aa_proto::convert::duration(&d))
                     .unwrap_or_default();
-                Some((
+                (
                     format!("tools.{}.{}", limit.entry, taken.window),
                     format!(
                         "{tool}: {} of {count} for team {} reached; retry in {}",
@@ -309,30 +342,107 @@ impl Runtime {
                         aa_core::rate::human(retry)
                     ),
                     limit.policy,
-                ))
+                )
             }
             Err(refusal) => {
                 let limit = decided.team_limits.first().cloned().unwrap_or_default();
-                Some((
+                (
                     format!("tools.{}.team_limit", limit.entry),
                     format!(
                         "{tool}: the team rate limit could not be counted: {}",
                         refusal.message
                     ),
                     limit.policy,
-                ))
+                )
             }
         };
-        if let Some((rule, reason, policy)) = refused {
-            decided.verdict = Verdict {
-                decision: Decision::Deny,
-                rule,
-                reason,
-                policy,
-                mode: decided.verdict.mode,
-            };
-        }
-        self.conclude(&request, decided, peer, started)
+        Some(Verdict {
+            decision: Decision::Deny,
+            rule,
+            reason,
+            policy,
+            mode: decided.verdict.mode,
+        })
+    }
+
+    /// Reserves an LLM call's estimated cost against every budget over the agent. A budget
+    /// without room turns the allow into its `action_on_exceed` (deny, pending, or an allow
+    /// that says it passed the cap); a gateway that cannot reserve denies.
+    async fn reserve_budget(&self, reserve: pb::ReserveBudgetRequest, decided: &mut Decided) {
+        let model = reserve.model.clone();
+        let mode = decided.verdict.mode;
+        let answer = match self.ask_gateway(self.link.reserve_budget(reserve)).await {
+            Ok(answer) => answer,
+            Err(refusal) => {
+                decided.verdict = Verdict {
+                    decision: Decision::Deny,
+                    rule: "budget".into(),
+                    reason: format!(
+                        "{model}: the call's cost could not be reserved: {}",
+                        refusal.message
+                    ),
+                    policy: String::new(),
+                    mode,
+                };
+                return;
+            }
+        };
+        decided.detail.insert(
+            "budget".into(),
+            serde_json::json!({
+                "reservation_id": Some(&answer.reservation_id).filter(|id| !id.is_empty()),
+                "estimate_usd": answer.estimate_usd,
+                "unlisted_model": answer.unlisted_model,
+            }),
+        );
+        let Some(exceeded) = answer.exceeded else {
+            return;
+        };
+        let decision = match exceeded.action.as_str() {
+            "alert" => Decision::Allow,
+            "pending" => Decision::Pending,
+            _ => Decision::Deny,
+        };
+        let resets = exceeded
+            .resets_at
+            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+            .map(|t| match exceeded.timezone.parse::<chrono_tz::Tz>() {
+                Ok(tz) => format!(
+                    "{} {}",
+                    t.with_timezone(&tz).format("%Y-%m-%d %H:%M"),
+                    exceeded.timezone
+                ),
+                Err(_) => t.format("%Y-%m-%d %H:%M UTC").to_string(),
+            })
+            .unwrap_or_default();
+        let reason = if answer.allowed {
+            format!(
+                "{model}: this call (~${:.4}) takes {} past its {} of ${:.2} (${:.4} spent or \
+                 reserved); resets {resets}",
+                answer.estimate_usd,
+                exceeded.account,
+                exceeded.window,
+                exceeded.cap_usd,
+                exceeded.spent_usd,
+            )
+        } else {
+            format!(
+                "{model}: the budget of {} has no room for this call (~${:.4}): ${:.4} of its \
+                 {} ${:.2} spent or reserved; resets {resets}",
+                exceeded.account,
+                answer.estimate_usd,
+                exceeded.spent_usd,
+                exceeded.window,
+                exceeded.cap_usd,
+            )
+        };
+        decided.verdict = Verdict {
+            decision,
+            rule: format!("budget.{}", exceeded.window),
+            reason,
+            policy: exceeded.policy,
+            mode,
+        };
     }
 
     /// Applies the mode, opens the approval of a pending check, records the decision, and
@@ -348,6 +458,7 @@ impl Runtime {
             mut verdict,
             agent,
             action,
+            mut detail,
             ..
         } = decided;
         let mut applied = applied(&verdict);
@@ -369,9 +480,11 @@ impl Runtime {
             let mut event = self.event(agent, action, EventKind::Decision, peer, random_id());
             event.session_id = Some(request.session_id.clone()).filter(|s| !s.is_empty());
             event.verdict = Some(verdict);
-            event.detail = approval_id
-                .as_ref()
-                .map(|id| serde_json::json!({ "approval_id": id }));
+            if let Some(id) = &approval_id {
+                detail.insert("approval_id".into(), id.clone().into());
+            }
+            event.detail =
+                Some(serde_json::Value::Object(detail)).filter(|d| d != &serde_json::json!({}));
             self.record(event);
         }
         pb::CheckResponse {
@@ -565,6 +678,8 @@ impl Runtime {
             agent,
             action,
             team_limits: Vec::new(),
+            budget: None,
+            detail: serde_json::Map::new(),
         };
         let fail = |rule: &str, reason: String| Verdict {
             decision: Decision::Deny,
@@ -664,11 +779,29 @@ impl Runtime {
                 };
             }
         }
+        // Budgets are the gateway's to keep: an allowed model call reserves its cost there.
+        let budget = match &action {
+            Action::LlmCall {
+                model,
+                token_estimate,
+            } if verdict.decision == Decision::Allow && bundle.set.has_budgets() => {
+                Some(pb::ReserveBudgetRequest {
+                    agent_id: request.agent_id.clone(),
+                    credential_token: request.credential_token.clone(),
+                    model: model.clone(),
+                    token_estimate: *token_estimate,
+                    enforce: mode == Mode::Enforce,
+                })
+            }
+            _ => None,
+        };
         Decided {
             verdict,
             agent: Some(session.agent),
             action: Some(action),
             team_limits,
+            budget,
+            detail: serde_json::Map::new(),
         }
     }
 
@@ -722,6 +855,15 @@ impl Runtime {
         for (i, wire) in batch.events.into_iter().enumerate() {
             let sdk = AuditEvent::try_from(wire)
                 .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("events[{i}]: {e}")))?;
+            if sdk.kind.gateway_only() {
+                return Err(refuse(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "events[{i}]: {} events are recorded by the gateway only",
+                        sdk.kind.as_str()
+                    ),
+                ));
+            }
             // Only what the agent may say is kept: what it did, when, and what came of it.
             let mut event = self.event(
                 session.agent.clone(),

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import pytest
@@ -255,6 +256,47 @@ def test_llm_calls_are_checked_and_usage_recorded(aasm: Aasm, sdk_dirs: dict[str
     events = aasm.wait_for_events(lambda es: any(e["kind"] == "llm_usage" for e in es))
     usage = next(e for e in events if e["kind"] == "llm_usage")
     assert usage["detail"] == {"input_tokens": 1200, "output_tokens": 300, "cost_usd": 0.0021}
+
+
+def test_a_budget_is_shared_by_a_tree_and_never_passed_by_concurrent_calls(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    with (
+        init_assembly("spender", **sdk_dirs) as spender,
+        spender.spawn_child("summarizer") as summarizer,
+    ):
+        # Each call reserves $0.0125 (1000 tokens in, the table's 1000 out, at gpt-4o's
+        # price): the tree's $0.03 a day holds two of them, however many race.
+        def call(i: int) -> object:
+            who = spender if i % 2 else summarizer
+            try:
+                return who.check_llm_call("gpt-4o", 1000)
+            except LlmCallDenied as denied:
+                return denied
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            outcomes = list(pool.map(call, range(16)))
+        refused = [o for o in outcomes if isinstance(o, LlmCallDenied)]
+        assert len(outcomes) - len(refused) == 2
+        assert {d.rule for d in refused} == {"budget.daily_usd"}
+        assert all("the budget of agent:spender has no room" in d.reason for d in refused)
+
+        # What the calls used settles the reservations at the table's price.
+        summarizer.report_llm_usage("gpt-4o", 1000, 500)
+        spender.report_llm_usage("gpt-4o", 1000, 500)
+
+    def spent() -> dict[str, Any]:
+        report = json.loads(aasm.run("budget", "show", "--agent", "spender", "--json"))[0]
+        return next(w for w in report["windows"] if w["window"] == "daily_usd")
+
+    assert _until(lambda: spent()["held_usd"] == 0, 10.0), spent()
+    day = spent()
+    assert abs(day["spent_usd"] - 0.015) < 1e-9
+    assert (day["cap_usd"], day["calls"]) == (0.03, 2)
+    events = aasm.wait_for_events(lambda es: sum(e["kind"] == "spend" for e in es) >= 2)
+    spends = [e for e in events if e["kind"] == "spend"]
+    assert {e["agent"]["id"] for e in spends} == {"spender", "summarizer"}
+    assert all(abs(e["detail"]["cost_usd"] - 0.0075) < 1e-9 for e in spends)
 
 
 def test_async_tools_are_governed(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:

@@ -52,22 +52,31 @@ pub(crate) async fn register(client: &Client, id: &str, team: Option<&str>) -> A
         .unwrap()
 }
 
+/// A runtime named `name` linked to `gateway`, with its own enforcing client (state under
+/// `dir`).
+pub(crate) fn runtime_with_client(
+    dir: &Path,
+    name: &str,
+    gateway: &GatewayHandle,
+) -> (RuntimeHandle, Client) {
+    let runtime = RuntimeHandle::start(RuntimeConfig::new(dir.join(name), gateway.url())).unwrap();
+    let c = client(
+        &dir.join(format!("sdk-{name}")),
+        &runtime.socket,
+        Mode::Enforce,
+    );
+    (runtime, c)
+}
+
 /// Two runtimes (`a`, `b`) linked to `gateway`, each with its own client (keys under `dir`).
 pub(crate) fn two_runtimes(
     dir: &Path,
     gateway: &GatewayHandle,
 ) -> ((RuntimeHandle, Client), (RuntimeHandle, Client)) {
-    let start = |name: &str| {
-        let runtime =
-            RuntimeHandle::start(RuntimeConfig::new(dir.join(name), gateway.url())).unwrap();
-        let c = client(
-            &dir.join(format!("sdk-{name}")),
-            &runtime.socket,
-            Mode::Enforce,
-        );
-        (runtime, c)
-    };
-    (start("a"), start("b"))
+    (
+        runtime_with_client(dir, "a", gateway),
+        runtime_with_client(dir, "b", gateway),
+    )
 }
 
 /// `aasm up` in process on `state` with the test policy, a client keeping its keys under

@@ -5,6 +5,7 @@
 
 mod approvals;
 mod bench;
+mod budgets;
 mod governed;
 mod limits;
 mod policy;
@@ -89,4 +90,17 @@ pub(crate) fn scratch_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// `aasm` with `args` against the gateway whose state directory is `state`, off the async
+/// threads.
+pub(crate) async fn cli(state: &Path, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    all.extend(["--state-dir".to_owned(), state.display().to_string()]);
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        aasm(&refs)
+    })
+    .await
+    .unwrap()
 }
