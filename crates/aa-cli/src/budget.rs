@@ -85,7 +85,7 @@ fn table(reports: &[BudgetReport]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<22}  {:<17}  {:<16}  {:>10}  {:>10}  {:>9}  {:>10}  {:<8}  POLICY",
+        "{:<22}  {:<17}  {:<16}  {:>10}  {:>10}  {:>9}  {:>10}  {:<9}  POLICY",
         "ACCOUNT", "WINDOW", "ZONE", "SPENT", "HELD", "CAP", "LEFT", "ON EXCEED"
     );
     for report in reports {
@@ -93,7 +93,7 @@ fn table(reports: &[BudgetReport]) -> String {
             let account = if i == 0 { report.account.as_str() } else { "" };
             let _ = writeln!(
                 out,
-                "{:<22}  {:<17}  {:<16}  {:>10}  {:>10}  {:>9}  {:>10}  {:<8}  {}",
+                "{:<22}  {:<17}  {:<16}  {:>10}  {:>10}  {:>9}  {:>10}  {:<9}  {}",
                 account,
                 label(w),
                 w.timezone,

@@ -260,3 +260,30 @@ async fn a_parent_s_budget_covers_its_child_and_asks_a_human_past_it() {
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
 }
+
+#[test]
+fn a_bad_price_table_is_refused_before_anything_starts() {
+    let dir = crate::scratch_dir("bad-prices");
+    let prices = dir.join("prices.yaml");
+    std::fs::write(
+        &prices,
+        "unknown: {input: 30, output: 80}\nmodels:\n  gpt-4o: {input: -1, output: 10}\n",
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let out = crate::aasm(&[
+        "up",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--prices",
+        prices.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let error = stderr(&out);
+    assert!(
+        error.contains("price table")
+            && error.contains("3:19: models.gpt-4o.input: must be a non-negative number"),
+        "{error}"
+    );
+    assert!(!state.join("gateway.json").exists(), "nothing was started");
+}

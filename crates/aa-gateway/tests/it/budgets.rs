@@ -392,3 +392,35 @@ async fn a_window_counts_only_what_was_charged_inside_it() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn an_operator_s_price_table_prices_the_calls() {
+    let prices = aa_policy::PriceTable::parse(
+        "reserve: {input_tokens: 500, output_tokens: 250}\nunknown: {input: 9, output: 9}\nmodels:\n  house-*: {input: 1.00, output: 2.00}\n",
+    )
+    .unwrap();
+    let gw = Gateway::new(
+        SqliteStore::open_in_memory().unwrap(),
+        Keypair::generate().unwrap(),
+        documents(POLICIES),
+        GatewayConfig {
+            prices: Some(Arc::new(prices)),
+            ..GatewayConfig::default()
+        },
+    )
+    .unwrap();
+    let token = register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    let house = ReserveRequest {
+        model: "house-7b".into(),
+        token_estimate: None,
+        ..ask("root", &token, true)
+    };
+    let reserved = gw.reserve_budget(&house).await.unwrap();
+    // 500 × $1 + 250 × $2 per million.
+    assert!((reserved.estimate_usd - 0.001).abs() < 1e-9);
+    assert!(reserved.listed_price);
+    // gpt-4o is not in this table: the unknown price, flagged.
+    let gpt = gw.reserve_budget(&ask("root", &token, true)).await.unwrap();
+    assert!(!gpt.listed_price);
+    assert!((gpt.estimate_usd - (1000.0 * 9.0 + 250.0 * 9.0) / 1e6).abs() < 1e-9);
+}
