@@ -102,12 +102,12 @@ pub fn serial(
     socket: &Path,
     state_dir: &Path,
     agent_id: &str,
+    action: &Action,
     count: usize,
     warmup: usize,
 ) -> Result<Percentiles, BenchError> {
     let (client, agent) = registered_client(socket, state_dir, agent_id.to_owned(), READY_TIMEOUT)?;
-    let action = CheckLoad::default_action();
-    ready(&client, &agent, &action)?;
+    ready(&client, &agent, action)?;
     let mut samples = Vec::with_capacity(count);
     for i in 0..warmup + count {
         let started = Instant::now();

@@ -86,6 +86,10 @@ struct SerialArgs {
     /// Checks first, unmeasured.
     #[arg(long, default_value_t = 2_000)]
     warmup: usize,
+    /// Check calls to this model (1000 tokens each) instead of a file read: with a budget
+    /// in the policy, each one reserves its cost at the gateway.
+    #[arg(long)]
+    model: Option<String>,
     /// Print the percentiles as one JSON object (microseconds) instead of a line of text.
     #[arg(long)]
     json: bool,
@@ -161,10 +165,18 @@ fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
 }
 
 fn run_serial(args: &SerialArgs) -> Result<bool> {
+    let action = match &args.model {
+        Some(model) => aa_core::Action::LlmCall {
+            model: model.clone(),
+            token_estimate: Some(1000),
+        },
+        None => checks::CheckLoad::default_action(),
+    };
     let p = checks::serial(
         &args.socket,
         &args.state_dir,
         &args.agent,
+        &action,
         args.count,
         args.warmup,
     )?;

@@ -205,6 +205,7 @@ impl<S: Store> Gateway<S> {
             .map(|c| CapCheck {
                 account: c.account.to_string(),
                 since_ms: c.window.start.timestamp_millis(),
+                until_ms: c.window.end.timestamp_millis(),
                 cap_micros: cap_micros(c.usd),
                 enforced: request.enforce && c.action != ExceedAction::Alert,
             })

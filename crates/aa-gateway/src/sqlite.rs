@@ -102,14 +102,27 @@ CREATE TABLE spend_accounts (
     spend_id TEXT NOT NULL REFERENCES spend (spend_id),
     PRIMARY KEY (account, at_ms, spend_id)
 ) WITHOUT ROWID;
+CREATE INDEX spend_accounts_by_spend ON spend_accounts (spend_id);
+CREATE TABLE spend_windows (
+    account TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL,
+    micros INTEGER NOT NULL,
+    PRIMARY KEY (account, start_ms, end_ms)
+) WITHOUT ROWID;
 "#,
 ];
 
-/// What an account was charged since a moment: settled costs, and open reservations at their
-/// estimate.
-const CHARGED_SINCE: &str = "SELECT COALESCE(SUM(COALESCE(s.actual_micros, s.estimate_micros)), 0)
+/// Starts keeping a window's total the first time a cap asks for it, from the ledger (settled
+/// costs, and open reservations at their estimate); from then on every charge updates it.
+const OPEN_WINDOW: &str = "INSERT INTO spend_windows (account, start_ms, end_ms, micros)
+     SELECT ?1, ?2, ?3, COALESCE(SUM(COALESCE(s.actual_micros, s.estimate_micros)), 0)
      FROM spend_accounts a JOIN spend s ON s.spend_id = a.spend_id
-     WHERE a.account = ?1 AND a.at_ms >= ?2";
+     WHERE a.account = ?1 AND a.at_ms >= ?2 AND a.at_ms < ?3";
+
+/// Adds a change in what `account` was charged at a moment to every window kept that holds it.
+const CHARGE_WINDOWS: &str = "UPDATE spend_windows SET micros = micros + ?3
+     WHERE account = ?1 AND start_ms <= ?2 AND ?2 < end_ms";
 
 /// The SQLite store. Cheap to clone; clones share the connection.
 #[derive(Debug, Clone)]
@@ -622,10 +635,23 @@ impl Store for SqliteStore {
             let mut spent_micros = Vec::with_capacity(caps.len());
             let mut reserved = true;
             for cap in &caps {
-                let spent: i64 =
-                    tx.query_row(CHARGED_SINCE, params![cap.account, cap.since_ms], |row| {
-                        row.get(0)
-                    })?;
+                let window = params![cap.account, cap.since_ms, cap.until_ms];
+                let kept = |tx: &rusqlite::Transaction<'_>| {
+                    tx.query_row(
+                        "SELECT micros FROM spend_windows
+                         WHERE account = ?1 AND start_ms = ?2 AND end_ms = ?3",
+                        window,
+                        |row| row.get::<_, i64>(0),
+                    )
+                    .optional()
+                };
+                let spent = match kept(&tx)? {
+                    Some(spent) => spent,
+                    None => {
+                        tx.execute(OPEN_WINDOW, window)?;
+                        kept(&tx)?.ok_or_else(|| corrupt("budget window"))?
+                    }
+                };
                 let spent = micros(spent)?;
                 if cap.enforced
                     && spent.saturating_add(reservation.estimate_micros) > cap.cap_micros
@@ -677,6 +703,15 @@ impl Store for SqliteStore {
             let now = now_ms();
             let settled = match open {
                 Some((spend_id, estimate)) => {
+                    // The settled cost replaces the estimate in every window that counted it.
+                    let delta = to_i64(usage.cost_micros)? - estimate;
+                    let charged: Vec<(String, i64)> = tx
+                        .prepare("SELECT account, at_ms FROM spend_accounts WHERE spend_id = ?1")?
+                        .query_map(params![spend_id], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
+                    for (account, at_ms) in charged {
+                        tx.execute(CHARGE_WINDOWS, params![account, at_ms, delta])?;
+                    }
                     tx.execute(
                         "UPDATE spend SET actual_micros = ?2, input_tokens = ?3,
                          output_tokens = ?4, listed_price = listed_price AND ?5,
@@ -829,11 +864,15 @@ fn insert_spend(
             actual.map(|(_, at)| at),
         ],
     )?;
+    let charged = to_i64(actual.map_or(spend.estimate_micros, |(u, _)| u.cost_micros))?;
     for account in &spend.accounts {
-        tx.execute(
+        let added = tx.execute(
             "INSERT OR IGNORE INTO spend_accounts (account, at_ms, spend_id) VALUES (?1, ?2, ?3)",
             params![account, spend.at_ms, spend.spend_id],
         )?;
+        if added > 0 {
+            tx.execute(CHARGE_WINDOWS, params![account, spend.at_ms, charged])?;
+        }
     }
     Ok(())
 }

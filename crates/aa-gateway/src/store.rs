@@ -95,8 +95,10 @@ pub struct NewReservation {
 pub struct CapCheck {
     /// The account capped.
     pub account: String,
-    /// The window's start; spend charged since counts.
+    /// The window's start; spend charged from then counts.
     pub since_ms: i64,
+    /// The window's end (exclusive).
+    pub until_ms: i64,
     /// The cap.
     pub cap_micros: u64,
     /// False for a cap that is only watched (`alert`, or observe mode): passing it does not
@@ -263,7 +265,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks `caps` and records `reservation` in one atomic step: it is recorded unless it
     /// would take an enforced cap past its limit, so concurrent reservations can never
-    /// together pass one.
+    /// together pass one. Each window's total is kept as spend is charged, so the check does
+    /// not grow with the spend already in the window.
     fn reserve(
         &self,
         reservation: NewReservation,

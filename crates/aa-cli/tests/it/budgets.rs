@@ -189,6 +189,9 @@ async fn a_team_budget_is_exhausted_by_concurrent_callers_and_never_passed() {
     rt_a.stop().await.unwrap();
     rt_b.stop().await.unwrap();
     gateway.stop().await.unwrap();
+    // The chain with the spend events in it verifies.
+    let verified = cli(&state, &["audit", "verify"]).await;
+    assert!(verified.status.success(), "{}", stdout(&verified));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -355,6 +355,7 @@ async fn a_window_counts_only_what_was_charged_inside_it() {
     let cap = |since_ms, enforced| CapCheck {
         account: "agent:a".into(),
         since_ms,
+        until_ms: 10_000,
         cap_micros: 1000,
         enforced,
     };
