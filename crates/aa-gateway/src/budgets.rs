@@ -283,7 +283,12 @@ impl<S: Store> Gateway<S> {
                 event_id: event.event_id.clone(),
                 agent_id: event.agent.id.clone(),
                 model: model.clone(),
-                at_ms: event.timestamp_ms,
+                // When the runtime received it, not when the SDK says it happened: a usage
+                // cannot be backdated out of a window.
+                at_ms: event
+                    .origin
+                    .as_ref()
+                    .map_or(event.timestamp_ms, |o| o.received_at_ms),
                 input_tokens,
                 output_tokens,
                 cost_micros: cost,

@@ -280,7 +280,9 @@ async fn usage_settles_once_priced_by_the_table_and_is_audited() {
     // The reported model is dated; the reservation's is not: the oldest open one settles.
     let priced = usage("root", "u1", 1, "gpt-4o-2024-08-06", 2000, 100);
     // A model the table does not know, with nothing reserved: charged at the unknown price.
-    let unlisted = usage("root", "u2", 2, "house-model-7b", 1000, 1000);
+    let mut unlisted = usage("root", "u2", 2, "house-model-7b", 1000, 1000);
+    // Backdated by the SDK: charged when the runtime received it all the same.
+    unlisted.timestamp_ms = 1;
     // No token counts: nothing settles, nothing fails.
     let mut vague = usage("root", "u3", 3, "gpt-4o", 0, 0);
     vague.detail = Some(serde_json::json!({ "note": "no usage" }));
