@@ -119,6 +119,14 @@ pub struct BudgetReport {
     pub models: Vec<ModelSpendView>,
 }
 
+/// How long after its reservation a call's usage may still settle it. A reservation older than
+/// this is taken for a call that never reported (it stays charged at its estimate), so one lost
+/// report cannot shift every later usage onto an older reservation.
+pub const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// More tokens than any model call uses: a count past it is taken as garbage, not priced.
+const MAX_TOKENS: u64 = 1_000_000_000;
+
 fn usd(micros: u64) -> f64 {
     micros as f64 / 1e6
 }
@@ -249,8 +257,8 @@ impl<S: Store> Gateway<S> {
 
     /// Settles the usage an `llm_usage` event reports, and records its cost as a `spend`
     /// event. Idempotent by the event's id, so a batch appended again charges nothing twice.
-    /// A usage without token counts settles nothing: its reservation stays charged at the
-    /// estimate.
+    /// A usage without usable token counts settles nothing: its reservation stays charged at
+    /// the estimate.
     pub(crate) async fn settle_usage(&self, event: &AuditEvent) -> Result<(), GatewayError> {
         let Action::LlmCall { model, .. } = &event.action else {
             bump(&self.metrics.usage_unpriced, 1);
@@ -263,11 +271,12 @@ impl<S: Store> Gateway<S> {
                 .and_then(|d| d.get(key))
                 .and_then(serde_json::Value::as_u64)
         };
-        let (Some(input_tokens), Some(output_tokens)) =
-            (tokens("input_tokens"), tokens("output_tokens"))
-        else {
+        let (Some(input_tokens), Some(output_tokens)) = (
+            tokens("input_tokens").filter(|n| *n <= MAX_TOKENS),
+            tokens("output_tokens").filter(|n| *n <= MAX_TOKENS),
+        ) else {
             bump(&self.metrics.usage_unpriced, 1);
-            tracing::warn!(event = %event.event_id, "llm usage without token counts left unsettled");
+            tracing::warn!(event = %event.event_id, "llm usage without usable token counts left unsettled");
             return Ok(());
         };
         let agent = self.store.agent(&event.agent.id).await?;
@@ -275,6 +284,11 @@ impl<S: Store> Gateway<S> {
             Some(agent) => self.accounts_of(agent).await?,
             None => vec![Account::Agent(event.agent.id.clone())],
         };
+        let received_ms = event
+            .origin
+            .as_ref()
+            .map_or(event.timestamp_ms, |o| o.received_at_ms);
+        let horizon = i64::try_from(SETTLE_WITHIN.as_millis()).unwrap_or(i64::MAX);
         let priced = self.prices.price(model);
         let cost = priced.price.cost_micros(input_tokens, output_tokens);
         let settled = self
@@ -285,15 +299,13 @@ impl<S: Store> Gateway<S> {
                 model: model.clone(),
                 // When the runtime received it, not when the SDK says it happened: a usage
                 // cannot be backdated out of a window.
-                at_ms: event
-                    .origin
-                    .as_ref()
-                    .map_or(event.timestamp_ms, |o| o.received_at_ms),
+                at_ms: received_ms,
                 input_tokens,
                 output_tokens,
                 cost_micros: cost,
                 listed_price: priced.entry.is_some(),
                 accounts: accounts.iter().map(ToString::to_string).collect(),
+                open_since_ms: received_ms.saturating_sub(horizon),
             })
             .await?;
         if settled.fresh {

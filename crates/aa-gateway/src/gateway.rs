@@ -111,7 +111,7 @@ pub struct Metrics {
     pub budget_refusals: AtomicU64,
     /// Reported LLM usages priced and charged.
     pub usage_settled: AtomicU64,
-    /// Reported LLM usages that could not be priced (no token counts).
+    /// Reported LLM usages that could not be priced (no usable token counts).
     pub usage_unpriced: AtomicU64,
 }
 

@@ -120,6 +120,8 @@ const OPEN_WINDOW: &str = "INSERT INTO spend_windows (account, start_ms, end_ms,
      FROM spend_accounts a JOIN spend s ON s.spend_id = a.spend_id
      WHERE a.account = ?1 AND a.at_ms >= ?2 AND a.at_ms < ?3";
 
+const DAY_MS: i64 = 86_400_000;
+
 /// Adds a change in what `account` was charged at a moment to every window kept that holds it.
 const CHARGE_WINDOWS: &str = "UPDATE spend_windows SET micros = micros + ?3
      WHERE account = ?1 AND start_ms <= ?2 AND ?2 < end_ms";
@@ -648,6 +650,11 @@ impl Store for SqliteStore {
                 let spent = match kept(&tx)? {
                     Some(spent) => spent,
                     None => {
+                        // A window over for a day takes no more charges worth keeping.
+                        tx.execute(
+                            "DELETE FROM spend_windows WHERE account = ?1 AND end_ms < ?2",
+                            params![cap.account, cap.since_ms.saturating_sub(DAY_MS)],
+                        )?;
                         tx.execute(OPEN_WINDOW, window)?;
                         kept(&tx)?.ok_or_else(|| corrupt("budget window"))?
                     }
@@ -694,9 +701,9 @@ impl Store for SqliteStore {
             let open: Option<(String, i64)> = tx
                 .query_row(
                     "SELECT spend_id, estimate_micros FROM spend
-                     WHERE agent_id = ?1 AND actual_micros IS NULL
+                     WHERE agent_id = ?1 AND actual_micros IS NULL AND created_at_ms >= ?3
                      ORDER BY model = ?2 DESC, created_at_ms, spend_id LIMIT 1",
-                    params![usage.agent_id, usage.model],
+                    params![usage.agent_id, usage.model, usage.open_since_ms],
                     |row| Ok((row.get(0)?, row.get(1)?)),
                 )
                 .optional()?;

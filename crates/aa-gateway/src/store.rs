@@ -136,6 +136,9 @@ pub struct Usage {
     pub listed_price: bool,
     /// Every account an unreserved call is charged to.
     pub accounts: Vec<String>,
+    /// Only a reservation made since then can be settled by this usage; an older one is taken
+    /// for a call that never reported, and stays charged at its estimate.
+    pub open_since_ms: i64,
 }
 
 /// What settling a usage did.
@@ -273,8 +276,9 @@ pub trait Store: Send + Sync + 'static {
         caps: Vec<CapCheck>,
     ) -> impl Future<Output = Result<ReserveOutcome, GatewayError>> + Send;
 
-    /// Settles `usage`: replaces the agent's oldest open reservation (for the same model if
-    /// it has one) with the priced usage, or, with none open, charges the usage by itself.
+    /// Settles `usage`: replaces the agent's oldest open reservation made since
+    /// `usage.open_since_ms` (for the same model if it has one) with the priced usage, or,
+    /// with none, charges the usage by itself.
     /// Settling the same usage event again changes nothing.
     fn settle(&self, usage: Usage) -> impl Future<Output = Result<Settled, GatewayError>> + Send;
 

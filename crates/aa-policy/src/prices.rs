@@ -112,18 +112,22 @@ impl PriceTable {
         self.entries.is_empty()
     }
 
-    /// The price of `model`: as written, then without a provider prefix; exact names before
-    /// globs, globs in file order; else the `unknown` price.
+    /// The price of `model`: an exact name (as written, then without a provider prefix),
+    /// else the first glob in file order that matches either; else the `unknown` price.
     pub fn price(&self, model: &str) -> Priced<'_> {
         let model = model.trim().to_lowercase();
         let bare = model.rsplit('/').next().unwrap_or(&model);
-        let index = [model.as_str(), bare].into_iter().find_map(|name| {
-            self.exact.get(name).copied().or_else(|| {
-                self.globs
-                    .first_match(name)
-                    .and_then(|g| self.glob_entries.get(g).copied())
-            })
-        });
+        let names = [model.as_str(), bare];
+        let index = names
+            .iter()
+            .find_map(|name| self.exact.get(*name).copied())
+            .or_else(|| {
+                names.iter().find_map(|name| {
+                    self.globs
+                        .first_match(name)
+                        .and_then(|g| self.glob_entries.get(g).copied())
+                })
+            });
         match index.and_then(|i| self.entries.get(i)) {
             Some((entry, price)) => Priced {
                 price: *price,
@@ -271,6 +275,8 @@ mod tests {
             ("models/gemini-2.5-flash-lite", "gemini-2.5-flash-lite*"),
             ("gemini-2.5-flash", "gemini-2.5-flash*"),
             ("meta-llama/Llama-3.3-70B-Instruct-Turbo", "*llama-3.3-70b*"),
+            // An exact name without the prefix beats a glob on the whole name.
+            ("deepseek-v3/deepseek-chat", "deepseek-chat"),
         ] {
             assert_eq!(table.price(model).entry, Some(entry), "{model}");
         }

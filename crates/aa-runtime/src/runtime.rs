@@ -396,6 +396,16 @@ impl Runtime {
             }),
         );
         let Some(exceeded) = answer.exceeded else {
+            if !answer.allowed {
+                // A refusal that does not say why is still a refusal.
+                decided.verdict = Verdict {
+                    decision: Decision::Deny,
+                    rule: "budget".into(),
+                    reason: format!("{model}: the gateway refused to reserve the call's cost"),
+                    policy: String::new(),
+                    mode,
+                };
+            }
             return;
         };
         let decision = match exceeded.action.as_str() {

@@ -260,8 +260,43 @@ async fn a_parent_s_budget_covers_its_child_and_asks_a_human_past_it() {
     let out = cli(&state, &["budget", "show", "--agent", "nobody"]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not found"), "{}", stderr(&out));
-    runtime.stop().await.unwrap();
+
+    // An alert budget lets the call past its cap and says so.
+    let watcher = join(&c, "watcher", None, None).await;
+    let v = decide(&c, &watcher, model_call()).await.verdict;
+    assert_eq!(
+        (v.decision, v.rule.as_str()),
+        (Decision::Allow, "budget.daily_usd")
+    );
+    assert!(
+        v.reason.starts_with(
+            "gpt-4o: this call (~$0.0125) takes agent:watcher past its daily_usd of $0.01"
+        ),
+        "{}",
+        v.reason
+    );
+    // Under observe, what the budget would deny is recorded and allowed.
+    let observer = join(&c, "observer", None, None).await;
+    let v = decide(&c, &observer, model_call()).await.verdict;
+    assert_eq!(v.decision, Decision::Allow, "{v:?}");
+    assert!(
+        v.reason.starts_with(
+            "observe mode: would have been deny: gpt-4o: this call (~$0.0125) takes agent:observer past its daily_usd"
+        ),
+        "{}",
+        v.reason
+    );
+
+    // Without the gateway no cost can be reserved: the call is denied (fail closed).
     gateway.stop().await.unwrap();
+    let v = decide(&c, &writer, model_call()).await.verdict;
+    assert_eq!(
+        (v.decision, v.rule.as_str()),
+        (Decision::Deny, "budget"),
+        "{v:?}"
+    );
+    assert!(v.reason.contains("could not be reserved"), "{}", v.reason);
+    runtime.stop().await.unwrap();
 }
 
 #[test]

@@ -427,3 +427,38 @@ async fn an_operator_s_price_table_prices_the_calls() {
     assert!(!gpt.listed_price);
     assert!((gpt.estimate_usd - (1000.0 * 9.0 + 250.0 * 9.0) / 1e6).abs() < 1e-9);
 }
+
+#[tokio::test]
+async fn a_stale_reservation_stays_charged_and_absurd_usage_settles_nothing() {
+    let gw = budget_gateway();
+    let token = register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    gw.reserve_budget(&ask("root", &token, true)).await.unwrap();
+    // A report received 16 minutes after the reservation does not settle it: that call is
+    // taken never to have reported, and stays charged at its estimate.
+    let mut late = usage("root", "late", 1, "gpt-4o", 1000, 500);
+    late.origin.as_mut().unwrap().received_at_ms += 16 * 60 * 1000;
+    // Token counts no call uses settle nothing, and do not fail the append.
+    let absurd = usage("root", "absurd", 2, "gpt-4o", 1_000_000_000_000, 1);
+    gw.append(vec![late, absurd]).await.unwrap();
+    // The whole ledger, so the test holds at a month's end too.
+    let spend = gw
+        .store()
+        .spend("agent:root".into(), 0, i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(spend.len(), 1);
+    assert_eq!(
+        (
+            spend[0].calls,
+            spend[0].held_micros,
+            spend[0].settled_micros
+        ),
+        (2, 12_500, 7_500)
+    );
+    assert_eq!(
+        gw.metrics()
+            .usage_unpriced
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
