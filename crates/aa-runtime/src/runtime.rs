@@ -102,6 +102,29 @@ fn applied(verdict: &Verdict) -> Verdict {
     }
 }
 
+/// What an LLM call reserves at the gateway while any policy sets a budget; `None` for any
+/// other action, or with no budget anywhere.
+fn budget_request(
+    bundle: &Compiled,
+    request: &pb::CheckRequest,
+    action: &Action,
+    mode: Mode,
+) -> Option<pb::ReserveBudgetRequest> {
+    match action {
+        Action::LlmCall {
+            model,
+            token_estimate,
+        } if bundle.set.has_budgets() => Some(pb::ReserveBudgetRequest {
+            agent_id: request.agent_id.clone(),
+            credential_token: request.credential_token.clone(),
+            model: model.clone(),
+            token_estimate: *token_estimate,
+            enforce: mode == Mode::Enforce,
+        }),
+        _ => None,
+    }
+}
+
 /// A registered agent as this runtime serves it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Session {
@@ -283,7 +306,8 @@ impl Runtime {
         if decided.verdict.decision == Decision::Allow
             && let Some(reserve) = decided.budget.take()
         {
-            self.reserve_budget(reserve, &mut decided).await;
+            self.reserve_budget(reserve, &mut decided.verdict, &mut decided.detail)
+                .await;
         }
         self.conclude(&request, decided, peer, started)
     }
@@ -368,13 +392,18 @@ impl Runtime {
     /// Reserves an LLM call's estimated cost against every budget over the agent. A budget
     /// without room turns the allow into its `action_on_exceed` (deny, pending, or an allow
     /// that says it passed the cap); a gateway that cannot reserve denies.
-    async fn reserve_budget(&self, reserve: pb::ReserveBudgetRequest, decided: &mut Decided) {
+    async fn reserve_budget(
+        &self,
+        reserve: pb::ReserveBudgetRequest,
+        verdict: &mut Verdict,
+        detail: &mut serde_json::Map<String, serde_json::Value>,
+    ) {
         let model = reserve.model.clone();
-        let mode = decided.verdict.mode;
+        let mode = verdict.mode;
         let answer = match self.ask_gateway(self.link.reserve_budget(reserve)).await {
             Ok(answer) => answer,
             Err(refusal) => {
-                decided.verdict = Verdict {
+                *verdict = Verdict {
                     decision: Decision::Deny,
                     rule: "budget".into(),
                     reason: format!(
@@ -387,7 +416,7 @@ impl Runtime {
                 return;
             }
         };
-        decided.detail.insert(
+        detail.insert(
             "budget".into(),
             serde_json::json!({
                 "reservation_id": Some(&answer.reservation_id).filter(|id| !id.is_empty()),
@@ -398,7 +427,7 @@ impl Runtime {
         let Some(exceeded) = answer.exceeded else {
             if !answer.allowed {
                 // A refusal that does not say why is still a refusal.
-                decided.verdict = Verdict {
+                *verdict = Verdict {
                     decision: Decision::Deny,
                     rule: "budget".into(),
                     reason: format!("{model}: the gateway refused to reserve the call's cost"),
@@ -446,7 +475,7 @@ impl Runtime {
                 exceeded.cap_usd,
             )
         };
-        decided.verdict = Verdict {
+        *verdict = Verdict {
             decision,
             rule: format!("budget.{}", exceeded.window),
             reason,
@@ -592,7 +621,7 @@ impl Runtime {
         };
         let presented = request.action.clone().map(Action::try_from);
         let matches = matches!(&presented, Some(Ok(a)) if a.digest() == pending.digest);
-        let verdict = if matches {
+        let mut verdict = if matches {
             self.resolve_approval(&request, &pending).await
         } else {
             deny(
@@ -600,6 +629,30 @@ impl Runtime {
                 "the action is not the one the approval was asked for".into(),
             )
         };
+        let mut detail = serde_json::Map::new();
+        detail.insert("approval_id".into(), request.approval_id.clone().into());
+        // An approved model call reserves its cost before it runs, like any other; a budget
+        // that only wanted a human's yes (`pending`) has had it.
+        if verdict.decision == Decision::Allow
+            && let Some(bundle) = self.bundle()
+            && let Some(reserve) = budget_request(
+                &bundle,
+                &pb::CheckRequest {
+                    agent_id: request.agent_id.clone(),
+                    credential_token: request.credential_token.clone(),
+                    ..Default::default()
+                },
+                &pending.action,
+                verdict.mode,
+            )
+        {
+            let approved = verdict.clone();
+            self.reserve_budget(reserve, &mut verdict, &mut detail)
+                .await;
+            if verdict.decision == Decision::Pending {
+                verdict = approved;
+            }
+        }
         let mut event = self.event(
             pending.agent.clone(),
             pending.action.clone(),
@@ -608,7 +661,7 @@ impl Runtime {
             random_id(),
         );
         event.verdict = Some(verdict.clone());
-        event.detail = Some(serde_json::json!({ "approval_id": request.approval_id }));
+        event.detail = Some(serde_json::Value::Object(detail));
         self.record(event);
         answer(&verdict)
     }
@@ -790,21 +843,9 @@ impl Runtime {
             }
         }
         // Budgets are the gateway's to keep: an allowed model call reserves its cost there.
-        let budget = match &action {
-            Action::LlmCall {
-                model,
-                token_estimate,
-            } if verdict.decision == Decision::Allow && bundle.set.has_budgets() => {
-                Some(pb::ReserveBudgetRequest {
-                    agent_id: request.agent_id.clone(),
-                    credential_token: request.credential_token.clone(),
-                    model: model.clone(),
-                    token_estimate: *token_estimate,
-                    enforce: mode == Mode::Enforce,
-                })
-            }
-            _ => None,
-        };
+        let budget = (verdict.decision == Decision::Allow)
+            .then(|| budget_request(&bundle, request, &action, mode))
+            .flatten();
         Decided {
             verdict,
             agent: Some(session.agent),

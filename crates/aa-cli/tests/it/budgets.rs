@@ -238,6 +238,8 @@ async fn a_parent_s_budget_covers_its_child_and_asks_a_human_past_it() {
         .unwrap();
     let released = waiting.await.unwrap();
     assert_eq!(released.verdict.decision, Decision::Allow, "{released:?}");
+    // The pending budget has had its yes: released as approved, without a reservation.
+    assert_eq!(released.verdict.reason, "approved by finance: worth it");
 
     // A usage report settles the writer's oldest open reservation (the approved call reserved
     // nothing), charged to the writer and the planner.
