@@ -360,7 +360,7 @@ async fn outages_buffer_events_and_lose_none() {
     gateway.stop().await.unwrap();
 }
 
-fn file_text(path: &Path) -> String {
+pub(crate) fn file_text(path: &Path) -> String {
     let mut text = String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
     text.push_str(&String::from_utf8_lossy(
         &std::fs::read(path.with_extension("db-wal")).unwrap_or_default(),
@@ -574,7 +574,7 @@ fn check_frame(token: &str) -> pb::Frame {
     }
 }
 
-fn raw_frame(stream: &mut std::os::unix::net::UnixStream) -> Option<pb::Frame> {
+pub(crate) fn raw_frame(stream: &mut std::os::unix::net::UnixStream) -> Option<pb::Frame> {
     let mut decoder = FrameDecoder::new();
     let mut buffer = [0u8; 4096];
     loop {

@@ -6,6 +6,7 @@
 mod approvals;
 mod bench;
 mod budgets;
+mod bypass;
 mod governed;
 mod limits;
 mod policy;
