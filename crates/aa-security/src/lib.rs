@@ -8,6 +8,8 @@
 //!   (base64, hex, percent, JSON escapes; two deep).
 //! - [`redact`]: replacing spans with `[REDACTED:<kind>]`, receipts, the JSON and event APIs
 //!   with size caps.
+//! - `document`: a JSON document's strings in reading order, each scanned alone and with its
+//!   neighbours across each seam (a credential split across two fields, or a key and its value).
 //! - `keywords`: the keyword search, on Vectorscan with the `vectorscan` feature, else on an
 //!   Aho-Corasick automaton.
 //! - `normalize`, `runs`, `decode`, `gates`: the pieces the scanner uses.
@@ -18,6 +20,7 @@
 //! secret, only a truncated SHA-256 of it.
 
 mod decode;
+mod document;
 pub mod error;
 mod gates;
 mod keywords;

@@ -67,79 +67,23 @@ pub struct RedactedBytes {
 impl Scanner {
     /// Redacts every finding in `text`.
     pub fn redact(&self, text: &str) -> Redacted {
-        let findings = self.scan(text);
-        let (bytes, receipts) = apply(text.as_bytes(), &findings, "");
-        // Replacements are ASCII and cut at character boundaries, so the result is UTF-8.
-        let text = String::from_utf8(bytes)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        let receipts = receipts_of(text.as_bytes(), self.scan(text));
+        let text = splice_text(text, &receipts);
         Redacted { text, receipts }
     }
 
     /// Redacts every finding in bytes that may not be UTF-8.
     pub fn redact_bytes(&self, bytes: &[u8]) -> RedactedBytes {
-        let findings = self.scan_bytes(bytes);
-        let (bytes, receipts) = apply(bytes, &findings, "");
+        let receipts = receipts_of(bytes, self.scan_bytes(bytes));
+        let bytes = splice(bytes, &receipts);
         RedactedBytes { bytes, receipts }
     }
 
-    /// Redacts every string of a JSON document, keys and values, in place. Receipts name the
-    /// field by its path (`args.command`, `items[2]`; a key as `path{key}`).
+    /// Redacts every string of a JSON document, keys and values, in place, and credentials
+    /// split across adjacent strings (see `document`). Receipts name the field by its path
+    /// (`args.command`, `items[2]`; a key as `path{key}`) and refer to the strings as they came.
     pub fn redact_json(&self, value: &mut Value, limits: &Limits) -> Vec<RedactionReceipt> {
-        let mut receipts = Vec::new();
-        let mut budget = limits.max_event_bytes;
-        // An explicit stack: documents built in memory may nest deeper than a parser allows.
-        let mut stack: Vec<(&mut Value, String)> = vec![(value, String::new())];
-        while let Some((node, path)) = stack.pop() {
-            match node {
-                Value::String(s) => {
-                    if let Some(new) =
-                        self.redact_field(s, &path, limits, &mut budget, &mut receipts)
-                    {
-                        *s = new;
-                    }
-                }
-                Value::Array(items) => {
-                    for (i, item) in items.iter_mut().enumerate().rev() {
-                        stack.push((item, format!("{path}[{i}]")));
-                    }
-                }
-                Value::Object(map) => {
-                    let entries = std::mem::take(map);
-                    let mut rebuilt = serde_json::Map::with_capacity(entries.len());
-                    for (key, child) in entries {
-                        let key_path = format!("{path}{{key}}");
-                        let mut key = self
-                            .redact_field(&key, &key_path, limits, &mut budget, &mut receipts)
-                            .unwrap_or(key);
-                        // Two keys redacted to the same label must not overwrite each other.
-                        if rebuilt.contains_key(&key) {
-                            let base = key.clone();
-                            let mut n = 2;
-                            while rebuilt.contains_key(&key) {
-                                key = format!("{base}#{n}");
-                                n += 1;
-                            }
-                        }
-                        rebuilt.insert(key, child);
-                    }
-                    *map = rebuilt;
-                    let children: Vec<(&mut Value, String)> = map
-                        .iter_mut()
-                        .map(|(k, v)| {
-                            let child = if path.is_empty() {
-                                k.clone()
-                            } else {
-                                format!("{path}.{k}")
-                            };
-                            (v, child)
-                        })
-                        .collect();
-                    stack.extend(children.into_iter().rev());
-                }
-                Value::Null | Value::Bool(_) | Value::Number(_) => {}
-            }
-        }
-        receipts
+        self.redact_document(value, limits)
     }
 
     /// Redacts an event given as raw bytes: a JSON document is redacted field by field and
@@ -193,60 +137,50 @@ impl Scanner {
         event.redactions.extend(receipts);
         Ok(added)
     }
-
-    /// The redacted form of one string, or `None` when it is unchanged.
-    fn redact_field(
-        &self,
-        text: &str,
-        path: &str,
-        limits: &Limits,
-        budget: &mut usize,
-        receipts: &mut Vec<RedactionReceipt>,
-    ) -> Option<String> {
-        let over = text.len() > limits.max_field_bytes || text.len() > *budget;
-        if over && limits.oversize == Oversize::Redact {
-            receipts.push(oversized_receipt(path, text.as_bytes()));
-            return Some(OVERSIZED.to_owned());
-        }
-        // Only what is scanned counts against the event's budget.
-        *budget = budget.saturating_sub(text.len());
-        let findings = self.scan(text);
-        if findings.is_empty() {
-            return None;
-        }
-        let (bytes, mut found) = apply(text.as_bytes(), &findings, path);
-        receipts.append(&mut found);
-        String::from_utf8(bytes).ok()
-    }
 }
 
-/// Replaces the (non-overlapping, ordered) findings in `input`.
-fn apply(input: &[u8], findings: &[Finding], field: &str) -> (Vec<u8>, Vec<RedactionReceipt>) {
+/// Receipts for `findings` in `input`, their field left empty.
+pub(crate) fn receipts_of(input: &[u8], findings: Vec<Finding>) -> Vec<RedactionReceipt> {
+    findings
+        .into_iter()
+        .filter_map(|f| {
+            let secret = input.get(f.start..f.end)?;
+            Some(RedactionReceipt {
+                sha256_prefix: digest_prefix(secret),
+                rule_id: f.rule_id,
+                kind: f.kind,
+                field: String::new(),
+                start: f.start as u64,
+                end: f.end as u64,
+            })
+        })
+        .collect()
+}
+
+/// `input` with each receipt's span (non-overlapping, ordered) replaced by its label.
+pub(crate) fn splice(input: &[u8], receipts: &[RedactionReceipt]) -> Vec<u8> {
     let mut out = Vec::with_capacity(input.len());
-    let mut receipts = Vec::with_capacity(findings.len());
     let mut cursor = 0;
-    for f in findings {
-        let (Some(before), Some(secret)) = (input.get(cursor..f.start), input.get(f.start..f.end))
-        else {
+    for r in receipts {
+        let (start, end) = (r.start as usize, r.end as usize);
+        let (Some(before), Some(_)) = (input.get(cursor..start), input.get(start..end)) else {
             continue;
         };
         out.extend_from_slice(before);
-        out.extend_from_slice(format!("[REDACTED:{}]", f.kind).as_bytes());
-        receipts.push(RedactionReceipt {
-            rule_id: f.rule_id.clone(),
-            kind: f.kind.clone(),
-            field: field.to_owned(),
-            start: f.start as u64,
-            end: f.end as u64,
-            sha256_prefix: digest_prefix(secret),
-        });
-        cursor = f.end;
+        out.extend_from_slice(format!("[REDACTED:{}]", r.kind).as_bytes());
+        cursor = end;
     }
     out.extend_from_slice(input.get(cursor..).unwrap_or_default());
-    (out, receipts)
+    out
 }
 
-fn oversized_receipt(field: &str, bytes: &[u8]) -> RedactionReceipt {
+/// [`splice`] for a text: labels are ASCII and spans cut at character boundaries, so the
+/// result is UTF-8 (lossy conversion only guards against a span that is not).
+pub(crate) fn splice_text(text: &str, receipts: &[RedactionReceipt]) -> String {
+    String::from_utf8_lossy(&splice(text.as_bytes(), receipts)).into_owned()
+}
+
+pub(crate) fn oversized_receipt(field: &str, bytes: &[u8]) -> RedactionReceipt {
     RedactionReceipt {
         rule_id: "oversized".to_owned(),
         kind: "OVERSIZED".to_owned(),
@@ -259,6 +193,6 @@ fn oversized_receipt(field: &str, bytes: &[u8]) -> RedactionReceipt {
 
 /// Hex of the first bytes of SHA-256 over `secret`: enough to match a known leaked value,
 /// too little to recover it.
-fn digest_prefix(secret: &[u8]) -> String {
+pub(crate) fn digest_prefix(secret: &[u8]) -> String {
     aa_core::hex::encode(&Sha256::digest(secret)[..DIGEST_PREFIX_BYTES])
 }

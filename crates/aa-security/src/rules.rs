@@ -1008,6 +1008,14 @@ pub(crate) const RULES: &[RuleDef] = &[
     },
 ];
 
+/// The kinds of personal data (the rest are credentials).
+const PERSONAL_DATA_KINDS: &[&str] = &["email", "phone", "ssn", "payment_card", "iban"];
+
+/// Whether `kind` is personal data rather than a credential.
+pub(crate) fn is_personal_data(kind: &str) -> bool {
+    PERSONAL_DATA_KINDS.contains(&kind)
+}
+
 /// The ids of the built-in rules, in priority order.
 pub fn builtin_ids() -> impl Iterator<Item = &'static str> {
     RULES.iter().map(|r| r.id)

@@ -15,11 +15,11 @@ use serde_json::{Value, json};
 use crate::governed::{AWS_KEY, decide, eventually, shell, start_bot, stored_events};
 use crate::{aasm, stdout};
 
-/// One way of hiding the key, and the text that must not be stored.
+/// One way of hiding the key, and the texts that must not be stored.
 struct Disguise {
     name: &'static str,
     detail: Value,
-    hidden: String,
+    hidden: Vec<String>,
 }
 
 fn disguises() -> Vec<Disguise> {
@@ -47,8 +47,10 @@ fn disguises() -> Vec<Disguise> {
     let plain = |name, text: String| Disguise {
         name,
         detail: json!({ "note": format!("use {text} for the bucket") }),
-        hidden: text,
+        hidden: vec![text],
     };
+    let (head, tail) = key.split_at(key.len() / 2);
+    let halves = vec![head.to_owned(), tail.to_owned()];
     vec![
         plain("raw", key.to_owned()),
         plain("base64", b64),
@@ -61,7 +63,17 @@ fn disguises() -> Vec<Disguise> {
         Disguise {
             name: "nested 50 deep",
             detail: nested,
-            hidden: key.to_owned(),
+            hidden: vec![key.to_owned()],
+        },
+        Disguise {
+            name: "split across two fields",
+            detail: json!({ "bucket": format!("id {head}"), "region": format!("{tail} eu") }),
+            hidden: halves.clone(),
+        },
+        Disguise {
+            name: "split across a key and its value",
+            detail: json!({ "env": { head: tail } }),
+            hidden: halves,
         },
     ]
 }
@@ -233,7 +245,9 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
         let redacted = event["redactions"]
             .as_array()
             .is_some_and(|r| !r.is_empty());
-        if !redacted || database.contains(&d.hidden) || export.contains(&d.hidden) {
+        eprintln!("{} {}", d.name, event);
+        let stored = |h: &String| database.contains(h.as_str()) || export.contains(h.as_str());
+        if !redacted || d.hidden.iter().any(stored) {
             leaked.push(d.name);
         }
     }

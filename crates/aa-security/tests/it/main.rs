@@ -8,6 +8,7 @@ mod fixtures;
 mod obfuscation;
 mod props;
 mod redaction;
+mod seams;
 
 use std::sync::LazyLock;
 

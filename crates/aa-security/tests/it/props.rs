@@ -1,8 +1,10 @@
 //! Property tests: arbitrary input never panics; redaction is idempotent and finds nothing new
-//! in its own output.
+//! in its own output, for texts and for JSON documents (where pieces of a secret may sit in
+//! neighbouring strings).
 
 use aa_security::Limits;
 use proptest::prelude::*;
+use serde_json::Value;
 
 use crate::SCANNER;
 
@@ -57,5 +59,30 @@ proptest! {
         let twice = SCANNER.redact(&once.text);
         prop_assert_eq!(&twice.text, &once.text);
         prop_assert!(twice.receipts.is_empty(), "found again: {:?}", twice.receipts);
+    }
+
+    #[test]
+    fn documents_redact_once_and_for_all(
+        entries in prop::collection::vec((texty(), prop::collection::vec(texty(), 1..4)), 0..8)
+    ) {
+        let mut doc = Value::Object(
+            entries
+                .into_iter()
+                .map(|(k, vs)| {
+                    let v = if vs.len() == 1 { Value::from(vs[0].clone()) } else { Value::from(vs) };
+                    (k, v)
+                })
+                .collect(),
+        );
+        let original = doc.clone();
+        let receipts = SCANNER.redact_json(&mut doc, &Limits::default());
+        for r in &receipts {
+            prop_assert!(r.start <= r.end, "{:?}", r);
+        }
+        if receipts.is_empty() {
+            prop_assert_eq!(&doc, &original);
+        }
+        let again = SCANNER.redact_json(&mut doc, &Limits::default());
+        prop_assert!(again.is_empty(), "found again: {:?} in {}", again, doc);
     }
 }

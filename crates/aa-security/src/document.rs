@@ -1,0 +1,588 @@
+//! Redacting a JSON document: every string, keys and values, is read in the order the document
+//! is serialised (each key just before its value), scanned on its own, and scanned again
+//! together with its neighbours across each seam.
+//!
+//! The seams matter because a credential cut in two and sent as two fields, or as a key and its
+//! value, passes a field-by-field scan, yet whoever reads the stored document can join the
+//! pieces again. So runs of two and three neighbouring values (in reading order, whatever keys
+//! lie between them), and each key with its string value, are glued and scanned, each run on
+//! its own line so that a run starts and ends where its strings do. A seam is only glued where
+//! a credential could cross it (not at white space, quotes, brackets, commas or semicolons).
+//! Only credentials count there: personal data joined from neighbouring fields (digits from
+//! three cells forming a phone number) would mostly be false alarms that corrupt a document.
+//!
+//! The document is only read until every cut is known, so all receipts refer to the strings as
+//! they came; then the strings that change are rewritten, found by their paths.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use aa_core::RedactionReceipt;
+use serde_json::Value;
+
+use crate::redact::{
+    Limits, OVERSIZED, Oversize, digest_prefix, oversized_receipt, receipts_of, splice_text,
+};
+use crate::rules::is_personal_data;
+use crate::scanner::Scanner;
+
+/// Bytes on each side of a seam that are read together; a credential with more than this on
+/// one side of a cut is not found (PEM blocks are the one kind that long).
+const SEAM_REACH: usize = 256;
+
+/// Most strings a credential is looked for across (a key cut in three is found, in four not).
+const MAX_PIECES: usize = 3;
+
+/// Passes over a document. A renamed key moves (objects are sorted by key), which can make
+/// strings neighbours that were not, and a piece cut from a string changes what its rest reads
+/// as; so after either, another pass reads the document as it now is, its receipts referring
+/// to the strings as the pass before left them.
+const MAX_PASSES: usize = 3;
+
+/// One step from a container to a child.
+#[derive(Debug, Clone, Copy)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// A container or value of the document, linked to its parent.
+struct Node<'a> {
+    parent: usize,
+    step: Step<'a>,
+    value: &'a Value,
+}
+
+/// A string of the document: a value (at `node`), or a key of the object at `node`.
+struct Spot<'a> {
+    text: &'a str,
+    node: usize,
+    is_key: bool,
+}
+
+/// Every string of a document in reading order, with paths kept as parent links so that none
+/// is built unless needed.
+struct Strings<'a> {
+    /// Node 0 is the root.
+    nodes: Vec<Node<'a>>,
+    spots: Vec<Spot<'a>>,
+}
+
+impl<'a> Strings<'a> {
+    fn of(doc: &'a Value) -> Strings<'a> {
+        enum Item<'a> {
+            Value(&'a Value, usize),
+            Key(&'a str, usize),
+        }
+        let mut nodes = vec![Node {
+            parent: 0,
+            step: Step::Index(0),
+            value: doc,
+        }];
+        let mut spots = Vec::new();
+        // An explicit stack: documents built in memory may nest deeper than a parser allows.
+        let mut stack = vec![Item::Value(doc, 0)];
+        while let Some(item) = stack.pop() {
+            match item {
+                Item::Key(text, node) => spots.push(Spot {
+                    text,
+                    node,
+                    is_key: true,
+                }),
+                Item::Value(Value::String(text), node) => spots.push(Spot {
+                    text,
+                    node,
+                    is_key: false,
+                }),
+                Item::Value(Value::Array(items), node) => {
+                    for (i, child) in items.iter().enumerate().rev() {
+                        nodes.push(Node {
+                            parent: node,
+                            step: Step::Index(i),
+                            value: child,
+                        });
+                        stack.push(Item::Value(child, nodes.len() - 1));
+                    }
+                }
+                Item::Value(Value::Object(map), node) => {
+                    for (key, child) in map.iter().rev() {
+                        nodes.push(Node {
+                            parent: node,
+                            step: Step::Key(key),
+                            value: child,
+                        });
+                        stack.push(Item::Value(child, nodes.len() - 1));
+                        stack.push(Item::Key(key, node));
+                    }
+                }
+                Item::Value(Value::Null | Value::Bool(_) | Value::Number(_), _) => {}
+            }
+        }
+        Strings { nodes, spots }
+    }
+
+    /// The nodes from the root (excluded) down to `node`.
+    fn lineage(&self, mut node: usize) -> Vec<usize> {
+        let mut line = Vec::new();
+        while node != 0 {
+            line.push(node);
+            node = self.nodes.get(node).map_or(0, |n| n.parent);
+        }
+        line.reverse();
+        line
+    }
+
+    /// The steps from the root to `node`, owned, to find it again for writing.
+    fn path(&self, node: usize) -> Vec<OwnedStep> {
+        self.lineage(node)
+            .into_iter()
+            .filter_map(|n| self.nodes.get(n))
+            .map(|n| match n.step {
+                Step::Key(k) => OwnedStep::Key(k.to_owned()),
+                Step::Index(i) => OwnedStep::Index(i),
+            })
+            .collect()
+    }
+}
+
+enum OwnedStep {
+    Key(String),
+    Index(usize),
+}
+
+/// What becomes of one string.
+enum Cut {
+    /// Over a size cap: replaced whole.
+    Oversized(RedactionReceipt),
+    /// These spans replaced (ordered, not overlapping).
+    Spans(Vec<RedactionReceipt>),
+}
+
+impl Cut {
+    fn receipts(&self) -> &[RedactionReceipt] {
+        match self {
+            Cut::Oversized(r) => std::slice::from_ref(r),
+            Cut::Spans(rs) => rs,
+        }
+    }
+
+    fn receipts_mut(&mut self) -> &mut [RedactionReceipt] {
+        match self {
+            Cut::Oversized(r) => std::slice::from_mut(r),
+            Cut::Spans(rs) => rs,
+        }
+    }
+
+    fn new_text(&self, text: &str) -> String {
+        match self {
+            Cut::Oversized(_) => OVERSIZED.to_owned(),
+            Cut::Spans(rs) => splice_text(text, rs),
+        }
+    }
+}
+
+impl Scanner {
+    /// Redacts every string of `doc` in place; see the module docs.
+    pub(crate) fn redact_document(
+        &self,
+        doc: &mut Value,
+        limits: &Limits,
+    ) -> Vec<RedactionReceipt> {
+        let mut receipts = Vec::new();
+        for _ in 0..MAX_PASSES {
+            let (cuts, split, edits) = {
+                let strings = Strings::of(doc);
+                let (mut cuts, split) = self.cuts(&strings, limits);
+                let edits = name_and_locate(&strings, &mut cuts);
+                (cuts, split, edits)
+            };
+            let moved = edits.iter().any(|e| matches!(e.change, Change::Keys(_)));
+            apply(doc, edits);
+            receipts.extend(cuts.into_values().flat_map(|c| match c {
+                Cut::Oversized(r) => vec![r],
+                Cut::Spans(rs) => rs,
+            }));
+            if !moved && !split {
+                break;
+            }
+        }
+        receipts
+    }
+
+    /// The cut of every string that changes, by spot: its own findings, and the pieces of
+    /// credentials that cross its seams; and whether there were any such pieces.
+    fn cuts(&self, strings: &Strings<'_>, limits: &Limits) -> (BTreeMap<usize, Cut>, bool) {
+        let mut cuts = BTreeMap::new();
+        let mut budget = limits.max_event_bytes;
+        for (i, spot) in strings.spots.iter().enumerate() {
+            let text = spot.text;
+            let over = text.len() > limits.max_field_bytes || text.len() > budget;
+            if over && limits.oversize == Oversize::Redact {
+                cuts.insert(i, Cut::Oversized(oversized_receipt("", text.as_bytes())));
+                continue;
+            }
+            // Only what is scanned counts against the event's budget.
+            budget = budget.saturating_sub(text.len());
+            let receipts = receipts_of(text.as_bytes(), self.scan(text));
+            if !receipts.is_empty() {
+                cuts.insert(i, Cut::Spans(receipts));
+            }
+        }
+        if strings.spots.len() < 2 {
+            return (cuts, false);
+        }
+        // The seams are read as the document will be stored: an oversized string as its label.
+        let texts: Vec<&str> = strings
+            .spots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match cuts.get(&i) {
+                Some(Cut::Oversized(_)) => OVERSIZED,
+                _ => s.text,
+            })
+            .collect();
+        let pieces = self.seam_pieces(strings, &texts, &cuts);
+        let split = !pieces.is_empty();
+        for (spot, piece) in pieces {
+            match cuts.entry(spot).or_insert_with(|| Cut::Spans(Vec::new())) {
+                Cut::Oversized(_) => {}
+                Cut::Spans(spans) => spans.push(piece),
+            }
+        }
+        for (spot, cut) in &mut cuts {
+            if let (Cut::Spans(spans), Some(s)) = (cut, strings.spots.get(*spot)) {
+                merge_overlaps(spans, s.text);
+            }
+        }
+        (cuts, split)
+    }
+
+    /// The pieces of credentials found only across seams: along runs of up to
+    /// [`MAX_PIECES`] values in reading order, and across each key and its string value.
+    /// `texts` holds each spot's text as it will be stored, `own` what each string's own scan
+    /// found: a credential one of whose pieces is redacted already is broken, and finding it
+    /// again across a seam would only be the glue (a key stuck to a secret value) talking.
+    fn seam_pieces(
+        &self,
+        strings: &Strings<'_>,
+        texts: &[&str],
+        own: &BTreeMap<usize, Cut>,
+    ) -> Vec<(usize, RedactionReceipt)> {
+        let mut joined = Joined::default();
+        let values: Vec<usize> = (0..texts.len())
+            .filter(|&i| strings.spots.get(i).is_some_and(|s| !s.is_key))
+            .collect();
+        for n in 0..values.len() {
+            for pieces in 2..=MAX_PIECES {
+                // A run that does not join cannot be lengthened into one that does.
+                match values.get(n..n + pieces) {
+                    Some(run) if joined.push_run(run, texts) => {}
+                    _ => break,
+                }
+            }
+        }
+        for (i, spot) in strings.spots.iter().enumerate() {
+            let value = strings.spots.get(i + 1).filter(|v| {
+                !v.is_key
+                    && strings.nodes.get(v.node).is_some_and(|n| {
+                        n.parent == spot.node && matches!(n.step, Step::Key(k) if k == spot.text)
+                    })
+            });
+            if spot.is_key && value.is_some() {
+                joined.push_run(&[i, i + 1], texts);
+            }
+        }
+        if joined.segments.is_empty() {
+            return Vec::new();
+        }
+        let mut pieces = Vec::new();
+        for finding in self.scan(&joined.text) {
+            if is_personal_data(&finding.kind) {
+                continue;
+            }
+            let crossed: Vec<&Segment> = joined
+                .segments
+                .iter()
+                .filter(|s| s.at < finding.end && finding.start < s.at + s.len)
+                .collect();
+            let one_run = crossed.windows(2).all(|w| w[0].run == w[1].run);
+            if crossed.len() < 2 || !one_run {
+                continue;
+            }
+            let span_in = |s: &Segment| {
+                let start = finding.start.max(s.at) - s.at + s.offset;
+                (start, finding.end.min(s.at + s.len) - s.at + s.offset)
+            };
+            let redacted_already = crossed.iter().any(|s| {
+                let (start, end) = span_in(s);
+                own.get(&s.spot).is_some_and(|cut| {
+                    cut.receipts()
+                        .iter()
+                        .any(|r| r.start as usize <= start && end <= r.end as usize)
+                })
+            });
+            if redacted_already {
+                continue;
+            }
+            // Every piece carries the digest of the whole secret, the value one would look up.
+            let whole = joined.text.as_bytes().get(finding.start..finding.end);
+            let digest = digest_prefix(whole.unwrap_or_default());
+            for s in crossed {
+                let (start, end) = span_in(s);
+                pieces.push((
+                    s.spot,
+                    RedactionReceipt {
+                        rule_id: finding.rule_id.clone(),
+                        kind: finding.kind.clone(),
+                        field: String::new(),
+                        start: start as u64,
+                        end: end as u64,
+                        sha256_prefix: digest.clone(),
+                    },
+                ));
+            }
+        }
+        pieces
+    }
+}
+
+/// Runs of strings glued together, one run a line, scanned in one go.
+#[derive(Default)]
+struct Joined {
+    text: String,
+    segments: Vec<Segment>,
+    runs: usize,
+}
+
+/// Part of a string inside [`Joined`].
+struct Segment {
+    spot: usize,
+    run: usize,
+    /// Where the part starts in its string.
+    offset: usize,
+    /// Where it starts in the joined text.
+    at: usize,
+    len: usize,
+}
+
+impl Joined {
+    /// Glues the strings of `run` (spots into `texts`): the tail of the first, the middle ones
+    /// whole, the head of the last. Returns false, adding nothing, when a seam cannot be
+    /// inside a credential or a middle string is too long to be a piece of one.
+    fn push_run(&mut self, run: &[usize], texts: &[&str]) -> bool {
+        let parts: Vec<&str> = run.iter().filter_map(|&i| texts.get(i).copied()).collect();
+        let joins = parts.windows(2).all(|w| {
+            w[0].chars().next_back().is_some_and(joins_a_credential)
+                && w[1].chars().next().is_some_and(joins_a_credential)
+        });
+        let middle_fits = parts
+            .get(1..parts.len().saturating_sub(1))
+            .is_some_and(|m| m.iter().all(|t| t.len() <= SEAM_REACH));
+        if parts.len() != run.len() || !joins || !middle_fits {
+            return false;
+        }
+        let last = parts.len() - 1;
+        for (n, (&spot, text)) in run.iter().zip(parts).enumerate() {
+            let mut from = if n == 0 {
+                text.len().saturating_sub(SEAM_REACH)
+            } else {
+                0
+            };
+            let mut to = if n == last {
+                text.len().min(SEAM_REACH)
+            } else {
+                text.len()
+            };
+            while from < to && !text.is_char_boundary(from) {
+                from += 1;
+            }
+            while to > from && !text.is_char_boundary(to) {
+                to -= 1;
+            }
+            let part = text.get(from..to).unwrap_or_default();
+            self.segments.push(Segment {
+                spot,
+                run: self.runs,
+                offset: from,
+                at: self.text.len(),
+                len: part.len(),
+            });
+            self.text.push_str(part);
+        }
+        self.text.push('\n');
+        self.runs += 1;
+        true
+    }
+}
+
+/// Whether a credential can hold this character where two strings meet: none holds white
+/// space, quotes, brackets, commas or semicolons.
+fn joins_a_credential(c: char) -> bool {
+    !(c.is_whitespace()
+        || matches!(
+            c,
+            '"' | '\'' | '`' | '(' | ')' | '[' | ']' | '{' | '}' | '<' | '>' | ',' | ';'
+        ))
+}
+
+/// Orders spans and joins overlapping ones (a piece of a split secret over a field's own
+/// finding, or one piece found by both readings), so that no byte is left between them.
+fn merge_overlaps(spans: &mut Vec<RedactionReceipt>, text: &str) {
+    spans.sort_by_key(|r| (r.start, std::cmp::Reverse(r.end)));
+    let mut merged: Vec<RedactionReceipt> = Vec::with_capacity(spans.len());
+    for span in spans.drain(..) {
+        match merged.last_mut() {
+            Some(last) if span.start < last.end => {
+                if span.end > last.end {
+                    last.end = span.end;
+                    let joined = text.as_bytes().get(last.start as usize..last.end as usize);
+                    last.sha256_prefix = digest_prefix(joined.unwrap_or_default());
+                }
+            }
+            _ => merged.push(span),
+        }
+    }
+    *spans = merged;
+}
+
+/// One string to rewrite, found by the path of its node (keys as they came).
+struct Edit {
+    path: Vec<OwnedStep>,
+    change: Change,
+}
+
+enum Change {
+    /// A value's new text.
+    Value(String),
+    /// An object's keys to rename: old name, new name.
+    Keys(Vec<(String, String)>),
+}
+
+/// Names each receipt's field (`args.command`, `items[2]`, a key as `args{key}`; keys on the
+/// way under their new names, so that no receipt names a field by a secret) and lists the
+/// edits.
+fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Vec<Edit> {
+    // New key names, unique within their object.
+    let mut renamed: HashMap<(usize, &str), String> = HashMap::new();
+    let mut by_object: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    for (spot, cut) in cuts.iter() {
+        let Some(key) = strings.spots.get(*spot).filter(|s| s.is_key) else {
+            continue;
+        };
+        let Some(Value::Object(map)) = strings.nodes.get(key.node).map(|n| n.value) else {
+            continue;
+        };
+        let renames = by_object.entry(key.node).or_default();
+        let taken: HashSet<&str> = renames.iter().map(|(_, new)| new.as_str()).collect();
+        let base = cut.new_text(key.text);
+        let free = |k: &str| {
+            !taken.contains(k) && (!map.contains_key(k) || renamed_away(cuts, strings, key.node, k))
+        };
+        let new = if free(&base) {
+            base
+        } else {
+            (2..)
+                .map(|n| format!("{base}#{n}"))
+                .find(|k| free(k))
+                .unwrap_or(base)
+        };
+        renamed.insert((key.node, key.text), new.clone());
+        renames.push((key.text.to_owned(), new));
+    }
+    let mut edits = Vec::new();
+    for (spot, cut) in cuts.iter_mut() {
+        let Some(s) = strings.spots.get(*spot) else {
+            continue;
+        };
+        let field = field_name(strings, s, &renamed);
+        for r in cut.receipts_mut() {
+            r.field.clone_from(&field);
+        }
+        if !s.is_key {
+            edits.push(Edit {
+                path: strings.path(s.node),
+                change: Change::Value(cut.new_text(s.text)),
+            });
+        }
+    }
+    for (node, renames) in by_object {
+        edits.push(Edit {
+            path: strings.path(node),
+            change: Change::Keys(renames),
+        });
+    }
+    edits
+}
+
+/// Whether key `k` of the object at `node` is itself being renamed (so its name is free).
+fn renamed_away(cuts: &BTreeMap<usize, Cut>, strings: &Strings<'_>, node: usize, k: &str) -> bool {
+    cuts.keys().any(|spot| {
+        strings
+            .spots
+            .get(*spot)
+            .is_some_and(|s| s.is_key && s.node == node && s.text == k)
+    })
+}
+
+fn field_name(
+    strings: &Strings<'_>,
+    spot: &Spot<'_>,
+    renamed: &HashMap<(usize, &str), String>,
+) -> String {
+    let mut name = String::new();
+    for n in strings.lineage(spot.node) {
+        let Some(node) = strings.nodes.get(n) else {
+            continue;
+        };
+        match node.step {
+            Step::Key(k) => {
+                let k = renamed.get(&(node.parent, k)).map_or(k, String::as_str);
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(k);
+            }
+            Step::Index(i) => name.push_str(&format!("[{i}]")),
+        }
+    }
+    if spot.is_key {
+        name.push_str("{key}");
+    }
+    name
+}
+
+/// Rewrites the document: values first, then keys from the deepest object up, so that no path
+/// goes through a key already renamed.
+fn apply(doc: &mut Value, mut edits: Vec<Edit>) {
+    edits.sort_by_key(|e| {
+        (
+            matches!(e.change, Change::Keys(_)),
+            std::cmp::Reverse(e.path.len()),
+        )
+    });
+    for edit in edits {
+        let Some(target) = walk_mut(doc, &edit.path) else {
+            continue;
+        };
+        match (edit.change, target) {
+            (Change::Value(new), Value::String(s)) => *s = new,
+            (Change::Keys(renames), Value::Object(map)) => {
+                let moved: Vec<(String, Value)> = renames
+                    .into_iter()
+                    .filter_map(|(old, new)| Some((new, map.remove(&old)?)))
+                    .collect();
+                map.extend(moved);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn walk_mut<'v>(mut node: &'v mut Value, path: &[OwnedStep]) -> Option<&'v mut Value> {
+    for step in path {
+        node = match step {
+            OwnedStep::Key(k) => node.get_mut(k.as_str())?,
+            OwnedStep::Index(i) => node.get_mut(*i)?,
+        };
+    }
+    Some(node)
+}

@@ -1,0 +1,129 @@
+//! A credential cut into pieces across strings (two fields, a key and its value, array items,
+//! an encoded run) is found when the pieces are read together, and each piece is redacted.
+
+use aa_security::Limits;
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::SCANNER;
+
+const KEY: &str = "AKIAQWERTYUIOPASDFGH";
+
+fn redact(mut doc: Value) -> (Value, Vec<aa_core::RedactionReceipt>) {
+    let receipts = SCANNER.redact_json(&mut doc, &Limits::default());
+    (doc, receipts)
+}
+
+#[test]
+fn a_key_split_across_fields_keys_and_items_is_redacted_in_every_piece() {
+    let whole_digest = SCANNER.redact(KEY).receipts[0].sha256_prefix.clone();
+    let cases = [
+        (
+            "two fields",
+            json!({"a": "AKIAQWERTY", "b": "UIOPASDFGH"}),
+            2,
+        ),
+        ("key and value", json!({"AKIAQWERTY": "UIOPASDFGH"}), 2),
+        (
+            "three items",
+            json!({"parts": ["AKIAQW", "ERTYUIOP", "ASDFGH"]}),
+            3,
+        ),
+        (
+            "fields at different depths",
+            json!({"x": {"y": "id AKIAQWERTY"}, "z": "UIOPASDFGH rest"}),
+            2,
+        ),
+        (
+            "whole fields between others",
+            json!({"a": "env", "b": "AKIAQWERTY", "c": "UIOPASDFGH", "d": "xyz"}),
+            2,
+        ),
+        (
+            "a nested key and its value",
+            json!({"env": {"AKIAQWERTY": "UIOPASDFGH"}, "n": 1}),
+            2,
+        ),
+    ];
+    for (name, doc, pieces) in cases {
+        let (doc, receipts) = redact(doc);
+        let text = doc.to_string();
+        for piece in ["AKIAQW", "ERTYUIOP", "ASDFGH", "QWERTY", "UIOPASDFGH"] {
+            assert!(!text.contains(piece), "{name}: {piece} kept in {text}");
+        }
+        assert_eq!(receipts.len(), pieces, "{name}: {receipts:?}");
+        for r in &receipts {
+            assert_eq!(r.kind, "aws_access_key", "{name}");
+            assert_eq!(
+                r.sha256_prefix, whole_digest,
+                "{name}: the digest is the whole key's"
+            );
+            assert!(
+                !r.field.contains("AKIA") && !r.field.contains("UIOP"),
+                "{name}: {r:?}"
+            );
+        }
+    }
+
+    // The rest of each string is kept, and receipts name the fields and the pieces' bytes.
+    let (doc, receipts) = redact(json!({"x": {"y": "id AKIAQWERTY"}, "z": "UIOPASDFGH rest"}));
+    assert_eq!(
+        doc,
+        json!({"x": {"y": "id [REDACTED:aws_access_key]"}, "z": "[REDACTED:aws_access_key] rest"})
+    );
+    let spans: Vec<(&str, u64, u64)> = receipts
+        .iter()
+        .map(|r| (r.field.as_str(), r.start, r.end))
+        .collect();
+    assert_eq!(spans, [("x.y", 3, 13), ("z", 0, 10)]);
+    let (doc, receipts) = redact(json!({"AKIAQWERTY": "UIOPASDFGH"}));
+    assert_eq!(
+        doc,
+        json!({"[REDACTED:aws_access_key]": "[REDACTED:aws_access_key]"})
+    );
+    // The value's path names its key as redacted, never the piece it held.
+    let fields: Vec<&str> = receipts.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(fields, ["{key}", "[REDACTED:aws_access_key]"]);
+}
+
+#[test]
+fn an_encoded_secret_split_in_two_is_found() {
+    let token = "ghp_R8xkQ2mVt7LpZ3wN9cY4bH6jF1dS5aE0uGiK";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("gh auth {token}"));
+    let (head, tail) = encoded.split_at(encoded.len() / 2);
+    for half in [head, tail] {
+        assert!(SCANNER.scan(half).is_empty(), "{half} is found on its own");
+    }
+    let (doc, receipts) = redact(json!({"a": head, "b": tail}));
+    let kinds: Vec<(&str, &str)> = receipts
+        .iter()
+        .map(|r| (r.field.as_str(), r.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, [("a", "github_token"), ("b", "github_token")]);
+    assert_eq!(
+        doc,
+        json!({"a": "[REDACTED:github_token]", "b": "[REDACTED:github_token]"})
+    );
+}
+
+#[test]
+fn a_key_glued_to_a_secret_value_is_not_taken_for_part_of_it() {
+    let (doc, receipts) = redact(json!({"k": KEY, "id": format!("x{KEY}")}));
+    let fields: Vec<&str> = receipts.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(fields, ["k"], "{doc}");
+    assert_eq!(doc["k"], "[REDACTED:aws_access_key]");
+}
+
+#[test]
+fn ordinary_documents_and_personal_data_in_neighbouring_cells_are_left_alone() {
+    for doc in [
+        json!({"tool": "shell", "args": {"command": "ls -la", "cwd": "/tmp"}, "exit_code": 0}),
+        json!({"cells": ["555", "0123", "4567"], "user": "jane", "domain": "@example.com"}),
+        json!({"password": "os.environ['DB_PASSWORD']", "token": "", "id": "3f2a9c1e"}),
+        json!({"sha": "9fceb02d0ae598e95dc970b74767f19372d61af8", "next": "9fceb02d0ae598e95dc970b74767f19372d61af8"}),
+    ] {
+        let (redacted, receipts) = redact(doc.clone());
+        assert_eq!(redacted, doc);
+        assert!(receipts.is_empty(), "{receipts:?}");
+    }
+}
