@@ -151,6 +151,14 @@ impl Memory {
     }
 }
 
+/// How many file descriptors a process holds, from `/proc/<pid>/fd`.
+pub fn open_fds(pid: u32) -> Result<usize, BenchError> {
+    let path = format!("/proc/{pid}/fd");
+    std::fs::read_dir(&path)
+        .map(Iterator::count)
+        .map_err(BenchError::io(path))
+}
+
 /// A gateway and a runtime linked to it.
 #[derive(Debug)]
 pub struct Stack {
@@ -227,6 +235,11 @@ impl Stack {
     /// The runtime process's memory now.
     pub fn runtime_memory(&self) -> Result<Memory, BenchError> {
         Memory::of(self.runtime.pid())
+    }
+
+    /// How many file descriptors the runtime process holds now.
+    pub fn runtime_fds(&self) -> Result<usize, BenchError> {
+        open_fds(self.runtime.pid())
     }
 
     /// How many audit events the gateway has stored, from its `/metrics`.

@@ -29,6 +29,11 @@ pub struct RuntimeConfig {
     pub max_in_flight: usize,
     /// How long a gateway call may take.
     pub gateway_timeout: Duration,
+    /// How long a frame may take to arrive once it has begun; a connection that leaves one
+    /// unfinished past this (a slow-read attack, or a broken client) is closed.
+    pub frame_timeout: Duration,
+    /// Connections served at once at most; more are answered `UNAVAILABLE` and closed.
+    pub max_connections: usize,
 }
 
 impl RuntimeConfig {
@@ -43,6 +48,8 @@ impl RuntimeConfig {
             forward_batch: 1000,
             max_in_flight: 256,
             gateway_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            max_connections: 4096,
         }
     }
 
@@ -88,8 +95,14 @@ impl RuntimeConfig {
                 "is longer than the 107 bytes a Unix socket path may have",
             );
         }
-        if self.forward_batch == 0 || self.max_in_flight == 0 {
-            return bad("forward_batch/max_in_flight", "must be at least 1");
+        if self.forward_batch == 0 || self.max_in_flight == 0 || self.max_connections == 0 {
+            return bad(
+                "forward_batch/max_in_flight/max_connections",
+                "must be at least 1",
+            );
+        }
+        if self.frame_timeout.is_zero() {
+            return bad("frame_timeout", "must be more than zero");
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! The socket: binding it owner-only, checking each peer's uid, and serving frames. One
-//! connection carries concurrent calls; a bad frame closes only its own connection.
+//! connection carries concurrent calls; a bad frame closes only its own connection, and so
+//! does a frame left unfinished past `frame_timeout`. Idle connections cost a task and a read
+//! buffer each; past `max_connections`, new ones are answered `UNAVAILABLE` and closed.
 
 use std::fs;
 use std::future::Future;
@@ -110,6 +112,7 @@ pub async fn run(
     ));
 
     let mut connections = JoinSet::new();
+    let open = Arc::new(Semaphore::new(config.max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -118,7 +121,14 @@ pub async fn run(
                 Ok((stream, _)) => {
                     let runtime = Arc::clone(&runtime);
                     let served = served.clone();
-                    connections.spawn(async move { admit(runtime, stream, &served).await });
+                    let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+                        connections.spawn(turn_away(stream, config.max_connections));
+                        continue;
+                    };
+                    connections.spawn(async move {
+                        admit(runtime, stream, &served).await;
+                        drop(permit);
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accept failed");
@@ -150,6 +160,21 @@ pub async fn run(
     writer.abort();
     let _ = fs::remove_file(config.socket_path());
     Ok(())
+}
+
+/// Answers a connection past the limit and closes it.
+async fn turn_away(mut stream: UnixStream, limit: usize) {
+    tracing::warn!(limit, "connection refused: too many open");
+    let mut bytes = Vec::new();
+    push_frame(
+        &error_frame(
+            0,
+            ErrorCode::Unavailable,
+            format!("the runtime serves {limit} connections at most; try again later"),
+        ),
+        &mut bytes,
+    );
+    let _ = stream.write_all(&bytes).await;
 }
 
 async fn admit(runtime: Arc<Runtime>, mut stream: UnixStream, served: &[u32]) {
@@ -207,8 +232,31 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
     let mut buffer = vec![0u8; 64 * 1024];
     // The answers to everything one read brought in go out in one write.
     let mut answers = Vec::new();
+    let frame_timeout = runtime.config().frame_timeout;
+    // When the frame now arriving must be complete; none while between frames, where a
+    // connection may idle as long as it likes.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        let n = match reader.read(&mut buffer).await {
+        let read = reader.read(&mut buffer);
+        let n = match deadline {
+            None => read.await,
+            Some(at) => match tokio::time::timeout_at(at, read).await {
+                Ok(read) => read,
+                Err(_) => {
+                    let message = format!(
+                        "frame not completed within {} s; connection closed",
+                        frame_timeout.as_secs_f64()
+                    );
+                    push_frame(
+                        &error_frame(0, ErrorCode::MalformedFrame, message),
+                        &mut answers,
+                    );
+                    let _ = send(&writer, &answers).await;
+                    break;
+                }
+            },
+        };
+        let n = match n {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -216,6 +264,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
         let broken = loop {
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
+                    deadline = None;
                     if let Some(answer) = dispatch(&runtime, frame, peer, &writer, &in_flight).await
                     {
                         push_frame(&answer, &mut answers);
@@ -241,6 +290,9 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
         if broken {
             break;
         }
+        if decoder.pending_bytes() > 0 && deadline.is_none() {
+            deadline = Some(tokio::time::Instant::now() + frame_timeout);
+        }
     }
 }
 
@@ -260,6 +312,19 @@ fn answer<T>(id: u64, result: Result<T, Refusal>, body: impl FnOnce(T) -> Body) 
 enum Work {
     Call(Body),
     Check(GatewayCheck),
+    /// A check whose action is too big to decide on the connection's reader.
+    Heavy(pb::CheckRequest),
+}
+
+/// Arguments longer than this are decided off the connection's reader: turning megabytes of
+/// JSON into policy values takes long enough to stall every connection on the same thread.
+const HEAVY_CHECK_BYTES: usize = 64 * 1024;
+
+fn is_heavy(check: &pb::CheckRequest) -> bool {
+    matches!(
+        check.action.as_ref().and_then(|a| a.kind.as_ref()),
+        Some(pb::action::Kind::ToolCall(call)) if call.args_json.len() > HEAVY_CHECK_BYTES
+    )
 }
 
 /// Answers a check in place (no IO, microseconds) unless it needs the gateway. The other calls
@@ -281,6 +346,7 @@ async fn dispatch(
         ));
     };
     let work = match body {
+        Body::Check(check) if is_heavy(&check) => Work::Heavy(check),
         Body::Check(check) => match runtime.check(check, peer) {
             Checked::Done(decision) => {
                 return Some(pb::Frame {
@@ -305,6 +371,14 @@ async fn dispatch(
         };
         let frame = match work {
             Work::Check(check) => decision(runtime.finish(check).await),
+            Work::Heavy(check) => {
+                let deciding = Arc::clone(&runtime);
+                match tokio::task::spawn_blocking(move || deciding.check(check, peer)).await {
+                    Ok(Checked::Done(d)) => decision(d),
+                    Ok(Checked::Gateway(check)) => decision(runtime.finish(*check).await),
+                    Err(_) => error_frame(id, ErrorCode::Internal, "the check failed"),
+                }
+            }
             Work::Call(Body::Register(r)) => {
                 answer(id, runtime.register(r, peer).await, Body::Registered)
             }

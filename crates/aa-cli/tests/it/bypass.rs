@@ -12,7 +12,13 @@ use aa_proto::pb;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::governed::{AWS_KEY, decide, eventually, shell, start_bot, stored_events};
+use aa_bench::stack::Stack;
+use aa_cli::up::{GatewayHandle, RuntimeHandle, Up};
+use aa_runtime::RuntimeConfig;
+
+use crate::governed::{
+    AWS_KEY, client, data, decide, eventually, options, register, shell, start_bot, stored_events,
+};
 use crate::{aasm, stdout};
 
 /// One way of hiding the key, and the texts that must not be stored.
@@ -252,4 +258,329 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
         }
     }
     assert!(leaked.is_empty(), "stored undisguised: {leaked:?}");
+}
+
+/// Writes `bytes` on a fresh connection and reads one answer (`None` when the runtime just
+/// closes it).
+async fn exchange(socket: &Path, bytes: Vec<u8>) -> Option<pb::Frame> {
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        // A runtime that turns the connection away may close it before all is written.
+        let _ = s.write_all(&bytes);
+        crate::governed::raw_frame(&mut s)
+    })
+    .await
+    .unwrap()
+}
+
+fn check_frame(agent: &str, token: &str, args_json: String) -> pb::Frame {
+    let mut action = pb::Action::from(&shell("ls"));
+    if let Some(pb::action::Kind::ToolCall(call)) = &mut action.kind {
+        call.args_json = args_json;
+    }
+    pb::Frame {
+        request_id: 3,
+        body: Some(pb::frame::Body::Check(pb::CheckRequest {
+            agent_id: agent.into(),
+            credential_token: token.into(),
+            action: Some(action),
+            session_id: String::new(),
+        })),
+    }
+}
+
+fn decision_of(frame: Option<pb::Frame>) -> pb::PolicyDecision {
+    match frame.and_then(|f| f.body) {
+        Some(pb::frame::Body::Decision(d)) => d.decision.unwrap(),
+        other => panic!("expected a decision, got {other:?}"),
+    }
+}
+
+fn error_of(frame: Option<pb::Frame>) -> pb::ErrorFrame {
+    match frame.and_then(|f| f.body) {
+        Some(pb::frame::Body::Error(e)) => e,
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonation_with_foreign_expired_or_another_gateways_token_is_refused_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut short = options(&dir.path().join("a"), vec![data()]);
+    short.config.token_ttl = Duration::from_secs(2);
+    let up = Up::start(short, None).await.unwrap();
+    let other_up = Up::start(options(&dir.path().join("b"), vec![data()]), None)
+        .await
+        .unwrap();
+    let socket = up.runtime.socket.clone();
+    let c = client(dir.path(), &socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let victim = register(&c, "victim", None).await;
+    // The same agent id, registered with another gateway: a genuine token, but not this one's.
+    let elsewhere = client(
+        &dir.path().join("b"),
+        &other_up.runtime.socket,
+        Mode::Enforce,
+    );
+    let bot_elsewhere = register(&elsewhere, "bot", None).await;
+
+    let refusal = |frame| {
+        let d = decision_of(frame);
+        assert_eq!(
+            (d.decision, d.matched_rule.as_str()),
+            (pb::Decision::Deny as i32, "credential"),
+            "{d:?}"
+        );
+        d.reason
+    };
+    let ok = || r#"{"command":"ls"}"#.to_owned();
+    // Another agent's id with one's own token.
+    let foreign = refusal(
+        exchange(
+            &socket,
+            encode(&check_frame("victim", &bot.credential_token(), ok())).unwrap(),
+        )
+        .await,
+    );
+    assert!(foreign.contains("not the agent's current one"), "{foreign}");
+    // A token another gateway issued for the same id.
+    let other = refusal(
+        exchange(
+            &socket,
+            encode(&check_frame("bot", &bot_elsewhere.credential_token(), ok())).unwrap(),
+        )
+        .await,
+    );
+    assert!(other.contains("not the agent's current one"), "{other}");
+    // Events under another agent's id are refused whole.
+    let batch = pb::Frame {
+        request_id: 4,
+        body: Some(pb::frame::Body::Events(pb::EventBatch {
+            events: vec![forged_event(0, json!({ "note": "as the victim" }))],
+            edges: Vec::new(),
+            agent_id: "victim".into(),
+            credential_token: bot.credential_token(),
+        })),
+    };
+    let e = error_of(exchange(&socket, encode(&batch).unwrap()).await);
+    assert_eq!(e.code, pb::ErrorCode::Unauthenticated as i32, "{e:?}");
+    // An expired token: the client that would renew it is gone.
+    let stale = victim.credential_token();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    let expired = refusal(
+        exchange(
+            &socket,
+            encode(&check_frame("victim", &stale, ok())).unwrap(),
+        )
+        .await,
+    );
+    assert!(expired.contains("expired"), "{expired}");
+
+    // Each refused check is on record as a denied decision, under the id it claimed.
+    let gateway = &up.gateway;
+    let recorded = eventually(Duration::from_secs(10), async || {
+        stored_events(gateway)
+            .await
+            .iter()
+            .filter(|e| e["kind"] == "decision" && e["verdict"]["rule"] == "credential")
+            .count()
+            >= 3
+    })
+    .await;
+    assert!(recorded, "the refusals were not recorded");
+    // A fresh client is served.
+    let fresh = client(&dir.path().join("fresh"), &socket, Mode::Enforce);
+    let newcomer = register(&fresh, "newcomer", None).await;
+    assert_eq!(
+        decide(&fresh, &newcomer, shell("ls"))
+            .await
+            .verdict
+            .decision,
+        Decision::Allow
+    );
+    other_up.stop().await.unwrap();
+    up.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_attacks_cost_the_attacker_their_connection_and_nobody_else_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = GatewayHandle::start(options(&dir.path().join("gateway"), vec![data()]))
+        .await
+        .unwrap();
+    let mut config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    config.frame_timeout = Duration::from_secs(1);
+    config.max_connections = 40;
+    let runtime = RuntimeHandle::start(config).unwrap();
+    let socket = runtime.socket.clone();
+    let c = client(dir.path(), &socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let token = bot.credential_token();
+
+    // Slowloris: a frame begun and never finished is cut off after the frame timeout, while
+    // the honest client is answered meanwhile.
+    let started = std::time::Instant::now();
+    let slow = {
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            s.write_all(&[0, 0, 0, 100, 1, 2, 3]).unwrap();
+            let answer = crate::governed::raw_frame(&mut s);
+            let mut rest = Vec::new();
+            let closed = std::io::Read::read_to_end(&mut s, &mut rest).is_ok() && rest.is_empty();
+            (answer, closed)
+        })
+    };
+    assert_eq!(
+        decide(&c, &bot, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    let (answer, closed) = slow.await.unwrap();
+    let e = error_of(answer);
+    assert_eq!(e.code, pb::ErrorCode::MalformedFrame as i32);
+    assert!(
+        e.message.contains("not completed within 1 s"),
+        "{}",
+        e.message
+    );
+    assert!(closed, "the connection was closed");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // Idle connections up to the limit are held; one more is turned away, not queued; once
+    // they go, connections are accepted again.
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..39)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let turned = error_of(
+        exchange(
+            &socket,
+            encode(&check_frame("bot", &token, "{}".into())).unwrap(),
+        )
+        .await,
+    );
+    assert_eq!(turned.code, pb::ErrorCode::Unavailable as i32, "{turned:?}");
+    assert!(
+        turned.message.contains("40 connections at most"),
+        "{}",
+        turned.message
+    );
+    assert_eq!(
+        decide(&c, &bot, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    drop(idle);
+    let accepted = eventually(Duration::from_secs(5), async || {
+        let answer = exchange(
+            &socket,
+            encode(&check_frame("bot", &token, "{}".into())).unwrap(),
+        )
+        .await;
+        matches!(
+            answer.and_then(|f| f.body),
+            Some(pb::frame::Body::Decision(_))
+        )
+    })
+    .await;
+    assert!(accepted, "connections were not accepted again");
+
+    // JSON bombs: nesting far past any parser's depth, and a wide array near the frame limit.
+    // Each is answered and fails closed (unreadable arguments deny; conditions that cannot be
+    // evaluated on them count as met, here asking for approval); nothing crashes.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let d =
+        decision_of(exchange(&socket, encode(&check_frame("bot", &token, deep)).unwrap()).await);
+    assert_eq!(d.decision, pb::Decision::Deny as i32, "{d:?}");
+    let wide = format!("{{\"command\":[{}0]}}", "0,".repeat(1_500_000));
+    let d =
+        decision_of(exchange(&socket, encode(&check_frame("bot", &token, wide)).unwrap()).await);
+    assert_eq!(d.decision, pb::Decision::Pending as i32, "{d:?}");
+    assert!(d.reason.contains("could not be evaluated"), "{}", d.reason);
+    let mut event = forged_event(1, json!({}));
+    event.detail_json = format!("{}{}", "{\"a\":".repeat(50_000), "}".repeat(50_000));
+    let bomb = pb::Frame {
+        request_id: 5,
+        body: Some(pb::frame::Body::Events(pb::EventBatch {
+            events: vec![event],
+            edges: Vec::new(),
+            agent_id: "bot".into(),
+            credential_token: token.clone(),
+        })),
+    };
+    let e = error_of(exchange(&socket, encode(&bomb).unwrap()).await);
+    assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32, "{e:?}");
+
+    // Invalid UTF-8 where protobuf wants a string: the frame cannot be decoded.
+    let mut bytes = encode(&check_frame(
+        "bot",
+        &token,
+        r#"{"command":"MARKER"}"#.into(),
+    ))
+    .unwrap();
+    let at = bytes.windows(6).position(|w| w == b"MARKER").unwrap();
+    bytes[at..at + 6].copy_from_slice(b"\xff\xfe\xc3\x28\xa0\xa1");
+    let e = error_of(exchange(&socket, bytes).await);
+    assert_eq!(e.code, pb::ErrorCode::MalformedFrame as i32, "{e:?}");
+
+    // Through all of it the honest client was served.
+    assert_eq!(
+        decide(&c, &bot, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_are_held_and_the_runtime_serves_on() {
+    let stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let (fds, memory) = (
+        stack.runtime_fds().unwrap(),
+        stack.runtime_memory().unwrap(),
+    );
+    let idle: Vec<std::os::unix::net::UnixStream> = (0..1000)
+        .map(|_| std::os::unix::net::UnixStream::connect(&stack.socket).unwrap())
+        .collect();
+    let held = eventually(Duration::from_secs(10), async || {
+        stack.runtime_fds().unwrap() >= fds + 1000
+    })
+    .await;
+    assert!(
+        held,
+        "the runtime holds {} descriptors",
+        stack.runtime_fds().unwrap()
+    );
+    assert_eq!(
+        decide(&c, &bot, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    let loaded = stack.runtime_memory().unwrap();
+    let per_connection = loaded.rss.saturating_sub(memory.rss) / 1000;
+    eprintln!(
+        "1,000 idle connections: RSS {} KiB -> {} KiB ({per_connection} bytes each), fds {fds} -> {}",
+        memory.rss / 1024,
+        loaded.rss / 1024,
+        stack.runtime_fds().unwrap()
+    );
+    assert!(
+        per_connection < 96 * 1024,
+        "{per_connection} bytes a connection"
+    );
+    drop(idle);
+    let released = eventually(Duration::from_secs(10), async || {
+        stack.runtime_fds().unwrap() <= fds + 5
+    })
+    .await;
+    assert!(
+        released,
+        "descriptors were not released: {}",
+        stack.runtime_fds().unwrap()
+    );
+    drop(c);
+    stack.stop().unwrap();
 }
