@@ -90,6 +90,14 @@ impl Service {
         self.child.id()
     }
 
+    /// SIGKILL, as a crash or the OOM killer would: nothing is drained or flushed.
+    fn crash(&mut self) -> Result<(), BenchError> {
+        self.child
+            .kill()
+            .and_then(|()| self.child.wait().map(drop))
+            .map_err(BenchError::io(format!("killing {}", self.name)))
+    }
+
     /// SIGTERM, then waits: the runtime drains its outbox on the way out.
     fn stop(mut self) -> Result<(), BenchError> {
         let pid = rustix::process::Pid::from_child(&self.child);
@@ -165,6 +173,10 @@ pub struct Stack {
     // Declared before `dir` so the processes stop before their files go.
     runtime: Service,
     gateway: Service,
+    aasm: PathBuf,
+    /// The arguments that start each again on the same state, addresses and socket.
+    gateway_args: Vec<String>,
+    runtime_args: Vec<String>,
     /// The runtime's socket.
     pub socket: PathBuf,
     /// The gateway's operator HTTP address.
@@ -184,18 +196,21 @@ impl Stack {
             .tempdir()
             .map_err(BenchError::io("creating a state directory"))?;
         let state = |name: &str| dir.path().join(name).display().to_string();
-        let (gateway, found) = Service::start(
-            "aasm gateway",
-            aasm,
-            &[
+        let gateway_args = |grpc: &str, http: &str| -> Vec<String> {
+            vec![
                 "gateway".into(),
                 "--state-dir".into(),
                 state("gateway"),
                 "--grpc".into(),
-                "127.0.0.1:0".into(),
+                grpc.into(),
                 "--http".into(),
-                "127.0.0.1:0".into(),
-            ],
+                http.into(),
+            ]
+        };
+        let (gateway, found) = Service::start(
+            "aasm gateway",
+            aasm,
+            &gateway_args("127.0.0.1:0", "127.0.0.1:0"),
             &["gateway gRPC:", "operator HTTP:"],
         )?;
         let (grpc, http) = (&found[0], &found[1]);
@@ -206,25 +221,64 @@ impl Stack {
                     what: "aasm gateway",
                     detail: format!("unreadable HTTP address {http:?}: {e}"),
                 })?;
-        let (runtime, found) = Service::start(
-            "aasm runtime",
-            aasm,
-            &[
-                "runtime".into(),
-                "--gateway".into(),
-                grpc.clone(),
-                "--state-dir".into(),
-                state("runtime"),
-            ],
-            &["runtime socket:"],
-        )?;
+        let runtime_args = vec![
+            "runtime".into(),
+            "--gateway".into(),
+            grpc.clone(),
+            "--state-dir".into(),
+            state("runtime"),
+        ];
+        let (runtime, found) =
+            Service::start("aasm runtime", aasm, &runtime_args, &["runtime socket:"])?;
         Ok(Stack {
             runtime,
             gateway,
+            aasm: aasm.to_path_buf(),
+            gateway_args: gateway_args(grpc.trim_start_matches("http://"), &http.to_string()),
+            runtime_args,
             socket: PathBuf::from(&found[0]),
             http,
             dir,
         })
+    }
+
+    /// Kills the gateway with SIGKILL.
+    pub fn crash_gateway(&mut self) -> Result<(), BenchError> {
+        self.gateway.crash()
+    }
+
+    /// Starts the gateway again on its state and addresses.
+    pub fn restart_gateway(&mut self) -> Result<(), BenchError> {
+        let (gateway, _) = Service::start(
+            "aasm gateway",
+            &self.aasm,
+            &self.gateway_args,
+            &["operator HTTP:"],
+        )?;
+        self.gateway = gateway;
+        Ok(())
+    }
+
+    /// Kills the runtime with SIGKILL.
+    pub fn crash_runtime(&mut self) -> Result<(), BenchError> {
+        self.runtime.crash()
+    }
+
+    /// Starts the runtime again on its state and socket.
+    pub fn restart_runtime(&mut self) -> Result<(), BenchError> {
+        let (runtime, _) = Service::start(
+            "aasm runtime",
+            &self.aasm,
+            &self.runtime_args,
+            &["runtime socket:"],
+        )?;
+        self.runtime = runtime;
+        Ok(())
+    }
+
+    /// The gateway's state directory (its database, keys and admin token).
+    pub fn gateway_state_dir(&self) -> PathBuf {
+        self.dir.path().join("gateway")
     }
 
     /// A directory for clients' agent keys.
@@ -255,7 +309,7 @@ impl Stack {
 
     /// The operators' token the gateway made in its state directory.
     pub fn admin_token(&self) -> Result<String, BenchError> {
-        let path = self.dir.path().join("gateway/admin.token");
+        let path = self.gateway_state_dir().join("admin.token");
         std::fs::read_to_string(&path)
             .map(|t| t.trim().to_owned())
             .map_err(BenchError::io(path.display().to_string()))

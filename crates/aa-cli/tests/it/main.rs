@@ -7,6 +7,7 @@ mod approvals;
 mod bench;
 mod budgets;
 mod bypass;
+mod faults;
 mod governed;
 mod limits;
 mod policy;
