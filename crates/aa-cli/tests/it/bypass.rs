@@ -17,7 +17,8 @@ use aa_cli::up::{GatewayHandle, RuntimeHandle, Up};
 use aa_runtime::RuntimeConfig;
 
 use crate::governed::{
-    AWS_KEY, client, data, decide, eventually, options, register, shell, start_bot, stored_events,
+    AWS_KEY, check_frame, client, data, decide, decision_of, eventually, options, register, shell,
+    start_bot, stored_events,
 };
 use crate::{aasm, stdout};
 
@@ -273,29 +274,6 @@ async fn exchange(socket: &Path, bytes: Vec<u8>) -> Option<pb::Frame> {
     })
     .await
     .unwrap()
-}
-
-fn check_frame(agent: &str, token: &str, args_json: String) -> pb::Frame {
-    let mut action = pb::Action::from(&shell("ls"));
-    if let Some(pb::action::Kind::ToolCall(call)) = &mut action.kind {
-        call.args_json = args_json;
-    }
-    pb::Frame {
-        request_id: 3,
-        body: Some(pb::frame::Body::Check(pb::CheckRequest {
-            agent_id: agent.into(),
-            credential_token: token.into(),
-            action: Some(action),
-            session_id: String::new(),
-        })),
-    }
-}
-
-fn decision_of(frame: Option<pb::Frame>) -> pb::PolicyDecision {
-    match frame.and_then(|f| f.body) {
-        Some(pb::frame::Body::Decision(d)) => d.decision.unwrap(),
-        other => panic!("expected a decision, got {other:?}"),
-    }
 }
 
 fn error_of(frame: Option<pb::Frame>) -> pb::ErrorFrame {

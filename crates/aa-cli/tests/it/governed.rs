@@ -15,6 +15,9 @@ use aa_runtime::RuntimeConfig;
 use aa_sdk_client::{Agent, AgentSpec, Client, ClientConfig, Report};
 use serde_json::json;
 
+/// Arguments of `shell("ls")`.
+const LS: &str = r#"{"command":"ls"}"#;
+
 pub(crate) const AWS_KEY: &str = "AKIAQWERTYUIOPASDFGH";
 
 pub(crate) fn data() -> PathBuf {
@@ -562,15 +565,28 @@ async fn tampering_is_named_by_audit_verify() {
 }
 
 /// A check of `shell ls` by agent `bot` presenting `token`.
-fn check_frame(token: &str) -> pb::Frame {
+/// A check as a client writes it, its arguments as raw JSON text.
+pub(crate) fn check_frame(agent: &str, token: &str, args_json: String) -> pb::Frame {
+    let mut action = pb::Action::from(&shell("ls"));
+    if let Some(pb::action::Kind::ToolCall(call)) = &mut action.kind {
+        call.args_json = args_json;
+    }
     pb::Frame {
-        request_id: 7,
+        request_id: 3,
         body: Some(pb::frame::Body::Check(pb::CheckRequest {
-            agent_id: "bot".into(),
+            agent_id: agent.into(),
             credential_token: token.into(),
-            action: Some((&shell("ls")).into()),
+            action: Some(action),
             session_id: String::new(),
         })),
+    }
+}
+
+/// The decision a frame carries; anything else fails the test.
+pub(crate) fn decision_of(frame: Option<pb::Frame>) -> pb::PolicyDecision {
+    match frame.and_then(|f| f.body) {
+        Some(pb::frame::Body::Decision(d)) => d.decision.unwrap(),
+        other => panic!("expected a decision, got {other:?}"),
     }
 }
 
@@ -620,10 +636,11 @@ async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
         drop(s);
         // A check with a forged token on a healthy connection.
         let mut s = connect();
-        s.write_all(&encode(&check_frame("aat1.forged.token")).unwrap())
+        s.write_all(&encode(&check_frame("bot", "aat1.forged.token", LS.into())).unwrap())
             .unwrap();
         let forged = raw_frame(&mut s);
-        s.write_all(&encode(&check_frame(&token)).unwrap()).unwrap();
+        s.write_all(&encode(&check_frame("bot", &token, LS.into())).unwrap())
+            .unwrap();
         let genuine = raw_frame(&mut s);
         (garbage, oversized, forged, genuine)
     })
@@ -631,16 +648,12 @@ async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
     .unwrap();
     assert_eq!(raw.0, Some(pb::ErrorCode::MalformedFrame));
     assert_eq!(raw.1, Some(pb::ErrorCode::FrameTooLarge));
-    let decision = |f: Option<pb::Frame>| match f.and_then(|f| f.body) {
-        Some(pb::frame::Body::Decision(d)) => d.decision.unwrap(),
-        other => panic!("expected a decision, got {other:?}"),
-    };
-    let forged = decision(raw.2);
+    let forged = decision_of(raw.2);
     assert_eq!(
         (forged.decision, forged.matched_rule.as_str()),
         (pb::Decision::Deny as i32, "credential")
     );
-    assert_eq!(decision(raw.3).decision, pb::Decision::Allow as i32);
+    assert_eq!(decision_of(raw.3).decision, pb::Decision::Allow as i32);
 
     // A renewed token supersedes the old one: replaying the old one is refused.
     let old = agent.credential_token();
@@ -649,12 +662,13 @@ async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
     let socket_for_replay = socket.clone();
     let replayed = tokio::task::spawn_blocking(move || {
         let mut s = std::os::unix::net::UnixStream::connect(&socket_for_replay).unwrap();
-        s.write_all(&encode(&check_frame(&old)).unwrap()).unwrap();
+        s.write_all(&encode(&check_frame("bot", &old, LS.into())).unwrap())
+            .unwrap();
         raw_frame(&mut s)
     })
     .await
     .unwrap();
-    let replayed = decision(replayed);
+    let replayed = decision_of(replayed);
     assert_eq!(
         (replayed.decision, replayed.matched_rule.as_str()),
         (pb::Decision::Deny as i32, "credential")
