@@ -4,12 +4,12 @@
 //! schedule that slipped shows.
 
 use std::path::{Path, PathBuf};
-use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use aa_core::{Action, Decision};
 use aa_sdk_client::{Agent, Client};
 
+use crate::pace::Schedule;
 use crate::stats::Percentiles;
 use crate::{BenchError, registered_client};
 
@@ -69,12 +69,74 @@ pub struct CheckReport {
     pub from_schedule: Option<Percentiles>,
 }
 
-struct Sample {
-    measured: bool,
-    answered: bool,
-    allowed: bool,
-    latency: Duration,
-    lateness: Duration,
+/// One check as the load made it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    /// When it was due, from the load's origin.
+    pub(crate) due: Duration,
+    /// Answered by the runtime (not resolved locally by the client).
+    pub(crate) answered: bool,
+    /// Answered allow.
+    pub(crate) allowed: bool,
+    /// From send to answer.
+    pub(crate) latency: Duration,
+    /// How late it was sent.
+    pub(crate) lateness: Duration,
+}
+
+impl Sample {
+    /// Sends one check and waits for it on this thread, as an agent waits before running
+    /// its tool.
+    pub(crate) fn take(
+        client: &Client,
+        agent: &Agent,
+        action: &Action,
+        due: Duration,
+        lateness: Duration,
+    ) -> Sample {
+        let start = Instant::now();
+        let outcome = client.check(agent, action.clone(), None).wait();
+        let latency = start.elapsed();
+        let (answered, allowed) = match outcome {
+            Ok(o) => (
+                !o.resolved_locally,
+                !o.resolved_locally && o.verdict.decision == Decision::Allow,
+            ),
+            Err(_) => (false, false),
+        };
+        Sample {
+            due,
+            answered,
+            allowed,
+            latency,
+            lateness,
+        }
+    }
+}
+
+/// Registers `clients` clients, each with its own connection and agent `<prefix>-<i>`, and
+/// waits until the runtime allows `action` (its bundle has arrived).
+pub(crate) fn sessions(
+    socket: &Path,
+    state_dir: &Path,
+    prefix: &str,
+    clients: usize,
+    action: &Action,
+) -> Result<Vec<(Client, Agent)>, BenchError> {
+    let sessions = (0..clients)
+        .map(|i| {
+            registered_client(
+                socket,
+                state_dir,
+                format!("{prefix}-{i}"),
+                Duration::from_secs(5),
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some((client, agent)) = sessions.first() {
+        ready(client, agent, action)?;
+    }
+    Ok(sessions)
 }
 
 /// Waits until the runtime allows the action: its bundle has arrived.
@@ -128,78 +190,39 @@ pub fn serial(
 
 /// Runs the load and reports.
 pub fn run(load: &CheckLoad) -> Result<CheckReport, BenchError> {
-    if load.clients == 0 || load.rate.is_nan() || load.rate <= 0.0 || load.duration.is_zero() {
-        return Err(BenchError::Invalid(
-            "clients, rate and duration must be positive".into(),
-        ));
-    }
-    let sessions = (0..load.clients)
-        .map(|i| {
-            registered_client(
-                &load.socket,
-                &load.state_dir,
-                format!("bench-{i}"),
-                Duration::from_secs(5),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    ready(&sessions[0].0, &sessions[0].1, &load.action)?;
-
-    let period = Duration::from_secs_f64(load.clients as f64 / load.rate);
-    let barrier = Barrier::new(load.clients + 1);
     let total = load.warmup + load.duration;
+    // Checked before anyone registers.
+    Schedule::new(load.clients, load.rate, Instant::now(), load.duration)?;
+    let sessions = sessions(
+        &load.socket,
+        &load.state_dir,
+        "bench",
+        load.clients,
+        &load.action,
+    )?;
+    let schedule = Schedule::new(load.clients, load.rate, Instant::now(), total)?;
     let samples: Vec<Sample> = std::thread::scope(|scope| {
         let pacers: Vec<_> = sessions
             .iter()
             .enumerate()
             .map(|(index, (client, agent))| {
-                let barrier = &barrier;
                 scope.spawn(move || {
-                    barrier.wait();
-                    let origin = Instant::now();
-                    // Clients are staggered across one period so their sends interleave.
-                    let offset = period.mul_f64(index as f64 / load.clients as f64);
                     let mut samples = Vec::new();
-                    for k in 0u32.. {
-                        let due = offset + period * k;
-                        if due >= total {
-                            break;
-                        }
-                        let now = origin.elapsed();
-                        if due > now {
-                            std::thread::sleep(due - now);
-                        }
-                        let start = Instant::now();
-                        // Waited for on this thread, as an agent waits before running its tool.
-                        let outcome = client.check(agent, load.action.clone(), None).wait();
-                        let latency = start.elapsed();
-                        let (answered, allowed) = match outcome {
-                            Ok(o) => (
-                                !o.resolved_locally,
-                                !o.resolved_locally && o.verdict.decision == Decision::Allow,
-                            ),
-                            Err(_) => (false, false),
-                        };
-                        samples.push(Sample {
-                            measured: due >= load.warmup,
-                            answered,
-                            allowed,
-                            latency,
-                            lateness: start.duration_since(origin).saturating_sub(due),
-                        });
-                    }
+                    schedule.run(index, |due, lateness| {
+                        samples.push(Sample::take(client, agent, &load.action, due, lateness));
+                        true
+                    });
                     samples
                 })
             })
             .collect();
-        barrier.wait();
         pacers
             .into_iter()
             .flat_map(|p| p.join().unwrap_or_default())
             .collect()
     });
 
-    let measured: Vec<&Sample> = samples.iter().filter(|s| s.measured).collect();
+    let measured: Vec<&Sample> = samples.iter().filter(|s| s.due >= load.warmup).collect();
     let answered: Vec<&&Sample> = measured.iter().filter(|s| s.answered).collect();
     Ok(CheckReport {
         sent: measured.len(),

@@ -60,7 +60,7 @@ impl EventReport {
 }
 
 /// A tool's end as agents report it: a few hundred bytes of arguments and result.
-fn tool_end(n: u64) -> Report {
+pub(crate) fn tool_end(n: u64) -> Report {
     let mut result = format!(
         "read 42 lines from module_{m}.rs: fn handle_{n}(request: Request) -> Response {{ \
          let started = Instant::now(); let body = request.body(); \

@@ -7,6 +7,10 @@
 //!   agent does; latency percentiles, throughput, and how far sends slipped from schedule.
 //! - [`events`]: N clients reporting event batches as fast as the runtime acknowledges them;
 //!   the rate at which they are on disk at the runtime and stored by the gateway.
+//! - [`soak`]: checks and events together at fixed rates for minutes, read at every
+//!   interval (latency, failures, the gateway's backlog, memory, descriptors), then drained
+//!   and counted; what went wrong, if anything.
+//! - `pace`: the schedule clients send on.
 //! - [`approvals`]: how soon a waiting call is released after an operator approves it.
 //! - [`stats`]: percentiles of recorded latencies.
 //! - [`error`]: the error type, [`BenchError`].
@@ -18,6 +22,8 @@ pub mod approvals;
 pub mod checks;
 pub mod error;
 pub mod events;
+mod pace;
+pub mod soak;
 pub mod stack;
 pub mod stats;
 

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use aa_bench::checks::{self, CheckLoad};
 use aa_bench::events::{self, EventLoad};
+use aa_bench::soak::{self, SoakLoad};
 use aa_bench::stack::{self, Memory, Stack};
-use aa_bench::stats::Percentiles;
+use aa_bench::stats::{Percentiles, micros};
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
@@ -41,6 +42,10 @@ enum Load {
         #[arg(long, default_value_t = 20)]
         warmup: usize,
     },
+    /// Checks and events together at fixed rates for minutes: latency, failures, the
+    /// gateway's backlog, memory and descriptors at every interval; then every event is
+    /// counted in the gateway's store. Exits 1 on any error, loss or growth.
+    Soak(SoakArgs),
     /// Both, each on a fresh gateway and runtime.
     All {
         #[command(flatten)]
@@ -109,6 +114,34 @@ struct EventArgs {
     /// Events in all.
     #[arg(long, default_value_t = 200_000)]
     events: u64,
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Checks per second, all checking clients together.
+    #[arg(long, default_value_t = 5_000.0)]
+    check_rate: f64,
+    /// Events per second, all reporting clients together.
+    #[arg(long, default_value_t = 5_000.0)]
+    event_rate: f64,
+    /// Checking clients, each with its own connection and agent.
+    #[arg(long, default_value_t = 4)]
+    check_clients: usize,
+    /// Reporting clients, each with its own connection and agent.
+    #[arg(long, default_value_t = 2)]
+    event_clients: usize,
+    /// Events per report call.
+    #[arg(long, default_value_t = 50)]
+    batch: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 300.0)]
+    seconds: f64,
+    /// Seconds of load first, shown but not judged.
+    #[arg(long, default_value_t = 30.0)]
+    warmup: f64,
+    /// Seconds between readings.
+    #[arg(long, default_value_t = 10.0)]
+    interval: f64,
 }
 
 fn seconds(s: f64, what: &str) -> Result<Duration> {
@@ -236,6 +269,85 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
     Ok(true)
 }
 
+fn run_soak(aasm: &std::path::Path, args: &SoakArgs) -> Result<bool> {
+    let load = SoakLoad {
+        check_clients: args.check_clients,
+        check_rate: args.check_rate,
+        event_clients: args.event_clients,
+        event_rate: args.event_rate,
+        batch: args.batch,
+        duration: seconds(args.seconds, "seconds")?,
+        warmup: seconds(args.warmup, "warmup")?,
+        interval: seconds(args.interval, "interval")?,
+    };
+    let stack = Stack::start(aasm)?;
+    println!(
+        "soak: {:.0} checks/s from {} clients and {:.0} events/s from {} clients (calls of {}), \
+         {} s after {} s of warm-up",
+        args.check_rate,
+        args.check_clients,
+        args.event_rate,
+        args.event_clients,
+        args.batch,
+        args.seconds,
+        args.warmup
+    );
+    println!(
+        "{:>7} {:>8} {:>9} {:>9} {:>9} {:>5} {:>8} {:>5} {:>8} {:>10} {:>5} {:>10} {:>5}",
+        "time",
+        "checks/s",
+        "p50",
+        "p99",
+        "max",
+        "fail",
+        "events/s",
+        "fail",
+        "backlog",
+        "runtime",
+        "fds",
+        "gateway",
+        "fds"
+    );
+    let report = soak::run(&stack, &load, |w| {
+        let span = load.interval.as_secs_f64();
+        let (p50, p99, max) = w.latency.map_or_else(
+            || ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+            |p| (micros(p.p50), micros(p.p99), micros(p.max)),
+        );
+        println!(
+            "{:>6.0}s{} {:>8.0} {p50:>9} {p99:>9} {max:>9} {:>5} {:>8.0} {:>5} {:>8} {:>10} {:>5} {:>10} {:>5}",
+            w.end.as_secs_f64(),
+            if w.measured { ' ' } else { 'w' },
+            w.checks as f64 / span,
+            w.check_failures,
+            w.events as f64 / span,
+            w.event_failures,
+            w.backlog,
+            soak::mib(w.runtime.rss),
+            w.runtime.fds,
+            soak::mib(w.gateway.rss),
+            w.gateway.fds,
+        );
+    })?;
+    stack.stop()?;
+    print_latency("checks, first half", report.halves[0]);
+    print_latency("checks, second half", report.halves[1]);
+    println!(
+        "  drained in {:.1} s: the gateway stored {} of {} events recorded",
+        report.drained_in.as_secs_f64(),
+        report.stored,
+        report.expected
+    );
+    let problems = report.problems();
+    for problem in &problems {
+        println!("  PROBLEM: {problem}");
+    }
+    if problems.is_empty() {
+        println!("  no errors, no loss, no growth");
+    }
+    Ok(problems.is_empty())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let aasm = cli.aasm.unwrap_or_else(stack::default_aasm);
@@ -243,6 +355,7 @@ fn main() -> ExitCode {
         Load::Checks(args) => run_checks(&aasm, args),
         Load::Events(args) => run_events(&aasm, args),
         Load::Serial(args) => run_serial(args),
+        Load::Soak(args) => run_soak(&aasm, args),
         Load::Approvals { count, warmup } => run_approvals(&aasm, *count, *warmup),
         Load::All { checks, events } => {
             run_checks(&aasm, checks).and_then(|ok| Ok(run_events(&aasm, events)? && ok))
@@ -251,7 +364,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("aa-bench: some checks failed or were not allowed (see above)");
+            eprintln!("aa-bench: the load found problems (see above)");
             ExitCode::FAILURE
         }
         Err(error) => {

@@ -296,6 +296,16 @@ impl Stack {
         open_fds(self.runtime.pid())
     }
 
+    /// The gateway process's memory now.
+    pub fn gateway_memory(&self) -> Result<Memory, BenchError> {
+        Memory::of(self.gateway.pid())
+    }
+
+    /// How many file descriptors the gateway process holds now.
+    pub fn gateway_fds(&self) -> Result<usize, BenchError> {
+        open_fds(self.gateway.pid())
+    }
+
     /// How many audit events the gateway has stored, from its `/metrics`.
     pub fn events_stored(&self) -> Result<u64, BenchError> {
         let (_, body) = self.http("GET", "/metrics", None, "")?;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use aa_bench::checks::{self, CheckLoad};
 use aa_bench::events::{self, EventLoad};
+use aa_bench::soak::{self, SoakLoad};
 use aa_bench::stack::Stack;
 
 fn stack() -> Stack {
@@ -77,5 +78,37 @@ fn approvals_are_released_one_by_one() {
     let approvals: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(approvals.len(), 6);
     assert!(approvals.iter().all(|a| a["used_at_ms"].is_i64()));
+    stack.stop().unwrap();
+}
+
+#[test]
+fn a_short_soak_is_read_every_interval_and_counted_in_full() {
+    let stack = stack();
+    let load = SoakLoad {
+        check_clients: 2,
+        check_rate: 200.0,
+        event_clients: 2,
+        event_rate: 400.0,
+        batch: 20,
+        duration: Duration::from_secs(4),
+        warmup: Duration::from_secs(1),
+        interval: Duration::from_secs(1),
+    };
+    let mut seen = 0;
+    let report = soak::run(&stack, &load, |_| seen += 1).unwrap();
+    assert_eq!(report.problems(), Vec::<String>::new(), "{report:?}");
+    assert_eq!(seen, 5);
+    assert_eq!(report.windows.len(), 5);
+    assert!(!report.windows[0].measured && report.windows[1].measured);
+    // 200 checks and 400 events a second for 5 s: each of the 1,000 checks records a decision.
+    let checks: usize = report.windows.iter().map(|w| w.checks).sum();
+    let events: u64 = report.windows.iter().map(|w| w.events).sum();
+    assert_eq!((checks, events), (1_000, 2_000), "{report:?}");
+    assert_eq!(report.stored, report.expected);
+    assert_eq!(report.expected, 3_000);
+    for w in &report.windows {
+        assert!(w.runtime.rss > 1 << 20 && w.gateway.rss > 1 << 20, "{w:?}");
+        assert!(w.runtime.fds > 4 && w.gateway.fds > 4, "{w:?}");
+    }
     stack.stop().unwrap();
 }
