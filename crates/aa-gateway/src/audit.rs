@@ -23,7 +23,7 @@ pub struct Record {
     pub stream_id: String,
     /// Its place in the stream, from 1, without gaps.
     pub sequence: u64,
-    /// The event's unique id (appends are idempotent by it).
+    /// The event's id: sent again to the same place in its stream, it is a duplicate.
     pub event_id: String,
     /// The event, redacted, as the runtime enriched it.
     pub event: Value,

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aa_core::{Approval, ApprovalStatus, EdgeKind, Suspension, TopologyEdge};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
+use crate::approvals::GATEWAY_STREAM;
 use crate::audit::{Checkpoint, GENESIS, Head, Record, unhex};
 use crate::error::GatewayError;
 use crate::store::{
@@ -110,6 +111,34 @@ CREATE TABLE spend_windows (
     micros INTEGER NOT NULL,
     PRIMARY KEY (account, start_ms, end_ms)
 ) WITHOUT ROWID;
+"#,
+    // Records of a kilobyte make a poor WITHOUT ROWID table, and a unique index on random
+    // event ids costs a scattered page write per append: an event's identity in the log is
+    // its place in its stream, which the primary key already holds.
+    r#"
+CREATE TABLE audit_records_by_rowid (
+    stream_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    appended_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (stream_id, sequence)
+);
+INSERT INTO audit_records_by_rowid
+    SELECT stream_id, sequence, event_id, event, prev_hash, hash, appended_at_ms
+    FROM audit_records ORDER BY stream_id, sequence;
+DROP TABLE audit_records;
+ALTER TABLE audit_records_by_rowid RENAME TO audit_records;
+CREATE TRIGGER audit_records_no_update BEFORE UPDATE ON audit_records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+CREATE TRIGGER audit_records_no_delete BEFORE DELETE ON audit_records
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+-- The gateway numbers its own events as it makes them, so one made again (a spend settled
+-- twice, an approval step retried) comes with a new number: its id, derived from what it
+-- records, is what finds it. Kept for the gateway's stream alone.
+CREATE INDEX audit_records_gateway_ids ON audit_records (event_id) WHERE stream_id = 'gateway';
 "#,
 ];
 
@@ -270,16 +299,32 @@ impl Store for SqliteStore {
             let mut appended = Appended::default();
             let appended_at = now_ms();
             // Statements are parsed once per connection, not once per event.
-            let mut exists = tx
-                .prepare_cached("SELECT EXISTS(SELECT 1 FROM audit_records WHERE event_id = ?1)")?;
+            let mut stored_at = tx.prepare_cached(
+                "SELECT event_id FROM audit_records WHERE stream_id = ?1 AND sequence = ?2",
+            )?;
+            let own = stream_id == GATEWAY_STREAM;
+            let mut own_holds = tx.prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM audit_records
+                 WHERE stream_id = 'gateway' AND event_id = ?1)",
+            )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO audit_records
                  (stream_id, sequence, event_id, event, prev_hash, hash, appended_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for event in events {
-                let seen: bool = exists.query_row(params![event.event_id], |row| row.get(0))?;
-                if seen {
+                // A batch sent again after a lost answer: the same event at the same place.
+                let held = if event.sequence <= sequence {
+                    let at: Option<String> = stored_at
+                        .query_row(params![stream_id, to_i64(event.sequence)?], |row| {
+                            row.get(0)
+                        })
+                        .optional()?;
+                    at.as_deref() == Some(event.event_id.as_str())
+                } else {
+                    own && own_holds.query_row(params![event.event_id], |row| row.get(0))?
+                };
+                if held {
                     appended.duplicates += 1;
                     continue;
                 }
@@ -310,7 +355,7 @@ impl Store for SqliteStore {
                 prev = unhex(&record.hash).ok_or_else(|| corrupt("hash"))?;
                 appended.accepted += 1;
             }
-            drop((exists, insert));
+            drop((stored_at, own_holds, insert));
             tx.commit()?;
             Ok(appended)
         })
@@ -915,4 +960,75 @@ fn agent_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRecord> {
         last_seen_ms: row.get(10)?,
         token_id: row.get(11)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::audit;
+
+    #[tokio::test]
+    async fn a_chain_kept_before_the_rowid_table_survives_its_migration() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("audit_records_by_rowid"))
+            .unwrap();
+        for migration in &MIGRATIONS[..before] {
+            conn.execute_batch(migration).unwrap();
+        }
+        conn.pragma_update(None, "user_version", before as i64)
+            .unwrap();
+        let mut prev = GENESIS;
+        for (stream, n) in [("rt-1", 1), ("rt-1", 2), ("gateway", 1), ("rt-1", 3)] {
+            let record = Record::new(
+                stream,
+                n,
+                &format!("{stream}/ev-{n}"),
+                serde_json::json!({"n": n}),
+                if n == 1 { &GENESIS } else { &prev },
+            );
+            conn.execute(
+                "INSERT INTO audit_records VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0)",
+                params![
+                    record.stream_id,
+                    n as i64,
+                    record.event_id,
+                    record.event.to_string(),
+                    record.prev_hash,
+                    record.hash
+                ],
+            )
+            .unwrap();
+            if stream == "rt-1" {
+                prev = unhex(&record.hash).unwrap();
+            }
+        }
+
+        migrate(&mut conn).unwrap();
+        let store = SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        let records = store.records(0, 100).await.unwrap();
+        assert_eq!(audit::verify(records, &[], None).unwrap().records, 4);
+        // The chain goes on from its head, a retried event is a duplicate, and the guard holds.
+        let next = |n: u64| NewEvent {
+            event_id: format!("rt-1/ev-{n}"),
+            sequence: n,
+            event: serde_json::json!({"n": n}),
+        };
+        let appended = store
+            .append_events("rt-1", vec![next(3), next(4)])
+            .await
+            .unwrap();
+        assert_eq!((appended.accepted, appended.duplicates), (1, 1));
+        let records = store.records(0, 100).await.unwrap();
+        assert_eq!(audit::verify(records, &[], None).unwrap().records, 5);
+        let refused = store
+            .with(|conn| Ok(conn.execute("DELETE FROM audit_records", [])))
+            .await
+            .unwrap();
+        assert!(refused.unwrap_err().to_string().contains("append-only"));
+    }
 }

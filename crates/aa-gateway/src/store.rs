@@ -169,9 +169,10 @@ pub struct ModelSpend {
 
 /// Where the gateway keeps its state.
 pub trait Store: Send + Sync + 'static {
-    /// Appends events to `stream_id` in one transaction: each event either is a duplicate by
-    /// id or carries the sequence after the stream's head; anything else fails the whole
-    /// batch with [`GatewayError::Sequence`], appending nothing.
+    /// Appends events to `stream_id` in one transaction: each event either is a duplicate (the
+    /// stream already holds its id at its sequence; on the gateway's own stream, anywhere) or
+    /// carries the sequence after the stream's head; anything else fails the whole batch with
+    /// [`GatewayError::Sequence`], appending nothing.
     fn append_events(
         &self,
         stream_id: &str,

@@ -62,6 +62,26 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
         ),
         "{gap}"
     );
+    // Another event at a place the stream holds is no duplicate: it fails the batch.
+    let intruder = NewEvent {
+        event_id: "ev-intruder".into(),
+        ..event(5)
+    };
+    let taken = store
+        .append_events("rt-1", vec![intruder])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            taken,
+            GatewayError::Sequence {
+                expected: 6,
+                got: 5,
+                ..
+            }
+        ),
+        "{taken}"
+    );
     drop(store);
 
     let store = SqliteStore::open(&path).unwrap();
