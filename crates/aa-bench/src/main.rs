@@ -133,6 +133,9 @@ struct SoakArgs {
     /// Events per report call.
     #[arg(long, default_value_t = 50)]
     batch: usize,
+    /// Report calls each reporting client keeps in flight.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
     /// Seconds measured.
     #[arg(long, default_value_t = 300.0)]
     seconds: f64,
@@ -276,6 +279,7 @@ fn run_soak(aasm: &std::path::Path, args: &SoakArgs) -> Result<bool> {
         event_clients: args.event_clients,
         event_rate: args.event_rate,
         batch: args.batch,
+        in_flight: args.in_flight,
         duration: seconds(args.seconds, "seconds")?,
         warmup: seconds(args.warmup, "warmup")?,
         interval: seconds(args.interval, "interval")?,

@@ -4,11 +4,12 @@
 //! counted in the gateway's store. [`SoakReport::problems`] says what went wrong: errors,
 //! events lost or duplicated, growth.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aa_sdk_client::{Agent, Client};
+use aa_sdk_client::{Agent, Call, Client};
 
 use crate::checks::{self, CheckLoad, Sample};
 use crate::pace::Schedule;
@@ -18,6 +19,8 @@ use crate::{BenchError, registered_client};
 
 /// How long the gateway has to store the backlog once the load stops.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long the store may stand still, short of everything, before the rest is called lost.
+const DRAIN_STALL: Duration = Duration::from_secs(10);
 /// Open descriptors a process may gain over the measured part: one the operator HTTP read in
 /// flight may hold, and one for a database file opened late.
 const FD_SLACK: usize = 2;
@@ -38,6 +41,9 @@ pub struct SoakLoad {
     pub event_rate: f64,
     /// Events in one report call.
     pub batch: usize,
+    /// Report calls each reporting client keeps in flight, as an SDK that flushes in the
+    /// background does; when that many are waiting, the client waits for the oldest.
+    pub in_flight: usize,
     /// How long the measured part lasts.
     pub duration: Duration,
     /// How long the load runs first, unmeasured.
@@ -297,12 +303,8 @@ pub fn run(
         for (index, (client, agent)) in event_sessions.iter().enumerate() {
             let (samples, stop, next) = (&event_samples, &stop, &next_event);
             scope.spawn(move || {
-                event_schedule.run(index, |_, _| {
-                    let first = next.fetch_add(load.batch as u64, Ordering::Relaxed);
-                    let reports = (first..first + load.batch as u64)
-                        .map(crate::events::tool_end)
-                        .collect();
-                    let sample = match client.report(agent, reports, vec![]).wait() {
+                let settle = |call: Call<u64>| {
+                    let sample = match call.wait() {
                         Ok(accepted) => EventSample {
                             accepted,
                             failed: accepted != load.batch as u64,
@@ -313,8 +315,22 @@ pub fn run(
                         },
                     };
                     lock(samples).push(sample);
+                };
+                let mut waiting = VecDeque::new();
+                event_schedule.run(index, |_, _| {
+                    if waiting.len() >= load.in_flight
+                        && let Some(oldest) = waiting.pop_front()
+                    {
+                        settle(oldest);
+                    }
+                    let first = next.fetch_add(load.batch as u64, Ordering::Relaxed);
+                    let reports = (first..first + load.batch as u64)
+                        .map(crate::events::tool_end)
+                        .collect();
+                    waiting.push_back(client.report(agent, reports, vec![]));
                     !stop.load(Ordering::Relaxed)
                 });
+                waiting.into_iter().for_each(settle);
             });
         }
         let watched = (|| {
@@ -344,10 +360,13 @@ pub fn run(
 
     let expected = recorded;
     let drained = Instant::now();
-    let mut stored = stack.events_stored()?;
-    while stored < expected && drained.elapsed() < DRAIN_TIMEOUT {
+    let (mut stored, mut moved) = (stack.events_stored()?, Instant::now());
+    while stored < expected && drained.elapsed() < DRAIN_TIMEOUT && moved.elapsed() < DRAIN_STALL {
         std::thread::sleep(Duration::from_millis(100));
-        stored = stack.events_stored()?;
+        let now = stack.events_stored()?;
+        if now != stored {
+            (stored, moved) = (now, Instant::now());
+        }
     }
     let drained_in = drained.elapsed();
     // Anything stored twice would arrive just after the rest.

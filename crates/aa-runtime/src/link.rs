@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aa_core::Suspension;
+use aa_core::{AuditEvent, Suspension};
 use aa_proto::pb;
 use aa_proto::pb::ErrorCode;
 use tokio::sync::{Notify, watch};
@@ -281,8 +281,24 @@ async fn watch_suspensions(runtime: Arc<Runtime>, link: GatewayLink, stop: watch
     follow(stop, open, apply).await;
 }
 
+/// Reads up to `batch` events after `sequence` off the async workers; a failed read is logged
+/// and reads as nothing, to be tried again.
+async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<AuditEvent> {
+    let outbox = Arc::clone(outbox);
+    match tokio::task::spawn_blocking(move || outbox.pending_after(sequence, batch)).await {
+        Ok(Ok(events)) => events,
+        Ok(Err(error)) => {
+            tracing::error!(%error, "outbox read failed");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`
-/// longer while events remain.
+/// longer while events remain. While the gateway stores one batch, the next is read; the
+/// outbox learns what was delivered behind the stream, so a restart may send a batch again,
+/// which the gateway recognises as duplicates.
 pub(crate) async fn forward(
     outbox: Arc<Outbox>,
     link: GatewayLink,
@@ -293,26 +309,29 @@ pub(crate) async fn forward(
 ) {
     let mut backoff = BACKOFF_START;
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut sent = match outbox.delivered() {
+        Ok(sequence) => sequence,
+        Err(error) => {
+            tracing::error!(%error, "outbox unreadable: nothing is forwarded");
+            return;
+        }
+    };
+    let mut read_ahead: Option<Vec<AuditEvent>> = None;
+    let mut marking: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if deadline.is_none() && *stop.borrow() {
             deadline = Some(tokio::time::Instant::now() + drain);
         }
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-            return;
+            break;
         }
-        let outbox_for_read = Arc::clone(&outbox);
-        let pending = tokio::task::spawn_blocking(move || outbox_for_read.pending(batch)).await;
-        let pending = match pending {
-            Ok(Ok(events)) => events,
-            Ok(Err(error)) => {
-                tracing::error!(%error, "outbox read failed");
-                Vec::new()
-            }
-            Err(_) => Vec::new(),
+        let pending = match read_ahead.take() {
+            Some(events) => events,
+            None => read_after(&outbox, sent, batch).await,
         };
         if pending.is_empty() {
             if deadline.is_some() {
-                return;
+                break;
             }
             tokio::select! {
                 () = written.notified() => {}
@@ -324,19 +343,32 @@ pub(crate) async fn forward(
         let last = pending
             .last()
             .and_then(|e| e.origin.as_ref())
-            .map_or(0, |o| o.sequence);
+            .map_or(sent, |o| o.sequence);
+        let full = pending.len() >= batch;
         let wire: Vec<pb::AuditEvent> = pending.iter().map(Into::into).collect();
-        match link.append(wire).await {
+        // A full batch means a backlog: read the next while the gateway stores this one.
+        let (appended, next) = if full {
+            tokio::join!(link.append(wire), read_after(&outbox, last, batch))
+        } else {
+            (link.append(wire).await, Vec::new())
+        };
+        match appended {
             Ok(_) => {
                 backoff = BACKOFF_START;
-                let outbox = Arc::clone(&outbox);
-                let marked = tokio::task::spawn_blocking(move || outbox.mark_delivered(last)).await;
-                if !matches!(marked, Ok(Ok(()))) {
-                    tracing::error!("could not record delivery; events will be sent again");
+                sent = last;
+                read_ahead = Some(next).filter(|n| !n.is_empty());
+                if let Some(previous) = marking.take() {
+                    let _ = previous.await;
                 }
+                let outbox = Arc::clone(&outbox);
+                marking = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(error) = outbox.mark_delivered(last) {
+                        tracing::error!(%error, "could not record delivery; events will be sent again");
+                    }
+                }));
                 // A short batch means the outbox is keeping up: let the next one fill a
                 // little, so a steady trickle goes out in few calls rather than one per event.
-                if pending.len() < batch && deadline.is_none() {
+                if !full && deadline.is_none() {
                     tokio::select! {
                         () = tokio::time::sleep(FORWARD_LINGER) => {}
                         _ = stop.changed() => {}
@@ -358,5 +390,8 @@ pub(crate) async fn forward(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+    if let Some(last) = marking {
+        let _ = last.await;
     }
 }

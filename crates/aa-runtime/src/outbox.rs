@@ -115,19 +115,33 @@ impl Outbox {
 
     /// Up to `limit` events not yet delivered, in stream order.
     pub fn pending(&self, limit: usize) -> Result<Vec<AuditEvent>, RuntimeError> {
+        let after = self.delivered()?;
+        self.pending_after(after, limit)
+    }
+
+    /// Up to `limit` events numbered after `sequence`, in stream order.
+    pub fn pending_after(
+        &self,
+        sequence: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, RuntimeError> {
         let conn = self.lock()?;
-        let delivered = delivered(&conn)?;
         let mut statement = conn.prepare_cached(
             "SELECT event FROM outbox WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
         )?;
         let rows = statement
-            .query_map(params![to_i64(delivered)?, to_i64(limit as u64)?], |row| {
+            .query_map(params![to_i64(sequence)?, to_i64(limit as u64)?], |row| {
                 row.get::<_, String>(0)
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.iter()
             .map(|json| serde_json::from_str(json).map_err(outbox_err))
             .collect()
+    }
+
+    /// The last sequence the gateway is known to hold.
+    pub fn delivered(&self) -> Result<u64, RuntimeError> {
+        delivered(&*self.lock()?)
     }
 
     /// Records that the gateway holds every event up to `sequence`, and forgets the oldest

@@ -7,6 +7,7 @@ use std::time::Duration;
 use aa_core::AuditEvent;
 use aa_security::{Limits, Scanner};
 use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::outbox::Outbox;
 
@@ -51,7 +52,73 @@ async fn linger(jobs: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>) {
     }
 }
 
-/// Runs the writer until every sender is gone and the queue is drained.
+/// A group scanned and redacted, ready to commit: each job's events, and why a job failed.
+struct Scanned {
+    group: Vec<Job>,
+    outcomes: Vec<Result<(), String>>,
+    batches: Vec<Vec<AuditEvent>>,
+}
+
+/// Redacts every event of a group; an event the scanner cannot put back together fails its
+/// whole job, loudly, and nothing of that job is written.
+fn scan(mut group: Vec<Job>, scanner: &Scanner, limits: &Limits) -> Scanned {
+    let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(group.len());
+    for job in &mut group {
+        let mut outcome = Ok(());
+        for event in &mut job.events {
+            if let Err(e) = scanner.redact_audit_event(event, limits) {
+                outcome = Err(e.to_string());
+            }
+        }
+        if outcome.is_err() {
+            job.events.clear();
+        }
+        outcomes.push(outcome);
+    }
+    let batches = group
+        .iter_mut()
+        .map(|j| std::mem::take(&mut j.events))
+        .collect();
+    Scanned {
+        group,
+        outcomes,
+        batches,
+    }
+}
+
+/// Commits a scanned group in one transaction.
+fn commit(mut scanned: Scanned, outbox: &Outbox) -> Committed {
+    let counts = outbox
+        .append(&mut scanned.batches)
+        .map_err(|e| e.to_string());
+    (scanned, counts)
+}
+
+/// Answers everyone waiting on a committed group; a decision event that failed is logged.
+fn answer((scanned, counts): Committed, written: &Notify) {
+    for (i, (job, outcome)) in scanned.group.into_iter().zip(scanned.outcomes).enumerate() {
+        let answer = match (&counts, outcome) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(_), Err(e)) => Err(e),
+            (Ok(counts), Ok(())) => Ok(counts.get(i).copied().unwrap_or(0)),
+        };
+        match job.done {
+            Some(done) => {
+                let _ = done.send(answer);
+            }
+            None => {
+                if let Err(error) = answer {
+                    tracing::error!(%error, "a decision event could not be written");
+                }
+            }
+        }
+    }
+    written.notify_one();
+}
+
+/// Runs the writer until every sender is gone and the queue is drained. Two stages overlap:
+/// while one group is committed (its disk sync mostly waits), the next is gathered and
+/// scanned; commits stay in order, one at a time.
 pub(crate) async fn write_loop(
     mut jobs: mpsc::Receiver<Job>,
     outbox: Arc<Outbox>,
@@ -59,57 +126,53 @@ pub(crate) async fn write_loop(
     limits: Limits,
     written: Arc<Notify>,
 ) {
-    while let Some(first) = jobs.recv().await {
+    let mut committing: Option<JoinHandle<Committed>> = None;
+    loop {
+        // A finished commit is answered at once, not when the next group comes.
+        let first = tokio::select! {
+            biased;
+            committed = async {
+                match committing.as_mut() {
+                    Some(commit) => commit.await,
+                    None => std::future::pending().await,
+                }
+            }, if committing.is_some() => {
+                committing = None;
+                answered(committed, &written);
+                continue;
+            }
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
         let mut group = vec![first];
         take_queued(&mut jobs, &mut group);
         linger(&mut jobs, &mut group).await;
-        let outbox = Arc::clone(&outbox);
         let scanner = Arc::clone(&scanner);
-        let result = tokio::task::spawn_blocking(move || {
-            let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(group.len());
-            for job in &mut group {
-                let mut outcome = Ok(());
-                for event in &mut job.events {
-                    // Nothing is written before it is redacted; an event the scanner cannot
-                    // put back together fails its whole batch, loudly.
-                    if let Err(e) = scanner.redact_audit_event(event, &limits) {
-                        outcome = Err(e.to_string());
-                    }
-                }
-                if outcome.is_err() {
-                    job.events.clear();
-                }
-                outcomes.push(outcome);
-            }
-            let mut batches: Vec<Vec<AuditEvent>> = group
-                .iter_mut()
-                .map(|j| std::mem::take(&mut j.events))
-                .collect();
-            let counts = outbox.append(&mut batches).map_err(|e| e.to_string());
-            (group, outcomes, counts)
-        })
-        .await;
-        let Ok((group, outcomes, counts)) = result else {
-            tracing::error!("outbox writer task failed");
+        let Ok(scanned) = tokio::task::spawn_blocking(move || scan(group, &scanner, &limits)).await
+        else {
+            tracing::error!("outbox scanning task failed");
             continue;
         };
-        for (i, (job, outcome)) in group.into_iter().zip(outcomes).enumerate() {
-            let answer = match (&counts, outcome) {
-                (Err(e), _) => Err(e.clone()),
-                (Ok(_), Err(e)) => Err(e),
-                (Ok(counts), Ok(())) => Ok(counts.get(i).copied().unwrap_or(0)),
-            };
-            match job.done {
-                Some(done) => {
-                    let _ = done.send(answer);
-                }
-                None => {
-                    if let Err(error) = answer {
-                        tracing::error!(%error, "a decision event could not be written");
-                    }
-                }
-            }
+        if let Some(previous) = committing.take() {
+            answered(previous.await, &written);
         }
-        written.notify_one();
+        let outbox = Arc::clone(&outbox);
+        committing = Some(tokio::task::spawn_blocking(move || {
+            commit(scanned, &outbox)
+        }));
+    }
+    if let Some(last) = committing {
+        answered(last.await, &written);
+    }
+}
+
+type Committed = (Scanned, Result<Vec<u64>, String>);
+
+fn answered(committed: Result<Committed, tokio::task::JoinError>, written: &Notify) {
+    match committed {
+        Ok(committed) => answer(committed, written),
+        Err(_) => tracing::error!("outbox writer task failed"),
     }
 }

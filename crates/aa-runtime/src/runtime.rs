@@ -524,7 +524,7 @@ impl Runtime {
             }
             event.detail =
                 Some(serde_json::Value::Object(detail)).filter(|d| d != &serde_json::json!({}));
-            self.record(event);
+            applied = self.record_decision(event, applied);
         }
         pb::CheckResponse {
             decision: Some(decision_to_wire(
@@ -662,8 +662,7 @@ impl Runtime {
         );
         event.verdict = Some(verdict.clone());
         event.detail = Some(serde_json::Value::Object(detail));
-        self.record(event);
-        answer(&verdict)
+        answer(&self.record_decision(event, verdict))
     }
 
     async fn resolve_approval(
@@ -885,14 +884,34 @@ impl Runtime {
         }
     }
 
-    /// Queues a runtime-made event without waiting for it to be written.
-    fn record(&self, event: AuditEvent) {
+    /// Queues a decision's event without waiting for it to be written, and returns the verdict
+    /// to answer with: under `enforce`, an allow whose event cannot be queued (the writer is a
+    /// whole queue behind, or gone) becomes a deny, since an action must not run off the record.
+    fn record_decision(&self, event: AuditEvent, answer: Verdict) -> Verdict {
         let job = Job {
             events: vec![event],
             done: None,
         };
-        if self.jobs.try_send(job).is_err() {
-            tracing::error!("outbox queue full or closed: a decision event was not recorded");
+        let Err(error) = self.jobs.try_send(job) else {
+            return answer;
+        };
+        let why = match error {
+            mpsc::error::TrySendError::Full(_) => format!(
+                "the audit outbox is {} decisions behind",
+                self.jobs.max_capacity()
+            ),
+            mpsc::error::TrySendError::Closed(_) => "the audit outbox is closed".to_owned(),
+        };
+        tracing::error!(reason = %why, decision = answer.decision.as_str(), "a decision could not be recorded");
+        if answer.decision == Decision::Allow && answer.mode == Mode::Enforce {
+            Verdict {
+                decision: Decision::Deny,
+                rule: "audit".into(),
+                reason: format!("{why}: denied rather than left off the record"),
+                ..answer
+            }
+        } else {
+            answer
         }
     }
 
@@ -1047,4 +1066,71 @@ fn random_id() -> String {
         return format!("d{}-{n}", now_ms());
     }
     aa_core::hex::encode(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use super::*;
+
+    fn verdict(decision: Decision, mode: Mode) -> Verdict {
+        Verdict {
+            decision,
+            rule: "tools.read_file".into(),
+            reason: "listed".into(),
+            policy: "p".into(),
+            mode,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_allow_that_cannot_be_recorded_is_denied_under_enforce() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db")).unwrap());
+        // A writer a whole queue behind: the queue holds one job and has it.
+        let (jobs, mut queue) = mpsc::channel(1);
+        let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let config = RuntimeConfig::new(dir.path(), "http://127.0.0.1:9");
+        let runtime = Runtime::new(config, outbox, jobs, link).unwrap();
+        let event = || {
+            let action = Action::ToolCall {
+                tool: "read_file".into(),
+                args: serde_json::json!({}),
+            };
+            let peer = Peer { uid: 0, pid: 0 };
+            runtime.event(
+                AgentContext::new("a"),
+                action,
+                EventKind::Decision,
+                peer,
+                random_id(),
+            )
+        };
+        let allow = verdict(Decision::Allow, Mode::Enforce);
+        assert_eq!(runtime.record_decision(event(), allow.clone()), allow);
+
+        let denied = runtime.record_decision(event(), allow.clone());
+        assert_eq!(
+            (denied.decision, denied.rule.as_str()),
+            (Decision::Deny, "audit")
+        );
+        assert!(
+            denied.reason.contains("1 decisions behind"),
+            "{}",
+            denied.reason
+        );
+        // A deny stays itself, and observe never blocks.
+        let deny = verdict(Decision::Deny, Mode::Enforce);
+        assert_eq!(runtime.record_decision(event(), deny.clone()), deny);
+        let observed = verdict(Decision::Allow, Mode::Observe);
+        assert_eq!(runtime.record_decision(event(), observed.clone()), observed);
+
+        queue.close();
+        while queue.try_recv().is_ok() {}
+        let closed = runtime.record_decision(event(), allow);
+        assert!(closed.reason.contains("closed"), "{}", closed.reason);
+        assert_eq!(closed.decision, Decision::Deny);
+    }
 }

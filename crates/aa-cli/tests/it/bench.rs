@@ -90,6 +90,7 @@ fn a_short_soak_is_read_every_interval_and_counted_in_full() {
         event_clients: 2,
         event_rate: 400.0,
         batch: 20,
+        in_flight: 2,
         duration: Duration::from_secs(4),
         warmup: Duration::from_secs(1),
         interval: Duration::from_secs(1),
