@@ -11,6 +11,7 @@
 //!   interval (latency, failures, the gateway's backlog, memory, descriptors), then drained
 //!   and counted; what went wrong, if anything.
 //! - `pace`: the schedule clients send on.
+//! - [`partition`]: a relay between the runtime and the gateway that can cut the link.
 //! - [`approvals`]: how soon a waiting call is released after an operator approves it.
 //! - [`stats`]: percentiles of recorded latencies.
 //! - [`error`]: the error type, [`BenchError`].
@@ -23,6 +24,7 @@ pub mod checks;
 pub mod error;
 pub mod events;
 mod pace;
+pub mod partition;
 pub mod soak;
 pub mod stack;
 pub mod stats;

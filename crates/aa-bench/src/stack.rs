@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::BenchError;
+use crate::partition::Partition;
 
 /// How long a service has to print its addresses.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -181,6 +182,7 @@ pub struct Stack {
     pub socket: PathBuf,
     /// The gateway's operator HTTP address.
     pub http: SocketAddr,
+    partition: Option<Partition>,
     dir: tempfile::TempDir,
 }
 
@@ -188,6 +190,16 @@ impl Stack {
     /// Starts `aasm gateway` on free ports with the default policy, then `aasm runtime`
     /// linked to it, each with its own state under a fresh temp directory.
     pub fn start(aasm: &Path) -> Result<Stack, BenchError> {
+        Stack::launch(aasm, false)
+    }
+
+    /// Like [`Stack::start`], with the runtime reaching the gateway through a relay that can
+    /// cut the link ([`Stack::partition`]).
+    pub fn start_partitionable(aasm: &Path) -> Result<Stack, BenchError> {
+        Stack::launch(aasm, true)
+    }
+
+    fn launch(aasm: &Path, partitionable: bool) -> Result<Stack, BenchError> {
         if aasm.components().count() > 1 && !aasm.is_file() {
             return Err(BenchError::NoBinary(aasm.to_path_buf()));
         }
@@ -221,10 +233,24 @@ impl Stack {
                     what: "aasm gateway",
                     detail: format!("unreadable HTTP address {http:?}: {e}"),
                 })?;
+        let partition = if partitionable {
+            let upstream =
+                grpc.trim_start_matches("http://")
+                    .parse()
+                    .map_err(|e| BenchError::Start {
+                        what: "aasm gateway",
+                        detail: format!("unreadable gRPC address {grpc:?}: {e}"),
+                    })?;
+            Some(Partition::start(upstream)?)
+        } else {
+            None
+        };
         let runtime_args = vec![
             "runtime".into(),
             "--gateway".into(),
-            grpc.clone(),
+            partition
+                .as_ref()
+                .map_or_else(|| grpc.clone(), |p| format!("http://{}", p.addr())),
             "--state-dir".into(),
             state("runtime"),
         ];
@@ -238,8 +264,14 @@ impl Stack {
             runtime_args,
             socket: PathBuf::from(&found[0]),
             http,
+            partition,
             dir,
         })
+    }
+
+    /// The relay between the runtime and the gateway, when started partitionable.
+    pub fn partition(&self) -> Option<&Partition> {
+        self.partition.as_ref()
     }
 
     /// Kills the gateway with SIGKILL.

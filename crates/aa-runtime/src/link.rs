@@ -18,6 +18,10 @@ use crate::runtime::{Refusal, Runtime};
 
 pub(crate) const BACKOFF_START: Duration = Duration::from_millis(50);
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often a quiet link to the gateway is pinged, and how long a ping may go unanswered.
+const KEEPALIVE: Duration = Duration::from_secs(10);
+/// How long one append may take before the forwarder gives up on it and sends it again.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the forwarder lets a short batch's successors gather before reading again.
 const FORWARD_LINGER: Duration = Duration::from_millis(10);
 const BUNDLE_KEY: &str = "bundle";
@@ -61,6 +65,11 @@ impl GatewayLink {
             })?
             .connect_timeout(timeout)
             .tcp_nodelay(true)
+            // A link that goes silent (a partition, a vanished host) is noticed in seconds
+            // and dialled again, not waited on for the minutes TCP would take to give up.
+            .http2_keep_alive_interval(KEEPALIVE)
+            .keep_alive_timeout(KEEPALIVE)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(GatewayLink { channel })
     }
@@ -137,9 +146,13 @@ impl GatewayLink {
         &self,
         events: Vec<pb::AuditEvent>,
     ) -> Result<pb::AppendEventsResponse, tonic::Status> {
-        pb::audit_service_client::AuditServiceClient::new(self.channel.clone())
-            .append_events(pb::AppendEventsRequest { events })
+        let mut audit = pb::audit_service_client::AuditServiceClient::new(self.channel.clone());
+        let call = audit.append_events(pb::AppendEventsRequest { events });
+        tokio::time::timeout(APPEND_TIMEOUT, call)
             .await
+            .map_err(|_| {
+                tonic::Status::deadline_exceeded("the gateway did not store the batch in time")
+            })?
             .map(tonic::Response::into_inner)
     }
 }

@@ -1,5 +1,5 @@
 //! Faults with real processes: the gateway and the runtime are separate `aasm` processes,
-//! killed with SIGKILL and started again on the same state. After each, every event the
+//! killed with SIGKILL and started again on the same state, or cut apart for minutes. After each, every event the
 //! runtime acknowledged is in the gateway's store exactly once and the audit log verifies.
 
 use std::collections::HashMap;
@@ -7,11 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use aa_bench::stack::Stack;
-use aa_core::{EventKind, Mode};
+use aa_core::{Decision, EventKind, Mode};
 use aa_sdk_client::{Agent, Client, Report};
 use serde_json::{Value, json};
 
-use crate::governed::{client, eventually, register, tool};
+use crate::governed::{client, decide, eventually, register, tool};
 use crate::{aasm, stdout};
 
 /// Sends `n` events in batches of 100, each marked `<phase>-<i>`; returns the marks the
@@ -58,32 +58,9 @@ fn stored_marks(gateway_state: &Path) -> HashMap<String, usize> {
     marks
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateway_and_runtime_killed_mid_stream_lose_no_acknowledged_event() {
-    let mut stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
-    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
-    let bot = register(&c, "bot", None).await;
-    let mut acknowledged = Vec::new();
-
-    // The gateway is killed while the runtime is forwarding a backlog of 2,000 events.
-    acknowledged.extend(send(&c, &bot, "before", 2000).await);
-    stack.crash_gateway().unwrap();
-    // With the gateway gone, events are acknowledged from the outbox.
-    acknowledged.extend(send(&c, &bot, "gateway-down", 1000).await);
-    assert_eq!(
-        acknowledged.len(),
-        3000,
-        "the runtime acknowledged every event"
-    );
-
-    // The runtime is killed with a full outbox, and a batch sent meanwhile is not acknowledged.
-    stack.crash_runtime().unwrap();
-    assert!(send(&c, &bot, "runtime-down", 100).await.is_empty());
-    stack.restart_runtime().unwrap();
-    acknowledged.extend(send(&c, &bot, "after-restart", 500).await);
-    assert_eq!(acknowledged.len(), 3500, "the session survived the restart");
-    stack.restart_gateway().unwrap();
-
+/// Waits (a minute at most) until every acknowledged mark is in the gateway's store, then
+/// asserts each is there exactly once and that `aasm audit verify` passes.
+async fn delivered_once(stack: &Stack, acknowledged: &[String]) {
     let gateway_state = stack.gateway_state_dir();
     let arrived = eventually(Duration::from_secs(60), async || {
         let stored = stored_marks(&gateway_state);
@@ -114,6 +91,94 @@ async fn gateway_and_runtime_killed_mid_stream_lose_no_acknowledged_event() {
         stdout(&verify),
         crate::stderr(&verify)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_and_runtime_killed_mid_stream_lose_no_acknowledged_event() {
+    let mut stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let mut acknowledged = Vec::new();
+
+    // The gateway is killed while the runtime is forwarding a backlog of 2,000 events.
+    acknowledged.extend(send(&c, &bot, "before", 2000).await);
+    stack.crash_gateway().unwrap();
+    // With the gateway gone, events are acknowledged from the outbox.
+    acknowledged.extend(send(&c, &bot, "gateway-down", 1000).await);
+    assert_eq!(
+        acknowledged.len(),
+        3000,
+        "the runtime acknowledged every event"
+    );
+
+    // The runtime is killed with a full outbox, and a batch sent meanwhile is not acknowledged.
+    stack.crash_runtime().unwrap();
+    assert!(send(&c, &bot, "runtime-down", 100).await.is_empty());
+    stack.restart_runtime().unwrap();
+    acknowledged.extend(send(&c, &bot, "after-restart", 500).await);
+    assert_eq!(acknowledged.len(), 3500, "the session survived the restart");
+    stack.restart_gateway().unwrap();
+
+    delivered_once(&stack, &acknowledged).await;
+    drop(c);
+    stack.stop().unwrap();
+}
+
+/// How long the partition lasts: two minutes, or `AASM_TEST_PARTITION_SECONDS`.
+fn partition_length() -> Duration {
+    let seconds = std::env::var("AASM_TEST_PARTITION_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    Duration::from_secs(seconds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_of_minutes_holds_events_back_and_loses_none() {
+    let stack = Stack::start_partitionable(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let read = || tool("read_file", json!({ "path": "/workspace/notes.md" }));
+    let ready = eventually(Duration::from_secs(15), async || {
+        decide(&c, &bot, read()).await.verdict.decision == Decision::Allow
+    })
+    .await;
+    assert!(ready, "the bundle never arrived");
+    let mut acknowledged = send(&c, &bot, "before", 500).await;
+    let partition = stack.partition().unwrap();
+    partition.cut();
+
+    // Throughout: ten events and a check every second. Checks are decided from the bundle
+    // the runtime holds; events are acknowledged from its outbox; none reaches the gateway.
+    let length = partition_length();
+    let cut_at = tokio::time::Instant::now();
+    let mut stored_during = Vec::new();
+    let mut second = 0;
+    while cut_at.elapsed() < length {
+        acknowledged.extend(send(&c, &bot, &format!("cut-{second}"), 10).await);
+        let outcome = decide(&c, &bot, read()).await;
+        assert_eq!(
+            (outcome.verdict.decision, outcome.resolved_locally),
+            (Decision::Allow, false),
+            "{:?}",
+            outcome.verdict
+        );
+        // What was in flight when the link was cut may land in the first seconds.
+        if cut_at.elapsed() > Duration::from_secs(5) {
+            stored_during.push(stack.events_stored().unwrap());
+        }
+        second += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        stored_during.windows(2).all(|w| w[0] == w[1]),
+        "nothing crosses a cut link: {stored_during:?}"
+    );
+    assert_eq!(acknowledged.len(), 500 + 10 * second);
+
+    partition.heal();
+    acknowledged.extend(send(&c, &bot, "after", 500).await);
+    delivered_once(&stack, &acknowledged).await;
     drop(c);
     stack.stop().unwrap();
 }
