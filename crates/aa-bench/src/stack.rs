@@ -183,6 +183,7 @@ pub struct Stack {
     /// The gateway's operator HTTP address.
     pub http: SocketAddr,
     partition: Option<Partition>,
+    runtime_state: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -190,16 +191,29 @@ impl Stack {
     /// Starts `aasm gateway` on free ports with the default policy, then `aasm runtime`
     /// linked to it, each with its own state under a fresh temp directory.
     pub fn start(aasm: &Path) -> Result<Stack, BenchError> {
-        Stack::launch(aasm, false)
+        Stack::launch(aasm, false, None)
     }
 
     /// Like [`Stack::start`], with the runtime reaching the gateway through a relay that can
     /// cut the link ([`Stack::partition`]).
     pub fn start_partitionable(aasm: &Path) -> Result<Stack, BenchError> {
-        Stack::launch(aasm, true)
+        Stack::launch(aasm, true, None)
     }
 
-    fn launch(aasm: &Path, partitionable: bool) -> Result<Stack, BenchError> {
+    /// Like [`Stack::start`], with the runtime's state (its database and socket) in
+    /// `runtime_state`, a directory the caller provides: on a small filesystem, say.
+    pub fn start_with_runtime_state(
+        aasm: &Path,
+        runtime_state: &Path,
+    ) -> Result<Stack, BenchError> {
+        Stack::launch(aasm, false, Some(runtime_state.to_path_buf()))
+    }
+
+    fn launch(
+        aasm: &Path,
+        partitionable: bool,
+        runtime_state: Option<PathBuf>,
+    ) -> Result<Stack, BenchError> {
         if aasm.components().count() > 1 && !aasm.is_file() {
             return Err(BenchError::NoBinary(aasm.to_path_buf()));
         }
@@ -252,7 +266,9 @@ impl Stack {
                 .as_ref()
                 .map_or_else(|| grpc.clone(), |p| format!("http://{}", p.addr())),
             "--state-dir".into(),
-            state("runtime"),
+            runtime_state
+                .as_ref()
+                .map_or_else(|| state("runtime"), |dir| dir.display().to_string()),
         ];
         let (runtime, found) =
             Service::start("aasm runtime", aasm, &runtime_args, &["runtime socket:"])?;
@@ -265,6 +281,7 @@ impl Stack {
             socket: PathBuf::from(&found[0]),
             http,
             partition,
+            runtime_state,
             dir,
         })
     }
@@ -311,6 +328,13 @@ impl Stack {
     /// The gateway's state directory (its database, keys and admin token).
     pub fn gateway_state_dir(&self) -> PathBuf {
         self.dir.path().join("gateway")
+    }
+
+    /// The runtime's state directory (its database: outbox, sessions, last bundle).
+    pub fn runtime_state_dir(&self) -> PathBuf {
+        self.runtime_state
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("runtime"))
     }
 
     /// A directory for clients' agent keys.

@@ -1,7 +1,11 @@
 //! The outbox writer: one task that redacts events and commits them, many batches to a
-//! transaction (group commit), so throughput does not hang on one fsync per event.
+//! transaction (group commit), so throughput does not hang on one fsync per event. When a
+//! commit fails (a full disk, a locked database), the SDK's batches are refused, the
+//! runtime's own decision events are held in memory and tried again, and [`OutboxHealth`]
+//! says so, for `enforce` to deny until a commit succeeds.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aa_core::AuditEvent;
@@ -23,6 +27,47 @@ const GROUP: usize = 256;
 /// How long a group nobody waits on (the runtime's own decision events) gathers more jobs,
 /// so one sync of the disk covers many decisions. A job someone waits on ends the wait.
 const LINGER: Duration = Duration::from_millis(2);
+
+/// Decision events held in memory while the outbox cannot be written, at most (about a
+/// kilobyte each).
+const HELD_MAX: usize = 20_000;
+/// How often held events are tried again when nothing else comes to write.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Whether the outbox can be written: the last commit's error, while commits fail.
+#[derive(Debug, Default)]
+pub(crate) struct OutboxHealth {
+    failing: AtomicBool,
+    error: Mutex<String>,
+}
+
+impl OutboxHealth {
+    /// Why the outbox cannot be written, while it cannot.
+    pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.error.lock().map(|e| e.clone()).unwrap_or_default())
+    }
+
+    fn record(&self, commit: Result<(), &str>) {
+        match commit {
+            Ok(()) => {
+                if self.failing.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("the outbox is written again");
+                }
+            }
+            Err(error) => {
+                if let Ok(mut last) = self.error.lock() {
+                    error.clone_into(&mut last);
+                }
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(%error, "the outbox cannot be written: enforce denies until it can");
+                }
+            }
+        }
+    }
+}
 
 /// Adds queued jobs to `group` without waiting, up to [`GROUP`].
 fn take_queued(jobs: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>) {
@@ -94,22 +139,33 @@ fn commit(mut scanned: Scanned, outbox: &Outbox) -> Committed {
     (scanned, counts)
 }
 
-/// Answers everyone waiting on a committed group; a decision event that failed is logged.
-fn answer((scanned, counts): Committed, written: &Notify) {
-    for (i, (job, outcome)) in scanned.group.into_iter().zip(scanned.outcomes).enumerate() {
+/// Answers everyone waiting on a committed group. If the commit failed, the group's decision
+/// events (nobody waits on them) are held to be tried again; one the scanner refused is
+/// logged.
+fn answer(
+    (scanned, counts): Committed,
+    written: &Notify,
+    health: &OutboxHealth,
+    held: &mut Vec<AuditEvent>,
+) {
+    health.record(counts.as_ref().map(drop).map_err(String::as_str));
+    let jobs = scanned.group.into_iter().zip(scanned.outcomes);
+    for (i, ((job, outcome), batch)) in jobs.zip(scanned.batches).enumerate() {
         let answer = match (&counts, outcome) {
             (Err(e), _) => Err(e.clone()),
             (Ok(_), Err(e)) => Err(e),
             (Ok(counts), Ok(())) => Ok(counts.get(i).copied().unwrap_or(0)),
         };
-        match job.done {
-            Some(done) => {
+        match (job.done, answer) {
+            (Some(done), answer) => {
                 let _ = done.send(answer);
             }
-            None => {
-                if let Err(error) = answer {
-                    tracing::error!(%error, "a decision event could not be written");
-                }
+            (None, Ok(_)) => {}
+            (None, Err(_)) if counts.is_err() && held.len() + batch.len() <= HELD_MAX => {
+                held.extend(batch);
+            }
+            (None, Err(error)) => {
+                tracing::error!(%error, events = batch.len(), "decision events could not be written");
             }
         }
     }
@@ -125,8 +181,10 @@ pub(crate) async fn write_loop(
     scanner: Arc<Scanner>,
     limits: Limits,
     written: Arc<Notify>,
+    health: Arc<OutboxHealth>,
 ) {
     let mut committing: Option<JoinHandle<Committed>> = None;
+    let mut held: Vec<AuditEvent> = Vec::new();
     loop {
         // A finished commit is answered at once, not when the next group comes.
         let first = tokio::select! {
@@ -138,15 +196,25 @@ pub(crate) async fn write_loop(
                 }
             }, if committing.is_some() => {
                 committing = None;
-                answered(committed, &written);
+                answered(committed, &written, &health, &mut held);
                 continue;
             }
             job = jobs.recv() => match job {
                 Some(job) => job,
                 None => break,
             },
+            () = tokio::time::sleep(RETRY), if !held.is_empty() && committing.is_none() => Job {
+                events: std::mem::take(&mut held),
+                done: None,
+            },
         };
         let mut group = vec![first];
+        if !held.is_empty() {
+            group.push(Job {
+                events: std::mem::take(&mut held),
+                done: None,
+            });
+        }
         take_queued(&mut jobs, &mut group);
         linger(&mut jobs, &mut group).await;
         let scanner = Arc::clone(&scanner);
@@ -156,7 +224,7 @@ pub(crate) async fn write_loop(
             continue;
         };
         if let Some(previous) = committing.take() {
-            answered(previous.await, &written);
+            answered(previous.await, &written, &health, &mut held);
         }
         let outbox = Arc::clone(&outbox);
         committing = Some(tokio::task::spawn_blocking(move || {
@@ -164,15 +232,26 @@ pub(crate) async fn write_loop(
         }));
     }
     if let Some(last) = committing {
-        answered(last.await, &written);
+        answered(last.await, &written, &health, &mut held);
+    }
+    if !held.is_empty() {
+        tracing::error!(
+            events = held.len(),
+            "stopping with decision events the outbox could not take"
+        );
     }
 }
 
 type Committed = (Scanned, Result<Vec<u64>, String>);
 
-fn answered(committed: Result<Committed, tokio::task::JoinError>, written: &Notify) {
+fn answered(
+    committed: Result<Committed, tokio::task::JoinError>,
+    written: &Notify,
+    health: &OutboxHealth,
+    held: &mut Vec<AuditEvent>,
+) {
     match committed {
-        Ok(committed) => answer(committed, written),
+        Ok(committed) => answer(committed, written, health, held),
         Err(_) => tracing::error!("outbox writer task failed"),
     }
 }

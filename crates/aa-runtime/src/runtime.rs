@@ -24,7 +24,7 @@ use crate::error::RuntimeError;
 use crate::limits::RateCounter;
 use crate::link::GatewayLink;
 use crate::outbox::Outbox;
-use crate::pipeline::Job;
+use crate::pipeline::{Job, OutboxHealth};
 
 /// The connecting process, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +154,7 @@ pub struct Runtime {
     pending: PendingTable,
     outbox: Arc<Outbox>,
     jobs: mpsc::Sender<Job>,
+    outbox_health: Arc<OutboxHealth>,
     link: GatewayLink,
 }
 
@@ -162,6 +163,7 @@ impl Runtime {
         config: RuntimeConfig,
         outbox: Arc<Outbox>,
         jobs: mpsc::Sender<Job>,
+        outbox_health: Arc<OutboxHealth>,
         link: GatewayLink,
     ) -> Result<Runtime, RuntimeError> {
         let mut sessions = HashMap::new();
@@ -179,6 +181,7 @@ impl Runtime {
             pending: PendingTable::default(),
             outbox,
             jobs,
+            outbox_health,
             link,
         })
     }
@@ -886,21 +889,24 @@ impl Runtime {
 
     /// Queues a decision's event without waiting for it to be written, and returns the verdict
     /// to answer with: under `enforce`, an allow whose event cannot be queued (the writer is a
-    /// whole queue behind, or gone) becomes a deny, since an action must not run off the record.
+    /// whole queue behind, or gone) or written (its last commit failed) becomes a deny, since
+    /// an action must not run off the record.
     fn record_decision(&self, event: AuditEvent, answer: Verdict) -> Verdict {
         let job = Job {
             events: vec![event],
             done: None,
         };
-        let Err(error) = self.jobs.try_send(job) else {
-            return answer;
-        };
-        let why = match error {
-            mpsc::error::TrySendError::Full(_) => format!(
+        let queued = self.jobs.try_send(job);
+        let why = match (queued, self.outbox_health.failure()) {
+            (Ok(()), None) => return answer,
+            (Ok(()), Some(error)) => format!("the audit outbox cannot be written ({error})"),
+            (Err(mpsc::error::TrySendError::Full(_)), _) => format!(
                 "the audit outbox is {} decisions behind",
                 self.jobs.max_capacity()
             ),
-            mpsc::error::TrySendError::Closed(_) => "the audit outbox is closed".to_owned(),
+            (Err(mpsc::error::TrySendError::Closed(_)), _) => {
+                "the audit outbox is closed".to_owned()
+            }
         };
         tracing::error!(reason = %why, decision = answer.decision.as_str(), "a decision could not be recorded");
         if answer.decision == Decision::Allow && answer.mode == Mode::Enforce {
@@ -1093,7 +1099,8 @@ mod tests {
         let (jobs, mut queue) = mpsc::channel(1);
         let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
         let config = RuntimeConfig::new(dir.path(), "http://127.0.0.1:9");
-        let runtime = Runtime::new(config, outbox, jobs, link).unwrap();
+        let health = Arc::new(OutboxHealth::default());
+        let runtime = Runtime::new(config, outbox, jobs, Arc::clone(&health), link).unwrap();
         let event = || {
             let action = Action::ToolCall {
                 tool: "read_file".into(),

@@ -25,7 +25,7 @@ use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::link::{self, GatewayLink};
 use crate::outbox::Outbox;
-use crate::pipeline::{self, Job};
+use crate::pipeline::{self, Job, OutboxHealth};
 use crate::runtime::{Checked, GatewayCheck, Peer, Refusal, Runtime};
 
 /// How long a stopping runtime keeps trying to hand its outbox to the gateway.
@@ -80,18 +80,21 @@ pub async fn run(
     let link = GatewayLink::new(&config.gateway_url, config.gateway_timeout)?;
     let written = Arc::new(Notify::new());
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+    let outbox_health = Arc::new(OutboxHealth::default());
     let writer = tokio::spawn(pipeline::write_loop(
         jobs_rx,
         Arc::clone(&outbox),
         scanner,
         config.limits,
         Arc::clone(&written),
+        Arc::clone(&outbox_health),
     ));
     let served = config.served_uids();
     let runtime = Arc::new(Runtime::new(
         config.clone(),
         Arc::clone(&outbox),
         jobs_tx.clone(),
+        outbox_health,
         link.clone(),
     )?);
     link::restore(&runtime);

@@ -182,3 +182,194 @@ async fn a_partition_of_minutes_holds_events_back_and_loses_none() {
     drop(c);
     stack.stop().unwrap();
 }
+
+/// How many decision events for `agent` are in the gateway's audit export.
+fn stored_decisions(gateway_state: &Path, agent: &str) -> usize {
+    let out = aasm(&[
+        "audit",
+        "export",
+        "--state-dir",
+        &gateway_state.display().to_string(),
+    ]);
+    assert!(out.status.success());
+    stdout(&out)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|r| r["event"]["kind"] == "decision" && r["event"]["agent"]["id"] == agent)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_outbox_denies_under_enforce_and_every_decision_is_kept() {
+    let stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let read = || tool("read_file", json!({ "path": "/workspace/notes.md" }));
+    let mut answered = 0;
+    let mut check = async || {
+        let outcome = decide(&c, &bot, read()).await;
+        assert!(!outcome.resolved_locally, "{:?}", outcome.verdict);
+        answered += 1;
+        outcome.verdict
+    };
+    let ready = eventually(Duration::from_secs(15), async || {
+        check().await.decision == Decision::Allow
+    })
+    .await;
+    assert!(ready, "the bundle never arrived");
+
+    // Another process takes the database's write lock and keeps it: the writer waits out its
+    // busy timeout (5 s), its commit fails, and from then on checks are denied saying why.
+    let lock = rusqlite::Connection::open(stack.runtime_state_dir().join("runtime.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let mut denied = None;
+    let noticed = eventually(Duration::from_secs(30), async || {
+        let verdict = check().await;
+        let audit = verdict.decision == Decision::Deny && verdict.rule == "audit";
+        denied = Some(verdict);
+        audit
+    })
+    .await;
+    let denied = denied.unwrap();
+    assert!(noticed, "{denied:?}");
+    assert!(denied.reason.contains("locked"), "{}", denied.reason);
+    // The SDK's events are refused, not acknowledged and lost.
+    assert!(send(&c, &bot, "locked", 10).await.is_empty());
+
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    let recovered = eventually(Duration::from_secs(30), async || {
+        check().await.decision == Decision::Allow
+    })
+    .await;
+    assert!(
+        recovered,
+        "checks are allowed again once the outbox takes writes"
+    );
+    let acknowledged = send(&c, &bot, "unlocked", 100).await;
+    assert_eq!(acknowledged.len(), 100);
+    delivered_once(&stack, &acknowledged).await;
+    // Every decision the runtime answered, the ones answered while the lock was being waited
+    // out among them, was kept and reached the gateway.
+    let gateway_state = stack.gateway_state_dir();
+    let all_kept = eventually(Duration::from_secs(30), async || {
+        stored_decisions(&gateway_state, "bot") == answered
+    })
+    .await;
+    assert!(
+        all_kept,
+        "{} decisions stored, {answered} answered",
+        stored_decisions(&gateway_state, "bot")
+    );
+    drop(c);
+    stack.stop().unwrap();
+}
+
+/// A small tmpfs mounted on a temp directory, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// `None` where this process may not mount (it is not root; CI is).
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    /// Writes a file until the disk refuses more.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write as _;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_denies_under_enforce_and_every_decision_is_kept() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root, and this test mounts a tmpfs"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let stack =
+        Stack::start_with_runtime_state(Path::new(env!("CARGO_BIN_EXE_aasm")), disk.dir.path())
+            .unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let read = || tool("read_file", json!({ "path": "/workspace/notes.md" }));
+    let mut answered = 0;
+    let mut acknowledged = Vec::new();
+    let ready = eventually(Duration::from_secs(15), async || {
+        answered += 1;
+        decide(&c, &bot, read()).await.verdict.decision == Decision::Allow
+    })
+    .await;
+    assert!(ready, "the bundle never arrived");
+
+    // The disk fills up. Writes go on into the space the database already holds until it
+    // must grow; from the first commit that fails, checks are denied saying why.
+    let filler = disk.fill();
+    let mut denied = None;
+    let mut batch = 0;
+    let noticed = eventually(Duration::from_secs(60), async || {
+        acknowledged.extend(send(&c, &bot, &format!("filling-{batch}"), 100).await);
+        batch += 1;
+        let outcome = decide(&c, &bot, read()).await;
+        assert!(!outcome.resolved_locally, "{:?}", outcome.verdict);
+        answered += 1;
+        let audit = outcome.verdict.decision == Decision::Deny && outcome.verdict.rule == "audit";
+        denied = Some(outcome.verdict);
+        audit
+    })
+    .await;
+    let denied = denied.unwrap();
+    assert!(noticed, "{denied:?}");
+    assert!(denied.reason.contains("full"), "{}", denied.reason);
+    assert!(
+        send(&c, &bot, "full", 10).await.is_empty(),
+        "events are refused, not lost"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let recovered = eventually(Duration::from_secs(30), async || {
+        answered += 1;
+        decide(&c, &bot, read()).await.verdict.decision == Decision::Allow
+    })
+    .await;
+    assert!(recovered, "checks are allowed again once the disk has room");
+    acknowledged.extend(send(&c, &bot, "room-again", 100).await);
+    delivered_once(&stack, &acknowledged).await;
+    let gateway_state = stack.gateway_state_dir();
+    let all_kept = eventually(Duration::from_secs(30), async || {
+        stored_decisions(&gateway_state, "bot") == answered
+    })
+    .await;
+    assert!(
+        all_kept,
+        "{} decisions stored, {answered} answered",
+        stored_decisions(&gateway_state, "bot")
+    );
+    drop(c);
+    stack.stop().unwrap();
+}
