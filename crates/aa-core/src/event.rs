@@ -62,6 +62,10 @@ pub enum EventKind {
     /// An LLM call's cost as the gateway priced it, charged to every budget over the agent;
     /// only the gateway records these.
     Spend,
+    /// A connection or frame the runtime refused at its socket, before any agent's call: a
+    /// uid it does not serve, a malformed, oversized or unfinished frame, a connection past
+    /// its limit. `verdict` says why; only the runtime records these.
+    Refusal,
 }
 
 impl EventKind {
@@ -77,6 +81,7 @@ impl EventKind {
             EventKind::Approval => "approval",
             EventKind::Suspension => "suspension",
             EventKind::Spend => "spend",
+            EventKind::Refusal => "refusal",
         }
     }
 
@@ -86,6 +91,11 @@ impl EventKind {
             self,
             EventKind::Approval | EventKind::Suspension | EventKind::Spend
         )
+    }
+
+    /// True for the kinds only the runtime records; it refuses them from an SDK.
+    pub fn runtime_only(self) -> bool {
+        self == EventKind::Refusal
     }
 }
 

@@ -373,6 +373,7 @@ impl From<EventKind> for pb::EventKind {
             EventKind::Approval => pb::EventKind::Approval,
             EventKind::Suspension => pb::EventKind::Suspension,
             EventKind::Spend => pb::EventKind::Spend,
+            EventKind::Refusal => pb::EventKind::Refusal,
         }
     }
 }
@@ -388,6 +389,7 @@ pub fn event_kind_from_wire(value: i32) -> EventKind {
         Ok(pb::EventKind::Approval) => EventKind::Approval,
         Ok(pb::EventKind::Suspension) => EventKind::Suspension,
         Ok(pb::EventKind::Spend) => EventKind::Spend,
+        Ok(pb::EventKind::Refusal) => EventKind::Refusal,
         _ => EventKind::Decision,
     }
 }

@@ -155,7 +155,37 @@ pub struct Runtime {
     outbox: Arc<Outbox>,
     jobs: mpsc::Sender<Job>,
     outbox_health: Arc<OutboxHealth>,
+    refusals: RefusalBudget,
     link: GatewayLink,
+}
+
+/// Refusals written to the audit log each second at most: each costs the refused peer only a
+/// connection, and a flood of them must not become a flood of disk writes.
+const REFUSALS_PER_SECOND: u32 = 100;
+
+/// How many refusals this second has written, and how many went unwritten since the last
+/// one written (which says so).
+#[derive(Debug, Default)]
+struct RefusalBudget {
+    state: std::sync::Mutex<(i64, u32, u64)>,
+}
+
+impl RefusalBudget {
+    /// `Some(refusals left unwritten before this one)` if this one may be written.
+    fn take(&self, now_ms: i64) -> Option<u64> {
+        let mut state = self.state.lock().ok()?;
+        let (second, written, unwritten) = &mut *state;
+        if *second != now_ms / 1000 {
+            (*second, *written) = (now_ms / 1000, 0);
+        }
+        if *written < REFUSALS_PER_SECOND {
+            *written += 1;
+            Some(std::mem::take(unwritten))
+        } else {
+            *unwritten += 1;
+            None
+        }
+    }
 }
 
 impl Runtime {
@@ -182,6 +212,7 @@ impl Runtime {
             outbox,
             jobs,
             outbox_health,
+            refusals: RefusalBudget::default(),
             link,
         })
     }
@@ -921,6 +952,43 @@ impl Runtime {
         }
     }
 
+    /// Records a refusal at the socket (see [`EventKind::Refusal`]) under the peer's uid, its
+    /// reason in a deny verdict with the rule `protocol`; past [`REFUSALS_PER_SECOND`] they
+    /// are counted, and the next one written says how many were not.
+    pub(crate) fn record_refusal(&self, peer: Peer, code: ErrorCode, reason: &str) {
+        let Some(unwritten) = self.refusals.take(now_ms()) else {
+            return;
+        };
+        let action = Action::Network {
+            host: format!("unix:{}", self.config.socket_path().display()),
+            port: None,
+            method: None,
+        };
+        let agent = AgentContext::new(format!("uid:{}", peer.uid));
+        let mut event = self.event(agent, action, EventKind::Refusal, peer, random_id());
+        event.verdict = Some(Verdict {
+            decision: Decision::Deny,
+            rule: "protocol".into(),
+            reason: reason.to_owned(),
+            policy: String::new(),
+            mode: Mode::Enforce,
+        });
+        event.detail = Some(serde_json::json!({
+            "code": code.as_str_name().trim_start_matches("ERROR_CODE_"),
+            "unwritten_before": unwritten,
+        }));
+        let job = Job {
+            events: vec![event],
+            done: None,
+        };
+        if self.jobs.try_send(job).is_err() {
+            tracing::error!(
+                reason,
+                "the audit outbox is full or closed: a refusal was not recorded"
+            );
+        }
+    }
+
     /// Records what the SDK reported as the registered agent's events: redacted, numbered and
     /// durable before this returns. Returns how many were new.
     pub async fn report(&self, batch: pb::EventBatch, peer: Peer) -> Result<u64, Refusal> {
@@ -931,12 +999,17 @@ impl Runtime {
         for (i, wire) in batch.events.into_iter().enumerate() {
             let sdk = AuditEvent::try_from(wire)
                 .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("events[{i}]: {e}")))?;
-            if sdk.kind.gateway_only() {
+            if sdk.kind.gateway_only() || sdk.kind.runtime_only() {
                 return Err(refuse(
                     ErrorCode::InvalidRequest,
                     format!(
-                        "events[{i}]: {} events are recorded by the gateway only",
-                        sdk.kind.as_str()
+                        "events[{i}]: {} events are recorded by the {} only",
+                        sdk.kind.as_str(),
+                        if sdk.kind.gateway_only() {
+                            "gateway"
+                        } else {
+                            "runtime"
+                        }
                     ),
                 ));
             }
@@ -1089,6 +1162,19 @@ mod tests {
             policy: "p".into(),
             mode,
         }
+    }
+
+    #[test]
+    fn refusals_past_the_budget_are_counted_and_told_by_the_next_one_written() {
+        let budget = RefusalBudget::default();
+        let second = 1_700_000_000_000;
+        for _ in 0..REFUSALS_PER_SECOND {
+            assert_eq!(budget.take(second), Some(0));
+        }
+        assert_eq!(budget.take(second + 10), None);
+        assert_eq!(budget.take(second + 999), None);
+        assert_eq!(budget.take(second + 1000), Some(2));
+        assert_eq!(budget.take(second + 1001), Some(0));
     }
 
     #[tokio::test]

@@ -125,7 +125,7 @@ pub async fn run(
                     let runtime = Arc::clone(&runtime);
                     let served = served.clone();
                     let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-                        connections.spawn(turn_away(stream, config.max_connections));
+                        connections.spawn(turn_away(Arc::clone(&runtime), stream, config.max_connections));
                         continue;
                     };
                     connections.spawn(async move {
@@ -165,42 +165,46 @@ pub async fn run(
     Ok(())
 }
 
+fn peer_of(stream: &UnixStream) -> Option<Peer> {
+    stream.peer_cred().ok().map(|cred| Peer {
+        uid: cred.uid(),
+        pid: cred.pid().unwrap_or(0),
+    })
+}
+
+/// Refuses at the socket: logs it, records it in the audit log, and appends the error frame
+/// that tells the peer why before its connection is closed.
+fn refuse_at_socket(
+    runtime: &Runtime,
+    peer: Peer,
+    code: ErrorCode,
+    message: String,
+    out: &mut Vec<u8>,
+) {
+    tracing::warn!(uid = peer.uid, pid = peer.pid, code = code.as_str_name(), %message, "refused at the socket");
+    runtime.record_refusal(peer, code, &message);
+    push_frame(&error_frame(0, code, message), out);
+}
+
 /// Answers a connection past the limit and closes it.
-async fn turn_away(mut stream: UnixStream, limit: usize) {
-    tracing::warn!(limit, "connection refused: too many open");
+async fn turn_away(runtime: Arc<Runtime>, mut stream: UnixStream, limit: usize) {
+    let Some(peer) = peer_of(&stream) else { return };
     let mut bytes = Vec::new();
-    push_frame(
-        &error_frame(
-            0,
-            ErrorCode::Unavailable,
-            format!("the runtime serves {limit} connections at most; try again later"),
-        ),
-        &mut bytes,
-    );
+    let message = format!("the runtime serves {limit} connections at most; try again later");
+    refuse_at_socket(&runtime, peer, ErrorCode::Unavailable, message, &mut bytes);
     let _ = stream.write_all(&bytes).await;
 }
 
 async fn admit(runtime: Arc<Runtime>, mut stream: UnixStream, served: &[u32]) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => Peer {
-            uid: cred.uid(),
-            pid: cred.pid().unwrap_or(0),
-        },
-        Err(_) => return,
-    };
+    let Some(peer) = peer_of(&stream) else { return };
     if !served.contains(&peer.uid) {
-        tracing::warn!(
-            uid = peer.uid,
-            pid = peer.pid,
-            "connection from a uid this runtime does not serve"
-        );
         let mut bytes = Vec::new();
-        push_frame(
-            &error_frame(
-                0,
-                ErrorCode::Unauthenticated,
-                format!("uid {} is not served by this runtime", peer.uid),
-            ),
+        let message = format!("uid {} is not served by this runtime", peer.uid);
+        refuse_at_socket(
+            &runtime,
+            peer,
+            ErrorCode::Unauthenticated,
+            message,
             &mut bytes,
         );
         let _ = stream.write_all(&bytes).await;
@@ -250,8 +254,11 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
                         "frame not completed within {} s; connection closed",
                         frame_timeout.as_secs_f64()
                     );
-                    push_frame(
-                        &error_frame(0, ErrorCode::MalformedFrame, message),
+                    refuse_at_socket(
+                        &runtime,
+                        peer,
+                        ErrorCode::MalformedFrame,
+                        message,
                         &mut answers,
                     );
                     let _ = send(&writer, &answers).await;
@@ -279,7 +286,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
                         ProtoError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
                         _ => ErrorCode::MalformedFrame,
                     };
-                    push_frame(&error_frame(0, code, error.to_string()), &mut answers);
+                    refuse_at_socket(&runtime, peer, code, error.to_string(), &mut answers);
                     break true;
                 }
             }

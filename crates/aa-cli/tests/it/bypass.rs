@@ -179,37 +179,44 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
         .await
     );
 
-    // An event of a kind only the gateway records is refused, the whole batch with it.
-    let mut spend = forged_event(99, json!({ "cost_usd": 0 }));
-    spend.kind = pb::EventKind::Spend as i32;
-    let frame = pb::Frame {
-        request_id: 2,
-        body: Some(pb::frame::Body::Events(pb::EventBatch {
-            events: vec![spend],
-            edges: Vec::new(),
-            agent_id: bot.id().to_owned(),
-            credential_token: bot.credential_token(),
-        })),
-    };
-    let socket = up.runtime.socket.clone();
-    let refused = tokio::task::spawn_blocking(move || {
-        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-        s.write_all(&encode(&frame).unwrap()).unwrap();
-        crate::governed::raw_frame(&mut s)
-    })
-    .await
-    .unwrap();
-    match refused.and_then(|f| f.body) {
-        Some(pb::frame::Body::Error(e)) => {
-            assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32);
-            assert!(
-                e.message
-                    .contains("spend events are recorded by the gateway only"),
-                "{}",
-                e.message
-            );
+    // An event of a kind only the gateway or the runtime records is refused, the whole batch
+    // with it: an SDK cannot forge a spend, nor a refusal that never happened.
+    for (kind, recorder) in [
+        (
+            pb::EventKind::Spend,
+            "spend events are recorded by the gateway only",
+        ),
+        (
+            pb::EventKind::Refusal,
+            "refusal events are recorded by the runtime only",
+        ),
+    ] {
+        let mut forged = forged_event(99, json!({ "cost_usd": 0 }));
+        forged.kind = kind as i32;
+        let frame = pb::Frame {
+            request_id: 2,
+            body: Some(pb::frame::Body::Events(pb::EventBatch {
+                events: vec![forged],
+                edges: Vec::new(),
+                agent_id: bot.id().to_owned(),
+                credential_token: bot.credential_token(),
+            })),
+        };
+        let socket = up.runtime.socket.clone();
+        let refused = tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            s.write_all(&encode(&frame).unwrap()).unwrap();
+            crate::governed::raw_frame(&mut s)
+        })
+        .await
+        .unwrap();
+        match refused.and_then(|f| f.body) {
+            Some(pb::frame::Body::Error(e)) => {
+                assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32);
+                assert!(e.message.contains(recorder), "{}", e.message);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
         }
-        other => panic!("expected a refusal, got {other:?}"),
     }
 
     // The honest client was served throughout.
@@ -508,6 +515,41 @@ async fn resource_attacks_cost_the_attacker_their_connection_and_nobody_else_any
         decide(&c, &bot, shell("ls")).await.verdict.decision,
         Decision::Allow
     );
+
+    // And each refusal at the socket is in the audit log, under the peer's uid, saying why.
+    // The temp directory this process made is ours: its owner is our uid.
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir.path()).unwrap());
+    let refusals = async || -> Vec<(String, String)> {
+        stored_events(&gateway)
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "refusal")
+            .map(|e| {
+                assert_eq!(e["agent"]["id"], format!("uid:{uid}"));
+                assert_eq!(e["verdict"]["rule"], "protocol");
+                (
+                    e["detail"]["code"].as_str().unwrap_or_default().to_owned(),
+                    e["verdict"]["reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = [
+        ("MALFORMED_FRAME", "not completed within 1 s"),
+        ("UNAVAILABLE", "40 connections at most"),
+        ("MALFORMED_FRAME", "not UTF-8"),
+    ];
+    let recorded = eventually(Duration::from_secs(10), async || {
+        let found = refusals().await;
+        expected
+            .iter()
+            .all(|(code, why)| found.iter().any(|(c, r)| c == code && r.contains(why)))
+    })
+    .await;
+    assert!(recorded, "{:?}", refusals().await);
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
 }

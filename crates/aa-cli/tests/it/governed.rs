@@ -722,6 +722,24 @@ async fn a_uid_the_runtime_does_not_serve_is_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not served"), "{err}");
+    // Both refusals are in the audit log, under the peer's uid.
+    let recorded = eventually(Duration::from_secs(10), async || {
+        let refusals: Vec<serde_json::Value> = stored_events(&gateway)
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "refusal")
+            .collect();
+        refusals.len() == 2
+            && refusals.iter().all(|e| {
+                e["agent"]["id"] == format!("uid:{own_uid}")
+                    && e["detail"]["code"] == "UNAUTHENTICATED"
+                    && e["verdict"]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("not served"))
+            })
+    })
+    .await;
+    assert!(recorded, "{:?}", stored_events(&gateway).await);
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
 }
