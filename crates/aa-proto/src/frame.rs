@@ -42,6 +42,9 @@ pub fn encode_into(frame: &pb::Frame, out: &mut Vec<u8>) -> Result<(), ProtoErro
     })
 }
 
+/// Room a decoder keeps between frames; more is given back once a frame is taken.
+const RETAINED_BYTES: usize = 64 * 1024;
+
 /// Reassembles frames from a byte stream.
 #[derive(Debug, Default)]
 pub struct FrameDecoder {
@@ -54,8 +57,17 @@ impl FrameDecoder {
         FrameDecoder::default()
     }
 
-    /// Appends received bytes.
+    /// Appends received bytes. Once a frame's header is in, room for exactly that frame is
+    /// made, so what the decoder holds follows what was announced, not doublings of it.
     pub fn extend(&mut self, bytes: &[u8]) {
+        if let Some(header) = self.buffer.first_chunk::<HEADER>() {
+            let size = u32::from_be_bytes(*header) as usize;
+            if size <= MAX_FRAME_BYTES {
+                let wanted = (HEADER + size).max(self.buffer.len() + bytes.len());
+                self.buffer
+                    .reserve_exact(wanted.saturating_sub(self.buffer.len()));
+            }
+        }
         self.buffer.extend_from_slice(bytes);
     }
 
@@ -77,6 +89,10 @@ impl FrameDecoder {
         };
         let frame = pb::Frame::decode(body)?;
         self.buffer.drain(..HEADER + size);
+        if self.buffer.is_empty() && self.buffer.capacity() > RETAINED_BYTES {
+            // A big frame's room goes with it; an idle connection keeps little.
+            self.buffer = Vec::new();
+        }
         Ok(Some(frame))
     }
 
@@ -141,6 +157,29 @@ mod tests {
             assert_eq!(ids, [1, 2, 3], "chunk size {chunk}");
             assert_eq!(decoder.pending_bytes(), 0);
         }
+    }
+
+    #[test]
+    fn a_big_frame_gets_its_own_size_in_room_and_gives_it_back() {
+        let frame = pb::Frame {
+            request_id: 9,
+            body: Some(pb::frame::Body::Error(pb::ErrorFrame {
+                code: pb::ErrorCode::Internal as i32,
+                message: "x".repeat(3 << 20),
+            })),
+        };
+        let bytes = encode(&frame).unwrap();
+        let mut decoder = FrameDecoder::new();
+        for chunk in bytes[..bytes.len() - 1].chunks(64 * 1024) {
+            decoder.extend(chunk);
+            assert!(decoder.next_frame().unwrap().is_none());
+        }
+        // Exactly the frame's size, not the next doubling past it.
+        let room = decoder.buffer.capacity();
+        assert!(room < bytes.len() + 64 * 1024, "{room}");
+        decoder.extend(&bytes[bytes.len() - 1..]);
+        assert_eq!(decoder.next_frame().unwrap(), Some(frame));
+        assert_eq!(decoder.buffer.capacity(), 0);
     }
 
     #[test]

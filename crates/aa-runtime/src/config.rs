@@ -34,6 +34,10 @@ pub struct RuntimeConfig {
     pub frame_timeout: Duration,
     /// Connections served at once at most; more are answered `UNAVAILABLE` and closed.
     pub max_connections: usize,
+    /// Bytes of big frames (over 64 KiB) still arriving, held across all connections at
+    /// most: a connection whose frame needs more waits, its `frame_timeout` running, for
+    /// others to finish. Smaller frames never wait; each connection's read buffer bounds them.
+    pub max_unfinished_frame_bytes: usize,
 }
 
 impl RuntimeConfig {
@@ -50,6 +54,7 @@ impl RuntimeConfig {
             gateway_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
             max_connections: 4096,
+            max_unfinished_frame_bytes: 64 << 20,
         }
     }
 
@@ -104,6 +109,12 @@ impl RuntimeConfig {
         if self.frame_timeout.is_zero() {
             return bad("frame_timeout", "must be more than zero");
         }
+        if self.max_unfinished_frame_bytes < aa_proto::frame::MAX_FRAME_BYTES {
+            return bad(
+                "max_unfinished_frame_bytes",
+                "must hold at least one frame of the largest size (4 MiB)",
+            );
+        }
         Ok(())
     }
 }
@@ -138,6 +149,14 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("socket_path")
+        );
+
+        let mut tight = config.clone();
+        tight.max_unfinished_frame_bytes = 1 << 20;
+        let err = tight.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("max_unfinished_frame_bytes"),
+            "{err}"
         );
     }
 }

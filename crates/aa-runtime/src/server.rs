@@ -18,7 +18,7 @@ use aa_security::Scanner;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Notify, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::RuntimeConfig;
@@ -116,6 +116,9 @@ pub async fn run(
 
     let mut connections = JoinSet::new();
     let open = Arc::new(Semaphore::new(config.max_connections));
+    let budget = Arc::new(Semaphore::new(
+        config.max_unfinished_frame_bytes / BUDGET_UNIT,
+    ));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -128,8 +131,9 @@ pub async fn run(
                         connections.spawn(turn_away(Arc::clone(&runtime), stream, config.max_connections));
                         continue;
                     };
+                    let budget = Arc::clone(&budget);
                     connections.spawn(async move {
-                        admit(runtime, stream, &served).await;
+                        admit(runtime, stream, &served, budget).await;
                         drop(permit);
                     });
                 }
@@ -195,7 +199,12 @@ async fn turn_away(runtime: Arc<Runtime>, mut stream: UnixStream, limit: usize) 
     let _ = stream.write_all(&bytes).await;
 }
 
-async fn admit(runtime: Arc<Runtime>, mut stream: UnixStream, served: &[u32]) {
+async fn admit(
+    runtime: Arc<Runtime>,
+    mut stream: UnixStream,
+    served: &[u32],
+    budget: Arc<Semaphore>,
+) {
     let Some(peer) = peer_of(&stream) else { return };
     if !served.contains(&peer.uid) {
         let mut bytes = Vec::new();
@@ -210,7 +219,7 @@ async fn admit(runtime: Arc<Runtime>, mut stream: UnixStream, served: &[u32]) {
         let _ = stream.write_all(&bytes).await;
         return;
     }
-    serve(runtime, stream, peer).await;
+    serve(runtime, stream, peer, budget).await;
 }
 
 /// A connection's write half, shared by its reader, which answers checks in place, and the
@@ -231,7 +240,16 @@ fn push_frame(frame: &pb::Frame, out: &mut Vec<u8>) {
     }
 }
 
-async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
+/// The budget of unfinished frames is counted in these; the first unit of every frame is
+/// free (each connection's read buffer is that big anyway), so small frames never wait.
+const BUDGET_UNIT: usize = 64 * 1024;
+
+/// Units of the budget a frame with `pending` bytes received so far needs.
+fn budget_units(pending: usize) -> usize {
+    pending.saturating_sub(1) / BUDGET_UNIT
+}
+
+async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Arc<Semaphore>) {
     let (mut reader, writer) = stream.into_split();
     let writer: Writer = Arc::new(Mutex::new(writer));
     let in_flight = Arc::new(Semaphore::new(runtime.config().max_in_flight));
@@ -243,6 +261,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
     // When the frame now arriving must be complete; none while between frames, where a
     // connection may idle as long as it likes.
     let mut deadline: Option<tokio::time::Instant> = None;
+    let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
         let read = reader.read(&mut buffer);
         let n = match deadline {
@@ -302,6 +321,43 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer) {
         }
         if decoder.pending_bytes() > 0 && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + frame_timeout);
+        }
+        // The unfinished frame holds its share of the budget before more of it is read; what
+        // it already holds it keeps while it waits for the rest.
+        let needed = budget_units(decoder.pending_bytes());
+        let holding = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        if needed < holding {
+            if needed == 0 {
+                held = None;
+            } else if let Some(permit) = held.as_mut() {
+                drop(permit.split(holding - needed));
+            }
+        } else if needed > holding {
+            let more = u32::try_from(needed - holding).unwrap_or(u32::MAX);
+            let wanted = Arc::clone(&budget).acquire_many_owned(more);
+            let at = deadline.unwrap_or_else(|| tokio::time::Instant::now() + frame_timeout);
+            match tokio::time::timeout_at(at, wanted).await {
+                Ok(Ok(permit)) => match held.as_mut() {
+                    Some(held) => held.merge(permit),
+                    None => held = Some(permit),
+                },
+                _ => {
+                    let message = format!(
+                        "frame not completed within {} s: the runtime holds as many \
+                         unfinished frames as it will; connection closed",
+                        frame_timeout.as_secs_f64()
+                    );
+                    refuse_at_socket(
+                        &runtime,
+                        peer,
+                        ErrorCode::Unavailable,
+                        message,
+                        &mut answers,
+                    );
+                    let _ = send(&writer, &answers).await;
+                    break;
+                }
+            }
         }
     }
 }

@@ -604,3 +604,72 @@ async fn a_thousand_idle_connections_are_held_and_the_runtime_serves_on() {
     drop(c);
     stack.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_big_frames_share_one_memory_budget_and_small_frames_never_wait() {
+    let stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let before = stack.runtime_memory().unwrap().rss;
+
+    // Forty connections each announce a frame of 4,000,000 bytes, send 3,900,000 of it and
+    // stop. Held in full that is 156 MB; the runtime's budget for unfinished frames over
+    // 64 KiB is 64 MiB (1,024 units of 64 KiB, 60 for each of these), and past it a connection
+    // is not read until others finish: at most 17 of the forty get their bytes taken before
+    // the first frame times out (10 s) and gives its room up.
+    let started = std::time::Instant::now();
+    let attackers: Vec<_> = (0..40)
+        .map(|_| {
+            let socket = stack.socket.clone();
+            std::thread::spawn(move || {
+                let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let _ = s.write_all(&4_000_000u32.to_be_bytes());
+                // Blocks while the runtime does not read; fails once it closes the connection.
+                let taken = s.write_all(&vec![0x0a; 3_900_000]).is_ok();
+                let early = taken && started.elapsed() < Duration::from_secs(8);
+                (early, crate::governed::raw_frame(&mut s))
+            })
+        })
+        .collect();
+    // A small frame never waits on the budget.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        decide(&c, &bot, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    let grown = stack.runtime_memory().unwrap().rss.saturating_sub(before);
+    eprintln!(
+        "40 unfinished 3.9 MB frames: the runtime's RSS grew {} MiB",
+        grown >> 20
+    );
+
+    // Every attacker is answered and closed once its frame time (10 s) is out, whether it was
+    // holding room ("not completed") or still waiting for some ("as many unfinished frames
+    // as it will").
+    let mut taken = 0;
+    for attacker in attackers {
+        let (early, answer) = tokio::task::spawn_blocking(move || attacker.join().unwrap())
+            .await
+            .unwrap();
+        taken += usize::from(early);
+        let e = error_of(answer);
+        assert!(
+            [pb::ErrorCode::MalformedFrame, pb::ErrorCode::Unavailable]
+                .map(|c| c as i32)
+                .contains(&e.code),
+            "{e:?}"
+        );
+        assert!(
+            e.message.starts_with("frame not completed within 10 s"),
+            "{}",
+            e.message
+        );
+    }
+    assert!(
+        (1..=17).contains(&taken),
+        "{taken} of 40 frames taken whole in the first 8 s"
+    );
+    drop(c);
+    stack.stop().unwrap();
+}
