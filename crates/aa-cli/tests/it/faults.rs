@@ -373,3 +373,41 @@ async fn a_full_disk_denies_under_enforce_and_every_decision_is_kept() {
     drop(c);
     stack.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_gateway_database_holds_events_back_and_loses_none() {
+    let stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let mut acknowledged = send(&c, &bot, "before", 300).await;
+    let stored = eventually(Duration::from_secs(30), async || {
+        let marks = stored_marks(&stack.gateway_state_dir());
+        acknowledged.iter().all(|m| marks.contains_key(m))
+    })
+    .await;
+    assert!(stored);
+
+    // Another process holds the gateway database's write lock for 8 s: appends wait out the
+    // busy timeout (5 s) and fail; the runtime keeps acknowledging from its outbox and sends
+    // again; nothing is stored while the lock is held.
+    let lock = rusqlite::Connection::open(stack.gateway_state_dir().join("gateway.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let held_from = stack.events_stored().unwrap();
+    for second in 0..8 {
+        acknowledged.extend(send(&c, &bot, &format!("locked-{second}"), 50).await);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        stack.events_stored().unwrap(),
+        held_from,
+        "stored under the lock"
+    );
+    assert_eq!(acknowledged.len(), 300 + 8 * 50);
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+
+    acknowledged.extend(send(&c, &bot, "after", 100).await);
+    delivered_once(&stack, &acknowledged).await;
+    drop(c);
+    stack.stop().unwrap();
+}

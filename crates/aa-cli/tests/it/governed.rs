@@ -679,6 +679,23 @@ async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
         decide(&c, &agent, shell("ls")).await.verdict.decision,
         Decision::Allow
     );
+    // The two broken frames are in the audit log as refusals.
+    let refusal_codes = async || -> Vec<String> {
+        stored_events(&up.gateway)
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "refusal")
+            .filter_map(|e| e["detail"]["code"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let recorded = eventually(Duration::from_secs(10), async || {
+        let codes = refusal_codes().await;
+        ["MALFORMED_FRAME", "FRAME_TOO_LARGE"]
+            .iter()
+            .all(|c| codes.iter().any(|code| code == c))
+    })
+    .await;
+    assert!(recorded, "{:?}", refusal_codes().await);
     up.stop().await.unwrap();
 }
 
