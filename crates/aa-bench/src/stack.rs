@@ -183,37 +183,33 @@ pub struct Stack {
     /// The gateway's operator HTTP address.
     pub http: SocketAddr,
     partition: Option<Partition>,
-    runtime_state: Option<PathBuf>,
+    gateway_state: PathBuf,
+    runtime_state: PathBuf,
     dir: tempfile::TempDir,
+}
+
+/// How a [`Stack`] is set up beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct StackOptions {
+    /// The runtime reaches the gateway through a relay that can cut the link
+    /// ([`Stack::partition`]).
+    pub partitionable: bool,
+    /// Where the runtime keeps its state (database, socket) instead of a temp directory: on
+    /// a small filesystem, say.
+    pub runtime_state: Option<PathBuf>,
+    /// Where the gateway keeps its state (database, key, admin token), likewise.
+    pub gateway_state: Option<PathBuf>,
 }
 
 impl Stack {
     /// Starts `aasm gateway` on free ports with the default policy, then `aasm runtime`
     /// linked to it, each with its own state under a fresh temp directory.
     pub fn start(aasm: &Path) -> Result<Stack, BenchError> {
-        Stack::launch(aasm, false, None)
+        Stack::start_with(aasm, StackOptions::default())
     }
 
-    /// Like [`Stack::start`], with the runtime reaching the gateway through a relay that can
-    /// cut the link ([`Stack::partition`]).
-    pub fn start_partitionable(aasm: &Path) -> Result<Stack, BenchError> {
-        Stack::launch(aasm, true, None)
-    }
-
-    /// Like [`Stack::start`], with the runtime's state (its database and socket) in
-    /// `runtime_state`, a directory the caller provides: on a small filesystem, say.
-    pub fn start_with_runtime_state(
-        aasm: &Path,
-        runtime_state: &Path,
-    ) -> Result<Stack, BenchError> {
-        Stack::launch(aasm, false, Some(runtime_state.to_path_buf()))
-    }
-
-    fn launch(
-        aasm: &Path,
-        partitionable: bool,
-        runtime_state: Option<PathBuf>,
-    ) -> Result<Stack, BenchError> {
+    /// Like [`Stack::start`], set up as `options` says.
+    pub fn start_with(aasm: &Path, options: StackOptions) -> Result<Stack, BenchError> {
         if aasm.components().count() > 1 && !aasm.is_file() {
             return Err(BenchError::NoBinary(aasm.to_path_buf()));
         }
@@ -221,12 +217,17 @@ impl Stack {
             .prefix("aa-bench-")
             .tempdir()
             .map_err(BenchError::io("creating a state directory"))?;
-        let state = |name: &str| dir.path().join(name).display().to_string();
+        let gateway_state = options
+            .gateway_state
+            .unwrap_or_else(|| dir.path().join("gateway"));
+        let runtime_state = options
+            .runtime_state
+            .unwrap_or_else(|| dir.path().join("runtime"));
         let gateway_args = |grpc: &str, http: &str| -> Vec<String> {
             vec![
                 "gateway".into(),
                 "--state-dir".into(),
-                state("gateway"),
+                gateway_state.display().to_string(),
                 "--grpc".into(),
                 grpc.into(),
                 "--http".into(),
@@ -247,7 +248,7 @@ impl Stack {
                     what: "aasm gateway",
                     detail: format!("unreadable HTTP address {http:?}: {e}"),
                 })?;
-        let partition = if partitionable {
+        let partition = if options.partitionable {
             let upstream =
                 grpc.trim_start_matches("http://")
                     .parse()
@@ -266,9 +267,7 @@ impl Stack {
                 .as_ref()
                 .map_or_else(|| grpc.clone(), |p| format!("http://{}", p.addr())),
             "--state-dir".into(),
-            runtime_state
-                .as_ref()
-                .map_or_else(|| state("runtime"), |dir| dir.display().to_string()),
+            runtime_state.display().to_string(),
         ];
         let (runtime, found) =
             Service::start("aasm runtime", aasm, &runtime_args, &["runtime socket:"])?;
@@ -281,6 +280,7 @@ impl Stack {
             socket: PathBuf::from(&found[0]),
             http,
             partition,
+            gateway_state,
             runtime_state,
             dir,
         })
@@ -327,14 +327,12 @@ impl Stack {
 
     /// The gateway's state directory (its database, keys and admin token).
     pub fn gateway_state_dir(&self) -> PathBuf {
-        self.dir.path().join("gateway")
+        self.gateway_state.clone()
     }
 
     /// The runtime's state directory (its database: outbox, sessions, last bundle).
     pub fn runtime_state_dir(&self) -> PathBuf {
-        self.runtime_state
-            .clone()
-            .unwrap_or_else(|| self.dir.path().join("runtime"))
+        self.runtime_state.clone()
     }
 
     /// A directory for clients' agent keys.

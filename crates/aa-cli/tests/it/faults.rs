@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use aa_bench::stack::Stack;
+use aa_bench::stack::{Stack, StackOptions};
 use aa_core::{Decision, EventKind, Mode};
 use aa_sdk_client::{Agent, Client, Report};
 use serde_json::{Value, json};
@@ -135,7 +135,11 @@ fn partition_length() -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_of_minutes_holds_events_back_and_loses_none() {
-    let stack = Stack::start_partitionable(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let options = StackOptions {
+        partitionable: true,
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(Path::new(env!("CARGO_BIN_EXE_aasm")), options).unwrap();
     let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
     let bot = register(&c, "bot", None).await;
     let read = || tool("read_file", json!({ "path": "/workspace/notes.md" }));
@@ -312,9 +316,11 @@ async fn a_full_disk_denies_under_enforce_and_every_decision_is_kept() {
         eprintln!("skipped: mounting a tmpfs needs root");
         return;
     };
-    let stack =
-        Stack::start_with_runtime_state(Path::new(env!("CARGO_BIN_EXE_aasm")), disk.dir.path())
-            .unwrap();
+    let options = StackOptions {
+        runtime_state: Some(disk.dir.path().to_path_buf()),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(Path::new(env!("CARGO_BIN_EXE_aasm")), options).unwrap();
     let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
     let bot = register(&c, "bot", None).await;
     let read = || tool("read_file", json!({ "path": "/workspace/notes.md" }));
@@ -407,6 +413,52 @@ async fn a_locked_gateway_database_holds_events_back_and_loses_none() {
     drop(lock);
 
     acknowledged.extend(send(&c, &bot, "after", 100).await);
+    delivered_once(&stack, &acknowledged).await;
+    drop(c);
+    stack.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_gateway_disk_holds_events_back_and_loses_none() {
+    let Some(disk) = SmallDisk::mount("16m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root, and this test mounts a tmpfs"
+        );
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let options = StackOptions {
+        gateway_state: Some(disk.dir.path().to_path_buf()),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start_with(Path::new(env!("CARGO_BIN_EXE_aasm")), options).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let mut acknowledged = send(&c, &bot, "before", 300).await;
+
+    // The gateway's disk fills up. It goes on storing into the room its database already
+    // has until it must grow; from then on the runtime acknowledges from its outbox and the
+    // store stands still.
+    let filler = disk.fill();
+    let mut batch = 0;
+    let stalled = eventually(Duration::from_secs(60), async || {
+        acknowledged.extend(send(&c, &bot, &format!("full-{batch}"), 500).await);
+        batch += 1;
+        let first = stack.events_stored().unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        first == stack.events_stored().unwrap()
+    })
+    .await;
+    assert!(stalled, "the gateway never stopped storing");
+    assert_eq!(
+        acknowledged.len(),
+        300 + 500 * batch,
+        "the runtime acknowledged them all"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    acknowledged.extend(send(&c, &bot, "room-again", 100).await);
     delivered_once(&stack, &acknowledged).await;
     drop(c);
     stack.stop().unwrap();
