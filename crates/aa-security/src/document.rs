@@ -14,7 +14,7 @@
 //! The document is only read until every cut is known, so all receipts refer to the strings as
 //! they came; then the strings that change are rewritten, found by their paths.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use aa_core::RedactionReceipt;
 use serde_json::Value;
@@ -188,15 +188,19 @@ impl Scanner {
         limits: &Limits,
     ) -> Vec<RedactionReceipt> {
         let mut receipts = Vec::new();
+        // After the first pass, only the strings it cut can read differently on their own;
+        // every string is read again only when keys moved, renumbering them.
+        let mut changed: Option<BTreeSet<usize>> = None;
         for _ in 0..MAX_PASSES {
             let (cuts, split, edits) = {
                 let strings = Strings::of(doc);
-                let (mut cuts, split) = self.cuts(&strings, limits);
+                let (mut cuts, split) = self.cuts(&strings, limits, changed.as_ref());
                 let edits = name_and_locate(&strings, &mut cuts);
                 (cuts, split, edits)
             };
             let moved = edits.iter().any(|e| matches!(e.change, Change::Keys(_)));
             apply(doc, edits);
+            changed = (!moved).then(|| cuts.keys().copied().collect());
             receipts.extend(cuts.into_values().flat_map(|c| match c {
                 Cut::Oversized(r) => vec![r],
                 Cut::Spans(rs) => rs,
@@ -209,8 +213,14 @@ impl Scanner {
     }
 
     /// The cut of every string that changes, by spot: its own findings, and the pieces of
-    /// credentials that cross its seams; and whether there were any such pieces.
-    fn cuts(&self, strings: &Strings<'_>, limits: &Limits) -> (BTreeMap<usize, Cut>, bool) {
+    /// credentials that cross its seams; and whether the document must be read again (there
+    /// were such pieces, or a string beside a glued seam was cut).
+    fn cuts(
+        &self,
+        strings: &Strings<'_>,
+        limits: &Limits,
+        only: Option<&BTreeSet<usize>>,
+    ) -> (BTreeMap<usize, Cut>, bool) {
         let mut cuts = BTreeMap::new();
         let mut budget = limits.max_event_bytes;
         for (i, spot) in strings.spots.iter().enumerate() {
@@ -222,6 +232,9 @@ impl Scanner {
             }
             // Only what is scanned counts against the event's budget.
             budget = budget.saturating_sub(text.len());
+            if only.is_some_and(|only| !only.contains(&i)) {
+                continue;
+            }
             let receipts = receipts_of(text.as_bytes(), self.scan(text));
             if !receipts.is_empty() {
                 cuts.insert(i, Cut::Spans(receipts));
@@ -240,8 +253,10 @@ impl Scanner {
                 _ => s.text,
             })
             .collect();
-        let pieces = self.seam_pieces(strings, &texts, &cuts);
-        let split = !pieces.is_empty();
+        let (pieces, glued) = self.seam_pieces(strings, &texts, &cuts);
+        // A cut beside a seam changes what the seam reads as: the scan that found it may have
+        // preferred it to a credential across the seam, which only the next pass can see.
+        let split = !pieces.is_empty() || (glued && !cuts.is_empty());
         for (spot, piece) in pieces {
             match cuts.entry(spot).or_insert_with(|| Cut::Spans(Vec::new())) {
                 Cut::Oversized(_) => {}
@@ -261,12 +276,13 @@ impl Scanner {
     /// `texts` holds each spot's text as it will be stored, `own` what each string's own scan
     /// found: a credential one of whose pieces is redacted already is broken, and finding it
     /// again across a seam would only be the glue (a key stuck to a secret value) talking.
+    /// Also says whether any seam was glued at all.
     fn seam_pieces(
         &self,
         strings: &Strings<'_>,
         texts: &[&str],
         own: &BTreeMap<usize, Cut>,
-    ) -> Vec<(usize, RedactionReceipt)> {
+    ) -> (Vec<(usize, RedactionReceipt)>, bool) {
         let mut joined = Joined::default();
         let values: Vec<usize> = (0..texts.len())
             .filter(|&i| strings.spots.get(i).is_some_and(|s| !s.is_key))
@@ -292,7 +308,7 @@ impl Scanner {
             }
         }
         if joined.segments.is_empty() {
-            return Vec::new();
+            return (Vec::new(), false);
         }
         let mut pieces = Vec::new();
         for finding in self.scan(&joined.text) {
@@ -341,7 +357,7 @@ impl Scanner {
                 ));
             }
         }
-        pieces
+        (pieces, true)
     }
 }
 

@@ -115,6 +115,22 @@ fn a_key_glued_to_a_secret_value_is_not_taken_for_part_of_it() {
 }
 
 #[test]
+fn a_secret_across_a_seam_beside_another_finding_is_redacted_in_one_go() {
+    // Read together, the card number and the assignment across the seam overlap, and the
+    // scan keeps the card; the assignment shows only once the card is cut, and it is found in
+    // the same call, so redacting the result finds nothing new.
+    let (mut doc, receipts) =
+        redact(json!({"": ["password=", "%4AKIApassword=4111 1111 1111 1111"]}));
+    let kinds: Vec<&str> = receipts.iter().map(|r| r.kind.as_str()).collect();
+    assert!(
+        kinds.contains(&"payment_card") && kinds.contains(&"generic_secret"),
+        "{kinds:?} {doc}"
+    );
+    let again = SCANNER.redact_json(&mut doc, &Limits::default());
+    assert!(again.is_empty(), "found again: {again:?} in {doc}");
+}
+
+#[test]
 fn ordinary_documents_and_personal_data_in_neighbouring_cells_are_left_alone() {
     for doc in [
         json!({"tool": "shell", "args": {"command": "ls -la", "cwd": "/tmp"}, "exit_code": 0}),
