@@ -38,6 +38,24 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
     }
 }
 
+/// Where the operator of an assignment to the name around a keyword ending at `end` of `text`
+/// is ([`Trigger::Assigned`](crate::rules::Trigger::Assigned)): after more name characters, a
+/// closing quote and white space, within `reach` bytes of the keyword.
+pub(crate) fn assignment_operator(text: &[u8], end: usize, reach: usize) -> Option<usize> {
+    let rest = text.get(end..).unwrap_or_default();
+    let rest = rest.get(..reach).unwrap_or(rest);
+    let is_name = |b: &u8| b.is_ascii_alphanumeric() || b"_.-".contains(b);
+    let mut at = rest.iter().position(|b| !is_name(b)).unwrap_or(rest.len());
+    if matches!(rest.get(at), Some(b'"' | b'\'')) {
+        at += 1;
+    }
+    // The regexes' `\s`: ASCII white space, vertical tab included.
+    while rest.get(at).is_some_and(|b| b" \t\n\r\x0b\x0c".contains(b)) {
+        at += 1;
+    }
+    matches!(rest.get(at), Some(b':' | b'=')).then_some(end + at)
+}
+
 /// Whether every place a phone number, SSN or card could start in `run` is glued to a word
 /// (`a1903-4124`): their patterns refuse a letter, `_` or `-` before the first digit, and a
 /// start inside the run needs a separator other than `-` before it.
@@ -272,6 +290,32 @@ fn phone(v: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_assignment_follows_a_name() {
+        let follows = |text: &str| assignment_operator(text.as_bytes(), 5, 128).is_some();
+        for yes in [
+            "token=x",
+            "token_id: x",
+            "tokenX.v-2 \t:= x",
+            "token' => x",
+            "token\"\n:x",
+        ] {
+            assert!(follows(yes), "{yes}");
+        }
+        for no in [
+            "token",
+            "token x = y",
+            "token(x)=y",
+            "token'' = x",
+            "token\" \" = x",
+        ] {
+            assert!(!follows(no), "{no}");
+        }
+        // Only `reach` bytes are read past the keyword.
+        assert_eq!(assignment_operator(b"token_long_name = x", 5, 8), None);
+        assert_eq!(assignment_operator(b"token_long_name = x", 5, 13), Some(16));
+    }
 
     /// `may_hold` for the first digit run of `text`.
     fn holds(gate: Gate, text: &str) -> bool {

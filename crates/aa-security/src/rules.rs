@@ -31,6 +31,11 @@ impl Severity {
 pub(crate) enum Trigger {
     /// Any of these lowercase literals (matched case-insensitively).
     Keywords(&'static [&'static str]),
+    /// An assignment to a name holding any of these keywords: the keyword with more name
+    /// characters around it (ASCII letters, digits, `_`, `.`, `-`), a closing quote, white
+    /// space, then the operator (`:=`, `=>`, `=` or `:`). The rule's pattern is matched from
+    /// the operator, anchored (`^`).
+    Assigned(&'static [&'static str]),
     /// A run of at least seven digits, possibly with separators (phone numbers, cards, ...).
     Digits,
 }
@@ -92,6 +97,13 @@ const fn gated(mut r: RuleDef, gate: Gate) -> RuleDef {
     r
 }
 
+const fn assignment(mut r: RuleDef) -> RuleDef {
+    if let Trigger::Keywords(words) = r.trigger {
+        r.trigger = Trigger::Assigned(words);
+    }
+    r
+}
+
 const fn window(mut r: RuleDef, before: usize, after: usize) -> RuleDef {
     r.before = before;
     r.after = after;
@@ -108,12 +120,9 @@ macro_rules! end {
     };
 }
 
-/// The generic `name = value` assignment: the name holds one of the secret words; the value is
-/// group 1.
-const GENERIC: &str = concat!(
-    r"(?i)[a-z0-9_.\-]*(?:password|passwd|passphrase|pwd|secret|token|api[_\-]?key|apikey|access[_\-]?key|auth[_\-]?key|private[_\-]?key|credential)[a-z0-9_.\-]*",
-    r#"["']?\s*(?::=|=>|=|:)\s*["'`]?([^\s"'`,;<>(){}\[\]]{8,})"#
-);
+/// The value of a generic `name = value` assignment (the name holds one of the secret words),
+/// from the operator on; the value is group 1.
+const GENERIC: &str = r#"^(?::=|=>|=|:)\s*["'`]?([^\s"'`,;<>(){}\[\]]{8,})"#;
 
 /// Every built-in rule. Keywords are lowercase.
 pub(crate) const RULES: &[RuleDef] = &[
@@ -923,7 +932,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         400,
     ),
     // ---- Generic assignments, gated by entropy ----
-    gated(
+    assignment(gated(
         window(
             rule(
                 "generic-secret-assignment",
@@ -941,8 +950,13 @@ pub(crate) const RULES: &[RuleDef] = &[
                     "apikey",
                     "access_key",
                     "access-key",
+                    "accesskey",
                     "auth_key",
+                    "auth-key",
+                    "authkey",
                     "private_key",
+                    "private-key",
+                    "privatekey",
                     "credential",
                 ],
                 GENERIC,
@@ -951,7 +965,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             128,
         ),
         Gate::Entropy(3.0),
-    ),
+    )),
     // ---- Personal data ----
     window(
         rule(

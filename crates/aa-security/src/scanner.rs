@@ -56,6 +56,9 @@ struct Rule {
     regex: Regex,
     has_group: bool,
     gate: Gate,
+    /// Matched from the operator of an assignment to a name around a keyword
+    /// ([`Trigger::Assigned`]).
+    assigned: bool,
     before: usize,
     after: usize,
 }
@@ -88,7 +91,7 @@ impl Scanner {
             rules.push(compile(def)?);
             match def.trigger {
                 Trigger::Digits => digit_rules.push(index),
-                Trigger::Keywords(words) => {
+                Trigger::Keywords(words) | Trigger::Assigned(words) => {
                     for word in words {
                         match keyword_list.iter().position(|k| k == word) {
                             Some(k) => keyword_rules[k].push(index),
@@ -184,9 +187,18 @@ impl Scanner {
     fn match_rules(&self, text: &str, digit_runs: &[DigitRun], out: &mut Vec<Finding>) {
         let bytes = text.as_bytes();
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
+        // Windows that start at an assignment's operator, for anchored patterns: never merged.
+        let mut assignments: Vec<(usize, usize, usize)> = Vec::new();
         self.keywords.find(bytes, |keyword, start, end| {
             for &rule in self.keyword_rules.get(keyword).into_iter().flatten() {
-                windows.push(self.window(rule, start, end, bytes.len()));
+                match self.rules.get(rule) {
+                    Some(r) if r.assigned => {
+                        if let Some(op) = gates::assignment_operator(bytes, end, r.after) {
+                            assignments.push((rule, op, (op + r.after).min(bytes.len())));
+                        }
+                    }
+                    _ => windows.push(self.window(rule, start, end, bytes.len())),
+                }
             }
         });
         for run in digit_runs {
@@ -213,7 +225,9 @@ impl Scanner {
                 _ => merged.push(w),
             }
         }
-        for (rule_index, start, end) in merged {
+        assignments.sort_unstable();
+        assignments.dedup();
+        for (rule_index, start, end) in merged.into_iter().chain(assignments) {
             let Some(rule) = self.rules.get(rule_index) else {
                 continue;
             };
@@ -309,6 +323,7 @@ fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
         has_group: regex.captures_len() > 1,
         regex,
         gate: def.gate,
+        assigned: matches!(def.trigger, Trigger::Assigned(_)),
         before: def.before,
         after: def.after,
     })
@@ -344,6 +359,7 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
         has_group: false,
         regex,
         gate: Gate::None,
+        assigned: false,
         before: 0,
         after: 0,
     })
