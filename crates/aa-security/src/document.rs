@@ -253,7 +253,7 @@ impl Scanner {
                 _ => s.text,
             })
             .collect();
-        let (pieces, glued) = self.seam_pieces(strings, &texts, &cuts);
+        let (pieces, glued) = self.seam_pieces(strings, &texts, &cuts, only);
         // A cut beside a seam changes what the seam reads as: the scan that found it may have
         // preferred it to a credential across the seam, which only the next pass can see.
         let split = !pieces.is_empty() || (glued && !cuts.is_empty());
@@ -276,14 +276,18 @@ impl Scanner {
     /// `texts` holds each spot's text as it will be stored, `own` what each string's own scan
     /// found: a credential one of whose pieces is redacted already is broken, and finding it
     /// again across a seam would only be the glue (a key stuck to a secret value) talking.
-    /// Also says whether any seam was glued at all.
+    /// Also says whether any seam was glued at all. With `only`, just the runs holding one of
+    /// those strings are glued: any other reads as it did in the pass before, which found
+    /// nothing across it (what it found was cut, changing its strings).
     fn seam_pieces(
         &self,
         strings: &Strings<'_>,
         texts: &[&str],
         own: &BTreeMap<usize, Cut>,
+        only: Option<&BTreeSet<usize>>,
     ) -> (Vec<(usize, RedactionReceipt)>, bool) {
         let mut joined = Joined::default();
+        let wanted = |run: &[usize]| only.is_none_or(|only| run.iter().any(|i| only.contains(i)));
         let values: Vec<usize> = (0..texts.len())
             .filter(|&i| strings.spots.get(i).is_some_and(|s| !s.is_key))
             .collect();
@@ -291,7 +295,7 @@ impl Scanner {
             for pieces in 2..=MAX_PIECES {
                 // A run that does not join cannot be lengthened into one that does.
                 match values.get(n..n + pieces) {
-                    Some(run) if joined.push_run(run, texts) => {}
+                    Some(run) if joined.push_run(run, texts, wanted(run)) => {}
                     _ => break,
                 }
             }
@@ -304,7 +308,8 @@ impl Scanner {
                     })
             });
             if spot.is_key && value.is_some() {
-                joined.push_run(&[i, i + 1], texts);
+                let pair = [i, i + 1];
+                joined.push_run(&pair, texts, wanted(&pair));
             }
         }
         if joined.segments.is_empty() {
@@ -381,10 +386,10 @@ struct Segment {
 }
 
 impl Joined {
-    /// Glues the strings of `run` (spots into `texts`): the tail of the first, the middle ones
-    /// whole, the head of the last. Returns false, adding nothing, when a seam cannot be
-    /// inside a credential or a middle string is too long to be a piece of one.
-    fn push_run(&mut self, run: &[usize], texts: &[&str]) -> bool {
+    /// Glues the strings of `run` (spots into `texts`), if `wanted`: the tail of the first,
+    /// the middle ones whole, the head of the last. Returns false, adding nothing, when a seam
+    /// cannot be inside a credential or a middle string is too long to be a piece of one.
+    fn push_run(&mut self, run: &[usize], texts: &[&str], wanted: bool) -> bool {
         let parts: Vec<&str> = run.iter().filter_map(|&i| texts.get(i).copied()).collect();
         let joins = parts.windows(2).all(|w| {
             w[0].chars().next_back().is_some_and(joins_a_credential)
@@ -395,6 +400,9 @@ impl Joined {
             .is_some_and(|m| m.iter().all(|t| t.len() <= SEAM_REACH));
         if parts.len() != run.len() || !joins || !middle_fits {
             return false;
+        }
+        if !wanted {
+            return true;
         }
         let last = parts.len() - 1;
         for (n, (&spot, text)) in run.iter().zip(parts).enumerate() {
