@@ -7,8 +7,6 @@ use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 
-use crate::runs::{B64_SEPARATOR, B64_STD, B64_URL, CLASS, HEX};
-
 /// How a segment was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
@@ -45,6 +43,9 @@ pub(crate) struct Segment {
 
 const MIN_BASE64: usize = 16;
 const MIN_HEX: usize = 16;
+/// How many decoded bytes are checked before a whole run is decoded (from 16 characters, the
+/// shortest run decoded).
+const HEAD_BYTES: usize = 12;
 /// The most places in one run a base64 decoding is tried from.
 const MAX_STARTS: usize = 9;
 
@@ -76,24 +77,17 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
     let Some(run) = bytes.get(start..end) else {
         return;
     };
-    let (mut all, mut any_std, mut any_url) = (HEX | B64_STD | B64_URL, false, false);
-    // Where decoding may start: the run's start and just after each of its first separators
-    // (a run may begin with text that is not part of the encoding: `/v1/dG9r...`). Recorded
-    // without a branch: each byte writes the next free slot, a separator keeps it.
-    let mut starts = [0usize; MAX_STARTS];
-    let mut count = 1;
-    for (i, &b) in run.iter().enumerate() {
-        let class = CLASS[usize::from(b)];
-        all &= class;
-        any_std |= class & B64_URL == 0;
-        any_url |= class & B64_STD == 0;
-        if let Some(slot) = starts.get_mut(count) {
-            *slot = i + 1;
-        }
-        count += usize::from(class & B64_SEPARATOR != 0 && count < MAX_STARTS);
-    }
+    // Folds without early exits, which the compiler turns into vector comparisons: most runs
+    // are hashes and identifiers, read whole on the way to being rejected.
+    let all_hex = run.iter().fold(true, |all, b| all & b.is_ascii_hexdigit());
+    let any_std = run
+        .iter()
+        .fold(false, |any, &b| any | (b == b'+') | (b == b'/'));
+    let any_url = run
+        .iter()
+        .fold(false, |any, &b| any | (b == b'-') | (b == b'_'));
     let len = run.len();
-    if all & HEX != 0
+    if all_hex
         && len >= MIN_HEX
         && len.is_multiple_of(2)
         && run
@@ -121,16 +115,30 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         .take_while(|b| **b == b'=')
         .count();
     let engine = if any_url { &URL_SAFE } else { &STANDARD };
+    // Where decoding may start: the run's start and just after each of its first separators
+    // (a run may begin with text that is not part of the encoding: `/v1/dG9r...`). Recorded
+    // without a branch on the byte, which in a hex digest is as good as random: each byte
+    // writes the next free slot, a separator keeps it.
+    let mut starts = [0usize; MAX_STARTS];
+    let mut count = 1;
+    for (i, &b) in run.iter().enumerate() {
+        let separator = (b == b'/') | (b == b'-') | (b == b'_') | (b == b'+');
+        if let Some(slot) = starts.get_mut(count) {
+            *slot = i + 1;
+        }
+        count += usize::from(separator & (count < MAX_STARTS));
+    }
     for &offset in starts.get(..count).unwrap_or_default() {
         let Some(tail) = run.get(offset..).filter(|t| t.len() >= MIN_BASE64) else {
             break;
         };
         let usable = &tail[..tail.len() - tail.len() % 4 * usize::from(tail.len() % 4 == 1)];
-        // Most runs are random (hashes, ids): the first three bytes already show it.
-        let mut head = [0u8; 3];
+        // Most runs are random (hashes, ids): the first twelve bytes are seldom valid UTF-8,
+        // which all of a decoding must be to be kept.
+        let mut head = [0u8; HEAD_BYTES];
         let head_ok = usable
-            .get(..4)
-            .and_then(|quantum| engine.decode_slice(quantum, &mut head).ok())
+            .get(..HEAD_BYTES / 3 * 4)
+            .and_then(|quanta| engine.decode_slice(quanta, &mut head).ok())
             .is_some_and(|n| may_be_text(head.get(..n).unwrap_or_default()));
         if !head_ok {
             continue;

@@ -28,36 +28,6 @@ const MIN_DIGITS: usize = 7;
 /// The most separator characters allowed between two digits (`) ` in `(415) 555`).
 const MAX_GAP: usize = 2;
 
-/// Byte classes for `decode`: the base64 alphabets, hex digits, and the base64 characters
-/// that also separate words in paths and identifiers.
-pub(crate) const B64_STD: u8 = 1;
-pub(crate) const B64_URL: u8 = 2;
-pub(crate) const HEX: u8 = 4;
-pub(crate) const B64_SEPARATOR: u8 = 8;
-
-pub(crate) static CLASS: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        let alnum = c.is_ascii_alphanumeric();
-        if alnum || c == b'+' || c == b'/' {
-            t[b] |= B64_STD;
-        }
-        if alnum || c == b'-' || c == b'_' {
-            t[b] |= B64_URL;
-        }
-        if c.is_ascii_hexdigit() {
-            t[b] |= HEX;
-        }
-        if c == b'/' || c == b'-' || c == b'_' || c == b'+' {
-            t[b] |= B64_SEPARATOR;
-        }
-        b += 1;
-    }
-    t
-};
-
 /// Bytes per block: one bit each in a `u64` mask.
 const BLOCK: usize = 64;
 
