@@ -187,6 +187,21 @@ async fn a_partition_of_minutes_holds_events_back_and_loses_none() {
     stack.stop().unwrap();
 }
 
+/// Waits until the gateway holds a decision event for every one of the `answered` checks of
+/// `agent`, and fails if it does not within 30 s.
+async fn decisions_all_kept(stack: &Stack, agent: &str, answered: usize) {
+    let gateway_state = stack.gateway_state_dir();
+    let all_kept = eventually(Duration::from_secs(30), async || {
+        stored_decisions(&gateway_state, agent) == answered
+    })
+    .await;
+    assert!(
+        all_kept,
+        "{} decisions stored, {answered} answered",
+        stored_decisions(&gateway_state, agent)
+    );
+}
+
 /// How many decision events for `agent` are in the gateway's audit export.
 fn stored_decisions(gateway_state: &Path, agent: &str) -> usize {
     let out = aasm(&[
@@ -255,16 +270,7 @@ async fn a_locked_outbox_denies_under_enforce_and_every_decision_is_kept() {
     delivered_once(&stack, &acknowledged).await;
     // Every decision the runtime answered, the ones answered while the lock was being waited
     // out among them, was kept and reached the gateway.
-    let gateway_state = stack.gateway_state_dir();
-    let all_kept = eventually(Duration::from_secs(30), async || {
-        stored_decisions(&gateway_state, "bot") == answered
-    })
-    .await;
-    assert!(
-        all_kept,
-        "{} decisions stored, {answered} answered",
-        stored_decisions(&gateway_state, "bot")
-    );
+    decisions_all_kept(&stack, "bot", answered).await;
     drop(c);
     stack.stop().unwrap();
 }
@@ -369,16 +375,7 @@ async fn a_full_disk_denies_under_enforce_and_every_decision_is_kept() {
     assert!(recovered, "checks are allowed again once the disk has room");
     acknowledged.extend(send(&c, &bot, "room-again", 100).await);
     delivered_once(&stack, &acknowledged).await;
-    let gateway_state = stack.gateway_state_dir();
-    let all_kept = eventually(Duration::from_secs(30), async || {
-        stored_decisions(&gateway_state, "bot") == answered
-    })
-    .await;
-    assert!(
-        all_kept,
-        "{} decisions stored, {answered} answered",
-        stored_decisions(&gateway_state, "bot")
-    );
+    decisions_all_kept(&stack, "bot", answered).await;
     drop(c);
     stack.stop().unwrap();
 }
