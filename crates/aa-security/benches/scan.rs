@@ -13,13 +13,7 @@ const CORPUS_BYTES: usize = 4 << 20;
 fn throughput(c: &mut Criterion) {
     let scanner = Scanner::new().unwrap();
     let clean = corpus::clean_text(1, CORPUS_BYTES);
-    // The clean corpus without its log lines, which are dense with decoys (UUIDs, hashes,
-    // timestamps, addresses): prose and code only.
-    let prose: String = clean
-        .lines()
-        .filter(|line| !line.contains(" INFO "))
-        .flat_map(|line| [line, "\n"])
-        .collect();
+    let prose = corpus::prose_and_code(&clean);
     let (dense, planted) = corpus::dense_text(2, CORPUS_BYTES, 200);
     assert!(
         scanner.scan(&clean).len() < 5,

@@ -90,10 +90,7 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
     if all_hex
         && len >= MIN_HEX
         && len.is_multiple_of(2)
-        && run
-            .get(..6)
-            .and_then(hex_decode)
-            .is_some_and(|head| may_be_text(&head))
+        && hex_head_may_be_text(run)
         && let Some(decoded) = hex_decode(run).and_then(printable)
     {
         out.push(Segment {
@@ -116,17 +113,21 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         .count();
     let engine = if any_url { &URL_SAFE } else { &STANDARD };
     // Where decoding may start: the run's start and just after each of its first separators
-    // (a run may begin with text that is not part of the encoding: `/v1/dG9r...`). Recorded
-    // without a branch on the byte, which in a hex digest is as good as random: each byte
-    // writes the next free slot, a separator keeps it.
+    // (a run may begin with text that is not part of the encoding: `/v1/dG9r...`). The
+    // separators are the characters the folds above looked for, so most runs (hex digests,
+    // plain words) have none and skip the loop.
     let mut starts = [0usize; MAX_STARTS];
     let mut count = 1;
-    for (i, &b) in run.iter().enumerate() {
-        let separator = (b == b'/') | (b == b'-') | (b == b'_') | (b == b'+');
-        if let Some(slot) = starts.get_mut(count) {
-            *slot = i + 1;
+    if any_std | any_url {
+        for (i, &b) in run.iter().enumerate() {
+            if matches!(b, b'/' | b'-' | b'_' | b'+') {
+                let Some(slot) = starts.get_mut(count) else {
+                    break;
+                };
+                *slot = i + 1;
+                count += 1;
+            }
         }
-        count += usize::from(separator & (count < MAX_STARTS));
     }
     for &offset in starts.get(..count).unwrap_or_default() {
         let Some(tail) = run.get(offset..).filter(|t| t.len() >= MIN_BASE64) else {
@@ -135,12 +136,7 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         let usable = &tail[..tail.len() - tail.len() % 4 * usize::from(tail.len() % 4 == 1)];
         // Most runs are random (hashes, ids): the first twelve bytes are seldom valid UTF-8,
         // which all of a decoding must be to be kept.
-        let mut head = [0u8; HEAD_BYTES];
-        let head_ok = usable
-            .get(..HEAD_BYTES / 3 * 4)
-            .and_then(|quanta| engine.decode_slice(quanta, &mut head).ok())
-            .is_some_and(|n| may_be_text(head.get(..n).unwrap_or_default()));
-        if !head_ok {
+        if !base64_head(usable).is_some_and(|head| may_be_text(&head)) {
             continue;
         }
         if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
@@ -194,11 +190,73 @@ fn delimited(
     }
 }
 
+/// The value of each base64 character in either alphabet (`+` and `-` are 62, `/` and `_`
+/// are 63), or [`NOT_BASE64`]. A run decoded as base64 never mixes the alphabets, so one
+/// table serves both.
+const BASE64_VALUES: [u8; 256] = base64_values();
+const NOT_BASE64: u8 = 0xFF;
+
+const fn base64_values() -> [u8; 256] {
+    let mut values = [NOT_BASE64; 256];
+    let mut i = 0;
+    while i < 26 {
+        values[b'A' as usize + i] = i as u8;
+        values[b'a' as usize + i] = 26 + i as u8;
+        i += 1;
+    }
+    let mut d = 0;
+    while d < 10 {
+        values[b'0' as usize + d] = 52 + d as u8;
+        d += 1;
+    }
+    values[b'+' as usize] = 62;
+    values[b'-' as usize] = 62;
+    values[b'/' as usize] = 63;
+    values[b'_' as usize] = 63;
+    values
+}
+
+/// The first [`HEAD_BYTES`] bytes the base64 characters `chars` decode to; `None` when there
+/// are too few characters or one is not base64. Decoded by hand: most runs are rejected on
+/// these bytes, and a call into the base64 engine costs more than the decoding.
+fn base64_head(chars: &[u8]) -> Option<[u8; HEAD_BYTES]> {
+    let quanta = chars.get(..HEAD_BYTES / 3 * 4)?;
+    let mut head = [0u8; HEAD_BYTES];
+    let mut invalid = 0;
+    for (quad, out) in quanta.chunks_exact(4).zip(head.chunks_exact_mut(3)) {
+        let word = quad.iter().fold(0u32, |word, &c| {
+            let value = BASE64_VALUES[usize::from(c)];
+            invalid |= value;
+            word << 6 | u32::from(value & 0x3F)
+        });
+        out.copy_from_slice(&word.to_be_bytes()[1..]);
+    }
+    (invalid & !0x3F == 0).then_some(head)
+}
+
+/// Whether the first bytes (up to [`HEAD_BYTES`]) the hex digits `run` decode to may begin
+/// a text.
+fn hex_head_may_be_text(run: &[u8]) -> bool {
+    let mut head = [0u8; HEAD_BYTES];
+    let mut n = 0;
+    for (pair, out) in run.chunks_exact(2).zip(&mut head) {
+        let Some(byte) = hex_byte(pair) else {
+            return false;
+        };
+        *out = byte;
+        n += 1;
+    }
+    may_be_text(head.get(..n).unwrap_or_default())
+}
+
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    let nibble = |b: &u8| (*b as char).to_digit(16);
+    let [high, low] = pair else { return None };
+    Some((nibble(high)? << 4 | nibble(low)?) as u8)
+}
+
 fn hex_decode(run: &[u8]) -> Option<Vec<u8>> {
-    let nibble = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    run.chunks_exact(2)
-        .map(|p| Some(nibble(p[0])? << 4 | nibble(p[1])?))
-        .collect()
+    run.chunks_exact(2).map(hex_byte).collect()
 }
 
 fn percent_decode(segment: &str) -> Option<String> {
@@ -208,10 +266,9 @@ fn percent_decode(segment: &str) -> Option<String> {
     let mut any = false;
     while i < bytes.len() {
         if bytes[i] == b'%'
-            && let Some(hex) = bytes.get(i + 1..i + 3)
-            && let Some(b) = hex_decode(hex)
+            && let Some(b) = bytes.get(i + 1..i + 3).and_then(hex_byte)
         {
-            out.extend(b);
+            out.push(b);
             any = true;
             i += 3;
             continue;
@@ -256,8 +313,6 @@ fn json_unescape(segment: &str) -> Option<String> {
     any.then_some(out)
 }
 
-/// The decoded bytes as text, when they look like text: valid UTF-8, at least 8 bytes, and at
-/// least 90 % printable.
 /// Whether `head` can begin a text [`printable`] accepts: UTF-8, possibly cut inside a
 /// character. A quick, slightly lenient look (no check for overlong forms); control
 /// characters are not judged here, as a few are allowed in a long text.
@@ -283,6 +338,8 @@ fn may_be_text(head: &[u8]) -> bool {
     true
 }
 
+/// The decoded bytes as text, when they look like text: valid UTF-8, at least 8 bytes, and at
+/// least 90 % printable.
 fn printable(bytes: Vec<u8>) -> Option<String> {
     if bytes.len() < 8 {
         return None;
@@ -340,6 +397,33 @@ mod tests {
             decoded(r#"{"k": "ghp\u005fabc"}"#),
             [(Encoding::JsonEscape, "ghp_abc".to_owned())]
         );
+    }
+
+    // No `=` among the characters: padding is never inside a run.
+    proptest::proptest! {
+        #[test]
+        fn heads_decode_as_the_engine_does(
+            chars in proptest::collection::vec(proptest::sample::select(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/-_. ".to_vec()
+            ), 0..24),
+            url in proptest::bool::ANY,
+        ) {
+            let (engine, other_alphabet) = if url { (&URL_SAFE, b"+/") } else { (&STANDARD, b"-_") };
+            let quanta = chars
+                .get(..HEAD_BYTES / 3 * 4)
+                .filter(|q| !q.iter().any(|c| other_alphabet.contains(c)));
+            proptest::prop_assert_eq!(
+                quanta.and_then(base64_head).map(Vec::from),
+                quanta.and_then(|q| engine.decode(q).ok())
+            );
+            let hex: Vec<u8> = chars.iter().map(|c| b"0123456789abcdef"[usize::from(c % 16)]).collect();
+            let even = &hex[..hex.len() / 2 * 2];
+            let head = &even[..even.len().min(2 * HEAD_BYTES)];
+            proptest::prop_assert_eq!(
+                hex_head_may_be_text(even),
+                hex_decode(head).is_some_and(|h| may_be_text(&h))
+            );
+        }
     }
 
     #[test]

@@ -44,13 +44,16 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
 pub(crate) fn assignment_operator(text: &[u8], end: usize, reach: usize) -> Option<usize> {
     let rest = text.get(end..).unwrap_or_default();
     let rest = rest.get(..reach).unwrap_or(rest);
-    let is_name = |b: &u8| b.is_ascii_alphanumeric() || b"_.-".contains(b);
+    let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
     let mut at = rest.iter().position(|b| !is_name(b)).unwrap_or(rest.len());
     if matches!(rest.get(at), Some(b'"' | b'\'')) {
         at += 1;
     }
     // The regexes' `\s`: ASCII white space, vertical tab included.
-    while rest.get(at).is_some_and(|b| b" \t\n\r\x0b\x0c".contains(b)) {
+    while rest
+        .get(at)
+        .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
+    {
         at += 1;
     }
     matches!(rest.get(at), Some(b':' | b'=')).then_some(end + at)
@@ -67,7 +70,7 @@ fn glued(text: &[u8], run: &DigitRun) -> bool {
             .get(run.start..run.end)
             .unwrap_or_default()
             .iter()
-            .any(|b| b" ()./".contains(b))
+            .any(|b| matches!(b, b' ' | b'(' | b')' | b'.' | b'/'))
 }
 
 /// Whether an IBAN's start (two capitals, two check digits) lies at or shortly before `run`.

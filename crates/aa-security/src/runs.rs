@@ -202,7 +202,8 @@ fn split_digits(bytes: &[u8], start: usize, end: usize, out: &mut Vec<DigitRun>)
             out.push(run);
         }
     };
-    for (at, b) in bytes.iter().enumerate().take(end).skip(start) {
+    let run = bytes.get(start..end).unwrap_or_default();
+    for (at, b) in (start..).zip(run) {
         if !b.is_ascii_digit() {
             continue;
         }

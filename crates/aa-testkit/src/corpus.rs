@@ -171,6 +171,16 @@ pub fn clean_text(seed: u64, bytes: usize) -> String {
     out
 }
 
+/// The clean text without its log lines, which are dense with decoys (UUIDs, hashes,
+/// timestamps, addresses): prose and code only.
+pub fn prose_and_code(clean: &str) -> String {
+    clean
+        .lines()
+        .filter(|line| !line.contains(" INFO "))
+        .flat_map(|line| [line, "\n"])
+        .collect()
+}
+
 /// A planted secret: its text, the kind of secret, and whether it is a credential (as opposed
 /// to personal data, which not every scanner looks for).
 #[derive(Debug, Clone, PartialEq, Eq)]
