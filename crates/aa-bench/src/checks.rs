@@ -95,7 +95,7 @@ impl Sample {
         lateness: Duration,
     ) -> Sample {
         let start = Instant::now();
-        let outcome = client.check(agent, action.clone(), None).wait();
+        let outcome = client.check_blocking(agent, action.clone(), None);
         let latency = start.elapsed();
         let (answered, allowed) = match outcome {
             Ok(o) => (
@@ -143,7 +143,7 @@ pub(crate) fn sessions(
 fn ready(client: &Client, agent: &Agent, action: &Action) -> Result<(), BenchError> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
-        let outcome = client.check(agent, action.clone(), None).wait()?;
+        let outcome = client.check_blocking(agent, action.clone(), None)?;
         if outcome.verdict.decision == Decision::Allow && !outcome.resolved_locally {
             return Ok(());
         }
@@ -173,7 +173,7 @@ pub fn serial(
     let mut samples = Vec::with_capacity(count);
     for i in 0..warmup + count {
         let started = Instant::now();
-        let outcome = client.check(&agent, action.clone(), None).wait()?;
+        let outcome = client.check_blocking(&agent, action.clone(), None)?;
         let took = started.elapsed();
         if outcome.verdict.decision != Decision::Allow || outcome.resolved_locally {
             return Err(BenchError::NotReady {

@@ -47,7 +47,7 @@ pub(crate) fn run(args: CheckArgs) -> Result<ExitCode> {
         })
         .wait()
         .with_context(|| format!("registering through {socket}"))?;
-    let outcome = client.check(&agent, action, None).wait()?;
+    let outcome = client.check_blocking(&agent, action, None)?;
     println!("{}", serde_json::to_string(&outcome.verdict)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -15,7 +15,7 @@ use aa_proto::pb::frame::Body;
 use serde_json::Value;
 use tokio::sync::{Mutex, oneshot};
 
-use crate::connection::Connection;
+use crate::connection::{BlockingConnection, Connection};
 use crate::error::ClientError;
 
 /// The environment variable naming the runtime socket.
@@ -198,11 +198,7 @@ impl<T> Call<T> {
     /// Blocks the thread until the answer. From inside an async runtime, `.await` instead:
     /// blocking there is refused with an error.
     pub fn wait(self) -> Result<T, ClientError> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err(ClientError::Internal(
-                "wait() called inside an async runtime; await the call instead".into(),
-            ));
-        }
+        refuse_inside_runtime("wait()")?;
         self.answer
             .blocking_recv()
             .unwrap_or_else(|_| Err(ClientError::Internal("call abandoned".into())))
@@ -228,6 +224,16 @@ impl<T> Call<T> {
     }
 }
 
+/// Blocking a thread of an async runtime would stall every task on it.
+fn refuse_inside_runtime(what: &str) -> Result<(), ClientError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Err(ClientError::Internal(format!(
+            "{what} called inside an async runtime; await the call instead"
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Wakes a thread parked in [`Call::wait_for`].
 struct ThreadWaker(std::thread::Thread);
 
@@ -242,6 +248,8 @@ struct Shared {
     config: ClientConfig,
     socket: PathBuf,
     connection: Mutex<Option<Arc<Connection>>>,
+    /// For [`Client::check_blocking`]; opened on its first use.
+    blocking: StdMutex<Option<BlockingConnection>>,
 }
 
 /// The client's own async runtime. Dropped without waiting, so the last clone of a client
@@ -302,6 +310,7 @@ impl Client {
                 config,
                 socket,
                 connection: Mutex::new(None),
+                blocking: StdMutex::new(None),
             }),
             runtime: Arc::new(Background(Some(runtime))),
         })
@@ -355,32 +364,46 @@ impl Client {
         session_id: Option<String>,
     ) -> Call<CheckOutcome> {
         let shared = Arc::clone(&self.shared);
-        let agent = agent.clone();
+        let request = check_request(agent, &action, session_id);
         self.spawn(async move {
             let mode = shared.config.mode;
             if mode == Mode::Disabled {
-                return Ok(local(
-                    Decision::Allow,
-                    mode,
-                    "checks are disabled in this client".into(),
-                ));
+                return Ok(checks_disabled());
             }
-            match shared.check(&agent, &action, session_id).await {
-                Ok(outcome) => Ok(outcome),
-                Err(error) => {
-                    let decision = if mode == Mode::Enforce {
-                        Decision::Deny
-                    } else {
-                        Decision::Allow
-                    };
-                    Ok(local(
-                        decision,
-                        mode,
-                        format!("the runtime did not decide: {error}"),
-                    ))
-                }
-            }
+            let answer = shared.call(request, true).await;
+            Ok(resolve_check(
+                mode,
+                answer.and_then(|a| check_outcome(a, &action)),
+            ))
         })
+    }
+
+    /// [`check`](Self::check) waited for on the calling thread, which writes the request and
+    /// reads the answer itself over a connection of its own: no thread of the client's runtime
+    /// wakes on the way, as three do for `check(..).wait()`. The answer is the same, failures
+    /// resolved by the mode. One thread at a time uses that connection; a call made while
+    /// another thread is on it goes through the shared connection instead. From inside an
+    /// async runtime it is refused, as [`Call::wait`] is: `.await` [`check`](Self::check).
+    pub fn check_blocking(
+        &self,
+        agent: &Agent,
+        action: Action,
+        session_id: Option<String>,
+    ) -> Result<CheckOutcome, ClientError> {
+        refuse_inside_runtime("check_blocking()")?;
+        let mode = self.shared.config.mode;
+        if mode == Mode::Disabled {
+            return Ok(checks_disabled());
+        }
+        let Ok(mut connection) = self.shared.blocking.try_lock() else {
+            return self.check(agent, action, session_id).wait();
+        };
+        let request = check_request(agent, &action, session_id);
+        let answer = self.shared.call_blocking(&mut connection, request);
+        Ok(resolve_check(
+            mode,
+            answer.and_then(|a| check_outcome(a, &action)),
+        ))
     }
 
     /// Resolves a pending outcome: waits for a human's decision on it, through the runtime,
@@ -401,21 +424,14 @@ impl Client {
             let mode = shared.config.mode;
             match shared.await_approval(&agent, &outcome, timeout).await {
                 Ok(resolved) => Ok(resolved),
-                Err(error) => {
-                    let decision = if mode == Mode::Enforce {
-                        Decision::Deny
-                    } else {
-                        Decision::Allow
-                    };
-                    Ok(CheckOutcome {
-                        approval_id: outcome.approval_id,
-                        ..local(
-                            decision,
-                            mode,
-                            format!("the runtime did not answer the approval wait: {error}"),
-                        )
-                    })
-                }
+                Err(error) => Ok(CheckOutcome {
+                    approval_id: outcome.approval_id,
+                    ..local(
+                        fail_by_mode(mode),
+                        mode,
+                        format!("the runtime did not answer the approval wait: {error}"),
+                    )
+                }),
             }
         })
     }
@@ -485,6 +501,62 @@ impl Client {
                 other => Err(unexpected(&other)),
             }
         })
+    }
+}
+
+fn check_request(agent: &Agent, action: &Action, session_id: Option<String>) -> Body {
+    Body::Check(pb::CheckRequest {
+        agent_id: agent.id.clone(),
+        credential_token: agent.token(),
+        action: Some(action.into()),
+        session_id: session_id.unwrap_or_default(),
+    })
+}
+
+fn check_outcome(answer: Body, action: &Action) -> Result<CheckOutcome, ClientError> {
+    match answer {
+        Body::Decision(pb::CheckResponse {
+            decision: Some(decision),
+        }) => {
+            let approval_id = Some(decision.approval_id.clone()).filter(|a| !a.is_empty());
+            let verdict = Verdict::from(decision);
+            let action = (verdict.decision == Decision::Pending).then(|| action.clone());
+            Ok(CheckOutcome {
+                verdict,
+                approval_id,
+                action,
+                resolved_locally: false,
+            })
+        }
+        other => Err(unexpected(&other)),
+    }
+}
+
+fn checks_disabled() -> CheckOutcome {
+    local(
+        Decision::Allow,
+        Mode::Disabled,
+        "checks are disabled in this client".into(),
+    )
+}
+
+/// A check's outcome; a failure resolves by the mode.
+fn resolve_check(mode: Mode, outcome: Result<CheckOutcome, ClientError>) -> CheckOutcome {
+    outcome.unwrap_or_else(|error| {
+        local(
+            fail_by_mode(mode),
+            mode,
+            format!("the runtime did not decide: {error}"),
+        )
+    })
+}
+
+/// What a failure resolves to: `enforce` fails closed.
+fn fail_by_mode(mode: Mode) -> Decision {
+    if mode == Mode::Enforce {
+        Decision::Deny
+    } else {
+        Decision::Allow
     }
 }
 
@@ -615,33 +687,30 @@ impl Shared {
         }
     }
 
-    async fn check(
+    /// One call from a plain thread over `slot`'s connection (opened when there is none);
+    /// after a broken connection, tried once more on a new one, as checks are idempotent.
+    fn call_blocking(
         &self,
-        agent: &Agent,
-        action: &Action,
-        session_id: Option<String>,
-    ) -> Result<CheckOutcome, ClientError> {
-        let request = pb::CheckRequest {
-            agent_id: agent.id.clone(),
-            credential_token: agent.token(),
-            action: Some(action.into()),
-            session_id: session_id.unwrap_or_default(),
-        };
-        match self.call(Body::Check(request), true).await? {
-            Body::Decision(pb::CheckResponse {
-                decision: Some(decision),
-            }) => {
-                let approval_id = Some(decision.approval_id.clone()).filter(|a| !a.is_empty());
-                let verdict = Verdict::from(decision);
-                let action = (verdict.decision == Decision::Pending).then(|| action.clone());
-                Ok(CheckOutcome {
-                    verdict,
-                    approval_id,
-                    action,
-                    resolved_locally: false,
-                })
+        slot: &mut Option<BlockingConnection>,
+        body: Body,
+    ) -> Result<Body, ClientError> {
+        let mut retried = false;
+        loop {
+            let connection = match slot {
+                Some(connection) => connection,
+                None => slot.insert(BlockingConnection::open(&self.socket)?),
+            };
+            match connection.call(body.clone(), self.config.timeout) {
+                Err(error @ ClientError::Refused { .. }) => return Err(error),
+                Err(error) => {
+                    *slot = None;
+                    if retried || !matches!(error, ClientError::Disconnected) {
+                        return Err(error);
+                    }
+                    retried = true;
+                }
+                answer => return answer,
             }
-            other => Err(unexpected(&other)),
         }
     }
 

@@ -1,11 +1,13 @@
-//! One socket connection: a writer task, a reader task, and the table of calls waiting for
-//! their answer by request id, so calls run concurrently over it.
+//! Socket connections to the runtime. [`Connection`]: a writer task, a reader task, and the
+//! table of calls waiting for their answer by request id, so calls run concurrently over it.
+//! [`BlockingConnection`]: one call at a time, written and read by the calling thread itself.
 
 use std::collections::HashMap;
+use std::io::{ErrorKind, Read as _, Write as _};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aa_proto::frame::{FrameDecoder, MAX_FRAME_BYTES, encode};
 use aa_proto::pb;
@@ -30,10 +32,7 @@ impl Connection {
     pub(crate) async fn open(path: &Path) -> Result<Connection, ClientError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|e| ClientError::Connect {
-                path: path.display().to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| unreachable_at(path, &e))?;
         let (mut reader, writer) = stream.into_split();
         let (frames, mut outgoing) = mpsc::channel::<pb::Frame>(1024);
         let waiting: Waiting = Arc::default();
@@ -120,17 +119,7 @@ impl Connection {
     /// Sends `body` and waits for its answer; an error frame becomes [`ClientError::Refused`].
     pub(crate) async fn call(&self, body: Body, timeout: Duration) -> Result<Body, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = pb::Frame {
-            request_id: id,
-            body: Some(body),
-        };
-        let size = prost::Message::encoded_len(&frame);
-        if size > MAX_FRAME_BYTES {
-            return Err(ClientError::InvalidArgument {
-                field: "frame",
-                message: format!("{size} bytes exceed the {MAX_FRAME_BYTES}-byte frame limit"),
-            });
-        }
+        let frame = call_frame(id, body)?;
         let (tx, rx) = oneshot::channel();
         self.waiting
             .lock()
@@ -145,18 +134,114 @@ impl Connection {
             forget();
             return Err(ClientError::Disconnected);
         }
-        let answer = match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(frame)) => frame,
-            Ok(Err(_)) => return Err(ClientError::Disconnected),
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(frame)) => answer(frame),
+            Ok(Err(_)) => Err(ClientError::Disconnected),
             Err(_) => {
                 forget();
-                return Err(ClientError::Timeout(timeout));
+                Err(ClientError::Timeout(timeout))
             }
-        };
-        match answer.body {
-            Some(Body::Error(e)) => Err(ClientError::refused(e.code, e.message)),
-            Some(body) => Ok(body),
-            None => Err(ClientError::Protocol("answer without a body".into())),
         }
+    }
+}
+
+/// A connection for calls made from a plain thread: the caller writes its request and reads
+/// the answer itself, so no other thread wakes on the way (through a [`Connection`], a call
+/// waited for from a plain thread wakes the client's runtime to write, again to read, and then
+/// the caller). One call at a time; after any error but a refusal, it is not used again.
+#[derive(Debug)]
+pub(crate) struct BlockingConnection {
+    stream: std::os::unix::net::UnixStream,
+    decoder: FrameDecoder,
+    next_id: u64,
+}
+
+impl BlockingConnection {
+    pub(crate) fn open(path: &Path) -> Result<BlockingConnection, ClientError> {
+        let stream =
+            std::os::unix::net::UnixStream::connect(path).map_err(|e| unreachable_at(path, &e))?;
+        Ok(BlockingConnection {
+            stream,
+            decoder: FrameDecoder::new(),
+            next_id: 1,
+        })
+    }
+
+    /// Sends `body` and reads until its answer; an error frame becomes
+    /// [`ClientError::Refused`].
+    pub(crate) fn call(&mut self, body: Body, timeout: Duration) -> Result<Body, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let left = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+                .ok_or(ClientError::Timeout(timeout))
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let bytes = encode(&call_frame(id, body)?)
+            .map_err(|e| ClientError::Protocol(format!("encoding the request: {e}")))?;
+        let lost = |e: std::io::Error| match e.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => ClientError::Timeout(timeout),
+            _ => ClientError::Disconnected,
+        };
+        self.stream.set_write_timeout(Some(left()?)).map_err(lost)?;
+        self.stream.write_all(&bytes).map_err(lost)?;
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            // Request id 0 is about the connection (a frame the runtime could not read).
+            match self.decoder.next_frame() {
+                Ok(Some(frame)) if frame.request_id == id || frame.request_id == 0 => {
+                    return answer(frame);
+                }
+                Ok(Some(frame)) => {
+                    return Err(ClientError::Protocol(format!(
+                        "an answer to request {} while waiting for {id}",
+                        frame.request_id
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            self.stream.set_read_timeout(Some(left()?)).map_err(lost)?;
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return Err(ClientError::Disconnected),
+                Ok(n) => self.decoder.extend(buffer.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(lost(e)),
+            }
+        }
+    }
+}
+
+fn unreachable_at(path: &Path, error: &std::io::Error) -> ClientError {
+    ClientError::Connect {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    }
+}
+
+/// The frame of call `id`, refused before sending when it is over the frame limit.
+fn call_frame(id: u64, body: Body) -> Result<pb::Frame, ClientError> {
+    let frame = pb::Frame {
+        request_id: id,
+        body: Some(body),
+    };
+    let size = prost::Message::encoded_len(&frame);
+    if size > MAX_FRAME_BYTES {
+        return Err(ClientError::InvalidArgument {
+            field: "frame",
+            message: format!("{size} bytes exceed the {MAX_FRAME_BYTES}-byte frame limit"),
+        });
+    }
+    Ok(frame)
+}
+
+/// A call's answer: its body, or the runtime's refusal.
+fn answer(frame: pb::Frame) -> Result<Body, ClientError> {
+    match frame.body {
+        Some(Body::Error(e)) => Err(ClientError::refused(e.code, e.message)),
+        Some(body) => Ok(body),
+        None => Err(ClientError::Protocol("answer without a body".into())),
     }
 }

@@ -12,7 +12,7 @@ use aa_gateway::{GatewayConfig, Store};
 use aa_proto::frame::{FrameDecoder, encode};
 use aa_proto::pb;
 use aa_runtime::RuntimeConfig;
-use aa_sdk_client::{Agent, AgentSpec, Client, ClientConfig, Report};
+use aa_sdk_client::{Agent, AgentSpec, CheckOutcome, Client, ClientConfig, ClientError, Report};
 use serde_json::json;
 
 /// Arguments of `shell("ls")`.
@@ -360,6 +360,100 @@ async fn outages_buffer_events_and_lose_none() {
     );
     let outcome = decide(&observe, &agent, shell("ls")).await;
     assert!(outcome.resolved_locally && outcome.verdict.decision == Decision::Allow);
+    gateway.stop().await.unwrap();
+}
+
+/// `check_blocking` from a plain thread, as a synchronous agent calls it.
+fn decide_blocking(
+    client: &Client,
+    agent: &Agent,
+    action: Action,
+) -> impl Future<Output = CheckOutcome> {
+    let (client, agent) = (client.clone(), agent.clone());
+    async move {
+        tokio::task::spawn_blocking(move || {
+            std::thread::spawn(move || client.check_blocking(&agent, action, None))
+                .join()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_checks_decide_as_awaited_ones_and_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let gateway = GatewayHandle::start(options(&state, vec![data()]))
+        .await
+        .unwrap();
+    let runtime_config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    let runtime = RuntimeHandle::start(runtime_config.clone()).unwrap();
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let enforced = register(&c, "enforced", None).await;
+    let observed = register(&c, "observed", Some("watchers")).await;
+    let quiet = register(&c, "quiet", Some("quiet")).await;
+    for agent in [&enforced, &observed, &quiet] {
+        for action in [shell("ls"), tool("db_drop", json!({})), shell("rm -r x")] {
+            let blocking = decide_blocking(&c, agent, action.clone()).await;
+            let awaited = decide(&c, agent, action).await;
+            assert_eq!(blocking.verdict, awaited.verdict, "{}", agent.id());
+            assert_eq!(
+                blocking.approval_id.is_some(),
+                awaited.approval_id.is_some()
+            );
+            assert!(!blocking.resolved_locally);
+        }
+    }
+    // Inside an async runtime it refuses rather than block a worker.
+    assert!(matches!(
+        c.check_blocking(&enforced, shell("ls"), None),
+        Err(ClientError::Internal(_))
+    ));
+    // Threads at once: one has the blocking connection, the others go through the shared one.
+    let (many, agent) = (c.clone(), enforced.clone());
+    let outcomes = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            let calls: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| many.check_blocking(&agent, shell("ls"), None)))
+                .collect();
+            calls
+                .into_iter()
+                .map(|call| call.join().unwrap().unwrap())
+                .collect::<Vec<_>>()
+        })
+    })
+    .await
+    .unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o.verdict.decision == Decision::Allow && !o.resolved_locally),
+        "{outcomes:?}"
+    );
+
+    // A restarted runtime: the blocking connection broke, and the check goes on a new one.
+    runtime.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let runtime = RuntimeHandle::start(runtime_config).unwrap();
+    let after_restart = decide_blocking(&c, &enforced, tool("db_drop", json!({}))).await;
+    assert!(
+        !after_restart.resolved_locally && after_restart.verdict.decision == Decision::Deny,
+        "{after_restart:?}"
+    );
+    // No runtime: enforce fails closed, observe allows, both decided by the client.
+    let socket = runtime.socket.clone();
+    runtime.stop().await.unwrap();
+    let denied = decide_blocking(&c, &enforced, shell("ls")).await;
+    assert!(
+        denied.resolved_locally && denied.verdict.decision == Decision::Deny,
+        "{denied:?}"
+    );
+    let observe = client(dir.path(), &socket, Mode::Observe);
+    let allowed = decide_blocking(&observe, &enforced, shell("ls")).await;
+    assert!(allowed.resolved_locally && allowed.verdict.decision == Decision::Allow);
     gateway.stop().await.unwrap();
 }
 
