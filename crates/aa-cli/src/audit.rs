@@ -32,7 +32,7 @@ pub(crate) enum AuditCommand {
         #[command(flatten)]
         source: Source,
     },
-    /// Print the last records; with --follow, keep printing new ones.
+    /// Print the last records appended, oldest first; with --follow, keep printing new ones.
     Tail {
         #[command(flatten)]
         source: Source,
@@ -63,10 +63,13 @@ fn open(state_dir: &Path) -> Result<SqliteStore> {
     SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))
 }
 
+/// Every record, page by page from where the last one ended (not by offset, which would read
+/// the whole log again for every page).
 async fn all_records(store: &SqliteStore) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
     loop {
-        let page = store.records(records.len() as u64, PAGE).await?;
+        let after = records.last().map(|r| (r.stream_id.clone(), r.sequence));
+        let page = store.records_after(after, PAGE).await?;
         let done = (page.len() as u64) < PAGE;
         records.extend(page);
         if done {
@@ -147,14 +150,19 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
             lines,
             follow,
         } => crate::block_on(async {
+            // In the order records were appended, whatever their stream: a record appended to
+            // one stream while following never moves another's.
             let store = open(&source.state_dir)?;
-            let total = all_records(&store).await?.len() as u64;
-            let mut next = total.saturating_sub(lines);
+            // At least the newest is read, for where following starts.
+            let mut page = store.last_appended(lines.max(1)).await?;
+            let mut position = page.last().map_or(0, |(at, _)| *at);
+            if lines == 0 {
+                page.clear();
+            }
             loop {
-                let page = store.records(next, PAGE).await?;
-                next += page.len() as u64;
                 let mut out = std::io::stdout().lock();
-                for record in page {
+                for (at, record) in page {
+                    position = at;
                     writeln!(out, "{}", serde_json::to_string(&record)?)?;
                 }
                 out.flush()?;
@@ -162,6 +170,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                page = store.appended_since(position, PAGE).await?;
             }
         }),
     }

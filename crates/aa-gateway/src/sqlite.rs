@@ -284,6 +284,49 @@ fn to_i64(n: u64) -> Result<i64, GatewayError> {
     i64::try_from(n).map_err(|_| GatewayError::Storage(format!("{n} is out of range")))
 }
 
+/// The columns [`positioned_records`] reads; `rowid` is a record's place in the order of
+/// appending (the table is a rowid table and records are never deleted).
+const RECORD_COLUMNS: &str = "rowid, stream_id, sequence, event_id, event, prev_hash, hash";
+
+/// The records `statement` (selecting [`RECORD_COLUMNS`]) finds, each with its rowid.
+fn positioned_records(
+    statement: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<(u64, Record)>, GatewayError> {
+    let rows = statement
+        .query_map(params, |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(position, stream_id, sequence, event_id, event, prev_hash, hash)| {
+                let record = Record {
+                    stream_id,
+                    // A negative sequence is tampering that `verify` should name, not a read
+                    // error: it maps to 0, which no chain holds.
+                    sequence: u64::try_from(sequence).unwrap_or(0),
+                    event_id,
+                    // Likewise an event that is no longer JSON keeps its text.
+                    event: serde_json::from_str(&event).unwrap_or(serde_json::Value::String(event)),
+                    prev_hash,
+                    hash,
+                };
+                (u64::try_from(position).unwrap_or(0), record)
+            },
+        )
+        .collect())
+}
+
 impl Store for SqliteStore {
     async fn append_events(
         &self,
@@ -409,38 +452,60 @@ impl Store for SqliteStore {
     async fn records(&self, after: u64, limit: u64) -> Result<Vec<Record>, GatewayError> {
         let (after, limit) = (to_i64(after)?, to_i64(limit)?);
         self.with(move |conn| {
-            let mut statement = conn.prepare(
-                "SELECT stream_id, sequence, event_id, event, prev_hash, hash FROM audit_records
-                 ORDER BY stream_id, sequence LIMIT ?1 OFFSET ?2",
-            )?;
-            let rows = statement
-                .query_map(params![limit, after], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, String>(5)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(stream_id, sequence, event_id, event, prev_hash, hash)| {
-                    Ok(Record {
-                        stream_id,
-                        // A negative sequence is tampering that `verify` should name, not a
-                        // read error: it maps to 0, which no chain holds.
-                        sequence: u64::try_from(sequence).unwrap_or(0),
-                        event_id,
-                        // Likewise an event that is no longer JSON keeps its text.
-                        event: serde_json::from_str(&event)
-                            .unwrap_or(serde_json::Value::String(event)),
-                        prev_hash,
-                        hash,
-                    })
-                })
-                .collect()
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM audit_records
+                 ORDER BY stream_id, sequence LIMIT ?1 OFFSET ?2"
+            ))?;
+            positioned_records(&mut statement, params![limit, after])
+                .map(|rows| rows.into_iter().map(|(_, record)| record).collect())
+        })
+        .await
+    }
+
+    async fn records_after(
+        &self,
+        after: Option<(String, u64)>,
+        limit: u64,
+    ) -> Result<Vec<Record>, GatewayError> {
+        // Stream ids are never empty, and sequences start at 1: ("", 0) is before every record.
+        let (stream, sequence) = after.unwrap_or_default();
+        let (sequence, limit) = (to_i64(sequence)?, to_i64(limit)?);
+        self.with(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM audit_records
+                 WHERE (stream_id, sequence) > (?1, ?2)
+                 ORDER BY stream_id, sequence LIMIT ?3"
+            ))?;
+            positioned_records(&mut statement, params![stream, sequence, limit])
+                .map(|rows| rows.into_iter().map(|(_, record)| record).collect())
+        })
+        .await
+    }
+
+    async fn appended_since(
+        &self,
+        position: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Record)>, GatewayError> {
+        let (position, limit) = (to_i64(position)?, to_i64(limit)?);
+        self.with(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM audit_records
+                 WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+            ))?;
+            positioned_records(&mut statement, params![position, limit])
+        })
+        .await
+    }
+
+    async fn last_appended(&self, count: u64) -> Result<Vec<(u64, Record)>, GatewayError> {
+        let count = to_i64(count)?;
+        self.with(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT * FROM (SELECT {RECORD_COLUMNS} FROM audit_records
+                 ORDER BY rowid DESC LIMIT ?1) ORDER BY rowid"
+            ))?;
+            positioned_records(&mut statement, params![count])
         })
         .await
     }
@@ -1059,5 +1124,55 @@ mod tests {
             .await
             .unwrap();
         assert!(refused.unwrap_err().to_string().contains("append-only"));
+    }
+
+    #[tokio::test]
+    async fn the_log_reads_by_stream_from_a_record_and_in_append_order_from_a_position() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        // Appended alternately to two streams, the later-named first.
+        let event = |stream: &str, n: u64| NewEvent {
+            event_id: format!("{stream}/{n}"),
+            sequence: n,
+            event: serde_json::json!({"n": n}),
+        };
+        let mut appended = Vec::new();
+        for n in 1..=3 {
+            for stream in ["rt-b", "rt-a"] {
+                store
+                    .append_events(stream, vec![event(stream, n)])
+                    .await
+                    .unwrap();
+                appended.push(format!("{stream}/{n}"));
+            }
+        }
+        let ids = |records: &[Record]| -> Vec<String> {
+            records.iter().map(|r| r.event_id.clone()).collect()
+        };
+        let by_stream = store.records(0, 100).await.unwrap();
+        let mut paged = Vec::new();
+        loop {
+            let after = paged
+                .last()
+                .map(|r: &Record| (r.stream_id.clone(), r.sequence));
+            let page = store.records_after(after, 4).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            paged.extend(page);
+        }
+        assert_eq!(ids(&paged), ids(&by_stream));
+        assert_eq!(ids(&paged)[..2], ["rt-a/1", "rt-a/2"]);
+
+        let in_order = store.appended_since(0, 100).await.unwrap();
+        let records: Vec<Record> = in_order.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(ids(&records), appended);
+        let positions: Vec<u64> = in_order.iter().map(|(at, _)| *at).collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+        let rest = store.appended_since(positions[3], 100).await.unwrap();
+        let rest: Vec<Record> = rest.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(ids(&rest), appended[4..]);
+        let last = store.last_appended(2).await.unwrap();
+        let last: Vec<Record> = last.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(ids(&last), appended[4..]);
     }
 }

@@ -183,12 +183,35 @@ pub trait Store: Send + Sync + 'static {
     fn heads(&self) -> impl Future<Output = Result<Vec<Head>, GatewayError>> + Send;
 
     /// Records ordered by stream then sequence, from the `after`-th (0-based) on, at most
-    /// `limit`.
+    /// `limit`. Each page costs as much as the records it skips: to read the whole log, use
+    /// [`records_after`](Store::records_after).
     fn records(
         &self,
         after: u64,
         limit: u64,
     ) -> impl Future<Output = Result<Vec<Record>, GatewayError>> + Send;
+
+    /// Records ordered by stream then sequence, after the record at `after` (a stream id and
+    /// sequence; from the first when `None`), at most `limit`.
+    fn records_after(
+        &self,
+        after: Option<(String, u64)>,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<Record>, GatewayError>> + Send;
+
+    /// Records in the order they were appended, after position `position` (0: from the
+    /// first), at most `limit`, each with its position.
+    fn appended_since(
+        &self,
+        position: u64,
+        limit: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, Record)>, GatewayError>> + Send;
+
+    /// The last `count` records appended, oldest first, each with its position.
+    fn last_appended(
+        &self,
+        count: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, Record)>, GatewayError>> + Send;
 
     /// Signs nothing itself: stores a checkpoint the caller signed.
     fn add_checkpoint(

@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aa_cli::up::{GatewayHandle, GatewayOptions, RuntimeHandle, Up};
+use aa_cli::up::{GatewayHandle, GatewayOptions, RuntimeHandle, Up, gateway_database};
 use aa_core::{Action, Decision, EventKind, Mode};
-use aa_gateway::{GatewayConfig, Store};
+use aa_gateway::{GatewayConfig, NewEvent, SqliteStore, Store};
 use aa_proto::frame::{FrameDecoder, encode};
 use aa_proto::pb;
 use aa_runtime::RuntimeConfig;
@@ -599,6 +599,67 @@ fn verify(state: &Path) -> (i32, String) {
         out.status.code().unwrap(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+#[tokio::test]
+async fn audit_tail_prints_in_append_order_and_follows_every_stream() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let store = SqliteStore::open(&gateway_database(state)).unwrap();
+    let append = async |stream: &str, n: u64| {
+        let event = NewEvent {
+            event_id: format!("{stream}/{n}"),
+            sequence: n,
+            event: json!({"n": n}),
+        };
+        store.append_events(stream, vec![event]).await.unwrap();
+    };
+    for n in 1..=3 {
+        append("rt-b", n).await;
+    }
+    append("rt-a", 1).await;
+    let ids = |out: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"].to_string())
+            .collect()
+    };
+    let dir_arg = state.to_str().unwrap();
+    let last = crate::aasm(&["audit", "tail", "-n", "2", "--state-dir", dir_arg]);
+    assert_eq!(ids(&last.stdout), [r#""rt-b/3""#, r#""rt-a/1""#]);
+
+    // Following: a record appended to the stream that sorts first comes out once, after what
+    // was printed, and nothing printed before comes again.
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_aasm"))
+        .args([
+            "audit",
+            "tail",
+            "-n",
+            "1",
+            "--follow",
+            "--state-dir",
+            dir_arg,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, printed) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let next = || printed.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(next().contains(r#""rt-a/1""#));
+    append("rt-a", 2).await;
+    append("rt-b", 4).await;
+    assert!(next().contains(r#""rt-a/2""#));
+    assert!(next().contains(r#""rt-b/4""#));
+    assert!(printed.recv_timeout(Duration::from_secs(1)).is_err());
+    tail.kill().unwrap();
+    let _ = tail.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
