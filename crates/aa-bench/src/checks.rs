@@ -159,9 +159,9 @@ fn ready(client: &Client, agent: &Agent, action: &Action) -> Result<(), BenchErr
 
 /// Checks one after another from one client against a runtime that is already running:
 /// the latency an agent sees when it is the only one asking. `warmup` checks go first,
-/// unmeasured; every measured check must be answered allow by the runtime. Each waits on a
-/// `Call` as the Python binding does (not `check_blocking`), so that this stays the baseline
-/// the binding's own overhead is measured against.
+/// unmeasured; every measured check must be answered allow by the runtime. Each is a
+/// `check_blocking`, as the Python binding's checks are, so that this stays the baseline the
+/// binding's own overhead is measured against.
 pub fn serial(
     socket: &Path,
     state_dir: &Path,
@@ -175,7 +175,7 @@ pub fn serial(
     let mut samples = Vec::with_capacity(count);
     for i in 0..warmup + count {
         let started = Instant::now();
-        let outcome = client.check(&agent, action.clone(), None).wait()?;
+        let outcome = client.check_blocking(&agent, action.clone(), None)?;
         let took = started.elapsed();
         if outcome.verdict.decision != Decision::Allow || outcome.resolved_locally {
             return Err(BenchError::NotReady {

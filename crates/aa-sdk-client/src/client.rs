@@ -390,20 +390,48 @@ impl Client {
         action: Action,
         session_id: Option<String>,
     ) -> Result<CheckOutcome, ClientError> {
+        let timeout = self.shared.config.timeout;
+        self.check_blocking_until(agent, action, session_id, timeout, &mut || false)
+    }
+
+    /// [`check_blocking`](Self::check_blocking) that asks `interrupted` after each `slice` of
+    /// waiting whether to give up, for a binding to handle its language's interrupts: giving
+    /// up is [`ClientError::Interrupted`], not an outcome, as the runtime did not fail.
+    pub fn check_blocking_until(
+        &self,
+        agent: &Agent,
+        action: Action,
+        session_id: Option<String>,
+        slice: Duration,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<CheckOutcome, ClientError> {
         refuse_inside_runtime("check_blocking()")?;
         let mode = self.shared.config.mode;
         if mode == Mode::Disabled {
             return Ok(checks_disabled());
         }
         let Ok(mut connection) = self.shared.blocking.try_lock() else {
-            return self.check(agent, action, session_id).wait();
+            let mut call = self.check(agent, action, session_id);
+            loop {
+                if let Some(answer) = call.wait_for(slice) {
+                    return answer;
+                }
+                if interrupted() {
+                    return Err(ClientError::Interrupted);
+                }
+            }
         };
         let request = check_request(agent, &action, session_id);
-        let answer = self.shared.call_blocking(&mut connection, request);
-        Ok(resolve_check(
-            mode,
-            answer.and_then(|a| check_outcome(a, &action)),
-        ))
+        match self
+            .shared
+            .call_blocking(&mut connection, request, slice, interrupted)
+        {
+            Err(ClientError::Interrupted) => Err(ClientError::Interrupted),
+            answer => Ok(resolve_check(
+                mode,
+                answer.and_then(|a| check_outcome(a, &action)),
+            )),
+        }
     }
 
     /// Resolves a pending outcome: waits for a human's decision on it, through the runtime,
@@ -693,6 +721,8 @@ impl Shared {
         &self,
         slot: &mut Option<BlockingConnection>,
         body: Body,
+        slice: Duration,
+        interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Body, ClientError> {
         let mut retried = false;
         loop {
@@ -700,7 +730,7 @@ impl Shared {
                 Some(connection) => connection,
                 None => slot.insert(BlockingConnection::open(&self.socket)?),
             };
-            match connection.call(body.clone(), self.config.timeout) {
+            match connection.call(body.clone(), self.config.timeout, slice, interrupted) {
                 Err(error @ ClientError::Refused { .. }) => return Err(error),
                 Err(error) => {
                     *slot = None;
@@ -784,5 +814,69 @@ fn register_request(spec: &AgentSpec, key: &Keypair, signature: Vec<u8>) -> pb::
         spawned_by_tool: spec.spawned_by_tool.clone().unwrap_or_default(),
         depth: 0,
         challenge_signature: signature,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A socket that takes calls and never answers: the point is the waiting around it.
+    fn silent_socket(dir: &Path) -> PathBuf {
+        let path = dir.join("silent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for connection in listener.incoming() {
+                held.push(connection);
+            }
+        });
+        path
+    }
+
+    #[test]
+    fn a_blocking_check_gives_up_when_interrupted_and_times_out_by_the_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(ClientConfig {
+            socket_path: Some(silent_socket(dir.path())),
+            state_dir: dir.path().to_path_buf(),
+            mode: Mode::Enforce,
+            timeout: Duration::from_millis(300),
+        })
+        .unwrap();
+        let agent = Agent {
+            id: "silent".into(),
+            context: AgentContext::new("silent"),
+            credential: Arc::new(StdMutex::new(Credential {
+                token: "token".into(),
+                expires_at_ms: 0,
+            })),
+        };
+        let action = Action::ToolCall {
+            tool: "ls".into(),
+            args: serde_json::json!({}),
+        };
+        let mut asked = 0;
+        let given_up = client.check_blocking_until(
+            &agent,
+            action.clone(),
+            None,
+            Duration::from_millis(10),
+            &mut || {
+                asked += 1;
+                asked == 3
+            },
+        );
+        assert!(
+            matches!(given_up, Err(ClientError::Interrupted)),
+            "{given_up:?}"
+        );
+        assert_eq!(asked, 3);
+        // Never interrupted, the wait ends at the timeout, which enforce resolves as a deny.
+        let timed_out = client.check_blocking(&agent, action, None).unwrap();
+        assert!(timed_out.resolved_locally, "{timed_out:?}");
+        assert_eq!(timed_out.verdict.decision, Decision::Deny);
+        assert!(timed_out.verdict.reason.contains("did not answer within"));
     }
 }

@@ -168,8 +168,15 @@ impl BlockingConnection {
     }
 
     /// Sends `body` and reads until its answer; an error frame becomes
-    /// [`ClientError::Refused`].
-    pub(crate) fn call(&mut self, body: Body, timeout: Duration) -> Result<Body, ClientError> {
+    /// [`ClientError::Refused`]. After each `slice` of waiting, `interrupted` is asked whether
+    /// to give up ([`ClientError::Interrupted`]).
+    pub(crate) fn call(
+        &mut self,
+        body: Body,
+        timeout: Duration,
+        slice: Duration,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<Body, ClientError> {
         let deadline = Instant::now() + timeout;
         let left = || {
             deadline
@@ -203,11 +210,23 @@ impl BlockingConnection {
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
-            self.stream.set_read_timeout(Some(left()?)).map_err(lost)?;
+            self.stream
+                .set_read_timeout(Some(left()?.min(slice)))
+                .map_err(lost)?;
             match self.stream.read(&mut buffer) {
                 Ok(0) => return Err(ClientError::Disconnected),
                 Ok(n) => self.decoder.extend(buffer.get(..n).unwrap_or_default()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
+                    left()?;
+                    if interrupted() {
+                        return Err(ClientError::Interrupted);
+                    }
+                }
                 Err(e) => return Err(lost(e)),
             }
         }

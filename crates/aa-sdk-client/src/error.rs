@@ -38,6 +38,10 @@ pub enum ClientError {
     /// The agent key could not be loaded or created.
     #[error("agent identity: {0}")]
     Identity(String),
+    /// The caller gave up waiting (its interrupt check said so); the call may still be
+    /// carried out.
+    #[error("the wait for the runtime was interrupted")]
+    Interrupted,
     /// The runtime answered with something that is not the expected answer.
     #[error("protocol: {0}")]
     Protocol(String),

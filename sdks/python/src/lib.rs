@@ -7,7 +7,8 @@
 //! - [`json`]: Python objects to JSON values.
 //!
 //! It holds no client logic: each method hands its call to `aa-sdk-client` and waits with the
-//! GIL released, in slices so Ctrl-C still interrupts. Actions and events cross as Python
+//! GIL released, in slices so Ctrl-C still interrupts; a check is written and read on the
+//! calling thread (`check_blocking_until`). Actions and events cross as Python
 //! objects (or JSON text), checked here with errors that say which item and field was wrong. Nothing here may panic
 //! across the boundary: every failure is a Python exception.
 
@@ -216,9 +217,22 @@ impl PyClient {
     ) -> PyResult<PyOutcome> {
         let action = Action::from_value(self.value(py, "action", action)?)
             .map_err(|e| errors::invalid("action", e))?;
-        let call = self.client()?.check(&agent.get().agent, action, session_id);
+        let client = self.client()?;
+        let agent = &agent.get().agent;
+        // Written and read on this thread (no hop through the client's runtime), in slices
+        // so that a pending KeyboardInterrupt abandons the wait.
+        let mut signal = None;
+        let outcome = py.detach(|| {
+            client.check_blocking_until(agent, action, session_id, WAIT_SLICE, &mut || {
+                let checked = Python::attach(|py| py.check_signals());
+                checked.map_err(|e| signal = Some(e)).is_err()
+            })
+        });
+        if let Some(signal) = signal {
+            return Err(signal);
+        }
         Ok(PyOutcome {
-            outcome: wait(py, call)?,
+            outcome: outcome.map_err(errors::to_py)?,
         })
     }
 
