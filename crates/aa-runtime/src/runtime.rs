@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aa_core::{
     Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, Suspension, Suspensions,
@@ -83,7 +83,18 @@ pub struct GatewayCheck {
     decided: Decided,
     peer: Peer,
     started: Instant,
+    slot: DecisionSlot,
 }
+
+/// How long a check waits for room in the outbox writer's queue before its decision goes
+/// unrecorded (and so, under `enforce`, denied): long enough for the writer to drain a full
+/// queue, so a burst is slowed to the pace the outbox takes rather than refused.
+const RECORD_WAIT: Duration = Duration::from_secs(1);
+
+/// Room for one decision's event in the outbox writer's queue, taken before the check is
+/// decided ([`Runtime::decision_slot`]); empty when none came in time.
+#[derive(Debug)]
+pub struct DecisionSlot(Option<mpsc::OwnedPermit<Job>>);
 
 /// The verdict to apply: under `observe` a refusal is recorded, and allowed.
 fn applied(verdict: &Verdict) -> Verdict {
@@ -305,20 +316,29 @@ impl Runtime {
     /// Decides a check. Never fails: every problem is a deny that says why. Most checks are
     /// answered here and now; one whose tool has a team-wide rate limit, or an LLM call while
     /// budgets are set, must go to the gateway first ([`Runtime::finish`]).
-    pub fn check(&self, mut request: pb::CheckRequest, peer: Peer) -> Checked {
+    pub fn check(&self, mut request: pb::CheckRequest, peer: Peer, slot: DecisionSlot) -> Checked {
         let started = Instant::now();
         let action = request.action.take();
         let decided = self.decide(&request, action, peer);
         if decided.team_limits.is_empty() && decided.budget.is_none() {
-            Checked::Done(self.conclude(&request, decided, peer, started))
+            Checked::Done(self.conclude(&request, decided, peer, started, slot))
         } else {
             Checked::Gateway(Box::new(GatewayCheck {
                 request,
                 decided,
                 peer,
                 started,
+                slot,
             }))
         }
+    }
+
+    /// Waits, at most [`RECORD_WAIT`], for room for a decision's event in the outbox writer's
+    /// queue: checks arriving faster than the outbox takes their events wait here (and their
+    /// connection with them) instead of being denied.
+    pub async fn decision_slot(&self) -> DecisionSlot {
+        let room = tokio::time::timeout(RECORD_WAIT, self.jobs.clone().reserve_owned()).await;
+        DecisionSlot(room.ok().and_then(Result::ok))
     }
 
     /// Counts a check's team-wide rate limits and reserves its LLM cost at the gateway, then
@@ -331,6 +351,7 @@ impl Runtime {
             mut decided,
             peer,
             started,
+            slot,
         } = check;
         if !decided.team_limits.is_empty()
             && let Some(verdict) = self.take_team_rate(&request, &decided).await
@@ -343,7 +364,7 @@ impl Runtime {
             self.reserve_budget(reserve, &mut decided.verdict, &mut decided.detail)
                 .await;
         }
-        self.conclude(&request, decided, peer, started)
+        self.conclude(&request, decided, peer, started, slot)
     }
 
     /// Waits for the gateway, at most `gateway_timeout`.
@@ -526,6 +547,7 @@ impl Runtime {
         decided: Decided,
         peer: Peer,
         started: Instant,
+        slot: DecisionSlot,
     ) -> pb::CheckResponse {
         let Decided {
             mut verdict,
@@ -558,7 +580,7 @@ impl Runtime {
             }
             event.detail =
                 Some(serde_json::Value::Object(detail)).filter(|d| d != &serde_json::json!({}));
-            applied = self.record_decision(event, applied);
+            applied = self.record_decision(event, applied, slot);
         }
         pb::CheckResponse {
             decision: Some(decision_to_wire(
@@ -583,7 +605,7 @@ impl Runtime {
             .map_or(u64::from(aa_policy::DEFAULT_APPROVAL_TIMEOUT_S), |b| {
                 u64::from(b.set.approval_timeout_s_for(agent))
             });
-        let timeout = std::time::Duration::from_secs(timeout);
+        let timeout = Duration::from_secs(timeout);
         let approval_id = random_hex(16)?;
         let expires = Instant::now() + timeout;
         let digest = action.digest();
@@ -696,7 +718,8 @@ impl Runtime {
         );
         event.verdict = Some(verdict.clone());
         event.detail = Some(serde_json::Value::Object(detail));
-        answer(&self.record_decision(event, verdict))
+        let slot = self.decision_slot().await;
+        answer(&self.record_decision(event, verdict, slot))
     }
 
     async fn resolve_approval(
@@ -918,16 +941,22 @@ impl Runtime {
         }
     }
 
-    /// Queues a decision's event without waiting for it to be written, and returns the verdict
-    /// to answer with: under `enforce`, an allow whose event cannot be queued (the writer is a
-    /// whole queue behind, or gone) or written (its last commit failed) becomes a deny, since
-    /// an action must not run off the record.
-    fn record_decision(&self, event: AuditEvent, answer: Verdict) -> Verdict {
+    /// Queues a decision's event (in `slot`, else wherever there is room) without waiting for
+    /// it to be written, and returns the verdict to answer with: under `enforce`, an allow
+    /// whose event cannot be queued (the writer is a whole queue behind, or gone) or written
+    /// (its last commit failed) becomes a deny, since an action must not run off the record.
+    fn record_decision(&self, event: AuditEvent, answer: Verdict, slot: DecisionSlot) -> Verdict {
         let job = Job {
             events: vec![event],
             done: None,
         };
-        let queued = self.jobs.try_send(job);
+        let queued = match slot.0 {
+            Some(room) => {
+                room.send(job);
+                Ok(())
+            }
+            None => self.jobs.try_send(job),
+        };
         let why = match (queued, self.outbox_health.failure()) {
             (Ok(()), None) => return answer,
             (Ok(()), Some(error)) => format!("the audit outbox cannot be written ({error})"),
@@ -1178,7 +1207,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_allow_that_cannot_be_recorded_is_denied_under_enforce() {
+    async fn an_allow_that_cannot_be_recorded_is_denied_under_enforce_and_a_check_waits_for_room() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db")).unwrap());
         // A writer a whole queue behind: the queue holds one job and has it.
@@ -1202,9 +1231,12 @@ mod tests {
             )
         };
         let allow = verdict(Decision::Allow, Mode::Enforce);
-        assert_eq!(runtime.record_decision(event(), allow.clone()), allow);
+        assert_eq!(
+            runtime.record_decision(event(), allow.clone(), DecisionSlot(None)),
+            allow
+        );
 
-        let denied = runtime.record_decision(event(), allow.clone());
+        let denied = runtime.record_decision(event(), allow.clone(), DecisionSlot(None));
         assert_eq!(
             (denied.decision, denied.rule.as_str()),
             (Decision::Deny, "audit")
@@ -1214,15 +1246,28 @@ mod tests {
             "{}",
             denied.reason
         );
+        // A check that waits for room is recorded once the writer takes what it has.
+        let (slot, taken) = tokio::join!(runtime.decision_slot(), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            queue.recv().await
+        });
+        assert!(taken.is_some() && slot.0.is_some());
+        assert_eq!(runtime.record_decision(event(), allow.clone(), slot), allow);
         // A deny stays itself, and observe never blocks.
         let deny = verdict(Decision::Deny, Mode::Enforce);
-        assert_eq!(runtime.record_decision(event(), deny.clone()), deny);
+        assert_eq!(
+            runtime.record_decision(event(), deny.clone(), DecisionSlot(None)),
+            deny
+        );
         let observed = verdict(Decision::Allow, Mode::Observe);
-        assert_eq!(runtime.record_decision(event(), observed.clone()), observed);
+        assert_eq!(
+            runtime.record_decision(event(), observed.clone(), DecisionSlot(None)),
+            observed
+        );
 
         queue.close();
         while queue.try_recv().is_ok() {}
-        let closed = runtime.record_decision(event(), allow);
+        let closed = runtime.record_decision(event(), allow, DecisionSlot(None));
         assert!(closed.reason.contains("closed"), "{}", closed.reason);
         assert_eq!(closed.decision, Decision::Deny);
     }

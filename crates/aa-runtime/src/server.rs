@@ -413,7 +413,7 @@ async fn dispatch(
     };
     let work = match body {
         Body::Check(check) if is_heavy(&check) => Work::Heavy(check),
-        Body::Check(check) => match runtime.check(check, peer) {
+        Body::Check(check) => match runtime.check(check, peer, runtime.decision_slot().await) {
             Checked::Done(decision) => {
                 return Some(pb::Frame {
                     request_id: id,
@@ -439,7 +439,8 @@ async fn dispatch(
             Work::Check(check) => decision(runtime.finish(check).await),
             Work::Heavy(check) => {
                 let deciding = Arc::clone(&runtime);
-                match tokio::task::spawn_blocking(move || deciding.check(check, peer)).await {
+                let slot = runtime.decision_slot().await;
+                match tokio::task::spawn_blocking(move || deciding.check(check, peer, slot)).await {
                     Ok(Checked::Done(d)) => decision(d),
                     Ok(Checked::Gateway(check)) => decision(runtime.finish(*check).await),
                     Err(_) => error_frame(id, ErrorCode::Internal, "the check failed"),
