@@ -63,19 +63,32 @@ fn open(state_dir: &Path) -> Result<SqliteStore> {
     SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))
 }
 
-/// Every record, page by page from where the last one ended (not by offset, which would read
-/// the whole log again for every page).
-async fn all_records(store: &SqliteStore) -> Result<Vec<Record>> {
-    let mut records: Vec<Record> = Vec::new();
+/// Hands `each` every record in stream order, a page at a time, each page read from where the
+/// last one ended (not by offset, which would read the whole log again for every page).
+async fn for_each_page(
+    store: &SqliteStore,
+    mut each: impl FnMut(Vec<Record>) -> Result<()>,
+) -> Result<()> {
+    let mut after = None;
     loop {
-        let after = records.last().map(|r| (r.stream_id.clone(), r.sequence));
-        let page = store.records_after(after, PAGE).await?;
+        let page = store.records_after(after.take(), PAGE).await?;
         let done = (page.len() as u64) < PAGE;
-        records.extend(page);
+        after = page.last().map(|r| (r.stream_id.clone(), r.sequence));
+        each(page)?;
         if done {
-            return Ok(records);
+            return Ok(());
         }
     }
+}
+
+async fn all_records(store: &SqliteStore) -> Result<Vec<Record>> {
+    let mut records = Vec::new();
+    for_each_page(store, |page| {
+        records.extend(page);
+        Ok(())
+    })
+    .await?;
+    Ok(records)
 }
 
 fn trusted_key(state_dir: &Path) -> Option<aa_identity::PublicKey> {
@@ -136,9 +149,14 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
         AuditCommand::Export { source } => crate::block_on(async {
             let store = open(&source.state_dir)?;
             let mut out = BufWriter::new(std::io::stdout().lock());
-            for record in all_records(&store).await? {
-                writeln!(out, "{}", serde_json::to_string(&record)?)?;
-            }
+            // Written as read: an export never holds more than a page of the log.
+            for_each_page(&store, |page| {
+                for record in page {
+                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                }
+                Ok(())
+            })
+            .await?;
             for checkpoint in store.checkpoints().await? {
                 writeln!(out, "{}", serde_json::json!({ "checkpoint": checkpoint }))?;
             }
