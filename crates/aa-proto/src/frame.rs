@@ -100,6 +100,19 @@ impl FrameDecoder {
     pub fn pending_bytes(&self) -> usize {
         self.buffer.len()
     }
+
+    /// What the frame in progress will hold once complete, header included, as soon as its
+    /// header is in (and within the frame limit); until then, the bytes received. Room taken
+    /// for this up front is never outgrown, so frames waiting for room hold none meanwhile.
+    pub fn announced_bytes(&self) -> usize {
+        let announced = self
+            .buffer
+            .first_chunk::<HEADER>()
+            .map(|header| u32::from_be_bytes(*header) as usize)
+            .filter(|size| *size <= MAX_FRAME_BYTES)
+            .map_or(0, |size| HEADER + size);
+        announced.max(self.buffer.len())
+    }
 }
 
 /// An error frame answering `request_id`.
@@ -170,9 +183,13 @@ mod tests {
         };
         let bytes = encode(&frame).unwrap();
         let mut decoder = FrameDecoder::new();
-        for chunk in bytes[..bytes.len() - 1].chunks(64 * 1024) {
+        decoder.extend(&bytes[..2]);
+        assert_eq!(decoder.announced_bytes(), 2, "no header yet");
+        for chunk in bytes[2..bytes.len() - 1].chunks(64 * 1024) {
             decoder.extend(chunk);
             assert!(decoder.next_frame().unwrap().is_none());
+            // The whole frame is announced from the first chunk on.
+            assert_eq!(decoder.announced_bytes(), bytes.len());
         }
         // Exactly the frame's size, not the next doubling past it.
         let room = decoder.buffer.capacity();

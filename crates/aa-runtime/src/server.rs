@@ -322,9 +322,10 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
         if decoder.pending_bytes() > 0 && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + frame_timeout);
         }
-        // The unfinished frame holds its share of the budget before more of it is read; what
-        // it already holds it keeps while it waits for the rest.
-        let needed = budget_units(decoder.pending_bytes());
+        // The unfinished frame holds its share of the budget before more of it is read: the
+        // whole of what its header announced, taken at once. Taken a read at a time, frames
+        // each holding part of the budget could all wait on each other until they timed out.
+        let needed = budget_units(decoder.announced_bytes());
         let holding = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
         if needed < holding {
             if needed == 0 {
