@@ -83,7 +83,6 @@ pub struct GatewayCheck {
     decided: Decided,
     peer: Peer,
     started: Instant,
-    slot: DecisionSlot,
 }
 
 /// How long a check waits for room in the outbox writer's queue before its decision goes
@@ -323,12 +322,13 @@ impl Runtime {
         if decided.team_limits.is_empty() && decided.budget.is_none() {
             Checked::Done(self.conclude(&request, decided, peer, started, slot))
         } else {
+            // Room is not held across the gateway's answer: `finish` takes its own after it.
+            drop(slot);
             Checked::Gateway(Box::new(GatewayCheck {
                 request,
                 decided,
                 peer,
                 started,
-                slot,
             }))
         }
     }
@@ -351,7 +351,6 @@ impl Runtime {
             mut decided,
             peer,
             started,
-            slot,
         } = check;
         if !decided.team_limits.is_empty()
             && let Some(verdict) = self.take_team_rate(&request, &decided).await
@@ -364,6 +363,7 @@ impl Runtime {
             self.reserve_budget(reserve, &mut decided.verdict, &mut decided.detail)
                 .await;
         }
+        let slot = self.decision_slot().await;
         self.conclude(&request, decided, peer, started, slot)
     }
 
