@@ -1,8 +1,6 @@
 //! Canonical JSON: object keys sorted (by bytes) at every level, no white space. Hashes and
 //! signatures are taken over this form, so equal values always hash alike.
 
-use std::collections::BTreeMap;
-
 use serde_json::Value;
 
 /// `value` in canonical form, whatever order its maps keep.
@@ -12,18 +10,19 @@ pub fn canonical(value: &Value) -> Vec<u8> {
     out
 }
 
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+/// Appends `value` in canonical form to `out`.
+pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let sorted: BTreeMap<&String, &Value> = map.iter().collect();
             out.push(b'{');
-            for (i, (key, item)) in sorted.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(key, out);
-                out.push(b':');
-                write_canonical(item, out);
+            // Maps keep their keys sorted unless serde_json's `preserve_order` is on somewhere
+            // in the build; only then is an order made here.
+            if map.keys().is_sorted() {
+                write_entries(map.iter(), out);
+            } else {
+                let mut sorted: Vec<(&String, &Value)> = map.iter().collect();
+                sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                write_entries(sorted.into_iter(), out);
             }
             out.push(b'}');
         }
@@ -41,7 +40,19 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
+fn write_entries<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>, out: &mut Vec<u8>) {
+    for (i, (key, item)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(key, out);
+        out.push(b':');
+        write_canonical(item, out);
+    }
+}
+
+/// Appends `s` as a JSON string.
+pub fn write_str(s: &str, out: &mut Vec<u8>) {
     // Serialising a string into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use aa_core::canonical::canonical;
+use aa_core::canonical::{canonical, write_str};
 use aa_identity::{Keypair, PublicKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -81,15 +81,30 @@ pub fn link_hash(
     event_id: &str,
     event: &Value,
 ) -> [u8; 32] {
-    let body = serde_json::json!({
-        "event": event,
-        "event_id": event_id,
-        "sequence": sequence,
-        "stream_id": stream_id,
-    });
+    link_hash_of_canonical(prev, stream_id, sequence, event_id, &canonical(event))
+}
+
+/// [`link_hash`] given the event's canonical bytes, for a caller that also stores them.
+pub fn link_hash_of_canonical(
+    prev: &[u8; 32],
+    stream_id: &str,
+    sequence: u64,
+    event_id: &str,
+    event: &[u8],
+) -> [u8; 32] {
+    // The envelope is written around the event's bytes, its keys in canonical order, so that
+    // the event (the bulk of it) is neither copied into a new value nor serialised again.
+    let mut rest = Vec::with_capacity(64 + event_id.len() + stream_id.len());
+    rest.extend_from_slice(b",\"event_id\":");
+    write_str(event_id, &mut rest);
+    rest.extend_from_slice(format!(",\"sequence\":{sequence},\"stream_id\":").as_bytes());
+    write_str(stream_id, &mut rest);
+    rest.push(b'}');
     let mut hasher = Sha256::new();
     hasher.update(prev);
-    hasher.update(canonical(&body));
+    hasher.update(b"{\"event\":");
+    hasher.update(event);
+    hasher.update(&rest);
     hasher.finalize().into()
 }
 
@@ -296,6 +311,23 @@ mod tests {
                 record
             })
             .collect()
+    }
+
+    /// The hash is the documented one: over the canonical form of the whole envelope, here
+    /// built as a value, with keys and strings that need escaping or sort by bytes.
+    #[test]
+    fn link_hash_is_taken_over_the_canonical_envelope() {
+        let event = json!({"z": "é\n\"", "a": {"é": [1, 2.5, null], "b": true}, "A": -3});
+        let (stream, id) = ("runtime \"one\"", "ev\\1");
+        let prev = [7u8; 32];
+        let envelope = json!({
+            "stream_id": stream, "sequence": u64::MAX, "event_id": id, "event": event,
+        });
+        let mut hasher = Sha256::new();
+        hasher.update(prev);
+        hasher.update(canonical(&envelope));
+        let want: [u8; 32] = hasher.finalize().into();
+        assert_eq!(link_hash(&prev, stream, u64::MAX, id, &event), want);
     }
 
     #[test]

@@ -6,11 +6,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aa_core::canonical::canonical;
 use aa_core::{Approval, ApprovalStatus, EdgeKind, Suspension, TopologyEdge};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::approvals::GATEWAY_STREAM;
-use crate::audit::{Checkpoint, GENESIS, Head, Record, hex, unhex};
+use crate::audit::{Checkpoint, GENESIS, Head, Record, hex, link_hash_of_canonical, unhex};
 use crate::error::GatewayError;
 use crate::store::{
     AgentRecord, Appended, CapCheck, ModelSpend, NewEvent, NewReservation, ReserveOutcome, Settled,
@@ -386,24 +387,28 @@ impl Store for SqliteStore {
                         got: event.sequence,
                     });
                 }
-                let record = Record::new(
+                // Stored in the form it is hashed in: serialised once.
+                let text = String::from_utf8(canonical(&event.event)).map_err(|_| {
+                    GatewayError::Storage("an event serialised to invalid UTF-8".into())
+                })?;
+                let hash = link_hash_of_canonical(
+                    &prev,
                     &stream_id,
                     event.sequence,
                     &event.event_id,
-                    event.event,
-                    &prev,
+                    text.as_bytes(),
                 );
                 insert.execute(params![
-                    record.stream_id,
-                    to_i64(record.sequence)?,
-                    record.event_id,
-                    record.event.to_string(),
-                    record.prev_hash,
-                    record.hash,
+                    stream_id,
+                    to_i64(event.sequence)?,
+                    event.event_id,
+                    text,
+                    hex(&prev),
+                    hex(&hash),
                     appended_at,
                 ])?;
-                sequence = record.sequence;
-                prev = unhex(&record.hash).ok_or_else(|| corrupt("hash"))?;
+                sequence = event.sequence;
+                prev = hash;
                 appended.accepted += 1;
             }
             drop((stored_at, own_holds, insert));
