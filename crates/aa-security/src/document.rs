@@ -38,6 +38,10 @@ const MAX_PIECES: usize = 3;
 /// to the strings as the pass before left them.
 const MAX_PASSES: usize = 3;
 
+/// About how many containers and values an event holds: room for that many up front spares
+/// regrowing the lists a document is read into.
+const TYPICAL_NODES: usize = 32;
+
 /// One step from a container to a child.
 #[derive(Debug, Clone, Copy)]
 enum Step<'a> {
@@ -73,14 +77,17 @@ impl<'a> Strings<'a> {
             Value(&'a Value, usize),
             Key(&'a str, usize),
         }
-        let mut nodes = vec![Node {
+        // Sized for a typical event, so that most documents are read without regrowing.
+        let mut nodes = Vec::with_capacity(TYPICAL_NODES);
+        nodes.push(Node {
             parent: 0,
             step: Step::Index(0),
             value: doc,
-        }];
-        let mut spots = Vec::new();
+        });
+        let mut spots = Vec::with_capacity(2 * TYPICAL_NODES);
         // An explicit stack: documents built in memory may nest deeper than a parser allows.
-        let mut stack = vec![Item::Value(doc, 0)];
+        let mut stack = Vec::with_capacity(TYPICAL_NODES);
+        stack.push(Item::Value(doc, 0));
         while let Some(item) = stack.pop() {
             match item {
                 Item::Key(text, node) => spots.push(Spot {
@@ -286,7 +293,11 @@ impl Scanner {
         own: &BTreeMap<usize, Cut>,
         only: Option<&BTreeSet<usize>>,
     ) -> (Vec<(usize, RedactionReceipt)>, bool) {
-        let mut joined = Joined::default();
+        let mut joined = Joined {
+            text: String::with_capacity(4 * SEAM_REACH),
+            segments: Vec::with_capacity(TYPICAL_NODES),
+            runs: 0,
+        };
         let wanted = |run: &[usize]| only.is_none_or(|only| run.iter().any(|i| only.contains(i)));
         let values: Vec<usize> = (0..texts.len())
             .filter(|&i| strings.spots.get(i).is_some_and(|s| !s.is_key))
@@ -367,7 +378,6 @@ impl Scanner {
 }
 
 /// Runs of strings glued together, one run a line, scanned in one go.
-#[derive(Default)]
 struct Joined {
     text: String,
     segments: Vec<Segment>,
@@ -390,7 +400,18 @@ impl Joined {
     /// the middle ones whole, the head of the last. Returns false, adding nothing, when a seam
     /// cannot be inside a credential or a middle string is too long to be a piece of one.
     fn push_run(&mut self, run: &[usize], texts: &[&str], wanted: bool) -> bool {
-        let parts: Vec<&str> = run.iter().filter_map(|&i| texts.get(i).copied()).collect();
+        // At most MAX_PIECES strings, gathered without allocating: this runs for every
+        // neighbouring pair and triple of every event.
+        let mut gathered = [""; MAX_PIECES];
+        let mut count = 0;
+        for (slot, text) in gathered
+            .iter_mut()
+            .zip(run.iter().filter_map(|&i| texts.get(i)))
+        {
+            *slot = text;
+            count += 1;
+        }
+        let parts = gathered.get(..count).unwrap_or_default();
         let joins = parts.windows(2).all(|w| {
             w[0].chars().next_back().is_some_and(joins_a_credential)
                 && w[1].chars().next().is_some_and(joins_a_credential)
@@ -405,7 +426,7 @@ impl Joined {
             return true;
         }
         let last = parts.len() - 1;
-        for (n, (&spot, text)) in run.iter().zip(parts).enumerate() {
+        for (n, (&spot, &text)) in run.iter().zip(parts).enumerate() {
             let mut from = if n == 0 {
                 text.len().saturating_sub(SEAM_REACH)
             } else {
