@@ -1,7 +1,8 @@
 //! Scans one corpus of the `scan` bench once, for counting instructions where wall time is too
 //! noisy to compare builds: run it under `valgrind --tool=cachegrind --cache-sim=no` with the
-//! case (`clean`, `prose`, `dense`, `event`) and again with `none`; the difference is the
-//! scan's cost (`event` redacts the event 100 times).
+//! case (`clean`, `prose`, `dense`, `event`, `small`) and again with `none`; the difference is
+//! the scan's cost (`event` redacts the 4 KiB event 100 times, `small` a clean tool event of
+//! the size `aa-bench events` sends 1,000 times).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -9,6 +10,9 @@ use aa_security::{Limits, Scanner};
 use aa_testkit::corpus;
 
 const CORPUS_BYTES: usize = 4 << 20;
+
+/// A tool's end as an agent reports it, with nothing to redact.
+const SMALL_EVENT: &str = r#"{"agent":{"id":"bench-events-0","team":"bench","depth":0},"session_id":"bench-session","action":{"type":"tool_call","tool":"read_file","args":{"path":"/workspace/src/module_7.rs"}},"detail":{"result":"read 42 lines from module_7.rs: fn handle_7(request: Request) -> Response { let started = Instant::now(); let body = request.body(); tracing::info!(bytes = body.len(), \"handling request 7\"); respond(body) }","duration_ms":7}}"#;
 
 fn main() {
     let case = std::env::args().nth(1).unwrap_or_default();
@@ -29,8 +33,16 @@ fn main() {
                     .len()
             })
             .sum(),
+        "small" => (0..1_000)
+            .map(|_| {
+                scanner
+                    .redact_event(SMALL_EVENT.as_bytes(), &Limits::default())
+                    .receipts
+                    .len()
+            })
+            .sum(),
         "none" => 0,
-        other => panic!("unknown case {other:?}: clean, prose, dense, event or none"),
+        other => panic!("unknown case {other:?}: clean, prose, dense, event, small or none"),
     };
     println!("{case}: {found} findings");
 }

@@ -7,6 +7,8 @@ use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 
+use crate::runs::Runs;
+
 /// How a segment was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
@@ -55,17 +57,17 @@ const LENIENT: GeneralPurposeConfig = GeneralPurposeConfig::new()
 const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
 const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
 
-/// Every decodable segment of `text`, given its runs of the base64 alphabet.
-pub(crate) fn segments(text: &str, encoded_runs: &[(usize, usize)]) -> Vec<Segment> {
+/// Every decodable segment of `text`, given what [`crate::runs::find`] found in it.
+pub(crate) fn segments(text: &str, runs: &Runs) -> Vec<Segment> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
-    for &(start, end) in encoded_runs {
+    for &(start, end) in &runs.encoded {
         decode_run(bytes, start, end, &mut out);
     }
-    if memchr::memchr(b'%', bytes).is_some() {
+    if runs.has_percent {
         delimited(text, b'%', Encoding::Percent, percent_decode, &mut out);
     }
-    if memchr::memchr(b'\\', bytes).is_some() {
+    if runs.has_backslash {
         delimited(text, b'\\', Encoding::JsonEscape, json_unescape, &mut out);
     }
     out
@@ -358,7 +360,7 @@ mod tests {
     use super::*;
 
     fn decoded(text: &str) -> Vec<(Encoding, String)> {
-        segments(text, &crate::runs::find(text.as_bytes()).encoded)
+        segments(text, &crate::runs::find(text.as_bytes()))
             .into_iter()
             .map(|s| (s.encoding, s.decoded))
             .collect()

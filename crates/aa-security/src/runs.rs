@@ -1,8 +1,12 @@
 //! One pass over the bytes that finds what the keyword automaton cannot: runs of digits (for
 //! phone numbers, cards, SSNs, IBANs) and long runs of base64/hex characters (candidate encoded
 //! segments). The text is read in 64-byte blocks turned into bit masks (one bit a byte) by
-//! comparisons the compiler vectorises; a block without digits and without a long run costs a
-//! handful of bit operations, so clean text goes by at close to memory speed.
+//! 16-byte vector comparisons (`wide`, which is SSE2 on x86-64 and NEON on AArch64, and plain
+//! code elsewhere); a block without digits and without a long run costs a handful of bit
+//! operations, so clean text goes by at close to memory speed. The same pass notes whether the
+//! text holds a `%` or a `\\`, which start percent-encoded and escaped segments.
+
+use wide::{CmpEq as _, CmpLt as _, i8x16};
 
 /// A run of digits, possibly with single separators, at `start..end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +23,10 @@ pub(crate) struct Runs {
     /// `start..end` of runs of the base64 (standard or URL-safe) alphabet of at least
     /// [`MIN_ENCODED`] bytes.
     pub(crate) encoded: Vec<(usize, usize)>,
+    /// Whether the text holds a `%`.
+    pub(crate) has_percent: bool,
+    /// Whether the text holds a `\\`.
+    pub(crate) has_backslash: bool,
 }
 
 /// The shortest run worth decoding: 16 base64 characters hold 12 bytes.
@@ -34,11 +42,14 @@ const BLOCK: usize = 64;
 pub(crate) fn find(bytes: &[u8]) -> Runs {
     let mut runs = Runs::default();
     let mut finder = Finder::default();
+    let (mut percents, mut backslashes) = (0u64, 0u64);
     let mut blocks = bytes.chunks_exact(BLOCK);
     let mut base = 0;
     for block in &mut blocks {
         if let Ok(block) = <&[u8; BLOCK]>::try_from(block) {
-            finder.block(bytes, base, masks(block), &mut runs);
+            let masks = masks(block);
+            (percents, backslashes) = (percents | masks.percent, backslashes | masks.backslash);
+            finder.block(bytes, base, masks, &mut runs);
         }
         base += BLOCK;
     }
@@ -49,51 +60,59 @@ pub(crate) fn find(bytes: &[u8]) -> Runs {
         for (to, from) in padded.iter_mut().zip(rest) {
             *to = *from;
         }
-        finder.block(bytes, base, masks(&padded), &mut runs);
+        let masks = masks(&padded);
+        (percents, backslashes) = (percents | masks.percent, backslashes | masks.backslash);
+        finder.block(bytes, base, masks, &mut runs);
     }
     finder.finish(bytes, &mut runs);
+    runs.has_percent = percents != 0;
+    runs.has_backslash = backslashes != 0;
     runs
 }
 
-/// Which bytes of a block are base64 characters (either alphabet), and which are digits or
-/// the separators allowed between them.
+/// Which bytes of a block are base64 characters (either alphabet), which are digits or the
+/// separators allowed between them, and which are `%` or `\\`.
 #[derive(Debug, Clone, Copy)]
 struct Masks {
     code: u64,
     digitish: u64,
+    percent: u64,
+    backslash: u64,
 }
 
-/// Written as byte-wise comparisons into flag arrays, which the compiler turns into vector
-/// instructions, then packed eight flags at a time by one multiplication.
+/// Sixteen bytes at a time: each comparison gives a lane of all ones or zeros, and the lanes'
+/// top bits are gathered into sixteen bits of the mask.
 fn masks(block: &[u8; BLOCK]) -> Masks {
-    let mut code = [0u8; BLOCK];
-    let mut digitish = [0u8; BLOCK];
-    for ((&b, c), d) in block.iter().zip(&mut code).zip(&mut digitish) {
-        let is_digit = b.wrapping_sub(b'0') < 10;
-        let is_letter = (b | 0x20).wrapping_sub(b'a') < 26;
-        let (dash, slash) = (b == b'-', b == b'/');
-        *c = u8::from(is_digit | is_letter | dash | slash | (b == b'+') | (b == b'_'));
-        *d = u8::from(
-            is_digit | dash | slash | (b == b' ') | (b == b'.') | (b == b'(') | (b == b')'),
-        );
+    let mut masks = Masks {
+        code: 0,
+        digitish: 0,
+        percent: 0,
+        backslash: 0,
+    };
+    let lanes = block
+        .chunks_exact(16)
+        .filter_map(|c| <[u8; 16]>::try_from(c).ok());
+    for (k, lane) in lanes.enumerate() {
+        let v = i8x16::new(lane.map(|b| b as i8));
+        let is = |c: u8| v.cmp_eq(i8x16::splat(c as i8));
+        // Shifting a range to start at -128 turns `lo <= b <= hi` into one signed comparison;
+        // bytes from 0x80 up are negative and fall out of every range.
+        let in_range = |v: i8x16, lo: u8, hi: u8| {
+            let shifted = v + i8x16::splat(i8::MIN.wrapping_sub(lo as i8));
+            shifted.cmp_lt(i8x16::splat(i8::MIN.wrapping_add((hi - lo) as i8 + 1)))
+        };
+        let digit = in_range(v, b'0', b'9');
+        let letter = in_range(v | i8x16::splat(0x20), b'a', b'z');
+        let (dash, slash) = (is(b'-'), is(b'/'));
+        let code = digit | letter | dash | slash | is(b'+') | is(b'_');
+        let digitish = digit | dash | slash | is(b' ') | is(b'.') | is(b'(') | is(b')');
+        let bits = |lanes: i8x16| u64::from(lanes.move_mask() as u16) << (16 * k);
+        masks.code |= bits(code);
+        masks.digitish |= bits(digitish);
+        masks.percent |= bits(is(b'%'));
+        masks.backslash |= bits(is(b'\\'));
     }
-    Masks {
-        code: pack(&code),
-        digitish: pack(&digitish),
-    }
-}
-
-/// Packs 64 flags (each 0 or 1) into the bits of a `u64`, flag `i` to bit `i`.
-fn pack(flags: &[u8; BLOCK]) -> u64 {
-    let mut bits = 0u64;
-    for (k, eight) in flags.chunks_exact(8).enumerate() {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(eight);
-        // Byte j (0 or 1) lands on bit 56 + j; the shift brings the eight bits down.
-        let packed = u64::from_le_bytes(word).wrapping_mul(0x0102_0408_1020_4080) >> 56;
-        bits |= packed << (8 * k);
-    }
-    bits
+    masks
 }
 
 /// Bits below `n` (`n < 64`).
@@ -279,7 +298,9 @@ mod tests {
             bytes in proptest::collection::vec(
                 prop_oneof![
                     Just(b'a'), Just(b'7'), Just(b' '), Just(b'-'), Just(b'('), Just(b'='),
-                    Just(b'+'), Just(0xC3u8), any::<u8>()
+                    Just(b'+'), Just(0xC3u8), Just(b'z'), Just(b'Z'), Just(b'9'), Just(b'0'),
+                    Just(b'%'), Just(b'\\'), Just(b'@'), Just(b'['), Just(b'`'), Just(b'{'), Just(b':'),
+                    any::<u8>()
                 ],
                 0..400,
             )
@@ -288,6 +309,8 @@ mod tests {
             let want = reference(&bytes);
             prop_assert_eq!(got.encoded, want.encoded);
             prop_assert_eq!(got.digits, want.digits);
+            prop_assert_eq!(got.has_percent, bytes.contains(&b'%'));
+            prop_assert_eq!(got.has_backslash, bytes.contains(&b'\\'));
         }
     }
 

@@ -158,7 +158,7 @@ impl Scanner {
         let mut found = Vec::new();
         self.match_rules(view, &runs.digits, &mut found);
         if depth < DECODE_DEPTH {
-            for segment in decode::segments(view, &runs.encoded) {
+            for segment in decode::segments(view, &runs) {
                 let mut inner = Vec::new();
                 self.scan_layer(&segment.decoded, depth + 1, &mut inner);
                 if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
