@@ -13,6 +13,7 @@ use aa_core::{AgentRegistration, AuditEvent, EventKind, TopologyEdge};
 use aa_identity::{Claims, Keypair, PublicKey};
 use aa_policy::PriceTable;
 use aa_security::{Limits, Scanner};
+use serde::Deserialize as _;
 use tokio::sync::watch;
 
 use crate::audit::Checkpoint;
@@ -450,7 +451,7 @@ impl<S: Store> Gateway<S> {
         let mut run_stream = String::new();
         let mut edges = Vec::new();
         let mut usages = Vec::new();
-        for mut event in events {
+        for event in events {
             let Some(origin) = event.origin.clone() else {
                 return Err(GatewayError::InvalidRequest(format!(
                     "event {:?} has no origin (stream and sequence)",
@@ -463,17 +464,23 @@ impl<S: Store> Gateway<S> {
                     event.event_id, origin.stream_id
                 )));
             }
-            self.backstop(&mut event)?;
+            // Serialised once, and the backstop scan redacts that form in place.
+            let invalid = |e: &dyn std::fmt::Display| GatewayError::InvalidRequest(e.to_string());
+            let mut value = serde_json::to_value(&event).map_err(|e| invalid(&e))?;
+            let added = self
+                .scanner
+                .redact_audit_value(&mut value, &self.config.limits)
+                .map_err(|e| invalid(&e))?;
+            bump(&self.metrics.backstop_redactions, added as u64);
             if event.kind == EventKind::Edge
-                && let Some(edge) = event
-                    .detail
-                    .clone()
-                    .and_then(|d| serde_json::from_value::<TopologyEdge>(d).ok())
+                && let Some(edge) = value
+                    .get("detail")
+                    .and_then(|d| TopologyEdge::deserialize(d).ok())
             {
                 edges.push(edge);
             }
             if event.kind == EventKind::LlmUsage {
-                usages.push(event.clone());
+                usages.push(AuditEvent::deserialize(&value).map_err(|e| invalid(&e))?);
             }
             if origin.stream_id != run_stream && !run.is_empty() {
                 total = add(
@@ -483,8 +490,6 @@ impl<S: Store> Gateway<S> {
                 );
             }
             run_stream = origin.stream_id;
-            let value = serde_json::to_value(&event)
-                .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
             run.push(NewEvent {
                 event_id: event.event_id,
                 sequence: origin.sequence,

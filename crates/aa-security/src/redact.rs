@@ -3,7 +3,7 @@
 //! the secret — never the secret).
 
 use aa_core::{AuditEvent, RedactionReceipt};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::SecurityError;
@@ -122,22 +122,77 @@ impl Scanner {
             "agent": event.agent,
             "session_id": event.session_id,
             "action": event.action,
-            "detail": event.detail,
         });
+        // Moved in and back out rather than copied: the detail is often the bulk of an event.
+        let had_detail = event.detail.is_some();
+        if let (Value::Object(fields), Some(detail)) = (&mut doc, event.detail.take()) {
+            fields.insert("detail".into(), detail);
+        }
         let receipts = self.redact_json(&mut doc, limits);
+        let mut part = |name: &str| doc.get_mut(name).map(Value::take).unwrap_or(Value::Null);
+        event.detail = had_detail.then(|| part("detail"));
         if receipts.is_empty() {
             return Ok(0);
         }
-        let mut part = |name: &str| doc.get_mut(name).map(Value::take).unwrap_or(Value::Null);
         event.agent = serde_json::from_value(part("agent")).map_err(unreadable)?;
         event.session_id = serde_json::from_value(part("session_id")).map_err(unreadable)?;
         event.action = serde_json::from_value(part("action")).map_err(unreadable)?;
-        event.detail = serde_json::from_value(part("detail")).map_err(unreadable)?;
         let added = receipts.len();
         event.redactions.extend(receipts);
         Ok(added)
     }
+
+    /// [`redact_audit_event`](Self::redact_audit_event) for an event already serialised to a
+    /// JSON object, as a store keeps it: the supplied fields are redacted in place, no copy
+    /// made, and the receipts appended to its `redactions`. Returns the number of new receipts.
+    /// An event that is not an object, or whose `redactions` is not a list, is an error and
+    /// left as it was.
+    pub fn redact_audit_value(
+        &self,
+        event: &mut Value,
+        limits: &Limits,
+    ) -> Result<usize, SecurityError> {
+        let Value::Object(fields) = event else {
+            return Err(SecurityError::Event(
+                "an audit event is a JSON object".into(),
+            ));
+        };
+        if fields.get("redactions").is_some_and(|r| !r.is_array()) {
+            return Err(SecurityError::Event("redactions is not a list".into()));
+        }
+        let mut doc = Map::new();
+        for name in SUPPLIED_FIELDS {
+            if let Some(value) = fields.remove(name) {
+                doc.insert(name.into(), value);
+            }
+        }
+        let mut doc = Value::Object(doc);
+        let receipts = self.redact_json(&mut doc, limits);
+        if let Value::Object(supplied) = doc {
+            fields.extend(supplied);
+        }
+        if receipts.is_empty() {
+            return Ok(0);
+        }
+        let added = receipts.len();
+        let receipts = receipts
+            .into_iter()
+            .map(serde_json::to_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| SecurityError::Event(e.to_string()))?;
+        if let Value::Array(list) = fields
+            .entry("redactions")
+            .or_insert_with(|| Value::Array(Vec::new()))
+        {
+            list.extend(receipts);
+        }
+        Ok(added)
+    }
 }
+
+/// The fields of an audit event that an agent supplies, and so are scanned; the others are
+/// set by the trusted side.
+const SUPPLIED_FIELDS: [&str; 4] = ["agent", "session_id", "action", "detail"];
 
 /// Receipts for `findings` in `input`, their field left empty.
 pub(crate) fn receipts_of(input: &[u8], findings: Vec<Finding>) -> Vec<RedactionReceipt> {

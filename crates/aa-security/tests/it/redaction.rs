@@ -163,3 +163,50 @@ fn audit_events_are_redacted_in_every_agent_supplied_field() {
     );
     assert_eq!(event, before);
 }
+
+#[test]
+fn a_serialised_audit_event_is_redacted_as_the_event_is() {
+    let event: aa_core::AuditEvent = serde_json::from_value(json!({
+        "event_id": "e2",
+        "timestamp_ms": 2,
+        "agent": {"id": "bot", "team": format!("t {KEY}")},
+        "action": {"type": "tool_call", "tool": "http", "args": {"url": "https://x", "token": KEY}},
+        "detail": {"result": format!("{KEY} and jane@example.com")},
+        "kind": "tool_end",
+        "origin": {"stream_id": "s", "sequence": 4, "received_at_ms": 3, "peer_uid": 1, "peer_pid": 2}
+    }))
+    .unwrap();
+    let mut as_struct = event.clone();
+    let from_struct = SCANNER
+        .redact_audit_event(&mut as_struct, &Limits::default())
+        .unwrap();
+    let mut as_value = serde_json::to_value(&event).unwrap();
+    let from_value = SCANNER
+        .redact_audit_value(&mut as_value, &Limits::default())
+        .unwrap();
+    assert!(from_struct >= 4, "{as_struct:?}");
+    assert_eq!(from_value, from_struct);
+    assert_eq!(as_value, serde_json::to_value(&as_struct).unwrap());
+
+    // A detail that is there but null stays there: it is serialised, and so hashed.
+    let mut null_detail = aa_core::AuditEvent {
+        detail: Some(serde_json::Value::Null),
+        ..as_struct.clone()
+    };
+    let before = null_detail.clone();
+    SCANNER
+        .redact_audit_event(&mut null_detail, &Limits::default())
+        .unwrap();
+    assert_eq!(null_detail, before);
+
+    // What is not an event is refused and left alone.
+    for mut bad in [json!([KEY]), json!({"redactions": "none", "detail": KEY})] {
+        let before = bad.clone();
+        assert!(
+            SCANNER
+                .redact_audit_value(&mut bad, &Limits::default())
+                .is_err()
+        );
+        assert_eq!(bad, before);
+    }
+}
