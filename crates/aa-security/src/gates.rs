@@ -33,7 +33,7 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
         Gate::Phone => (7..=15).contains(&digits) && !glued(text, run) && !is_date_or_ip(shape),
         Gate::Ssn => digits >= 9 && shape.contains(&b'-') && !glued(text, run),
         Gate::Luhn => digits >= 13 && !glued(text, run),
-        Gate::Iban => longest_spaced_chain(shape) >= 8 && country_code_before(text, run),
+        Gate::Iban => country_code_before(text, run) && longest_spaced_chain(shape) >= 8,
         Gate::None | Gate::Entropy(_) => true,
     }
 }
