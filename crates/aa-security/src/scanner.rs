@@ -59,6 +59,8 @@ struct Rule {
     /// Matched from the operator of an assignment to a name around a keyword
     /// ([`Trigger::Assigned`]).
     assigned: bool,
+    /// The fewest bytes the pattern matches.
+    min_len: usize,
     before: usize,
     after: usize,
 }
@@ -72,6 +74,8 @@ pub struct Scanner {
     digit_rules: Vec<usize>,
     /// Custom patterns have no keywords; they run over the whole text.
     whole_text_rules: Vec<usize>,
+    /// The fewest bytes any rule's pattern matches: a shorter text holds no finding.
+    shortest_match: usize,
 }
 
 impl Scanner {
@@ -110,12 +114,14 @@ impl Scanner {
             rules.push(custom(pattern)?);
         }
         let keywords = Keywords::new(&keyword_list)?;
+        let shortest_match = rules.iter().map(|r| r.min_len).min().unwrap_or(0);
         Ok(Scanner {
             rules,
             keywords,
             keyword_rules,
             digit_rules,
             whole_text_rules,
+            shortest_match,
         })
     }
 
@@ -154,6 +160,9 @@ impl Scanner {
     fn scan_layer(&self, text: &str, depth: usize, out: &mut Vec<Finding>) {
         let normalized = normalize(text);
         let view = normalized.as_ref().map_or(text, |n| n.text.as_str());
+        if self.cannot_hold_a_finding(view) {
+            return;
+        }
         let runs = runs::find(view.as_bytes());
         let mut found = Vec::new();
         self.match_rules(view, &runs.digits, &mut found);
@@ -181,6 +190,17 @@ impl Scanner {
             }
         }
         out.extend(found);
+    }
+
+    /// Whether `view`, a normalised text, is too short for any rule to match in it, or in
+    /// anything it could decode to. Decoding never lengthens a text, but the decoded text is
+    /// normalised again, which can (NFKC expands some ligatures), so a text that may hold an
+    /// encoded segment is always scanned. Most keys and many values of an event are this short
+    /// (`id`, `type`, `path`), and a scan's fixed cost is most of theirs.
+    fn cannot_hold_a_finding(&self, view: &str) -> bool {
+        let shortest_encoded = runs::MIN_ENCODED;
+        view.len() < self.shortest_match.min(shortest_encoded)
+            && !view.bytes().any(|b| b == b'%' || b == b'\\')
     }
 
     /// Runs the rules over one text, as is.
@@ -324,6 +344,7 @@ fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
         regex,
         gate: def.gate,
         assigned: matches!(def.trigger, Trigger::Assigned(_)),
+        min_len: shortest_match(def.pattern, false),
         before: def.before,
         after: def.after,
     })
@@ -360,9 +381,23 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
         regex,
         gate: Gate::None,
         assigned: false,
+        min_len: shortest_match(&pattern.regex, true),
         before: 0,
         after: 0,
     })
+}
+
+/// The fewest bytes `pattern` matches, parsed as the scanner's regexes are (bytes, Unicode
+/// classes as given); 0 when unknown, which only costs a scan.
+fn shortest_match(pattern: &str, unicode: bool) -> usize {
+    regex_syntax::ParserBuilder::new()
+        .unicode(unicode)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+        .ok()
+        .and_then(|hir| hir.properties().minimum_len())
+        .unwrap_or(0)
 }
 
 /// Makes findings disjoint and returns them in text order. A decoded segment whose findings
@@ -450,5 +485,44 @@ mod tests {
             (found[0].kind.as_str(), found[0].start, found[0].end),
             ("employee_id", 6, 16)
         );
+    }
+
+    #[test]
+    fn the_shortest_match_is_the_shortest_rule() {
+        let scanner = Scanner::new().unwrap();
+        // An e-mail address (`a@b.co`) is the shortest thing the built-in rules find.
+        assert_eq!(scanner.shortest_match, 6);
+        assert_eq!(scanner.scan("a@b.co").len(), 1);
+        let loose = CustomPattern {
+            name: "any".into(),
+            regex: "x?".into(),
+        };
+        assert_eq!(Scanner::with_patterns(&[loose]).unwrap().shortest_match, 0);
+    }
+
+    proptest::proptest! {
+        /// Short texts, from pieces of what the rules find, escapes whose decoding NFKC expands
+        /// (`\u{FDFA}` becomes 18 characters), and noise: skipping those too short to hold a
+        /// finding changes nothing.
+        #[test]
+        fn skipping_short_texts_finds_what_scanning_them_does(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a@b.co", "@", ".c", "ab", "555", "-", " ", "%41", "%EF%B7%BA",
+                    "\\ufdfa", "\\u0040", "\u{FDFA}", "ｂ", "\u{200B}", "ghp_", "x",
+                ]),
+                0..6,
+            )
+        ) {
+            static SCANNERS: std::sync::LazyLock<(Scanner, Scanner)> =
+                std::sync::LazyLock::new(|| {
+                    let mut unskipped = Scanner::new().unwrap();
+                    unskipped.shortest_match = 0;
+                    (Scanner::new().unwrap(), unskipped)
+                });
+            let (scanner, unskipped) = &*SCANNERS;
+            let text = pieces.concat();
+            proptest::prop_assert_eq!(scanner.scan(&text), unskipped.scan(&text));
+        }
     }
 }
