@@ -47,7 +47,7 @@ pub(crate) fn find(bytes: &[u8]) -> Runs {
     let mut base = 0;
     for block in &mut blocks {
         if let Ok(block) = <&[u8; BLOCK]>::try_from(block) {
-            let masks = masks(block);
+            let masks = masks(block, BLOCK);
             (percents, backslashes) = (percents | masks.percent, backslashes | masks.backslash);
             finder.block(bytes, base, masks, &mut runs);
         }
@@ -60,7 +60,7 @@ pub(crate) fn find(bytes: &[u8]) -> Runs {
         for (to, from) in padded.iter_mut().zip(rest) {
             *to = *from;
         }
-        let masks = masks(&padded);
+        let masks = masks(&padded, rest.len());
         (percents, backslashes) = (percents | masks.percent, backslashes | masks.backslash);
         finder.block(bytes, base, masks, &mut runs);
     }
@@ -81,8 +81,9 @@ struct Masks {
 }
 
 /// Sixteen bytes at a time: each comparison gives a lane of all ones or zeros, and the lanes'
-/// top bits are gathered into sixteen bits of the mask.
-fn masks(block: &[u8; BLOCK]) -> Masks {
+/// top bits are gathered into sixteen bits of the mask. Only the lanes holding the first
+/// `len` bytes are read: the rest of a padded block is zeros, in no class.
+fn masks(block: &[u8; BLOCK], len: usize) -> Masks {
     let mut masks = Masks {
         code: 0,
         digitish: 0,
@@ -91,6 +92,7 @@ fn masks(block: &[u8; BLOCK]) -> Masks {
     };
     let lanes = block
         .chunks_exact(16)
+        .take(len.div_ceil(16))
         .filter_map(|c| <[u8; 16]>::try_from(c).ok());
     for (k, lane) in lanes.enumerate() {
         let v = i8x16::new(lane.map(|b| b as i8));
