@@ -47,6 +47,16 @@ fn event(c: &mut Criterion) {
     group.bench_function("redact_4k_json", |b| {
         b.iter(|| scanner.redact_event(std::hint::black_box(event.as_bytes()), &limits))
     });
+    // What the runtime and the gateway do to each event of `aa-bench events`.
+    let small: aa_core::AuditEvent = serde_json::from_str(corpus::SMALL_EVENT).unwrap();
+    group.throughput(Throughput::Bytes(corpus::SMALL_EVENT.len() as u64));
+    group.bench_function("redact_small_audit_event", |b| {
+        b.iter_batched_ref(
+            || small.clone(),
+            |event| scanner.redact_audit_event(event, &limits),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

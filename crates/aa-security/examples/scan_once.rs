@@ -13,9 +13,6 @@ use aa_testkit::corpus;
 
 const CORPUS_BYTES: usize = 4 << 20;
 
-/// A tool's end as an agent reports it, with nothing to redact.
-const SMALL_EVENT: &str = r#"{"event_id":"e-7","timestamp_ms":1,"kind":"tool_end","agent":{"id":"bench-events-0","team":"bench","depth":0},"session_id":"bench-session","action":{"type":"tool_call","tool":"read_file","args":{"path":"/workspace/src/module_7.rs"}},"detail":{"result":"read 42 lines from module_7.rs: fn handle_7(request: Request) -> Response { let started = Instant::now(); let body = request.body(); tracing::info!(bytes = body.len(), \"handling request 7\"); respond(body) }","duration_ms":7}}"#;
-
 fn main() {
     let case = std::env::args().nth(1).unwrap_or_default();
     let scanner = Scanner::new().unwrap();
@@ -38,13 +35,13 @@ fn main() {
         "small" => (0..1_000)
             .map(|_| {
                 scanner
-                    .redact_event(SMALL_EVENT.as_bytes(), &Limits::default())
+                    .redact_event(corpus::SMALL_EVENT.as_bytes(), &Limits::default())
                     .receipts
                     .len()
             })
             .sum(),
         "audit" => {
-            let mut event: AuditEvent = serde_json::from_str(SMALL_EVENT).unwrap();
+            let mut event: AuditEvent = serde_json::from_str(corpus::SMALL_EVENT).unwrap();
             (0..1_000)
                 .map(|_| {
                     scanner
