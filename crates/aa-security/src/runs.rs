@@ -95,26 +95,56 @@ fn masks(block: &[u8; BLOCK], len: usize) -> Masks {
         .take(len.div_ceil(16))
         .filter_map(|c| <[u8; 16]>::try_from(c).ok());
     for (k, lane) in lanes.enumerate() {
-        let v = i8x16::new(lane.map(|b| b as i8));
-        let is = |c: u8| v.cmp_eq(i8x16::splat(c as i8));
-        // Shifting a range to start at -128 turns `lo <= b <= hi` into one signed comparison;
-        // bytes from 0x80 up are negative and fall out of every range.
-        let in_range = |v: i8x16, lo: u8, hi: u8| {
-            let shifted = v + i8x16::splat(i8::MIN.wrapping_sub(lo as i8));
-            shifted.cmp_lt(i8x16::splat(i8::MIN.wrapping_add((hi - lo) as i8 + 1)))
-        };
-        let digit = in_range(v, b'0', b'9');
-        let letter = in_range(v | i8x16::splat(0x20), b'a', b'z');
-        let (dash, slash) = (is(b'-'), is(b'/'));
-        let code = digit | letter | dash | slash | is(b'+') | is(b'_');
-        let digitish = digit | dash | slash | is(b' ') | is(b'.') | is(b'(') | is(b')');
-        let bits = |lanes: i8x16| u64::from(lanes.move_mask() as u16) << (16 * k);
+        let lane = Lane::new(lane);
+        let digit = lane.in_range(b'0', b'9');
+        let letter = lane.in_range_ignoring_case(b'a', b'z');
+        let (dash, slash) = (lane.is(b'-'), lane.is(b'/'));
+        let code = digit | letter | dash | slash | lane.is(b'+') | lane.is(b'_');
+        let digitish =
+            digit | dash | slash | lane.is(b' ') | lane.is(b'.') | lane.is(b'(') | lane.is(b')');
+        let bits = |lanes: i8x16| u64::from(Lane::bits(lanes)) << (16 * k);
         masks.code |= bits(code);
         masks.digitish |= bits(digitish);
-        masks.percent |= bits(is(b'%'));
-        masks.backslash |= bits(is(b'\\'));
+        masks.percent |= bits(lane.is(b'%'));
+        masks.backslash |= bits(lane.is(b'\\'));
     }
     masks
+}
+
+/// Sixteen bytes compared at once: each comparison gives a lane of all ones (the byte is in
+/// the class) or all zeros.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lane(i8x16);
+
+impl Lane {
+    pub(crate) fn new(bytes: [u8; 16]) -> Lane {
+        Lane(i8x16::new(bytes.map(|b| b as i8)))
+    }
+
+    pub(crate) fn is(self, c: u8) -> i8x16 {
+        self.0.cmp_eq(i8x16::splat(c as i8))
+    }
+
+    /// `lo <= b <= hi`, for ASCII bounds. Shifting the range to start at -128 makes it one
+    /// signed comparison; bytes from 0x80 up are negative and fall out of every range.
+    pub(crate) fn in_range(self, lo: u8, hi: u8) -> i8x16 {
+        Self::shifted_below(self.0, lo, hi)
+    }
+
+    /// [`in_range`](Self::in_range) for lowercase letter bounds, either case matching.
+    pub(crate) fn in_range_ignoring_case(self, lo: u8, hi: u8) -> i8x16 {
+        Self::shifted_below(self.0 | i8x16::splat(0x20), lo, hi)
+    }
+
+    fn shifted_below(v: i8x16, lo: u8, hi: u8) -> i8x16 {
+        let shifted = v + i8x16::splat(i8::MIN.wrapping_sub(lo as i8));
+        shifted.cmp_lt(i8x16::splat(i8::MIN.wrapping_add((hi - lo) as i8 + 1)))
+    }
+
+    /// One bit a byte, byte `i` on bit `i`.
+    pub(crate) fn bits(lanes: i8x16) -> u16 {
+        lanes.move_mask() as u16
+    }
 }
 
 /// Bits below `n` (`n < 64`).
