@@ -23,7 +23,7 @@ use crate::redact::{
     Limits, OVERSIZED, Oversize, digest_prefix, oversized_receipt, receipts_of, splice_text,
 };
 use crate::rules::is_personal_data;
-use crate::scanner::Scanner;
+use crate::scanner::{Finding, Scanner};
 
 /// Bytes on each side of a seam that are read together; a credential with more than this on
 /// one side of a cut is not found (PEM blocks are the one kind that long).
@@ -296,7 +296,7 @@ impl Scanner {
         let mut joined = Joined {
             text: String::with_capacity(4 * SEAM_REACH),
             segments: Vec::with_capacity(TYPICAL_NODES),
-            runs: 0,
+            lines: Vec::with_capacity(TYPICAL_NODES),
         };
         let wanted = |run: &[usize]| only.is_none_or(|only| run.iter().any(|i| only.contains(i)));
         let values: Vec<usize> = (0..texts.len())
@@ -327,7 +327,8 @@ impl Scanner {
             return (Vec::new(), false);
         }
         let mut pieces = Vec::new();
-        for finding in self.scan(&joined.text) {
+        let found = joined.findings_by_run(self, self.scan(&joined.text));
+        for finding in found {
             if is_personal_data(&finding.kind) {
                 continue;
             }
@@ -381,7 +382,8 @@ impl Scanner {
 struct Joined {
     text: String,
     segments: Vec<Segment>,
-    runs: usize,
+    /// Each run's line in `text`, without its line break.
+    lines: Vec<(usize, usize)>,
 }
 
 /// Part of a string inside [`Joined`].
@@ -426,6 +428,7 @@ impl Joined {
             return true;
         }
         let last = parts.len() - 1;
+        let line_start = self.text.len();
         for (n, (&spot, &text)) in run.iter().zip(parts).enumerate() {
             let mut from = if n == 0 {
                 text.len().saturating_sub(SEAM_REACH)
@@ -446,16 +449,47 @@ impl Joined {
             let part = text.get(from..to).unwrap_or_default();
             self.segments.push(Segment {
                 spot,
-                run: self.runs,
+                run: self.lines.len(),
                 offset: from,
                 at: self.text.len(),
                 len: part.len(),
             });
             self.text.push_str(part);
         }
+        self.lines.push((line_start, self.text.len()));
         self.text.push('\n');
-        self.runs += 1;
         true
+    }
+
+    /// What scanning each line touched by a finding of `joined` (the scan of the whole text)
+    /// on its own finds, in the whole text's offsets. The runs share one text to be scanned in
+    /// one go, but a match can reach across the line break between two of them (`password=`
+    /// ending one, a value starting the next), and what is found across runs is no
+    /// credential: the lines it touches are read again alone, which is what each run reads
+    /// as. A line no finding touches holds none when alone either.
+    fn findings_by_run(&self, scanner: &Scanner, joined: Vec<Finding>) -> Vec<Finding> {
+        let mut lines: Vec<(usize, usize)> = joined
+            .iter()
+            .flat_map(|f| {
+                self.lines
+                    .iter()
+                    .copied()
+                    .filter(move |&(start, end)| start <= f.end && f.start <= end)
+            })
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        lines
+            .into_iter()
+            .flat_map(|(start, end)| {
+                let line = self.text.get(start..end).unwrap_or_default();
+                scanner.scan(line).into_iter().map(move |mut f| {
+                    f.start += start;
+                    f.end += start;
+                    f
+                })
+            })
+            .collect()
     }
 }
 

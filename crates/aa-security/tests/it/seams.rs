@@ -143,3 +143,13 @@ fn ordinary_documents_and_personal_data_in_neighbouring_cells_are_left_alone() {
         assert!(receipts.is_empty(), "{receipts:?}");
     }
 }
+
+/// The runs of neighbours are read in one text, a line each; an assignment's operator ending
+/// one run does not take the next run's start as its value.
+#[test]
+fn a_match_reaching_from_one_run_into_the_next_is_no_credential() {
+    let doc = json!({"0": "_aH1-----BEGIN PRIVATE KEY-----", "a": "@password="});
+    let (redacted, receipts) = redact(doc.clone());
+    assert!(receipts.is_empty(), "{receipts:?}");
+    assert_eq!(redacted, doc);
+}
