@@ -37,6 +37,19 @@ pub struct AuditEvent {
     pub origin: Option<Origin>,
 }
 
+impl AuditEvent {
+    /// The event as a JSON value, its detail (often the bulk of it) moved in rather than
+    /// copied.
+    pub fn into_value(mut self) -> Result<serde_json::Value, serde_json::Error> {
+        let detail = self.detail.take();
+        let mut value = serde_json::to_value(&self)?;
+        if let (serde_json::Value::Object(fields), Some(detail)) = (&mut value, detail) {
+            fields.insert("detail".into(), detail);
+        }
+        Ok(value)
+    }
+}
+
 /// What an audit event records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -260,4 +273,29 @@ pub struct TopologyEdge {
     /// What the agent said about it: free-form JSON, scanned like every event field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::AuditEvent;
+
+    #[test]
+    fn into_value_is_the_serialised_event() {
+        let base = json!({
+            "event_id": "e1", "timestamp_ms": 5, "agent": {"id": "bot", "team": "t"},
+            "action": {"type": "tool_call", "tool": "http", "args": {"url": "https://x"}},
+            "kind": "tool_end", "detail": {"result": ["a", 1]}
+        });
+        let event: AuditEvent = serde_json::from_value(base).unwrap();
+        for detail in [Some(json!({"result": ["a", 1]})), Some(Value::Null), None] {
+            let event = AuditEvent {
+                detail,
+                ..event.clone()
+            };
+            let want = serde_json::to_value(&event).unwrap();
+            assert_eq!(event.into_value().unwrap(), want);
+        }
+    }
 }

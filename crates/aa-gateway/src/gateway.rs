@@ -466,20 +466,21 @@ impl<S: Store> Gateway<S> {
             }
             // Serialised once, and the backstop scan redacts that form in place.
             let invalid = |e: &dyn std::fmt::Display| GatewayError::InvalidRequest(e.to_string());
-            let mut value = serde_json::to_value(&event).map_err(|e| invalid(&e))?;
+            let (event_id, kind) = (event.event_id.clone(), event.kind);
+            let mut value = event.into_value().map_err(|e| invalid(&e))?;
             let added = self
                 .scanner
                 .redact_audit_value(&mut value, &self.config.limits)
                 .map_err(|e| invalid(&e))?;
             bump(&self.metrics.backstop_redactions, added as u64);
-            if event.kind == EventKind::Edge
+            if kind == EventKind::Edge
                 && let Some(edge) = value
                     .get("detail")
                     .and_then(|d| TopologyEdge::deserialize(d).ok())
             {
                 edges.push(edge);
             }
-            if event.kind == EventKind::LlmUsage {
+            if kind == EventKind::LlmUsage {
                 usages.push(AuditEvent::deserialize(&value).map_err(|e| invalid(&e))?);
             }
             if origin.stream_id != run_stream && !run.is_empty() {
@@ -491,7 +492,7 @@ impl<S: Store> Gateway<S> {
             }
             run_stream = origin.stream_id;
             run.push(NewEvent {
-                event_id: event.event_id,
+                event_id,
                 sequence: origin.sequence,
                 event: value,
             });
