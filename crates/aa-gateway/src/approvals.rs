@@ -139,8 +139,11 @@ impl<S: Store> Gateway<S> {
             used_at_ms: None,
             policy: new.policy,
         };
+        let in_order = self.approval_steps.lock().await;
         if !self.store.insert_approval(approval.clone()).await? {
-            // A concurrent retry created it first.
+            // A concurrent retry created it first. Reading it may expire it, which takes the
+            // lock again.
+            drop(in_order);
             return self.approval(&approval.approval_id).await;
         }
         self.record_step(&approval, "requested", receipts).await?;
@@ -210,6 +213,7 @@ impl<S: Store> Gateway<S> {
             decided_at_ms: Some(approval.expires_at_ms),
             ..approval
         };
+        let in_order = self.approval_steps.lock().await;
         if self
             .store
             .update_approval(expired.clone(), ApprovalStatus::Pending)
@@ -219,6 +223,7 @@ impl<S: Store> Gateway<S> {
             self.approvals_changed();
             return Ok(expired);
         }
+        drop(in_order);
         // Someone else moved it first: read what they wrote.
         self.store
             .approval(&expired.approval_id)
@@ -260,11 +265,13 @@ impl<S: Store> Gateway<S> {
             decided_at_ms: Some(now_ms()),
             ..current
         };
+        let in_order = self.approval_steps.lock().await;
         if !self
             .store
             .update_approval(decided.clone(), ApprovalStatus::Pending)
             .await?
         {
+            drop(in_order);
             let now = self.approval(approval_id).await?;
             return Err(GatewayError::Conflict(format!(
                 "approval {approval_id} is already {}",
@@ -314,6 +321,7 @@ impl<S: Store> Gateway<S> {
             used_at_ms: Some(now_ms()),
             ..current
         };
+        let _in_order = self.approval_steps.lock().await;
         if !self
             .store
             .update_approval(used.clone(), ApprovalStatus::Approved)

@@ -139,6 +139,10 @@ pub struct Gateway<S> {
     pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
     pub(crate) own_stream: tokio::sync::Mutex<()>,
+    /// Held from an approval's change in the store to its step in the audit log, so that the
+    /// steps of an approval are numbered in the order they happened (a decision is not
+    /// recorded before the request it decides).
+    pub(crate) approval_steps: tokio::sync::Mutex<()>,
     /// The prices budgets charge by.
     pub(crate) prices: Arc<PriceTable>,
 }
@@ -183,6 +187,7 @@ impl<S: Store> Gateway<S> {
             suspension_epoch: watch::Sender::new(0),
             team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
+            approval_steps: tokio::sync::Mutex::new(()),
             prices,
         })
     }

@@ -282,3 +282,37 @@ async fn every_step_is_on_the_gateway_stream_and_verifies() {
         "{refused:?}"
     );
 }
+
+/// An operator deciding the moment an approval can be seen: the decision is still numbered
+/// after the request in the gateway's stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_racing_its_request_is_recorded_after_it() {
+    let (gw, lead, _) = setup().await;
+    let ids: Vec<String> = (0..40).map(|i| format!("race-approval-{i:04}")).collect();
+    for id in &ids {
+        let creating = tokio::spawn({
+            let (gw, lead, id) = (Arc::clone(&gw), lead.clone(), id.clone());
+            async move {
+                gw.create_approval(ask("lead", &lead, &id, "rm x", MINUTE))
+                    .await
+            }
+        });
+        loop {
+            match gw.decide_approval(id, false, "op", None).await {
+                Ok(_) => break,
+                Err(GatewayError::NotFound(_)) => tokio::task::yield_now().await,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        creating.await.unwrap().unwrap();
+    }
+    let records = gw.store().records(0, 10_000).await.unwrap();
+    for id in &ids {
+        let steps: Vec<&str> = records
+            .iter()
+            .filter(|r| r.stream_id == GATEWAY_STREAM && r.event["detail"]["approval_id"] == **id)
+            .map(|r| r.event["detail"]["step"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["requested", "denied"], "{id}");
+    }
+}
