@@ -10,8 +10,7 @@ pub fn canonical(value: &Value) -> Vec<u8> {
     out
 }
 
-/// Appends `value` in canonical form to `out`.
-pub fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             out.push(b'{');

@@ -6,6 +6,7 @@
 //! first record of a stream follows 32 zero bytes.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 
 use aa_core::canonical::{canonical, write_str};
 use aa_identity::{Keypair, PublicKey};
@@ -97,7 +98,8 @@ pub fn link_hash_of_canonical(
     let mut rest = Vec::with_capacity(64 + event_id.len() + stream_id.len());
     rest.extend_from_slice(b",\"event_id\":");
     write_str(event_id, &mut rest);
-    rest.extend_from_slice(format!(",\"sequence\":{sequence},\"stream_id\":").as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(rest, ",\"sequence\":{sequence},\"stream_id\":");
     write_str(stream_id, &mut rest);
     rest.push(b'}');
     let mut hasher = Sha256::new();
