@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use aa_core::{Action, Decision};
 use aa_sdk_client::{Agent, Client};
 
+use crate::cpu::{CpuShare, CpuTimes};
 use crate::pace::Schedule;
 use crate::stats::Percentiles;
 use crate::{BenchError, registered_client};
@@ -67,6 +68,8 @@ pub struct CheckReport {
     /// From the scheduled send to the answer (lateness plus latency), answered checks only:
     /// what the latency would be had nothing slipped.
     pub from_schedule: Option<Percentiles>,
+    /// What the machine's processors did over the measured part, where `/proc/stat` tells.
+    pub machine: Option<CpuShare>,
 }
 
 /// One check as the load made it.
@@ -94,21 +97,31 @@ impl Sample {
         due: Duration,
         lateness: Duration,
     ) -> Sample {
+        Sample::timed(due, lateness, || {
+            match client.check_blocking(agent, action.clone(), None) {
+                Ok(o) => (
+                    !o.resolved_locally,
+                    !o.resolved_locally && o.verdict.decision == Decision::Allow,
+                ),
+                Err(_) => (false, false),
+            }
+        })
+    }
+
+    /// Times `ask`, which sends one request, waits for its answer and says whether it was
+    /// answered and allowed.
+    pub(crate) fn timed(
+        due: Duration,
+        lateness: Duration,
+        ask: impl FnOnce() -> (bool, bool),
+    ) -> Sample {
         let start = Instant::now();
-        let outcome = client.check_blocking(agent, action.clone(), None);
-        let latency = start.elapsed();
-        let (answered, allowed) = match outcome {
-            Ok(o) => (
-                !o.resolved_locally,
-                !o.resolved_locally && o.verdict.decision == Decision::Allow,
-            ),
-            Err(_) => (false, false),
-        };
+        let (answered, allowed) = ask();
         Sample {
             due,
             answered,
             allowed,
-            latency,
+            latency: start.elapsed(),
             lateness,
         }
     }
@@ -192,7 +205,6 @@ pub fn serial(
 
 /// Runs the load and reports.
 pub fn run(load: &CheckLoad) -> Result<CheckReport, BenchError> {
-    let total = load.warmup + load.duration;
     // Checked before anyone registers.
     Schedule::new(load.clients, load.rate, Instant::now(), load.duration)?;
     let sessions = sessions(
@@ -202,38 +214,64 @@ pub fn run(load: &CheckLoad) -> Result<CheckReport, BenchError> {
         load.clients,
         &load.action,
     )?;
-    let schedule = Schedule::new(load.clients, load.rate, Instant::now(), total)?;
-    let samples: Vec<Sample> = std::thread::scope(|scope| {
-        let pacers: Vec<_> = sessions
+    paced(
+        &sessions,
+        load.rate,
+        load.warmup,
+        load.duration,
+        |(client, agent), due, lateness| Sample::take(client, agent, &load.action, due, lateness),
+    )
+}
+
+/// Sends from each of `senders` on its own thread, together at `rate` for `warmup` and then
+/// `duration` more; `send(sender, due, lateness)` sends one request and waits for it. Reports
+/// on the part after the warm-up, with what the machine's processors did meanwhile.
+pub(crate) fn paced<S: Sync>(
+    senders: &[S],
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+    send: impl Fn(&S, Duration, Duration) -> Sample + Sync,
+) -> Result<CheckReport, BenchError> {
+    let origin = Instant::now();
+    let schedule = Schedule::new(senders.len(), rate, origin, warmup + duration)?;
+    let (samples, machine) = std::thread::scope(|scope| {
+        let pacers: Vec<_> = senders
             .iter()
             .enumerate()
-            .map(|(index, (client, agent))| {
+            .map(|(index, sender)| {
+                let send = &send;
                 scope.spawn(move || {
                     let mut samples = Vec::new();
                     schedule.run(index, |due, lateness| {
-                        samples.push(Sample::take(client, agent, &load.action, due, lateness));
+                        samples.push(send(sender, due, lateness));
                         true
                     });
                     samples
                 })
             })
             .collect();
-        pacers
+        std::thread::sleep(warmup.saturating_sub(origin.elapsed()));
+        let before = CpuTimes::read();
+        let samples: Vec<Sample> = pacers
             .into_iter()
             .flat_map(|p| p.join().unwrap_or_default())
-            .collect()
+            .collect();
+        let machine = before.zip(CpuTimes::read()).map(|(b, a)| b.share_until(&a));
+        (samples, machine)
     });
 
-    let measured: Vec<&Sample> = samples.iter().filter(|s| s.due >= load.warmup).collect();
+    let measured: Vec<&Sample> = samples.iter().filter(|s| s.due >= warmup).collect();
     let answered: Vec<&&Sample> = measured.iter().filter(|s| s.answered).collect();
     Ok(CheckReport {
         sent: measured.len(),
         answered: answered.len(),
         allowed: answered.iter().filter(|s| s.allowed).count(),
         failed: measured.len() - answered.len(),
-        throughput: answered.len() as f64 / load.duration.as_secs_f64(),
+        throughput: answered.len() as f64 / duration.as_secs_f64(),
         latency: Percentiles::of(answered.iter().map(|s| s.latency).collect()),
         lateness: Percentiles::of(measured.iter().map(|s| s.lateness).collect()),
         from_schedule: Percentiles::of(answered.iter().map(|s| s.lateness + s.latency).collect()),
+        machine,
     })
 }

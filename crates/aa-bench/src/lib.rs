@@ -5,6 +5,10 @@
 //!   and reads the runtime's memory and the gateway's stored-event count.
 //! - [`checks`]: N clients checking at a fixed total rate, each waiting for its answers as an
 //!   agent does; latency percentiles, throughput, and how far sends slipped from schedule.
+//! - [`floor`]: the check load's clients and schedule against a bare echo server: the
+//!   latency the machine adds by itself, the baseline checks are read against.
+//! - [`cpu`]: how busy the processors were during a load, and how much time the hypervisor
+//!   stole.
 //! - [`events`]: N clients reporting event batches as fast as the runtime acknowledges them;
 //!   the rate at which they are on disk at the runtime and stored by the gateway.
 //! - [`soak`]: checks and events together at fixed rates for minutes, read at every
@@ -21,8 +25,10 @@
 
 pub mod approvals;
 pub mod checks;
+pub mod cpu;
 pub mod error;
 pub mod events;
+pub mod floor;
 mod pace;
 pub mod partition;
 pub mod soak;

@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aa_bench::checks::{self, CheckLoad};
+use aa_bench::checks::{self, CheckLoad, CheckReport};
 use aa_bench::events::{self, EventLoad};
+use aa_bench::floor::{self, FloorLoad};
 use aa_bench::soak::{self, SoakLoad};
 use aa_bench::stack::{self, Memory, Stack};
 use aa_bench::stats::{Percentiles, micros};
@@ -27,6 +28,9 @@ struct Cli {
 enum Load {
     /// Checks at a fixed rate: latency percentiles, throughput, runtime memory.
     Checks(CheckArgs),
+    /// The check load's schedule against an echo server over a Unix socket, no aasm: the
+    /// latency the machine itself adds, the baseline checks are read against.
+    Floor(PaceArgs),
     /// Events as fast as they are taken: rates to the runtime's outbox and the gateway's store.
     Events(EventArgs),
     /// Checks one at a time from one client against a runtime already running (no services
@@ -56,11 +60,11 @@ enum Load {
 }
 
 #[derive(Debug, Args)]
-struct CheckArgs {
-    /// Concurrent clients, each with its own connection and agent.
+struct PaceArgs {
+    /// Concurrent clients, each with its own connection (and agent).
     #[arg(long, default_value_t = 4)]
     clients: usize,
-    /// Checks per second, all clients together.
+    /// Requests per second, all clients together.
     #[arg(long, default_value_t = 10_000.0)]
     rate: f64,
     /// Seconds measured.
@@ -69,6 +73,12 @@ struct CheckArgs {
     /// Seconds of unmeasured load first.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    pace: PaceArgs,
     /// Seconds the runtime sits idle before its memory is read.
     #[arg(long, default_value_t = 2.0)]
     idle: f64,
@@ -167,6 +177,7 @@ fn print_memory(label: &str, m: Memory) {
 }
 
 fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
+    let pace = &args.pace;
     let stack = Stack::start(aasm)?;
     let idle = seconds(args.idle, "idle")?;
     std::thread::sleep(idle);
@@ -174,19 +185,45 @@ fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
     let load = CheckLoad {
         socket: stack.socket.clone(),
         state_dir: stack.client_state_dir(),
-        clients: args.clients,
-        rate: args.rate,
-        duration: seconds(args.seconds, "seconds")?,
-        warmup: seconds(args.warmup, "warmup")?,
+        clients: pace.clients,
+        rate: pace.rate,
+        duration: seconds(pace.seconds, "seconds")?,
+        warmup: seconds(pace.warmup, "warmup")?,
         action: CheckLoad::default_action(),
     };
     let report = checks::run(&load)?;
     std::thread::sleep(idle);
     let after = stack.runtime_memory()?;
     stack.stop()?;
+    print_paced("checks", pace, &report);
+    print_memory("runtime idle, fresh", before);
+    print_memory("runtime idle, after", after);
+    Ok(report.failed == 0 && report.allowed == report.answered)
+}
+
+fn run_floor(args: &PaceArgs) -> Result<bool> {
+    let report = floor::run(&FloorLoad {
+        clients: args.clients,
+        rate: args.rate,
+        duration: seconds(args.seconds, "seconds")?,
+        warmup: seconds(args.warmup, "warmup")?,
+    })?;
+    print_paced(
+        &format!(
+            "floor (echo of {} bytes to {}, no aasm)",
+            floor::REQUEST_BYTES,
+            floor::ANSWER_BYTES
+        ),
+        args,
+        &report,
+    );
+    Ok(report.failed == 0)
+}
+
+fn print_paced(what: &str, pace: &PaceArgs, report: &CheckReport) {
     println!(
-        "checks: {} clients, {:.0}/s offered for {} s after {} s warm-up",
-        args.clients, args.rate, args.seconds, args.warmup
+        "{what}: {} clients, {:.0}/s offered for {} s after {} s warm-up",
+        pace.clients, pace.rate, pace.seconds, pace.warmup
     );
     println!(
         "  sent {}  answered {}  allowed {}  failed {}  throughput {:.0}/s",
@@ -195,9 +232,10 @@ fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
     print_latency("latency", report.latency);
     print_latency("send lateness", report.lateness);
     print_latency("from schedule", report.from_schedule);
-    print_memory("runtime idle, fresh", before);
-    print_memory("runtime idle, after", after);
-    Ok(report.failed == 0 && report.allowed == report.answered)
+    match report.machine {
+        Some(share) => println!("  {:<22} {share}", "processors"),
+        None => println!("  {:<22} (no /proc/stat)", "processors"),
+    }
 }
 
 fn run_serial(args: &SerialArgs) -> Result<bool> {
@@ -357,6 +395,7 @@ fn main() -> ExitCode {
     let aasm = cli.aasm.unwrap_or_else(stack::default_aasm);
     let outcome = match &cli.load {
         Load::Checks(args) => run_checks(&aasm, args),
+        Load::Floor(args) => run_floor(args),
         Load::Events(args) => run_events(&aasm, args),
         Load::Serial(args) => run_serial(args),
         Load::Soak(args) => run_soak(&aasm, args),
@@ -399,6 +438,6 @@ mod tests {
         else {
             unreachable!("{cli:?}");
         };
-        assert_eq!((checks.clients, events.event_clients), (8, 2));
+        assert_eq!((checks.pace.clients, events.event_clients), (8, 2));
     }
 }

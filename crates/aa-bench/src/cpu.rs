@@ -1,0 +1,108 @@
+//! What the machine's processors did during a load, from the kernel's counters in
+//! `/proc/stat`: how busy they were, and how much of the time the hypervisor gave their
+//! turn to another guest (steal). On a shared virtual machine stolen time stalls whatever
+//! was running, and a latency's tail follows it; the figure says how far to trust a run.
+
+use std::fmt;
+
+/// The kernel's cumulative time counters for all processors together, in clock ticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuTimes {
+    idle: u64,
+    steal: u64,
+    total: u64,
+}
+
+/// Shares of the processors' time between two readings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuShare {
+    /// Running anything, guest or kernel (stolen time excluded).
+    pub busy: f64,
+    /// Taken by the hypervisor for other guests.
+    pub steal: f64,
+}
+
+impl CpuTimes {
+    /// The counters now; `None` where `/proc/stat` is missing or unreadable.
+    pub fn read() -> Option<CpuTimes> {
+        CpuTimes::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The counters in the text of `/proc/stat`: its first line, `cpu  user nice system idle
+    /// iowait irq softirq steal guest guest_nice`. Guest time is already counted in user and
+    /// nice, so it is left out of the total.
+    fn parse(stat: &str) -> Option<CpuTimes> {
+        let mut fields = stat.lines().next()?.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, idle, iowait, irq, softirq, steal] = ticks.try_into().ok()?;
+        Some(CpuTimes {
+            idle: idle + iowait,
+            steal,
+            total: user + nice + system + idle + iowait + irq + softirq + steal,
+        })
+    }
+
+    /// The shares from this reading until `later`; zero when no tick passed.
+    pub fn share_until(&self, later: &CpuTimes) -> CpuShare {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 {
+            return CpuShare {
+                busy: 0.0,
+                steal: 0.0,
+            };
+        }
+        let idle = later.idle.saturating_sub(self.idle);
+        let steal = later.steal.saturating_sub(self.steal);
+        CpuShare {
+            busy: total.saturating_sub(idle + steal) as f64 / total as f64,
+            steal: steal as f64 / total as f64,
+        }
+    }
+}
+
+impl fmt::Display for CpuShare {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "busy {:.0} %  stolen by the hypervisor {:.0} %",
+            self.busy * 100.0,
+            self.steal * 100.0
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn shares_come_from_the_first_line() {
+        let before =
+            CpuTimes::parse("cpu  100 0 50 800 10 0 0 40 7 0\ncpu0 1 2 3 4 5 6 7 8\n").unwrap();
+        let after = CpuTimes::parse("cpu  160 0 70 880 20 0 10 100 9 0\n").unwrap();
+        // 90 ticks of work (60 user, 20 system, 10 softirq), 90 idle (iowait too), 60
+        // stolen; guest time (the ninth field) is inside user already.
+        let share = before.share_until(&after);
+        assert_eq!(after.total - before.total, 240);
+        assert!((share.busy - 90.0 / 240.0).abs() < 1e-9, "{share:?}");
+        assert!((share.steal - 60.0 / 240.0).abs() < 1e-9, "{share:?}");
+    }
+
+    #[test]
+    fn anything_else_is_no_reading() {
+        assert_eq!(CpuTimes::parse(""), None);
+        assert_eq!(CpuTimes::parse("intr 1 2 3"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 3"), None);
+        assert_eq!(CpuTimes::parse("cpu  1 2 x 4 5 6 7 8"), None);
+        let reading = CpuTimes::parse("cpu  1 1 1 1 1 1 1 1").unwrap();
+        assert_eq!(reading.share_until(&reading).busy, 0.0);
+    }
+}
