@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aa_core::{Action, Decision};
 use aa_sdk_client::{Agent, Client};
 
-use crate::cpu::{CpuShare, CpuTimes};
+use crate::cpu::{CpuShare, CpuTimes, ProcessTimes};
 use crate::pace::Schedule;
 use crate::stats::Percentiles;
 use crate::{BenchError, registered_client};
@@ -34,6 +34,8 @@ pub struct CheckLoad {
     pub warmup: Duration,
     /// What every check asks.
     pub action: Action,
+    /// Processes whose processor time is read over the measured part, by name.
+    pub processes: Vec<(&'static str, u32)>,
 }
 
 impl CheckLoad {
@@ -70,6 +72,20 @@ pub struct CheckReport {
     pub from_schedule: Option<Percentiles>,
     /// What the machine's processors did over the measured part, where `/proc/stat` tells.
     pub machine: Option<CpuShare>,
+    /// The processor time each watched process used over the measured part, where `/proc`
+    /// tells.
+    pub cpu: Vec<(&'static str, Duration)>,
+}
+
+impl CheckReport {
+    /// Processor time per answered request: what each watched process spent on one.
+    pub fn cpu_per_answer(&self) -> Vec<(&'static str, Duration)> {
+        let answered = u32::try_from(self.answered.max(1)).unwrap_or(u32::MAX);
+        self.cpu
+            .iter()
+            .map(|&(name, t)| (name, t / answered))
+            .collect()
+    }
 }
 
 /// One check as the load made it.
@@ -219,23 +235,26 @@ pub fn run(load: &CheckLoad) -> Result<CheckReport, BenchError> {
         load.rate,
         load.warmup,
         load.duration,
+        &load.processes,
         |(client, agent), due, lateness| Sample::take(client, agent, &load.action, due, lateness),
     )
 }
 
 /// Sends from each of `senders` on its own thread, together at `rate` for `warmup` and then
 /// `duration` more; `send(sender, due, lateness)` sends one request and waits for it. Reports
-/// on the part after the warm-up, with what the machine's processors did meanwhile.
+/// on the part after the warm-up, with what the machine's processors and each of `processes`
+/// did meanwhile.
 pub(crate) fn paced<S: Sync>(
     senders: &[S],
     rate: f64,
     warmup: Duration,
     duration: Duration,
+    processes: &[(&'static str, u32)],
     send: impl Fn(&S, Duration, Duration) -> Sample + Sync,
 ) -> Result<CheckReport, BenchError> {
     let origin = Instant::now();
     let schedule = Schedule::new(senders.len(), rate, origin, warmup + duration)?;
-    let (samples, machine) = std::thread::scope(|scope| {
+    let (samples, machine, cpu) = std::thread::scope(|scope| {
         let pacers: Vec<_> = senders
             .iter()
             .enumerate()
@@ -252,13 +271,17 @@ pub(crate) fn paced<S: Sync>(
             })
             .collect();
         std::thread::sleep(warmup.saturating_sub(origin.elapsed()));
-        let before = CpuTimes::read();
+        let before = (CpuTimes::read(), ProcessTimes::read(processes));
         let samples: Vec<Sample> = pacers
             .into_iter()
             .flat_map(|p| p.join().unwrap_or_default())
             .collect();
-        let machine = before.zip(CpuTimes::read()).map(|(b, a)| b.share_until(&a));
-        (samples, machine)
+        let machine = before
+            .0
+            .zip(CpuTimes::read())
+            .map(|(b, a)| b.share_until(&a));
+        let cpu = before.1.until(&ProcessTimes::read(processes));
+        (samples, machine, cpu)
     });
 
     let measured: Vec<&Sample> = samples.iter().filter(|s| s.due >= warmup).collect();
@@ -273,5 +296,6 @@ pub(crate) fn paced<S: Sync>(
         lateness: Percentiles::of(measured.iter().map(|s| s.lateness).collect()),
         from_schedule: Percentiles::of(answered.iter().map(|s| s.lateness + s.latency).collect()),
         machine,
+        cpu,
     })
 }

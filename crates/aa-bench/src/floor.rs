@@ -81,6 +81,7 @@ pub fn run(load: &FloorLoad) -> Result<CheckReport, BenchError> {
         load.rate,
         load.warmup,
         load.duration,
+        &[],
         |client, due, lateness| {
             Sample::timed(due, lateness, || {
                 let answered = ask(client);

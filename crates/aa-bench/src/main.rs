@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aa_bench::checks::{self, CheckLoad, CheckReport};
+use aa_bench::cpu::ProcessTimes;
 use aa_bench::events::{self, EventLoad};
 use aa_bench::floor::{self, FloorLoad};
 use aa_bench::soak::{self, SoakLoad};
@@ -190,6 +191,7 @@ fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
         duration: seconds(pace.seconds, "seconds")?,
         warmup: seconds(pace.warmup, "warmup")?,
         action: CheckLoad::default_action(),
+        processes: stack.processes(),
     };
     let report = checks::run(&load)?;
     std::thread::sleep(idle);
@@ -235,6 +237,13 @@ fn print_paced(what: &str, pace: &PaceArgs, report: &CheckReport) {
     match report.machine {
         Some(share) => println!("  {:<22} {share}", "processors"),
         None => println!("  {:<22} (no /proc/stat)", "processors"),
+    }
+    for (name, per_answer) in report.cpu_per_answer() {
+        println!(
+            "  {:<22} {}",
+            format!("{name} CPU per answer"),
+            micros(per_answer)
+        );
     }
 }
 
@@ -288,7 +297,9 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
         in_flight: args.in_flight,
         events: args.events,
     };
+    let before = ProcessTimes::read(&stack.processes());
     let report = events::run(&load, || stack.events_stored())?;
+    let cpu = before.until(&ProcessTimes::read(&stack.processes()));
     let memory = stack.runtime_memory()?;
     stack.stop()?;
     println!(
@@ -306,6 +317,14 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
         report.stored_in.as_secs_f64()
     );
     print_latency("report call", report.batch_latency);
+    let events = u32::try_from(report.events.max(1)).unwrap_or(u32::MAX);
+    for (name, used) in cpu {
+        println!(
+            "  {:<22} {}",
+            format!("{name} CPU per event"),
+            micros(used / events)
+        );
+    }
     print_memory("runtime after", memory);
     Ok(true)
 }

@@ -340,6 +340,14 @@ impl Stack {
         self.dir.path().join("clients")
     }
 
+    /// The runtime's and the gateway's process ids, by name.
+    pub fn processes(&self) -> Vec<(&'static str, u32)> {
+        vec![
+            ("runtime", self.runtime.pid()),
+            ("gateway", self.gateway.pid()),
+        ]
+    }
+
     /// The runtime process's memory now.
     pub fn runtime_memory(&self) -> Result<Memory, BenchError> {
         Memory::of(self.runtime.pid())

@@ -24,6 +24,7 @@ fn check_load_is_answered_in_full_and_memory_is_read() {
         duration: Duration::from_secs(1),
         warmup: Duration::from_millis(200),
         action: CheckLoad::default_action(),
+        processes: stack.processes(),
     };
     let report = checks::run(&load).unwrap();
     // 2 clients × 100/s over the 1 s measured: one send a client each 10 ms.
@@ -34,6 +35,8 @@ fn check_load_is_answered_in_full_and_memory_is_read() {
     let latency = report.latency.unwrap();
     assert_eq!(latency.count, 200);
     assert!(latency.p50 <= latency.p99 && latency.p99 <= latency.max);
+    let watched: Vec<&str> = report.cpu.iter().map(|&(name, _)| name).collect();
+    assert_eq!(watched, ["runtime", "gateway"]);
     let memory = stack.runtime_memory().unwrap();
     assert!(
         memory.rss > 1 << 20 && memory.peak >= memory.rss,
