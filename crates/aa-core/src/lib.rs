@@ -9,6 +9,7 @@
 //! - [`event`]: what is recorded — audit events, redaction receipts, approvals, topology edges.
 //! - [`canonical`]: canonical JSON, the form hashes and signatures are taken over.
 //! - [`hex`]: lowercase hex for ids, hashes and digests.
+//! - [`ids`]: event ids unique per generator and sorted in the order they were made.
 //! - [`rate`]: call-rate limits by GCRA, keyed, with the time as an input.
 //! - [`error`]: the crate's error type.
 //!
@@ -22,6 +23,7 @@ pub mod decision;
 pub mod error;
 pub mod event;
 pub mod hex;
+pub mod ids;
 pub mod rate;
 
 pub use action::{Action, ActionKind, FileOperation};

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aa_core::ids::IdSequence;
 use aa_core::{
     Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, Suspension, Suspensions,
     TopologyEdge, Verdict, suspension_of,
@@ -167,6 +168,8 @@ pub struct Runtime {
     outbox_health: Arc<OutboxHealth>,
     refusals: RefusalBudget,
     link: GatewayLink,
+    /// Ids for the events the runtime writes itself (decisions, refusals).
+    event_ids: IdSequence,
 }
 
 /// Refusals written to the audit log each second at most: each costs the refused peer only a
@@ -224,6 +227,7 @@ impl Runtime {
             outbox_health,
             refusals: RefusalBudget::default(),
             link,
+            event_ids: IdSequence::new(id_seed()),
         })
     }
 
@@ -572,7 +576,13 @@ impl Runtime {
                     }
                 }
             }
-            let mut event = self.event(agent, action, EventKind::Decision, peer, random_id());
+            let mut event = self.event(
+                agent,
+                action,
+                EventKind::Decision,
+                peer,
+                self.event_ids.next_id(),
+            );
             event.session_id = Some(request.session_id.clone()).filter(|s| !s.is_empty());
             event.verdict = Some(verdict);
             if let Some(id) = &approval_id {
@@ -714,7 +724,7 @@ impl Runtime {
             pending.action.clone(),
             EventKind::Decision,
             peer,
-            random_id(),
+            self.event_ids.next_id(),
         );
         event.verdict = Some(verdict.clone());
         event.detail = Some(serde_json::Value::Object(detail));
@@ -994,7 +1004,13 @@ impl Runtime {
             method: None,
         };
         let agent = AgentContext::new(format!("uid:{}", peer.uid));
-        let mut event = self.event(agent, action, EventKind::Refusal, peer, random_id());
+        let mut event = self.event(
+            agent,
+            action,
+            EventKind::Refusal,
+            peer,
+            self.event_ids.next_id(),
+        );
         event.verdict = Some(Verdict {
             decision: Decision::Deny,
             rule: "protocol".into(),
@@ -1165,15 +1181,17 @@ fn random_hex(bytes: usize) -> Result<String, String> {
     Ok(aa_core::hex::encode(&buffer))
 }
 
-fn random_id() -> String {
-    let mut bytes = [0u8; 12];
-    // Without randomness the id still differs per call through the clock and a counter.
-    if getrandom::fill(&mut bytes).is_err() {
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return format!("d{}-{n}", now_ms());
+/// The random start of this run's event ids. Without randomness the clock stands in: the
+/// ids need only differ from an earlier run's of the same stream, not be unguessable.
+fn id_seed() -> [u8; 8] {
+    let mut seed = [0u8; 8];
+    if getrandom::fill(&mut seed).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        seed = (nanos as u64).to_be_bytes();
     }
-    aa_core::hex::encode(&bytes)
+    seed
 }
 
 #[cfg(test)]
@@ -1227,7 +1245,7 @@ mod tests {
                 action,
                 EventKind::Decision,
                 peer,
-                random_id(),
+                runtime.event_ids.next_id(),
             )
         };
         let allow = verdict(Decision::Allow, Mode::Enforce);

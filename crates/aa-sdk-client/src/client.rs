@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aa_core::ids::IdSequence;
 use aa_core::{Action, AgentContext, AuditEvent, Decision, EventKind, Mode, TopologyEdge, Verdict};
 use aa_identity::Keypair;
 use aa_proto::pb;
@@ -250,6 +251,7 @@ struct Shared {
     connection: Mutex<Option<Arc<Connection>>>,
     /// For [`Client::check_blocking`]; opened on its first use.
     blocking: StdMutex<Option<BlockingConnection>>,
+    event_ids: IdSequence,
 }
 
 /// The client's own async runtime. Dropped without waiting, so the last clone of a client
@@ -289,10 +291,11 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn random_id() -> Result<String, ClientError> {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).map_err(|e| ClientError::Internal(e.to_string()))?;
-    Ok(aa_core::hex::encode(&bytes))
+/// The ids of this client's events: a random start drawn once, then a count.
+fn event_ids() -> Result<IdSequence, ClientError> {
+    let mut seed = [0u8; 8];
+    getrandom::fill(&mut seed).map_err(|e| ClientError::Internal(e.to_string()))?;
+    Ok(IdSequence::new(seed))
 }
 
 impl Client {
@@ -311,6 +314,7 @@ impl Client {
                 socket,
                 connection: Mutex::new(None),
                 blocking: StdMutex::new(None),
+                event_ids: event_ids()?,
             }),
             runtime: Arc::new(Background(Some(runtime))),
         })
@@ -480,7 +484,7 @@ impl Client {
             let mut events = Vec::with_capacity(reports.len());
             for report in reports {
                 let event = AuditEvent {
-                    event_id: random_id()?,
+                    event_id: shared.event_ids.next_id(),
                     timestamp_ms: now,
                     agent: aa_core::AgentContext::new(agent.id.clone()),
                     session_id: report.session_id,
