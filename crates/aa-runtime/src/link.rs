@@ -309,7 +309,9 @@ async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<Au
 }
 
 /// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`
-/// longer while events remain. While the gateway stores one batch, the next is read; the
+/// longer while events remain. Events just committed come from memory
+/// ([`Outbox::pending_after`]), older ones from the database. While the gateway stores one
+/// batch, the next is read; the
 /// outbox learns what was delivered behind the stream, so a restart may send a batch again,
 /// which the gateway recognises as duplicates.
 pub(crate) async fn forward(

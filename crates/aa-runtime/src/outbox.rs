@@ -2,7 +2,13 @@
 //! gateway, the sessions of registered agents, and the last policy bundle. Events are numbered
 //! here, gaplessly, in the order they are committed; that number is their place in this
 //! runtime's audit stream. Every method blocks: call them off the async workers.
+//!
+//! The events just committed are also kept in memory, in order, for the forwarder: while it
+//! keeps up it takes them from there instead of reading back and parsing what was just
+//! written. Whatever memory does not hold (after a restart, or a backlog longer than it keeps)
+//! is read from the database, so memory is only ever a shortcut, never the record.
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
@@ -10,6 +16,9 @@ use aa_core::AuditEvent;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::error::RuntimeError;
+
+/// Committed events kept in memory for the forwarder, at most: the newest are kept.
+const TAIL_MAX: usize = 4096;
 
 /// Delivered events kept so that an SDK retrying a batch after delivery is still recognised
 /// as a duplicate instead of taking a second place in the stream.
@@ -30,6 +39,13 @@ CREATE TABLE IF NOT EXISTS sessions (agent_id TEXT PRIMARY KEY, session TEXT NOT
 pub struct Outbox {
     conn: Mutex<Connection>,
     stream_id: String,
+    /// The newest committed events, numbered without a gap, oldest first.
+    tail: Mutex<VecDeque<AuditEvent>>,
+}
+
+/// An event's place in the stream; 0 (no place) for one the outbox did not take.
+fn sequence_of(event: &AuditEvent) -> u64 {
+    event.origin.as_ref().map_or(0, |o| o.sequence)
 }
 
 fn outbox_err(e: impl std::fmt::Display) -> RuntimeError {
@@ -63,6 +79,7 @@ impl Outbox {
         Ok(Outbox {
             conn: Mutex::new(conn),
             stream_id,
+            tail: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -78,8 +95,8 @@ impl Outbox {
     }
 
     /// Numbers and stores batches of events in one transaction. An event whose id is already
-    /// in the outbox is a duplicate: it is skipped and takes no number. Returns, per batch, how
-    /// many were new.
+    /// in the outbox is a duplicate: it is skipped and takes no number (its sequence is left
+    /// 0). Returns, per batch, how many were new.
     pub fn append(&self, batches: &mut [Vec<AuditEvent>]) -> Result<Vec<u64>, RuntimeError> {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
@@ -103,6 +120,8 @@ impl Outbox {
                     if changed == 1 {
                         last += 1;
                         new += 1;
+                    } else if let Some(origin) = event.origin.as_mut() {
+                        origin.sequence = 0;
                     }
                 }
                 accepted.push(new);
@@ -113,18 +132,61 @@ impl Outbox {
         Ok(accepted)
     }
 
+    /// Keeps events [`append`](Self::append) committed, in the order they were numbered, for
+    /// the forwarder; duplicates (no number) are dropped. Events that do not follow the
+    /// last kept one without a gap replace what was kept.
+    pub fn hand_over(&self, batches: Vec<Vec<AuditEvent>>) {
+        let Ok(mut tail) = self.tail.lock() else {
+            return;
+        };
+        for event in batches.into_iter().flatten() {
+            let sequence = sequence_of(&event);
+            if sequence == 0 {
+                continue;
+            }
+            if tail
+                .back()
+                .is_some_and(|last| sequence_of(last) + 1 != sequence)
+            {
+                tail.clear();
+            }
+            if tail.len() == TAIL_MAX {
+                tail.pop_front();
+            }
+            tail.push_back(event);
+        }
+    }
+
+    /// Takes up to `limit` events numbered right after `sequence` from those kept in memory,
+    /// if they start there; drops the kept ones at or before it.
+    fn take_kept(&self, sequence: u64, limit: usize) -> Option<Vec<AuditEvent>> {
+        let mut tail = self.tail.lock().ok()?;
+        while tail.front().is_some_and(|e| sequence_of(e) <= sequence) {
+            tail.pop_front();
+        }
+        if tail.front().is_none_or(|e| sequence_of(e) != sequence + 1) {
+            return None;
+        }
+        let n = limit.min(tail.len());
+        Some(tail.drain(..n).collect())
+    }
+
     /// Up to `limit` events not yet delivered, in stream order.
     pub fn pending(&self, limit: usize) -> Result<Vec<AuditEvent>, RuntimeError> {
         let after = self.delivered()?;
         self.pending_after(after, limit)
     }
 
-    /// Up to `limit` events numbered after `sequence`, in stream order.
+    /// Up to `limit` events numbered after `sequence`, in stream order: from memory when
+    /// it holds the next one, else from the database.
     pub fn pending_after(
         &self,
         sequence: u64,
         limit: usize,
     ) -> Result<Vec<AuditEvent>, RuntimeError> {
+        if let Some(kept) = self.take_kept(sequence, limit) {
+            return Ok(kept);
+        }
         let conn = self.lock()?;
         let mut statement = conn.prepare_cached(
             "SELECT event FROM outbox WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
@@ -310,5 +372,65 @@ mod tests {
                 .sequence,
             4
         );
+    }
+
+    fn sequences(events: &[AuditEvent]) -> Vec<u64> {
+        events.iter().map(sequence_of).collect()
+    }
+
+    #[test]
+    fn the_forwarder_takes_what_was_just_committed_from_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
+        let mut batches = vec![vec![event("a"), event("b"), event("a")], vec![event("c")]];
+        assert_eq!(outbox.append(&mut batches).unwrap(), vec![2, 1]);
+        // The duplicate took no place.
+        assert_eq!(sequences(&batches[0]), [1, 2, 0]);
+        // Marked, to tell the kept events from the stored ones.
+        for event in batches.iter_mut().flatten() {
+            event.session_id = Some("kept".into());
+        }
+        outbox.hand_over(batches);
+        let first = outbox.pending_after(0, 2).unwrap();
+        assert_eq!(sequences(&first), [1, 2]);
+        assert!(
+            first
+                .iter()
+                .all(|e| e.session_id.as_deref() == Some("kept"))
+        );
+        let rest = outbox.pending_after(2, 10).unwrap();
+        assert_eq!(sequences(&rest), [3]);
+        assert_eq!(rest[0].session_id.as_deref(), Some("kept"));
+        // Taken once: what was sent and must be sent again comes from the database.
+        let again = outbox.pending_after(0, 10).unwrap();
+        assert_eq!(sequences(&again), [1, 2, 3]);
+        assert!(again.iter().all(|e| e.session_id.is_none()));
+    }
+
+    #[test]
+    fn memory_with_a_gap_before_it_is_read_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
+        // Committed but never handed over (as after a restart): 1 and 2.
+        outbox.append(&mut [vec![event("a"), event("b")]]).unwrap();
+        let mut later = vec![vec![event("c"), event("d")]];
+        outbox.append(&mut later).unwrap();
+        later[0][1].session_id = Some("kept".into());
+        outbox.hand_over(later);
+        // 1 and 2 from the database, then 3 and 4 from memory.
+        assert_eq!(sequences(&outbox.pending_after(0, 2).unwrap()), [1, 2]);
+        let kept = outbox.pending_after(2, 10).unwrap();
+        assert_eq!(sequences(&kept), [3, 4]);
+        assert_eq!(kept[1].session_id.as_deref(), Some("kept"));
+        // Events that do not follow the kept ones replace them: 5 kept, 6 not handed over,
+        // 7 handed over. Keeping 5 and 7 would skip 6.
+        let mut fifth = vec![vec![event("e")]];
+        outbox.append(&mut fifth).unwrap();
+        outbox.hand_over(fifth);
+        outbox.append(&mut [vec![event("f")]]).unwrap();
+        let mut seventh = vec![vec![event("g")]];
+        outbox.append(&mut seventh).unwrap();
+        outbox.hand_over(seventh);
+        assert_eq!(sequences(&outbox.pending_after(4, 10).unwrap()), [5, 6, 7]);
     }
 }
