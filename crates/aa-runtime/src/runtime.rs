@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use aa_core::ids::IdSequence;
 use aa_core::{
     Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, Suspension, Suspensions,
     TopologyEdge, Verdict, suspension_of,
@@ -169,7 +168,7 @@ pub struct Runtime {
     refusals: RefusalBudget,
     link: GatewayLink,
     /// Ids for the events the runtime writes itself (decisions, refusals).
-    event_ids: IdSequence,
+    event_ids: RandomIds,
 }
 
 /// Refusals written to the audit log each second at most: each costs the refused peer only a
@@ -227,7 +226,7 @@ impl Runtime {
             outbox_health,
             refusals: RefusalBudget::default(),
             link,
-            event_ids: IdSequence::new(id_seed()),
+            event_ids: RandomIds::default(),
         })
     }
 
@@ -1181,17 +1180,41 @@ fn random_hex(bytes: usize) -> Result<String, String> {
     Ok(aa_core::hex::encode(&buffer))
 }
 
-/// The random start of this run's event ids. Without randomness the clock stands in: the
-/// ids need only differ from an earlier run's of the same stream, not be unguessable.
-fn id_seed() -> [u8; 8] {
-    let mut seed = [0u8; 8];
-    if getrandom::fill(&mut seed).is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        seed = (nanos as u64).to_be_bytes();
+/// Ids for the events the runtime writes itself: 12 random bytes each, as hex. They must be
+/// unguessable: an agent's own events share the namespace (`<stream>/<agent>/<id>`), and the
+/// outbox keeps the first event of an id, so an agent that could name a decision still to come
+/// could have it dropped as a duplicate. The bytes are drawn from the operating system a pool
+/// at a time instead of one call per id.
+#[derive(Debug, Default)]
+struct RandomIds {
+    /// Random bytes, and how many of them are used.
+    pool: std::sync::Mutex<(Vec<u8>, usize)>,
+}
+
+impl RandomIds {
+    const ID_BYTES: usize = 12;
+    const POOL_BYTES: usize = 4096 / Self::ID_BYTES * Self::ID_BYTES;
+
+    fn next_id(&self) -> String {
+        if let Ok(mut pool) = self.pool.lock() {
+            let (bytes, used) = &mut *pool;
+            if *used + Self::ID_BYTES > bytes.len() {
+                bytes.resize(Self::POOL_BYTES, 0);
+                *used = 0;
+                if getrandom::fill(bytes).is_err() {
+                    bytes.clear();
+                }
+            }
+            if let Some(id) = bytes.get(*used..*used + Self::ID_BYTES) {
+                *used += Self::ID_BYTES;
+                return aa_core::hex::encode(id);
+            }
+        }
+        // Without randomness the id still differs per call through the clock and a counter.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("d{}-{n}", now_ms())
     }
-    seed
 }
 
 #[cfg(test)]
@@ -1200,6 +1223,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_runtimes_event_ids_are_random_across_pool_refills() {
+        let ids = RandomIds::default();
+        let made: Vec<String> = (0..1000).map(|_| ids.next_id()).collect();
+        assert!(made.iter().all(|id| id.len() == 24), "{:?}", &made[..3]);
+        let distinct: std::collections::HashSet<&String> = made.iter().collect();
+        assert_eq!(distinct.len(), made.len());
+        // Not a count: no two ids in a row share their first 8 bytes.
+        assert!(made.windows(2).all(|w| w[0][..16] != w[1][..16]));
+    }
 
     fn verdict(decision: Decision, mode: Mode) -> Verdict {
         Verdict {

@@ -291,11 +291,17 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// The ids of this client's events: a random start drawn once, then a count.
-fn event_ids() -> Result<IdSequence, ClientError> {
+/// The ids of this client's events: a random start drawn once, then a count. Without
+/// randomness the clock stands in: the ids need only differ from another client's.
+fn event_ids() -> IdSequence {
     let mut seed = [0u8; 8];
-    getrandom::fill(&mut seed).map_err(|e| ClientError::Internal(e.to_string()))?;
-    Ok(IdSequence::new(seed))
+    if getrandom::fill(&mut seed).is_err() {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        seed = (nanos as u64).to_be_bytes();
+    }
+    IdSequence::new(seed)
 }
 
 impl Client {
@@ -314,7 +320,7 @@ impl Client {
                 socket,
                 connection: Mutex::new(None),
                 blocking: StdMutex::new(None),
-                event_ids: event_ids()?,
+                event_ids: event_ids(),
             }),
             runtime: Arc::new(Background(Some(runtime))),
         })
