@@ -46,16 +46,15 @@ fn echo(mut stream: UnixStream) {
     }
 }
 
-/// Sends one request frame and reads its answer frame.
+/// Sends one request frame and reads its answer frame, on the stack: the floor should hold
+/// nothing but the socket's cost.
 fn ask(mut stream: &UnixStream) -> bool {
-    let mut request = vec![0u8; REQUEST_BYTES + 4];
+    let mut request = [0u8; REQUEST_BYTES + 4];
     request[..4].copy_from_slice(&(REQUEST_BYTES as u32).to_le_bytes());
-    let mut prefix = [0u8; 4];
-    if stream.write_all(&request).is_err() || stream.read_exact(&mut prefix).is_err() {
-        return false;
-    }
-    let mut answer = vec![0u8; u32::from_le_bytes(prefix) as usize];
-    stream.read_exact(&mut answer).is_ok()
+    let mut answer = [0u8; ANSWER_BYTES + 4];
+    stream.write_all(&request).is_ok()
+        && stream.read_exact(&mut answer).is_ok()
+        && answer[..4] == (ANSWER_BYTES as u32).to_le_bytes()
 }
 
 /// Runs the load against an echo server of its own and reports, as a check load does (an

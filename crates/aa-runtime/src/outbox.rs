@@ -171,7 +171,9 @@ impl Outbox {
         Some(tail.drain(..n).collect())
     }
 
-    /// Up to `limit` events not yet delivered, in stream order.
+    /// Up to `limit` events not yet delivered, in stream order. Like
+    /// [`pending_after`](Self::pending_after), it takes what it returns from memory, so the
+    /// forwarder then reads those from the database.
     pub fn pending(&self, limit: usize) -> Result<Vec<AuditEvent>, RuntimeError> {
         let after = self.delivered()?;
         self.pending_after(after, limit)
