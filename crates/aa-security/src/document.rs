@@ -327,7 +327,7 @@ impl Scanner {
             return (Vec::new(), false);
         }
         let mut pieces = Vec::new();
-        let found = joined.findings_by_run(self, self.scan(&joined.text));
+        let found = joined.findings_by_run(self, self.scan_as_is(&joined.text));
         for finding in found {
             if is_personal_data(&finding.kind) {
                 continue;
@@ -483,7 +483,7 @@ impl Joined {
             .into_iter()
             .flat_map(|(start, end)| {
                 let line = self.text.get(start..end).unwrap_or_default();
-                scanner.scan(line).into_iter().map(move |mut f| {
+                scanner.scan_as_is(line).into_iter().map(move |mut f| {
                     f.start += start;
                     f.end += start;
                     f

@@ -30,7 +30,13 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
     let shape = text.get(run.start..run.end).unwrap_or_default();
     let digits = run.digits;
     match gate {
-        Gate::Phone => (7..=15).contains(&digits) && !glued(text, run) && !is_date_or_ip(shape),
+        Gate::Phone => {
+            // More digits than a phone number has are still one in part, where separators
+            // split the run (`+1 415 555 2671 0000`).
+            (digits >= 7 && (digits <= 15 || shape.len() > digits))
+                && !glued(text, run)
+                && !is_date_or_ip(shape)
+        }
         Gate::Ssn => digits >= 9 && shape.contains(&b'-') && !glued(text, run),
         Gate::Luhn => digits >= 13 && !glued(text, run),
         Gate::Iban => country_code_before(text, run) && longest_spaced_chain(shape) >= 8,
@@ -347,6 +353,12 @@ mod tests {
         assert!(holds(Gate::Phone, "ref-12 (415) 555-2671"));
         assert!(holds(Gate::Ssn, "ssn 123-45-6789"));
         assert!(holds(Gate::Luhn, "card 4111 1111 1111 1111"));
+    }
+
+    #[test]
+    fn phone_numbers_may_head_longer_runs_split_by_separators() {
+        assert!(holds(Gate::Phone, "(+14111 1111 1111 1111"));
+        assert!(!holds(Gate::Phone, "id 12345678901234567"));
     }
 
     #[test]

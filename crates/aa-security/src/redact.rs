@@ -222,11 +222,18 @@ pub(crate) fn splice(input: &[u8], receipts: &[RedactionReceipt]) -> Vec<u8> {
             continue;
         };
         out.extend_from_slice(before);
-        out.extend_from_slice(format!("[REDACTED:{}]", r.kind).as_bytes());
+        write_label(&mut out, &r.kind);
         cursor = end;
     }
     out.extend_from_slice(input.get(cursor..).unwrap_or_default());
     out
+}
+
+/// Appends the label a span of `kind` becomes.
+pub(crate) fn write_label(out: &mut Vec<u8>, kind: &str) {
+    out.extend_from_slice(b"[REDACTED:");
+    out.extend_from_slice(kind.as_bytes());
+    out.push(b']');
 }
 
 /// [`splice`] for a text: labels are ASCII and spans cut at character boundaries, so the

@@ -9,6 +9,7 @@ use crate::error::SecurityError;
 use crate::gates;
 use crate::keywords::Keywords;
 use crate::normalize::normalize;
+use crate::redact::write_label;
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger};
 use crate::runs::{self, DigitRun};
 
@@ -17,6 +18,10 @@ const MAX_EXTENSION: usize = 64 * 1024;
 
 /// How many encoded layers are peeled (an encoding inside an encoding is found).
 const DECODE_DEPTH: usize = 2;
+
+/// The most times a text is scanned again as it will read once redacted ([`Scanner::settle`]);
+/// one is almost always enough, and each round only adds findings.
+const SETTLE_ROUNDS: usize = 3;
 
 /// One secret or piece of personal data found in a text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +137,13 @@ impl Scanner {
 
     /// Every finding in `text`, non-overlapping, in text order.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
+        self.settle(text.as_bytes(), self.scan_as_is(text))
+    }
+
+    /// [`scan`](Self::scan) without settling: what the text holds as it is, not as it will
+    /// read once redacted. A document's seams are read this way; the document's own passes
+    /// read them again once cut.
+    pub(crate) fn scan_as_is(&self, text: &str) -> Vec<Finding> {
         let mut findings = Vec::new();
         self.scan_layer(text, 0, &mut findings);
         resolve_overlaps(findings)
@@ -140,6 +152,45 @@ impl Scanner {
     /// Like [`scan`](Self::scan) for bytes that may not be UTF-8: each valid run is scanned;
     /// invalid bytes are skipped, never a panic.
     pub fn scan_bytes(&self, bytes: &[u8]) -> Vec<Finding> {
+        self.settle(bytes, self.scan_bytes_as_is(bytes))
+    }
+
+    /// A label is not what it replaces: a secret that ends in a digit becomes a label that
+    /// ends in `]`, which a pattern may take as a boundary (in `4111 1111 1111 1111+4111 1111
+    /// 1111` a phone number starts at the `+` only once the card before it is a label). So a
+    /// text with findings is scanned again as it will read once redacted, and what that finds
+    /// is added, until nothing new is found: redacting a redacted text then finds nothing.
+    fn settle(&self, input: &[u8], mut findings: Vec<Finding>) -> Vec<Finding> {
+        for _ in 0..SETTLE_ROUNDS {
+            if findings.is_empty() {
+                break;
+            }
+            let labelled = Labelled::new(input, &findings);
+            let starts: Vec<usize> = findings.iter().map(|f| f.start).collect();
+            let covered = |f: &Finding| {
+                let before = starts.partition_point(|&s| s <= f.start);
+                before
+                    .checked_sub(1)
+                    .and_then(|i| findings.get(i))
+                    .is_some_and(|g| f.end <= g.end)
+            };
+            let new: Vec<Finding> = self
+                .scan_bytes_as_is(&labelled.bytes)
+                .into_iter()
+                .map(|f| labelled.in_original(f))
+                .filter(|f| !covered(f))
+                .collect();
+            if new.is_empty() {
+                break;
+            }
+            findings.extend(new);
+            findings = resolve_overlaps(findings);
+        }
+        findings
+    }
+
+    /// [`scan_bytes`](Self::scan_bytes) without settling.
+    fn scan_bytes_as_is(&self, bytes: &[u8]) -> Vec<Finding> {
         let mut findings = Vec::new();
         let mut offset = 0;
         for chunk in bytes.utf8_chunks() {
@@ -398,6 +449,57 @@ fn shortest_match(pattern: &str, unicode: bool) -> usize {
         .ok()
         .and_then(|hir| hir.properties().minimum_len())
         .unwrap_or(0)
+}
+
+/// A text with its findings replaced by their labels, and where each label came from.
+struct Labelled {
+    bytes: Vec<u8>,
+    /// For each label: its span in the original, then in `bytes`.
+    spans: Vec<((usize, usize), (usize, usize))>,
+}
+
+impl Labelled {
+    /// `findings` are disjoint and in text order, as [`resolve_overlaps`] leaves them.
+    fn new(input: &[u8], findings: &[Finding]) -> Labelled {
+        let mut bytes = Vec::with_capacity(input.len());
+        let mut spans = Vec::with_capacity(findings.len());
+        let mut cursor = 0;
+        for f in findings {
+            let (Some(before), Some(_)) = (input.get(cursor..f.start), input.get(f.start..f.end))
+            else {
+                continue;
+            };
+            bytes.extend_from_slice(before);
+            let at = bytes.len();
+            write_label(&mut bytes, &f.kind);
+            spans.push(((f.start, f.end), (at, bytes.len())));
+            cursor = f.end;
+        }
+        bytes.extend_from_slice(input.get(cursor..).unwrap_or_default());
+        Labelled { bytes, spans }
+    }
+
+    /// `f`, found in the labelled text, with its span in the original: a label it touches
+    /// counts whole, as the secret the label replaced.
+    fn in_original(&self, mut f: Finding) -> Finding {
+        let start = match self.spans.partition_point(|(_, (s, _))| *s <= f.start) {
+            0 => f.start,
+            i => match self.spans.get(i - 1) {
+                Some(((from, _), (_, to))) if f.start < *to => *from,
+                Some(((_, from_end), (_, to))) => from_end + (f.start - to),
+                None => f.start,
+            },
+        };
+        let end = match self.spans.partition_point(|(_, (s, _))| *s < f.end) {
+            0 => f.end,
+            i => match self.spans.get(i - 1) {
+                Some(((_, from_end), (_, to))) => from_end + f.end.saturating_sub(*to),
+                None => f.end,
+            },
+        };
+        (f.start, f.end) = (start, end);
+        f
+    }
 }
 
 /// Makes findings disjoint and returns them in text order. A decoded segment whose findings
