@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use aa_core::AuditEvent;
@@ -38,6 +39,9 @@ CREATE TABLE IF NOT EXISTS sessions (agent_id TEXT PRIMARY KEY, session TEXT NOT
 #[derive(Debug)]
 pub struct Outbox {
     conn: Mutex<Connection>,
+    /// The last sequence committed, as the database holds it; read and written only under
+    /// `conn`'s lock, so that a commit does not read it back from the database.
+    last_sequence: AtomicU64,
     stream_id: String,
     /// The newest committed events, numbered without a gap, oldest first.
     tail: Mutex<VecDeque<AuditEvent>>,
@@ -76,8 +80,10 @@ impl Outbox {
                 id
             }
         };
+        let last = last_sequence(&conn)?;
         Ok(Outbox {
             conn: Mutex::new(conn),
+            last_sequence: AtomicU64::new(last),
             stream_id,
             tail: Mutex::new(VecDeque::new()),
         })
@@ -100,7 +106,7 @@ impl Outbox {
     pub fn append(&self, batches: &mut [Vec<AuditEvent>]) -> Result<Vec<u64>, RuntimeError> {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
-        let mut last = last_sequence(&tx)?;
+        let mut last = self.last_sequence.load(Ordering::Acquire);
         let mut accepted = Vec::with_capacity(batches.len());
         {
             let mut insert = tx.prepare_cached(
@@ -129,6 +135,7 @@ impl Outbox {
         }
         set_meta(&tx, "last_sequence", &last.to_string())?;
         tx.commit()?;
+        self.last_sequence.store(last, Ordering::Release);
         Ok(accepted)
     }
 
@@ -274,20 +281,17 @@ fn to_i64(n: u64) -> Result<i64, RuntimeError> {
 
 fn get_meta(conn: &Connection, key: &str) -> Result<Option<String>, RuntimeError> {
     Ok(conn
-        .query_row(
-            "SELECT value FROM meta WHERE key = ?1",
-            params![key],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row(params![key], |row| row.get(0))
         .optional()?)
 }
 
 fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), RuntimeError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)
          ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![key, value],
-    )?;
+    )?
+    .execute(params![key, value])?;
     Ok(())
 }
 
