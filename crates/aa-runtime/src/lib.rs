@@ -12,13 +12,16 @@
 //!   and the wait that ends when a human decides, the approval expires or the SDK's timeout
 //!   passes.
 //! - `pipeline`: the writer that redacts and group-commits events; `link`: the gateway
-//!   link, the bundle and suspension watches and the forwarder; [`bundle`], [`limits`], [`config`], [`error`].
+//!   link, the bundle and suspension watches and the forwarder; `background`: the thread,
+//!   at a lower scheduling priority than the socket's, that the writer and the forwarder run
+//!   on; [`bundle`], [`limits`], [`config`], [`error`].
 //!
 //! The runtime trusts nothing the SDK says about itself: an event's agent, origin, decision
 //! and redactions are the runtime's own, and every string is scanned before it is written.
 //! Under `enforce` every failure is a deny.
 
 mod approvals;
+mod background;
 pub mod bundle;
 pub mod config;
 pub mod error;

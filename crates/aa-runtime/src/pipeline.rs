@@ -22,6 +22,67 @@ pub(crate) struct Job {
     pub(crate) done: Option<oneshot::Sender<Result<u64, String>>>,
 }
 
+/// The writer's queue as its senders hold it. A job someone waits on wakes a lingering writer;
+/// the runtime's own decision events do not, so the writer wakes about once a group rather
+/// than once a decision.
+#[derive(Debug, Clone)]
+pub(crate) struct Jobs {
+    queue: mpsc::Sender<Job>,
+    waited: Arc<Notify>,
+}
+
+/// The writer's end of the queue.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) jobs: mpsc::Receiver<Job>,
+    waited: Arc<Notify>,
+}
+
+/// A queue of at most `capacity` jobs.
+pub(crate) fn queue(capacity: usize) -> (Jobs, Queue) {
+    let (queue, jobs) = mpsc::channel(capacity);
+    let waited = Arc::new(Notify::new());
+    (
+        Jobs {
+            queue,
+            waited: Arc::clone(&waited),
+        },
+        Queue { jobs, waited },
+    )
+}
+
+impl Jobs {
+    pub(crate) async fn send(&self, job: Job) -> Result<(), mpsc::error::SendError<Job>> {
+        let waited = job.done.is_some();
+        self.queue.send(job).await?;
+        if waited {
+            self.waited.notify_one();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn try_send(&self, job: Job) -> Result<(), mpsc::error::TrySendError<Job>> {
+        let waited = job.done.is_some();
+        self.queue.try_send(job)?;
+        if waited {
+            self.waited.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Room for one job nobody waits on (a decision's event): sending through the permit
+    /// does not wake a lingering writer.
+    pub(crate) async fn reserve(
+        &self,
+    ) -> Result<mpsc::OwnedPermit<Job>, mpsc::error::SendError<()>> {
+        self.queue.clone().reserve_owned().await
+    }
+
+    pub(crate) fn max_capacity(&self) -> usize {
+        self.queue.max_capacity()
+    }
+}
+
 /// Jobs merged into one transaction at most.
 const GROUP: usize = 256;
 /// How long a group nobody waits on (the runtime's own decision events) gathers more jobs,
@@ -79,22 +140,17 @@ fn take_queued(jobs: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>) {
     }
 }
 
-/// Lets a group nobody waits on gather for up to [`LINGER`].
-async fn linger(jobs: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>) {
-    let deadline = tokio::time::sleep(LINGER);
-    tokio::pin!(deadline);
-    while group.len() < GROUP && group.iter().all(|j| j.done.is_none()) {
-        tokio::select! {
-            () = &mut deadline => break,
-            job = jobs.recv() => match job {
-                Some(job) => {
-                    group.push(job);
-                    take_queued(jobs, group);
-                }
-                None => break,
-            },
-        }
+/// Lets a group nobody waits on gather for up to [`LINGER`], or until a job someone waits on
+/// is queued. What was queued meanwhile is taken at the end, not as it comes.
+async fn linger(queue: &mut Queue, group: &mut Vec<Job>) {
+    if group.len() >= GROUP || group.iter().any(|j| j.done.is_some()) {
+        return;
     }
+    tokio::select! {
+        () = tokio::time::sleep(LINGER) => {}
+        () = queue.waited.notified() => {}
+    }
+    take_queued(&mut queue.jobs, group);
 }
 
 /// A group scanned and redacted, ready to commit: each job's events, and why a job failed.
@@ -181,7 +237,7 @@ fn answer(
 /// while one group is committed (its disk sync mostly waits), the next is gathered and
 /// scanned; commits stay in order, one at a time.
 pub(crate) async fn write_loop(
-    mut jobs: mpsc::Receiver<Job>,
+    mut queue: Queue,
     outbox: Arc<Outbox>,
     scanner: Arc<Scanner>,
     limits: Limits,
@@ -204,7 +260,7 @@ pub(crate) async fn write_loop(
                 answered(committed, &written, &health, &mut held);
                 continue;
             }
-            job = jobs.recv() => match job {
+            job = queue.jobs.recv() => match job {
                 Some(job) => job,
                 None => break,
             },
@@ -220,8 +276,8 @@ pub(crate) async fn write_loop(
                 done: None,
             });
         }
-        take_queued(&mut jobs, &mut group);
-        linger(&mut jobs, &mut group).await;
+        take_queued(&mut queue.jobs, &mut group);
+        linger(&mut queue, &mut group).await;
         let scanner = Arc::clone(&scanner);
         let Ok(scanned) = tokio::task::spawn_blocking(move || scan(group, &scanner, &limits)).await
         else {

@@ -24,7 +24,7 @@ use crate::error::RuntimeError;
 use crate::limits::RateCounter;
 use crate::link::GatewayLink;
 use crate::outbox::Outbox;
-use crate::pipeline::{Job, OutboxHealth};
+use crate::pipeline::{Job, Jobs, OutboxHealth};
 
 /// The connecting process, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,12 +163,12 @@ pub struct Runtime {
     rates: RateCounter,
     pending: PendingTable,
     outbox: Arc<Outbox>,
-    jobs: mpsc::Sender<Job>,
+    jobs: Jobs,
     outbox_health: Arc<OutboxHealth>,
     refusals: RefusalBudget,
     link: GatewayLink,
     /// Ids for the events the runtime writes itself (decisions, refusals).
-    event_ids: RandomIds,
+    event_ids: EventIds,
 }
 
 /// Refusals written to the audit log each second at most: each costs the refused peer only a
@@ -204,7 +204,7 @@ impl Runtime {
     pub(crate) fn new(
         config: RuntimeConfig,
         outbox: Arc<Outbox>,
-        jobs: mpsc::Sender<Job>,
+        jobs: Jobs,
         outbox_health: Arc<OutboxHealth>,
         link: GatewayLink,
     ) -> Result<Runtime, RuntimeError> {
@@ -226,7 +226,7 @@ impl Runtime {
             outbox_health,
             refusals: RefusalBudget::default(),
             link,
-            event_ids: RandomIds::default(),
+            event_ids: EventIds::default(),
         })
     }
 
@@ -340,7 +340,7 @@ impl Runtime {
     /// queue: checks arriving faster than the outbox takes their events wait here (and their
     /// connection with them) instead of being denied.
     pub async fn decision_slot(&self) -> DecisionSlot {
-        let room = tokio::time::timeout(RECORD_WAIT, self.jobs.clone().reserve_owned()).await;
+        let room = tokio::time::timeout(RECORD_WAIT, self.jobs.reserve()).await;
         DecisionSlot(room.ok().and_then(Result::ok))
     }
 
@@ -1180,40 +1180,58 @@ fn random_hex(bytes: usize) -> Result<String, String> {
     Ok(aa_core::hex::encode(&buffer))
 }
 
-/// Ids for the events the runtime writes itself: 12 random bytes each, as hex. They must be
-/// unguessable: an agent's own events share the namespace (`<stream>/<agent>/<id>`), and the
-/// outbox keeps the first event of an id, so an agent that could name a decision still to come
-/// could have it dropped as a duplicate. The bytes are drawn from the operating system a pool
-/// at a time instead of one call per id.
-#[derive(Debug, Default)]
-struct RandomIds {
+/// Ids for the events the runtime writes itself: a count, then 12 random bytes, as hex. The
+/// random part makes them unguessable: an agent's own events share the namespace
+/// (`<stream>/<agent>/<id>`), and the outbox keeps the first event of an id, so an agent that
+/// could name a decision still to come could have it dropped as a duplicate. The count in
+/// front keeps them in order, so the outbox's index of ids grows at its end instead of at a
+/// random page for every event; it starts from the clock, so it keeps rising across
+/// restarts. The random bytes are drawn from the operating system a pool at a time.
+#[derive(Debug)]
+struct EventIds {
+    count: std::sync::atomic::AtomicU64,
     /// Random bytes, and how many of them are used.
     pool: std::sync::Mutex<(Vec<u8>, usize)>,
 }
 
-impl RandomIds {
-    const ID_BYTES: usize = 12;
-    const POOL_BYTES: usize = 4096 / Self::ID_BYTES * Self::ID_BYTES;
+impl Default for EventIds {
+    fn default() -> Self {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        EventIds {
+            count: std::sync::atomic::AtomicU64::new(micros),
+            pool: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl EventIds {
+    const RANDOM_BYTES: usize = 12;
+    const POOL_BYTES: usize = 4096 / Self::RANDOM_BYTES * Self::RANDOM_BYTES;
 
     fn next_id(&self) -> String {
+        let count = self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut id = format!("{count:016x}");
         if let Ok(mut pool) = self.pool.lock() {
             let (bytes, used) = &mut *pool;
-            if *used + Self::ID_BYTES > bytes.len() {
+            if *used + Self::RANDOM_BYTES > bytes.len() {
                 bytes.resize(Self::POOL_BYTES, 0);
                 *used = 0;
                 if getrandom::fill(bytes).is_err() {
                     bytes.clear();
                 }
             }
-            if let Some(id) = bytes.get(*used..*used + Self::ID_BYTES) {
-                *used += Self::ID_BYTES;
-                return aa_core::hex::encode(id);
+            if let Some(random) = bytes.get(*used..*used + Self::RANDOM_BYTES) {
+                *used += Self::RANDOM_BYTES;
+                id.push_str(&aa_core::hex::encode(random));
+                return id;
             }
         }
-        // Without randomness the id still differs per call through the clock and a counter.
-        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("d{}-{n}", now_ms())
+        // Without randomness the count alone keeps ids unique, if guessable.
+        id
     }
 }
 
@@ -1225,14 +1243,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_runtimes_event_ids_are_random_across_pool_refills() {
-        let ids = RandomIds::default();
+    fn the_runtimes_event_ids_are_in_order_and_random_across_pool_refills() {
+        let ids = EventIds::default();
         let made: Vec<String> = (0..1000).map(|_| ids.next_id()).collect();
-        assert!(made.iter().all(|id| id.len() == 24), "{:?}", &made[..3]);
-        let distinct: std::collections::HashSet<&String> = made.iter().collect();
-        assert_eq!(distinct.len(), made.len());
-        // Not a count: no two ids in a row share their first 8 bytes.
-        assert!(made.windows(2).all(|w| w[0][..16] != w[1][..16]));
+        assert!(made.iter().all(|id| id.len() == 40), "{:?}", &made[..3]);
+        assert!(made.windows(2).all(|w| w[0] < w[1]), "{:?}", &made[..3]);
+        // Not a count alone: no two ids in a row share their random part's first 8 bytes.
+        assert!(made.windows(2).all(|w| w[0][16..32] != w[1][16..32]));
     }
 
     fn verdict(decision: Decision, mode: Mode) -> Verdict {
@@ -1263,7 +1280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db")).unwrap());
         // A writer a whole queue behind: the queue holds one job and has it.
-        let (jobs, mut queue) = mpsc::channel(1);
+        let (jobs, mut queue) = crate::pipeline::queue(1);
         let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
         let config = RuntimeConfig::new(dir.path(), "http://127.0.0.1:9");
         let health = Arc::new(OutboxHealth::default());
@@ -1301,7 +1318,7 @@ mod tests {
         // A check that waits for room is recorded once the writer takes what it has.
         let (slot, taken) = tokio::join!(runtime.decision_slot(), async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            queue.recv().await
+            queue.jobs.recv().await
         });
         assert!(taken.is_some() && slot.0.is_some());
         assert_eq!(runtime.record_decision(event(), allow.clone(), slot), allow);
@@ -1317,8 +1334,8 @@ mod tests {
             observed
         );
 
-        queue.close();
-        while queue.try_recv().is_ok() {}
+        queue.jobs.close();
+        while queue.jobs.try_recv().is_ok() {}
         let closed = runtime.record_decision(event(), allow, DecisionSlot(None));
         assert!(closed.reason.contains("closed"), "{}", closed.reason);
         assert_eq!(closed.decision, Decision::Deny);

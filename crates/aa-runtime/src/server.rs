@@ -18,9 +18,10 @@ use aa_security::Scanner;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::background::Background;
 use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::link::{self, GatewayLink};
@@ -79,9 +80,10 @@ pub async fn run(
     let scanner = Arc::new(Scanner::new().map_err(|e| RuntimeError::Setup(e.to_string()))?);
     let link = GatewayLink::new(&config.gateway_url, config.gateway_timeout)?;
     let written = Arc::new(Notify::new());
-    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(4096);
+    let (jobs_tx, jobs_rx) = pipeline::queue(4096);
     let outbox_health = Arc::new(OutboxHealth::default());
-    let writer = tokio::spawn(pipeline::write_loop(
+    let background = Background::start()?;
+    let writer = background.spawn(pipeline::write_loop(
         jobs_rx,
         Arc::clone(&outbox),
         scanner,
@@ -105,9 +107,12 @@ pub async fn run(
         link.clone(),
         stop_rx.clone(),
     ));
-    let forwarder = tokio::spawn(link::forward(
+    // A channel of its own, whose worker runs in the background too.
+    let forward_link =
+        background.within(|| GatewayLink::new(&config.gateway_url, config.gateway_timeout))?;
+    let forwarder = background.spawn(link::forward(
         Arc::clone(&outbox),
-        link,
+        forward_link,
         config.forward_batch,
         written,
         stop_rx,
@@ -165,6 +170,7 @@ pub async fn run(
     let _ = forwarder.await;
     let _ = watcher.await;
     writer.abort();
+    drop(background);
     let _ = fs::remove_file(config.socket_path());
     Ok(())
 }
