@@ -575,13 +575,7 @@ impl Runtime {
                     }
                 }
             }
-            let mut event = self.event(
-                agent,
-                action,
-                EventKind::Decision,
-                peer,
-                self.event_ids.next_id(),
-            );
+            let mut event = self.own_event(agent, action, EventKind::Decision, peer);
             event.session_id = Some(request.session_id.clone()).filter(|s| !s.is_empty());
             event.verdict = Some(verdict);
             if let Some(id) = &approval_id {
@@ -718,12 +712,11 @@ impl Runtime {
                 verdict = approved;
             }
         }
-        let mut event = self.event(
+        let mut event = self.own_event(
             pending.agent.clone(),
             pending.action.clone(),
             EventKind::Decision,
             peer,
-            self.event_ids.next_id(),
         );
         event.verdict = Some(verdict.clone());
         event.detail = Some(serde_json::Value::Object(detail));
@@ -950,6 +943,17 @@ impl Runtime {
         }
     }
 
+    /// An event the runtime writes itself (a decision, a refusal), under a new id of its own.
+    fn own_event(
+        &self,
+        agent: AgentContext,
+        action: Action,
+        kind: EventKind,
+        peer: Peer,
+    ) -> AuditEvent {
+        self.event(agent, action, kind, peer, self.event_ids.next_id())
+    }
+
     /// Queues a decision's event (in `slot`, else wherever there is room) without waiting for
     /// it to be written, and returns the verdict to answer with: under `enforce`, an allow
     /// whose event cannot be queued (the writer is a whole queue behind, or gone) or written
@@ -1003,13 +1007,7 @@ impl Runtime {
             method: None,
         };
         let agent = AgentContext::new(format!("uid:{}", peer.uid));
-        let mut event = self.event(
-            agent,
-            action,
-            EventKind::Refusal,
-            peer,
-            self.event_ids.next_id(),
-        );
+        let mut event = self.own_event(agent, action, EventKind::Refusal, peer);
         event.verdict = Some(Verdict {
             decision: Decision::Deny,
             rule: "protocol".into(),
@@ -1291,13 +1289,7 @@ mod tests {
                 args: serde_json::json!({}),
             };
             let peer = Peer { uid: 0, pid: 0 };
-            runtime.event(
-                AgentContext::new("a"),
-                action,
-                EventKind::Decision,
-                peer,
-                runtime.event_ids.next_id(),
-            )
+            runtime.own_event(AgentContext::new("a"), action, EventKind::Decision, peer)
         };
         let allow = verdict(Decision::Allow, Mode::Enforce);
         assert_eq!(
