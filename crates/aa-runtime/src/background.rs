@@ -29,10 +29,16 @@ pub(crate) struct Background {
 impl Background {
     pub(crate) fn start() -> Result<Background, RuntimeError> {
         let setup = |e: std::io::Error| RuntimeError::Setup(format!("background thread: {e}"));
+        // Fixed now, from the caller's: a blocking thread is started by the background thread
+        // and inherits its priority, to which lowering again would add a second step.
+        let target = rustix::process::getpriority_process(None)
+            .map(|now| now + NICENESS)
+            .ok();
+        let lower = move || lower_priority(target);
         let runtime = Builder::new_current_thread()
             .enable_all()
             .thread_name("aa-runtime-background")
-            .on_thread_start(lower_priority)
+            .on_thread_start(lower)
             .build()
             .map_err(setup)?;
         let handle = runtime.handle().clone();
@@ -40,7 +46,7 @@ impl Background {
         let thread = thread::Builder::new()
             .name("aa-runtime-background".into())
             .spawn(move || {
-                lower_priority();
+                lower();
                 runtime.block_on(async {
                     let _ = stopped.await;
                 });
@@ -80,13 +86,15 @@ impl Drop for Background {
     }
 }
 
-/// Lowers the calling thread's priority by [`NICENESS`] from the process's. Linux applies
-/// `setpriority` for a process id of 0 to the calling thread alone. A failure leaves the
-/// thread as it was: only latency suffers.
-fn lower_priority() {
-    let lowered = rustix::process::getpriority_process(None)
-        .and_then(|now| rustix::process::setpriority_process(None, now + NICENESS));
-    if let Err(error) = lowered {
+/// Sets the calling thread's nice value to `target` ([`NICENESS`] above the thread that
+/// started the background; none if its own could not be read). Linux applies `setpriority`
+/// for a process id of 0 to the calling thread alone. A failure leaves the thread as it was:
+/// only latency suffers.
+fn lower_priority(target: Option<i32>) {
+    let Some(target) = target else {
+        return;
+    };
+    if let Err(error) = rustix::process::setpriority_process(None, target) {
         tracing::debug!(%error, "could not lower the background thread's priority");
     }
 }
@@ -101,22 +109,23 @@ mod tests {
         let caller = rustix::process::getpriority_process(None).unwrap();
         let lowered = (caller + NICENESS).min(19);
         let background = Background::start().unwrap();
-        let (task, blocking) = background.within(|| {
-            let handle = Handle::current();
-            let task = handle.spawn(async { rustix::process::getpriority_process(None) });
-            let blocking = handle.spawn_blocking(|| rustix::process::getpriority_process(None));
-            (task, blocking)
+        // Blocking work is started from the background thread, as the outbox writer starts
+        // it, so its thread is created by one already lowered.
+        let answers = background.spawn(async {
+            let own = rustix::process::getpriority_process(None);
+            let blocking =
+                tokio::task::spawn_blocking(|| rustix::process::getpriority_process(None));
+            (own, blocking.await)
         });
-        let answers = Builder::new_current_thread()
+        let (own, blocking) = Builder::new_current_thread()
             .build()
             .unwrap()
-            .block_on(async {
-                (
-                    task.await.unwrap().unwrap(),
-                    blocking.await.unwrap().unwrap(),
-                )
-            });
-        assert_eq!(answers, (lowered, lowered));
+            .block_on(answers)
+            .unwrap();
+        assert_eq!(
+            (own.unwrap(), blocking.unwrap().unwrap()),
+            (lowered, lowered)
+        );
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), caller);
     }
 }
