@@ -17,8 +17,10 @@ use crate::error::SecurityError;
 /// How many walks advance together: on this kind of core more add register pressure, not speed.
 const WALKS: usize = 4;
 
-/// Below this many bytes one walk is used; each extra walk re-reads a keyword's length.
-const MIN_SPLIT: usize = 1024;
+/// Below this many bytes one walk is used: each extra walk re-reads a keyword's length, which
+/// outweighs the overlapped loads only in shorter texts. (At 1 KiB, a 430-byte event, whose
+/// glued seams are about 1 KB, took 1.4 times as long to redact.)
+const MIN_SPLIT: usize = 128;
 
 #[derive(Debug)]
 pub(crate) struct Keywords {
