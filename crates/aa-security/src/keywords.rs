@@ -1,9 +1,9 @@
 //! The keyword prefilter: every occurrence of every rule keyword, ignoring ASCII case.
 //!
 //! The search walks an Aho-Corasick DFA. One walk is bound by the latency of its table loads
-//! (each step needs the state the last one found), so a long text is cut into four parts,
-//! each started a keyword's length early, and the four walks advance together: their loads
-//! overlap, and the search runs about three times as fast as one walk.
+//! (each step needs the state the last one found), so a text of 128 bytes or more is cut into
+//! four parts, each started a keyword's length early, and the four walks advance together:
+//! their loads overlap, and the search runs about three times as fast as one walk.
 //!
 //! With the `vectorscan` feature the search runs on a Vectorscan literal database instead
 //! (SIMD); the DFA serves whenever Vectorscan reports an error, so a scan never fails.
