@@ -303,7 +303,8 @@ async fn a_parent_s_budget_covers_its_child_and_asks_a_human_past_it() {
 
 #[test]
 fn a_bad_price_table_is_refused_before_anything_starts() {
-    let dir = crate::scratch_dir("bad-prices");
+    let scratch = crate::scratch_dir("bad-prices");
+    let dir = scratch.path();
     let prices = dir.join("prices.yaml");
     std::fs::write(
         &prices,

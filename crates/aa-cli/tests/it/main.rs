@@ -86,12 +86,13 @@ pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8(out.stderr.clone()).unwrap()
 }
 
-/// A fresh, empty directory for one test.
-pub(crate) fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("aasm-it-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory for one test, removed when dropped. Its name is not hidden (no
+/// leading dot), so that a walk honouring ignore rules reads it like any folder.
+pub(crate) fn scratch_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("aasm-it-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// `aasm` with `args` against the gateway whose state directory is `state`, off the async

@@ -196,7 +196,8 @@ fn test_runs_the_example_suites() {
 
 #[test]
 fn test_prints_each_failure_and_exits_1() {
-    let dir = scratch_dir("failing-suite");
+    let scratch = scratch_dir("failing-suite");
+    let dir = scratch.path();
     let policy = repo()
         .join("policy-examples/balanced.yaml")
         .canonicalize()
@@ -238,7 +239,8 @@ cases:
 
 #[test]
 fn test_of_a_broken_suite_is_a_usage_error() {
-    let dir = scratch_dir("broken-suite");
+    let scratch = scratch_dir("broken-suite");
+    let dir = scratch.path();
     let file = dir.join("broken.test.yaml");
     std::fs::write(&file, "apiVersion: agent-assembly/v1\nkind: PolicyTest\npolicies: []\ncases:\n  - {name: x, action: {type: nope}, expect: {decision: allow}}\n").unwrap();
     let out = aasm(&["policy", "test", file.to_str().unwrap()]);

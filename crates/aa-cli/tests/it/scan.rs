@@ -16,7 +16,8 @@ fn lines(out: &std::process::Output) -> Vec<Value> {
 
 #[test]
 fn folders_are_walked_honouring_gitignore() {
-    let dir = scratch_dir("scan-folder");
+    let scratch = scratch_dir("scan-folder");
+    let dir = scratch.path();
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     std::fs::write(dir.join(".gitignore"), "logs/\n").unwrap();
     std::fs::write(
