@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use aa_proto::frame::{FrameDecoder, MAX_FRAME_BYTES, encode};
 use aa_proto::pb;
 use aa_proto::pb::frame::Body;
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::Errno;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufWriter};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
@@ -210,26 +212,38 @@ impl BlockingConnection {
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
-            self.stream
-                .set_read_timeout(Some(left()?.min(slice)))
-                .map_err(lost)?;
+            // Waiting in `poll` for input alone, not in a blocking read: a Unix socket wakes a
+            // reader blocked on it whenever its peer takes what it sent (room to write again),
+            // so a blocking read woke up for nothing as the runtime read each request.
+            if !wait_readable(&self.stream, left()?.min(slice)).map_err(lost)? {
+                left()?;
+                if interrupted() {
+                    return Err(ClientError::Interrupted);
+                }
+                continue;
+            }
             match self.stream.read(&mut buffer) {
                 Ok(0) => return Err(ClientError::Disconnected),
                 Ok(n) => self.decoder.extend(buffer.get(..n).unwrap_or_default()),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) =>
-                {
-                    left()?;
-                    if interrupted() {
-                        return Err(ClientError::Interrupted);
-                    }
-                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(lost(e)),
             }
         }
+    }
+}
+
+/// Waits up to `wait` for `stream` to have something to read (or to be closed); false when the
+/// time ran out or a signal interrupted the wait.
+fn wait_readable(stream: &std::os::unix::net::UnixStream, wait: Duration) -> std::io::Result<bool> {
+    let mut fds = [PollFd::new(stream, PollFlags::IN)];
+    let timeout = Timespec::try_from(wait).unwrap_or(Timespec {
+        tv_sec: i64::MAX,
+        tv_nsec: 0,
+    });
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(ready) => Ok(ready > 0),
+        Err(Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
