@@ -15,8 +15,9 @@ use aa_proto::frame::{FrameDecoder, encode_into, error_frame};
 use aa_proto::pb::frame::Body;
 use aa_proto::pb::{self, ErrorCode};
 use aa_security::Scanner;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::AsyncWriteExt as _;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
@@ -228,12 +229,71 @@ async fn admit(
     serve(runtime, stream, peer, budget).await;
 }
 
-/// A connection's write half, shared by its reader, which answers checks in place, and the
-/// tasks answering slower calls. Every write holds whole frames, so frames never interleave.
-type Writer = Arc<Mutex<OwnedWriteHalf>>;
+/// A served connection, registered with the async runtime for input alone. A Unix socket
+/// signals room to write each time its peer reads what it was sent, so a connection also
+/// registered for output woke a parked worker for nothing after every answer a client took.
+/// Room to write is waited for only when a write finds none, on a duplicate registered for
+/// that wait alone.
+struct Connection {
+    io: AsyncFd<std::os::unix::net::UnixStream>,
+    /// Held for each write of whole frames, so that frames never interleave.
+    writing: Mutex<()>,
+}
+
+impl Connection {
+    fn new(stream: UnixStream) -> std::io::Result<Connection> {
+        Ok(Connection {
+            io: register(stream.into_std()?, Interest::READABLE)?,
+            writing: Mutex::new(()),
+        })
+    }
+
+    async fn read(&self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let mut ready = self.io.readable().await?;
+            if let Ok(read) = ready.try_io(|io| std::io::Read::read(&mut io.get_ref(), buffer)) {
+                return read;
+            }
+        }
+    }
+
+    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        let _writing = self.writing.lock().await;
+        while !bytes.is_empty() {
+            match std::io::Write::write(&mut self.io.get_ref(), bytes) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let duplicate = self.io.get_ref().try_clone()?;
+                    let output = register(duplicate, Interest::WRITABLE)?;
+                    // Registering reports room that is there already, so none is missed.
+                    let _room = output.writable().await?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Registers a socket for `interest`. Tokio deprecates this safe form because a type that can
+/// close or replace its descriptor through a shared reference would break the registration;
+/// a standard `UnixStream` owned by the `AsyncFd` cannot.
+#[allow(deprecated)]
+fn register(
+    stream: std::os::unix::net::UnixStream,
+    interest: Interest,
+) -> std::io::Result<AsyncFd<std::os::unix::net::UnixStream>> {
+    AsyncFd::with_interest(stream, interest)
+}
+
+/// A connection's writing side, shared by its reader, which answers checks in place, and the
+/// tasks answering slower calls.
+type Writer = Arc<Connection>;
 
 async fn send(writer: &Writer, bytes: &[u8]) -> bool {
-    writer.lock().await.write_all(bytes).await.is_ok()
+    writer.write_all(bytes).await.is_ok()
 }
 
 /// Appends `frame`; one too large to send becomes an error frame saying so.
@@ -256,8 +316,13 @@ fn budget_units(pending: usize) -> usize {
 }
 
 async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Arc<Semaphore>) {
-    let (mut reader, writer) = stream.into_split();
-    let writer: Writer = Arc::new(Mutex::new(writer));
+    let writer: Writer = match Connection::new(stream) {
+        Ok(connection) => Arc::new(connection),
+        Err(error) => {
+            tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "connection dropped: it could not be registered");
+            return;
+        }
+    };
     let in_flight = Arc::new(Semaphore::new(runtime.config().max_in_flight));
     let mut decoder = FrameDecoder::new();
     let mut buffer = vec![0u8; 64 * 1024];
@@ -269,7 +334,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
-        let read = reader.read(&mut buffer);
+        let read = writer.read(&mut buffer);
         let n = match deadline {
             None => read.await,
             Some(at) => match tokio::time::timeout_at(at, read).await {

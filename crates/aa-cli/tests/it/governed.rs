@@ -854,6 +854,64 @@ async fn bad_frames_and_bad_tokens_are_refused_while_others_work() {
     up.stop().await.unwrap();
 }
 
+/// A client that sends many checks before reading any answer: the answers outgrow the
+/// socket's buffer, so the runtime waits for room to write (its connections are registered
+/// for input alone) and every answer still arrives, whole and once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_client_reads_late_all_arrive() {
+    const CHECKS: u64 = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (up, c, agent) = start_bot(dir.path(), &dir.path().join("state")).await;
+    let socket = up.runtime.socket.clone();
+    let token = agent.credential_token();
+    let answered = tokio::task::spawn_blocking(move || {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let mut sending = stream.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            for id in 1..=CHECKS {
+                let mut frame = check_frame("bot", &token, LS.into());
+                frame.request_id = id;
+                sending.write_all(&encode(&frame).unwrap()).unwrap();
+            }
+        });
+        // Long enough for the answers to fill the socket's buffer before any is read.
+        std::thread::sleep(Duration::from_millis(500));
+        let mut decoder = FrameDecoder::new();
+        let mut buffer = [0u8; 16 * 1024];
+        let mut ids = Vec::new();
+        let mut answer_bytes = 0;
+        while (ids.len() as u64) < CHECKS {
+            match decoder.next_frame().unwrap() {
+                Some(frame) => {
+                    ids.push(frame.request_id);
+                    decision_of(Some(frame));
+                }
+                None => {
+                    let n = stream.read(&mut buffer).unwrap();
+                    assert!(n > 0, "closed after {} answers", ids.len());
+                    answer_bytes += n;
+                    decoder.extend(&buffer[..n]);
+                }
+            }
+        }
+        sender.join().unwrap();
+        (ids, answer_bytes)
+    })
+    .await
+    .unwrap();
+    let (mut ids, answer_bytes) = answered;
+    // More than a Unix socket buffers by default (net.core.wmem_default, 208 KiB).
+    assert!(answer_bytes > 256 * 1024, "{answer_bytes} bytes of answers");
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=CHECKS).collect::<Vec<_>>());
+    // The connection's reader and the healthy client carry on.
+    assert_eq!(
+        decide(&c, &agent, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    up.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uid_the_runtime_does_not_serve_is_refused() {
     let dir = tempfile::tempdir().unwrap();
