@@ -15,9 +15,8 @@ use aa_proto::frame::{FrameDecoder, encode_into, error_frame};
 use aa_proto::pb::frame::Body;
 use aa_proto::pb::{self, ErrorCode};
 use aa_security::Scanner;
-use tokio::io::AsyncWriteExt as _;
-use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
@@ -288,12 +287,12 @@ fn register(
     AsyncFd::with_interest(stream, interest)
 }
 
-/// A connection's writing side, shared by its reader, which answers checks in place, and the
-/// tasks answering slower calls.
-type Writer = Arc<Connection>;
+/// A connection as its reader, which answers checks in place, and the tasks answering slower
+/// calls share it.
+type Shared = Arc<Connection>;
 
-async fn send(writer: &Writer, bytes: &[u8]) -> bool {
-    writer.write_all(bytes).await.is_ok()
+async fn send(connection: &Shared, bytes: &[u8]) -> bool {
+    connection.write_all(bytes).await.is_ok()
 }
 
 /// Appends `frame`; one too large to send becomes an error frame saying so.
@@ -316,7 +315,7 @@ fn budget_units(pending: usize) -> usize {
 }
 
 async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Arc<Semaphore>) {
-    let writer: Writer = match Connection::new(stream) {
+    let connection: Shared = match Connection::new(stream) {
         Ok(connection) => Arc::new(connection),
         Err(error) => {
             tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "connection dropped: it could not be registered");
@@ -334,7 +333,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
     let mut deadline: Option<tokio::time::Instant> = None;
     let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
-        let read = writer.read(&mut buffer);
+        let read = connection.read(&mut buffer);
         let n = match deadline {
             None => read.await,
             Some(at) => match tokio::time::timeout_at(at, read).await {
@@ -351,7 +350,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
                         message,
                         &mut answers,
                     );
-                    let _ = send(&writer, &answers).await;
+                    let _ = send(&connection, &answers).await;
                     break;
                 }
             },
@@ -365,7 +364,8 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     deadline = None;
-                    if let Some(answer) = dispatch(&runtime, frame, peer, &writer, &in_flight).await
+                    if let Some(answer) =
+                        dispatch(&runtime, frame, peer, &connection, &in_flight).await
                     {
                         push_frame(&answer, &mut answers);
                     }
@@ -382,7 +382,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
             }
         };
         if !answers.is_empty() {
-            if !send(&writer, &answers).await {
+            if !send(&connection, &answers).await {
                 break;
             }
             answers.clear();
@@ -426,7 +426,7 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
                         message,
                         &mut answers,
                     );
-                    let _ = send(&writer, &answers).await;
+                    let _ = send(&connection, &answers).await;
                     break;
                 }
             }
@@ -472,7 +472,7 @@ async fn dispatch(
     runtime: &Arc<Runtime>,
     frame: pb::Frame,
     peer: Peer,
-    writer: &Writer,
+    connection: &Shared,
     in_flight: &Arc<Semaphore>,
 ) -> Option<pb::Frame> {
     let id = frame.request_id;
@@ -501,7 +501,7 @@ async fn dispatch(
         return Some(error_frame(id, ErrorCode::Internal, "connection closing"));
     };
     let runtime = Arc::clone(runtime);
-    let writer = Arc::clone(writer);
+    let connection = Arc::clone(connection);
     tokio::spawn(async move {
         let decision = |decision| pb::Frame {
             request_id: id,
@@ -542,7 +542,7 @@ async fn dispatch(
         drop(permit);
         let mut bytes = Vec::new();
         push_frame(&frame, &mut bytes);
-        let _ = send(&writer, &bytes).await;
+        let _ = send(&connection, &bytes).await;
     });
     None
 }
