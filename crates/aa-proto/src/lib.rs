@@ -5,6 +5,7 @@
 //! - [`pb`]: the generated messages, enums, gRPC clients and servers.
 //! - [`convert`]: `aa-core` ⇄ wire conversions; wire → core is fallible and says which field
 //!   is wrong.
+//! - [`encoded`]: wire twins of messages for senders that hold their events encoded.
 //! - [`frame`]: encoding and incremental decoding of socket frames, with the size limit.
 //! - [`error`]: the crate's error type, [`ProtoError`].
 //!
@@ -12,6 +13,7 @@
 //! types out of their public APIs and convert at their edges through this crate.
 
 pub mod convert;
+pub mod encoded;
 pub mod error;
 pub mod frame;
 

@@ -5,7 +5,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aa_core::{AuditEvent, Suspension};
+use aa_core::Suspension;
+use aa_proto::encoded::EncodedAppendEventsRequest;
 use aa_proto::pb;
 use aa_proto::pb::ErrorCode;
 use tokio::sync::{Notify, watch};
@@ -13,7 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::bundle::Compiled;
 use crate::error::RuntimeError;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Stored};
 use crate::runtime::{Refusal, Runtime};
 
 pub(crate) const BACKOFF_START: Duration = Duration::from_millis(50);
@@ -142,12 +143,25 @@ impl GatewayLink {
         .await
     }
 
-    async fn append(
-        &self,
-        events: Vec<pb::AuditEvent>,
-    ) -> Result<pb::AppendEventsResponse, tonic::Status> {
-        let mut audit = pb::audit_service_client::AuditServiceClient::new(self.channel.clone());
-        let call = audit.append_events(pb::AppendEventsRequest { events });
+    /// `AuditService.AppendEvents` with the events as the outbox stores them, encoded: the
+    /// generated client would take them decoded, only to encode them again.
+    async fn append(&self, events: Vec<Stored>) -> Result<pb::AppendEventsResponse, tonic::Status> {
+        use tonic::codegen::http::uri::PathAndQuery;
+        let request = EncodedAppendEventsRequest {
+            events: events.into_iter().map(|e| e.wire).collect(),
+        };
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        let call = async move {
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("gateway not ready: {e}")))?;
+            let codec = tonic_prost::ProstCodec::<
+                EncodedAppendEventsRequest,
+                pb::AppendEventsResponse,
+            >::default();
+            let path = PathAndQuery::from_static("/assembly.v1.AuditService/AppendEvents");
+            grpc.unary(tonic::Request::new(request), path, codec).await
+        };
         tokio::time::timeout(APPEND_TIMEOUT, call)
             .await
             .map_err(|_| {
@@ -296,7 +310,7 @@ async fn watch_suspensions(runtime: Arc<Runtime>, link: GatewayLink, stop: watch
 
 /// Reads up to `batch` events after `sequence` off the async workers; a failed read is logged
 /// and reads as nothing, to be tried again.
-async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<AuditEvent> {
+async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<Stored> {
     let outbox = Arc::clone(outbox);
     match tokio::task::spawn_blocking(move || outbox.pending_after(sequence, batch)).await {
         Ok(Ok(events)) => events,
@@ -331,7 +345,7 @@ pub(crate) async fn forward(
             return;
         }
     };
-    let mut read_ahead: Option<Vec<AuditEvent>> = None;
+    let mut read_ahead: Option<Vec<Stored>> = None;
     let mut marking: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if deadline.is_none() && *stop.borrow() {
@@ -355,17 +369,13 @@ pub(crate) async fn forward(
             }
             continue;
         }
-        let last = pending
-            .last()
-            .and_then(|e| e.origin.as_ref())
-            .map_or(sent, |o| o.sequence);
+        let last = pending.last().map_or(sent, |e| e.sequence);
         let full = pending.len() >= batch;
-        let wire: Vec<pb::AuditEvent> = pending.iter().map(Into::into).collect();
         // A full batch means a backlog: read the next while the gateway stores this one.
         let (appended, next) = if full {
-            tokio::join!(link.append(wire), read_after(&outbox, last, batch))
+            tokio::join!(link.append(pending), read_after(&outbox, last, batch))
         } else {
-            (link.append(wire).await, Vec::new())
+            (link.append(pending).await, Vec::new())
         };
         match appended {
             Ok(_) => {

@@ -3,10 +3,11 @@
 //! here, gaplessly, in the order they are committed; that number is their place in this
 //! runtime's audit stream. Every method blocks: call them off the async workers.
 //!
-//! The events just committed are also kept in memory, in order, for the forwarder: while it
-//! keeps up it takes them from there instead of reading back and parsing what was just
-//! written. Whatever memory does not hold (after a restart, or a backlog longer than it keeps)
-//! is read from the database, so memory is only ever a shortcut, never the record.
+//! An event is stored as its wire encoding (`pb::AuditEvent`), which the forwarder sends as it
+//! is. The events just committed are also kept in memory, in order, for the forwarder: while
+//! it keeps up it takes them from there instead of reading back what was just written.
+//! Whatever memory does not hold (after a restart, or a backlog longer than it keeps) is read
+//! from the database, so memory is only ever a shortcut, never the record.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -14,6 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use aa_core::AuditEvent;
+use aa_proto::pb;
+use prost::Message as _;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::error::RuntimeError;
@@ -30,7 +34,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     sequence INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
-    event TEXT NOT NULL
+    event BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (agent_id TEXT PRIMARY KEY, session TEXT NOT NULL);
 ";
@@ -44,12 +48,38 @@ pub struct Outbox {
     last_sequence: AtomicU64,
     stream_id: String,
     /// The newest committed events, numbered without a gap, oldest first.
-    tail: Mutex<VecDeque<AuditEvent>>,
+    tail: Mutex<VecDeque<Stored>>,
 }
 
-/// An event's place in the stream; 0 (no place) for one the outbox did not take.
-fn sequence_of(event: &AuditEvent) -> u64 {
-    event.origin.as_ref().map_or(0, |o| o.sequence)
+/// An event as the outbox holds it: its place in the stream and its wire encoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Its place in this runtime's stream.
+    pub sequence: u64,
+    /// The encoded `pb::AuditEvent`, origin included.
+    pub wire: Vec<u8>,
+}
+
+impl Stored {
+    /// A row as the database holds it: the encoded event, or the JSON that outboxes written
+    /// before events were stored encoded hold, so an upgrade sends what an older runtime left.
+    fn from_row(sequence: i64, event: ValueRef<'_>) -> Result<Stored, RuntimeError> {
+        let sequence = u64::try_from(sequence).map_err(outbox_err)?;
+        let wire = match event {
+            ValueRef::Blob(bytes) => bytes.to_vec(),
+            ValueRef::Text(json) => {
+                let event: AuditEvent = serde_json::from_slice(json).map_err(outbox_err)?;
+                pb::AuditEvent::from(&event).encode_to_vec()
+            }
+            other => {
+                return Err(outbox_err(format!(
+                    "event {sequence} is stored as {:?}, not an encoded event",
+                    other.data_type()
+                )));
+            }
+        };
+        Ok(Stored { sequence, wire })
+    }
 }
 
 fn outbox_err(e: impl std::fmt::Display) -> RuntimeError {
@@ -100,14 +130,15 @@ impl Outbox {
             .map_err(|_| RuntimeError::Outbox("connection lock poisoned".into()))
     }
 
-    /// Numbers and stores batches of events in one transaction. An event whose id is already
-    /// in the outbox is a duplicate: it is skipped and takes no number (its sequence is left
-    /// 0). Returns, per batch, how many were new.
+    /// Numbers and stores batches of events in one transaction, and keeps them for the
+    /// forwarder. An event whose id is already in the outbox is a duplicate: it is skipped and
+    /// takes no number (its sequence is left 0). Returns, per batch, how many were new.
     pub fn append(&self, batches: &mut [Vec<AuditEvent>]) -> Result<Vec<u64>, RuntimeError> {
         let mut conn = self.lock()?;
         let tx = conn.transaction()?;
         let mut last = self.last_sequence.load(Ordering::Acquire);
         let mut accepted = Vec::with_capacity(batches.len());
+        let mut stored = Vec::with_capacity(batches.iter().map(Vec::len).sum());
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO outbox (sequence, event_id, event) VALUES (?1, ?2, ?3)
@@ -120,12 +151,16 @@ impl Outbox {
                         origin.sequence = last + 1;
                         origin.stream_id.clone_from(&self.stream_id);
                     }
-                    let json = serde_json::to_string(event).map_err(outbox_err)?;
+                    let wire = pb::AuditEvent::from(&*event).encode_to_vec();
                     let changed =
-                        insert.execute(params![to_i64(last + 1)?, event.event_id, json])?;
+                        insert.execute(params![to_i64(last + 1)?, event.event_id, wire])?;
                     if changed == 1 {
                         last += 1;
                         new += 1;
+                        stored.push(Stored {
+                            sequence: last,
+                            wire,
+                        });
                     } else if let Some(origin) = event.origin.as_mut() {
                         origin.sequence = 0;
                     }
@@ -136,24 +171,21 @@ impl Outbox {
         set_meta(&tx, "last_sequence", &last.to_string())?;
         tx.commit()?;
         self.last_sequence.store(last, Ordering::Release);
+        drop(conn);
+        self.keep(stored);
         Ok(accepted)
     }
 
-    /// Keeps events [`append`](Self::append) committed, in the order they were numbered, for
-    /// the forwarder; duplicates (no number) are dropped. Events that do not follow the
-    /// last kept one without a gap replace what was kept.
-    pub fn hand_over(&self, batches: Vec<Vec<AuditEvent>>) {
+    /// Keeps events just committed, in the order they were numbered, for the forwarder.
+    /// Events that do not follow the last kept one without a gap replace what was kept.
+    fn keep(&self, committed: Vec<Stored>) {
         let Ok(mut tail) = self.tail.lock() else {
             return;
         };
-        for event in batches.into_iter().flatten() {
-            let sequence = sequence_of(&event);
-            if sequence == 0 {
-                continue;
-            }
+        for event in committed {
             if tail
                 .back()
-                .is_some_and(|last| sequence_of(last) + 1 != sequence)
+                .is_some_and(|last| last.sequence + 1 != event.sequence)
             {
                 tail.clear();
             }
@@ -166,12 +198,12 @@ impl Outbox {
 
     /// Takes up to `limit` events numbered right after `sequence` from those kept in memory,
     /// if they start there; drops the kept ones at or before it.
-    fn take_kept(&self, sequence: u64, limit: usize) -> Option<Vec<AuditEvent>> {
+    fn take_kept(&self, sequence: u64, limit: usize) -> Option<Vec<Stored>> {
         let mut tail = self.tail.lock().ok()?;
-        while tail.front().is_some_and(|e| sequence_of(e) <= sequence) {
+        while tail.front().is_some_and(|e| e.sequence <= sequence) {
             tail.pop_front();
         }
-        if tail.front().is_none_or(|e| sequence_of(e) != sequence + 1) {
+        if tail.front().is_none_or(|e| e.sequence != sequence + 1) {
             return None;
         }
         let n = limit.min(tail.len());
@@ -181,33 +213,27 @@ impl Outbox {
     /// Up to `limit` events not yet delivered, in stream order. Like
     /// [`pending_after`](Self::pending_after), it takes what it returns from memory, so the
     /// forwarder then reads those from the database.
-    pub fn pending(&self, limit: usize) -> Result<Vec<AuditEvent>, RuntimeError> {
+    pub fn pending(&self, limit: usize) -> Result<Vec<Stored>, RuntimeError> {
         let after = self.delivered()?;
         self.pending_after(after, limit)
     }
 
     /// Up to `limit` events numbered after `sequence`, in stream order: from memory when
     /// it holds the next one, else from the database.
-    pub fn pending_after(
-        &self,
-        sequence: u64,
-        limit: usize,
-    ) -> Result<Vec<AuditEvent>, RuntimeError> {
+    pub fn pending_after(&self, sequence: u64, limit: usize) -> Result<Vec<Stored>, RuntimeError> {
         if let Some(kept) = self.take_kept(sequence, limit) {
             return Ok(kept);
         }
         let conn = self.lock()?;
         let mut statement = conn.prepare_cached(
-            "SELECT event FROM outbox WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
+            "SELECT sequence, event FROM outbox WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
         )?;
-        let rows = statement
-            .query_map(params![to_i64(sequence)?, to_i64(limit as u64)?], |row| {
-                row.get::<_, String>(0)
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        rows.iter()
-            .map(|json| serde_json::from_str(json).map_err(outbox_err))
-            .collect()
+        let mut rows = statement.query(params![to_i64(sequence)?, to_i64(limit as u64)?])?;
+        let mut events = Vec::new();
+        while let Some(row) = rows.next()? {
+            events.push(Stored::from_row(row.get(0)?, row.get_ref(1)?)?);
+        }
+        Ok(events)
     }
 
     /// The last sequence the gateway is known to hold.
@@ -343,6 +369,31 @@ mod tests {
         }
     }
 
+    /// What the forwarder sends, read back as events.
+    fn events(stored: &[Stored]) -> Vec<AuditEvent> {
+        stored
+            .iter()
+            .map(|s| {
+                let wire = pb::AuditEvent::decode(&*s.wire).unwrap();
+                AuditEvent::try_from(wire).unwrap()
+            })
+            .collect()
+    }
+
+    fn sequences(stored: &[Stored]) -> Vec<u64> {
+        stored.iter().map(|s| s.sequence).collect()
+    }
+
+    /// Forgets the database's copy of events from `from` on, so that only memory holds them.
+    fn forget_stored(outbox: &Outbox, from: u64) {
+        let conn = outbox.lock().unwrap();
+        conn.execute(
+            "DELETE FROM outbox WHERE sequence >= ?1",
+            params![to_i64(from).unwrap()],
+        )
+        .unwrap();
+    }
+
     #[test]
     fn numbers_gaplessly_skips_duplicates_and_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -352,11 +403,15 @@ mod tests {
         let mut batches = vec![vec![event("a"), event("b")], vec![event("a"), event("c")]];
         assert_eq!(outbox.append(&mut batches).unwrap(), vec![2, 1]);
         let pending = outbox.pending(10).unwrap();
-        let seqs: Vec<u64> = pending
-            .iter()
-            .map(|e| e.origin.as_ref().unwrap().sequence)
-            .collect();
-        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(sequences(&pending), vec![1, 2, 3]);
+        // The stored event carries its place in the stream.
+        let read = events(&pending);
+        assert_eq!(read[2].event_id, "c");
+        let origin = read[2].origin.as_ref().unwrap();
+        assert_eq!(
+            (origin.sequence, origin.stream_id.as_str()),
+            (3, stream.as_str())
+        );
         outbox.mark_delivered(2).unwrap();
         drop(outbox);
 
@@ -364,24 +419,13 @@ mod tests {
         assert_eq!(outbox.stream_id(), stream);
         assert_eq!(outbox.backlog().unwrap(), 1);
         let pending = outbox.pending(10).unwrap();
-        assert_eq!(pending[0].event_id, "c");
+        assert_eq!(events(&pending)[0].event_id, "c");
         // "a" was delivered, yet a retry of it is still a duplicate.
         assert_eq!(
             outbox.append(&mut [vec![event("a"), event("d")]]).unwrap(),
             vec![1]
         );
-        assert_eq!(
-            outbox.pending(10).unwrap()[1]
-                .origin
-                .as_ref()
-                .unwrap()
-                .sequence,
-            4
-        );
-    }
-
-    fn sequences(events: &[AuditEvent]) -> Vec<u64> {
-        events.iter().map(sequence_of).collect()
+        assert_eq!(sequences(&outbox.pending(10).unwrap()), [3, 4]);
     }
 
     #[test]
@@ -391,52 +435,74 @@ mod tests {
         let mut batches = vec![vec![event("a"), event("b"), event("a")], vec![event("c")]];
         assert_eq!(outbox.append(&mut batches).unwrap(), vec![2, 1]);
         // The duplicate took no place.
-        assert_eq!(sequences(&batches[0]), [1, 2, 0]);
-        // Marked, to tell the kept events from the stored ones.
-        for event in batches.iter_mut().flatten() {
-            event.session_id = Some("kept".into());
-        }
-        outbox.hand_over(batches);
+        let numbered = |e: &AuditEvent| e.origin.as_ref().unwrap().sequence;
+        assert_eq!(
+            batches[0].iter().map(numbered).collect::<Vec<_>>(),
+            [1, 2, 0]
+        );
+        let stored = outbox.pending_after(0, 10).unwrap();
+        forget_stored(&outbox, 1);
+        outbox.keep(stored.clone());
         let first = outbox.pending_after(0, 2).unwrap();
         assert_eq!(sequences(&first), [1, 2]);
-        assert!(
-            first
-                .iter()
-                .all(|e| e.session_id.as_deref() == Some("kept"))
-        );
         let rest = outbox.pending_after(2, 10).unwrap();
-        assert_eq!(sequences(&rest), [3]);
-        assert_eq!(rest[0].session_id.as_deref(), Some("kept"));
-        // Taken once: what was sent and must be sent again comes from the database.
-        let again = outbox.pending_after(0, 10).unwrap();
-        assert_eq!(sequences(&again), [1, 2, 3]);
-        assert!(again.iter().all(|e| e.session_id.is_none()));
+        assert_eq!(rest, stored[2..]);
+        // Taken once: what was sent and must be sent again comes from the database, which
+        // no longer holds it here.
+        assert!(outbox.pending_after(0, 10).unwrap().is_empty());
     }
 
     #[test]
     fn memory_with_a_gap_before_it_is_read_around() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
-        // Committed but never handed over (as after a restart): 1 and 2.
-        outbox.append(&mut [vec![event("a"), event("b")]]).unwrap();
-        let mut later = vec![vec![event("c"), event("d")]];
-        outbox.append(&mut later).unwrap();
-        later[0][1].session_id = Some("kept".into());
-        outbox.hand_over(later);
+        let path = dir.path().join("runtime.db");
+        // Committed before a restart, so not in memory: 1 and 2.
+        Outbox::open(&path)
+            .unwrap()
+            .append(&mut [vec![event("a"), event("b")]])
+            .unwrap();
+        let outbox = Outbox::open(&path).unwrap();
+        outbox.append(&mut [vec![event("c"), event("d")]]).unwrap();
+        forget_stored(&outbox, 3);
         // 1 and 2 from the database, then 3 and 4 from memory.
         assert_eq!(sequences(&outbox.pending_after(0, 2).unwrap()), [1, 2]);
         let kept = outbox.pending_after(2, 10).unwrap();
-        assert_eq!(sequences(&kept), [3, 4]);
-        assert_eq!(kept[1].session_id.as_deref(), Some("kept"));
-        // Events that do not follow the kept ones replace them: 5 kept, 6 not handed over,
-        // 7 handed over. Keeping 5 and 7 would skip 6.
-        let mut fifth = vec![vec![event("e")]];
-        outbox.append(&mut fifth).unwrap();
-        outbox.hand_over(fifth);
-        outbox.append(&mut [vec![event("f")]]).unwrap();
-        let mut seventh = vec![vec![event("g")]];
-        outbox.append(&mut seventh).unwrap();
-        outbox.hand_over(seventh);
+        assert_eq!(events(&kept)[1].event_id, "d");
+        // Events that do not follow the kept ones replace them: 5 kept, 6 in the database
+        // alone, 7 kept. Keeping 5 and 7 would skip 6.
+        outbox
+            .append(&mut [vec![event("e"), event("f"), event("g")]])
+            .unwrap();
+        let [fifth, _, seventh] =
+            <[Stored; 3]>::try_from(outbox.pending_after(4, 3).unwrap()).unwrap();
+        outbox.keep(vec![fifth]);
+        outbox.keep(vec![seventh]);
         assert_eq!(sequences(&outbox.pending_after(4, 10).unwrap()), [5, 6, 7]);
+    }
+
+    #[test]
+    fn an_event_stored_as_json_by_an_older_runtime_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
+        let mut old = event("old");
+        old.origin.as_mut().unwrap().sequence = 1;
+        let json = serde_json::to_string(&old).unwrap();
+        outbox
+            .lock()
+            .unwrap()
+            .execute(
+                "INSERT INTO outbox (sequence, event_id, event) VALUES (1, 'old', ?1)",
+                params![json],
+            )
+            .unwrap();
+        let read = events(&outbox.pending_after(0, 10).unwrap());
+        assert_eq!(read, [old]);
+        outbox
+            .lock()
+            .unwrap()
+            .execute("UPDATE outbox SET event = 12 WHERE sequence = 1", [])
+            .unwrap();
+        let error = outbox.pending_after(0, 10).unwrap_err().to_string();
+        assert!(error.contains("event 1 is stored as Integer"), "{error}");
     }
 }

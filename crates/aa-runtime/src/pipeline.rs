@@ -187,16 +187,12 @@ fn scan(mut group: Vec<Job>, scanner: &Scanner, limits: &Limits) -> Scanned {
     }
 }
 
-/// Commits a scanned group in one transaction. Committed events go to the forwarder from
-/// memory; a failed group's are kept, for its decision events to be held.
+/// Commits a scanned group in one transaction. A failed group's events are kept, for its
+/// decision events to be held.
 fn commit(mut scanned: Scanned, outbox: &Outbox) -> Committed {
     let counts = outbox
         .append(&mut scanned.batches)
         .map_err(|e| e.to_string());
-    if counts.is_ok() {
-        let committed = scanned.batches.iter_mut().map(std::mem::take).collect();
-        outbox.hand_over(committed);
-    }
     (scanned, counts)
 }
 
