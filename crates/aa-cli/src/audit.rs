@@ -1,12 +1,13 @@
 //! `aasm audit verify | export | tail`: read the gateway's database (or an export) offline.
 
 use std::io::{BufRead as _, BufWriter, Write as _};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use aa_cli::up::gateway_database;
-use aa_gateway::audit::{Checkpoint, Record, verify};
+use aa_gateway::audit::{Checkpoint, Record, Tampered, Verified, Verifier};
 use aa_gateway::{SqliteStore, Store};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
@@ -64,31 +65,53 @@ fn open(state_dir: &Path) -> Result<SqliteStore> {
 }
 
 /// Hands `each` every record in stream order, a page at a time, each page read from where the
-/// last one ended (not by offset, which would read the whole log again for every page).
+/// last one ended (not by offset, which would read the whole log again for every page), until
+/// `each` breaks.
 async fn for_each_page(
     store: &SqliteStore,
-    mut each: impl FnMut(Vec<Record>) -> Result<()>,
+    mut each: impl FnMut(Vec<Record>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let mut after = None;
     loop {
         let page = store.records_after(after.take(), PAGE).await?;
         let done = (page.len() as u64) < PAGE;
         after = page.last().map(|r| (r.stream_id.clone(), r.sequence));
-        each(page)?;
-        if done {
+        if each(page)?.is_break() || done {
             return Ok(());
         }
     }
 }
 
-async fn all_records(store: &SqliteStore) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
-    for_each_page(store, |page| {
-        records.extend(page);
-        Ok(())
+/// Checks `records` with `verifier` until one is wrong; what was wrong, if anything.
+fn check_all(
+    verifier: &mut Verifier,
+    records: impl IntoIterator<Item = Record>,
+    tampered: &mut Option<Tampered>,
+) -> ControlFlow<()> {
+    for record in records {
+        if let Err(t) = verifier.check(record) {
+            *tampered = Some(t);
+            return ControlFlow::Break(());
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// Verifies the gateway's database a page at a time. The checkpoints are read first: a
+/// gateway still appending then adds records after the heads they name, never before.
+async fn verify_database(state_dir: &Path) -> Result<Result<Verified, Tampered>> {
+    let store = open(state_dir)?;
+    let checkpoints = store.checkpoints().await?;
+    let mut verifier = match Verifier::new(&checkpoints, trusted_key(state_dir).as_ref()) {
+        Ok(verifier) => verifier,
+        Err(tampered) => return Ok(Err(tampered)),
+    };
+    let mut tampered = None;
+    for_each_page(&store, |page| {
+        Ok(check_all(&mut verifier, page, &mut tampered))
     })
     .await?;
-    Ok(records)
+    Ok(tampered.map_or_else(|| verifier.finish(), Err))
 }
 
 fn trusted_key(state_dir: &Path) -> Option<aa_identity::PublicKey> {
@@ -99,40 +122,63 @@ fn trusted_key(state_dir: &Path) -> Option<aa_identity::PublicKey> {
         .map(|k| k.public())
 }
 
-fn read_export(path: &Path) -> Result<(Vec<Record>, Vec<Checkpoint>)> {
+/// A line of an export.
+enum Line {
+    Record(Record),
+    Checkpoint(Checkpoint),
+}
+
+/// Hands `each` every line of an export, read one at a time, until it breaks.
+fn for_each_line(path: &Path, mut each: impl FnMut(Line) -> ControlFlow<()>) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let (mut records, mut checkpoints) = (Vec::new(), Vec::new());
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}:{}", path.display(), n + 1);
-        let value: Value = serde_json::from_str(&line).with_context(at)?;
-        match value.get("checkpoint") {
-            Some(c) => checkpoints.push(serde_json::from_value(c.clone()).with_context(at)?),
-            None => records.push(serde_json::from_value(value).with_context(at)?),
+        let mut value: Value = serde_json::from_str(&line).with_context(at)?;
+        let line = match value.get_mut("checkpoint") {
+            Some(c) => Line::Checkpoint(serde_json::from_value(c.take()).with_context(at)?),
+            None => Line::Record(serde_json::from_value(value).with_context(at)?),
+        };
+        if each(line).is_break() {
+            break;
         }
     }
-    Ok((records, checkpoints))
+    Ok(())
+}
+
+/// Verifies an export in two readings, the checkpoints (at its end) first, so that the
+/// records are checked as they are read rather than held.
+fn verify_export(path: &Path) -> Result<Result<Verified, Tampered>> {
+    let mut checkpoints = Vec::new();
+    for_each_line(path, |line| {
+        if let Line::Checkpoint(c) = line {
+            checkpoints.push(c);
+        }
+        ControlFlow::Continue(())
+    })?;
+    let mut verifier = match Verifier::new(&checkpoints, None) {
+        Ok(verifier) => verifier,
+        Err(tampered) => return Ok(Err(tampered)),
+    };
+    let mut tampered = None;
+    for_each_line(path, |line| match line {
+        Line::Record(record) => check_all(&mut verifier, [record], &mut tampered),
+        Line::Checkpoint(_) => ControlFlow::Continue(()),
+    })?;
+    Ok(tampered.map_or_else(|| verifier.finish(), Err))
 }
 
 pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { source, export } => {
-            let (records, checkpoints, trusted) = match export {
-                Some(file) => {
-                    let (r, c) = read_export(&file)?;
-                    (r, c, None)
-                }
-                None => crate::block_on(async {
-                    let store = open(&source.state_dir)?;
-                    let records = all_records(&store).await?;
-                    let checkpoints = store.checkpoints().await?;
-                    Ok((records, checkpoints, trusted_key(&source.state_dir)))
-                })?,
+            let verified = match export {
+                Some(file) => verify_export(&file)?,
+                None => crate::block_on(verify_database(&source.state_dir))?,
             };
-            match verify(records, &checkpoints, trusted.as_ref()) {
+            match verified {
                 Ok(v) => {
                     println!(
                         "ok: {} records in {} streams, {} checkpoints verified",
@@ -154,7 +200,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                 for record in page {
                     writeln!(out, "{}", serde_json::to_string(&record)?)?;
                 }
-                Ok(())
+                Ok(ControlFlow::Continue(()))
             })
             .await?;
             for checkpoint in store.checkpoints().await? {

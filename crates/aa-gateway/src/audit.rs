@@ -199,45 +199,75 @@ pub fn verify(
     checkpoints: &[Checkpoint],
     trusted: Option<&PublicKey>,
 ) -> Result<Verified, Tampered> {
-    let mut verified = Verified::default();
-    // Every checkpointed (stream, sequence) and the hash it claims; ticked off as seen.
-    let mut claimed: BTreeMap<(String, u64), (String, u64)> = BTreeMap::new();
-    for checkpoint in checkpoints {
-        if !checkpoint.signature_holds() {
-            return Err(Tampered(format!(
-                "checkpoint {}: signature does not verify",
-                checkpoint.id
-            )));
-        }
-        if let Some(trusted) = trusted
-            && checkpoint.gateway_did != trusted.did()
-        {
-            return Err(Tampered(format!(
-                "checkpoint {}: signed by {}, not by this gateway ({})",
-                checkpoint.id,
-                checkpoint.gateway_did,
-                trusted.did()
-            )));
-        }
-        for head in &checkpoint.heads {
-            claimed.insert(
-                (head.stream_id.clone(), head.sequence),
-                (head.hash.clone(), checkpoint.id),
-            );
-        }
-        verified.checkpoints += 1;
-    }
-    let mut previous: Option<Record> = None;
+    let mut verifier = Verifier::new(checkpoints, trusted)?;
     for record in records {
-        let same_stream = previous
-            .as_ref()
-            .is_some_and(|p| p.stream_id == record.stream_id);
-        let (expected_sequence, expected_prev) = match &previous {
+        verifier.check(record)?;
+    }
+    verifier.finish()
+}
+
+/// [`verify`] a record at a time, so that a log is checked as it is read and never held
+/// whole: the checkpoints first, then every record in stream order, then
+/// [`finish`](Verifier::finish).
+#[derive(Debug)]
+pub struct Verifier {
+    verified: Verified,
+    /// Every checkpointed (stream, sequence) and the hash it claims; ticked off as seen.
+    claimed: BTreeMap<(String, u64), (String, u64)>,
+    previous: Option<Record>,
+}
+
+impl Verifier {
+    /// Checks the checkpoints' signatures (and signer, when `trusted` names one) and notes
+    /// the heads they claim, for the records to match.
+    pub fn new(
+        checkpoints: &[Checkpoint],
+        trusted: Option<&PublicKey>,
+    ) -> Result<Verifier, Tampered> {
+        let mut verified = Verified::default();
+        let mut claimed = BTreeMap::new();
+        for checkpoint in checkpoints {
+            if !checkpoint.signature_holds() {
+                return Err(Tampered(format!(
+                    "checkpoint {}: signature does not verify",
+                    checkpoint.id
+                )));
+            }
+            if let Some(trusted) = trusted
+                && checkpoint.gateway_did != trusted.did()
+            {
+                return Err(Tampered(format!(
+                    "checkpoint {}: signed by {}, not by this gateway ({})",
+                    checkpoint.id,
+                    checkpoint.gateway_did,
+                    trusted.did()
+                )));
+            }
+            for head in &checkpoint.heads {
+                claimed.insert(
+                    (head.stream_id.clone(), head.sequence),
+                    (head.hash.clone(), checkpoint.id),
+                );
+            }
+            verified.checkpoints += 1;
+        }
+        Ok(Verifier {
+            verified,
+            claimed,
+            previous: None,
+        })
+    }
+
+    /// Checks the next record, in stream order, against the one before it and the heads.
+    pub fn check(&mut self, record: Record) -> Result<(), Tampered> {
+        let previous = self.previous.as_ref();
+        let same_stream = previous.is_some_and(|p| p.stream_id == record.stream_id);
+        let (expected_sequence, expected_prev) = match previous {
             Some(p) if same_stream => (p.sequence + 1, p.hash.clone()),
             _ => (1, hex(&GENESIS)),
         };
         if !same_stream {
-            verified.streams += 1;
+            self.verified.streams += 1;
         }
         if record.sequence != expected_sequence {
             let what = if record.sequence > expected_sequence {
@@ -262,8 +292,9 @@ pub fn verify(
                 record.describe()
             )));
         }
-        if let Some((hash, checkpoint)) =
-            claimed.remove(&(record.stream_id.clone(), record.sequence))
+        if let Some((hash, checkpoint)) = self
+            .claimed
+            .remove(&(record.stream_id.clone(), record.sequence))
             && hash != record.hash
         {
             return Err(Tampered(format!(
@@ -271,16 +302,22 @@ pub fn verify(
                 record.describe()
             )));
         }
-        verified.records += 1;
-        previous = Some(record);
+        self.verified.records += 1;
+        self.previous = Some(record);
+        Ok(())
     }
-    if let Some(((stream, sequence), (_, checkpoint))) = claimed.into_iter().next() {
-        return Err(Tampered(format!(
-            "stream {stream:?} sequence {sequence}: named by checkpoint {checkpoint} but missing \
-             (truncated or deleted)"
-        )));
+
+    /// What was checked, once every record was: a head a checkpoint names that no record
+    /// matched means the log was cut short.
+    pub fn finish(self) -> Result<Verified, Tampered> {
+        if let Some(((stream, sequence), (_, checkpoint))) = self.claimed.into_iter().next() {
+            return Err(Tampered(format!(
+                "stream {stream:?} sequence {sequence}: named by checkpoint {checkpoint} but \
+                 missing (truncated or deleted)"
+            )));
+        }
+        Ok(self.verified)
     }
-    Ok(verified)
 }
 
 /// Lowercase hex.

@@ -680,6 +680,36 @@ async fn tampering_is_named_by_audit_verify() {
     let (code, out) = verify(&state);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("6 records"), "{out}");
+    assert!(!out.contains(" 0 checkpoints"), "{out}");
+
+    // An export verifies as the database does; an edit or a cut in it is named.
+    let exported = crate::aasm(&["audit", "export", "--state-dir", state.to_str().unwrap()]);
+    let export = String::from_utf8(exported.stdout).unwrap();
+    let export_file = dir.path().join("audit.jsonl");
+    let verify_export = |text: &str| {
+        std::fs::write(&export_file, text).unwrap();
+        let out = crate::aasm(&["audit", "verify", "--export", export_file.to_str().unwrap()]);
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(verify_export(&export), (0, out.clone()));
+    let (code, edited) = verify_export(&export.replace("step 2", "step 9"));
+    assert_eq!(code, 1, "{edited}");
+    assert!(
+        edited.contains("TAMPERED") && edited.contains("sequence 3"),
+        "{edited}"
+    );
+    let mut lines: Vec<&str> = export.lines().collect();
+    let last_record = lines
+        .iter()
+        .rposition(|l| !l.starts_with("{\"checkpoint\""))
+        .unwrap();
+    lines.remove(last_record);
+    let (code, cut) = verify_export(&lines.join("\n"));
+    assert_eq!(code, 1, "{cut}");
+    assert!(cut.contains("truncated or deleted"), "{cut}");
 
     let db = state.join("gateway.db");
     let pristine = std::fs::read(&db).unwrap();
