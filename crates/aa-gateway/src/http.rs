@@ -238,8 +238,26 @@ async fn resume<S: Store>(
 struct Page {
     #[serde(default)]
     after: u64,
+    cursor: Option<String>,
     #[serde(default = "default_limit")]
     limit: u64,
+}
+
+/// Where a page ended, as a `cursor`: the last record's stream and sequence.
+fn cursor_of(record: &Record) -> String {
+    format!("{}:{}", record.stream_id, record.sequence)
+}
+
+/// A `cursor` read back; the sequence follows the last `:`, since a stream id may hold one.
+fn parse_cursor(cursor: &str) -> Result<(String, u64), GatewayError> {
+    cursor
+        .rsplit_once(':')
+        .and_then(|(stream, sequence)| Some((stream.to_owned(), sequence.parse().ok()?)))
+        .ok_or_else(|| {
+            GatewayError::InvalidRequest(format!(
+                "cursor {cursor:?} is not one this API gave (stream:sequence)"
+            ))
+        })
 }
 
 fn default_limit() -> u64 {
@@ -251,26 +269,50 @@ fn default_limit() -> u64 {
 struct AuditPage {
     /// The records, in stream order.
     records: Vec<Record>,
-    /// The `after` of the next page.
-    next: u64,
+    /// The `after` of the next page, when paging by `after`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<u64>,
+    /// The `cursor` of the next page: where this one ended (after an empty page, where the
+    /// request started; absent while the log is empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit",
-    params(("after" = Option<u64>, Query, description = "Skip this many records (default 0)"),
+    params(("after" = Option<u64>, Query, description = "Skip this many records (default 0); each page costs as much as the records it skips"),
+        ("cursor" = Option<String>, Query, description = "Start after the record a page's `cursor` names, at the same cost however deep (not with `after`)"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)")),
-    responses((status = 200, description = "Records in stream order", body = AuditPage), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
+    responses((status = 200, description = "Records in stream order", body = AuditPage), (status = 400, description = "A cursor this API did not give, or both `after` and `cursor`", body = ErrorBody), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
 async fn audit<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
     Query(page): Query<Page>,
 ) -> Result<impl IntoResponse, HttpError> {
     gateway.authorize_admin(bearer(&headers))?;
-    let records = gateway
-        .store()
-        .records(page.after, page.limit.min(MAX_PAGE))
-        .await?;
-    let next = page.after + records.len() as u64;
-    Ok(Json(AuditPage { records, next }))
+    let limit = page.limit.min(MAX_PAGE);
+    let (records, next) = match &page.cursor {
+        Some(_) if page.after > 0 => {
+            return Err(GatewayError::InvalidRequest(
+                "pass either after or cursor, not both".into(),
+            )
+            .into());
+        }
+        Some(cursor) => {
+            let at = parse_cursor(cursor)?;
+            (gateway.store().records_after(Some(at), limit).await?, None)
+        }
+        None => {
+            let records = gateway.store().records(page.after, limit).await?;
+            let next = page.after + records.len() as u64;
+            (records, Some(next))
+        }
+    };
+    let cursor = records.last().map(cursor_of).or(page.cursor);
+    Ok(Json(AuditPage {
+        records,
+        next,
+        cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/audit/checkpoints", tag = "audit",

@@ -662,19 +662,25 @@ async fn audit_tail_prints_in_append_order_and_follows_every_stream() {
     let _ = tail.wait();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tampering_is_named_by_audit_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let (up, c, agent) = start_bot(dir.path(), &state).await;
-    report(&c, &agent, 6, "step").await;
+/// A gateway and runtime whose bot reported `n` events ("step 0" …), once all are stored.
+async fn stored_steps(dir: &Path, state: &Path, n: usize) -> Up {
+    let (up, c, agent) = start_bot(dir, state).await;
+    report(&c, &agent, n, "step").await;
     assert!(
         eventually(Duration::from_secs(5), async || stored_events(&up.gateway)
             .await
             .len()
-            >= 6)
+            >= n)
         .await
     );
+    up
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_named_by_audit_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up = stored_steps(dir.path(), &state, 6).await;
     up.stop().await.unwrap();
 
     let (code, out) = verify(&state);
@@ -747,6 +753,81 @@ async fn tampering_is_named_by_audit_verify() {
             "{name}: {out}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_pages_over_http_by_count_and_by_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up = stored_steps(dir.path(), &state, 5).await;
+    let token = std::fs::read_to_string(aa_cli::up::admin_token_file(&state)).unwrap();
+    let get = |query: &str| {
+        let path = format!("/api/v1/audit?{query}");
+        crate::http(up.gateway.http, "GET", &path, Some(token.trim()), "")
+    };
+    let place = |r: &serde_json::Value| (r["stream_id"].clone(), r["sequence"].clone());
+    let (code, whole) = get("limit=1000");
+    assert_eq!(code, 200, "{whole}");
+    let all: Vec<_> = whole["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(place)
+        .collect();
+    assert!(all.len() >= 5, "{whole}");
+    assert_eq!(whole["next"], all.len());
+
+    // Two at a time, by count and by cursor, read the same records in the same order.
+    let (mut by_count, mut after) = (Vec::new(), 0);
+    loop {
+        let (code, page) = get(&format!("limit=2&after={after}"));
+        assert_eq!(code, 200, "{page}");
+        let records = page["records"].as_array().unwrap();
+        if records.is_empty() {
+            break;
+        }
+        by_count.extend(records.iter().map(place));
+        assert!(
+            by_count.len() <= all.len(),
+            "a page came twice: {by_count:?}"
+        );
+        after = page["next"].as_u64().unwrap();
+    }
+    let (mut by_cursor, mut query) = (Vec::new(), "limit=2".to_owned());
+    let last_cursor = loop {
+        let (code, page) = get(&query);
+        assert_eq!(code, 200, "{page}");
+        assert!(page.get("next").is_none() || query == "limit=2", "{page}");
+        let records = page["records"].as_array().unwrap();
+        let cursor = page["cursor"].as_str().unwrap().to_owned();
+        if records.is_empty() {
+            break cursor;
+        }
+        by_cursor.extend(records.iter().map(place));
+        assert!(
+            by_cursor.len() <= all.len(),
+            "a page came twice: {by_cursor:?}"
+        );
+        query = format!("limit=2&cursor={cursor}");
+    };
+    assert_eq!(by_count, all);
+    assert_eq!(by_cursor, all);
+    // An empty page gives back where it started, to ask again from later.
+    let (stream, sequence) = all.last().unwrap();
+    assert_eq!(
+        last_cursor,
+        format!("{}:{}", stream.as_str().unwrap(), sequence)
+    );
+
+    for bad in ["cursor=nowhere", "cursor=rt-1:x", "after=1&cursor=rt-1:1"] {
+        let (code, body) = get(bad);
+        assert_eq!(code, 400, "{bad}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("cursor"),
+            "{bad}: {body}"
+        );
+    }
+    up.stop().await.unwrap();
 }
 
 /// A check of `shell ls` by agent `bot` presenting `token`.
