@@ -194,6 +194,9 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
         }
         AuditCommand::Export { source } => crate::block_on(async {
             let store = open(&source.state_dir)?;
+            // Read before the records, as verify reads them: a gateway still appending then
+            // adds records after the heads they name, so the export never looks truncated.
+            let checkpoints = store.checkpoints().await?;
             let mut out = BufWriter::new(std::io::stdout().lock());
             // Written as read: an export never holds more than a page of the log.
             for_each_page(&store, |page| {
@@ -203,7 +206,7 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                 Ok(ControlFlow::Continue(()))
             })
             .await?;
-            for checkpoint in store.checkpoints().await? {
+            for checkpoint in checkpoints {
                 writeln!(out, "{}", serde_json::json!({ "checkpoint": checkpoint }))?;
             }
             out.flush()?;

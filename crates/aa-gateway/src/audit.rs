@@ -262,6 +262,18 @@ impl Verifier {
     pub fn check(&mut self, record: Record) -> Result<(), Tampered> {
         let previous = self.previous.as_ref();
         let same_stream = previous.is_some_and(|p| p.stream_id == record.stream_id);
+        // Streams come one after another in order of their ids: a stream seen again after
+        // another was spliced in.
+        if let Some(p) = previous
+            && !same_stream
+            && record.stream_id < p.stream_id
+        {
+            return Err(Tampered(format!(
+                "{}: stream comes after {:?}: out of order or duplicated",
+                record.describe(),
+                p.stream_id
+            )));
+        }
         let (expected_sequence, expected_prev) = match previous {
             Some(p) if same_stream => (p.sequence + 1, p.hash.clone()),
             _ => (1, hex(&GENESIS)),
@@ -415,6 +427,13 @@ mod tests {
             r.swap(1, 2);
             r
         };
+        let spliced = {
+            // A whole stream again after another, each copy a chain of its own.
+            let mut r = chain("a", 2);
+            r.extend(chain("b", 2));
+            r.extend(chain("a", 2));
+            r
+        };
         let relinked = {
             // An edit with its own hash recomputed still breaks the next link.
             let mut r = chain("a", 4);
@@ -435,6 +454,10 @@ mod tests {
             (
                 reordered,
                 "stream \"a\" sequence 3 (event \"a-3\"): expected sequence 2: records before it are missing or out of order",
+            ),
+            (
+                spliced,
+                "stream \"a\" sequence 1 (event \"a-1\"): stream comes after \"b\": out of order or duplicated",
             ),
             (
                 relinked,

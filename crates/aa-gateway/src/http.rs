@@ -236,8 +236,7 @@ async fn resume<S: Store>(
 
 #[derive(Debug, Deserialize)]
 struct Page {
-    #[serde(default)]
-    after: u64,
+    after: Option<u64>,
     cursor: Option<String>,
     #[serde(default = "default_limit")]
     limit: u64,
@@ -249,10 +248,14 @@ fn cursor_of(record: &Record) -> String {
 }
 
 /// A `cursor` read back; the sequence follows the last `:`, since a stream id may hold one.
+/// Sequences are stored as SQLite integers, so one past `i64::MAX` was never given.
 fn parse_cursor(cursor: &str) -> Result<(String, u64), GatewayError> {
     cursor
         .rsplit_once(':')
-        .and_then(|(stream, sequence)| Some((stream.to_owned(), sequence.parse().ok()?)))
+        .and_then(|(stream, sequence)| {
+            let sequence = sequence.parse::<i64>().ok()?;
+            Some((stream.to_owned(), u64::try_from(sequence).ok()?))
+        })
         .ok_or_else(|| {
             GatewayError::InvalidRequest(format!(
                 "cursor {cursor:?} is not one this API gave (stream:sequence)"
@@ -290,20 +293,21 @@ async fn audit<S: Store>(
 ) -> Result<impl IntoResponse, HttpError> {
     gateway.authorize_admin(bearer(&headers))?;
     let limit = page.limit.min(MAX_PAGE);
-    let (records, next) = match &page.cursor {
-        Some(_) if page.after > 0 => {
+    let (records, next) = match (&page.cursor, page.after) {
+        (Some(_), Some(_)) => {
             return Err(GatewayError::InvalidRequest(
                 "pass either after or cursor, not both".into(),
             )
             .into());
         }
-        Some(cursor) => {
+        (Some(cursor), None) => {
             let at = parse_cursor(cursor)?;
             (gateway.store().records_after(Some(at), limit).await?, None)
         }
-        None => {
-            let records = gateway.store().records(page.after, limit).await?;
-            let next = page.after + records.len() as u64;
+        (None, after) => {
+            let after = after.unwrap_or(0);
+            let records = gateway.store().records(after, limit).await?;
+            let next = after + records.len() as u64;
             (records, Some(next))
         }
     };

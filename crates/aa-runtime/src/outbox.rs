@@ -68,7 +68,8 @@ impl Stored {
         let wire = match event {
             ValueRef::Blob(bytes) => bytes.to_vec(),
             ValueRef::Text(json) => {
-                let event: AuditEvent = serde_json::from_slice(json).map_err(outbox_err)?;
+                let event: AuditEvent = serde_json::from_slice(json)
+                    .map_err(|e| outbox_err(format!("event {sequence}, stored as JSON: {e}")))?;
                 pb::AuditEvent::from(&event).encode_to_vec()
             }
             other => {
@@ -440,8 +441,11 @@ mod tests {
             batches[0].iter().map(numbered).collect::<Vec<_>>(),
             [1, 2, 0]
         );
-        let stored = outbox.pending_after(0, 10).unwrap();
+        // Only memory holds them now.
         forget_stored(&outbox, 1);
+        let stored = outbox.pending_after(0, 10).unwrap();
+        assert_eq!(sequences(&stored), [1, 2, 3]);
+        assert_eq!(events(&stored)[2].event_id, "c");
         outbox.keep(stored.clone());
         let first = outbox.pending_after(0, 2).unwrap();
         assert_eq!(sequences(&first), [1, 2]);
@@ -483,25 +487,51 @@ mod tests {
     #[test]
     fn an_event_stored_as_json_by_an_older_runtime_is_sent() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
+        let path = dir.path().join("runtime.db");
         let mut old = event("old");
         old.origin.as_mut().unwrap().sequence = 1;
-        let json = serde_json::to_string(&old).unwrap();
+        // The table as an older runtime made it, holding one event.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE outbox (sequence INTEGER PRIMARY KEY,
+                 event_id TEXT NOT NULL UNIQUE, event TEXT NOT NULL);
+             INSERT INTO meta (key, value) VALUES ('last_sequence', '1');",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO outbox (sequence, event_id, event) VALUES (1, 'old', ?1)",
+            params![serde_json::to_string(&old).unwrap()],
+        )
+        .unwrap();
+        drop(conn);
+        let outbox = Outbox::open(&path).unwrap();
+        // A new event goes in beside it, encoded, and both are read in order.
+        outbox.append(&mut [vec![event("new")]]).unwrap();
+        let read = events(&outbox.pending_after(0, 10).unwrap());
+        assert_eq!(read[0], old);
+        assert_eq!(read[1].event_id, "new");
         outbox
             .lock()
             .unwrap()
-            .execute(
-                "INSERT INTO outbox (sequence, event_id, event) VALUES (1, 'old', ?1)",
-                params![json],
-            )
+            .execute("UPDATE outbox SET event = '{' WHERE sequence = 1", [])
             .unwrap();
-        let read = events(&outbox.pending_after(0, 10).unwrap());
-        assert_eq!(read, [old]);
+        let error = outbox.pending_after(0, 10).unwrap_err().to_string();
+        assert!(error.contains("event 1, stored as JSON"), "{error}");
+    }
+
+    #[test]
+    fn a_row_that_holds_no_event_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
+        outbox.append(&mut [vec![event("a")]]).unwrap();
         outbox
             .lock()
             .unwrap()
             .execute("UPDATE outbox SET event = 12 WHERE sequence = 1", [])
             .unwrap();
+        // The first read takes the event from memory, the second from the database.
+        let _ = outbox.pending_after(0, 10).unwrap();
         let error = outbox.pending_after(0, 10).unwrap_err().to_string();
         assert!(error.contains("event 1 is stored as Integer"), "{error}");
     }

@@ -819,7 +819,12 @@ async fn the_audit_log_pages_over_http_by_count_and_by_cursor() {
         format!("{}:{}", stream.as_str().unwrap(), sequence)
     );
 
-    for bad in ["cursor=nowhere", "cursor=rt-1:x", "after=1&cursor=rt-1:1"] {
+    for bad in [
+        "cursor=nowhere",
+        "cursor=rt-1:x",
+        "cursor=rt-1:9223372036854775808",
+        "after=0&cursor=rt-1:1",
+    ] {
         let (code, body) = get(bad);
         assert_eq!(code, 400, "{bad}: {body}");
         assert!(
