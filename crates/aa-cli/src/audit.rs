@@ -82,15 +82,13 @@ async fn for_each_page(
     }
 }
 
-/// Checks `records` with `verifier` until one is wrong; what was wrong, if anything.
+/// Checks `records` with `verifier`, stopping at the first that is wrong.
 fn check_all(
     verifier: &mut Verifier,
     records: impl IntoIterator<Item = Record>,
-    tampered: &mut Option<Tampered>,
 ) -> ControlFlow<()> {
     for record in records {
-        if let Err(t) = verifier.check(record) {
-            *tampered = Some(t);
+        if verifier.check(record).is_err() {
             return ControlFlow::Break(());
         }
     }
@@ -102,16 +100,9 @@ fn check_all(
 async fn verify_database(state_dir: &Path) -> Result<Result<Verified, Tampered>> {
     let store = open(state_dir)?;
     let checkpoints = store.checkpoints().await?;
-    let mut verifier = match Verifier::new(&checkpoints, trusted_key(state_dir).as_ref()) {
-        Ok(verifier) => verifier,
-        Err(tampered) => return Ok(Err(tampered)),
-    };
-    let mut tampered = None;
-    for_each_page(&store, |page| {
-        Ok(check_all(&mut verifier, page, &mut tampered))
-    })
-    .await?;
-    Ok(tampered.map_or_else(|| verifier.finish(), Err))
+    let mut verifier = Verifier::new(&checkpoints, trusted_key(state_dir).as_ref());
+    for_each_page(&store, |page| Ok(check_all(&mut verifier, page))).await?;
+    Ok(verifier.finish())
 }
 
 fn trusted_key(state_dir: &Path) -> Option<aa_identity::PublicKey> {
@@ -159,16 +150,12 @@ fn verify_export(path: &Path) -> Result<Result<Verified, Tampered>> {
         }
         ControlFlow::Continue(())
     })?;
-    let mut verifier = match Verifier::new(&checkpoints, None) {
-        Ok(verifier) => verifier,
-        Err(tampered) => return Ok(Err(tampered)),
-    };
-    let mut tampered = None;
+    let mut verifier = Verifier::new(&checkpoints, None);
     for_each_line(path, |line| match line {
-        Line::Record(record) => check_all(&mut verifier, [record], &mut tampered),
+        Line::Record(record) => check_all(&mut verifier, [record]),
         Line::Checkpoint(_) => ControlFlow::Continue(()),
     })?;
-    Ok(tampered.map_or_else(|| verifier.finish(), Err))
+    Ok(verifier.finish())
 }
 
 pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {

@@ -199,67 +199,58 @@ pub fn verify(
     checkpoints: &[Checkpoint],
     trusted: Option<&PublicKey>,
 ) -> Result<Verified, Tampered> {
-    let mut verifier = Verifier::new(checkpoints, trusted)?;
+    let mut verifier = Verifier::new(checkpoints, trusted);
     for record in records {
-        verifier.check(record)?;
+        if verifier.check(record).is_err() {
+            break;
+        }
     }
     verifier.finish()
 }
 
+/// Every checkpointed (stream, sequence), with the hash it claims and the checkpoint's id;
+/// ticked off as the records are seen.
+type Claimed = BTreeMap<(String, u64), (String, u64)>;
+
 /// [`verify`] a record at a time, so that a log is checked as it is read and never held
 /// whole: the checkpoints first, then every record in stream order, then
-/// [`finish`](Verifier::finish).
+/// [`finish`](Verifier::finish). The first thing found wrong is kept: every later check
+/// returns it, and so does `finish`, so a reader may stop at the first error or read on.
 #[derive(Debug)]
 pub struct Verifier {
     verified: Verified,
-    /// Every checkpointed (stream, sequence) and the hash it claims; ticked off as seen.
-    claimed: BTreeMap<(String, u64), (String, u64)>,
+    claimed: Claimed,
     previous: Option<Record>,
+    tampered: Option<Tampered>,
 }
 
 impl Verifier {
     /// Checks the checkpoints' signatures (and signer, when `trusted` names one) and notes
     /// the heads they claim, for the records to match.
-    pub fn new(
-        checkpoints: &[Checkpoint],
-        trusted: Option<&PublicKey>,
-    ) -> Result<Verifier, Tampered> {
-        let mut verified = Verified::default();
-        let mut claimed = BTreeMap::new();
-        for checkpoint in checkpoints {
-            if !checkpoint.signature_holds() {
-                return Err(Tampered(format!(
-                    "checkpoint {}: signature does not verify",
-                    checkpoint.id
-                )));
-            }
-            if let Some(trusted) = trusted
-                && checkpoint.gateway_did != trusted.did()
-            {
-                return Err(Tampered(format!(
-                    "checkpoint {}: signed by {}, not by this gateway ({})",
-                    checkpoint.id,
-                    checkpoint.gateway_did,
-                    trusted.did()
-                )));
-            }
-            for head in &checkpoint.heads {
-                claimed.insert(
-                    (head.stream_id.clone(), head.sequence),
-                    (head.hash.clone(), checkpoint.id),
-                );
-            }
-            verified.checkpoints += 1;
-        }
-        Ok(Verifier {
+    pub fn new(checkpoints: &[Checkpoint], trusted: Option<&PublicKey>) -> Verifier {
+        let (verified, claimed, tampered) = match read_checkpoints(checkpoints, trusted) {
+            Ok((verified, claimed)) => (verified, claimed, None),
+            Err(tampered) => (Verified::default(), BTreeMap::new(), Some(tampered)),
+        };
+        Verifier {
             verified,
             claimed,
             previous: None,
-        })
+            tampered,
+        }
     }
 
     /// Checks the next record, in stream order, against the one before it and the heads.
     pub fn check(&mut self, record: Record) -> Result<(), Tampered> {
+        if let Some(tampered) = &self.tampered {
+            return Err(tampered.clone());
+        }
+        self.check_record(record).inspect_err(|tampered| {
+            self.tampered = Some(tampered.clone());
+        })
+    }
+
+    fn check_record(&mut self, record: Record) -> Result<(), Tampered> {
         let previous = self.previous.as_ref();
         let same_stream = previous.is_some_and(|p| p.stream_id == record.stream_id);
         // Streams come one after another in order of their ids: a stream seen again after
@@ -322,6 +313,9 @@ impl Verifier {
     /// What was checked, once every record was: a head a checkpoint names that no record
     /// matched means the log was cut short.
     pub fn finish(self) -> Result<Verified, Tampered> {
+        if let Some(tampered) = self.tampered {
+            return Err(tampered);
+        }
         if let Some(((stream, sequence), (_, checkpoint))) = self.claimed.into_iter().next() {
             return Err(Tampered(format!(
                 "stream {stream:?} sequence {sequence}: named by checkpoint {checkpoint} but \
@@ -330,6 +324,41 @@ impl Verifier {
         }
         Ok(self.verified)
     }
+}
+
+/// The checkpoints' signatures and signers checked, and the heads they claim.
+fn read_checkpoints(
+    checkpoints: &[Checkpoint],
+    trusted: Option<&PublicKey>,
+) -> Result<(Verified, Claimed), Tampered> {
+    let mut verified = Verified::default();
+    let mut claimed = BTreeMap::new();
+    for checkpoint in checkpoints {
+        if !checkpoint.signature_holds() {
+            return Err(Tampered(format!(
+                "checkpoint {}: signature does not verify",
+                checkpoint.id
+            )));
+        }
+        if let Some(trusted) = trusted
+            && checkpoint.gateway_did != trusted.did()
+        {
+            return Err(Tampered(format!(
+                "checkpoint {}: signed by {}, not by this gateway ({})",
+                checkpoint.id,
+                checkpoint.gateway_did,
+                trusted.did()
+            )));
+        }
+        for head in &checkpoint.heads {
+            claimed.insert(
+                (head.stream_id.clone(), head.sequence),
+                (head.hash.clone(), checkpoint.id),
+            );
+        }
+        verified.checkpoints += 1;
+    }
+    Ok((verified, claimed))
 }
 
 /// Lowercase hex.
@@ -408,6 +437,19 @@ mod tests {
                 checkpoints: 1
             }
         );
+    }
+
+    #[test]
+    fn a_verifier_keeps_the_first_thing_found_wrong() {
+        let mut records = chain("a", 4);
+        records[1].event["tool"] = json!("rm");
+        let mut verifier = Verifier::new(&[], None);
+        let results: Vec<_> = records.into_iter().map(|r| verifier.check(r)).collect();
+        let first = results[1].clone().unwrap_err();
+        assert!(first.0.contains("sequence 2"), "{first}");
+        assert_eq!(results[0], Ok(()));
+        assert_eq!(results[2..], [Err(first.clone()), Err(first.clone())]);
+        assert_eq!(verifier.finish(), Err(first));
     }
 
     #[test]
