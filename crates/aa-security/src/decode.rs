@@ -85,6 +85,8 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         all_hex,
         any_std,
         any_url,
+        starts,
+        start_count,
     } = RunAlphabet::of(run);
     let len = run.len();
     if all_hex
@@ -112,24 +114,7 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         .take_while(|b| **b == b'=')
         .count();
     let engine = if any_url { &URL_SAFE } else { &STANDARD };
-    // Where decoding may start: the run's start and just after each of its first separators
-    // (a run may begin with text that is not part of the encoding: `/v1/dG9r...`). The
-    // separators are the characters the folds above looked for, so most runs (hex digests,
-    // plain words) have none and skip the loop.
-    let mut starts = [0usize; MAX_STARTS];
-    let mut count = 1;
-    if any_std | any_url {
-        for (i, &b) in run.iter().enumerate() {
-            if matches!(b, b'/' | b'-' | b'_' | b'+') {
-                let Some(slot) = starts.get_mut(count) else {
-                    break;
-                };
-                *slot = i + 1;
-                count += 1;
-            }
-        }
-    }
-    for &offset in starts.get(..count).unwrap_or_default() {
+    for &offset in starts.get(..start_count).unwrap_or_default() {
         let Some(tail) = run.get(offset..).filter(|t| t.len() >= MIN_BASE64) else {
             break;
         };
@@ -152,31 +137,66 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
     }
 }
 
-/// Which characters a run of the base64 alphabets uses.
+/// Which characters a run of the base64 alphabets uses, and where decoding it may start.
 struct RunAlphabet {
     all_hex: bool,
     /// `+` or `/`, of the standard alphabet only.
     any_std: bool,
     /// `-` or `_`, of the URL-safe alphabet only.
     any_url: bool,
+    /// The run's start and just after each of its first separators (`+`, `/`, `-`, `_`): a
+    /// run may begin with text that is not part of the encoding (`/v1/dG9r...`).
+    starts: [usize; MAX_STARTS],
+    start_count: usize,
 }
 
 impl RunAlphabet {
+    /// One pass, sixteen bytes at a time; separators are taken from each lane's bit mask, so
+    /// a run's bytes are not branched on one by one (the dashes of a UUID made such a branch
+    /// mispredict).
     fn of(run: &[u8]) -> RunAlphabet {
-        let (mut hex, mut std, mut url) = (u16::MAX, 0u16, 0u16);
+        let (mut hex, mut any_std, mut any_url) = (u16::MAX, false, false);
+        let mut alphabet = RunAlphabet {
+            all_hex: false,
+            any_std: false,
+            any_url: false,
+            starts: [0; MAX_STARTS],
+            start_count: 1,
+        };
         let mut lanes = run.chunks_exact(16);
+        let mut base = 0;
         for lane in lanes.by_ref().filter_map(|c| <[u8; 16]>::try_from(c).ok()) {
             let lane = Lane::new(lane);
             let is_hex = lane.in_range(b'0', b'9') | lane.in_range_ignoring_case(b'a', b'f');
             hex &= Lane::bits(is_hex);
-            std |= Lane::bits(lane.is(b'+') | lane.is(b'/'));
-            url |= Lane::bits(lane.is(b'-') | lane.is(b'_'));
+            let std = Lane::bits(lane.is(b'+') | lane.is(b'/'));
+            let url = Lane::bits(lane.is(b'-') | lane.is(b'_'));
+            (any_std, any_url) = (any_std | (std != 0), any_url | (url != 0));
+            alphabet.note_separators(base, u32::from(std | url));
+            base += 16;
         }
         let rest = lanes.remainder();
-        RunAlphabet {
-            all_hex: hex == u16::MAX && rest.iter().all(u8::is_ascii_hexdigit),
-            any_std: std != 0 || rest.iter().any(|b| matches!(b, b'+' | b'/')),
-            any_url: url != 0 || rest.iter().any(|b| matches!(b, b'-' | b'_')),
+        let mut separators = 0u32;
+        for (i, &b) in rest.iter().enumerate() {
+            any_std |= matches!(b, b'+' | b'/');
+            any_url |= matches!(b, b'-' | b'_');
+            separators |= u32::from(matches!(b, b'+' | b'/' | b'-' | b'_')) << i;
+        }
+        alphabet.note_separators(base, separators);
+        alphabet.all_hex = hex == u16::MAX && rest.iter().all(u8::is_ascii_hexdigit);
+        (alphabet.any_std, alphabet.any_url) = (any_std, any_url);
+        alphabet
+    }
+
+    /// Records a start after each separator of a lane (bit `i` for the byte at `base + i`)
+    /// while there is room.
+    fn note_separators(&mut self, base: usize, mut separators: u32) {
+        while separators != 0
+            && let Some(slot) = self.starts.get_mut(self.start_count)
+        {
+            *slot = base + separators.trailing_zeros() as usize + 1;
+            self.start_count += 1;
+            separators &= separators - 1;
         }
     }
 }
@@ -465,6 +485,11 @@ mod tests {
             proptest::prop_assert_eq!(alphabet.all_hex, run.iter().all(u8::is_ascii_hexdigit));
             proptest::prop_assert_eq!(alphabet.any_std, run.iter().any(|b| b"+/".contains(b)));
             proptest::prop_assert_eq!(alphabet.any_url, run.iter().any(|b| b"-_".contains(b)));
+            let starts: Vec<usize> = std::iter::once(0)
+                .chain((1..=run.len()).filter(|&i| b"+/-_".contains(&run[i - 1])))
+                .take(MAX_STARTS)
+                .collect();
+            proptest::prop_assert_eq!(&alphabet.starts[..alphabet.start_count], &starts[..]);
         }
     }
 
