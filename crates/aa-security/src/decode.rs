@@ -362,29 +362,11 @@ fn json_unescape(segment: &str) -> Option<String> {
     any.then_some(out)
 }
 
-/// Whether `head` can begin a text [`printable`] accepts: UTF-8, possibly cut inside a
-/// character. A quick, slightly lenient look (no check for overlong forms); control
-/// characters are not judged here, as a few are allowed in a long text.
+/// Whether `head` can begin a text [`printable`] accepts: valid UTF-8, possibly cut inside a
+/// character at its end. Control characters are not judged here, as a few are allowed in a
+/// long text.
 fn may_be_text(head: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(&lead) = head.get(i) {
-        let continuation = match lead {
-            0x00..=0x7F => 0,
-            0xC2..=0xDF => 1,
-            0xE0..=0xEF => 2,
-            0xF0..=0xF4 => 3,
-            _ => return false,
-        };
-        for k in 1..=continuation {
-            match head.get(i + k) {
-                None => return true,
-                Some(b) if b & 0xC0 == 0x80 => {}
-                Some(_) => return false,
-            }
-        }
-        i += continuation + 1;
-    }
-    true
+    std::str::from_utf8(head).map_or_else(|e| e.error_len().is_none(), |_| true)
 }
 
 /// The decoded bytes as text, when they look like text: valid UTF-8, at least 8 bytes, and at
@@ -472,6 +454,23 @@ mod tests {
                 hex_head_may_be_text(even),
                 hex_decode(head).is_some_and(|h| may_be_text(&h))
             );
+        }
+
+        #[test]
+        fn every_head_of_a_text_may_be_text(text in "\\PC{0,12}", cut in 0usize..48) {
+            let bytes = text.as_bytes();
+            proptest::prop_assert!(may_be_text(&bytes[..cut.min(bytes.len())]));
+        }
+
+        #[test]
+        fn a_head_refused_begins_no_text(head in proptest::collection::vec(proptest::num::u8::ANY, 0..12)) {
+            if !may_be_text(&head) {
+                for tail in [&b""[..], b"\x80", b"\x80\x80", b"\x80\x80\x80", b"a"] {
+                    let mut whole = head.clone();
+                    whole.extend_from_slice(tail);
+                    proptest::prop_assert!(std::str::from_utf8(&whole).is_err());
+                }
+            }
         }
 
         #[test]
