@@ -127,6 +127,16 @@ impl<'a> Strings<'a> {
         Strings { nodes, spots }
     }
 
+    /// The spot of the string value of the key at spot `key`, if it is a key with one (a
+    /// key is read just before its value).
+    fn value_of_key(&self, key: usize) -> Option<usize> {
+        let spot = self.spots.get(key).filter(|s| s.is_key)?;
+        let value = self.spots.get(key + 1).filter(|v| !v.is_key)?;
+        let node = self.nodes.get(value.node)?;
+        (node.parent == spot.node && matches!(node.step, Step::Key(k) if k == spot.text))
+            .then_some(key + 1)
+    }
+
     /// The nodes from the root (excluded) down to `node`.
     fn lineage(&self, mut node: usize) -> Vec<usize> {
         let mut line = Vec::new();
@@ -247,6 +257,26 @@ impl Scanner {
                 cuts.insert(i, Cut::Spans(receipts));
             }
         }
+        // Each string value read as assigned to its key.
+        for (key, spot) in strings.spots.iter().enumerate() {
+            let Some(value) = strings.value_of_key(key) else {
+                continue;
+            };
+            let wanted = only.is_none_or(|only| only.contains(&key) || only.contains(&value));
+            let Some(text) = strings.spots.get(value).map(|v| v.text) else {
+                continue;
+            };
+            if !wanted || matches!(cuts.get(&value), Some(Cut::Oversized(_))) {
+                continue;
+            }
+            let found = receipts_of(text.as_bytes(), self.assigned(spot.text, text));
+            if found.is_empty() {
+                continue;
+            }
+            if let Cut::Spans(spans) = cuts.entry(value).or_insert_with(|| Cut::Spans(Vec::new())) {
+                spans.extend(found);
+            }
+        }
         if strings.spots.len() < 2 {
             return (cuts, false);
         }
@@ -311,15 +341,9 @@ impl Scanner {
                 }
             }
         }
-        for (i, spot) in strings.spots.iter().enumerate() {
-            let value = strings.spots.get(i + 1).filter(|v| {
-                !v.is_key
-                    && strings.nodes.get(v.node).is_some_and(|n| {
-                        n.parent == spot.node && matches!(n.step, Step::Key(k) if k == spot.text)
-                    })
-            });
-            if spot.is_key && value.is_some() {
-                let pair = [i, i + 1];
+        for key in 0..strings.spots.len() {
+            if let Some(value) = strings.value_of_key(key) {
+                let pair = [key, value];
                 joined.push_run(&pair, texts, wanted(&pair));
             }
         }

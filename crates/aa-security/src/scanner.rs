@@ -10,7 +10,7 @@ use crate::gates;
 use crate::keywords::Keywords;
 use crate::normalize::normalize;
 use crate::redact::write_label;
-use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger};
+use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger, is_personal_data};
 use crate::runs::{self, DigitRun};
 
 /// How far past its window a match that reaches the window's end may be extended.
@@ -138,6 +138,38 @@ impl Scanner {
     /// Every finding in `text`, non-overlapping, in text order.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         self.settle(text.as_bytes(), self.scan_as_is(text))
+    }
+
+    /// The credentials in `value` when it is assigned to the name `key`, as a JSON object's
+    /// string value is to its key: read as `"key": "value"` reads in the serialised document,
+    /// which a field-by-field scan never sees (`{"password": "..."}`). Only names holding a
+    /// keyword of an assignment rule are read this way. Spans are in `value`.
+    pub(crate) fn assigned(&self, key: &str, value: &str) -> Vec<Finding> {
+        let mut names_a_secret = false;
+        self.keywords.find(key.as_bytes(), |keyword, _, _| {
+            names_a_secret |= self
+                .keyword_rules
+                .get(keyword)
+                .into_iter()
+                .flatten()
+                .any(|&rule| self.rules.get(rule).is_some_and(|r| r.assigned));
+        });
+        if !names_a_secret {
+            return Vec::new();
+        }
+        let mut line = format!("\"{key}\": \"");
+        let start = line.len();
+        line.push_str(value);
+        let end = line.len();
+        line.push('"');
+        self.scan(&line)
+            .into_iter()
+            .filter(|f| start <= f.start && f.end <= end && !is_personal_data(&f.kind))
+            .map(|mut f| {
+                (f.start, f.end) = (f.start - start, f.end - start);
+                f
+            })
+            .collect()
     }
 
     /// [`scan`](Self::scan) without settling: what the text holds as it is, not as it will

@@ -153,3 +153,45 @@ fn a_match_reaching_from_one_run_into_the_next_is_no_credential() {
     assert!(receipts.is_empty(), "{receipts:?}");
     assert_eq!(redacted, doc);
 }
+
+/// A string value is assigned to its key, as `"key": "value"` reads in the serialised
+/// document: a secret under a secret's name is redacted though neither string holds one alone.
+#[test]
+fn a_value_under_a_secrets_name_is_redacted() {
+    for (doc, path) in [
+        (json!({"password": "Tr0ub4dor-and-3xK9qLm"}), "/password"),
+        (
+            json!({"env": {"DB_PASSWORD": "Tr0ub4dor-and-3xK9qLm"}}),
+            "/env/DB_PASSWORD",
+        ),
+        (json!({"api_key": "kq8Wz1vN0pL4xR7tY2mB"}), "/api_key"),
+        (
+            json!({"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQWERTYKEY1"}),
+            "/aws_secret_access_key",
+        ),
+    ] {
+        let (mut redacted, receipts) = redact(doc.clone());
+        assert_eq!(receipts.len(), 1, "{doc}: {receipts:?}");
+        assert_eq!(
+            redacted.pointer(path).and_then(Value::as_str),
+            Some("[REDACTED:generic_secret]"),
+            "{doc} -> {redacted}"
+        );
+        let again = SCANNER.redact_json(&mut redacted, &Limits::default());
+        assert!(again.is_empty(), "found again: {again:?}");
+    }
+}
+
+/// Only names of secrets make a value an assignment, and code under such a name is left.
+#[test]
+fn a_value_under_an_ordinary_name_or_code_under_a_secrets_name_is_left() {
+    for doc in [
+        json!({"comment": "Tr0ub4dor-and-3xK9qLm"}),
+        json!({"password": "get_password(user)"}),
+        json!({"token_count": 12, "token": "short"}),
+    ] {
+        let (redacted, receipts) = redact(doc.clone());
+        assert!(receipts.is_empty(), "{doc}: {receipts:?}");
+        assert_eq!(redacted, doc);
+    }
+}
