@@ -178,9 +178,9 @@ impl RunAlphabet {
         let rest = lanes.remainder();
         let mut separators = 0u32;
         for (i, &b) in rest.iter().enumerate() {
-            any_std |= matches!(b, b'+' | b'/');
-            any_url |= matches!(b, b'-' | b'_');
-            separators |= u32::from(matches!(b, b'+' | b'/' | b'-' | b'_')) << i;
+            let (std, url) = (matches!(b, b'+' | b'/'), matches!(b, b'-' | b'_'));
+            (any_std, any_url) = (any_std | std, any_url | url);
+            separators |= u32::from(std | url) << i;
         }
         alphabet.note_separators(base, separators);
         alphabet.all_hex = hex == u16::MAX && rest.iter().all(u8::is_ascii_hexdigit);
