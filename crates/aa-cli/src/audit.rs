@@ -141,20 +141,29 @@ fn for_each_line(path: &Path, mut each: impl FnMut(Line) -> ControlFlow<()>) -> 
 }
 
 /// Verifies an export in two readings, the checkpoints (at its end) first, so that the
-/// records are checked as they are read rather than held.
+/// records are checked as they are read rather than held. What can be read only once (a pipe,
+/// `/dev/stdin`) is read once, its records held until its checkpoints are known.
 fn verify_export(path: &Path) -> Result<Result<Verified, Tampered>> {
+    let rereadable = std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let mut checkpoints = Vec::new();
+    let mut held = Vec::new();
     for_each_line(path, |line| {
-        if let Line::Checkpoint(c) = line {
-            checkpoints.push(c);
+        match line {
+            Line::Checkpoint(c) => checkpoints.push(c),
+            Line::Record(record) if !rereadable => held.push(record),
+            Line::Record(_) => {}
         }
         ControlFlow::Continue(())
     })?;
     let mut verifier = Verifier::new(&checkpoints, None);
-    for_each_line(path, |line| match line {
-        Line::Record(record) => check_all(&mut verifier, [record]),
-        Line::Checkpoint(_) => ControlFlow::Continue(()),
-    })?;
+    if rereadable {
+        for_each_line(path, |line| match line {
+            Line::Record(record) => check_all(&mut verifier, [record]),
+            Line::Checkpoint(_) => ControlFlow::Continue(()),
+        })?;
+    } else {
+        let _ = check_all(&mut verifier, held);
+    }
     Ok(verifier.finish())
 }
 

@@ -701,6 +701,23 @@ async fn tampering_is_named_by_audit_verify() {
         )
     };
     assert_eq!(verify_export(&export), (0, out.clone()));
+    // A pipe is read once, and verifies the same.
+    let piped = crate::aasm_with_stdin(
+        &["audit", "verify", "--export", "/dev/stdin"],
+        export.as_bytes(),
+    );
+    assert_eq!(
+        (
+            piped.status.code().unwrap(),
+            String::from_utf8_lossy(&piped.stdout).into_owned()
+        ),
+        (0, out.clone())
+    );
+    let piped = crate::aasm_with_stdin(
+        &["audit", "verify", "--export", "/dev/stdin"],
+        export.replace("step 2", "step 9").as_bytes(),
+    );
+    assert_eq!(piped.status.code(), Some(1));
     let (code, edited) = verify_export(&export.replace("step 2", "step 9"));
     assert_eq!(code, 1, "{edited}");
     assert!(
