@@ -349,6 +349,27 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_outbox_syncs_every_commit_and_checkpoints_in_large_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("outbox.db")).unwrap();
+        let conn = outbox.lock().unwrap();
+        let read = |name: &str| {
+            conn.pragma_query_value(None, name, |row| row.get::<_, rusqlite::types::Value>(0))
+                .map(|v| format!("{v:?}"))
+                .unwrap()
+        };
+        // synchronous 2 is FULL.
+        assert_eq!(
+            [
+                read("journal_mode"),
+                read("synchronous"),
+                read("wal_autocheckpoint")
+            ],
+            [r#"Text("wal")"#, "Integer(2)", "Integer(10000)"]
+        );
+    }
+
     fn event(id: &str) -> AuditEvent {
         AuditEvent {
             event_id: id.into(),
