@@ -92,8 +92,9 @@ impl Scanner {
         match serde_json::from_slice::<Value>(bytes) {
             Ok(mut value) => {
                 let receipts = self.redact_json(&mut value, limits);
-                let bytes =
-                    serde_json::to_vec(&value).unwrap_or_else(|_| OVERSIZED.as_bytes().to_vec());
+                // Keys come out sorted, as serde_json writes its maps.
+                let mut bytes = Vec::with_capacity(bytes.len());
+                aa_core::canonical::write_canonical(&value, &mut bytes);
                 RedactedBytes { bytes, receipts }
             }
             Err(_)
