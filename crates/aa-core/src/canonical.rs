@@ -63,7 +63,9 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     let (mut copied, mut at) = (0, 0);
     while at < bytes.len() {
         // Eight bytes at a time while none needs an escape: text is mostly such.
-        let word = bytes.get(at..at + 8).and_then(|w| <[u8; 8]>::try_from(w).ok());
+        let word = bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok());
         if word.is_some_and(|word| !needs_escape(u64::from_le_bytes(word))) {
             at += 8;
             continue;

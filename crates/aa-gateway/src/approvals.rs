@@ -400,11 +400,7 @@ impl<S: Store> Gateway<S> {
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
         self.append_run(
             GATEWAY_STREAM,
-            vec![NewEvent {
-                event_id: event.event_id,
-                sequence: head + 1,
-                event: value,
-            }],
+            vec![NewEvent::new(event.event_id, head + 1, &value)?],
         )
         .await
         .map(|_| ())

@@ -496,11 +496,7 @@ impl<S: Store> Gateway<S> {
                 );
             }
             run_stream = origin.stream_id;
-            run.push(NewEvent {
-                event_id,
-                sequence: origin.sequence,
-                event: value,
-            });
+            run.push(NewEvent::new(event_id, origin.sequence, &value)?);
         }
         if !run.is_empty() {
             total = add(total, self.append_run(&run_stream, run).await?);

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aa_core::canonical::canonical;
 use aa_core::{Approval, ApprovalStatus, EdgeKind, Suspension, TopologyEdge};
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
@@ -393,22 +392,19 @@ impl Store for SqliteStore {
                         got: event.sequence,
                     });
                 }
-                // Stored in the form it is hashed in: serialised once.
-                let text = String::from_utf8(canonical(&event.event)).map_err(|_| {
-                    GatewayError::Storage("an event serialised to invalid UTF-8".into())
-                })?;
+                // Stored in the form it is hashed in.
                 let hash = link_hash_of_canonical(
                     &prev,
                     &stream_id,
                     event.sequence,
                     &event.event_id,
-                    text.as_bytes(),
+                    event.canonical().as_bytes(),
                 );
                 insert.execute(params![
                     stream_id,
                     to_i64(event.sequence)?,
                     event.event_id,
-                    text,
+                    event.canonical(),
                     hex(&prev),
                     hex(&hash),
                     appended_at,
@@ -1143,10 +1139,8 @@ mod tests {
             [head_of("gateway"), head_of("rt-1")]
         );
         // The chain goes on from its head, a retried event is a duplicate, and the guard holds.
-        let next = |n: u64| NewEvent {
-            event_id: format!("rt-1/ev-{n}"),
-            sequence: n,
-            event: serde_json::json!({"n": n}),
+        let next = |n: u64| {
+            NewEvent::new(format!("rt-1/ev-{n}"), n, &serde_json::json!({"n": n})).unwrap()
         };
         let appended = store
             .append_events("rt-1", vec![next(3), next(4)])
@@ -1166,10 +1160,8 @@ mod tests {
     async fn the_log_reads_by_stream_from_a_record_and_in_append_order_from_a_position() {
         let store = SqliteStore::open_in_memory().unwrap();
         // Appended alternately to two streams, the later-named first.
-        let event = |stream: &str, n: u64| NewEvent {
-            event_id: format!("{stream}/{n}"),
-            sequence: n,
-            event: serde_json::json!({"n": n}),
+        let event = |stream: &str, n: u64| {
+            NewEvent::new(format!("{stream}/{n}"), n, &serde_json::json!({"n": n})).unwrap()
         };
         let mut appended = Vec::new();
         for n in 1..=3 {

@@ -10,15 +10,34 @@ use serde_json::Value;
 use crate::audit::{Checkpoint, Head, Record};
 use crate::error::GatewayError;
 
-/// An event arriving from a runtime stream, already redacted.
+/// An event arriving from a runtime stream, already redacted, in the canonical form it is
+/// stored and hashed in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     /// Unique id; a second append with the same id is a duplicate, not an error.
     pub event_id: String,
     /// The runtime's sequence number: the next after the stream's head.
     pub sequence: u64,
-    /// The event.
-    pub event: Value,
+    canonical: String,
+}
+
+impl NewEvent {
+    /// `event` serialised here, where it was built, rather than in the store's transaction,
+    /// so that the value is dropped on the thread that allocated it.
+    pub fn new(event_id: String, sequence: u64, event: &Value) -> Result<NewEvent, GatewayError> {
+        let canonical = String::from_utf8(aa_core::canonical::canonical(event))
+            .map_err(|_| GatewayError::Storage("an event serialised to invalid UTF-8".into()))?;
+        Ok(NewEvent {
+            event_id,
+            sequence,
+            canonical,
+        })
+    }
+
+    /// The event as canonical JSON.
+    pub fn canonical(&self) -> &str {
+        &self.canonical
+    }
 }
 
 /// What an append did.

@@ -608,11 +608,7 @@ async fn audit_tail_prints_in_append_order_and_follows_every_stream() {
     let state = dir.path();
     let store = SqliteStore::open(&gateway_database(state)).unwrap();
     let append = async |stream: &str, n: u64| {
-        let event = NewEvent {
-            event_id: format!("{stream}/{n}"),
-            sequence: n,
-            event: json!({"n": n}),
-        };
+        let event = NewEvent::new(format!("{stream}/{n}"), n, &json!({"n": n})).unwrap();
         store.append_events(stream, vec![event]).await.unwrap();
     };
     for n in 1..=3 {

@@ -7,11 +7,8 @@ use aa_identity::Keypair;
 use serde_json::json;
 
 fn event(n: u64) -> NewEvent {
-    NewEvent {
-        event_id: format!("ev-{n}"),
-        sequence: n,
-        event: json!({"type": "tool_call", "tool": "shell", "n": n}),
-    }
+    let event = json!({"type": "tool_call", "tool": "shell", "n": n});
+    NewEvent::new(format!("ev-{n}"), n, &event).unwrap()
 }
 
 async fn all_records(store: &SqliteStore) -> Vec<audit::Record> {
@@ -63,10 +60,8 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
         "{gap}"
     );
     // Another event at a place the stream holds is no duplicate: it fails the batch.
-    let intruder = NewEvent {
-        event_id: "ev-intruder".into(),
-        ..event(5)
-    };
+    let mut intruder = event(5);
+    intruder.event_id = "ev-intruder".into();
     let taken = store
         .append_events("rt-1", vec![intruder])
         .await
