@@ -29,9 +29,14 @@ pub fn status(error: GatewayError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         GatewayError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
-        GatewayError::Sequence { .. } | GatewayError::Conflict(_) => {
-            Status::failed_precondition(error.to_string())
+        GatewayError::Sequence { expected, .. } => {
+            let mut status = Status::failed_precondition(error.to_string());
+            status
+                .metadata_mut()
+                .insert(aa_proto::EXPECTED_SEQUENCE_METADATA, expected.into());
+            status
         }
+        GatewayError::Conflict(_) => Status::failed_precondition(error.to_string()),
         GatewayError::NotFound(_) => Status::not_found(error.to_string()),
         GatewayError::Unavailable(_) => Status::unavailable(error.to_string()),
         GatewayError::Storage(_) | GatewayError::Setup(_) => {
@@ -516,5 +521,22 @@ impl<S: Store> pb::approval_service_server::ApprovalService for GrpcApi<S> {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_out_of_sequence_is_refused_naming_the_sequence_expected() {
+        let refused = status(GatewayError::Sequence {
+            stream: "rt-1".into(),
+            expected: 11,
+            got: 31,
+        });
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+        let expected = refused.metadata().get(aa_proto::EXPECTED_SEQUENCE_METADATA);
+        assert_eq!(expected.and_then(|v| v.to_str().ok()), Some("11"));
     }
 }

@@ -19,6 +19,11 @@ pub mod frame;
 
 pub use error::ProtoError;
 
+/// gRPC metadata on an `AppendEvents` refusal of an event out of sequence: the sequence its
+/// stream's head calls for, as decimal digits. A runtime told a sequence it has already sent
+/// (the gateway's store was restored from a backup) sends its events again from there.
+pub const EXPECTED_SEQUENCE_METADATA: &str = "aa-expected-sequence";
+
 /// Generated code for package `assembly.v1`.
 #[allow(
     missing_debug_implementations,

@@ -322,6 +322,51 @@ async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<St
     }
 }
 
+/// Where the forwarder goes on from after the gateway asked for events already sent.
+struct Rewound {
+    /// The last sequence the gateway holds.
+    from: u64,
+    /// The events after it, read back from the outbox.
+    events: Vec<Stored>,
+}
+
+/// When the gateway refused a batch because its stream's head calls for a sequence already
+/// sent (its store was restored from a backup, say), the events from there, read back from
+/// the delivered ones the outbox keeps. `None` for any other refusal, or when the outbox no
+/// longer holds the first of them: then nothing can fill the gap, which is logged.
+async fn rewind(
+    outbox: &Arc<Outbox>,
+    status: &tonic::Status,
+    sent: u64,
+    batch: usize,
+) -> Option<Rewound> {
+    let expected: u64 = status
+        .metadata()
+        .get(aa_proto::EXPECTED_SEQUENCE_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    if status.code() != tonic::Code::FailedPrecondition || expected == 0 || expected > sent {
+        return None;
+    }
+    let from = expected - 1;
+    let events = read_after(outbox, from, batch).await;
+    if events.first().map(|e| e.sequence) != Some(expected) {
+        tracing::error!(
+            expected,
+            "the gateway lacks events this outbox no longer keeps; its stream cannot go on"
+        );
+        return None;
+    }
+    tracing::warn!(
+        expected,
+        sent,
+        "the gateway lacks events it had acknowledged (a restored store?); sending them again"
+    );
+    Some(Rewound { from, events })
+}
+
 /// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`
 /// longer while events remain. Events just committed come from memory
 /// ([`Outbox::pending_after`]), older ones from the database. While the gateway stores one
@@ -401,6 +446,10 @@ pub(crate) async fn forward(
                 }
             }
             Err(status) => {
+                if let Some(rewound) = rewind(&outbox, &status, sent, batch).await {
+                    (sent, read_ahead) = (rewound.from, Some(rewound.events));
+                    continue;
+                }
                 tracing::warn!(code = ?status.code(), message = status.message(), "gateway append failed; retrying");
                 let pause = match deadline {
                     Some(d) => {

@@ -363,6 +363,86 @@ async fn outages_buffer_events_and_lose_none() {
     gateway.stop().await.unwrap();
 }
 
+/// Copies the gateway's database files (the database and its write-ahead log) from one
+/// directory to another, replacing what is there.
+fn copy_database(from: &Path, to: &Path) {
+    for name in ["gateway.db", "gateway.db-wal", "gateway.db-shm"] {
+        let target = to.join(name);
+        if target.exists() {
+            std::fs::remove_file(&target).unwrap();
+        }
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), &target).unwrap();
+        }
+    }
+}
+
+/// The stored events' sequences, in stream order.
+async fn stored_sequences(gateway: &GatewayHandle) -> Vec<u64> {
+    stored_events(gateway)
+        .await
+        .iter()
+        .map(|e| e["origin"]["sequence"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restored_from_a_backup_is_sent_again_what_it_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, backup) = (dir.path().join("state"), dir.path().join("backup"));
+    std::fs::create_dir_all(&backup).unwrap();
+    let mut gw_options = options(&state, vec![data()]);
+    gw_options.grpc = free_port();
+    let gateway = GatewayHandle::start(gw_options.clone()).await.unwrap();
+    let runtime = RuntimeHandle::start(RuntimeConfig::new(
+        dir.path().join("runtime"),
+        gateway.url(),
+    ))
+    .unwrap();
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    let stored = async |gateway: &GatewayHandle, n: u64| {
+        eventually(Duration::from_secs(20), async || {
+            stored_sequences(gateway).await.len() as u64 >= n
+        })
+        .await
+    };
+
+    report(&c, &agent, 10, "backed up").await;
+    assert!(stored(&gateway, 10).await);
+    gateway.stop().await.unwrap();
+    copy_database(&state, &backup);
+
+    let gateway = GatewayHandle::start(gw_options.clone()).await.unwrap();
+    report(&c, &agent, 20, "lost").await;
+    assert!(stored(&gateway, 30).await);
+    gateway.stop().await.unwrap();
+
+    // The store goes back to the backup: the runtime's next batch starts past its head.
+    copy_database(&backup, &state);
+    let gateway = GatewayHandle::start(gw_options).await.unwrap();
+    assert_eq!(stored_sequences(&gateway).await.len(), 10);
+    report(&c, &agent, 5, "after the restore").await;
+    assert!(
+        stored(&gateway, 35).await,
+        "{} of 35 events stored",
+        stored_sequences(&gateway).await.len()
+    );
+    assert_eq!(
+        stored_sequences(&gateway).await,
+        (1..=35).collect::<Vec<_>>()
+    );
+    let records = gateway.gateway.store().records(0, 1_000).await.unwrap();
+    assert_eq!(
+        aa_gateway::audit::verify(records, &[], None)
+            .unwrap()
+            .records,
+        35
+    );
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
 /// `check_blocking` from a plain thread, as a synchronous agent calls it.
 fn decide_blocking(
     client: &Client,
