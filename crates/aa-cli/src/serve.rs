@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use aa_cli::up::{DEFAULT_GRPC, DEFAULT_HTTP, GatewayHandle, GatewayOptions, RuntimeHandle, Up};
 use aa_gateway::GatewayConfig;
@@ -81,6 +82,25 @@ pub(crate) struct RuntimeArgs {
     /// A uid to serve (repeatable; default: the runtime's own).
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
+    /// Connections served at once at most; more are answered UNAVAILABLE (default 4096).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds a frame may take to arrive once begun before its connection is closed
+    /// (default 10).
+    #[arg(long, value_parser = seconds)]
+    frame_timeout: Option<Duration>,
+    /// Bytes of large frames still arriving, held across all connections at most (default
+    /// 64 MiB; at least one 4 MiB frame).
+    #[arg(long)]
+    max_unfinished_frame_bytes: Option<usize>,
+}
+
+/// A duration given in seconds, fractions allowed.
+fn seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} seconds: {e}"))
 }
 
 fn init_logging() {
@@ -144,6 +164,11 @@ pub(crate) fn runtime(args: RuntimeArgs) -> Result<ExitCode> {
     let mut config = RuntimeConfig::new(args.state_dir, args.gateway);
     config.socket_path = args.socket;
     config.allowed_uids = args.allow_uids;
+    config.max_connections = args.max_connections.unwrap_or(config.max_connections);
+    config.frame_timeout = args.frame_timeout.unwrap_or(config.frame_timeout);
+    config.max_unfinished_frame_bytes = args
+        .max_unfinished_frame_bytes
+        .unwrap_or(config.max_unfinished_frame_bytes);
     tokio()?.block_on(async {
         let runtime = RuntimeHandle::start(config)?;
         println!("runtime socket: {}", runtime.socket.display());

@@ -100,11 +100,14 @@ impl RuntimeConfig {
                 "is longer than the 107 bytes a Unix socket path may have",
             );
         }
-        if self.forward_batch == 0 || self.max_in_flight == 0 || self.max_connections == 0 {
-            return bad(
-                "forward_batch/max_in_flight/max_connections",
-                "must be at least 1",
-            );
+        for (field, count) in [
+            ("forward_batch", self.forward_batch),
+            ("max_in_flight", self.max_in_flight),
+            ("max_connections", self.max_connections),
+        ] {
+            if count == 0 {
+                return bad(field, "must be at least 1");
+            }
         }
         if self.frame_timeout.is_zero() {
             return bad("frame_timeout", "must be more than zero");

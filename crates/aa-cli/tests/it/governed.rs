@@ -1182,3 +1182,50 @@ async fn a_uid_the_runtime_does_not_serve_is_refused() {
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
 }
+
+/// `aasm runtime` takes its socket's limits from flags, validated before anything is bound:
+/// a bad value exits 2 naming the setting.
+#[test]
+fn aasm_runtime_names_a_bad_socket_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    for (flag, value, named) in [
+        (
+            "--max-connections",
+            "0",
+            "max_connections: must be at least 1",
+        ),
+        (
+            "--frame-timeout",
+            "0",
+            "frame_timeout: must be more than zero",
+        ),
+        (
+            "--frame-timeout",
+            "soon",
+            "\"soon\" is not a number of seconds",
+        ),
+        (
+            "--max-unfinished-frame-bytes",
+            "1000",
+            "max_unfinished_frame_bytes: must hold at least one frame",
+        ),
+    ] {
+        let args = [
+            "runtime",
+            "--state-dir",
+            state,
+            "--gateway",
+            "http://127.0.0.1:1",
+            flag,
+            value,
+        ];
+        let out = crate::aasm(&args);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        assert!(
+            crate::stderr(&out).contains(named),
+            "{}",
+            crate::stderr(&out)
+        );
+    }
+}
