@@ -29,11 +29,19 @@ pub fn status(error: GatewayError) -> Status {
             Status::invalid_argument(error.to_string())
         }
         GatewayError::Unauthenticated(_) => Status::unauthenticated(error.to_string()),
-        GatewayError::Sequence { expected, .. } => {
+        GatewayError::Sequence {
+            ref stream,
+            expected,
+            ..
+        } => {
+            let own = stream == crate::approvals::GATEWAY_STREAM;
             let mut status = Status::failed_precondition(error.to_string());
-            status
-                .metadata_mut()
-                .insert(aa_proto::EXPECTED_SEQUENCE_METADATA, expected.into());
+            // Only a runtime's stream: the gateway's own is nothing a runtime could resend.
+            if !own {
+                status
+                    .metadata_mut()
+                    .insert(aa_proto::EXPECTED_SEQUENCE_METADATA, expected.into());
+            }
             status
         }
         GatewayError::Conflict(_) => Status::failed_precondition(error.to_string()),
@@ -538,5 +546,15 @@ mod tests {
         assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
         let expected = refused.metadata().get(aa_proto::EXPECTED_SEQUENCE_METADATA);
         assert_eq!(expected.and_then(|v| v.to_str().ok()), Some("11"));
+        let own = status(GatewayError::Sequence {
+            stream: crate::approvals::GATEWAY_STREAM.into(),
+            expected: 11,
+            got: 31,
+        });
+        assert!(
+            own.metadata()
+                .get(aa_proto::EXPECTED_SEQUENCE_METADATA)
+                .is_none()
+        );
     }
 }

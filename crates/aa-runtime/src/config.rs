@@ -10,6 +10,11 @@ use crate::error::RuntimeError;
 /// Where the socket lives under a state directory unless configured otherwise.
 pub const SOCKET_FILE: &str = "runtime.sock";
 
+/// The most a count setting may be (connections, calls in flight, a forwarded batch).
+const MAX_COUNT: usize = 1 << 20;
+/// The longest a frame may be given to arrive.
+const MAX_FRAME_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The runtime's settings.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -108,9 +113,17 @@ impl RuntimeConfig {
             if count == 0 {
                 return bad(field, "must be at least 1");
             }
+            // Counts become semaphores' permits and batch sizes: past this they are mistakes.
+            if count > MAX_COUNT {
+                return bad(field, "must be at most 1048576");
+            }
         }
         if self.frame_timeout.is_zero() {
             return bad("frame_timeout", "must be more than zero");
+        }
+        // Added to the clock for every unfinished frame, where a huge one would overflow.
+        if self.frame_timeout > MAX_FRAME_TIMEOUT {
+            return bad("frame_timeout", "must be at most an hour");
         }
         if self.max_unfinished_frame_bytes < aa_proto::frame::MAX_FRAME_BYTES {
             return bad(

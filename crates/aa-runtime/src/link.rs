@@ -446,6 +446,11 @@ pub(crate) async fn forward(
                 }
             }
             Err(status) => {
+                // Marking a delivery prunes the oldest kept rows: done before any are read
+                // back, so what a rewind found is still there for the next read.
+                if let Some(previous) = marking.take() {
+                    let _ = previous.await;
+                }
                 if let Some(rewound) = rewind(&outbox, &status, sent, batch).await {
                     (sent, read_ahead) = (rewound.from, Some(rewound.events));
                     continue;

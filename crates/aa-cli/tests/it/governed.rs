@@ -1206,6 +1206,16 @@ fn aasm_runtime_names_a_bad_socket_limit() {
             "\"soon\" is not a number of seconds",
         ),
         (
+            "--frame-timeout",
+            "1e19",
+            "frame_timeout: must be at most an hour",
+        ),
+        (
+            "--max-connections",
+            "18446744073709551615",
+            "max_connections: must be at most 1048576",
+        ),
+        (
             "--max-unfinished-frame-bytes",
             "1000",
             "max_unfinished_frame_bytes: must hold at least one frame",
