@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use aa_cli::up::{DEFAULT_GRPC, DEFAULT_HTTP, GatewayHandle, GatewayOptions, RuntimeHandle, Up};
+use aa_cli::up::{
+    DEFAULT_GRPC, DEFAULT_HTTP, GatewayHandle, GatewayOptions, RuntimeHandle, RuntimeSettings, Up,
+};
 use aa_gateway::GatewayConfig;
-use aa_runtime::RuntimeConfig;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
@@ -63,9 +64,8 @@ impl GatewayArgs {
 pub(crate) struct UpArgs {
     #[command(flatten)]
     gateway: GatewayArgs,
-    /// The runtime socket (default: runtime.sock in the state directory).
-    #[arg(long)]
-    socket: Option<PathBuf>,
+    #[command(flatten)]
+    runtime: RuntimeFlags,
 }
 
 #[derive(Debug, Args)]
@@ -76,12 +76,19 @@ pub(crate) struct RuntimeArgs {
     /// Holds the outbox database.
     #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
     state_dir: PathBuf,
-    /// The socket (default: runtime.sock in the state directory).
-    #[arg(long)]
-    socket: Option<PathBuf>,
     /// A uid to serve (repeatable; default: the runtime's own).
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
+    #[command(flatten)]
+    runtime: RuntimeFlags,
+}
+
+/// The runtime's socket and its limits, for `aasm up` and `aasm runtime` alike.
+#[derive(Debug, Args)]
+struct RuntimeFlags {
+    /// The runtime socket (default: runtime.sock in the state directory).
+    #[arg(long)]
+    socket: Option<PathBuf>,
     /// Connections served at once at most; more are answered UNAVAILABLE (default 4096).
     #[arg(long)]
     max_connections: Option<usize>,
@@ -93,6 +100,17 @@ pub(crate) struct RuntimeArgs {
     /// 64 MiB; at least one 4 MiB frame).
     #[arg(long)]
     max_unfinished_frame_bytes: Option<usize>,
+}
+
+impl RuntimeFlags {
+    fn settings(self) -> RuntimeSettings {
+        RuntimeSettings {
+            socket: self.socket,
+            max_connections: self.max_connections,
+            frame_timeout: self.frame_timeout,
+            max_unfinished_frame_bytes: self.max_unfinished_frame_bytes,
+        }
+    }
 }
 
 /// A duration given in seconds, fractions allowed.
@@ -135,7 +153,7 @@ async fn terminated() -> Result<()> {
 pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
-        let up = Up::start(args.gateway.options()?, args.socket).await?;
+        let up = Up::start(args.gateway.options()?, args.runtime.settings()).await?;
         println!("runtime socket: {}", up.runtime.socket.display());
         println!("gateway gRPC:   {}", up.gateway.url());
         println!("operator HTTP:  http://{}", up.gateway.http);
@@ -161,14 +179,8 @@ pub(crate) fn gateway(args: GatewayArgs) -> Result<ExitCode> {
 
 pub(crate) fn runtime(args: RuntimeArgs) -> Result<ExitCode> {
     init_logging();
-    let mut config = RuntimeConfig::new(args.state_dir, args.gateway);
-    config.socket_path = args.socket;
+    let mut config = args.runtime.settings().config(args.state_dir, args.gateway);
     config.allowed_uids = args.allow_uids;
-    config.max_connections = args.max_connections.unwrap_or(config.max_connections);
-    config.frame_timeout = args.frame_timeout.unwrap_or(config.frame_timeout);
-    config.max_unfinished_frame_bytes = args
-        .max_unfinished_frame_bytes
-        .unwrap_or(config.max_unfinished_frame_bytes);
     tokio()?.block_on(async {
         let runtime = RuntimeHandle::start(config)?;
         println!("runtime socket: {}", runtime.socket.display());

@@ -292,14 +292,44 @@ pub struct Up {
     pub runtime: RuntimeHandle,
 }
 
+/// A runtime's settings that `aasm up` and `aasm runtime` take alike; `None` keeps the
+/// runtime's default.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeSettings {
+    /// The socket (default: `runtime.sock` in the state directory).
+    pub socket: Option<PathBuf>,
+    /// Connections served at once at most.
+    pub max_connections: Option<usize>,
+    /// How long a frame may take to arrive once begun.
+    pub frame_timeout: Option<Duration>,
+    /// Bytes of large frames still arriving, across all connections, at most.
+    pub max_unfinished_frame_bytes: Option<usize>,
+}
+
+impl RuntimeSettings {
+    /// A runtime's configuration with these settings over the defaults.
+    pub fn config(&self, state_dir: PathBuf, gateway_url: String) -> RuntimeConfig {
+        let mut config = RuntimeConfig::new(state_dir, gateway_url);
+        config.socket_path.clone_from(&self.socket);
+        config.max_connections = self.max_connections.unwrap_or(config.max_connections);
+        config.frame_timeout = self.frame_timeout.unwrap_or(config.frame_timeout);
+        config.max_unfinished_frame_bytes = self
+            .max_unfinished_frame_bytes
+            .unwrap_or(config.max_unfinished_frame_bytes);
+        config
+    }
+}
+
 impl Up {
-    /// Starts the gateway, then a runtime linked to it with its socket under the state
-    /// directory (or at `socket`).
-    pub async fn start(options: GatewayOptions, socket: Option<PathBuf>) -> Result<Up> {
-        let state_dir = options.state_dir.clone();
+    /// Starts the gateway, then a runtime linked to it with `runtime`'s settings. Those are
+    /// checked first, before the gateway binds anything: only the gateway's address is
+    /// unknown until then.
+    pub async fn start(options: GatewayOptions, runtime: RuntimeSettings) -> Result<Up> {
+        let mut config =
+            runtime.config(options.state_dir.clone(), format!("http://{DEFAULT_GRPC}"));
+        config.validate()?;
         let gateway = GatewayHandle::start(options).await?;
-        let mut config = RuntimeConfig::new(state_dir, gateway.url());
-        config.socket_path = socket;
+        config.gateway_url = gateway.url();
         let runtime = RuntimeHandle::start(config)?;
         Ok(Up { gateway, runtime })
     }

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use aa_cli::up::{GatewayHandle, Up};
+use aa_cli::up::{GatewayHandle, RuntimeSettings, Up};
 use aa_core::{ApprovalStatus, Decision, Mode};
 use aa_gateway::{GatewayError, Store};
 use aa_sdk_client::{Agent, CheckOutcome, Client};
@@ -56,9 +56,12 @@ async fn audited_steps(up: &GatewayHandle, id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_deny_timeout_and_no_reuse() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(options(dir.path(), vec![data()]), None)
-        .await
-        .unwrap();
+    let up = Up::start(
+        options(dir.path(), vec![data()]),
+        RuntimeSettings::default(),
+    )
+    .await
+    .unwrap();
     let gateway = &up.gateway.gateway;
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let root = register(&c, "root", Some("ops")).await;
@@ -205,9 +208,12 @@ async fn an_approval_expires_by_the_policy_timeout() {
          shell: {requires_approval_if: 'true'}\n",
     )
     .unwrap();
-    let up = Up::start(options(&dir.path().join("state"), vec![policy]), None)
-        .await
-        .unwrap();
+    let up = Up::start(
+        options(&dir.path().join("state"), vec![policy]),
+        RuntimeSettings::default(),
+    )
+    .await
+    .unwrap();
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let agent = register(&c, "bot", None).await;
     // The SDK would wait a minute; the policy's one second wins.

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 
 use aa_bench::stack::Stack;
-use aa_cli::up::{GatewayHandle, RuntimeHandle, Up};
+use aa_cli::up::{GatewayHandle, RuntimeHandle, RuntimeSettings, Up};
 use aa_runtime::RuntimeConfig;
 
 use crate::governed::{
@@ -295,10 +295,13 @@ async fn impersonation_with_foreign_expired_or_another_gateways_token_is_refused
     let dir = tempfile::tempdir().unwrap();
     let mut short = options(&dir.path().join("a"), vec![data()]);
     short.config.token_ttl = Duration::from_secs(2);
-    let up = Up::start(short, None).await.unwrap();
-    let other_up = Up::start(options(&dir.path().join("b"), vec![data()]), None)
-        .await
-        .unwrap();
+    let up = Up::start(short, RuntimeSettings::default()).await.unwrap();
+    let other_up = Up::start(
+        options(&dir.path().join("b"), vec![data()]),
+        RuntimeSettings::default(),
+    )
+    .await
+    .unwrap();
     let socket = up.runtime.socket.clone();
     let c = client(dir.path(), &socket, Mode::Enforce);
     let bot = register(&c, "bot", None).await;

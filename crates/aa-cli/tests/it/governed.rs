@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aa_cli::up::{GatewayHandle, GatewayOptions, RuntimeHandle, Up, gateway_database};
+use aa_cli::up::{
+    GatewayHandle, GatewayOptions, RuntimeHandle, RuntimeSettings, Up, gateway_database,
+};
 use aa_core::{Action, Decision, EventKind, Mode};
 use aa_gateway::{GatewayConfig, NewEvent, SqliteStore, Store};
 use aa_proto::frame::{FrameDecoder, encode};
@@ -85,7 +87,9 @@ pub(crate) fn two_runtimes(
 /// `aasm up` in process on `state` with the test policy, a client keeping its keys under
 /// `dir`, and the agent `bot` registered.
 pub(crate) async fn start_bot(dir: &Path, state: &Path) -> (Up, Client, Agent) {
-    let up = Up::start(options(state, vec![data()]), None).await.unwrap();
+    let up = Up::start(options(state, vec![data()]), RuntimeSettings::default())
+        .await
+        .unwrap();
     let c = client(dir, &up.runtime.socket, Mode::Enforce);
     let agent = register(&c, "bot", None).await;
     (up, c, agent)
@@ -136,9 +140,12 @@ pub(crate) async fn stored_events(up: &GatewayHandle) -> Vec<serde_json::Value> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_deny_and_pending_in_each_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(options(dir.path(), vec![data()]), None)
-        .await
-        .unwrap();
+    let up = Up::start(
+        options(dir.path(), vec![data()]),
+        RuntimeSettings::default(),
+    )
+    .await
+    .unwrap();
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let enforced = register(&c, "enforced", None).await;
     let observed = register(&c, "observed", Some("watchers")).await;
@@ -226,7 +233,7 @@ async fn a_policy_edit_reaches_the_runtime() {
     std::fs::write(&policy, &source).unwrap();
     let up = Up::start(
         options(&dir.path().join("state"), vec![policy.clone()]),
-        None,
+        RuntimeSettings::default(),
     )
     .await
     .unwrap();
@@ -598,9 +605,12 @@ async fn secrets_never_reach_a_database_unredacted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_gets_its_lineage_and_an_unapproved_pending_check_denies() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(options(dir.path(), vec![data()]), None)
-        .await
-        .unwrap();
+    let up = Up::start(
+        options(dir.path(), vec![data()]),
+        RuntimeSettings::default(),
+    )
+    .await
+    .unwrap();
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let root = register(&c, "root", Some("ops")).await;
     assert_eq!(root.context().depth, 0);
@@ -1181,6 +1191,31 @@ async fn a_uid_the_runtime_does_not_serve_is_refused() {
     assert!(recorded, "{:?}", stored_events(&gateway).await);
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
+}
+
+/// `aasm up` checks its runtime's settings before its gateway binds or writes anything.
+#[test]
+fn aasm_up_names_a_bad_socket_limit_before_starting_its_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let out = crate::aasm(&[
+        "up",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--grpc",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--max-connections",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        crate::stderr(&out).contains("max_connections: must be at least 1"),
+        "{}",
+        crate::stderr(&out)
+    );
+    assert!(!aa_cli::up::gateway_address_file(&state).exists());
 }
 
 /// `aasm runtime` takes its socket's limits from flags, validated before anything is bound:
