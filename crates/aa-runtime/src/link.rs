@@ -332,8 +332,9 @@ struct Rewound {
 
 /// When the gateway refused a batch because its stream's head calls for a sequence already
 /// sent (its store was restored from a backup, say), the events from there, read back from
-/// the delivered ones the outbox keeps. `None` for any other refusal, or when the outbox no
-/// longer holds the first of them: then nothing can fill the gap, which is logged.
+/// the delivered ones the outbox keeps. `None` for any other refusal; also, logged as what no
+/// resend can mend, when the outbox no longer holds the first of them, and when the gateway
+/// holds other events than the outbox beyond what was sent.
 async fn rewind(
     outbox: &Arc<Outbox>,
     status: &tonic::Status,
@@ -347,7 +348,20 @@ async fn rewind(
         .ok()?
         .parse()
         .ok()?;
-    if status.code() != tonic::Code::FailedPrecondition || expected == 0 || expected > sent {
+    if status.code() != tonic::Code::FailedPrecondition || expected == 0 {
+        return None;
+    }
+    if expected > sent + 1 {
+        // Past what was sent, the gateway holds other events than this outbox at the same
+        // places: the two histories differ, and no resend can join them.
+        tracing::error!(
+            expected,
+            sent,
+            "the gateway's record of this runtime's stream differs from its outbox (state restored from a backup?); nothing more can be sent"
+        );
+        return None;
+    }
+    if expected > sent {
         return None;
     }
     let from = expected - 1;
