@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use aa_cli::up::{
     DEFAULT_GRPC, DEFAULT_HTTP, GatewayHandle, GatewayOptions, RuntimeHandle, RuntimeSettings, Up,
@@ -65,7 +64,7 @@ pub(crate) struct UpArgs {
     #[command(flatten)]
     gateway: GatewayArgs,
     #[command(flatten)]
-    runtime: RuntimeFlags,
+    runtime: RuntimeSettings,
 }
 
 #[derive(Debug, Args)]
@@ -80,45 +79,7 @@ pub(crate) struct RuntimeArgs {
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
     #[command(flatten)]
-    runtime: RuntimeFlags,
-}
-
-/// The runtime's socket and its limits, for `aasm up` and `aasm runtime` alike.
-#[derive(Debug, Args)]
-struct RuntimeFlags {
-    /// The runtime socket (default: runtime.sock in the state directory).
-    #[arg(long)]
-    socket: Option<PathBuf>,
-    /// Connections served at once at most; more are answered UNAVAILABLE (default 4096).
-    #[arg(long)]
-    max_connections: Option<usize>,
-    /// Seconds a frame may take to arrive once begun before its connection is closed
-    /// (default 10).
-    #[arg(long, value_parser = seconds)]
-    frame_timeout: Option<Duration>,
-    /// Bytes of large frames still arriving, held across all connections at most (default
-    /// 64 MiB; at least one 4 MiB frame).
-    #[arg(long)]
-    max_unfinished_frame_bytes: Option<usize>,
-}
-
-impl RuntimeFlags {
-    fn settings(self) -> RuntimeSettings {
-        RuntimeSettings {
-            socket: self.socket,
-            max_connections: self.max_connections,
-            frame_timeout: self.frame_timeout,
-            max_unfinished_frame_bytes: self.max_unfinished_frame_bytes,
-        }
-    }
-}
-
-/// A duration given in seconds, fractions allowed.
-fn seconds(text: &str) -> Result<Duration, String> {
-    let seconds: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} seconds: {e}"))
+    runtime: RuntimeSettings,
 }
 
 fn init_logging() {
@@ -153,7 +114,7 @@ async fn terminated() -> Result<()> {
 pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
-        let up = Up::start(args.gateway.options()?, args.runtime.settings()).await?;
+        let up = Up::start(args.gateway.options()?, args.runtime).await?;
         println!("runtime socket: {}", up.runtime.socket.display());
         println!("gateway gRPC:   {}", up.gateway.url());
         println!("operator HTTP:  http://{}", up.gateway.http);
@@ -179,7 +140,7 @@ pub(crate) fn gateway(args: GatewayArgs) -> Result<ExitCode> {
 
 pub(crate) fn runtime(args: RuntimeArgs) -> Result<ExitCode> {
     init_logging();
-    let mut config = args.runtime.settings().config(args.state_dir, args.gateway);
+    let mut config = args.runtime.config(args.state_dir, args.gateway);
     config.allowed_uids = args.allow_uids;
     tokio()?.block_on(async {
         let runtime = RuntimeHandle::start(config)?;

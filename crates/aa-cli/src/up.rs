@@ -292,18 +292,32 @@ pub struct Up {
     pub runtime: RuntimeHandle,
 }
 
-/// A runtime's settings that `aasm up` and `aasm runtime` take alike; `None` keeps the
-/// runtime's default.
-#[derive(Debug, Clone, Default)]
+/// A runtime's settings that `aasm up` and `aasm runtime` take alike, as flags; `None` keeps
+/// the runtime's default.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct RuntimeSettings {
-    /// The socket (default: `runtime.sock` in the state directory).
+    /// The runtime socket (default: runtime.sock in the state directory).
+    #[arg(long)]
     pub socket: Option<PathBuf>,
-    /// Connections served at once at most.
+    /// Connections served at once at most; more are answered UNAVAILABLE (default 4096).
+    #[arg(long)]
     pub max_connections: Option<usize>,
-    /// How long a frame may take to arrive once begun.
+    /// Seconds a frame may take to arrive once begun before its connection is closed
+    /// (default 10).
+    #[arg(long, value_parser = seconds)]
     pub frame_timeout: Option<Duration>,
-    /// Bytes of large frames still arriving, across all connections, at most.
+    /// Bytes of large frames still arriving, held across all connections at most (default
+    /// 64 MiB; at least one 4 MiB frame).
+    #[arg(long)]
     pub max_unfinished_frame_bytes: Option<usize>,
+}
+
+/// A duration given in seconds, fractions allowed.
+fn seconds(text: &str) -> std::result::Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?} seconds: {e}"))
 }
 
 impl RuntimeSettings {

@@ -351,17 +351,16 @@ async fn rewind(
     if status.code() != tonic::Code::FailedPrecondition || expected == 0 {
         return None;
     }
-    if expected > sent + 1 {
+    if expected > sent {
         // Past what was sent, the gateway holds other events than this outbox at the same
         // places: the two histories differ, and no resend can join them.
-        tracing::error!(
-            expected,
-            sent,
-            "the gateway's record of this runtime's stream differs from its outbox (state restored from a backup?); nothing more can be sent"
-        );
-        return None;
-    }
-    if expected > sent {
+        if expected > sent + 1 {
+            tracing::error!(
+                expected,
+                sent,
+                "the gateway's record of this runtime's stream differs from its outbox (state restored from a backup?); nothing more can be sent"
+            );
+        }
         return None;
     }
     let from = expected - 1;

@@ -51,8 +51,6 @@ impl Table {
     /// Lays out the DFA of `nfa`, the ASCII-case-insensitive automaton of `words`: its
     /// reachable states, each with a transition for every byte class.
     fn new(nfa: &NFA, words: &[&str]) -> Result<Table, SecurityError> {
-        let internal =
-            |e: &dyn std::fmt::Display| SecurityError::Internal(format!("keyword automaton: {e}"));
         // A byte in no keyword leads every state back to the start, so all such bytes share
         // class 0; the others have a class each, a letter's two cases one between them.
         let mut classes = [0u8; 256];
@@ -196,6 +194,11 @@ impl std::fmt::Debug for Table {
     }
 }
 
+/// A failure building the search, which the built-in keywords never cause.
+fn internal(e: &dyn std::fmt::Display) -> SecurityError {
+    SecurityError::Internal(format!("keyword automaton: {e}"))
+}
+
 #[derive(Debug)]
 pub(crate) struct Keywords {
     table: Table,
@@ -213,7 +216,7 @@ impl Keywords {
             .match_kind(MatchKind::Standard)
             .prefilter(false)
             .build(words)
-            .map_err(|e| SecurityError::Internal(format!("keyword automaton: {e}")))?;
+            .map_err(|e| internal(&e))?;
         Ok(Keywords {
             table: Table::new(&nfa, words)?,
             #[cfg(feature = "vectorscan")]
