@@ -29,6 +29,10 @@ const TAIL_MAX: usize = 4096;
 /// as a duplicate instead of taking a second place in the stream.
 const KEEP_DELIVERED: u64 = 100_000;
 
+/// Delivered rows past [`KEEP_DELIVERED`] are forgotten this many at a time: a delete per
+/// delivery rewrites the same pages of the table and its index each time.
+const PRUNE_STEP: u64 = 10_000;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
@@ -49,6 +53,8 @@ pub struct Outbox {
     stream_id: String,
     /// The newest committed events, numbered without a gap, oldest first.
     tail: Mutex<VecDeque<Stored>>,
+    /// Rows at or below this sequence are known to be gone; read and written under `conn`.
+    pruned_through: AtomicU64,
 }
 
 /// An event as the outbox holds it: its place in the stream and its wire encoding.
@@ -120,6 +126,7 @@ impl Outbox {
             last_sequence: AtomicU64::new(last),
             stream_id,
             tail: Mutex::new(VecDeque::new()),
+            pruned_through: AtomicU64::new(0),
         })
     }
 
@@ -246,16 +253,37 @@ impl Outbox {
     }
 
     /// Records that the gateway holds every event up to `sequence`, and forgets the oldest
-    /// delivered ones.
+    /// delivered ones, [`PRUNE_STEP`] at a time.
+    ///
+    /// The mark is committed without a sync of its own: the next event's commit syncs the log
+    /// it sits in. A mark lost to a power cut only sends a batch again, which the gateway
+    /// recognises as duplicates.
     pub fn mark_delivered(&self, sequence: u64) -> Result<(), RuntimeError> {
         let mut conn = self.lock()?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let marked = self.record_delivery(&mut conn, sequence);
+        // Every other commit must sync again, whatever became of this one.
+        let restored = conn.pragma_update(None, "synchronous", "FULL");
+        marked?;
+        Ok(restored?)
+    }
+
+    fn record_delivery(&self, conn: &mut Connection, sequence: u64) -> Result<(), RuntimeError> {
         let tx = conn.transaction()?;
         set_meta(&tx, "delivered", &sequence.to_string())?;
-        tx.execute(
-            "DELETE FROM outbox WHERE sequence <= ?1",
-            params![to_i64(sequence.saturating_sub(KEEP_DELIVERED))?],
-        )?;
+        let forget_through = sequence.saturating_sub(KEEP_DELIVERED);
+        let pruned_through = self.pruned_through.load(Ordering::Acquire);
+        let prune = forget_through >= pruned_through + PRUNE_STEP;
+        if prune {
+            tx.execute(
+                "DELETE FROM outbox WHERE sequence <= ?1",
+                params![to_i64(forget_through)?],
+            )?;
+        }
         tx.commit()?;
+        if prune {
+            self.pruned_through.store(forget_through, Ordering::Release);
+        }
         Ok(())
     }
 
@@ -417,6 +445,43 @@ mod tests {
             params![to_i64(from).unwrap()],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn delivered_rows_are_forgotten_in_steps_and_marks_leave_commits_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("outbox.db")).unwrap();
+        let rows = KEEP_DELIVERED + 2 * PRUNE_STEP;
+        outbox
+            .lock()
+            .unwrap()
+            .execute(
+                "WITH RECURSIVE n(s) AS (SELECT 1 UNION ALL SELECT s + 1 FROM n WHERE s < ?1)
+                 INSERT INTO outbox (sequence, event_id, event) SELECT s, 'e' || s, x'00' FROM n",
+                params![to_i64(rows).unwrap()],
+            )
+            .unwrap();
+        let oldest = || -> i64 {
+            let conn = outbox.lock().unwrap();
+            conn.query_row("SELECT min(sequence) FROM outbox", [], |r| r.get(0))
+                .unwrap()
+        };
+        outbox
+            .mark_delivered(KEEP_DELIVERED + PRUNE_STEP - 1)
+            .unwrap();
+        assert_eq!(oldest(), 1, "fewer than a step past the kept ones");
+        outbox.mark_delivered(KEEP_DELIVERED + PRUNE_STEP).unwrap();
+        assert_eq!(oldest(), to_i64(PRUNE_STEP + 1).unwrap());
+        outbox.mark_delivered(rows - 1).unwrap();
+        assert_eq!(oldest(), to_i64(PRUNE_STEP + 1).unwrap());
+        outbox.mark_delivered(rows).unwrap();
+        assert_eq!(oldest(), to_i64(2 * PRUNE_STEP + 1).unwrap());
+        assert_eq!(outbox.delivered().unwrap(), rows);
+        let conn = outbox.lock().unwrap();
+        let synchronous: i64 = conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL");
     }
 
     #[test]
