@@ -450,53 +450,32 @@ impl<S: Store> Gateway<S> {
     /// Appends events from runtimes. Each must carry its origin (stream and sequence); runs of
     /// one stream are appended together, in order. Every event is scanned again before it is
     /// stored: a secret a runtime missed or a hostile runtime sent never reaches the store.
+    /// A batch holding an invalid event is refused whole, before anything is stored.
     pub async fn append(&self, events: Vec<AuditEvent>) -> Result<Appended, GatewayError> {
         let mut total = Appended::default();
         let mut run: Vec<NewEvent> = Vec::new();
         let mut run_stream = String::new();
         let mut edges = Vec::new();
         let mut usages = Vec::new();
-        for event in events {
-            let Some(origin) = event.origin.clone() else {
-                return Err(GatewayError::InvalidRequest(format!(
-                    "event {:?} has no origin (stream and sequence)",
-                    event.event_id
-                )));
-            };
-            if origin.stream_id == crate::approvals::GATEWAY_STREAM {
-                return Err(GatewayError::InvalidRequest(format!(
-                    "event {:?}: stream {:?} is the gateway's own",
-                    event.event_id, origin.stream_id
-                )));
-            }
-            // Serialised once, and the backstop scan redacts that form in place.
-            let invalid = |e: &dyn std::fmt::Display| GatewayError::InvalidRequest(e.to_string());
-            let (event_id, kind) = (event.event_id.clone(), event.kind);
-            let mut value = event.into_value().map_err(|e| invalid(&e))?;
-            let added = self
-                .scanner
-                .redact_audit_value(&mut value, &self.config.limits)
-                .map_err(|e| invalid(&e))?;
-            bump(&self.metrics.backstop_redactions, added as u64);
-            if kind == EventKind::Edge
-                && let Some(edge) = value
-                    .get("detail")
-                    .and_then(|d| TopologyEdge::deserialize(d).ok())
-            {
-                edges.push(edge);
-            }
-            if kind == EventKind::LlmUsage {
-                usages.push(AuditEvent::deserialize(&value).map_err(|e| invalid(&e))?);
-            }
-            if origin.stream_id != run_stream && !run.is_empty() {
+        // Every event is checked before any is stored.
+        let checked = events
+            .into_iter()
+            .map(|event| check_appended(&self.scanner, &self.config.limits, event))
+            .collect::<Result<Vec<_>, _>>()?;
+        let redacted = checked.iter().map(|c| c.redactions as u64).sum();
+        bump(&self.metrics.backstop_redactions, redacted);
+        for checked in checked {
+            edges.extend(checked.edge);
+            usages.extend(checked.usage);
+            if checked.stream != run_stream && !run.is_empty() {
                 total = add(
                     total,
                     self.append_run(&run_stream, std::mem::take(&mut run))
                         .await?,
                 );
             }
-            run_stream = origin.stream_id;
-            run.push(NewEvent::new(event_id, origin.sequence, &value)?);
+            run_stream = checked.stream;
+            run.push(checked.event);
         }
         if !run.is_empty() {
             total = add(total, self.append_run(&run_stream, run).await?);
@@ -548,6 +527,61 @@ impl<S: Store> Gateway<S> {
         bump(&self.metrics.checkpoints, 1);
         Ok(Some(checkpoint))
     }
+}
+
+/// An event from a runtime, checked, re-scanned and serialised: ready for its stream's chain.
+struct Checked {
+    stream: String,
+    event: NewEvent,
+    edge: Option<TopologyEdge>,
+    usage: Option<AuditEvent>,
+    redactions: usize,
+}
+
+/// Refuses an event without an origin or claiming the gateway's own stream, re-scans it (the
+/// backstop) and serialises it once: the scan redacts that form in place.
+fn check_appended(
+    scanner: &Scanner,
+    limits: &Limits,
+    event: AuditEvent,
+) -> Result<Checked, GatewayError> {
+    let invalid = |e: &dyn std::fmt::Display| GatewayError::InvalidRequest(e.to_string());
+    let Some(origin) = event.origin.clone() else {
+        return Err(GatewayError::InvalidRequest(format!(
+            "event {:?} has no origin (stream and sequence)",
+            event.event_id
+        )));
+    };
+    if origin.stream_id == crate::approvals::GATEWAY_STREAM {
+        return Err(GatewayError::InvalidRequest(format!(
+            "event {:?}: stream {:?} is the gateway's own",
+            event.event_id, origin.stream_id
+        )));
+    }
+    let (event_id, kind) = (event.event_id.clone(), event.kind);
+    let mut value = event.into_value().map_err(|e| invalid(&e))?;
+    let redactions = scanner
+        .redact_audit_value(&mut value, limits)
+        .map_err(|e| invalid(&e))?;
+    let edge = if kind == EventKind::Edge {
+        value
+            .get("detail")
+            .and_then(|d| TopologyEdge::deserialize(d).ok())
+    } else {
+        None
+    };
+    let usage = if kind == EventKind::LlmUsage {
+        Some(AuditEvent::deserialize(&value).map_err(|e| invalid(&e))?)
+    } else {
+        None
+    };
+    Ok(Checked {
+        stream: origin.stream_id,
+        event: NewEvent::new(event_id, origin.sequence, &value)?,
+        edge,
+        usage,
+        redactions,
+    })
 }
 
 fn add(a: Appended, b: Appended) -> Appended {

@@ -206,8 +206,12 @@ async fn publishing_changes_the_version_only_when_content_changes() {
 }
 
 fn event(n: u64, command: &str) -> AuditEvent {
+    event_in("rt-1", n, command)
+}
+
+fn event_in(stream: &str, n: u64, command: &str) -> AuditEvent {
     AuditEvent {
-        event_id: format!("rt-1/{n}"),
+        event_id: format!("{stream}/{n}"),
         timestamp_ms: 1,
         agent: AgentContext::new("bot"),
         session_id: None,
@@ -220,7 +224,7 @@ fn event(n: u64, command: &str) -> AuditEvent {
         kind: EventKind::ToolStart,
         detail: None,
         origin: Some(Origin {
-            stream_id: "rt-1".into(),
+            stream_id: stream.into(),
             sequence: n,
             received_at_ms: 2,
             peer_uid: 1000,
@@ -266,4 +270,46 @@ async fn appends_are_scanned_again_and_checkpointed() {
     )
     .unwrap();
     assert_eq!((verified.records, verified.checkpoints), (2, 1));
+}
+
+/// A batch of two streams is stored in order, redacted throughout, or refused whole.
+#[tokio::test]
+async fn a_batch_is_stored_in_order_or_refused_whole() {
+    let gw = gateway(GatewayConfig::default());
+    let secret = "AKIAQWERTYUIOPASDFGH";
+    let command = |n: u64| match n % 50 {
+        0 => format!("aws --key {secret} # {n}"),
+        _ => format!("ls {n}"),
+    };
+    let mut batch: Vec<AuditEvent> = (1..=250)
+        .map(|n| event_in("rt-1", n, &command(n)))
+        .collect();
+    batch.extend((1..=150).map(|n| event_in("rt-2", n, &command(n))));
+    let mut refused = batch.clone();
+    refused.push(event_in("rt-2", 151, "ls"));
+    refused.last_mut().unwrap().origin = None;
+    assert!(gw.append(refused).await.is_err());
+    assert!(
+        gw.store().records(0, 10).await.unwrap().is_empty(),
+        "nothing of a refused batch is stored"
+    );
+
+    let appended = gw.append(batch).await.unwrap();
+    assert_eq!(appended.accepted, 400);
+    let records = gw.store().records(0, 1000).await.unwrap();
+    let places: Vec<(String, u64)> = records
+        .iter()
+        .map(|r| (r.stream_id.clone(), r.sequence))
+        .collect();
+    let expected: Vec<(String, u64)> = (1..=250)
+        .map(|n| ("rt-1".to_owned(), n))
+        .chain((1..=150).map(|n| ("rt-2".to_owned(), n)))
+        .collect();
+    assert_eq!(places, expected);
+    let stored = serde_json::to_string(&records).unwrap();
+    assert!(!stored.contains(secret));
+    assert_eq!(stored.matches("[REDACTED:aws_access_key]").count(), 8);
+    assert!(stored.contains("ls 249") && stored.contains("ls 149"));
+    let verified = aa_gateway::audit::verify(records, &[], None).unwrap();
+    assert_eq!(verified.records, 400);
 }
