@@ -16,6 +16,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Agent Assembly: a governance runtime for AI agents.
 #[derive(Debug, Parser)]
 #[command(name = "aasm", version, about)]
