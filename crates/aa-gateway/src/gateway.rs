@@ -450,7 +450,8 @@ impl<S: Store> Gateway<S> {
     /// Appends events from runtimes. Each must carry its origin (stream and sequence); runs of
     /// one stream are appended together, in order. Every event is scanned again before it is
     /// stored: a secret a runtime missed or a hostile runtime sent never reaches the store.
-    /// A batch holding an invalid event is refused whole, before anything is stored.
+    /// An event that fails its checks refuses the batch whole, before anything is stored; a
+    /// sequence refusal comes from the store, a stream at a time.
     pub async fn append(&self, events: Vec<AuditEvent>) -> Result<Appended, GatewayError> {
         let mut total = Appended::default();
         let mut run: Vec<NewEvent> = Vec::new();
