@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aa_core::{Action, Decision};
 use aa_sdk_client::{Agent, Client};
 
-use crate::cpu::{CpuShare, CpuTimes, ProcessTimes};
+use crate::cpu::{CpuShare, CpuTimes, ProcessTimes, Used, UsedPer};
 use crate::pace::Schedule;
 use crate::stats::Percentiles;
 use crate::{BenchError, registered_client};
@@ -72,18 +72,16 @@ pub struct CheckReport {
     pub from_schedule: Option<Percentiles>,
     /// What the machine's processors did over the measured part, where `/proc/stat` tells.
     pub machine: Option<CpuShare>,
-    /// The processor time each watched process used over the measured part, where `/proc`
-    /// tells.
-    pub cpu: Vec<(&'static str, Duration)>,
+    /// What each watched process used over the measured part, where `/proc` tells.
+    pub cpu: Vec<(&'static str, Used)>,
 }
 
 impl CheckReport {
-    /// Processor time per answered request: what each watched process spent on one.
-    pub fn cpu_per_answer(&self) -> Vec<(&'static str, Duration)> {
-        let answered = u32::try_from(self.answered.max(1)).unwrap_or(u32::MAX);
+    /// What each watched process spent on one answered request.
+    pub fn cpu_per_answer(&self) -> Vec<(&'static str, UsedPer)> {
         self.cpu
             .iter()
-            .map(|&(name, t)| (name, t / answered))
+            .map(|&(name, used)| (name, used.per(self.answered)))
             .collect()
     }
 }

@@ -2,8 +2,11 @@
 //! `/proc/stat`: how busy they were, and how much of the time the hypervisor gave their
 //! turn to another guest (steal). On a shared virtual machine stolen time stalls whatever
 //! was running, and a latency's tail follows it; the figure says how far to trust a run.
-//! Also the processor time one process used (`/proc/<pid>/stat`), which stolen time does
-//! not inflate: the cost of a check or an event, where wall time is too noisy to compare.
+//! Also what one process used (`/proc/<pid>/stat` and its threads' `status`): its processor
+//! time, which stolen time does not inflate, the cost of a check or an event where wall time
+//! is too noisy to compare; and how often its threads were switched out. Each switch (a thread
+//! that sleeps and is woken again) costs processor time of its own, several microseconds on a
+//! virtual machine, so the count says how much of a check's cost is waking up.
 
 use std::fmt;
 use std::time::Duration;
@@ -17,30 +20,103 @@ pub fn process_time(pid: u32) -> Option<Duration> {
     (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
-/// Several processes' processor time at one moment, by name.
+/// How many times the threads of process `pid` now running have been switched out, waiting
+/// (voluntary) or preempted; `None` where `/proc` cannot tell. Threads that have exited are
+/// not counted, so a count across a span in which threads ended is short by theirs.
+pub fn process_switches(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread may end between listing and reading: it no longer counts.
+        if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+            total += switches_in(&status)?;
+        }
+    }
+    Some(total)
+}
+
+/// What one process used over a span.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Used {
+    /// Processor time, user and system.
+    pub time: Duration,
+    /// Context switches of its threads, where `/proc` told.
+    pub switches: Option<u64>,
+}
+
+impl Used {
+    /// This use shared over `count` requests or events.
+    pub fn per(self, count: usize) -> UsedPer {
+        let count = count.max(1);
+        UsedPer {
+            time: self.time / u32::try_from(count).unwrap_or(u32::MAX),
+            switches: self.switches.map(|s| s as f64 / count as f64),
+        }
+    }
+}
+
+/// What one process used per request or event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UsedPer {
+    /// Processor time.
+    pub time: Duration,
+    /// Context switches.
+    pub switches: Option<f64>,
+}
+
+impl fmt::Display for UsedPer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", crate::stats::micros(self.time))?;
+        if let Some(switches) = self.switches {
+            write!(f, "  {switches:.2} context switches")?;
+        }
+        Ok(())
+    }
+}
+
+/// Several processes' use at one moment, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessTimes(Vec<(&'static str, Option<Duration>)>);
+pub struct ProcessTimes(Vec<(&'static str, Option<Duration>, Option<u64>)>);
 
 impl ProcessTimes {
-    /// Each of `processes`' time so far.
+    /// Each of `processes`' use so far. This process's own switches are not read: its load
+    /// threads end before a load's last reading, and would go uncounted.
     pub fn read(processes: &[(&'static str, u32)]) -> ProcessTimes {
+        let switches = |pid| (pid != std::process::id()).then(|| process_switches(pid));
         ProcessTimes(
             processes
                 .iter()
-                .map(|&(name, pid)| (name, process_time(pid)))
+                .map(|&(name, pid)| (name, process_time(pid), switches(pid).flatten()))
                 .collect(),
         )
     }
 
-    /// What each used from this reading until `later`; a process either reading missed is
-    /// left out.
-    pub fn until(&self, later: &ProcessTimes) -> Vec<(&'static str, Duration)> {
+    /// What each used from this reading until `later`; a process whose time either reading
+    /// missed is left out, and its switches are unknown if either missed them.
+    pub fn until(&self, later: &ProcessTimes) -> Vec<(&'static str, Used)> {
         self.0
             .iter()
             .zip(&later.0)
-            .filter_map(|(&(name, before), &(_, after))| Some((name, after?.checked_sub(before?)?)))
+            .filter_map(|(&(name, before, switched), &(_, after, switched_later))| {
+                let time = after?.checked_sub(before?)?;
+                let switches = switched_later
+                    .zip(switched)
+                    .and_then(|(later, earlier)| later.checked_sub(earlier));
+                Some((name, Used { time, switches }))
+            })
             .collect()
     }
+}
+
+/// `voluntary_ctxt_switches` plus `nonvoluntary_ctxt_switches` from a thread's `status`.
+fn switches_in(status: &str) -> Option<u64> {
+    let count = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.trim().parse::<u64>().ok())
+    };
+    Some(count("voluntary_ctxt_switches:")? + count("nonvoluntary_ctxt_switches:")?)
 }
 
 /// `utime + stime` from a `/proc/<pid>/stat` line. The command name (second field) may hold
@@ -152,6 +228,28 @@ mod tests {
         assert_eq!(process_ticks("4126 (aasm) S 1 2"), None);
         // This process has used some time, and the kernel says how much.
         assert!(process_time(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn switches_are_both_kinds_added() {
+        let status = "Name:\taasm\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(switches_in(status), Some(127));
+        assert_eq!(
+            switches_in("Name:\taasm\nvoluntary_ctxt_switches:\t120\n"),
+            None
+        );
+        // This process has threads, each switched out at least when it started waiting.
+        assert!(process_switches(std::process::id()).is_some());
+        let used = Used {
+            time: Duration::from_micros(300),
+            switches: Some(9),
+        };
+        assert_eq!(used.per(4).to_string(), "75.0 µs  2.25 context switches");
+        let unknown = Used {
+            time: Duration::from_micros(300),
+            switches: None,
+        };
+        assert_eq!(unknown.per(0).to_string(), "300.0 µs");
     }
 
     #[test]

@@ -239,11 +239,7 @@ fn print_paced(what: &str, pace: &PaceArgs, report: &CheckReport) {
         None => println!("  {:<22} (no /proc/stat)", "processors"),
     }
     for (name, per_answer) in report.cpu_per_answer() {
-        println!(
-            "  {:<22} {}",
-            format!("{name} CPU per answer"),
-            micros(per_answer)
-        );
+        println!("  {:<22} {per_answer}", format!("{name} CPU per answer"));
     }
 }
 
@@ -317,12 +313,11 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
         report.stored_in.as_secs_f64()
     );
     print_latency("report call", report.batch_latency);
-    let events = u32::try_from(report.events.max(1)).unwrap_or(u32::MAX);
     for (name, used) in cpu {
         println!(
             "  {:<22} {}",
             format!("{name} CPU per event"),
-            micros(used / events)
+            used.per(usize::try_from(report.events).unwrap_or(usize::MAX))
         );
     }
     print_memory("runtime after", memory);
