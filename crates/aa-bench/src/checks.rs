@@ -81,7 +81,7 @@ impl CheckReport {
     pub fn cpu_per_answer(&self) -> Vec<(&'static str, UsedPer)> {
         self.cpu
             .iter()
-            .map(|&(name, used)| (name, used.per(self.answered)))
+            .map(|&(name, used)| (name, used.per(self.answered as u64)))
             .collect()
     }
 }

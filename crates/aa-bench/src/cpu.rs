@@ -5,9 +5,11 @@
 //! Also what one process used (`/proc/<pid>/stat` and its threads' `status`): its processor
 //! time, which stolen time does not inflate, the cost of a check or an event where wall time
 //! is too noisy to compare; and how often its threads were switched out. Each switch (a thread
-//! that sleeps and is woken again) costs processor time of its own, several microseconds on a
-//! virtual machine, so the count says how much of a check's cost is waking up.
+//! that sleeps and is woken again) costs processor time of its own, on this kind of virtual
+//! machine in the order of ten microseconds, so the count says how much of a check's cost is
+//! waking up.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -20,19 +22,37 @@ pub fn process_time(pid: u32) -> Option<Duration> {
     (per_second > 0).then(|| Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
-/// How many times the threads of process `pid` now running have been switched out, waiting
-/// (voluntary) or preempted; `None` where `/proc` cannot tell. Threads that have exited are
-/// not counted, so a count across a span in which threads ended is short by theirs.
-pub fn process_switches(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
-    for task in tasks.flatten() {
-        // A thread may end between listing and reading: it no longer counts.
-        if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
-            total += switches_in(&status)?;
+/// How many times each running thread of process `pid` has been switched out so far, waiting
+/// (voluntary) or preempted, by thread id; `None` where `/proc` cannot tell.
+pub fn thread_switches(pid: u32) -> Option<BTreeMap<u32, u64>> {
+    let mut counts = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let task = task.ok()?;
+        let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+        match std::fs::read_to_string(task.path().join("status")) {
+            Ok(status) => {
+                counts.insert(tid, switches_in(&status)?);
+            }
+            // The thread ended between the listing and the reading.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3) => {}
+            Err(_) => return None,
         }
     }
-    Some(total)
+    Some(counts)
+}
+
+/// The switches of one process's threads between two readings: each thread's count at the
+/// later one, less its count at the earlier (a thread started since counts whole). `None` if
+/// a thread of the earlier reading has ended: its switches since would go uncounted, and a
+/// short count would pass for a real one.
+fn switches_between(earlier: &BTreeMap<u32, u64>, later: &BTreeMap<u32, u64>) -> Option<u64> {
+    if earlier.keys().any(|tid| !later.contains_key(tid)) {
+        return None;
+    }
+    later
+        .iter()
+        .map(|(tid, &count)| count.checked_sub(earlier.get(tid).copied().unwrap_or(0)))
+        .sum()
 }
 
 /// What one process used over a span.
@@ -40,17 +60,17 @@ pub fn process_switches(pid: u32) -> Option<u64> {
 pub struct Used {
     /// Processor time, user and system.
     pub time: Duration,
-    /// Context switches of its threads, where `/proc` told.
+    /// Context switches of its threads, where they could all be counted.
     pub switches: Option<u64>,
 }
 
 impl Used {
     /// This use shared over `count` requests or events.
-    pub fn per(self, count: usize) -> UsedPer {
-        let count = count.max(1);
+    pub fn per(self, count: u64) -> UsedPer {
+        let count = count.max(1) as f64;
         UsedPer {
-            time: self.time / u32::try_from(count).unwrap_or(u32::MAX),
-            switches: self.switches.map(|s| s as f64 / count as f64),
+            time: self.time.div_f64(count),
+            switches: self.switches.map(|s| s as f64 / count),
         }
     }
 }
@@ -68,41 +88,53 @@ impl fmt::Display for UsedPer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", crate::stats::micros(self.time))?;
         if let Some(switches) = self.switches {
-            write!(f, "  {switches:.2} context switches")?;
+            write!(f, "  {switches:.3} context switches")?;
         }
         Ok(())
     }
 }
 
+/// One process's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reading {
+    name: &'static str,
+    time: Option<Duration>,
+    switches: Option<BTreeMap<u32, u64>>,
+}
+
 /// Several processes' use at one moment, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessTimes(Vec<(&'static str, Option<Duration>, Option<u64>)>);
+pub struct ProcessTimes(Vec<Reading>);
 
 impl ProcessTimes {
-    /// Each of `processes`' use so far. This process's own switches are not read: its load
-    /// threads end before a load's last reading, and would go uncounted.
+    /// Each of `processes`' use so far.
     pub fn read(processes: &[(&'static str, u32)]) -> ProcessTimes {
-        let switches = |pid| (pid != std::process::id()).then(|| process_switches(pid));
         ProcessTimes(
             processes
                 .iter()
-                .map(|&(name, pid)| (name, process_time(pid), switches(pid).flatten()))
+                .map(|&(name, pid)| Reading {
+                    name,
+                    time: process_time(pid),
+                    switches: thread_switches(pid),
+                })
                 .collect(),
         )
     }
 
     /// What each used from this reading until `later`; a process whose time either reading
-    /// missed is left out, and its switches are unknown if either missed them.
+    /// missed is left out, and its switches are unknown unless both readings counted every
+    /// thread (see [`switches_between`]).
     pub fn until(&self, later: &ProcessTimes) -> Vec<(&'static str, Used)> {
         self.0
             .iter()
             .zip(&later.0)
-            .filter_map(|(&(name, before, switched), &(_, after, switched_later))| {
-                let time = after?.checked_sub(before?)?;
-                let switches = switched_later
-                    .zip(switched)
-                    .and_then(|(later, earlier)| later.checked_sub(earlier));
-                Some((name, Used { time, switches }))
+            .filter_map(|(before, after)| {
+                let time = after.time?.checked_sub(before.time?)?;
+                let switches = match (&before.switches, &after.switches) {
+                    (Some(earlier), Some(later)) => switches_between(earlier, later),
+                    _ => None,
+                };
+                Some((before.name, Used { time, switches }))
             })
             .collect()
     }
@@ -238,13 +270,32 @@ mod tests {
             switches_in("Name:\taasm\nvoluntary_ctxt_switches:\t120\n"),
             None
         );
-        // This process has threads, each switched out at least when it started waiting.
-        assert!(process_switches(std::process::id()).is_some());
+        // The test harness's main thread has waited for this one, so it was switched out.
+        let threads = thread_switches(std::process::id()).unwrap();
+        assert!(threads.len() >= 2, "{threads:?}");
+        assert!(threads.values().any(|&n| n > 0), "{threads:?}");
+    }
+
+    #[test]
+    fn a_thread_that_ended_makes_the_switches_unknown() {
+        let earlier = BTreeMap::from([(10, 5), (11, 7)]);
+        // Thread 12 started since and counts whole.
+        let later = BTreeMap::from([(10, 9), (11, 7), (12, 3)]);
+        assert_eq!(switches_between(&earlier, &later), Some(7));
+        let without_11 = BTreeMap::from([(10, 9), (12, 3)]);
+        assert_eq!(switches_between(&earlier, &without_11), None);
+        // A thread id reused by a newer thread with fewer switches is no count either.
+        let reused = BTreeMap::from([(10, 9), (11, 2)]);
+        assert_eq!(switches_between(&earlier, &reused), None);
+    }
+
+    #[test]
+    fn use_is_shared_over_requests() {
         let used = Used {
             time: Duration::from_micros(300),
             switches: Some(9),
         };
-        assert_eq!(used.per(4).to_string(), "75.0 µs  2.25 context switches");
+        assert_eq!(used.per(4).to_string(), "75.0 µs  2.250 context switches");
         let unknown = Used {
             time: Duration::from_micros(300),
             switches: None,

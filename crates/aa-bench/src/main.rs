@@ -168,13 +168,13 @@ fn mib(bytes: u64) -> String {
 
 fn print_latency(label: &str, p: Option<Percentiles>) {
     match p {
-        Some(p) => println!("  {label:<22} {p}"),
-        None => println!("  {label:<22} (none)"),
+        Some(p) => println!("  {label:<23} {p}"),
+        None => println!("  {label:<23} (none)"),
     }
 }
 
 fn print_memory(label: &str, m: Memory) {
-    println!("  {label:<22} rss {}  peak {}", mib(m.rss), mib(m.peak));
+    println!("  {label:<23} rss {}  peak {}", mib(m.rss), mib(m.peak));
 }
 
 fn run_checks(aasm: &std::path::Path, args: &CheckArgs) -> Result<bool> {
@@ -235,11 +235,11 @@ fn print_paced(what: &str, pace: &PaceArgs, report: &CheckReport) {
     print_latency("send lateness", report.lateness);
     print_latency("from schedule", report.from_schedule);
     match report.machine {
-        Some(share) => println!("  {:<22} {share}", "processors"),
-        None => println!("  {:<22} (no /proc/stat)", "processors"),
+        Some(share) => println!("  {:<23} {share}", "processors"),
+        None => println!("  {:<23} (no /proc/stat)", "processors"),
     }
     for (name, per_answer) in report.cpu_per_answer() {
-        println!("  {:<22} {per_answer}", format!("{name} CPU per answer"));
+        println!("  {:<23} {per_answer}", format!("{name} CPU per answer"));
     }
 }
 
@@ -315,9 +315,9 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
     print_latency("report call", report.batch_latency);
     for (name, used) in cpu {
         println!(
-            "  {:<22} {}",
+            "  {:<23} {}",
             format!("{name} CPU per event"),
-            used.per(usize::try_from(report.events).unwrap_or(usize::MAX))
+            used.per(report.events)
         );
     }
     print_memory("runtime after", memory);

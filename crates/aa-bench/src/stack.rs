@@ -340,13 +340,13 @@ impl Stack {
         self.dir.path().join("clients")
     }
 
-    /// The runtime's and the gateway's process ids, by name, and this one's: the load
-    /// generator, whose clients are the SDK's, competes for the same processors.
+    /// The runtime's and the gateway's process ids, by name, and this one's (`aa-bench`): the
+    /// load generator, whose clients are the SDK's, competes for the same processors.
     pub fn processes(&self) -> Vec<(&'static str, u32)> {
         vec![
             ("runtime", self.runtime.pid()),
             ("gateway", self.gateway.pid()),
-            ("load generator", std::process::id()),
+            ("aa-bench", std::process::id()),
         ]
     }
 
