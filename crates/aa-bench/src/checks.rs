@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use aa_core::{Action, Decision};
 use aa_sdk_client::{Agent, Client};
 
-use crate::cpu::{CpuShare, CpuTimes, ProcessTimes, Used, UsedPer};
+use crate::cpu::{CpuShare, CpuTimes, ProcessUse, Used, UsedPer};
 use crate::pace::Schedule;
 use crate::stats::Percentiles;
 use crate::{BenchError, registered_client};
@@ -269,7 +269,7 @@ pub(crate) fn paced<S: Sync>(
             })
             .collect();
         std::thread::sleep(warmup.saturating_sub(origin.elapsed()));
-        let before = (CpuTimes::read(), ProcessTimes::read(processes));
+        let before = (CpuTimes::read(), ProcessUse::read(processes));
         let samples: Vec<Sample> = pacers
             .into_iter()
             .flat_map(|p| p.join().unwrap_or_default())
@@ -278,7 +278,7 @@ pub(crate) fn paced<S: Sync>(
             .0
             .zip(CpuTimes::read())
             .map(|(b, a)| b.share_until(&a));
-        let cpu = before.1.until(&ProcessTimes::read(processes));
+        let cpu = before.1.until(&ProcessUse::read(processes));
         (samples, machine, cpu)
     });
 

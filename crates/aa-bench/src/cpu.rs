@@ -104,12 +104,12 @@ struct Reading {
 
 /// Several processes' use at one moment, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessTimes(Vec<Reading>);
+pub struct ProcessUse(Vec<Reading>);
 
-impl ProcessTimes {
+impl ProcessUse {
     /// Each of `processes`' use so far.
-    pub fn read(processes: &[(&'static str, u32)]) -> ProcessTimes {
-        ProcessTimes(
+    pub fn read(processes: &[(&'static str, u32)]) -> ProcessUse {
+        ProcessUse(
             processes
                 .iter()
                 .map(|&(name, pid)| Reading {
@@ -124,7 +124,7 @@ impl ProcessTimes {
     /// What each used from this reading until `later`; a process whose time either reading
     /// missed is left out, and its switches are unknown unless both readings counted every
     /// thread (see [`switches_between`]).
-    pub fn until(&self, later: &ProcessTimes) -> Vec<(&'static str, Used)> {
+    pub fn until(&self, later: &ProcessUse) -> Vec<(&'static str, Used)> {
         self.0
             .iter()
             .zip(&later.0)

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use aa_bench::checks::{self, CheckLoad, CheckReport};
-use aa_bench::cpu::ProcessTimes;
+use aa_bench::cpu::ProcessUse;
 use aa_bench::events::{self, EventLoad};
 use aa_bench::floor::{self, FloorLoad};
 use aa_bench::soak::{self, SoakLoad};
@@ -293,9 +293,9 @@ fn run_events(aasm: &std::path::Path, args: &EventArgs) -> Result<bool> {
         in_flight: args.in_flight,
         events: args.events,
     };
-    let before = ProcessTimes::read(&stack.processes());
+    let before = ProcessUse::read(&stack.processes());
     let report = events::run(&load, || stack.events_stored())?;
-    let cpu = before.until(&ProcessTimes::read(&stack.processes()));
+    let cpu = before.until(&ProcessUse::read(&stack.processes()));
     let memory = stack.runtime_memory()?;
     stack.stop()?;
     println!(
