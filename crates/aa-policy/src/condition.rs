@@ -9,6 +9,8 @@ use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue};
 use cel::{Context, Env, Program, Value};
 use chrono::{DateTime, Utc};
 
+use crate::native::Native;
+
 /// The variables a condition may use.
 pub(crate) const VARIABLES: [&str; 5] = ["tool", "args", "agent", "action", "now"];
 
@@ -84,6 +86,8 @@ pub(crate) struct Condition {
     source: String,
     program: Program,
     uses: [bool; 5],
+    /// The same condition for the native evaluator, when it has that shape.
+    native: Option<Native>,
 }
 
 /// Where a compile error lies within the expression (1-based line and column).
@@ -190,10 +194,12 @@ impl Condition {
             return Err(first);
         }
         let uses = VARIABLES.map(|v| refs.has_variable(v));
+        let native = Native::compile(program.expression());
         Ok(Condition {
             source: source.to_owned(),
             program,
             uses,
+            native,
         })
     }
 
@@ -382,7 +388,8 @@ fn json_to_cel(json: &serde_json::Value) -> Value {
 /// and shared by every condition evaluated for the same request.
 pub(crate) struct Activation<'r> {
     input: Input<'r>,
-    context: Context<'static, 'static>,
+    /// Built when a condition first needs the interpreter.
+    context: Option<Context<'static, 'static>>,
     bound: [bool; 5],
 }
 
@@ -398,22 +405,38 @@ impl<'r> Activation<'r> {
     pub(crate) fn new(input: Input<'r>) -> Self {
         Activation {
             input,
-            context: Context::with_env(Arc::clone(env())),
+            context: None,
             bound: [false; 5],
         }
     }
 
     /// Evaluates to `Ok(bool)`, or `Err(why)` when the expression cannot be evaluated (a missing
-    /// key, a wrong type, a non-boolean result) — callers treat that as true.
+    /// key, a wrong type, a non-boolean result) — callers treat that as true. A condition the
+    /// native evaluator is sure of is answered there; the interpreter answers the rest.
     pub(crate) fn evaluate(&mut self, condition: &Condition) -> Result<bool, String> {
+        if let Some(answer) = condition
+            .native
+            .as_ref()
+            .and_then(|native| native.evaluate(&self.input).ok())
+        {
+            return Ok(answer);
+        }
+        self.interpret(condition)
+    }
+
+    /// Evaluates with the CEL interpreter alone.
+    fn interpret(&mut self, condition: &Condition) -> Result<bool, String> {
+        let context = self
+            .context
+            .get_or_insert_with(|| Context::with_env(Arc::clone(env())));
         for (i, name) in VARIABLES.iter().enumerate() {
             if condition.uses[i] && !self.bound[i] {
                 let value = self.input.value(name)?;
-                self.context.add_variable_from_value(*name, value);
+                context.add_variable_from_value(*name, value);
                 self.bound[i] = true;
             }
         }
-        match condition.program.execute(&self.context) {
+        match condition.program.execute(context) {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(_) => Err("the condition returned a value that is not a boolean".to_owned()),
             Err(e) => Err(e.to_string()),
@@ -545,6 +568,89 @@ mod tests {
         );
     }
 
+    #[test]
+    fn string_tests_are_evaluated_natively_and_the_rest_interpreted() {
+        let native = [
+            r#"args.path.startsWith("/etc/") || args.path.contains(".ssh")"#,
+            r#"!args.path.startsWith("/workspace/")"#,
+            r#"args.path.contains("/.git/") && args.path.endsWith("config")"#,
+            r#"tool == "crm_export" || tool == "crm_delete_customer""#,
+            r#""support" == agent.team && agent.id != "bot" && !(agent.parent == "p")"#,
+            r#"args.request.headers.host.endsWith(".internal")"#,
+            "agent.depth > 0 || args.retries >= 3 || 2 < args.n",
+            r#"args.command.matches("rm\\s+-rf\\s+/(\\s|$)") || args.command.contains("mkfs")"#,
+            "true",
+        ];
+        for src in native {
+            assert!(Condition::compile(src).unwrap().native.is_some(), "{src}");
+        }
+        let interpreted = [
+            r#"matches(args.command, "^sudo")"#,
+            "double(args.amount_usd) > 100.0 || agent.depth > 0",
+            r#"has(args.path) && args.path.startsWith("/")"#,
+            r#"args["path"].startsWith("/")"#,
+            r#"args.tags.exists(t, t == "prod")"#,
+            r#"args.path.startsWith(args.root)"#,
+            r#"action.type == "tool_call""#,
+            r#"tool.name == "x""#,
+            "agent.depth > 0.5",
+            "args.n > args.m",
+            r#""a" == "a""#,
+        ];
+        for src in interpreted {
+            assert!(Condition::compile(src).unwrap().native.is_none(), "{src}");
+        }
+    }
+
+    #[test]
+    fn the_native_evaluator_answers_strings_and_leaves_the_rest_to_the_interpreter() {
+        let args =
+            serde_json::json!({"path": "/etc/passwd", "n": 3, "nested": {"host": "db.internal"}});
+        let agent = AgentContext::new("bot");
+        let action = Action::ToolCall {
+            tool: "read_file".into(),
+            args: args.clone(),
+        };
+        let input = Input {
+            tool: "read_file",
+            args: &args,
+            agent: &agent,
+            action: &action,
+            now: Utc::now(),
+        };
+        let native = |src: &str| {
+            let condition = Condition::compile(src).unwrap();
+            condition.native.unwrap().evaluate(&input)
+        };
+        assert_eq!(native(r#"args.path.startsWith("/etc/")"#), Ok(true));
+        assert_eq!(
+            native(r#"args.nested.host.endsWith(".internal")"#),
+            Ok(true)
+        );
+        assert_eq!(
+            native(r#"tool == "shell" || args.path.contains("ssh")"#),
+            Ok(false)
+        );
+        // CEL's answer does not depend on the right side here, whatever it holds.
+        assert_eq!(
+            native(r#"tool == "read_file" || args.missing == "x""#),
+            Ok(true)
+        );
+        assert_eq!(native("3 >= args.n && agent.depth == 0"), Ok(true));
+        assert_eq!(native("args.n != 3"), Ok(false));
+        // A number, a missing key and an absent team: the interpreter decides.
+        for src in [
+            r#"args.n == "3""#,
+            r#"agent.depth == "0""#,
+            "args.path > 1",
+            r#"args.missing.startsWith("/")"#,
+            r#"agent.team == "x""#,
+            r#"tool == "shell" || args.n.contains("3")"#,
+        ] {
+            assert_eq!(native(src), Err(crate::native::Unsure), "{src}");
+        }
+    }
+
     /// The worst shapes within the bounds compile (or are refused) and evaluate on a 2 MiB
     /// stack — the default for spawned threads and tokio workers — in whatever profile the
     /// tests run.
@@ -583,5 +689,140 @@ mod tests {
             })
             .unwrap();
         assert!(handle.join().is_ok());
+    }
+
+    mod native_against_interpreter {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn field() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "tool",
+                "args.path",
+                "args.a.b",
+                "args.n",
+                "args.missing",
+                "agent.id",
+                "agent.team",
+                "agent.parent",
+                "agent.depth",
+            ])
+        }
+
+        /// Short texts of few letters, so that tests often hold and often fail.
+        fn text() -> impl Strategy<Value = String> {
+            "[aé/]{0,2}"
+        }
+
+        fn leaf() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::bool::ANY.prop_map(|b| b.to_string()),
+                (
+                    field(),
+                    prop::sample::select(vec!["startsWith", "endsWith", "contains"]),
+                    text()
+                )
+                    .prop_map(|(f, m, t)| format!("{f}.{m}(\"{t}\")")),
+                (
+                    field(),
+                    prop::sample::select(vec!["^a", "é$", "a|/", "^$", ".", "^(?i)A"])
+                )
+                    .prop_map(|(f, p)| format!("{f}.matches(\"{p}\")")),
+                (
+                    field(),
+                    prop::sample::select(vec!["==", "!="]),
+                    text(),
+                    prop::bool::ANY
+                )
+                    .prop_map(|(f, op, t, flip)| if flip {
+                        format!("\"{t}\" {op} {f}")
+                    } else {
+                        format!("{f} {op} \"{t}\"")
+                    }),
+                (
+                    // Mostly fields that hold integers, the odd one a string or missing.
+                    prop::sample::select(vec!["agent.depth", "args.n", "args.n", "args.path"]),
+                    prop::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]),
+                    -1i64..4,
+                    prop::bool::ANY,
+                )
+                    .prop_map(|(f, op, n, flip)| if flip {
+                        format!("{n} {op} {f}")
+                    } else {
+                        format!("{f} {op} {n}")
+                    }),
+            ]
+        }
+
+        fn expression() -> impl Strategy<Value = String> {
+            leaf().prop_recursive(3, 12, 2, |inner| {
+                prop_oneof![
+                    inner.clone().prop_map(|e| format!("!({e})")),
+                    (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}) && ({b})")),
+                    (inner.clone(), inner).prop_map(|(a, b)| format!("({a}) || ({b})")),
+                ]
+            })
+        }
+
+        fn json_text() -> impl Strategy<Value = serde_json::Value> {
+            prop_oneof![
+                text().prop_map(serde_json::Value::from),
+                Just(serde_json::Value::Null),
+                (-1i64..4).prop_map(serde_json::Value::from),
+                Just(serde_json::json!(1.5)),
+                Just(serde_json::json!(u64::MAX)),
+            ]
+        }
+
+        fn args() -> impl Strategy<Value = serde_json::Value> {
+            (
+                prop::option::of(json_text()),
+                prop::option::of(prop_oneof![
+                    json_text(),
+                    prop::option::of(json_text()).prop_map(|b| match b {
+                        Some(b) => serde_json::json!({"b": b}),
+                        None => serde_json::json!({}),
+                    }),
+                ]),
+                prop::option::of(json_text()),
+            )
+                .prop_map(|(path, a, n)| {
+                    let mut args = serde_json::Map::new();
+                    for (key, value) in [("path", path), ("a", a), ("n", n)] {
+                        if let Some(value) = value {
+                            args.insert(key.to_owned(), value);
+                        }
+                    }
+                    serde_json::Value::Object(args)
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Whatever the native evaluator answers, the interpreter answers too; where it is
+            /// unsure, the interpreter's answer (an error included) is what a caller gets.
+            #[test]
+            fn the_two_agree(
+                src in expression(),
+                args in args(),
+                tool in prop::sample::select(vec!["aé", "/a", ""]),
+                team in prop::option::of(text()),
+                parent in prop::option::of(text()),
+                depth in 0u32..3,
+            ) {
+                let condition = Condition::compile(&src).unwrap();
+                prop_assert!(condition.native.is_some(), "{}", src);
+                let agent = AgentContext { id: "é/a".into(), team, depth, parent };
+                let action = Action::ToolCall { tool: tool.into(), args: args.clone() };
+                let input = || Input { tool, args: &args, agent: &agent, action: &action, now: Utc::now() };
+                let interpreted = Activation::new(input()).interpret(&condition);
+                prop_assert_eq!(Activation::new(input()).evaluate(&condition), interpreted.clone());
+                if let Some(Ok(native)) = condition.native.as_ref().map(|n| n.evaluate(&input())) {
+                    prop_assert_eq!(Ok(native), interpreted);
+                }
+            }
+        }
     }
 }

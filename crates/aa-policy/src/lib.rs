@@ -9,8 +9,9 @@
 //! - [`prices`]: the [`PriceTable`] LLM calls are charged by ([`BUILTIN_PRICES`] ships with
 //!   the gateway).
 //! - [`testing`]: policy test files (cases of agent, action and expected decision) and their runner.
-//! - `condition`, `pattern`, `schedule`, `yaml`, `suggest`: CEL conditions, globs/hosts/paths,
-//!   active hours, the located YAML reader, did-you-mean hints.
+//! - `condition`, `native`, `pattern`, `schedule`, `yaml`, `suggest`: CEL conditions (string
+//!   tests of the common shape evaluated natively, the rest by the interpreter),
+//!   globs/hosts/paths, active hours, the located YAML reader, did-you-mean hints.
 //! - [`error`]: [`PolicyError`] and its located [`Diagnostic`]s.
 //!
 //! This crate does no IO: callers read files and the clock and pass text and time in.
@@ -21,6 +22,7 @@ pub mod budget;
 mod condition;
 pub mod error;
 pub mod eval;
+mod native;
 mod pattern;
 pub mod policy;
 pub mod prices;

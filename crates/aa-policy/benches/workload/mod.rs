@@ -5,8 +5,9 @@ use aa_core::{Action, AgentContext};
 use aa_policy::{Policy, PolicySet, Request};
 use chrono::{DateTime, Utc};
 
-/// A global policy with `n` tool entries, each with two CEL conditions; every tenth entry is
-/// a glob, and a `*` entry closes the table.
+/// A global policy with `n` tool entries, each with two CEL conditions of the shape evaluated
+/// natively; every tenth entry is a glob; one more entry has conditions only the CEL
+/// interpreter evaluates (they use `has`), and a `*` entry closes the table.
 fn policy_with_rules(n: usize) -> PolicySet {
     let mut yaml = String::from(
         "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: bench, version: \"1\"}\nspec:\n  default: deny\n  tools:\n",
@@ -21,6 +22,9 @@ fn policy_with_rules(n: usize) -> PolicySet {
             "    {name}:\n      deny_if: 'args.path.startsWith(\"/etc/\") || agent.depth > 3'\n      requires_approval_if: 'args.command.contains(\"sudo\")'\n"
         ));
     }
+    yaml.push_str(
+        "    interpreted:\n      deny_if: 'has(args.path) && args.path.startsWith(\"/etc/\") || agent.depth > 3'\n      requires_approval_if: 'has(args.command) && args.command.contains(\"sudo\")'\n",
+    );
     yaml.push_str("    \"*\": {allow: true}\n");
     let policies = Policy::parse(&yaml).unwrap_or_else(|e| panic!("bench policy: {e}"));
     PolicySet::new(policies)
@@ -38,12 +42,14 @@ fn glob_call(n: usize) -> Action {
     tool_call(&format!("family_{last_glob}_x"))
 }
 
-/// The measured cases: an exact entry and a glob entry (both conditions evaluated), and a
-/// tool only `*` covers (no conditions: the cost of the lookup itself).
-fn cases(n: usize) -> [(&'static str, Action); 3] {
+/// The measured cases: an exact entry and a glob entry (both conditions evaluated), the entry
+/// whose conditions the interpreter evaluates, and a tool only `*` covers (no conditions: the
+/// cost of the lookup itself).
+fn cases(n: usize) -> [(&'static str, Action); 4] {
     [
         ("exact", exact_call(n)),
         ("glob", glob_call(n)),
+        ("interpreted", tool_call("interpreted")),
         ("wildcard", tool_call("unlisted")),
     ]
 }
