@@ -651,6 +651,33 @@ mod tests {
         }
     }
 
+    #[test]
+    fn one_activation_serves_native_and_interpreted_conditions_in_either_order() {
+        let args = serde_json::json!({"path": "/etc/passwd"});
+        let agent = AgentContext::new("bot");
+        let action = Action::ToolCall {
+            tool: "read_file".into(),
+            args: args.clone(),
+        };
+        let input = || Input {
+            tool: "read_file",
+            args: &args,
+            agent: &agent,
+            action: &action,
+            now: Utc::now(),
+        };
+        let native = Condition::compile(r#"args.path.startsWith("/etc/")"#).unwrap();
+        let interpreted = Condition::compile(r#"has(args.path) && size(args.path) == 11"#).unwrap();
+        assert!(native.native.is_some() && interpreted.native.is_none());
+        let mut activation = Activation::new(input());
+        assert_eq!(activation.evaluate(&native), Ok(true));
+        assert_eq!(activation.evaluate(&interpreted), Ok(true));
+        assert_eq!(activation.evaluate(&native), Ok(true));
+        let mut activation = Activation::new(input());
+        assert_eq!(activation.evaluate(&interpreted), Ok(true));
+        assert_eq!(activation.evaluate(&native), Ok(true));
+    }
+
     /// The worst shapes within the bounds compile (or are refused) and evaluate on a 2 MiB
     /// stack — the default for spawned threads and tokio workers — in whatever profile the
     /// tests run.
@@ -684,6 +711,15 @@ mod tests {
                             now: Utc::now(),
                         };
                         let _ = Activation::new(input).evaluate(&condition);
+                        // Most of these have the native shape: the interpreter must fit too.
+                        let input = Input {
+                            tool: "t",
+                            args: &args,
+                            agent: &agent,
+                            action: &action,
+                            now: Utc::now(),
+                        };
+                        let _ = Activation::new(input).interpret(&condition);
                     }
                 }
             })
@@ -744,7 +780,7 @@ mod tests {
                     // Mostly fields that hold integers, the odd one a string or missing.
                     prop::sample::select(vec!["agent.depth", "args.n", "args.n", "args.path"]),
                     prop::sample::select(vec!["==", "!=", "<", "<=", ">", ">="]),
-                    -1i64..4,
+                    prop_oneof![-1i64..4, Just(i64::MAX), Just(i64::MIN)],
                     prop::bool::ANY,
                 )
                     .prop_map(|(f, op, n, flip)| if flip {
@@ -771,12 +807,17 @@ mod tests {
                 Just(serde_json::Value::Null),
                 (-1i64..4).prop_map(serde_json::Value::from),
                 Just(serde_json::json!(1.5)),
+                Just(serde_json::json!(-0.0)),
                 Just(serde_json::json!(u64::MAX)),
+                Just(serde_json::json!(i64::MAX)),
+                Just(serde_json::json!(i64::MIN)),
+                Just(serde_json::json!(true)),
+                Just(serde_json::json!(["a"])),
             ]
         }
 
         fn args() -> impl Strategy<Value = serde_json::Value> {
-            (
+            let object = (
                 prop::option::of(json_text()),
                 prop::option::of(prop_oneof![
                     json_text(),
@@ -795,7 +836,13 @@ mod tests {
                         }
                     }
                     serde_json::Value::Object(args)
-                })
+                });
+            // Now and then `args` is not an object at all, or `path` is one.
+            prop_oneof![
+                8 => object,
+                1 => json_text(),
+                1 => Just(serde_json::json!({"path": {"b": "a"}})),
+            ]
         }
 
         proptest! {

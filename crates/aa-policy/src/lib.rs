@@ -9,8 +9,9 @@
 //! - [`prices`]: the [`PriceTable`] LLM calls are charged by ([`BUILTIN_PRICES`] ships with
 //!   the gateway).
 //! - [`testing`]: policy test files (cases of agent, action and expected decision) and their runner.
-//! - `condition`, `native`, `pattern`, `schedule`, `yaml`, `suggest`: CEL conditions (string
-//!   tests of the common shape evaluated natively, the rest by the interpreter),
+//! - `condition`, `native`, `pattern`, `schedule`, `yaml`, `suggest`: CEL conditions (string,
+//!   integer and `matches` tests of the common shape evaluated natively, the rest by the
+//!   interpreter),
 //!   globs/hosts/paths, active hours, the located YAML reader, did-you-mean hints.
 //! - [`error`]: [`PolicyError`] and its located [`Diagnostic`]s.
 //!

@@ -38,7 +38,9 @@ pub(crate) enum Native {
         order: Order,
         literal: i64,
     },
-    /// `matches`, with the `regex` crate as the interpreter uses it.
+    /// `matches`, with the `regex` crate as the interpreter uses it (`Regex::new`, then
+    /// `is_match`; the workspace enables the `cel` crate's `regex` feature, without which the
+    /// interpreter would know no `matches`).
     Matches {
         subject: Field,
         pattern: regex::Regex,
