@@ -920,11 +920,11 @@ impl Runtime {
         action: Action,
         kind: EventKind,
         peer: Peer,
-        id: String,
+        event_id: String,
     ) -> AuditEvent {
         let now = now_ms();
         AuditEvent {
-            event_id: format!("{}/{}/{id}", self.outbox.stream_id(), agent.id),
+            event_id,
             timestamp_ms: now,
             agent,
             session_id: None,
@@ -943,7 +943,8 @@ impl Runtime {
         }
     }
 
-    /// An event the runtime writes itself (a decision, a refusal), under a new id of its own.
+    /// An event the runtime writes itself (a decision, a refusal), under a new id of its own
+    /// (see [`EventIds`]).
     fn own_event(
         &self,
         agent: AgentContext,
@@ -951,7 +952,14 @@ impl Runtime {
         kind: EventKind,
         peer: Peer,
     ) -> AuditEvent {
-        self.event(agent, action, kind, peer, self.event_ids.next_id())
+        let id = format!("{}/~{}", self.outbox.stream_id(), self.event_ids.next_id());
+        self.event(agent, action, kind, peer, id)
+    }
+
+    /// The id an event an agent reported is kept under: its own id, in that agent's
+    /// namespace of this runtime's stream.
+    fn supplied_id(&self, agent: &AgentContext, id: &str) -> String {
+        format!("{}/{}/{id}", self.outbox.stream_id(), agent.id)
     }
 
     /// Queues a decision's event (in `slot`, else wherever there is room) without waiting for
@@ -1061,7 +1069,7 @@ impl Runtime {
                 sdk.action,
                 sdk.kind,
                 peer,
-                sdk.event_id,
+                self.supplied_id(&session.agent, &sdk.event_id),
             );
             event.timestamp_ms = sdk.timestamp_ms;
             event.session_id = sdk.session_id;
@@ -1085,6 +1093,7 @@ impl Runtime {
                 child_id: Some(edge.to_agent_id.clone()),
                 reason: edge.tool.clone(),
             };
+            let id = self.supplied_id(&session.agent, &id);
             let mut event = self.event(session.agent.clone(), action, EventKind::Edge, peer, id);
             event.timestamp_ms = edge.created_at_ms;
             event.detail = serde_json::to_value(&edge).ok();
@@ -1178,13 +1187,16 @@ fn random_hex(bytes: usize) -> Result<String, String> {
     Ok(aa_core::hex::encode(&buffer))
 }
 
-/// Ids for the events the runtime writes itself: a count, then 12 random bytes, as hex. The
-/// random part makes them unguessable: an agent's own events share the namespace
-/// (`<stream>/<agent>/<id>`), and the outbox keeps the first event of an id, so an agent that
-/// could name a decision still to come could have it dropped as a duplicate. The count in
-/// front keeps them in order, so the outbox's index of ids grows at its end instead of at a
-/// random page for every event; it starts from the clock, so it keeps rising across
-/// restarts. The random bytes are drawn from the operating system a pool at a time.
+/// Ids for the events the runtime writes itself: a count, then 12 random bytes, as hex, kept
+/// as `<stream>/~<id>`. That is outside every agent's namespace (`<stream>/<agent>/<id>`, one
+/// `/` more), so no event an agent reports can take a decision's id, which the outbox would
+/// refuse as a duplicate and the gateway holds unique; the random part makes them
+/// unguessable besides. The count keeps them in order and `~` sorts after the letters and
+/// digits agent ids begin with, so the outbox's index of ids grows at its right edge: a
+/// commit rewrites one leaf of it, not a few around each agent's place in it (which halved
+/// the log pages a commit of decisions writes; BENCHMARKS.md). The count starts from the
+/// clock, so it keeps rising across restarts. The random bytes are drawn from the operating
+/// system a pool at a time.
 #[derive(Debug)]
 struct EventIds {
     count: std::sync::atomic::AtomicU64,
@@ -1291,6 +1303,14 @@ mod tests {
             let peer = Peer { uid: 0, pid: 0 };
             runtime.own_event(AgentContext::new("a"), action, EventKind::Decision, peer)
         };
+        // The runtime's own ids lie outside every agent's namespace, after them in order.
+        let own = event().event_id;
+        let stream = runtime.outbox.stream_id();
+        assert!(own.starts_with(&format!("{stream}/~")), "{own}");
+        assert_eq!(own.matches('/').count(), 1, "{own}");
+        let supplied = runtime.supplied_id(&AgentContext::new("zz-agent"), "~x");
+        assert_eq!(supplied, format!("{stream}/zz-agent/~x"));
+        assert!(own > supplied && own < event().event_id);
         let allow = verdict(Decision::Allow, Mode::Enforce);
         assert_eq!(
             runtime.record_decision(event(), allow.clone(), DecisionSlot(None)),
