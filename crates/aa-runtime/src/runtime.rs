@@ -1190,11 +1190,11 @@ fn random_hex(bytes: usize) -> Result<String, String> {
 /// Ids for the events the runtime writes itself: a count, then 12 random bytes, as hex, kept
 /// as `<stream>/~<id>`. That is outside every agent's namespace (`<stream>/<agent>/<id>`, one
 /// `/` more), so no event an agent reports can take a decision's id, which the outbox would
-/// refuse as a duplicate and the gateway holds unique; the random part makes them
-/// unguessable besides. The count keeps them in order and `~` sorts after the letters and
-/// digits agent ids begin with, so the outbox's index of ids grows at its right edge: a
-/// commit rewrites one leaf of it, not a few around each agent's place in it (which halved
-/// the log pages a commit of decisions writes; BENCHMARKS.md). The count starts from the
+/// refuse as a duplicate; the random part makes them unguessable besides. The count keeps
+/// them in order and `~` sorts after the letters, digits and signs the SDKs allow agent ids to
+/// begin with (others only cost locality), so the outbox's index of ids grows at its right
+/// edge: a commit of decisions rewrites one leaf of it, not a few around each agent's place in
+/// it (which halved the log pages such a commit writes; BENCHMARKS.md). The count starts from the
 /// clock, so it keeps rising across restarts. The random bytes are drawn from the operating
 /// system a pool at a time.
 #[derive(Debug)]
@@ -1303,14 +1303,6 @@ mod tests {
             let peer = Peer { uid: 0, pid: 0 };
             runtime.own_event(AgentContext::new("a"), action, EventKind::Decision, peer)
         };
-        // The runtime's own ids lie outside every agent's namespace, after them in order.
-        let own = event().event_id;
-        let stream = runtime.outbox.stream_id();
-        assert!(own.starts_with(&format!("{stream}/~")), "{own}");
-        assert_eq!(own.matches('/').count(), 1, "{own}");
-        let supplied = runtime.supplied_id(&AgentContext::new("zz-agent"), "~x");
-        assert_eq!(supplied, format!("{stream}/zz-agent/~x"));
-        assert!(own > supplied && own < event().event_id);
         let allow = verdict(Decision::Allow, Mode::Enforce);
         assert_eq!(
             runtime.record_decision(event(), allow.clone(), DecisionSlot(None)),
@@ -1351,5 +1343,73 @@ mod tests {
         let closed = runtime.record_decision(event(), allow, DecisionSlot(None));
         assert!(closed.reason.contains("closed"), "{}", closed.reason);
         assert_eq!(closed.decision, Decision::Deny);
+    }
+
+    #[tokio::test]
+    async fn no_reported_event_can_take_the_runtimes_own_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db")).unwrap());
+        let (jobs, mut queue) = crate::pipeline::queue(8);
+        let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let config = RuntimeConfig::new(dir.path(), "http://127.0.0.1:9");
+        let health = Arc::new(OutboxHealth::default());
+        let runtime = Runtime::new(config, outbox, jobs, health, link).unwrap();
+        let stream = runtime.outbox.stream_id().to_owned();
+        let peer = Peer { uid: 7, pid: 1 };
+        let action = || Action::ToolCall {
+            tool: "read_file".into(),
+            args: serde_json::json!({}),
+        };
+        let own = || {
+            runtime
+                .own_event(AgentContext::new("a"), action(), EventKind::Decision, peer)
+                .event_id
+        };
+        let first = own();
+        let own_part = first
+            .strip_prefix(&format!("{stream}/~"))
+            .unwrap()
+            .to_owned();
+        assert!(!own_part.contains('/'), "{first}");
+        assert!(own() > first, "in the order made");
+        // Whatever an agent is called and whatever id it reports, its ids hold one `/` more.
+        let tilde_own = format!("~{own_part}");
+        for agent in ["~", "~0", "~g", tilde_own.as_str(), "/", "é", "zz-agent"] {
+            for id in ["", own_part.as_str(), tilde_own.as_str(), "x/y"] {
+                let supplied = runtime.supplied_id(&AgentContext::new(agent), id);
+                assert_ne!(supplied, first);
+                assert!(supplied.matches('/').count() >= 2, "{supplied}");
+            }
+        }
+        // The agents the SDKs allow sort before the runtime's own ids.
+        assert!(runtime.supplied_id(&AgentContext::new("zz-agent"), "x") < first);
+        // `report` keeps what an agent reports in its namespace, even the id of a decision.
+        let agent = AgentContext::new("~");
+        runtime.store_session(Session {
+            agent: agent.clone(),
+            ancestors: Vec::new(),
+            token: "t".into(),
+            expires_at_ms: i64::MAX,
+            uid: peer.uid,
+        });
+        let mut reported = runtime.own_event(agent, action(), EventKind::ToolEnd, peer);
+        reported.event_id = own_part.clone();
+        let batch = pb::EventBatch {
+            events: vec![pb::AuditEvent::from(&reported)],
+            edges: Vec::new(),
+            agent_id: "~".into(),
+            credential_token: "t".into(),
+        };
+        let (accepted, written) = tokio::join!(runtime.report(batch, peer), async {
+            let job = queue.jobs.recv().await.unwrap();
+            let ids: Vec<String> = job.events.iter().map(|e| e.event_id.clone()).collect();
+            if let Some(done) = job.done {
+                let _ = done.send(Ok(1));
+            }
+            ids
+        });
+        assert_eq!(accepted.ok(), Some(1));
+        assert_eq!(written, vec![format!("{stream}/~/{own_part}")]);
+        assert_ne!(written[0], first);
     }
 }
