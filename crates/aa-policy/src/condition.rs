@@ -448,6 +448,39 @@ impl<'r> Activation<'r> {
 mod tests {
     use super::*;
 
+    /// A tool call and its caller, owned, for an [`Input`] to borrow.
+    struct Call {
+        tool: &'static str,
+        args: serde_json::Value,
+        agent: AgentContext,
+        action: Action,
+    }
+
+    impl Call {
+        fn new(tool: &'static str, args: serde_json::Value, agent: AgentContext) -> Call {
+            let action = Action::ToolCall {
+                tool: tool.into(),
+                args: args.clone(),
+            };
+            Call {
+                tool,
+                args,
+                agent,
+                action,
+            }
+        }
+
+        fn input(&self) -> Input<'_> {
+            Input {
+                tool: self.tool,
+                args: &self.args,
+                agent: &self.agent,
+                action: &self.action,
+                now: Utc::now(),
+            }
+        }
+    }
+
     fn eval(src: &str, args: serde_json::Value) -> Result<bool, String> {
         let agent = AgentContext {
             id: "bot".into(),
@@ -455,18 +488,8 @@ mod tests {
             depth: 1,
             parent: None,
         };
-        let action = Action::ToolCall {
-            tool: "shell".into(),
-            args: args.clone(),
-        };
-        let input = Input {
-            tool: "shell",
-            args: &args,
-            agent: &agent,
-            action: &action,
-            now: Utc::now(),
-        };
-        Activation::new(input).evaluate(&Condition::compile(src).unwrap())
+        let call = Call::new("shell", args, agent);
+        Activation::new(call.input()).evaluate(&Condition::compile(src).unwrap())
     }
 
     #[test]
@@ -606,21 +629,10 @@ mod tests {
     fn the_native_evaluator_answers_strings_and_leaves_the_rest_to_the_interpreter() {
         let args =
             serde_json::json!({"path": "/etc/passwd", "n": 3, "nested": {"host": "db.internal"}});
-        let agent = AgentContext::new("bot");
-        let action = Action::ToolCall {
-            tool: "read_file".into(),
-            args: args.clone(),
-        };
-        let input = Input {
-            tool: "read_file",
-            args: &args,
-            agent: &agent,
-            action: &action,
-            now: Utc::now(),
-        };
+        let call = Call::new("read_file", args, AgentContext::new("bot"));
         let native = |src: &str| {
             let condition = Condition::compile(src).unwrap();
-            condition.native.unwrap().evaluate(&input)
+            condition.native.unwrap().evaluate(&call.input())
         };
         assert_eq!(native(r#"args.path.startsWith("/etc/")"#), Ok(true));
         assert_eq!(
@@ -654,18 +666,8 @@ mod tests {
     #[test]
     fn one_activation_serves_native_and_interpreted_conditions_in_either_order() {
         let args = serde_json::json!({"path": "/etc/passwd"});
-        let agent = AgentContext::new("bot");
-        let action = Action::ToolCall {
-            tool: "read_file".into(),
-            args: args.clone(),
-        };
-        let input = || Input {
-            tool: "read_file",
-            args: &args,
-            agent: &agent,
-            action: &action,
-            now: Utc::now(),
-        };
+        let call = Call::new("read_file", args, AgentContext::new("bot"));
+        let input = || call.input();
         let native = Condition::compile(r#"args.path.startsWith("/etc/")"#).unwrap();
         let interpreted = Condition::compile(r#"has(args.path) && size(args.path) == 11"#).unwrap();
         assert!(native.native.is_some() && interpreted.native.is_none());
@@ -697,29 +699,11 @@ mod tests {
             .spawn(move || {
                 for src in worst {
                     if let Ok(condition) = Condition::compile(&src) {
-                        let args = serde_json::json!({"x": true});
-                        let agent = AgentContext::new("a");
-                        let action = Action::ToolCall {
-                            tool: "t".into(),
-                            args: args.clone(),
-                        };
-                        let input = Input {
-                            tool: "t",
-                            args: &args,
-                            agent: &agent,
-                            action: &action,
-                            now: Utc::now(),
-                        };
-                        let _ = Activation::new(input).evaluate(&condition);
+                        let call =
+                            Call::new("t", serde_json::json!({"x": true}), AgentContext::new("a"));
+                        let _ = Activation::new(call.input()).evaluate(&condition);
                         // Most of these have the native shape: the interpreter must fit too.
-                        let input = Input {
-                            tool: "t",
-                            args: &args,
-                            agent: &agent,
-                            action: &action,
-                            now: Utc::now(),
-                        };
-                        let _ = Activation::new(input).interpret(&condition);
+                        let _ = Activation::new(call.input()).interpret(&condition);
                     }
                 }
             })
@@ -861,9 +845,8 @@ mod tests {
             ) {
                 let condition = Condition::compile(&src).unwrap();
                 prop_assert!(condition.native.is_some(), "{}", src);
-                let agent = AgentContext { id: "é/a".into(), team, depth, parent };
-                let action = Action::ToolCall { tool: tool.into(), args: args.clone() };
-                let input = || Input { tool, args: &args, agent: &agent, action: &action, now: Utc::now() };
+                let call = Call::new(tool, args, AgentContext { id: "é/a".into(), team, depth, parent });
+                let input = || call.input();
                 let interpreted = Activation::new(input()).interpret(&condition);
                 prop_assert_eq!(Activation::new(input()).evaluate(&condition), interpreted.clone());
                 if let Some(Ok(native)) = condition.native.as_ref().map(|n| n.evaluate(&input())) {

@@ -1285,16 +1285,28 @@ mod tests {
         assert_eq!(budget.take(second + 1001), Some(0));
     }
 
+    /// A runtime in `dir` whose gateway is unreachable, writing to a queue of `capacity` jobs
+    /// the test reads itself.
+    fn unlinked_runtime(
+        dir: &std::path::Path,
+        capacity: usize,
+    ) -> (Runtime, crate::pipeline::Queue) {
+        let outbox = Arc::new(Outbox::open(&dir.join("outbox.db")).unwrap());
+        let (jobs, queue) = crate::pipeline::queue(capacity);
+        let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
+        let config = RuntimeConfig::new(dir, "http://127.0.0.1:9");
+        let health = Arc::new(OutboxHealth::default());
+        (
+            Runtime::new(config, outbox, jobs, health, link).unwrap(),
+            queue,
+        )
+    }
+
     #[tokio::test]
     async fn an_allow_that_cannot_be_recorded_is_denied_under_enforce_and_a_check_waits_for_room() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db")).unwrap());
         // A writer a whole queue behind: the queue holds one job and has it.
-        let (jobs, mut queue) = crate::pipeline::queue(1);
-        let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
-        let config = RuntimeConfig::new(dir.path(), "http://127.0.0.1:9");
-        let health = Arc::new(OutboxHealth::default());
-        let runtime = Runtime::new(config, outbox, jobs, Arc::clone(&health), link).unwrap();
+        let (runtime, mut queue) = unlinked_runtime(dir.path(), 1);
         let event = || {
             let action = Action::ToolCall {
                 tool: "read_file".into(),
@@ -1348,12 +1360,7 @@ mod tests {
     #[tokio::test]
     async fn no_reported_event_can_take_the_runtimes_own_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db")).unwrap());
-        let (jobs, mut queue) = crate::pipeline::queue(8);
-        let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
-        let config = RuntimeConfig::new(dir.path(), "http://127.0.0.1:9");
-        let health = Arc::new(OutboxHealth::default());
-        let runtime = Runtime::new(config, outbox, jobs, health, link).unwrap();
+        let (runtime, mut queue) = unlinked_runtime(dir.path(), 8);
         let stream = runtime.outbox.stream_id().to_owned();
         let peer = Peer { uid: 7, pid: 1 };
         let action = || Action::ToolCall {
