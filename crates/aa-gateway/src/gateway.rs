@@ -128,7 +128,7 @@ pub struct Gateway<S> {
     pub(crate) config: GatewayConfig,
     bundle: watch::Sender<Arc<Bundle>>,
     challenges: Mutex<HashMap<String, OpenChallenge>>,
-    pub(crate) scanner: Scanner,
+    pub(crate) scanner: Arc<Scanner>,
     pub(crate) metrics: Metrics,
     closing: watch::Sender<bool>,
     /// Bumped on every approval change, so waiters re-read theirs.
@@ -166,7 +166,7 @@ impl<S: Store> Gateway<S> {
         config: GatewayConfig,
     ) -> Result<Self, GatewayError> {
         let bundle = Bundle::new(documents, key.public())?;
-        let scanner = Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?;
+        let scanner = Arc::new(Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?);
         let prices = match &config.prices {
             Some(prices) => Arc::clone(prices),
             None => Arc::new(
@@ -459,10 +459,7 @@ impl<S: Store> Gateway<S> {
         let mut edges = Vec::new();
         let mut usages = Vec::new();
         // Every event is checked before any is stored.
-        let checked = events
-            .into_iter()
-            .map(|event| check_appended(&self.scanner, &self.config.limits, event))
-            .collect::<Result<Vec<_>, _>>()?;
+        let checked = check_all(&self.scanner, self.config.limits, events).await?;
         let redacted = checked.iter().map(|c| c.redactions as u64).sum();
         bump(&self.metrics.backstop_redactions, redacted);
         for checked in checked {
@@ -537,6 +534,59 @@ struct Checked {
     edge: Option<TopologyEdge>,
     usage: Option<AuditEvent>,
     redactions: usize,
+}
+
+/// The fewest events a part of a batch checked on its own thread holds. A runtime sends its
+/// backlog a batch at a time, so one long batch is all the gateway has to work on meanwhile:
+/// it is checked in parts on the blocking pool, one per processor. Shorter batches, such as
+/// the decisions of a few milliseconds, are checked where they arrived, as a hand-off would
+/// cost more than it saves.
+const MIN_PART: usize = 128;
+
+/// [`check_appended`] for every event of a batch, in order; the first refusal in that order
+/// refuses the batch.
+async fn check_all(
+    scanner: &Arc<Scanner>,
+    limits: Limits,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<Checked>, GatewayError> {
+    let processors = std::thread::available_parallelism().map_or(1, usize::from);
+    let parts = processors.min(events.len() / MIN_PART);
+    if parts <= 1 {
+        return check_part(scanner, limits, events);
+    }
+    let (total, per_part) = (events.len(), events.len().div_ceil(parts));
+    let mut events = events.into_iter();
+    let mut handles = Vec::with_capacity(parts);
+    loop {
+        let part: Vec<AuditEvent> = events.by_ref().take(per_part).collect();
+        if part.is_empty() {
+            break;
+        }
+        let scanner = Arc::clone(scanner);
+        handles.push(tokio::task::spawn_blocking(move || {
+            check_part(&scanner, limits, part)
+        }));
+    }
+    let mut checked = Vec::with_capacity(total);
+    for handle in handles {
+        let part = handle
+            .await
+            .map_err(|e| GatewayError::Unavailable(format!("checking a batch: {e}")))??;
+        checked.extend(part);
+    }
+    Ok(checked)
+}
+
+fn check_part(
+    scanner: &Scanner,
+    limits: Limits,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<Checked>, GatewayError> {
+    events
+        .into_iter()
+        .map(|event| check_appended(scanner, &limits, event))
+        .collect()
 }
 
 /// Refuses an event without an origin or claiming the gateway's own stream, re-scans it (the

@@ -288,8 +288,17 @@ async fn a_batch_is_stored_in_order_or_refused_whole() {
     let mut refused = batch.clone();
     refused.push(event_in("rt-2", 151, "ls"));
     refused.last_mut().unwrap().origin = None;
-    let err = gw.append(refused).await;
+    let err = gw.append(refused.clone()).await;
     assert!(matches!(err, Err(GatewayError::InvalidRequest(m)) if m.contains("no origin")));
+    // Long batches are checked in parts on several threads: the refusal is still the first
+    // in the batch's order, whichever part finished first.
+    let mut refused_twice = refused;
+    refused_twice[5].origin.as_mut().unwrap().stream_id = "gateway".into();
+    let err = gw.append(refused_twice).await;
+    assert!(
+        matches!(&err, Err(GatewayError::InvalidRequest(m)) if m.contains("the gateway's own")),
+        "{err:?}"
+    );
     assert!(
         gw.store().records(0, 10).await.unwrap().is_empty(),
         "nothing of a refused batch is stored"
