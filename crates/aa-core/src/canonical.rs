@@ -5,9 +5,18 @@ use serde_json::Value;
 
 /// `value` in canonical form, whatever order its maps keep.
 pub fn canonical(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
+    // Room for a typical event up front spares regrowing the buffer a few times.
+    let mut out = Vec::with_capacity(256);
     write_canonical(value, &mut out);
     out
+}
+
+/// `value` in canonical form, as text: the compact JSON `serde_json` writes (maps sorted), at
+/// less cost than its `Display`.
+pub fn canonical_string(value: &Value) -> String {
+    // The writer emits UTF-8 only (strings as they are, escapes and scalars in ASCII).
+    String::from_utf8(canonical(value))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Appends `value` in canonical form to `out`.
@@ -61,37 +70,63 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     // `bytes[copied..at]` needs no escape and is not written yet.
     let (mut copied, mut at) = (0, 0);
+    // Eight bytes at a time, the last word padded: a string of a few bytes is one test.
     while at < bytes.len() {
-        // Eight bytes at a time while none needs an escape: text is mostly such.
-        let word = bytes
-            .get(at..at + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok());
-        if word.is_some_and(|word| !needs_escape(u64::from_le_bytes(word))) {
+        let escapes = escape_mask(word_at(bytes, at));
+        if escapes == 0 {
             at += 8;
             continue;
         }
-        let byte = bytes[at];
-        if matches!(byte, 0x00..0x20 | b'"' | b'\\') {
-            out.extend_from_slice(&bytes[copied..at]);
-            write_escape(byte, out);
-            copied = at + 1;
-        }
+        // The lowest flag marks the first byte to escape (see `escape_mask`).
+        at += escapes.trailing_zeros() as usize / 8;
+        out.extend_from_slice(bytes.get(copied..at).unwrap_or_default());
+        write_escape(bytes.get(at).copied().unwrap_or_default(), out);
         at += 1;
+        copied = at;
     }
-    out.extend_from_slice(&bytes[copied..]);
+    out.extend_from_slice(bytes.get(copied..).unwrap_or_default());
     out.push(b'"');
 }
 
-/// Whether any of the eight bytes of `word` is a control character, `"` or `\\` (the bit
-/// tricks tell exactly whether any byte is, not which).
-fn needs_escape(word: u64) -> bool {
+/// The eight bytes of `bytes` from `at`, little-endian; past its end, spaces (which need no
+/// escape). A short tail is read as the string's last eight bytes shifted down, where the
+/// string is that long, to spare a copy.
+fn word_at(bytes: &[u8], at: usize) -> u64 {
+    const SPACES: u64 = u64::from_le_bytes([b' '; 8]);
+    let load = |from: usize| {
+        bytes
+            .get(from..from + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_le_bytes)
+    };
+    if let Some(word) = load(at) {
+        return word;
+    }
+    let missing = at + 8 - bytes.len();
+    match bytes.len().checked_sub(8).and_then(load) {
+        // `missing` is 1 to 7 here: the bytes before `at` shifted out, spaces shifted in.
+        Some(last) => (last >> (8 * missing)) | (SPACES << (8 * (8 - missing))),
+        None => {
+            let mut word = [b' '; 8];
+            for (slot, &byte) in word.iter_mut().zip(bytes.get(at..).unwrap_or_default()) {
+                *slot = byte;
+            }
+            u64::from_le_bytes(word)
+        }
+    }
+}
+
+/// The high bit of each byte of `word` that is a control character, `"` or `\\`. The lowest
+/// flag is always exact; above it a flag may be false (a borrow carries into the next byte),
+/// so only the lowest is read.
+fn escape_mask(word: u64) -> u64 {
     const ONES: u64 = u64::MAX / 255;
     const HIGHS: u64 = ONES * 0x80;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS != 0;
-    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS != 0;
+    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
     below_space
-        || has_zero(word ^ (ONES * u64::from(b'"')))
-        || has_zero(word ^ (ONES * u64::from(b'\\')))
+        | zero_bytes(word ^ (ONES * u64::from(b'"')))
+        | zero_bytes(word ^ (ONES * u64::from(b'\\')))
 }
 
 /// Appends the escape JSON writes for `byte`, a control character, `"` or `\\`.
@@ -125,7 +160,7 @@ fn write_scalar(value: &Value, out: &mut Vec<u8>) {
 mod tests {
     use serde_json::json;
 
-    use super::{canonical, write_str};
+    use super::{canonical, canonical_string, write_str};
 
     #[test]
     fn canonical_sorts_keys_at_every_level() {
@@ -150,7 +185,37 @@ mod tests {
         }
     }
 
+    /// Any JSON value: strings that need escapes, numbers of every kind, nesting.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::Value;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "(?s).{0,24}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("(?s).{0,10}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest::proptest! {
+        /// The wire's JSON fields are written this way; readers parse them as `serde_json`'s.
+        #[test]
+        fn canonical_text_is_what_serde_json_writes(value in any_value()) {
+            proptest::prop_assert_eq!(
+                canonical_string(&value),
+                serde_json::to_string(&value).unwrap()
+            );
+        }
+
         #[test]
         fn any_string_is_escaped_as_serde_json_escapes_it(
             text in proptest::prop_oneof!["(?s).{0,80}", "[\"\\\\\\x00-\\x1f\\x7f a-zé]{0,40}"]

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
+use aa_core::canonical::canonical_string;
 use aa_core::{
     Action, AgentContext, AgentRegistration, Approval, ApprovalStatus, AuditEvent, Decision,
     EdgeKind, EventKind, FileOperation, Lineage, Mode, Origin, RedactionReceipt, Suspension,
     TopologyEdge, Verdict,
 };
-use serde_json::Value;
 
 use crate::ProtoError;
 use crate::pb;
@@ -99,7 +99,7 @@ impl From<&Action> for pb::Action {
         let kind = match action {
             Action::ToolCall { tool, args } => Kind::ToolCall(pb::ToolCall {
                 tool: tool.clone(),
-                args_json: args.to_string(),
+                args_json: canonical_string(args),
             }),
             Action::LlmCall {
                 model,
@@ -414,7 +414,7 @@ impl From<&AuditEvent> for pb::AuditEvent {
                 .unwrap_or_default(),
             sequence: e.origin.as_ref().map_or(0, |o| o.sequence),
             kind: pb::EventKind::from(e.kind).into(),
-            detail_json: e.detail.as_ref().map(Value::to_string).unwrap_or_default(),
+            detail_json: e.detail.as_ref().map(canonical_string).unwrap_or_default(),
             origin: e.origin.as_ref().map(|o| pb::Origin {
                 received_at: Some(timestamp(o.received_at_ms)),
                 peer_uid: o.peer_uid,
