@@ -400,7 +400,7 @@ impl<S: Store> Gateway<S> {
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
         self.append_run(
             GATEWAY_STREAM,
-            vec![NewEvent::new(event.event_id, head + 1, &value)?],
+            vec![NewEvent::new(event.event_id, head + 1, &value)],
         )
         .await
         .map(|_| ())

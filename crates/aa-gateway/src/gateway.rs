@@ -643,7 +643,7 @@ fn check_appended(
     };
     Ok(Checked {
         stream: origin.stream_id,
-        event: NewEvent::new(event_id, origin.sequence, &value)?,
+        event: NewEvent::new(event_id, origin.sequence, &value),
         edge,
         usage,
         redactions,

@@ -1139,9 +1139,7 @@ mod tests {
             [head_of("gateway"), head_of("rt-1")]
         );
         // The chain goes on from its head, a retried event is a duplicate, and the guard holds.
-        let next = |n: u64| {
-            NewEvent::new(format!("rt-1/ev-{n}"), n, &serde_json::json!({"n": n})).unwrap()
-        };
+        let next = |n: u64| NewEvent::new(format!("rt-1/ev-{n}"), n, &serde_json::json!({"n": n}));
         let appended = store
             .append_events("rt-1", vec![next(3), next(4)])
             .await
@@ -1161,7 +1159,7 @@ mod tests {
         let store = SqliteStore::open_in_memory().unwrap();
         // Appended alternately to two streams, the later-named first.
         let event = |stream: &str, n: u64| {
-            NewEvent::new(format!("{stream}/{n}"), n, &serde_json::json!({"n": n})).unwrap()
+            NewEvent::new(format!("{stream}/{n}"), n, &serde_json::json!({"n": n}))
         };
         let mut appended = Vec::new();
         for n in 1..=3 {

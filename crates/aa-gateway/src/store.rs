@@ -24,14 +24,12 @@ pub struct NewEvent {
 impl NewEvent {
     /// `event` serialised here, where it was built, rather than in the store's transaction,
     /// so that the value is dropped on the thread that allocated it.
-    pub fn new(event_id: String, sequence: u64, event: &Value) -> Result<NewEvent, GatewayError> {
-        let canonical = String::from_utf8(aa_core::canonical::canonical(event))
-            .map_err(|_| GatewayError::Storage("an event serialised to invalid UTF-8".into()))?;
-        Ok(NewEvent {
+    pub fn new(event_id: String, sequence: u64, event: &Value) -> NewEvent {
+        NewEvent {
             event_id,
             sequence,
-            canonical,
-        })
+            canonical: aa_core::canonical::canonical_string(event),
+        }
     }
 
     /// The event as canonical JSON.

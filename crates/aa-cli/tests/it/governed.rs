@@ -697,7 +697,7 @@ async fn audit_tail_prints_in_append_order_and_follows_every_stream() {
     let state = dir.path();
     let store = SqliteStore::open(&gateway_database(state)).unwrap();
     let append = async |stream: &str, n: u64| {
-        let event = NewEvent::new(format!("{stream}/{n}"), n, &json!({"n": n})).unwrap();
+        let event = NewEvent::new(format!("{stream}/{n}"), n, &json!({"n": n}));
         store.append_events(stream, vec![event]).await.unwrap();
     };
     for n in 1..=3 {

@@ -8,7 +8,7 @@ use serde_json::json;
 
 fn event(n: u64) -> NewEvent {
     let event = json!({"type": "tool_call", "tool": "shell", "n": n});
-    NewEvent::new(format!("ev-{n}"), n, &event).unwrap()
+    NewEvent::new(format!("ev-{n}"), n, &event)
 }
 
 async fn all_records(store: &SqliteStore) -> Vec<audit::Record> {
