@@ -20,6 +20,7 @@ use crate::audit::Checkpoint;
 use crate::bundle::{Bundle, PolicyDocument};
 use crate::error::GatewayError;
 use crate::store::{AgentRecord, Appended, NewEvent, Store};
+use crate::turns::Turns;
 
 /// Tunables, with defaults fit for production.
 #[derive(Debug, Clone)]
@@ -139,6 +140,8 @@ pub struct Gateway<S> {
     pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
     pub(crate) own_stream: tokio::sync::Mutex<()>,
+    /// The order in which overlapping appends store each stream's runs.
+    turns: Turns,
     /// Held from an approval's change in the store to its step in the audit log, so that the
     /// steps of an approval are numbered in the order they happened (a decision is not
     /// recorded before the request it decides).
@@ -187,6 +190,7 @@ impl<S: Store> Gateway<S> {
             suspension_epoch: watch::Sender::new(0),
             team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
+            turns: Turns::default(),
             approval_steps: tokio::sync::Mutex::new(()),
             prices,
         })
@@ -452,7 +456,15 @@ impl<S: Store> Gateway<S> {
     /// stored: a secret a runtime missed or a hostile runtime sent never reaches the store.
     /// An event that fails its checks refuses the batch whole, before anything is stored; a
     /// sequence refusal comes from the store, a stream at a time.
+    ///
+    /// Batches may overlap: one is checked while an earlier one is stored. A stream's runs are
+    /// stored in the order their batches arrived ([`crate::turns`]).
     pub async fn append(&self, events: Vec<AuditEvent>) -> Result<Appended, GatewayError> {
+        let ticket = self.turns.take(
+            events
+                .iter()
+                .filter_map(|e| e.origin.as_ref().map(|o| o.stream_id.as_str())),
+        );
         let mut total = Appended::default();
         let mut run: Vec<NewEvent> = Vec::new();
         let mut run_stream = String::new();
@@ -466,6 +478,7 @@ impl<S: Store> Gateway<S> {
             edges.extend(checked.edge);
             usages.extend(checked.usage);
             if checked.stream != run_stream && !run.is_empty() {
+                ticket.wait(&run_stream).await;
                 total = add(
                     total,
                     self.append_run(&run_stream, std::mem::take(&mut run))
@@ -476,6 +489,7 @@ impl<S: Store> Gateway<S> {
             run.push(checked.event);
         }
         if !run.is_empty() {
+            ticket.wait(&run_stream).await;
             total = add(total, self.append_run(&run_stream, run).await?);
         }
         if !edges.is_empty() {

@@ -1,6 +1,7 @@
 //! The link to the gateway: lifecycle calls, the bundle and suspension watches, and the
 //! forwarder that drains the outbox in order. Every loop here outlives gateway outages: it backs off and retries.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -380,12 +381,26 @@ async fn rewind(
     Some(Rewound { from, events })
 }
 
+/// How many appends the forwarder has in flight while a backlog drains: the gateway checks
+/// the next batch while it stores the last, and stores them in the order they were sent.
+const APPENDS_IN_FLIGHT: usize = 2;
+
+/// An append sent and not yet answered.
+struct InFlight {
+    /// Its last sequence.
+    last: u64,
+    /// Shorter than a batch: the outbox had no more.
+    short: bool,
+    call: tokio::task::JoinHandle<Result<pb::AppendEventsResponse, tonic::Status>>,
+}
+
 /// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`
 /// longer while events remain. Events just committed come from memory
-/// ([`Outbox::pending_after`]), older ones from the database. While the gateway stores one
-/// batch, the next is read; the
-/// outbox learns what was delivered behind the stream, so a restart may send a batch again,
-/// which the gateway recognises as duplicates.
+/// ([`Outbox::pending_after`]), older ones from the database. A backlog goes out
+/// [`APPENDS_IN_FLIGHT`] batches at a time, the next read while the last is sent; answers are
+/// taken in order, and after a failure everything from the last one acknowledged is sent
+/// again. The outbox learns what was delivered behind the stream, so a restart may send a
+/// batch again, which the gateway recognises as duplicates.
 pub(crate) async fn forward(
     outbox: Arc<Outbox>,
     link: GatewayLink,
@@ -396,6 +411,7 @@ pub(crate) async fn forward(
 ) {
     let mut backoff = BACKOFF_START;
     let mut deadline: Option<tokio::time::Instant> = None;
+    // The last sequence the gateway acknowledged, and the last one sent.
     let mut sent = match outbox.delivered() {
         Ok(sequence) => sequence,
         Err(error) => {
@@ -403,6 +419,8 @@ pub(crate) async fn forward(
             return;
         }
     };
+    let mut queued = sent;
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut read_ahead: Option<Vec<Stored>> = None;
     let mut marking: Option<tokio::task::JoinHandle<()>> = None;
     loop {
@@ -412,11 +430,23 @@ pub(crate) async fn forward(
         if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
             break;
         }
-        let pending = match read_ahead.take() {
-            Some(events) => events,
-            None => read_after(&outbox, sent, batch).await,
-        };
-        if pending.is_empty() {
+        // A short batch means the outbox is keeping up: nothing more is sent until it is
+        // answered, so that a trickle goes out in few calls.
+        while in_flight.len() < APPENDS_IN_FLIGHT && !in_flight.back().is_some_and(|f| f.short) {
+            let pending = match read_ahead.take() {
+                Some(events) => events,
+                None => read_after(&outbox, queued, batch).await,
+            };
+            let Some(last) = pending.last().map(|e| e.sequence) else {
+                break;
+            };
+            let short = pending.len() < batch;
+            let link = link.clone();
+            let call = tokio::spawn(async move { link.append(pending).await });
+            in_flight.push_back(InFlight { last, short, call });
+            queued = last;
+        }
+        let Some(oldest) = in_flight.pop_front() else {
             if deadline.is_some() {
                 break;
             }
@@ -426,32 +456,26 @@ pub(crate) async fn forward(
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             continue;
-        }
-        let last = pending.last().map_or(sent, |e| e.sequence);
-        let full = pending.len() >= batch;
-        // A full batch means a backlog: read the next while the gateway stores this one.
-        let (appended, next) = if full {
-            tokio::join!(link.append(pending), read_after(&outbox, last, batch))
-        } else {
-            (link.append(pending).await, Vec::new())
         };
+        let appended = oldest
+            .call
+            .await
+            .unwrap_or_else(|e| Err(tonic::Status::internal(format!("the append was lost: {e}"))));
         match appended {
             Ok(_) => {
                 backoff = BACKOFF_START;
-                sent = last;
-                read_ahead = Some(next).filter(|n| !n.is_empty());
+                sent = oldest.last;
                 if let Some(previous) = marking.take() {
                     let _ = previous.await;
                 }
                 let outbox = Arc::clone(&outbox);
                 marking = Some(tokio::task::spawn_blocking(move || {
-                    if let Err(error) = outbox.mark_delivered(last) {
+                    if let Err(error) = outbox.mark_delivered(sent) {
                         tracing::error!(%error, "could not record delivery; events will be sent again");
                     }
                 }));
-                // A short batch means the outbox is keeping up: let the next one fill a
-                // little, so a steady trickle goes out in few calls rather than one per event.
-                if !full && deadline.is_none() {
+                // Let the next one fill a little.
+                if oldest.short && deadline.is_none() {
                     tokio::select! {
                         () = tokio::time::sleep(FORWARD_LINGER) => {}
                         _ = stop.changed() => {}
@@ -459,6 +483,12 @@ pub(crate) async fn forward(
                 }
             }
             Err(status) => {
+                // What was sent after it follows on from it: its answers no longer count,
+                // and it is all sent again (the gateway knows what it already holds).
+                for later in in_flight.drain(..) {
+                    later.call.abort();
+                }
+                queued = sent;
                 // Marking a delivery prunes the oldest kept rows: done before any are read
                 // back, so what a rewind found is still there for the next read.
                 if let Some(previous) = marking.take() {
@@ -466,6 +496,7 @@ pub(crate) async fn forward(
                 }
                 if let Some(rewound) = rewind(&outbox, &status, sent, batch).await {
                     (sent, read_ahead) = (rewound.from, Some(rewound.events));
+                    queued = sent;
                     continue;
                 }
                 tracing::warn!(code = ?status.code(), message = status.message(), "gateway append failed; retrying");
@@ -482,6 +513,9 @@ pub(crate) async fn forward(
                 backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
+    }
+    for unanswered in in_flight {
+        unanswered.call.abort();
     }
     if let Some(last) = marking {
         let _ = last.await;
