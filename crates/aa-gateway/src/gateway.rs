@@ -20,7 +20,6 @@ use crate::audit::Checkpoint;
 use crate::bundle::{Bundle, PolicyDocument};
 use crate::error::GatewayError;
 use crate::store::{AgentRecord, Appended, NewEvent, Store};
-use crate::turns::Turns;
 
 /// Tunables, with defaults fit for production.
 #[derive(Debug, Clone)]
@@ -140,8 +139,11 @@ pub struct Gateway<S> {
     pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
     pub(crate) own_stream: tokio::sync::Mutex<()>,
-    /// The order in which overlapping appends store each stream's runs.
-    turns: Turns,
+    /// The last sequence each runtime stream is known to hold: a run that starts past it
+    /// waits for the one before it.
+    heads: Mutex<HashMap<String, u64>>,
+    /// Woken after every append of a run from a runtime.
+    stored: tokio::sync::Notify,
     /// Held from an approval's change in the store to its step in the audit log, so that the
     /// steps of an approval are numbered in the order they happened (a decision is not
     /// recorded before the request it decides).
@@ -190,7 +192,8 @@ impl<S: Store> Gateway<S> {
             suspension_epoch: watch::Sender::new(0),
             team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
-            turns: Turns::default(),
+            heads: Mutex::new(HashMap::new()),
+            stored: tokio::sync::Notify::new(),
             approval_steps: tokio::sync::Mutex::new(()),
             prices,
         })
@@ -457,14 +460,9 @@ impl<S: Store> Gateway<S> {
     /// An event that fails its checks refuses the batch whole, before anything is stored; a
     /// sequence refusal comes from the store, a stream at a time.
     ///
-    /// Batches may overlap: one is checked while an earlier one is stored. A stream's runs are
-    /// stored in the order their batches arrived ([`crate::turns`]).
+    /// Batches may overlap: one is checked while an earlier one is stored, and a run that
+    /// starts past its stream's head waits for the run before it ([`GAP_WAIT`]).
     pub async fn append(&self, events: Vec<AuditEvent>) -> Result<Appended, GatewayError> {
-        let ticket = self.turns.take(
-            events
-                .iter()
-                .filter_map(|e| e.origin.as_ref().map(|o| o.stream_id.as_str())),
-        );
         let mut total = Appended::default();
         let mut run: Vec<NewEvent> = Vec::new();
         let mut run_stream = String::new();
@@ -478,10 +476,9 @@ impl<S: Store> Gateway<S> {
             edges.extend(checked.edge);
             usages.extend(checked.usage);
             if checked.stream != run_stream && !run.is_empty() {
-                ticket.wait(&run_stream).await;
                 total = add(
                     total,
-                    self.append_run(&run_stream, std::mem::take(&mut run))
+                    self.append_in_order(&run_stream, std::mem::take(&mut run))
                         .await?,
                 );
             }
@@ -489,8 +486,7 @@ impl<S: Store> Gateway<S> {
             run.push(checked.event);
         }
         if !run.is_empty() {
-            ticket.wait(&run_stream).await;
-            total = add(total, self.append_run(&run_stream, run).await?);
+            total = add(total, self.append_in_order(&run_stream, run).await?);
         }
         if !edges.is_empty() {
             self.store.put_edges(edges).await?;
@@ -512,6 +508,72 @@ impl<S: Store> Gateway<S> {
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
         bump(&self.metrics.backstop_redactions, added as u64);
         Ok(())
+    }
+
+    /// [`append_run`](Self::append_run) for a runtime's run, once its stream holds what comes
+    /// before it: a runtime sends its next batch before the last is answered, and the later
+    /// one may be checked first. A run that starts past its stream's head waits, up to
+    /// [`GAP_WAIT`], for another append of the stream to close the gap; then the store decides.
+    async fn append_in_order(
+        &self,
+        stream: &str,
+        run: Vec<NewEvent>,
+    ) -> Result<Appended, GatewayError> {
+        let (Some(first), Some(last)) = (run.first(), run.last()) else {
+            return Ok(Appended::default());
+        };
+        let (first, last) = (first.sequence, last.sequence);
+        let deadline = tokio::time::Instant::now() + GAP_WAIT;
+        loop {
+            let stored = self.stored.notified();
+            tokio::pin!(stored);
+            // Registered before the head is read, so an append finishing in between wakes us.
+            stored.as_mut().enable();
+            if first <= self.known_head(stream).await?.saturating_add(1)
+                || tokio::time::Instant::now() >= deadline
+            {
+                break;
+            }
+            tokio::select! {
+                () = stored => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        let appended = self.append_run(stream, run).await;
+        match &appended {
+            Ok(_) => {
+                let mut heads = self.heads();
+                let head = heads.entry(stream.to_owned()).or_insert(last);
+                // A run of duplicates may lie behind the head.
+                *head = (*head).max(last);
+            }
+            Err(GatewayError::Sequence { expected, .. }) => {
+                self.heads()
+                    .insert(stream.to_owned(), expected.saturating_sub(1));
+            }
+            Err(_) => {}
+        }
+        self.stored.notify_waiters();
+        appended
+    }
+
+    /// The last sequence `stream` holds, from memory, or from the store the first time.
+    async fn known_head(&self, stream: &str) -> Result<u64, GatewayError> {
+        if let Some(head) = self.heads().get(stream) {
+            return Ok(*head);
+        }
+        let stored = self.store.heads().await?;
+        let mut heads = self.heads();
+        for head in stored {
+            heads.entry(head.stream_id).or_insert(head.sequence);
+        }
+        Ok(*heads.entry(stream.to_owned()).or_insert(0))
+    }
+
+    fn heads(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        // Only a hint of when to store (the store checks every sequence): a panic elsewhere
+        // leaves it usable.
+        self.heads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) async fn append_run(
@@ -591,6 +653,12 @@ async fn check_all(
     }
     Ok(checked)
 }
+
+/// How long a runtime's run that starts past its stream's head waits for the run before it to
+/// be stored. The one before was sent first and is on its way or being checked, which takes
+/// milliseconds; a run that still finds a gap after this is refused by the store, and the
+/// runtime goes back to where the gateway's head is.
+const GAP_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a batch is checked before the thread offers its processor to any other thread
 /// waiting there. A thread woken behind the gateway otherwise waits for the gateway's time

@@ -15,7 +15,6 @@
 //!   [`run`], serving both on listeners the caller bound.
 //! - [`audit`]: the hash chain of each runtime stream, signed checkpoints of the stream heads,
 //!   and [`audit::verify`], which names the first tampered record.
-//! - `turns`: the order in which overlapping appends of one stream are stored.
 //! - [`store`]: the [`Store`] trait the gateway keeps its state behind.
 //! - [`sqlite`]: [`SqliteStore`], the embedded default (WAL, migrations, an append-only audit
 //!   table).
@@ -37,7 +36,6 @@ pub mod registry;
 pub mod server;
 pub mod sqlite;
 pub mod store;
-mod turns;
 
 pub use approvals::{GATEWAY_STREAM, NewApproval};
 pub use budgets::{

@@ -324,22 +324,31 @@ async fn a_batch_is_stored_in_order_or_refused_whole() {
     assert_eq!(verified.records, 400);
 }
 
-/// A runtime sends its next batch before the last is answered: the gateway checks the one
-/// while it stores the other, and stores a stream's batches in the order they arrived, even
-/// when the later one is checked first. A batch behind one that is refused is not kept waiting.
+/// A runtime sends its next batch before the last is answered, and the later one may reach the
+/// gateway first: the gateway checks both at once and stores a stream's runs in sequence
+/// order. A run behind one that is refused finds its gap still open and is refused by the
+/// store, naming the sequence the stream's head calls for.
 #[tokio::test]
-async fn overlapping_batches_of_a_stream_are_stored_in_the_order_they_arrived() {
+async fn overlapping_batches_of_a_stream_are_stored_in_sequence_order() {
     let gw = gateway(GatewayConfig::default());
     // Long enough to be checked in parts on the blocking pool: it finishes its checks well
-    // after the one-event batch that follows it.
+    // after the one-event batch that follows it, whichever arrives first.
     let long: Vec<AuditEvent> = (1..=600).map(|n| event(n, &format!("ls {n}"))).collect();
-    let (first, second) = tokio::join!(gw.append(long.clone()), gw.append(vec![event(601, "ls")]));
+    let (second, first) = tokio::join!(gw.append(vec![event(601, "ls")]), gw.append(long.clone()));
     assert_eq!(first.unwrap().accepted, 600);
     assert_eq!(second.unwrap().accepted, 1);
+    let (first, second) = tokio::join!(
+        gw.append((602..=1000).map(|n| event(n, "ls")).collect()),
+        gw.append(vec![event(1001, "ls")])
+    );
+    assert_eq!(
+        (first.unwrap().accepted, second.unwrap().accepted),
+        (399, 1)
+    );
 
-    let mut refused: Vec<AuditEvent> = (602..=1200).map(|n| event(n, "ls")).collect();
+    let mut refused: Vec<AuditEvent> = (1002..=1600).map(|n| event(n, "ls")).collect();
     refused[300].origin = None;
-    let (first, second) = tokio::join!(gw.append(refused), gw.append(vec![event(1201, "ls")]));
+    let (first, second) = tokio::join!(gw.append(refused), gw.append(vec![event(1601, "ls")]));
     assert!(
         matches!(first, Err(GatewayError::InvalidRequest(_))),
         "{first:?}"
@@ -348,8 +357,8 @@ async fn overlapping_batches_of_a_stream_are_stored_in_the_order_they_arrived() 
         matches!(
             second,
             Err(GatewayError::Sequence {
-                expected: 602,
-                got: 1201,
+                expected: 1002,
+                got: 1601,
                 ..
             })
         ),
@@ -358,11 +367,11 @@ async fn overlapping_batches_of_a_stream_are_stored_in_the_order_they_arrived() 
 
     let records = gw.store().records(0, 2000).await.unwrap();
     let sequences: Vec<u64> = records.iter().map(|r| r.sequence).collect();
-    assert_eq!(sequences, (1..=601).collect::<Vec<u64>>());
+    assert_eq!(sequences, (1..=1001).collect::<Vec<u64>>());
     assert_eq!(
         aa_gateway::audit::verify(records, &[], None)
             .unwrap()
             .records,
-        601
+        1001
     );
 }
