@@ -411,7 +411,7 @@ pub(crate) async fn forward(
 ) {
     let mut backoff = BACKOFF_START;
     let mut deadline: Option<tokio::time::Instant> = None;
-    // The last sequence the gateway acknowledged, and the last one sent.
+    // The last sequence the gateway acknowledged.
     let mut sent = match outbox.delivered() {
         Ok(sequence) => sequence,
         Err(error) => {
@@ -419,6 +419,7 @@ pub(crate) async fn forward(
             return;
         }
     };
+    // The last sequence sent, acknowledged or not.
     let mut queued = sent;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut read_ahead: Option<Vec<Stored>> = None;
