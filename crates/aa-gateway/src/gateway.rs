@@ -542,10 +542,11 @@ impl<S: Store> Gateway<S> {
         let appended = self.append_run(stream, run).await;
         match &appended {
             Ok(_) => {
-                let mut heads = self.heads();
-                let head = heads.entry(stream.to_owned()).or_insert(last);
                 // A run of duplicates may lie behind the head.
-                *head = (*head).max(last);
+                self.heads()
+                    .entry(stream.to_owned())
+                    .and_modify(|head| *head = (*head).max(last))
+                    .or_insert(last);
             }
             Err(GatewayError::Sequence { expected, .. }) => {
                 self.heads()
