@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aa_gateway::{Gateway, GatewayConfig, GatewayError, PolicyDocument, SqliteStore};
-use aa_runtime::{RuntimeConfig, RuntimeError};
+use aa_runtime::{BackgroundPriority, RuntimeConfig, RuntimeError};
 use anyhow::{Context as _, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -310,6 +310,11 @@ pub struct RuntimeSettings {
     /// 64 MiB; at least one 4 MiB frame).
     #[arg(long)]
     pub max_unfinished_frame_bytes: Option<usize>,
+    /// How the runtime's background work (the outbox writer, the forwarder) gives way to
+    /// checks: idle (Linux's SCHED_IDLE, the default; for a runtime in a cgroup of its own) or
+    /// lower (10 nice levels below; where busy processes share its cgroup).
+    #[arg(long)]
+    pub background_priority: Option<BackgroundPriority>,
 }
 
 /// A duration given in seconds, fractions allowed.
@@ -330,6 +335,9 @@ impl RuntimeSettings {
         config.max_unfinished_frame_bytes = self
             .max_unfinished_frame_bytes
             .unwrap_or(config.max_unfinished_frame_bytes);
+        config.background_priority = self
+            .background_priority
+            .unwrap_or(config.background_priority);
         config
     }
 }

@@ -1,9 +1,10 @@
 //! Work no caller waits on (writing the outbox, forwarding it to the gateway) runs on its own
 //! thread and blocking pool, at a lower scheduling priority than the threads that answer the
-//! socket. On a busy host the scheduler then gives a check the processor before a group
-//! commit or a batch for the gateway, so checks are not queued behind them; the background
-//! still gets whatever the checks leave, and a queue that fills makes checks wait for room
-//! (`Runtime::decision_slot`), so nothing is dropped when it falls behind.
+//! socket ([`BackgroundPriority`]). On a busy host the scheduler then gives a check the
+//! processor before a group commit or a batch for the gateway, so checks are not queued
+//! behind them; the background still gets whatever the checks leave, and a queue that fills
+//! makes checks wait for room (`Runtime::decision_slot`), so nothing is dropped when it falls
+//! behind.
 
 use std::future::Future;
 use std::thread;
@@ -12,13 +13,14 @@ use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::config::BackgroundPriority;
 use crate::error::RuntimeError;
 
-/// How much less of the processor the background gets when both want it: Linux's nice value,
-/// which weighs a thread at about a tenth of a nice-0 thread (CFS weights 110 against 1024).
+/// How much less of the processor the background gets under [`BackgroundPriority::Lower`]:
+/// Linux's nice value, which weighs a thread at about a tenth of a nice-0 thread (CFS weights
+/// 110 against 1024).
 const NICENESS: i32 = 10;
 
-/// A single-threaded async runtime on a thread of its own; its tasks stop when it is dropped.
 #[derive(Debug)]
 pub(crate) struct Background {
     handle: Handle,
@@ -27,14 +29,14 @@ pub(crate) struct Background {
 }
 
 impl Background {
-    pub(crate) fn start() -> Result<Background, RuntimeError> {
+    pub(crate) fn start(priority: BackgroundPriority) -> Result<Background, RuntimeError> {
         let setup = |e: std::io::Error| RuntimeError::Setup(format!("background thread: {e}"));
         // Fixed now, from the caller's: a blocking thread is started by the background thread
         // and inherits its priority, to which lowering again would add a second step.
-        let target = rustix::process::getpriority_process(None)
+        let nice = rustix::process::getpriority_process(None)
             .map(|now| now + NICENESS)
             .ok();
-        let lower = move || lower_priority(target);
+        let lower = move || lower_priority(priority, nice);
         let runtime = Builder::new_current_thread()
             .enable_all()
             .thread_name("aa-runtime-background")
@@ -86,16 +88,57 @@ impl Drop for Background {
     }
 }
 
-/// Sets the calling thread's nice value to `target` ([`NICENESS`] above the thread that
+/// Lowers the calling thread to `priority`; under [`BackgroundPriority::Lower`], or where
+/// `SCHED_IDLE` cannot be had, to the nice value `nice` ([`NICENESS`] above the thread that
 /// started the background; none if its own could not be read). Linux applies `setpriority`
 /// for a process id of 0 to the calling thread alone. A failure leaves the thread as it was:
 /// only latency suffers.
-fn lower_priority(target: Option<i32>) {
-    let Some(target) = target else {
+fn lower_priority(priority: BackgroundPriority, nice: Option<i32>) {
+    if priority == BackgroundPriority::Idle && idle::enter() {
+        return;
+    }
+    let Some(nice) = nice else {
         return;
     };
-    if let Err(error) = rustix::process::setpriority_process(None, target) {
+    if let Err(error) = rustix::process::setpriority_process(None, nice) {
         tracing::debug!(%error, "could not lower the background thread's priority");
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod idle {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+    };
+
+    const IDLE: ThreadSchedulePolicy =
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+
+    /// Puts the calling thread under `SCHED_IDLE`; whether it is now.
+    pub(super) fn enter() -> bool {
+        // After setting the policy the crate also sets the thread's nice value to 0, which is
+        // refused to a thread above it without privilege; `SCHED_IDLE` ignores nice values, so
+        // what counts is the policy read back.
+        let set = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, IDLE);
+        let now = is_idle();
+        if !now {
+            tracing::debug!(?set, "could not put the background thread under SCHED_IDLE");
+        }
+        now
+    }
+
+    /// Whether the calling thread runs under `SCHED_IDLE`.
+    pub(super) fn is_idle() -> bool {
+        thread_schedule_policy().is_ok_and(|policy| policy == IDLE)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod idle {
+    /// `SCHED_IDLE` is Linux's alone.
+    pub(super) fn enter() -> bool {
+        false
     }
 }
 
@@ -104,28 +147,45 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    #[test]
-    fn background_tasks_and_blocking_work_run_at_a_lower_priority() {
-        let caller = rustix::process::getpriority_process(None).unwrap();
-        let lowered = (caller + NICENESS).min(19);
-        let background = Background::start().unwrap();
-        // Blocking work is started from the background thread, as the outbox writer starts
-        // it, so its thread is created by one already lowered.
-        let answers = background.spawn(async {
-            let own = rustix::process::getpriority_process(None);
-            let blocking =
-                tokio::task::spawn_blocking(|| rustix::process::getpriority_process(None));
-            (own, blocking.await)
+    /// The background thread's and a blocking thread's (nice value, under `SCHED_IDLE`).
+    /// Blocking work is started from the background thread, as the outbox writer starts it,
+    /// so its thread is created by one already lowered.
+    fn background_and_blocking(priority: BackgroundPriority) -> [(i32, bool); 2] {
+        let read = || {
+            let nice = rustix::process::getpriority_process(None).unwrap();
+            #[cfg(target_os = "linux")]
+            return (nice, idle::is_idle());
+            #[cfg(not(target_os = "linux"))]
+            return (nice, false);
+        };
+        let background = Background::start(priority).unwrap();
+        let answers = background.spawn(async move {
+            let blocking = tokio::task::spawn_blocking(read);
+            [read(), blocking.await.unwrap()]
         });
-        let (own, blocking) = Builder::new_current_thread()
+        Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(answers)
-            .unwrap();
+            .unwrap()
+    }
+
+    #[test]
+    fn background_tasks_and_blocking_work_run_at_a_lower_nice_value() {
+        let caller = rustix::process::getpriority_process(None).unwrap();
+        let lowered = (caller + NICENESS).min(19);
         assert_eq!(
-            (own.unwrap(), blocking.unwrap().unwrap()),
-            (lowered, lowered)
+            background_and_blocking(BackgroundPriority::Lower),
+            [(lowered, false); 2]
         );
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), caller);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn background_tasks_and_blocking_work_run_idle() {
+        let [own, blocking] = background_and_blocking(BackgroundPriority::Idle);
+        assert!(own.1 && blocking.1, "{own:?} {blocking:?}");
+        assert!(!idle::is_idle());
     }
 }

@@ -32,7 +32,7 @@ mod pipeline;
 pub mod runtime;
 pub mod server;
 
-pub use config::RuntimeConfig;
+pub use config::{BackgroundPriority, RuntimeConfig};
 pub use error::RuntimeError;
 pub use link::GatewayLink;
 pub use runtime::{Peer, Runtime};

@@ -82,7 +82,7 @@ pub async fn run(
     let written = Arc::new(Notify::new());
     let (jobs_tx, jobs_rx) = pipeline::queue(4096);
     let outbox_health = Arc::new(OutboxHealth::default());
-    let background = Background::start()?;
+    let background = Background::start(config.background_priority)?;
     let writer = background.spawn(pipeline::write_loop(
         jobs_rx,
         Arc::clone(&outbox),
