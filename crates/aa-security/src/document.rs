@@ -20,7 +20,8 @@ use aa_core::RedactionReceipt;
 use serde_json::Value;
 
 use crate::redact::{
-    Limits, OVERSIZED, Oversize, digest_prefix, oversized_receipt, receipts_of, splice_text,
+    Labelled, Limits, OVERSIZED, Oversize, digest_prefix, oversized_receipt, receipts_of, spans_of,
+    splice_text,
 };
 use crate::rules::is_personal_data;
 use crate::scanner::{Finding, Scanner};
@@ -231,7 +232,7 @@ impl Scanner {
 
     /// The cut of every string that changes, by spot: its own findings, and the pieces of
     /// credentials that cross its seams; and whether the document must be read again (there
-    /// were such pieces, or a string beside a glued seam was cut).
+    /// were such pieces: a piece cut from a string changes what its rest reads as).
     fn cuts(
         &self,
         strings: &Strings<'_>,
@@ -277,23 +278,40 @@ impl Scanner {
                 spans.extend(found);
             }
         }
+        for (spot, cut) in &mut cuts {
+            if let (Cut::Spans(spans), Some(s)) = (cut, strings.spots.get(*spot)) {
+                merge_overlaps(spans, s.text);
+            }
+        }
         if strings.spots.len() < 2 {
             return (cuts, false);
         }
-        // The seams are read as the document will be stored: an oversized string as its label.
+        // The seams are read as the document will be stored, each string with what its own
+        // scan found already replaced by labels (an oversized one is its label): a cut beside
+        // a seam changes what the seam reads as, and the secrets found already are not looked
+        // for again in every run that holds them.
+        let labelled: BTreeMap<usize, Labelled> = cuts
+            .iter()
+            .filter_map(|(&spot, cut)| match (cut, strings.spots.get(spot)) {
+                (Cut::Spans(spans), Some(s)) => {
+                    Some((spot, Labelled::new(s.text.as_bytes(), spans_of(spans))))
+                }
+                _ => None,
+            })
+            .collect();
         let texts: Vec<&str> = strings
             .spots
             .iter()
             .enumerate()
-            .map(|(i, s)| match cuts.get(&i) {
-                Some(Cut::Oversized(_)) => OVERSIZED,
+            .map(|(i, s)| match (cuts.get(&i), labelled.get(&i)) {
+                (Some(Cut::Oversized(_)), _) => OVERSIZED,
+                // Labels are ASCII and spans fall on character boundaries: always UTF-8.
+                (_, Some(l)) => std::str::from_utf8(&l.bytes).unwrap_or(s.text),
                 _ => s.text,
             })
             .collect();
-        let (pieces, glued) = self.seam_pieces(strings, &texts, &cuts, only);
-        // A cut beside a seam changes what the seam reads as: the scan that found it may have
-        // preferred it to a credential across the seam, which only the next pass can see.
-        let split = !pieces.is_empty() || (glued && !cuts.is_empty());
+        let pieces = self.seam_pieces(strings, &texts, &labelled, &cuts, only);
+        let split = !pieces.is_empty();
         for (spot, piece) in pieces {
             match cuts.entry(spot).or_insert_with(|| Cut::Spans(Vec::new())) {
                 Cut::Oversized(_) => {}
@@ -308,21 +326,22 @@ impl Scanner {
         (cuts, split)
     }
 
-    /// The pieces of credentials found only across seams: along runs of up to
-    /// [`MAX_PIECES`] values in reading order, and across each key and its string value.
-    /// `texts` holds each spot's text as it will be stored, `own` what each string's own scan
-    /// found: a credential one of whose pieces is redacted already is broken, and finding it
-    /// again across a seam would only be the glue (a key stuck to a secret value) talking.
-    /// Also says whether any seam was glued at all. With `only`, just the runs holding one of
-    /// those strings are glued: any other reads as it did in the pass before, which found
-    /// nothing across it (what it found was cut, changing its strings).
+    /// The pieces of credentials found only across seams, with spans in the strings as they
+    /// came: along runs of up to [`MAX_PIECES`] values in reading order, and across each key
+    /// and its string value. `texts` holds each spot's text as it will be stored, `labelled`
+    /// where its labels came from, `own` what each string's own scan found: a credential one
+    /// of whose pieces is all label was found already, and finding it again across a seam
+    /// would only be the glue (a key stuck to a secret value) talking. With `only`, just the
+    /// runs holding one of those strings are glued: any other reads as it did in the pass
+    /// before, which found nothing across it.
     fn seam_pieces(
         &self,
         strings: &Strings<'_>,
         texts: &[&str],
+        labelled: &BTreeMap<usize, Labelled>,
         own: &BTreeMap<usize, Cut>,
         only: Option<&BTreeSet<usize>>,
-    ) -> (Vec<(usize, RedactionReceipt)>, bool) {
+    ) -> Vec<(usize, RedactionReceipt)> {
         let mut joined = Joined {
             text: String::with_capacity(4 * SEAM_REACH),
             segments: Vec::with_capacity(TYPICAL_NODES),
@@ -348,7 +367,7 @@ impl Scanner {
             }
         }
         if joined.segments.is_empty() {
-            return (Vec::new(), false);
+            return Vec::new();
         }
         let mut pieces = Vec::new();
         let found = joined.findings_by_run(self, self.scan_as_is(&joined.text));
@@ -367,7 +386,10 @@ impl Scanner {
             }
             let span_in = |s: &Segment| {
                 let start = finding.start.max(s.at) - s.at + s.offset;
-                (start, finding.end.min(s.at + s.len) - s.at + s.offset)
+                let end = finding.end.min(s.at + s.len) - s.at + s.offset;
+                labelled
+                    .get(&s.spot)
+                    .map_or((start, end), |l| l.original_span(start, end))
             };
             let redacted_already = crossed.iter().any(|s| {
                 let (start, end) = span_in(s);
@@ -398,7 +420,7 @@ impl Scanner {
                 ));
             }
         }
-        (pieces, true)
+        pieces
     }
 }
 

@@ -215,19 +215,73 @@ pub(crate) fn receipts_of(input: &[u8], findings: Vec<Finding>) -> Vec<Redaction
 
 /// `input` with each receipt's span (non-overlapping, ordered) replaced by its label.
 pub(crate) fn splice(input: &[u8], receipts: &[RedactionReceipt]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len());
-    let mut cursor = 0;
-    for r in receipts {
-        let (start, end) = (r.start as usize, r.end as usize);
-        let (Some(before), Some(_)) = (input.get(cursor..start), input.get(start..end)) else {
-            continue;
-        };
-        out.extend_from_slice(before);
-        write_label(&mut out, &r.kind);
-        cursor = end;
+    Labelled::new(input, spans_of(receipts)).bytes
+}
+
+/// Each receipt's span and kind.
+pub(crate) fn spans_of(
+    receipts: &[RedactionReceipt],
+) -> impl Iterator<Item = (usize, usize, &str)> + '_ {
+    receipts
+        .iter()
+        .map(|r| (r.start as usize, r.end as usize, r.kind.as_str()))
+}
+
+/// A text with spans replaced by their labels, and where each label came from, so that what
+/// is found in the labelled text can be placed in the original.
+pub(crate) struct Labelled {
+    pub(crate) bytes: Vec<u8>,
+    /// For each label: its span in the original, then in `bytes`.
+    spans: Vec<((usize, usize), (usize, usize))>,
+}
+
+impl Labelled {
+    /// `spans` (start, end, kind) are disjoint and in text order; one that is not, or that
+    /// does not fit `input`, is left as it was.
+    pub(crate) fn new<'k>(
+        input: &[u8],
+        spans: impl IntoIterator<Item = (usize, usize, &'k str)>,
+    ) -> Labelled {
+        let mut bytes = Vec::with_capacity(input.len());
+        let mut labels = Vec::new();
+        let mut cursor = 0;
+        for (start, end, kind) in spans {
+            let (Some(before), Some(_)) = (input.get(cursor..start), input.get(start..end)) else {
+                continue;
+            };
+            bytes.extend_from_slice(before);
+            let at = bytes.len();
+            write_label(&mut bytes, kind);
+            labels.push(((start, end), (at, bytes.len())));
+            cursor = end;
+        }
+        bytes.extend_from_slice(input.get(cursor..).unwrap_or_default());
+        Labelled {
+            bytes,
+            spans: labels,
+        }
     }
-    out.extend_from_slice(input.get(cursor..).unwrap_or_default());
-    out
+
+    /// The span in the original of `start..end` in the labelled text: a label it touches
+    /// counts whole, as the secret the label replaced.
+    pub(crate) fn original_span(&self, start: usize, end: usize) -> (usize, usize) {
+        let from = match self.spans.partition_point(|(_, (s, _))| *s <= start) {
+            0 => start,
+            i => match self.spans.get(i - 1) {
+                Some(((from, _), (_, to))) if start < *to => *from,
+                Some(((_, from_end), (_, to))) => from_end + (start - to),
+                None => start,
+            },
+        };
+        let to = match self.spans.partition_point(|(_, (s, _))| *s < end) {
+            0 => end,
+            i => match self.spans.get(i - 1) {
+                Some(((_, from_end), (_, to))) => from_end + end.saturating_sub(*to),
+                None => end,
+            },
+        };
+        (from, to)
+    }
 }
 
 /// Appends the label a span of `kind` becomes.

@@ -9,7 +9,7 @@ use crate::error::SecurityError;
 use crate::gates;
 use crate::keywords::Keywords;
 use crate::normalize::normalize;
-use crate::redact::write_label;
+use crate::redact::Labelled;
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger, is_personal_data};
 use crate::runs::{self, DigitRun};
 
@@ -197,7 +197,8 @@ impl Scanner {
             if findings.is_empty() {
                 break;
             }
-            let labelled = Labelled::new(input, &findings);
+            let labelled =
+                Labelled::new(input, findings.iter().map(|f| (f.start, f.end, &*f.kind)));
             let starts: Vec<usize> = findings.iter().map(|f| f.start).collect();
             let covered = |f: &Finding| {
                 let before = starts.partition_point(|&s| s <= f.start);
@@ -209,7 +210,10 @@ impl Scanner {
             let new: Vec<Finding> = self
                 .scan_bytes_as_is(&labelled.bytes)
                 .into_iter()
-                .map(|f| labelled.in_original(f))
+                .map(|mut f| {
+                    (f.start, f.end) = labelled.original_span(f.start, f.end);
+                    f
+                })
                 .filter(|f| !covered(f))
                 .collect();
             if new.is_empty() {
@@ -481,57 +485,6 @@ fn shortest_match(pattern: &str, unicode: bool) -> usize {
         .ok()
         .and_then(|hir| hir.properties().minimum_len())
         .unwrap_or(0)
-}
-
-/// A text with its findings replaced by their labels, and where each label came from.
-struct Labelled {
-    bytes: Vec<u8>,
-    /// For each label: its span in the original, then in `bytes`.
-    spans: Vec<((usize, usize), (usize, usize))>,
-}
-
-impl Labelled {
-    /// `findings` are disjoint and in text order, as [`resolve_overlaps`] leaves them.
-    fn new(input: &[u8], findings: &[Finding]) -> Labelled {
-        let mut bytes = Vec::with_capacity(input.len());
-        let mut spans = Vec::with_capacity(findings.len());
-        let mut cursor = 0;
-        for f in findings {
-            let (Some(before), Some(_)) = (input.get(cursor..f.start), input.get(f.start..f.end))
-            else {
-                continue;
-            };
-            bytes.extend_from_slice(before);
-            let at = bytes.len();
-            write_label(&mut bytes, &f.kind);
-            spans.push(((f.start, f.end), (at, bytes.len())));
-            cursor = f.end;
-        }
-        bytes.extend_from_slice(input.get(cursor..).unwrap_or_default());
-        Labelled { bytes, spans }
-    }
-
-    /// `f`, found in the labelled text, with its span in the original: a label it touches
-    /// counts whole, as the secret the label replaced.
-    fn in_original(&self, mut f: Finding) -> Finding {
-        let start = match self.spans.partition_point(|(_, (s, _))| *s <= f.start) {
-            0 => f.start,
-            i => match self.spans.get(i - 1) {
-                Some(((from, _), (_, to))) if f.start < *to => *from,
-                Some(((_, from_end), (_, to))) => from_end + (f.start - to),
-                None => f.start,
-            },
-        };
-        let end = match self.spans.partition_point(|(_, (s, _))| *s < f.end) {
-            0 => f.end,
-            i => match self.spans.get(i - 1) {
-                Some(((_, from_end), (_, to))) => from_end + f.end.saturating_sub(*to),
-                None => f.end,
-            },
-        };
-        (f.start, f.end) = (start, end);
-        f
-    }
 }
 
 /// Makes findings disjoint and returns them in text order. A decoded segment whose findings

@@ -130,6 +130,34 @@ fn a_secret_across_a_seam_beside_another_finding_is_redacted_in_one_go() {
     assert!(again.is_empty(), "found again: {again:?} in {doc}");
 }
 
+/// The seams are read with each string's own findings already labels, so a piece found after
+/// one stands elsewhere in the labelled text than in the string as it came: its receipt
+/// gives it where it came.
+#[test]
+fn a_piece_after_a_strings_own_finding_is_cut_where_it_came() {
+    let token = "ghp_0123456789abcdefghijABCDEFGHIJKLMNOP";
+    let first = format!("{KEY} and {}", &token[..20]);
+    let doc = json!({"a": first, "b": &token[20..]});
+    let (doc, receipts) = redact(doc);
+    assert_eq!(
+        doc,
+        json!({"a": "[REDACTED:aws_access_key] and [REDACTED:github_token]", "b": "[REDACTED:github_token]"})
+    );
+    let spans: Vec<(&str, &str, u64, u64)> = receipts
+        .iter()
+        .map(|r| (r.field.as_str(), r.kind.as_str(), r.start, r.end))
+        .collect();
+    let piece_at = (KEY.len() + " and ".len()) as u64;
+    assert_eq!(
+        spans,
+        [
+            ("a", "aws_access_key", 0, KEY.len() as u64),
+            ("a", "github_token", piece_at, piece_at + 20),
+            ("b", "github_token", 0, 20),
+        ]
+    );
+}
+
 #[test]
 fn ordinary_documents_and_personal_data_in_neighbouring_cells_are_left_alone() {
     for doc in [
