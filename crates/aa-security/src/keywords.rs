@@ -230,6 +230,12 @@ impl Keywords {
         (self.table.rows << self.table.row_shift) as f64 / TABLE as f64
     }
 
+    /// Whether any keyword occurs in `bytes`, a short text: one walk, up to the first.
+    pub(crate) fn occur_in(&self, bytes: &[u8]) -> bool {
+        let mut state = [self.table.start];
+        self.table.advance([bytes], &mut state, 0) < bytes.len()
+    }
+
     /// Calls `found(keyword, start, end)` for every occurrence of every keyword, overlapping
     /// ones included, in no particular order. An occurrence may be reported twice (after a
     /// Vectorscan error).
@@ -435,6 +441,21 @@ mod tests {
         keywords.find(b"AWS_SECRET=1 ghp_x Secret", |k, s, e| hits.push((k, s, e)));
         hits.sort_unstable();
         assert_eq!(hits, [(0, 4, 10), (0, 19, 25), (1, 0, 10), (2, 13, 17)]);
+    }
+
+    #[test]
+    fn an_occurrence_anywhere_is_seen() {
+        let keywords = Keywords::new(&["secret", "ghp_"]).unwrap();
+        for (text, occurs) in [
+            ("my SECRET", true),
+            ("ghp_", true),
+            ("xghp_x", true),
+            ("secre", false),
+            ("gh p_", false),
+            ("", false),
+        ] {
+            assert_eq!(keywords.occur_in(text.as_bytes()), occurs, "{text:?}");
+        }
     }
 
     /// Every occurrence, by comparing each keyword at each position.

@@ -32,7 +32,7 @@ pub(crate) struct Runs {
 /// The shortest run worth decoding: 16 base64 characters hold 12 bytes.
 pub(crate) const MIN_ENCODED: usize = 16;
 /// The fewest digits that can make a phone number.
-const MIN_DIGITS: usize = 7;
+pub(crate) const MIN_DIGITS: usize = 7;
 /// The most separator characters allowed between two digits (`) ` in `(415) 555`).
 const MAX_GAP: usize = 2;
 

@@ -81,6 +81,9 @@ pub struct Scanner {
     whole_text_rules: Vec<usize>,
     /// The fewest bytes any rule's pattern matches: a shorter text holds no finding.
     shortest_match: usize,
+    /// Texts shorter than this are looked at before being scanned
+    /// ([`cannot_hold_a_finding`](Self::cannot_hold_a_finding)).
+    gated_below: usize,
 }
 
 impl Scanner {
@@ -120,6 +123,13 @@ impl Scanner {
         }
         let keywords = Keywords::new(&keyword_list)?;
         let shortest_match = rules.iter().map(|r| r.min_len).min().unwrap_or(0);
+        // A text too short to hold an encoded run is started on by a keyword or a digit run
+        // only, unless a custom pattern runs over every text.
+        let gated_below = if whole_text_rules.is_empty() {
+            runs::MIN_ENCODED
+        } else {
+            shortest_match.min(runs::MIN_ENCODED)
+        };
         Ok(Scanner {
             rules,
             keywords,
@@ -127,6 +137,7 @@ impl Scanner {
             digit_rules,
             whole_text_rules,
             shortest_match,
+            gated_below,
         })
     }
 
@@ -279,15 +290,21 @@ impl Scanner {
         out.extend(found);
     }
 
-    /// Whether `view`, a normalised text, is too short for any rule to match in it, or in
-    /// anything it could decode to. Decoding never lengthens a text, but the decoded text is
-    /// normalised again, which can (NFKC expands some ligatures), so a text that may hold an
-    /// encoded segment is always scanned. Most keys and many values of an event are this short
-    /// (`id`, `type`, `path`), and a scan's fixed cost is most of theirs.
+    /// Whether `view`, a normalised text shorter than an encoded run, can hold no finding,
+    /// nor anything it could decode to: it holds no `%` or `\` (which start percent and escape
+    /// decoding; decoding never lengthens a text, but the decoded text is normalised again,
+    /// which can: NFKC expands some ligatures), and it is shorter than any rule's shortest
+    /// match, or holds no keyword and too few digits for a digit run. Most keys and many
+    /// values of an event are this short (`id`, `type`, `path`, `tool_call`), and a scan's
+    /// fixed cost is most of theirs.
     fn cannot_hold_a_finding(&self, view: &str) -> bool {
-        let shortest_encoded = runs::MIN_ENCODED;
-        view.len() < self.shortest_match.min(shortest_encoded)
-            && !view.bytes().any(|b| b == b'%' || b == b'\\')
+        let bytes = view.as_bytes();
+        if bytes.len() >= self.gated_below || bytes.iter().any(|&b| b == b'%' || b == b'\\') {
+            return false;
+        }
+        bytes.len() < self.shortest_match
+            || (bytes.iter().filter(|b| b.is_ascii_digit()).count() < runs::MIN_DIGITS
+                && !self.keywords.occur_in(bytes))
     }
 
     /// Runs the rules over one text, as is.
@@ -597,15 +614,16 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Short texts, from pieces of what the rules find, escapes whose decoding NFKC expands
-        /// (`\u{FDFA}` becomes 18 characters), and noise: skipping those too short to hold a
-        /// finding changes nothing.
+        /// Short texts, from pieces of what the rules find (keywords, digits), escapes whose
+        /// decoding NFKC expands (`\u{FDFA}` becomes 18 characters), and noise: skipping those
+        /// that cannot hold a finding changes nothing.
         #[test]
         fn skipping_short_texts_finds_what_scanning_them_does(
             pieces in proptest::collection::vec(
                 proptest::sample::select(vec![
                     "a@b.co", "@", ".c", "ab", "555", "-", " ", "%41", "%EF%B7%BA",
-                    "\\ufdfa", "\\u0040", "\u{FDFA}", "ｂ", "\u{200B}", "ghp_", "x",
+                    "\\ufdfa", "\\u0040", "\u{FDFA}", "ｂ", "\u{200B}", "ghp_", "x", "1234567", "+1415555", "2671",
+                    "AKIA", "pwd=", "sk-",
                 ]),
                 0..6,
             )
@@ -613,7 +631,7 @@ mod tests {
             static SCANNERS: std::sync::LazyLock<(Scanner, Scanner)> =
                 std::sync::LazyLock::new(|| {
                     let mut unskipped = Scanner::new().unwrap();
-                    unskipped.shortest_match = 0;
+                    unskipped.gated_below = 0;
                     (Scanner::new().unwrap(), unskipped)
                 });
             let (scanner, unskipped) = &*SCANNERS;
