@@ -183,6 +183,14 @@ impl Cut {
         }
     }
 
+    /// Whether the whole of a string `len` bytes long is cut already, so that nothing more
+    /// can be found in it.
+    fn covers(&self, len: usize) -> bool {
+        self.receipts()
+            .iter()
+            .any(|r| r.start == 0 && r.end as usize >= len)
+    }
+
     fn receipts_mut(&mut self) -> &mut [RedactionReceipt] {
         match self {
             Cut::Oversized(r) => std::slice::from_mut(r),
@@ -267,7 +275,7 @@ impl Scanner {
             let Some(text) = strings.spots.get(value).map(|v| v.text) else {
                 continue;
             };
-            if !wanted || matches!(cuts.get(&value), Some(Cut::Oversized(_))) {
+            if !wanted || cuts.get(&value).is_some_and(|c| c.covers(text.len())) {
                 continue;
             }
             let found = receipts_of(text.as_bytes(), self.assigned(spot.text, text));
