@@ -286,11 +286,7 @@ impl Scanner {
                 spans.extend(found);
             }
         }
-        for (spot, cut) in &mut cuts {
-            if let (Cut::Spans(spans), Some(s)) = (cut, strings.spots.get(*spot)) {
-                merge_overlaps(spans, s.text);
-            }
-        }
+        merge_cuts(&mut cuts, strings);
         if strings.spots.len() < 2 {
             return (cuts, false);
         }
@@ -326,10 +322,8 @@ impl Scanner {
                 Cut::Spans(spans) => spans.push(piece),
             }
         }
-        for (spot, cut) in &mut cuts {
-            if let (Cut::Spans(spans), Some(s)) = (cut, strings.spots.get(*spot)) {
-                merge_overlaps(spans, s.text);
-            }
+        if split {
+            merge_cuts(&mut cuts, strings);
         }
         (cuts, split)
     }
@@ -555,6 +549,16 @@ fn joins_a_credential(c: char) -> bool {
             c,
             '"' | '\'' | '`' | '(' | ')' | '[' | ']' | '{' | '}' | '<' | '>' | ',' | ';'
         ))
+}
+
+/// Orders and joins the spans of every string's cut (its own findings, what it holds as
+/// assigned to its key, the pieces found across its seams).
+fn merge_cuts(cuts: &mut BTreeMap<usize, Cut>, strings: &Strings<'_>) {
+    for (spot, cut) in cuts.iter_mut() {
+        if let (Cut::Spans(spans), Some(s)) = (cut, strings.spots.get(*spot)) {
+            merge_overlaps(spans, s.text);
+        }
+    }
 }
 
 /// Orders spans and joins overlapping ones (a piece of a split secret over a field's own
