@@ -248,22 +248,23 @@ const BASE64_VALUES: [u8; 256] = base64_values();
 const NOT_BASE64: u8 = 0xFF;
 
 const fn base64_values() -> [u8; 256] {
-    let mut values = [NOT_BASE64; 256];
-    let mut i = 0;
-    while i < 26 {
-        values[b'A' as usize + i] = i as u8;
-        values[b'a' as usize + i] = 26 + i as u8;
-        i += 1;
-    }
-    let mut d = 0;
-    while d < 10 {
-        values[b'0' as usize + d] = 52 + d as u8;
-        d += 1;
-    }
+    let values = numbered([NOT_BASE64; 256], b'A', 26, 0);
+    let values = numbered(values, b'a', 26, 26);
+    let mut values = numbered(values, b'0', 10, 52);
     values[b'+' as usize] = 62;
     values[b'-' as usize] = 62;
     values[b'/' as usize] = 63;
     values[b'_' as usize] = 63;
+    values
+}
+
+/// `values` with the `count` characters from `first` on valued from `value` on.
+const fn numbered(mut values: [u8; 256], first: u8, count: u8, value: u8) -> [u8; 256] {
+    let mut i = 0;
+    while i < count {
+        values[(first + i) as usize] = value + i;
+        i += 1;
+    }
     values
 }
 
@@ -306,19 +307,8 @@ const HEX_VALUES: [u8; 256] = hex_values();
 const NOT_HEX: u8 = 0xFF;
 
 const fn hex_values() -> [u8; 256] {
-    let mut values = [NOT_HEX; 256];
-    let mut i = 0;
-    while i < 10 {
-        values[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        values[b'a' as usize + i] = 10 + i as u8;
-        values[b'A' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    values
+    let values = numbered([NOT_HEX; 256], b'0', 10, 0);
+    numbered(numbered(values, b'a', 6, 10), b'A', 6, 10)
 }
 
 fn hex_byte(pair: &[u8]) -> Option<u8> {
