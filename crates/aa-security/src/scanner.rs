@@ -340,18 +340,18 @@ impl Scanner {
         for &rule in &self.whole_text_rules {
             windows.push((rule, 0, bytes.len()));
         }
-        // Merge overlapping windows of the same rule, so each region is searched once.
+        // Merge overlapping windows of the same rule in place, so each region is searched once.
         windows.sort_unstable();
-        let mut merged: Vec<(usize, usize, usize)> = Vec::with_capacity(windows.len());
-        for w in windows {
-            match merged.last_mut() {
-                Some(last) if last.0 == w.0 && w.1 <= last.2 => last.2 = last.2.max(w.2),
-                _ => merged.push(w),
+        windows.dedup_by(|next, last| {
+            let overlaps = last.0 == next.0 && next.1 <= last.2;
+            if overlaps {
+                last.2 = last.2.max(next.2);
             }
-        }
+            overlaps
+        });
         assignments.sort_unstable();
         assignments.dedup();
-        for (rule_index, start, end) in merged.into_iter().chain(assignments) {
+        for (rule_index, start, end) in windows.into_iter().chain(assignments) {
             let Some(rule) = self.rules.get(rule_index) else {
                 continue;
             };
