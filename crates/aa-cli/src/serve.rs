@@ -9,6 +9,7 @@ use aa_cli::up::{
     DEFAULT_GRPC, DEFAULT_HTTP, GatewayHandle, GatewayOptions, RuntimeHandle, RuntimeSettings, Up,
 };
 use aa_gateway::GatewayConfig;
+use aa_runtime::BackgroundPriority;
 use anyhow::{Context as _, Result};
 use clap::Args;
 
@@ -32,6 +33,11 @@ pub(crate) struct GatewayArgs {
     /// The price table LLM calls are charged by (default: the shipped one).
     #[arg(long)]
     prices: Option<PathBuf>,
+    /// How the gateway's appends (checking and storing runtimes' events) give way to its
+    /// other calls and to a runtime on the same host: idle (Linux's SCHED_IDLE)
+    /// or lower (10 nice levels below; where busy processes share its cgroup).
+    #[arg(long, env = "AASM_APPEND_PRIORITY", default_value_t)]
+    append_priority: BackgroundPriority,
 }
 
 impl GatewayArgs {
@@ -53,6 +59,7 @@ impl GatewayArgs {
             http: self.http,
             config: GatewayConfig {
                 prices,
+                append_priority: self.append_priority,
                 ..GatewayConfig::default()
             },
         })

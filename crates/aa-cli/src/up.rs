@@ -313,7 +313,7 @@ pub struct RuntimeSettings {
     /// How the runtime's background work (the outbox writer, the forwarder) gives way to
     /// checks: idle (Linux's SCHED_IDLE, the default; for a runtime in a cgroup of its own) or
     /// lower (10 nice levels below; where busy processes share its cgroup).
-    #[arg(long)]
+    #[arg(long, env = "AASM_BACKGROUND_PRIORITY")]
     pub background_priority: Option<BackgroundPriority>,
 }
 

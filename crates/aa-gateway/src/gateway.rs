@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aa_background::BackgroundPriority;
 use aa_core::{AgentRegistration, AuditEvent, EventKind, TopologyEdge};
 use aa_identity::{Claims, Keypair, PublicKey};
 use aa_policy::PriceTable;
@@ -37,6 +38,10 @@ pub struct GatewayConfig {
     pub admin_token: Option<String>,
     /// The prices LLM calls are charged by; `None` for the shipped table.
     pub prices: Option<Arc<PriceTable>>,
+    /// How runtimes' appends (checking, re-scanning and storing their events, which no
+    /// agent waits on) give way to the gateway's other calls and to a runtime on the same
+    /// host, whose checks would otherwise queue behind them.
+    pub append_priority: BackgroundPriority,
 }
 
 impl Default for GatewayConfig {
@@ -48,6 +53,7 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             admin_token: None,
             prices: None,
+            append_priority: BackgroundPriority::default(),
         }
     }
 }

@@ -6,9 +6,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use aa_background::Background;
 use aa_core::{Action, AgentRegistration, ApprovalStatus, AuditEvent};
 use aa_proto::convert::{duration, timestamp};
 use aa_proto::pb;
+use tokio::runtime::Handle;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -58,24 +60,30 @@ fn invalid(e: aa_proto::ProtoError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
-/// The three services over one shared gateway.
+/// The four services over one shared gateway.
 #[derive(Debug)]
 pub struct GrpcApi<S> {
     gateway: Arc<Gateway<S>>,
+    /// Where appends run: checking and storing a batch waits behind every other call.
+    appends: Handle,
 }
 
 impl<S> Clone for GrpcApi<S> {
     fn clone(&self) -> Self {
         GrpcApi {
             gateway: Arc::clone(&self.gateway),
+            appends: self.appends.clone(),
         }
     }
 }
 
 impl<S: Store> GrpcApi<S> {
-    /// Serves `gateway`.
-    pub fn new(gateway: Arc<Gateway<S>>) -> Self {
-        GrpcApi { gateway }
+    /// Serves `gateway`, its appends on `appends`.
+    pub fn new(gateway: Arc<Gateway<S>>, appends: &Background) -> Self {
+        GrpcApi {
+            gateway,
+            appends: appends.handle().clone(),
+        }
     }
 
     /// The routes to mount on a tonic server.
@@ -363,7 +371,15 @@ impl<S: Store> pb::audit_service_server::AuditService for GrpcApi<S> {
             .map(AuditEvent::try_from)
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
-        let appended = self.gateway.append(events).await.map_err(status)?;
+        let gateway = Arc::clone(&self.gateway);
+        // Run to the end even if the runtime stops waiting: it sends the batch again, and
+        // the store skips what the first attempt stored.
+        let appended = self
+            .appends
+            .spawn(async move { gateway.append(events).await })
+            .await
+            .map_err(|_| Status::unavailable("the gateway is stopping"))?
+            .map_err(status)?;
         Ok(Response::new(pb::AppendEventsResponse {
             accepted: appended.accepted,
             duplicates: appended.duplicates,

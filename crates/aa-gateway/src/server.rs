@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use aa_background::Background;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -14,13 +15,16 @@ use crate::grpc::GrpcApi;
 use crate::http;
 use crate::store::Store;
 
-/// Serves `gateway` until `shutdown` resolves, then signs a last checkpoint.
+/// Serves `gateway` until `shutdown` resolves, then signs a last checkpoint. Appends run on a
+/// background thread below the others (`GatewayConfig::append_priority`).
 pub async fn run<S: Store>(
     grpc: TcpListener,
     http: TcpListener,
     gateway: Arc<Gateway<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    let appends = Background::start("aa-gateway-appends", gateway.config().append_priority)
+        .map_err(|e| GatewayError::Setup(format!("the appends' thread: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let closing = Arc::clone(&gateway);
     tokio::spawn(async move {
@@ -37,7 +41,7 @@ pub async fn run<S: Store>(
         stopped(stop_rx.clone()),
     ));
     let grpc_server = tonic::transport::Server::builder()
-        .add_routes(GrpcApi::new(Arc::clone(&gateway)).routes())
+        .add_routes(GrpcApi::new(Arc::clone(&gateway), &appends).routes())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
@@ -46,6 +50,8 @@ pub async fn run<S: Store>(
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     let _ = checkpoints.await;
+    // Every append was answered before the gRPC server returned.
+    drop(appends);
     grpc_result.map_err(|e| GatewayError::Setup(format!("gRPC server: {e}")))?;
     http_result.map_err(|e| GatewayError::Setup(format!("HTTP server: {e}")))?;
     gateway.checkpoint().await?;

@@ -1,10 +1,9 @@
 //! The runtime's settings, validated before any socket is bound or file opened.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
+use aa_background::BackgroundPriority;
 use aa_security::Limits;
 
 use crate::error::RuntimeError;
@@ -48,51 +47,6 @@ pub struct RuntimeConfig {
     /// How the background work (the outbox writer, the forwarder) gives way to the threads
     /// that answer checks.
     pub background_priority: BackgroundPriority,
-}
-
-/// How the runtime's background work (writing the outbox, forwarding it to the gateway),
-/// which no check waits on, gives way to the threads that answer the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackgroundPriority {
-    /// Linux's `SCHED_IDLE`: the background runs on what the other threads of its scheduling
-    /// group leave, and a check's thread woken meanwhile takes the processor at once. A
-    /// runtime in a cgroup of its own (a container, a systemd unit) gives way only to itself;
-    /// one that shares a cgroup with busy processes gets little of the processor while they
-    /// run (its queues then fill and checks wait for room), which [`Lower`](Self::Lower)
-    /// avoids. Where `SCHED_IDLE` is missing or refused, the same as `Lower`.
-    #[default]
-    Idle,
-    /// Ten nice levels below the socket's threads: about a tenth of the processor against
-    /// each busy thread of normal priority, but a woken check may wait for the background's
-    /// time slice to end.
-    Lower,
-}
-
-impl BackgroundPriority {
-    /// The name used in flags and messages.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackgroundPriority::Idle => "idle",
-            BackgroundPriority::Lower => "lower",
-        }
-    }
-}
-
-impl fmt::Display for BackgroundPriority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for BackgroundPriority {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        [BackgroundPriority::Idle, BackgroundPriority::Lower]
-            .into_iter()
-            .find(|p| p.name() == text)
-            .ok_or_else(|| format!("{text:?} is not a background priority: idle or lower"))
-    }
 }
 
 impl RuntimeConfig {
@@ -223,18 +177,6 @@ mod tests {
         let err = tight.validate().unwrap_err();
         assert!(
             err.to_string().contains("max_unfinished_frame_bytes"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn background_priorities_read_back_their_names() {
-        for priority in [BackgroundPriority::Idle, BackgroundPriority::Lower] {
-            assert_eq!(priority.name().parse::<BackgroundPriority>(), Ok(priority));
-        }
-        let err = "nice".parse::<BackgroundPriority>().unwrap_err();
-        assert!(
-            err.contains("\"nice\"") && err.contains("idle or lower"),
             "{err}"
         );
     }

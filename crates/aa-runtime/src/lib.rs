@@ -12,16 +12,15 @@
 //!   and the wait that ends when a human decides, the approval expires or the SDK's timeout
 //!   passes.
 //! - `pipeline`: the writer that redacts and group-commits events; `link`: the gateway
-//!   link, the bundle and suspension watches and the forwarder; `background`: the thread,
-//!   at a lower scheduling priority than the socket's, that the writer and the forwarder run
-//!   on; [`bundle`], [`limits`], [`config`], [`error`].
+//!   link, the bundle and suspension watches and the forwarder; both run on an
+//!   `aa_background::Background`, below the socket's threads; [`bundle`], [`limits`],
+//!   [`config`], [`error`].
 //!
 //! The runtime trusts nothing the SDK says about itself: an event's agent, origin, decision
 //! and redactions are the runtime's own, and every string is scanned before it is written.
 //! Under `enforce` every failure is a deny.
 
 mod approvals;
-mod background;
 pub mod bundle;
 pub mod config;
 pub mod error;
@@ -32,7 +31,8 @@ mod pipeline;
 pub mod runtime;
 pub mod server;
 
-pub use config::{BackgroundPriority, RuntimeConfig};
+pub use aa_background::BackgroundPriority;
+pub use config::RuntimeConfig;
 pub use error::RuntimeError;
 pub use link::GatewayLink;
 pub use runtime::{Peer, Runtime};

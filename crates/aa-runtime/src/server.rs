@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aa_background::Background;
 use aa_proto::ProtoError;
 use aa_proto::frame::{FrameDecoder, encode_into, error_frame};
 use aa_proto::pb::frame::Body;
@@ -21,7 +22,6 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
-use crate::background::Background;
 use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::link::{self, GatewayLink};
@@ -82,7 +82,8 @@ pub async fn run(
     let written = Arc::new(Notify::new());
     let (jobs_tx, jobs_rx) = pipeline::queue(4096);
     let outbox_health = Arc::new(OutboxHealth::default());
-    let background = Background::start(config.background_priority)?;
+    let background = Background::start("aa-runtime-background", config.background_priority)
+        .map_err(|e| RuntimeError::Setup(format!("background thread: {e}")))?;
     let writer = background.spawn(pipeline::write_loop(
         jobs_rx,
         Arc::clone(&outbox),

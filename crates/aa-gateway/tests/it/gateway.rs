@@ -209,7 +209,7 @@ fn event(n: u64, command: &str) -> AuditEvent {
     event_in("rt-1", n, command)
 }
 
-fn event_in(stream: &str, n: u64, command: &str) -> AuditEvent {
+pub(crate) fn event_in(stream: &str, n: u64, command: &str) -> AuditEvent {
     AuditEvent {
         event_id: format!("{stream}/{n}"),
         timestamp_ms: 1,

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod appends;
 mod approvals;
 mod budgets;
 mod gateway;

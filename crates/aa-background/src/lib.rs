@@ -1,36 +1,86 @@
-//! Work no caller waits on (writing the outbox, forwarding it to the gateway) runs on its own
-//! thread and blocking pool, at a lower scheduling priority than the threads that answer the
-//! socket ([`BackgroundPriority`]). On a busy host the scheduler then gives a check the
-//! processor before a group commit or a batch for the gateway, so checks are not queued
-//! behind them; the background still gets whatever the checks leave, and a queue that fills
-//! makes checks wait for room (`Runtime::decision_slot`), so nothing is dropped when it falls
-//! behind.
+//! Work no caller waits on runs here, on a thread and blocking pool of its own, at a lower
+//! scheduling priority ([`BackgroundPriority`]) than the threads that answer callers: the
+//! runtime's outbox writer and forwarder, below the threads that answer checks; the gateway's
+//! appends, below its registrations and renewals and below a runtime on the same host. On a
+//! busy host the scheduler then gives a caller's thread the processor before a group commit
+//! or a batch of events, so calls are not queued behind them; the background still gets
+//! whatever the callers leave. Its users await what they hand it or hand it through a bounded
+//! queue, so a background that falls behind slows its producers and drops nothing.
+//!
+//! One module: [`Background`] (the thread, its async runtime and blocking pool) and
+//! [`BackgroundPriority`] (how far below). The crate knows nothing of what runs on it.
 
+use std::fmt;
 use std::future::Future;
+use std::str::FromStr;
 use std::thread;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::BackgroundPriority;
-use crate::error::RuntimeError;
+/// How background work gives way to the threads that answer callers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackgroundPriority {
+    /// Linux's `SCHED_IDLE`: the background runs on what the other threads of its scheduling
+    /// group leave, and a caller's thread woken meanwhile takes the processor at once. A
+    /// process in a cgroup of its own (a container, a systemd unit) gives way only to itself;
+    /// one that shares a cgroup with busy processes gets little of the processor while they
+    /// run (its queues then fill and callers wait for room), which [`Lower`](Self::Lower)
+    /// avoids. Where `SCHED_IDLE` is missing or refused, the same as `Lower`.
+    #[default]
+    Idle,
+    /// Ten nice levels below the callers' threads: about a tenth of the processor against
+    /// each busy thread of normal priority, but a woken caller may wait for the background's
+    /// time slice to end.
+    Lower,
+}
+
+impl BackgroundPriority {
+    /// The name used in flags and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackgroundPriority::Idle => "idle",
+            BackgroundPriority::Lower => "lower",
+        }
+    }
+}
+
+impl fmt::Display for BackgroundPriority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BackgroundPriority {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [BackgroundPriority::Idle, BackgroundPriority::Lower]
+            .into_iter()
+            .find(|p| p.name() == text)
+            .ok_or_else(|| format!("{text:?} is not a background priority: idle or lower"))
+    }
+}
 
 /// How much less of the processor the background gets under [`BackgroundPriority::Lower`]:
 /// Linux's nice value, which weighs a thread at about a tenth of a nice-0 thread (CFS weights
 /// 110 against 1024).
 const NICENESS: i32 = 10;
 
+/// A thread running a one-thread async runtime, whose tasks and blocking pool run at the
+/// priority it was started with. Dropping it stops the thread: tasks still pending are
+/// dropped, blocking work under way is waited for.
 #[derive(Debug)]
-pub(crate) struct Background {
+pub struct Background {
     handle: Handle,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Background {
-    pub(crate) fn start(priority: BackgroundPriority) -> Result<Background, RuntimeError> {
-        let setup = |e: std::io::Error| RuntimeError::Setup(format!("background thread: {e}"));
+    /// Starts the thread `name` (which its blocking threads share) at `priority`.
+    pub fn start(name: &str, priority: BackgroundPriority) -> std::io::Result<Background> {
         // Fixed now, from the caller's: a blocking thread is started by the background thread
         // and inherits its priority, to which lowering again would add a second step.
         let nice = rustix::process::getpriority_process(None)
@@ -39,21 +89,17 @@ impl Background {
         let lower = move || lower_priority(priority, nice);
         let runtime = Builder::new_current_thread()
             .enable_all()
-            .thread_name("aa-runtime-background")
+            .thread_name(name)
             .on_thread_start(lower)
-            .build()
-            .map_err(setup)?;
+            .build()?;
         let handle = runtime.handle().clone();
         let (stop, stopped) = oneshot::channel::<()>();
-        let thread = thread::Builder::new()
-            .name("aa-runtime-background".into())
-            .spawn(move || {
-                lower();
-                runtime.block_on(async {
-                    let _ = stopped.await;
-                });
-            })
-            .map_err(setup)?;
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            lower();
+            runtime.block_on(async {
+                let _ = stopped.await;
+            });
+        })?;
         Ok(Background {
             handle,
             stop: Some(stop),
@@ -61,7 +107,13 @@ impl Background {
         })
     }
 
-    pub(crate) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    /// The background's async runtime, for handing work to it from elsewhere.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Runs `task` in the background.
+    pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
@@ -71,7 +123,7 @@ impl Background {
 
     /// Runs `make` inside the background runtime, for what spawns its own tasks on creation
     /// (a gRPC channel's worker).
-    pub(crate) fn within<T>(&self, make: impl FnOnce() -> T) -> T {
+    pub fn within<T>(&self, make: impl FnOnce() -> T) -> T {
         let _entered = self.handle.enter();
         make()
     }
@@ -158,7 +210,7 @@ mod tests {
             #[cfg(not(target_os = "linux"))]
             return (nice, false);
         };
-        let background = Background::start(priority).unwrap();
+        let background = Background::start("background-test", priority).unwrap();
         let answers = background.spawn(async move {
             let blocking = tokio::task::spawn_blocking(read);
             [read(), blocking.await.unwrap()]
@@ -187,5 +239,17 @@ mod tests {
         let [own, blocking] = background_and_blocking(BackgroundPriority::Idle);
         assert!(own.1 && blocking.1, "{own:?} {blocking:?}");
         assert!(!idle::is_idle());
+    }
+
+    #[test]
+    fn priorities_read_back_their_names() {
+        for priority in [BackgroundPriority::Idle, BackgroundPriority::Lower] {
+            assert_eq!(priority.name().parse::<BackgroundPriority>(), Ok(priority));
+        }
+        let err = "nice".parse::<BackgroundPriority>().unwrap_err();
+        assert!(
+            err.contains("\"nice\"") && err.contains("idle or lower"),
+            "{err}"
+        );
     }
 }

@@ -1,0 +1,99 @@
+//! A served gateway's appends run on their own threads, under `SCHED_IDLE` by default, so a
+//! runtime's checks on the same host are not queued behind them (BENCHMARKS.md).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aa_gateway::{GatewayConfig, Store as _};
+use aa_proto::pb;
+use tokio::net::TcpListener;
+
+use crate::gateway::{event_in, gateway};
+
+/// The name the appends' threads carry, as the kernel keeps it (15 bytes).
+const APPENDS_THREAD: &str = "aa-gateway-appe";
+
+/// Linux's number for `SCHED_IDLE`, as `/proc` reports a thread's policy.
+const SCHED_IDLE: u32 = 5;
+
+/// Each appends thread of this process: its processor time so far (ns) and its policy.
+fn appends_threads() -> HashMap<String, (u64, u32)> {
+    let mut threads = HashMap::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        // A thread may end between the listing and the reads.
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if name.trim_end() != APPENDS_THREAD {
+            continue;
+        }
+        let (Ok(schedstat), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("schedstat")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        let on_cpu: u64 = schedstat
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // After the command in parentheses, which may hold spaces: the policy is field 41.
+        let after_command = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy: u32 = after_command
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        threads.insert(dir.display().to_string(), (on_cpu, policy));
+    }
+    threads
+}
+
+#[tokio::test]
+async fn a_served_gateway_checks_and_stores_appends_on_idle_threads() {
+    let gw = Arc::new(gateway(GatewayConfig::default()));
+    let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", grpc.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(aa_gateway::run(grpc, http, Arc::clone(&gw), async {
+        let _ = stopped.await;
+    }));
+    let mut client = pb::audit_service_client::AuditServiceClient::connect(url)
+        .await
+        .unwrap();
+
+    // Long enough to be checked in parts on the blocking pool as well.
+    let text = "deploy the service and report what changed; ".repeat(20);
+    let events: Vec<pb::AuditEvent> = (1..=1_000)
+        .map(|n| (&event_in("rt-idle", n, &format!("{text} #{n}"))).into())
+        .collect();
+    let before = appends_threads();
+    let answer = client
+        .append_events(pb::AppendEventsRequest { events })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.accepted, 1_000);
+    let after = appends_threads();
+
+    assert!(!after.is_empty(), "no appends thread among this process's");
+    assert!(
+        after.values().all(|&(_, policy)| policy == SCHED_IDLE),
+        "{after:?}"
+    );
+    let worked: u64 = after
+        .iter()
+        .map(|(id, (now, _))| now - before.get(id).map_or(0, |&(then, _)| then))
+        .sum();
+    // Idle, they would have spent nothing: checking a thousand events takes milliseconds.
+    assert!(worked > 1_000_000, "the appends threads worked {worked} ns");
+
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+    assert_eq!(gw.store().heads().await.unwrap()[0].sequence, 1_000);
+}
