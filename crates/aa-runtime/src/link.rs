@@ -382,8 +382,10 @@ async fn rewind(
 }
 
 /// How many appends the forwarder has in flight while a backlog drains: the gateway checks
-/// the next batch while it stores the last, and stores them in the order they were sent.
-const APPENDS_IN_FLIGHT: usize = 2;
+/// the next batches while it stores the last, and stores them in the order they were sent.
+/// A third keeps its processors busy when a batch waits for the one before it to be stored
+/// (BENCHMARKS.md, "The gateway's appends on a background of their own").
+const APPENDS_IN_FLIGHT: usize = 3;
 
 /// An append sent and not yet answered.
 struct InFlight {
