@@ -1,11 +1,11 @@
 //! Work no caller waits on runs here, on a thread and blocking pool of its own, at a lower
 //! scheduling priority ([`BackgroundPriority`]) than the threads that answer callers: the
 //! runtime's outbox writer and forwarder, below the threads that answer checks; the gateway's
-//! appends, below its registrations and renewals and below a runtime on the same host. On a
+//! appends, below its other calls and below a runtime on the same host. On a
 //! busy host the scheduler then gives a caller's thread the processor before a group commit
 //! or a batch of events, so calls are not queued behind them; the background still gets
-//! whatever the callers leave. Its users await what they hand it or hand it through a bounded
-//! queue, so a background that falls behind slows its producers and drops nothing.
+//! whatever the callers leave. Its users await what they hand it ([`Background::run`]) or hand
+//! it through a bounded queue, so a background that falls behind slows its producers.
 //!
 //! One module: [`Background`] (the thread, its async runtime and blocking pool) and
 //! [`BackgroundPriority`] (how far below). The crate knows nothing of what runs on it.
@@ -17,7 +17,7 @@ use std::thread;
 
 use tokio::runtime::{Builder, Handle};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
 
 /// How background work gives way to the threads that answer callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,11 +107,6 @@ impl Background {
         })
     }
 
-    /// The background's async runtime, for handing work to it from elsewhere.
-    pub fn handle(&self) -> &Handle {
-        &self.handle
-    }
-
     /// Runs `task` in the background.
     pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
@@ -121,11 +116,37 @@ impl Background {
         self.handle.spawn(task)
     }
 
+    /// Runs `task` in the background for a caller that waits for it: the returned future
+    /// resolves to its output, and dropping it (the caller gave up) stops the task at its
+    /// next await point, as if the caller had run it itself.
+    pub fn run<F>(&self, task: F) -> impl Future<Output = Result<F::Output, JoinError>> + Send
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let task = self.handle.spawn(task);
+        let abort = AbortOnDrop(task.abort_handle());
+        async move {
+            let output = task.await;
+            drop(abort);
+            output
+        }
+    }
+
     /// Runs `make` inside the background runtime, for what spawns its own tasks on creation
     /// (a gRPC channel's worker).
     pub fn within<T>(&self, make: impl FnOnce() -> T) -> T {
         let _entered = self.handle.enter();
         make()
+    }
+}
+
+/// Aborts a task when dropped; a task that has ended is left as it is.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -239,6 +260,31 @@ mod tests {
         let [own, blocking] = background_and_blocking(BackgroundPriority::Idle);
         assert!(own.1 && blocking.1, "{own:?} {blocking:?}");
         assert!(!idle::is_idle());
+    }
+
+    #[test]
+    fn a_run_awaited_gives_its_output_and_one_given_up_stops() {
+        /// Says when the task holding it is dropped.
+        struct Dropped(std::sync::mpsc::Sender<()>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let background = Background::start("background-test", BackgroundPriority::Lower).unwrap();
+        let caller = Builder::new_current_thread().build().unwrap();
+        assert_eq!(caller.block_on(background.run(async { 7 })).unwrap(), 7);
+
+        let (tx, dropped) = std::sync::mpsc::channel();
+        let held = Dropped(tx);
+        let waiting = background.run(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        drop(waiting);
+        dropped
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the task was stopped");
     }
 
     #[test]

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use aa_cli::up::{
     DEFAULT_GRPC, DEFAULT_HTTP, GatewayHandle, GatewayOptions, RuntimeHandle, RuntimeSettings, Up,
 };
-use aa_gateway::GatewayConfig;
-use aa_runtime::BackgroundPriority;
+use aa_gateway::{BackgroundPriority, GatewayConfig};
 use anyhow::{Context as _, Result};
 use clap::Args;
 
@@ -34,8 +33,9 @@ pub(crate) struct GatewayArgs {
     #[arg(long)]
     prices: Option<PathBuf>,
     /// How the gateway's appends (checking and storing runtimes' events) give way to its
-    /// other calls and to a runtime on the same host: idle (Linux's SCHED_IDLE)
-    /// or lower (10 nice levels below; where busy processes share its cgroup).
+    /// other calls and to a runtime on the same host: idle (Linux's SCHED_IDLE) or lower (10
+    /// nice levels below; where busy processes share its cgroup, as other calls wait for an
+    /// append that holds the store).
     #[arg(long, env = "AASM_APPEND_PRIORITY", default_value_t)]
     append_priority: BackgroundPriority,
 }

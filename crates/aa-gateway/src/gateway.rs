@@ -38,9 +38,12 @@ pub struct GatewayConfig {
     pub admin_token: Option<String>,
     /// The prices LLM calls are charged by; `None` for the shipped table.
     pub prices: Option<Arc<PriceTable>>,
-    /// How runtimes' appends (checking, re-scanning and storing their events, which no
-    /// agent waits on) give way to the gateway's other calls and to a runtime on the same
-    /// host, whose checks would otherwise queue behind them.
+    /// How runtimes' appends (checking their events, the backstop scan, and storing them,
+    /// which no agent waits on) give way to the gateway's other calls and to a runtime on the
+    /// same host, whose checks would otherwise queue behind them. An append holds the store
+    /// while it stores a batch, and a call that needs the store meanwhile waits for it: on a
+    /// host whose processors are kept busy at normal priority, `Idle` can make that wait long
+    /// (the append gets almost no processor time), which `Lower` bounds.
     pub append_priority: BackgroundPriority,
 }
 
@@ -621,24 +624,21 @@ struct Checked {
 
 /// The fewest events a part of a batch checked on its own thread holds. A runtime sends its
 /// backlog a batch at a time, so one long batch is all the gateway has to work on meanwhile:
-/// it is checked in parts on the blocking pool, one per processor. Shorter batches, such as
-/// the decisions of a few milliseconds, are checked where they arrived, as a hand-off would
-/// cost more than it saves.
+/// it is checked in parts, one per processor. Shorter batches, such as the decisions of a few
+/// milliseconds, are checked in one part.
 const MIN_PART: usize = 128;
 
-/// [`check_appended`] for every event of a batch, in order; the first refusal in that order
-/// refuses the batch.
+/// [`check_appended`] for every event of a batch, in order, on the blocking pool (the
+/// appends' own when the gRPC service runs the append, so that batches from several runtimes
+/// are checked side by side); the first refusal in that order refuses the batch.
 async fn check_all(
     scanner: &Arc<Scanner>,
     limits: Limits,
     events: Vec<AuditEvent>,
 ) -> Result<Vec<Checked>, GatewayError> {
     let processors = std::thread::available_parallelism().map_or(1, usize::from);
-    let parts = processors.min(events.len() / MIN_PART);
-    if parts <= 1 {
-        return check_part(scanner, limits, events);
-    }
-    let (total, per_part) = (events.len(), events.len().div_ceil(parts));
+    let parts = processors.min(events.len() / MIN_PART).max(1);
+    let (total, per_part) = (events.len(), events.len().div_ceil(parts).max(1));
     let mut events = events.into_iter();
     let mut handles = Vec::with_capacity(parts);
     loop {
@@ -672,6 +672,8 @@ const GAP_WAIT: Duration = Duration::from_secs(1);
 /// slice to run out, milliseconds: on a host where the gateway shares processors with a
 /// runtime, that is how long a check waits behind the events the gateway appends
 /// (BENCHMARKS.md). Offering it costs a system call that returns at once when nothing waits.
+/// Under `SCHED_IDLE` a woken thread takes the processor at once anyway: this serves the
+/// `lower` priority, and hosts that refuse `SCHED_IDLE`.
 const YIELD_AFTER: Duration = Duration::from_micros(50);
 
 /// Checks `events` in order, offering the processor to other threads every [`YIELD_AFTER`].

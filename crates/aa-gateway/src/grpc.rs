@@ -10,7 +10,6 @@ use aa_background::Background;
 use aa_core::{Action, AgentRegistration, ApprovalStatus, AuditEvent};
 use aa_proto::convert::{duration, timestamp};
 use aa_proto::pb;
-use tokio::runtime::Handle;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -64,26 +63,23 @@ fn invalid(e: aa_proto::ProtoError) -> Status {
 #[derive(Debug)]
 pub struct GrpcApi<S> {
     gateway: Arc<Gateway<S>>,
-    /// Where appends run: checking and storing a batch waits behind every other call.
-    appends: Handle,
+    /// Where appends run: checking and storing a batch gives way to every other call.
+    appends: Arc<Background>,
 }
 
 impl<S> Clone for GrpcApi<S> {
     fn clone(&self) -> Self {
         GrpcApi {
             gateway: Arc::clone(&self.gateway),
-            appends: self.appends.clone(),
+            appends: Arc::clone(&self.appends),
         }
     }
 }
 
 impl<S: Store> GrpcApi<S> {
     /// Serves `gateway`, its appends on `appends`.
-    pub fn new(gateway: Arc<Gateway<S>>, appends: &Background) -> Self {
-        GrpcApi {
-            gateway,
-            appends: appends.handle().clone(),
-        }
+    pub fn new(gateway: Arc<Gateway<S>>, appends: Arc<Background>) -> Self {
+        GrpcApi { gateway, appends }
     }
 
     /// The routes to mount on a tonic server.
@@ -372,13 +368,17 @@ impl<S: Store> pb::audit_service_server::AuditService for GrpcApi<S> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let gateway = Arc::clone(&self.gateway);
-        // Run to the end even if the runtime stops waiting: it sends the batch again, and
-        // the store skips what the first attempt stored.
         let appended = self
             .appends
-            .spawn(async move { gateway.append(events).await })
+            .run(async move { gateway.append(events).await })
             .await
-            .map_err(|_| Status::unavailable("the gateway is stopping"))?
+            .map_err(|e| {
+                if e.is_cancelled() {
+                    return Status::unavailable("the gateway is stopping");
+                }
+                tracing::error!(error = %e, "an append failed");
+                Status::internal("internal gateway error")
+            })?
             .map_err(status)?;
         Ok(Response::new(pb::AppendEventsResponse {
             accepted: appended.accepted,

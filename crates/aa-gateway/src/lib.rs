@@ -37,6 +37,7 @@ pub mod server;
 pub mod sqlite;
 pub mod store;
 
+pub use aa_background::BackgroundPriority;
 pub use approvals::{GATEWAY_STREAM, NewApproval};
 pub use budgets::{
     BudgetReport, Exceeded, ModelSpendView, Reservation, ReserveRequest, WindowSpend,

@@ -23,8 +23,9 @@ pub async fn run<S: Store>(
     gateway: Arc<Gateway<S>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let appends = Background::start("aa-gateway-appends", gateway.config().append_priority)
+    let appends = Background::start("aa-gw-appends", gateway.config().append_priority)
         .map_err(|e| GatewayError::Setup(format!("the appends' thread: {e}")))?;
+    let appends = Arc::new(appends);
     let (stop_tx, stop_rx) = watch::channel(false);
     let closing = Arc::clone(&gateway);
     tokio::spawn(async move {
@@ -41,7 +42,7 @@ pub async fn run<S: Store>(
         stopped(stop_rx.clone()),
     ));
     let grpc_server = tonic::transport::Server::builder()
-        .add_routes(GrpcApi::new(Arc::clone(&gateway), &appends).routes())
+        .add_routes(GrpcApi::new(Arc::clone(&gateway), Arc::clone(&appends)).routes())
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
@@ -50,8 +51,9 @@ pub async fn run<S: Store>(
         .with_graceful_shutdown(stopped(stop_rx.clone()));
     let (grpc_result, http_result) = tokio::join!(grpc_server, http_server);
     let _ = checkpoints.await;
-    // Every append was answered before the gRPC server returned.
-    drop(appends);
+    // The server answered every append before it returned. Stopping the thread waits for
+    // blocking work under way, which would hold up this async thread meanwhile.
+    let _ = tokio::task::spawn_blocking(move || drop(appends)).await;
     grpc_result.map_err(|e| GatewayError::Setup(format!("gRPC server: {e}")))?;
     http_result.map_err(|e| GatewayError::Setup(format!("HTTP server: {e}")))?;
     gateway.checkpoint().await?;
