@@ -7,8 +7,9 @@
 //! whatever the callers leave. Its users await what they hand it ([`Background::run`]) or hand
 //! it through a bounded queue, so a background that falls behind slows its producers.
 //!
-//! One module: [`Background`] (the thread, its async runtime and blocking pool) and
-//! [`BackgroundPriority`] (how far below). The crate knows nothing of what runs on it.
+//! One module: [`Background`] (the thread, its async runtime and blocking pool),
+//! [`BackgroundPriority`] (how far below) and [`runs_idle`] (whether a thread is under
+//! `SCHED_IDLE`). The crate knows nothing of what runs on it.
 
 use std::fmt;
 use std::future::Future;
@@ -141,6 +142,12 @@ impl Background {
     }
 }
 
+/// Whether the calling thread runs under `SCHED_IDLE` (never off Linux): there, any thread
+/// woken beside it takes the processor at once, so it need not offer it.
+pub fn runs_idle() -> bool {
+    idle::is_idle()
+}
+
 /// Aborts a task when dropped; a task that has ended is left as it is.
 struct AbortOnDrop(AbortHandle);
 
@@ -213,6 +220,10 @@ mod idle {
     pub(super) fn enter() -> bool {
         false
     }
+
+    pub(super) fn is_idle() -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -226,10 +237,7 @@ mod tests {
     fn background_and_blocking(priority: BackgroundPriority) -> [(i32, bool); 2] {
         let read = || {
             let nice = rustix::process::getpriority_process(None).unwrap();
-            #[cfg(target_os = "linux")]
-            return (nice, idle::is_idle());
-            #[cfg(not(target_os = "linux"))]
-            return (nice, false);
+            (nice, runs_idle())
         };
         let background = Background::start("background-test", priority).unwrap();
         let answers = background.spawn(async move {
@@ -259,7 +267,7 @@ mod tests {
     fn background_tasks_and_blocking_work_run_idle() {
         let [own, blocking] = background_and_blocking(BackgroundPriority::Idle);
         assert!(own.1 && blocking.1, "{own:?} {blocking:?}");
-        assert!(!idle::is_idle());
+        assert!(!runs_idle());
     }
 
     #[test]

@@ -672,21 +672,25 @@ const GAP_WAIT: Duration = Duration::from_secs(1);
 /// slice to run out, milliseconds: on a host where the gateway shares processors with a
 /// runtime, that is how long a check waits behind the events the gateway appends
 /// (BENCHMARKS.md). Offering it costs a system call that returns at once when nothing waits.
-/// Under `SCHED_IDLE` a woken thread takes the processor at once anyway: this serves the
-/// `lower` priority, and hosts that refuse `SCHED_IDLE`.
+/// Under `SCHED_IDLE` a woken thread takes the processor at once anyway, and offering it
+/// only trades places with other idle threads (a context switch every 50 µs, 4 % of the
+/// appends' processor time): this serves the `lower` priority, and hosts that refuse
+/// `SCHED_IDLE`.
 const YIELD_AFTER: Duration = Duration::from_micros(50);
 
-/// Checks `events` in order, offering the processor to other threads every [`YIELD_AFTER`].
+/// Checks `events` in order, offering the processor to other threads every [`YIELD_AFTER`]
+/// unless the thread runs under `SCHED_IDLE`.
 fn check_part(
     scanner: &Scanner,
     limits: Limits,
     events: Vec<AuditEvent>,
 ) -> Result<Vec<Checked>, GatewayError> {
+    let offers = !aa_background::runs_idle();
     let mut since_yield = Instant::now();
     events
         .into_iter()
         .map(|event| {
-            if since_yield.elapsed() >= YIELD_AFTER {
+            if offers && since_yield.elapsed() >= YIELD_AFTER {
                 std::thread::yield_now();
                 since_yield = Instant::now();
             }
