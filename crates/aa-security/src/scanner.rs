@@ -16,6 +16,15 @@ use crate::runs::{self, DigitRun};
 /// How far past its window a match that reaches the window's end may be extended.
 const MAX_EXTENSION: usize = 64 * 1024;
 
+/// How far past their windows one rule's matches may be extended in all, in a text of `len`
+/// bytes: twice the text, and one extension more. Without a bound, a text that is one long
+/// run of assignments (`token=token=...`) had each of its windows extended over the rest of
+/// the run, and took seconds for a hundred kilobytes. Past it, a secret that reaches its
+/// window's end is redacted up to the next white space ([`Scanner::confirm`]).
+fn extension_budget(len: usize) -> usize {
+    MAX_EXTENSION.saturating_add(len.saturating_mul(2))
+}
+
 /// How many encoded layers are peeled (an encoding inside an encoding is found).
 const DECODE_DEPTH: usize = 2;
 
@@ -351,14 +360,32 @@ impl Scanner {
         });
         assignments.sort_unstable();
         assignments.dedup();
-        for (rule_index, start, end) in windows.into_iter().chain(assignments) {
-            let Some(rule) = self.rules.get(rule_index) else {
-                continue;
-            };
+        // A rule's windows are together in either list, and no rule is in both.
+        let mut extensions = (
+            usize::MAX,
+            Extensions {
+                left: 0,
+                redacted_to: 0,
+            },
+        );
+        for (rule, start, end) in windows.into_iter().chain(assignments) {
             let Some(window) = bytes.get(start..end) else {
                 continue;
             };
-            self.confirm(rule_index, rule, window, start, text, out);
+            if extensions.0 != rule {
+                let left = extension_budget(bytes.len());
+                extensions = (
+                    rule,
+                    Extensions {
+                        left,
+                        redacted_to: 0,
+                    },
+                );
+            }
+            if start < extensions.1.redacted_to {
+                continue;
+            }
+            self.confirm(rule, window, start, text, &mut extensions.1, out);
         }
     }
 
@@ -371,36 +398,23 @@ impl Scanner {
         )
     }
 
+    /// Adds the matches of the rule at `order` in `window` (at `offset` in `text`) that pass
+    /// its gate, extending those that reach the window's end by what is left of
+    /// `extensions`.
     fn confirm(
         &self,
         order: usize,
-        rule: &Rule,
         window: &[u8],
         offset: usize,
         text: &str,
+        extensions: &mut Extensions,
         out: &mut Vec<Finding>,
     ) {
-        let mut push = |start: usize, end: usize| {
-            let (start, end) = (offset + start, offset + end);
-            let span = text.as_bytes().get(start..end).unwrap_or_default();
-            // A span must fall on character boundaries to be redacted cleanly.
-            let next = text.as_bytes().get(end).copied();
-            if text.is_char_boundary(start)
-                && text.is_char_boundary(end)
-                && gates::passes(rule.gate, span, next)
-            {
-                out.push(Finding {
-                    rule_id: rule.id.clone(),
-                    kind: rule.kind.clone(),
-                    severity: rule.severity,
-                    start,
-                    end,
-                    encoding: None,
-                    order,
-                    inner: 0,
-                });
-            }
+        let Some(rule) = self.rules.get(order) else {
+            return;
         };
+        let bytes = text.as_bytes();
+        let window_end = offset + window.len();
         // Resume each search where the secret ended, not where the match did: a match may
         // consume the delimiter that the next one needs to start with.
         let mut locations = rule.regex.capture_locations();
@@ -411,15 +425,22 @@ impl Scanner {
             };
             // A match that runs into the window's end may be cut short (a long value, a long
             // JWT): search again from its start over the rest of the text, up to MAX_EXTENSION.
-            let window_end = offset + window.len();
+            let mut cut = false;
             if whole.end() == window.len() && window_end < text.len() {
-                let limit = (window_end + MAX_EXTENSION).min(text.len());
-                let wider = text.as_bytes().get(offset..limit).unwrap_or(window);
-                if let Some(longer) =
-                    rule.regex
-                        .captures_read_at(&mut locations, wider, whole.start())
-                {
-                    whole = longer;
+                if extensions.left > 0 {
+                    let limit = (window_end + MAX_EXTENSION.min(extensions.left)).min(text.len());
+                    let wider = bytes.get(offset..limit).unwrap_or(window);
+                    if let Some(longer) =
+                        rule.regex
+                            .captures_read_at(&mut locations, wider, whole.start())
+                    {
+                        whole = longer;
+                    }
+                    extensions.left = extensions
+                        .left
+                        .saturating_sub((offset + whole.end()).saturating_sub(window_end));
+                } else {
+                    cut = true;
                 }
             }
             let (start, end) = if rule.has_group {
@@ -428,10 +449,51 @@ impl Scanner {
                 None
             }
             .unwrap_or((whole.start(), whole.end()));
-            push(start, end);
             at = end.max(whole.start() + 1);
+            let (start, end) = (offset + start, offset + end);
+            let span = bytes.get(start..end).unwrap_or_default();
+            // A span must fall on character boundaries to be redacted cleanly.
+            let next = bytes.get(end).copied();
+            if text.is_char_boundary(start)
+                && text.is_char_boundary(end)
+                && gates::passes(rule.gate, span, next)
+            {
+                // Past the budget, a secret cut by its window's end is redacted up to the next
+                // white space: more than the secret perhaps, never less (but for one that
+                // holds white space).
+                let redact_to = if cut && end == window_end {
+                    bytes
+                        .get(end..)
+                        .and_then(|rest| rest.iter().position(u8::is_ascii_whitespace))
+                        .map_or(text.len(), |p| end + p)
+                } else {
+                    end
+                };
+                if redact_to > end {
+                    extensions.redacted_to = extensions.redacted_to.max(redact_to);
+                }
+                out.push(Finding {
+                    rule_id: rule.id.clone(),
+                    kind: rule.kind.clone(),
+                    severity: rule.severity,
+                    start,
+                    end: redact_to,
+                    encoding: None,
+                    order,
+                    inner: 0,
+                });
+            }
         }
     }
+}
+
+/// One rule's extensions in a text: how many bytes past their windows its matches may still
+/// be extended ([`extension_budget`]), and how far a match found past that budget was
+/// redacted (a window that starts before there adds nothing to it).
+#[derive(Debug)]
+struct Extensions {
+    left: usize,
+    redacted_to: usize,
 }
 
 fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {

@@ -219,3 +219,30 @@ fn a_serialised_audit_event_is_redacted_as_the_event_is() {
         assert_eq!(bad, before);
     }
 }
+
+/// A text that is one run of assignments, as a hostile agent could send, is read in one go:
+/// each assignment's window was once extended over the rest of the run, which took seconds
+/// for a hundred kilobytes (and minutes for this test). A secret assigned after it is still
+/// found, and a long one, past what the run left of the extensions' budget, still redacted
+/// whole.
+#[test]
+fn a_run_of_assignments_is_not_read_again_for_each_one() {
+    let run = "token=".repeat(16 * 1024);
+    let secret = "hQ7vL2pX9mR4tZ8kWc3nB6yD";
+    let text = format!("{run}; token={secret}");
+    let found = SCANNER.scan(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(&text[found[0].start..found[0].end], secret);
+
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let long: String = (0..5_000usize)
+        .map(|i| char::from(alphabet[(i * i * 31 + i * 7) % alphabet.len()]))
+        .collect();
+    let text = format!("{run}; api_key={long} tail");
+    let r = SCANNER.redact(&text);
+    assert!(
+        r.text.ends_with("api_key=[REDACTED:generic_secret] tail"),
+        "{}",
+        &r.text[r.text.len() - 80..]
+    );
+}
