@@ -4,8 +4,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use aa_policy::Policy;
-use aa_security::{CustomPattern, Finding, Scanner};
+use aa_policy::{Policy, PolicySet};
+use aa_security::{Finding, Scanner};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
@@ -73,9 +73,9 @@ fn exit(found: bool) -> ExitCode {
     }
 }
 
-fn build_scanner(policies: &[PathBuf]) -> Result<Scanner> {
-    let mut patterns = Vec::new();
-    for path in policies {
+fn build_scanner(paths: &[PathBuf]) -> Result<Scanner> {
+    let mut policies = Vec::new();
+    for path in paths {
         let parsed = Policy::parse(&read_text(path)?).map_err(|e| {
             let first = e
                 .diagnostics()
@@ -84,20 +84,11 @@ fn build_scanner(policies: &[PathBuf]) -> Result<Scanner> {
                 .unwrap_or_default();
             anyhow::anyhow!("{}:{first}", path.display())
         })?;
-        for policy in parsed {
-            for p in policy
-                .data()
-                .map(|d| d.patterns.as_slice())
-                .unwrap_or_default()
-            {
-                patterns.push(CustomPattern {
-                    name: p.name.clone(),
-                    regex: p.regex.clone(),
-                });
-            }
-        }
+        policies.extend(parsed);
     }
-    Ok(Scanner::with_patterns(&patterns)?)
+    Ok(Scanner::with_patterns(
+        &PolicySet::new(policies).patterns(),
+    )?)
 }
 
 /// A file as given, or every file under a folder that .gitignore and .ignore do not exclude

@@ -10,6 +10,7 @@
 //! - [`canonical`]: canonical JSON, the form hashes and signatures are taken over.
 //! - [`hex`]: lowercase hex for ids, hashes and digests.
 //! - [`ids`]: event ids unique per generator and sorted in the order they were made.
+//! - [`pattern`]: custom patterns a policy adds to the scanner.
 //! - [`rate`]: call-rate limits by GCRA, keyed, with the time as an input.
 //! - [`error`]: the crate's error type.
 //!
@@ -24,6 +25,7 @@ pub mod error;
 pub mod event;
 pub mod hex;
 pub mod ids;
+pub mod pattern;
 pub mod rate;
 
 pub use action::{Action, ActionKind, FileOperation};
@@ -34,3 +36,4 @@ pub use event::{
     Approval, ApprovalStatus, AuditEvent, EdgeKind, EventKind, Origin, RedactionReceipt,
     TopologyEdge,
 };
+pub use pattern::CustomPattern;

@@ -154,7 +154,7 @@ impl<S: Store> Gateway<S> {
     fn redacted(&self, action: &Action) -> Result<(Action, Vec<RedactionReceipt>), GatewayError> {
         let mut value = serde_json::to_value(action)
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-        let mut receipts = self.scanner.redact_json(&mut value, &self.config.limits);
+        let mut receipts = self.scanner().redact_json(&mut value, &self.config.limits);
         for receipt in &mut receipts {
             receipt.field = format!("action.{}", receipt.field);
         }

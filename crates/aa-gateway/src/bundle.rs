@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use aa_identity::PublicKey;
 use aa_policy::{Policy, PolicySet};
+use aa_security::Scanner;
 use sha2::{Digest as _, Sha256};
 
 use crate::audit::hex;
@@ -30,6 +31,8 @@ pub struct Bundle {
     pub gateway_key: PublicKey,
     /// The documents compiled, for what the gateway enforces itself (budgets).
     pub policies: Arc<PolicySet>,
+    /// The backstop scanner: the built-in rules and the policies' custom patterns.
+    pub scanner: Arc<Scanner>,
 }
 
 impl PartialEq for Bundle {
@@ -43,10 +46,12 @@ impl Eq for Bundle {}
 
 impl Bundle {
     /// Builds a bundle, refusing any document that does not parse and validate: a runtime
-    /// must never receive a bundle it cannot compile.
+    /// must never receive a bundle it cannot compile. Its scanner is `built_in` plus the
+    /// policies' custom patterns.
     pub fn new(
         documents: Vec<PolicyDocument>,
         gateway_key: PublicKey,
+        built_in: &Arc<Scanner>,
     ) -> Result<Bundle, GatewayError> {
         if documents.is_empty() {
             return Err(GatewayError::Policy(
@@ -66,11 +71,16 @@ impl Bundle {
             }
         }
         hash.update(gateway_key.to_bytes());
+        let policies = PolicySet::new(policies);
+        let scanner = built_in
+            .with_patterns_added(&policies.patterns())
+            .map_err(|e| GatewayError::Policy(e.to_string()))?;
         Ok(Bundle {
             version: format!("sha256:{}", hex(&hash.finalize())),
             documents,
             gateway_key,
-            policies: Arc::new(PolicySet::new(policies)),
+            policies: Arc::new(policies),
+            scanner,
         })
     }
 }
@@ -84,6 +94,12 @@ mod tests {
 
     const POLICY: &str = "apiVersion: agent-assembly/v1\nkind: Policy\nmetadata: {name: p, version: \"1\"}\nspec: {scope: global, default: allow}\n";
 
+    fn built_in() -> Arc<Scanner> {
+        static BUILT_IN: std::sync::LazyLock<Arc<Scanner>> =
+            std::sync::LazyLock::new(|| Arc::new(Scanner::new().unwrap()));
+        Arc::clone(&BUILT_IN)
+    }
+
     fn doc(source: &str) -> PolicyDocument {
         PolicyDocument {
             name: "p.yaml".into(),
@@ -94,10 +110,15 @@ mod tests {
     #[test]
     fn version_follows_content() {
         let key = Keypair::generate().unwrap().public();
-        let a = Bundle::new(vec![doc(POLICY)], key).unwrap();
-        let b = Bundle::new(vec![doc(POLICY)], key).unwrap();
+        let a = Bundle::new(vec![doc(POLICY)], key, &built_in()).unwrap();
+        let b = Bundle::new(vec![doc(POLICY)], key, &built_in()).unwrap();
         assert_eq!(a.version, b.version);
-        let changed = Bundle::new(vec![doc(&POLICY.replace("allow", "deny"))], key).unwrap();
+        let changed = Bundle::new(
+            vec![doc(&POLICY.replace("allow", "deny"))],
+            key,
+            &built_in(),
+        )
+        .unwrap();
         assert_ne!(a.version, changed.version);
         assert!(a.version.starts_with("sha256:"));
     }
@@ -105,10 +126,10 @@ mod tests {
     #[test]
     fn refuses_a_document_that_does_not_validate() {
         let key = Keypair::generate().unwrap().public();
-        let err = Bundle::new(vec![doc("kind: Nonsense\n")], key)
+        let err = Bundle::new(vec![doc("kind: Nonsense\n")], key, &built_in())
             .unwrap_err()
             .to_string();
         assert!(err.contains("p.yaml"), "{err}");
-        assert!(Bundle::new(vec![], key).is_err());
+        assert!(Bundle::new(vec![], key, &built_in()).is_err());
     }
 }

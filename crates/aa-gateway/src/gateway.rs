@@ -137,7 +137,8 @@ pub struct Gateway<S> {
     pub(crate) config: GatewayConfig,
     bundle: watch::Sender<Arc<Bundle>>,
     challenges: Mutex<HashMap<String, OpenChallenge>>,
-    pub(crate) scanner: Arc<Scanner>,
+    /// The built-in rules, which each bundle's scanner adds its custom patterns to.
+    built_in: Arc<Scanner>,
     pub(crate) metrics: Metrics,
     closing: watch::Sender<bool>,
     /// Bumped on every approval change, so waiters re-read theirs.
@@ -179,8 +180,8 @@ impl<S: Store> Gateway<S> {
         documents: Vec<PolicyDocument>,
         config: GatewayConfig,
     ) -> Result<Self, GatewayError> {
-        let bundle = Bundle::new(documents, key.public())?;
-        let scanner = Arc::new(Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?);
+        let built_in = Arc::new(Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?);
+        let bundle = Bundle::new(documents, key.public(), &built_in)?;
         let prices = match &config.prices {
             Some(prices) => Arc::clone(prices),
             None => Arc::new(
@@ -194,7 +195,7 @@ impl<S: Store> Gateway<S> {
             config,
             bundle: watch::Sender::new(Arc::new(bundle)),
             challenges: Mutex::new(HashMap::new()),
-            scanner,
+            built_in,
             metrics: Metrics::default(),
             closing: watch::Sender::new(false),
             approval_epoch: watch::Sender::new(0),
@@ -260,7 +261,7 @@ impl<S: Store> Gateway<S> {
     /// Publishes new documents; runtimes watching receive them. Publishing the same content
     /// again changes nothing. Returns the version.
     pub fn publish(&self, documents: Vec<PolicyDocument>) -> Result<String, GatewayError> {
-        let bundle = Bundle::new(documents, self.key.public())?;
+        let bundle = Bundle::new(documents, self.key.public(), &self.built_in)?;
         let version = bundle.version.clone();
         let changed = self.bundle.send_if_modified(|current| {
             if current.version == bundle.version {
@@ -478,7 +479,7 @@ impl<S: Store> Gateway<S> {
         let mut edges = Vec::new();
         let mut usages = Vec::new();
         // Every event is checked before any is stored.
-        let checked = check_all(&self.scanner, self.config.limits, events).await?;
+        let checked = check_all(&self.scanner(), self.config.limits, events).await?;
         let redacted = checked.iter().map(|c| c.redactions as u64).sum();
         bump(&self.metrics.backstop_redactions, redacted);
         for checked in checked {
@@ -508,11 +509,17 @@ impl<S: Store> Gateway<S> {
         Ok(total)
     }
 
+    /// The backstop's scanner: the published bundle's, which holds its policies' custom
+    /// patterns.
+    pub(crate) fn scanner(&self) -> Arc<Scanner> {
+        Arc::clone(&self.bundle.borrow().scanner)
+    }
+
     /// The backstop scan: redacts what a runtime missed (or what the gateway itself is about
     /// to record) in place.
     pub(crate) fn backstop(&self, event: &mut AuditEvent) -> Result<(), GatewayError> {
         let added = self
-            .scanner
+            .scanner()
             .redact_audit_event(event, &self.config.limits)
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
         bump(&self.metrics.backstop_redactions, added as u64);

@@ -218,13 +218,7 @@ pub enum CredentialAction {
 }
 
 /// A custom pattern from `spec.data.patterns`, validated at load.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomPattern {
-    /// Its name, used as the redaction kind.
-    pub name: String,
-    /// The regular expression (Rust `regex` syntax).
-    pub regex: String,
-}
+pub use aa_core::CustomPattern;
 
 /// `spec.data`, used by the runtime's scanner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -880,7 +874,18 @@ fn data(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<DataRules> {
                 let field_path = join_path(&item_path, &k.value);
                 let s = r.string(v, &field_path)?;
                 if k.value == "name" {
-                    name = Some(s.value);
+                    if CustomPattern::valid_name(&s.value) {
+                        name = Some(s.value);
+                    } else {
+                        r.error(
+                            s.loc,
+                            &field_path,
+                            format!(
+                                "invalid pattern name \"{}\": names are letters, digits, '_' and '-'",
+                                s.value
+                            ),
+                        );
+                    }
                 } else if let Err(why) = crate::pattern::check_regex(&s.value) {
                     r.error(s.loc, &field_path, format!("invalid regex: {why}"));
                 } else {

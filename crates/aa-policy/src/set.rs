@@ -1,7 +1,7 @@
 //! The cascade: every policy whose scope covers the agent applies; the most restrictive answer
 //! wins (deny > pending > allow) and names its rule.
 
-use aa_core::{AgentContext, Decision, Mode, Verdict};
+use aa_core::{AgentContext, CustomPattern, Decision, Mode, Verdict};
 
 use crate::eval::Request;
 use crate::policy::{Budget, Policy, RateLimits, Scope, ToolRule};
@@ -39,6 +39,15 @@ impl PolicySet {
         // By specificity, then by id, so the answer never depends on the order files were given.
         policies.sort_by_cached_key(|p| (p.scope().specificity(), p.id()));
         PolicySet { policies }
+    }
+
+    /// The custom patterns (`spec.data.patterns`) of every policy, for the scanner.
+    pub fn patterns(&self) -> Vec<CustomPattern> {
+        self.policies
+            .iter()
+            .filter_map(Policy::data)
+            .flat_map(|data| data.patterns.iter().cloned())
+            .collect()
     }
 
     /// The policies, least specific first.

@@ -1,8 +1,11 @@
 //! The policy bundle as the runtime holds it: compiled once per version.
 
+use std::sync::Arc;
+
 use aa_identity::PublicKey;
 use aa_policy::{Policy, PolicySet};
 use aa_proto::pb;
+use aa_security::Scanner;
 
 use crate::error::RuntimeError;
 
@@ -15,11 +18,17 @@ pub struct Compiled {
     pub set: PolicySet,
     /// The gateway's key.
     pub gateway_key: PublicKey,
+    /// The built-in rules and the policies' custom patterns, for the outbox writer.
+    pub scanner: Arc<Scanner>,
 }
 
 impl Compiled {
-    /// Compiles a bundle from the wire; a bundle that does not compile is refused whole.
-    pub fn compile(bundle: &pb::PolicyBundle) -> Result<Compiled, RuntimeError> {
+    /// Compiles a bundle from the wire, its scanner `built_in` plus its policies' custom
+    /// patterns; a bundle that does not compile is refused whole.
+    pub fn compile(
+        bundle: &pb::PolicyBundle,
+        built_in: &Arc<Scanner>,
+    ) -> Result<Compiled, RuntimeError> {
         let refuse = |message: String| RuntimeError::Bundle {
             version: bundle.version.clone(),
             message,
@@ -35,10 +44,15 @@ impl Compiled {
         }
         let gateway_key =
             PublicKey::from_bytes(&bundle.gateway_public_key).map_err(|e| refuse(e.to_string()))?;
+        let set = PolicySet::new(policies);
+        let scanner = built_in
+            .with_patterns_added(&set.patterns())
+            .map_err(|e| refuse(e.to_string()))?;
         Ok(Compiled {
             version: bundle.version.clone(),
-            set: PolicySet::new(policies),
+            set,
             gateway_key,
+            scanner,
         })
     }
 }

@@ -182,7 +182,7 @@ pub(crate) fn restore(runtime: &Runtime) {
         .and_then(|h| aa_core::hex::decode(&h))
         .and_then(|b| pb::PolicyBundle::decode(&*b).ok())
     {
-        match Compiled::compile(&bundle) {
+        match Compiled::compile(&bundle, runtime.built_in_scanner()) {
             Ok(compiled) => runtime.set_bundle(compiled),
             Err(error) => tracing::warn!(%error, "saved bundle ignored"),
         }
@@ -256,19 +256,20 @@ async fn watch_bundles(runtime: Arc<Runtime>, link: GatewayLink, stop: watch::Re
                 .await
         }
     };
-    let apply = |bundle: pb::PolicyBundle| match Compiled::compile(&bundle) {
-        Ok(compiled) => {
-            tracing::info!(version = %compiled.version, "policy bundle applied");
-            runtime.set_bundle(compiled);
-            if let Err(error) = runtime
-                .outbox()
-                .put(BUNDLE_KEY, &aa_core::hex::encode(&bundle.encode_to_vec()))
-            {
-                tracing::warn!(%error, "bundle not saved");
+    let apply =
+        |bundle: pb::PolicyBundle| match Compiled::compile(&bundle, runtime.built_in_scanner()) {
+            Ok(compiled) => {
+                tracing::info!(version = %compiled.version, "policy bundle applied");
+                runtime.set_bundle(compiled);
+                if let Err(error) = runtime
+                    .outbox()
+                    .put(BUNDLE_KEY, &aa_core::hex::encode(&bundle.encode_to_vec()))
+                {
+                    tracing::warn!(%error, "bundle not saved");
+                }
             }
-        }
-        Err(error) => tracing::error!(%error, "bundle refused; keeping the one in force"),
-    };
+            Err(error) => tracing::error!(%error, "bundle refused; keeping the one in force"),
+        };
     follow(stop, open, apply).await;
 }
 

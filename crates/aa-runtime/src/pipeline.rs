@@ -5,7 +5,7 @@
 //! says so, for `enforce` to deny until a commit succeeds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use aa_core::AuditEvent;
@@ -14,6 +14,37 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::outbox::Outbox;
+
+/// The scanner events are redacted with: the built-in rules until a policy bundle is in
+/// force, then the bundle's, which adds its policies' custom patterns to them.
+#[derive(Debug)]
+pub(crate) struct CurrentScanner {
+    built_in: Arc<Scanner>,
+    current: RwLock<Arc<Scanner>>,
+}
+
+impl CurrentScanner {
+    pub(crate) fn new(built_in: Arc<Scanner>) -> CurrentScanner {
+        CurrentScanner {
+            current: RwLock::new(Arc::clone(&built_in)),
+            built_in,
+        }
+    }
+
+    /// The built-in rules, which a bundle's scanner adds to.
+    pub(crate) fn built_in(&self) -> &Arc<Scanner> {
+        &self.built_in
+    }
+
+    pub(crate) fn get(&self) -> Arc<Scanner> {
+        // Only ever replaced whole: a panic elsewhere leaves it usable.
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn set(&self, scanner: Arc<Scanner>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = scanner;
+    }
+}
 
 /// Events to write, and who waits for them (nobody, for the runtime's own decision events).
 #[derive(Debug)]
@@ -235,7 +266,7 @@ fn answer(
 pub(crate) async fn write_loop(
     mut queue: Queue,
     outbox: Arc<Outbox>,
-    scanner: Arc<Scanner>,
+    scanner: Arc<CurrentScanner>,
     limits: Limits,
     written: Arc<Notify>,
     health: Arc<OutboxHealth>,
@@ -274,7 +305,7 @@ pub(crate) async fn write_loop(
         }
         take_queued(&mut queue.jobs, &mut group);
         linger(&mut queue, &mut group).await;
-        let scanner = Arc::clone(&scanner);
+        let scanner = scanner.get();
         let Ok(scanned) = tokio::task::spawn_blocking(move || scan(group, &scanner, &limits)).await
         else {
             tracing::error!("outbox scanning task failed");

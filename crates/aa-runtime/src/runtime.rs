@@ -24,7 +24,7 @@ use crate::error::RuntimeError;
 use crate::limits::RateCounter;
 use crate::link::GatewayLink;
 use crate::outbox::Outbox;
-use crate::pipeline::{Job, Jobs, OutboxHealth};
+use crate::pipeline::{CurrentScanner, Job, Jobs, OutboxHealth};
 
 /// The connecting process, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +165,8 @@ pub struct Runtime {
     outbox: Arc<Outbox>,
     jobs: Jobs,
     outbox_health: Arc<OutboxHealth>,
+    /// The outbox writer's scanner, the bundle's once one is in force.
+    scanner: Arc<CurrentScanner>,
     refusals: RefusalBudget,
     link: GatewayLink,
     /// Ids for the events the runtime writes itself (decisions, refusals).
@@ -206,6 +208,7 @@ impl Runtime {
         outbox: Arc<Outbox>,
         jobs: Jobs,
         outbox_health: Arc<OutboxHealth>,
+        scanner: Arc<CurrentScanner>,
         link: GatewayLink,
     ) -> Result<Runtime, RuntimeError> {
         let mut sessions = HashMap::new();
@@ -224,6 +227,7 @@ impl Runtime {
             outbox,
             jobs,
             outbox_health,
+            scanner,
             refusals: RefusalBudget::default(),
             link,
             event_ids: EventIds::default(),
@@ -240,12 +244,18 @@ impl Runtime {
         &self.outbox
     }
 
+    /// The built-in rules, which a bundle's scanner adds its custom patterns to.
+    pub(crate) fn built_in_scanner(&self) -> &Arc<aa_security::Scanner> {
+        self.scanner.built_in()
+    }
+
     /// The bundle in force, if any.
     pub fn bundle(&self) -> Option<Arc<Compiled>> {
         self.bundle.read().ok().and_then(|b| b.clone())
     }
 
     pub(crate) fn set_bundle(&self, compiled: Compiled) {
+        self.scanner.set(Arc::clone(&compiled.scanner));
         if let Ok(mut slot) = self.bundle.write() {
             *slot = Some(Arc::new(compiled));
         }
@@ -1296,8 +1306,11 @@ mod tests {
         let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
         let config = RuntimeConfig::new(dir, "http://127.0.0.1:9");
         let health = Arc::new(OutboxHealth::default());
+        let scanner = Arc::new(CurrentScanner::new(Arc::new(
+            aa_security::Scanner::new().unwrap(),
+        )));
         (
-            Runtime::new(config, outbox, jobs, health, link).unwrap(),
+            Runtime::new(config, outbox, jobs, health, scanner, link).unwrap(),
             queue,
         )
     }

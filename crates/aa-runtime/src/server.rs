@@ -26,7 +26,7 @@ use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::link::{self, GatewayLink};
 use crate::outbox::Outbox;
-use crate::pipeline::{self, Job, OutboxHealth};
+use crate::pipeline::{self, CurrentScanner, Job, OutboxHealth};
 use crate::runtime::{Checked, GatewayCheck, Peer, Refusal, Runtime};
 
 /// How long a stopping runtime keeps trying to hand its outbox to the gateway.
@@ -77,7 +77,9 @@ pub async fn run(
 ) -> Result<(), RuntimeError> {
     config.validate()?;
     let outbox = Arc::new(Outbox::open(&config.database_path())?);
-    let scanner = Arc::new(Scanner::new().map_err(|e| RuntimeError::Setup(e.to_string()))?);
+    let scanner = Arc::new(CurrentScanner::new(Arc::new(
+        Scanner::new().map_err(|e| RuntimeError::Setup(e.to_string()))?,
+    )));
     let link = GatewayLink::new(&config.gateway_url, config.gateway_timeout)?;
     let written = Arc::new(Notify::new());
     let (jobs_tx, jobs_rx) = pipeline::queue(4096);
@@ -87,7 +89,7 @@ pub async fn run(
     let writer = background.spawn(pipeline::write_loop(
         jobs_rx,
         Arc::clone(&outbox),
-        scanner,
+        Arc::clone(&scanner),
         config.limits,
         Arc::clone(&written),
         Arc::clone(&outbox_health),
@@ -98,6 +100,7 @@ pub async fn run(
         Arc::clone(&outbox),
         jobs_tx.clone(),
         outbox_health,
+        scanner,
         link.clone(),
     )?);
     link::restore(&runtime);

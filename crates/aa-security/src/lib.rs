@@ -30,8 +30,9 @@ pub mod rules;
 mod runs;
 pub mod scanner;
 
+pub use aa_core::CustomPattern;
 pub use decode::Encoding;
 pub use error::SecurityError;
 pub use redact::{Limits, OVERSIZED, Oversize, Redacted, RedactedBytes};
 pub use rules::Severity;
-pub use scanner::{CustomPattern, Finding, Scanner};
+pub use scanner::{Finding, Scanner};

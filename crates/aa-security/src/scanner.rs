@@ -2,6 +2,9 @@
 //! candidates; regexes confirm them in small windows; gates reject decoys; normalisation and
 //! decoding layers uncover hidden secrets; overlapping findings resolve to the strongest.
 
+use std::sync::Arc;
+
+use aa_core::CustomPattern;
 use regex::bytes::{Regex, RegexBuilder};
 
 use crate::decode::{self, Encoding};
@@ -53,16 +56,7 @@ pub struct Finding {
     pub(crate) inner: usize,
 }
 
-/// A pattern added at run time, such as a policy's `data.patterns`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CustomPattern {
-    /// Its name: the rule id and the redaction kind.
-    pub name: String,
-    /// A regular expression (Rust `regex` syntax); the whole match is the secret.
-    pub regex: String,
-}
-
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Rule {
     id: String,
     kind: String,
@@ -80,10 +74,10 @@ struct Rule {
 }
 
 /// A compiled set of rules. Build once, share freely (`Sync`), scan many texts.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Scanner {
     rules: Vec<Rule>,
-    keywords: Keywords,
+    keywords: Arc<Keywords>,
     keyword_rules: Vec<Vec<usize>>,
     digit_rules: Vec<usize>,
     /// Custom patterns have no keywords; they run over the whole text.
@@ -125,29 +119,47 @@ impl Scanner {
                 }
             }
         }
-        let mut whole_text_rules = Vec::new();
-        for pattern in patterns {
-            whole_text_rules.push(rules.len());
-            rules.push(custom(pattern)?);
-        }
-        let keywords = Keywords::new(&keyword_list)?;
         let shortest_match = rules.iter().map(|r| r.min_len).min().unwrap_or(0);
-        // A text too short to hold an encoded run is started on by a keyword or a digit run
-        // only, unless a custom pattern runs over every text.
-        let gated_below = if whole_text_rules.is_empty() {
-            runs::MIN_ENCODED
-        } else {
-            shortest_match.min(runs::MIN_ENCODED)
-        };
-        Ok(Scanner {
+        let built_in = Scanner {
             rules,
-            keywords,
+            keywords: Arc::new(Keywords::new(&keyword_list)?),
             keyword_rules,
             digit_rules,
-            whole_text_rules,
+            whole_text_rules: Vec::new(),
             shortest_match,
-            gated_below,
-        })
+            gated_below: runs::MIN_ENCODED,
+        };
+        built_in.added(patterns)
+    }
+
+    /// This scanner's rules plus `patterns`, its own shared rather than compiled again (a
+    /// policy bundle's patterns are added to the built-in rules each time it changes); this
+    /// scanner itself when there are none. An invalid pattern is an error naming it.
+    pub fn with_patterns_added(
+        self: &Arc<Self>,
+        patterns: &[CustomPattern],
+    ) -> Result<Arc<Scanner>, SecurityError> {
+        if patterns.is_empty() {
+            return Ok(Arc::clone(self));
+        }
+        Ok(Arc::new(self.added(patterns)?))
+    }
+
+    fn added(&self, patterns: &[CustomPattern]) -> Result<Scanner, SecurityError> {
+        let mut scanner = self.clone();
+        for pattern in patterns {
+            scanner.whole_text_rules.push(scanner.rules.len());
+            scanner.rules.push(custom(pattern)?);
+        }
+        scanner.shortest_match = scanner.rules.iter().map(|r| r.min_len).min().unwrap_or(0);
+        // A text too short to hold an encoded run is started on by a keyword or a digit run
+        // only, unless a custom pattern runs over every text.
+        scanner.gated_below = if scanner.whole_text_rules.is_empty() {
+            runs::MIN_ENCODED
+        } else {
+            scanner.shortest_match.min(runs::MIN_ENCODED)
+        };
+        Ok(scanner)
     }
 
     /// How many rules the scanner runs.
@@ -517,12 +529,7 @@ fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
 }
 
 fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
-    let valid_name = !pattern.name.is_empty()
-        && pattern
-            .name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if !valid_name {
+    if !CustomPattern::valid_name(&pattern.name) {
         return Err(SecurityError::InvalidPattern {
             name: pattern.name.clone(),
             message: "names are letters, digits, '_' and '-'".to_owned(),

@@ -561,7 +561,10 @@ async fn secrets_never_reach_a_database_unredacted() {
     let report = Report {
         kind: EventKind::Error,
         action: secret_action,
-        detail: Some(json!({ "error": "login failed for jane.doe@example.com", "token": AWS_KEY })),
+        // `EMP-` numbers are the test policy's custom pattern (`spec.data.patterns`).
+        detail: Some(
+            json!({ "error": "login failed for jane.doe@example.com", "token": AWS_KEY, "badge": "EMP-123456" }),
+        ),
         session_id: Some(format!("run {AWS_KEY}")),
     };
     c.report(&agent, vec![report], vec![]).await.unwrap();
@@ -582,6 +585,7 @@ async fn secrets_never_reach_a_database_unredacted() {
             !text.contains("jane.doe@example.com"),
             "{db} holds the email"
         );
+        assert!(!text.contains("EMP-123456"), "{db} holds the badge number");
     }
     let stored = rusqlite::Connection::open(state.join("gateway.db")).unwrap();
     let events: Vec<String> = stored
@@ -592,6 +596,7 @@ async fn secrets_never_reach_a_database_unredacted() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(events.len(), 2);
+    assert!(events.iter().any(|e| e.contains("[REDACTED:employee_id]")));
     for event in events {
         assert!(event.contains("[REDACTED:aws_access_key]"), "{event}");
         assert!(

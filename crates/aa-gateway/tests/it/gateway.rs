@@ -272,6 +272,40 @@ async fn appends_are_scanned_again_and_checkpointed() {
     assert_eq!((verified.records, verified.checkpoints), (2, 1));
 }
 
+/// The backstop scans with the custom patterns (`spec.data.patterns`) of the bundle in force,
+/// from the one published after them on.
+#[tokio::test]
+async fn the_backstop_scans_for_the_published_policies_custom_patterns() {
+    let gw = gateway(GatewayConfig::default());
+    gw.append(vec![event(1, "badge EMP-123456")]).await.unwrap();
+    let with_pattern = "apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: test, version: \"2\"}
+spec:
+  scope: global
+  default: allow
+  data:
+    patterns: [{name: employee_id, regex: 'EMP-\\d{6}'}]
+";
+    gw.publish(documents(with_pattern)).unwrap();
+    gw.append(vec![event(2, "badge EMP-654321")]).await.unwrap();
+
+    let stored = serde_json::to_string(&gw.store().records(0, 10).await.unwrap()).unwrap();
+    assert!(
+        stored.contains("EMP-123456"),
+        "stored before the pattern: {stored}"
+    );
+    assert!(!stored.contains("EMP-654321"), "{stored}");
+    assert!(stored.contains("[REDACTED:employee_id]"), "{stored}");
+    assert!(
+        stored.contains("custom-employee_id"),
+        "the receipt names the rule: {stored}"
+    );
+
+    let bad_name = with_pattern.replace("employee_id", "employee id");
+    assert!(gw.publish(documents(&bad_name)).is_err());
+}
+
 /// A batch of two streams is stored in order, redacted throughout, or refused whole.
 #[tokio::test]
 async fn a_batch_is_stored_in_order_or_refused_whole() {
