@@ -7,8 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aa_core::{
-    Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, Suspension, Suspensions,
-    TopologyEdge, Verdict, suspension_of,
+    Action, AgentContext, AuditEvent, Decision, EventKind, Mode, Origin, RedactionReceipt,
+    Suspension, Suspensions, TopologyEdge, Verdict, suspension_of,
 };
 use aa_policy::Request;
 use aa_proto::convert::decision_to_wire;
@@ -89,6 +89,9 @@ pub struct GatewayCheck {
 /// unrecorded (and so, under `enforce`, denied): long enough for the writer to drain a full
 /// queue, so a burst is slowed to the pace the outbox takes rather than refused.
 const RECORD_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest event id of an agent's kept as it is; a longer one is kept as its digest.
+const MAX_SUPPLIED_ID: usize = 256;
 
 /// Room for one decision's event in the outbox writer's queue, taken before the check is
 /// decided ([`Runtime::decision_slot`]); empty when none came in time.
@@ -967,9 +970,19 @@ impl Runtime {
     }
 
     /// The id an event an agent reported is kept under: its own id, in that agent's
-    /// namespace of this runtime's stream.
-    fn supplied_id(&self, agent: &AgentContext, id: &str) -> String {
-        format!("{}/{}/{id}", self.outbox.stream_id(), agent.id)
+    /// namespace of this runtime's stream. An id that holds what the scanner finds (an agent
+    /// can put a secret anywhere), or longer than [`MAX_SUPPLIED_ID`], is kept as its digest,
+    /// with receipts for what was found: the same id still gives the same one, so a batch
+    /// sent again is still recognised.
+    fn supplied_id(&self, agent: &AgentContext, id: &str) -> (String, Vec<RedactionReceipt>) {
+        let (id, mut receipts) = self.scanner.get().redact_id(id, MAX_SUPPLIED_ID);
+        for receipt in &mut receipts {
+            "event_id".clone_into(&mut receipt.field);
+        }
+        (
+            format!("{}/{}/{id}", self.outbox.stream_id(), agent.id),
+            receipts,
+        )
     }
 
     /// Queues a decision's event (in `slot`, else wherever there is room) without waiting for
@@ -1074,13 +1087,9 @@ impl Runtime {
                 ));
             }
             // Only what the agent may say is kept: what it did, when, and what came of it.
-            let mut event = self.event(
-                session.agent.clone(),
-                sdk.action,
-                sdk.kind,
-                peer,
-                self.supplied_id(&session.agent, &sdk.event_id),
-            );
+            let (id, redactions) = self.supplied_id(&session.agent, &sdk.event_id);
+            let mut event = self.event(session.agent.clone(), sdk.action, sdk.kind, peer, id);
+            event.redactions = redactions;
             event.timestamp_ms = sdk.timestamp_ms;
             event.session_id = sdk.session_id;
             event.detail = sdk.detail;
@@ -1103,8 +1112,9 @@ impl Runtime {
                 child_id: Some(edge.to_agent_id.clone()),
                 reason: edge.tool.clone(),
             };
-            let id = self.supplied_id(&session.agent, &id);
+            let (id, redactions) = self.supplied_id(&session.agent, &id);
             let mut event = self.event(session.agent.clone(), action, EventKind::Edge, peer, id);
+            event.redactions = redactions;
             event.timestamp_ms = edge.created_at_ms;
             event.detail = serde_json::to_value(&edge).ok();
             events.push(event);
@@ -1396,13 +1406,13 @@ mod tests {
         let tilde_own = format!("~{own_part}");
         for agent in ["~", "~0", "~g", tilde_own.as_str(), "/", "é", "zz-agent"] {
             for id in ["", own_part.as_str(), tilde_own.as_str(), "x/y"] {
-                let supplied = runtime.supplied_id(&AgentContext::new(agent), id);
+                let (supplied, _) = runtime.supplied_id(&AgentContext::new(agent), id);
                 assert_ne!(supplied, first);
                 assert!(supplied.matches('/').count() >= 2, "{supplied}");
             }
         }
         // The agents the SDKs allow sort before the runtime's own ids.
-        assert!(runtime.supplied_id(&AgentContext::new("zz-agent"), "x") < first);
+        assert!(runtime.supplied_id(&AgentContext::new("zz-agent"), "x").0 < first);
         // `report` keeps what an agent reports in its namespace, even the id of a decision.
         let agent = AgentContext::new("~");
         runtime.store_session(Session {

@@ -72,6 +72,20 @@ impl Scanner {
         Redacted { text, receipts }
     }
 
+    /// An identifier as it may be stored: `id` itself when it is at most `max_len` bytes and
+    /// holds nothing the scanner finds; else `sha256:` and 32 hex digits of its digest, as
+    /// stable and as unique (the same id gives the same one, so a batch sent again is still
+    /// recognised) and holding no secret. The receipts say what was found in `id`.
+    pub fn redact_id(&self, id: &str, max_len: usize) -> (String, Vec<RedactionReceipt>) {
+        let receipts = receipts_of(id.as_bytes(), self.scan(id));
+        if receipts.is_empty() && id.len() <= max_len {
+            return (id.to_owned(), receipts);
+        }
+        let digest = Sha256::digest(id.as_bytes());
+        let digest = digest.get(..16).unwrap_or_default();
+        (format!("sha256:{}", aa_core::hex::encode(digest)), receipts)
+    }
+
     /// Redacts every finding in bytes that may not be UTF-8.
     pub fn redact_bytes(&self, bytes: &[u8]) -> RedactedBytes {
         let receipts = receipts_of(bytes, self.scan_bytes(bytes));
@@ -110,9 +124,10 @@ impl Scanner {
     }
 
     /// Redacts every string of an audit event an agent supplied (its agent, session, action
-    /// and detail), appending one receipt per span to `event.redactions` with the field's path
-    /// from the event's root (`action.args.command`). What the trusted side set (the id, the
-    /// origin, earlier receipts) is not scanned. Returns the number of new receipts.
+    /// and detail) or that quotes it (the verdict, whose reason may name the path or command
+    /// it was given), appending one receipt per span to `event.redactions` with the field's
+    /// path from the event's root (`action.args.command`). What the trusted side set (the id,
+    /// the origin, earlier receipts) is not scanned. Returns the number of new receipts.
     pub fn redact_audit_event(
         &self,
         event: &mut AuditEvent,
@@ -123,6 +138,7 @@ impl Scanner {
             "agent": event.agent,
             "session_id": event.session_id,
             "action": event.action,
+            "verdict": event.verdict,
         });
         // Moved in and back out rather than copied: the detail is often the bulk of an event.
         let had_detail = event.detail.is_some();
@@ -138,6 +154,7 @@ impl Scanner {
         event.agent = serde_json::from_value(part("agent")).map_err(unreadable)?;
         event.session_id = serde_json::from_value(part("session_id")).map_err(unreadable)?;
         event.action = serde_json::from_value(part("action")).map_err(unreadable)?;
+        event.verdict = serde_json::from_value(part("verdict")).map_err(unreadable)?;
         let added = receipts.len();
         event.redactions.extend(receipts);
         Ok(added)
@@ -162,7 +179,7 @@ impl Scanner {
             return Err(SecurityError::Event("redactions is not a list".into()));
         }
         let mut doc = Map::new();
-        for name in SUPPLIED_FIELDS {
+        for name in SCANNED_FIELDS {
             if let Some(value) = fields.remove(name) {
                 doc.insert(name.into(), value);
             }
@@ -191,9 +208,10 @@ impl Scanner {
     }
 }
 
-/// The fields of an audit event that an agent supplies, and so are scanned; the others are
-/// set by the trusted side.
-const SUPPLIED_FIELDS: [&str; 4] = ["agent", "session_id", "action", "detail"];
+/// The fields of an audit event that an agent supplies, or that quote what it supplied (a
+/// verdict's reason names the path, host or command it was given), and so are scanned; the
+/// others are set by the trusted side.
+const SCANNED_FIELDS: [&str; 5] = ["agent", "session_id", "action", "detail", "verdict"];
 
 /// Receipts for `findings` in `input`, their field left empty.
 pub(crate) fn receipts_of(input: &[u8], findings: Vec<Finding>) -> Vec<RedactionReceipt> {

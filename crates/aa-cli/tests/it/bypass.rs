@@ -268,6 +268,67 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
     assert!(leaked.is_empty(), "stored undisguised: {leaked:?}");
 }
 
+/// An event id is the one thing of an event that is not redacted in place, since it must
+/// stay unique: an id holding a secret is stored as its digest, with a receipt, and a batch
+/// sent again with it is still recognised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_an_event_id_is_stored_as_its_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (up, _c, bot) = start_bot(dir.path(), &state).await;
+    let mut event = forged_event(0, json!({}));
+    event.event_id = format!("order-{AWS_KEY}");
+    let frame = pb::Frame {
+        request_id: 1,
+        body: Some(pb::frame::Body::Events(pb::EventBatch {
+            events: vec![event],
+            edges: Vec::new(),
+            agent_id: bot.id().to_owned(),
+            credential_token: bot.credential_token(),
+        })),
+    };
+    let bytes = encode(&frame).unwrap();
+    let mut accepted = Vec::new();
+    for _ in 0..2 {
+        match exchange(&up.runtime.socket, bytes.clone())
+            .await
+            .and_then(|f| f.body)
+        {
+            Some(pb::frame::Body::EventsAck(ack)) => accepted.push(ack.accepted),
+            other => panic!("expected an ack, got {other:?}"),
+        }
+    }
+    assert_eq!(accepted, [1, 0], "the second is the same event");
+    let gateway = &up.gateway;
+    let tool_ends = async || {
+        stored_events(gateway)
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "tool_end")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || tool_ends().await.len()
+            == 1)
+        .await
+    );
+    let stored = tool_ends().await.remove(0);
+    up.stop().await.unwrap();
+
+    let id = stored["event_id"].as_str().unwrap();
+    assert!(id.contains("/bot/sha256:"), "{id}");
+    let receipt = &stored["redactions"][0];
+    assert_eq!(
+        (receipt["field"].as_str(), receipt["kind"].as_str()),
+        (Some("event_id"), Some("aws_access_key")),
+        "{stored}"
+    );
+    for db in ["gateway.db", "runtime.db"] {
+        let text = crate::governed::file_text(&state.join(db));
+        assert!(!text.contains(AWS_KEY), "{db} holds the key");
+    }
+}
+
 /// Writes `bytes` on a fresh connection and reads one answer (`None` when the runtime just
 /// closes it).
 async fn exchange(socket: &Path, bytes: Vec<u8>) -> Option<pb::Frame> {

@@ -134,7 +134,7 @@ fn keys_redacted_to_the_same_label_keep_both_entries() {
 }
 
 #[test]
-fn audit_events_are_redacted_in_every_agent_supplied_field() {
+fn audit_events_are_redacted_in_every_field_an_agent_supplied_or_a_verdict_quotes() {
     let mut event: aa_core::AuditEvent = serde_json::from_value(json!({
         "event_id": "e1",
         "timestamp_ms": 1,
@@ -142,6 +142,9 @@ fn audit_events_are_redacted_in_every_agent_supplied_field() {
         "session_id": format!("run {KEY}"),
         "action": {"type": "tool_call", "tool": "shell", "args": {"command": format!("echo {KEY}")}},
         "detail": {"error": "login as jane@example.com failed"},
+        // A policy's reason quotes what the agent asked for.
+        "verdict": {"decision": "deny", "rule": "files.deny", "policy": "base@1",
+                    "reason": format!("path /keys/{KEY} is denied"), "mode": "enforce"},
         "kind": "tool_end",
         "redactions": [{"rule_id": "earlier", "kind": "k", "field": "f", "start": 0, "end": 1,
                         "sha256_prefix": "00"}]
@@ -150,7 +153,7 @@ fn audit_events_are_redacted_in_every_agent_supplied_field() {
     let added = SCANNER
         .redact_audit_event(&mut event, &Limits::default())
         .unwrap();
-    assert_eq!(added, 3);
+    assert_eq!(added, 4);
     let text = serde_json::to_string(&event).unwrap();
     assert!(
         !text.contains(KEY) && !text.contains("jane@example.com"),
@@ -158,7 +161,12 @@ fn audit_events_are_redacted_in_every_agent_supplied_field() {
     );
     let fields: Vec<&str> = event.redactions.iter().map(|r| r.field.as_str()).collect();
     assert_eq!(fields[0], "f", "earlier receipts are kept first");
-    for field in ["session_id", "action.args.command", "detail.error"] {
+    for field in [
+        "session_id",
+        "action.args.command",
+        "detail.error",
+        "verdict.reason",
+    ] {
         assert!(fields.contains(&field), "{fields:?}");
     }
 
@@ -181,6 +189,8 @@ fn a_serialised_audit_event_is_redacted_as_the_event_is() {
         "agent": {"id": "bot", "team": format!("t {KEY}")},
         "action": {"type": "tool_call", "tool": "http", "args": {"url": "https://x", "token": KEY}},
         "detail": {"result": format!("{KEY} and jane@example.com")},
+        "verdict": {"decision": "allow", "rule": "default", "policy": "base@1",
+                    "reason": format!("host {KEY}.example.com is allowed"), "mode": "observe"},
         "kind": "tool_end",
         "origin": {"stream_id": "s", "sequence": 4, "received_at_ms": 3, "peer_uid": 1, "peer_pid": 2}
     }))
@@ -193,7 +203,7 @@ fn a_serialised_audit_event_is_redacted_as_the_event_is() {
     let from_value = SCANNER
         .redact_audit_value(&mut as_value, &Limits::default())
         .unwrap();
-    assert!(from_struct >= 4, "{as_struct:?}");
+    assert!(from_struct >= 5, "{as_struct:?}");
     assert_eq!(from_value, from_struct);
     assert_eq!(as_value, serde_json::to_value(&as_struct).unwrap());
 
