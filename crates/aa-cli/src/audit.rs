@@ -24,8 +24,11 @@ pub(crate) enum AuditCommand {
     Verify {
         #[command(flatten)]
         source: Source,
-        /// An export file (from `aasm audit export`) instead of the database.
-        #[arg(long, conflicts_with = "state_dir")]
+        /// An export file (from `aasm audit export`) instead of the database; the state
+        /// directory is then not read.
+        // Not a clap conflict with `--state-dir`: clap counts `AASM_STATE_DIR` as given, and
+        // would refuse `--export` wherever that is set.
+        #[arg(long)]
         export: Option<PathBuf>,
     },
     /// Print every record as JSON lines, then every checkpoint as `{"checkpoint":…}`.

@@ -791,6 +791,21 @@ async fn tampering_is_named_by_audit_verify() {
         )
     };
     assert_eq!(verify_export(&export), (0, out.clone()));
+    // The state directory a shell exports for the other commands does not stand in the way.
+    let with_env = std::process::Command::new(env!("CARGO_BIN_EXE_aasm"))
+        .args(["audit", "verify", "--export", export_file.to_str().unwrap()])
+        .env("AASM_STATE_DIR", dir.path().join("elsewhere"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            with_env.status.code(),
+            String::from_utf8_lossy(&with_env.stdout)
+        ),
+        (Some(0), out.clone().into()),
+        "{}",
+        String::from_utf8_lossy(&with_env.stderr)
+    );
     // A pipe is read once, and verifies the same.
     let piped = crate::aasm_with_stdin(
         &["audit", "verify", "--export", "/dev/stdin"],
