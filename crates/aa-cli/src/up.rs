@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aa_gateway::{Gateway, GatewayConfig, GatewayError, PolicyDocument, SqliteStore};
 use aa_runtime::{BackgroundPriority, RuntimeConfig, RuntimeError};
@@ -150,13 +150,6 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("creating {}", dir.display()))
 }
 
-fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
-    paths
-        .iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
-}
-
 impl GatewayHandle {
     /// Opens the store and key, binds both listeners, and serves.
     pub async fn start(options: GatewayOptions) -> Result<GatewayHandle> {
@@ -222,28 +215,38 @@ impl GatewayHandle {
     }
 }
 
-/// Publishes the policy files again whenever one changes; a bad edit is reported and the
-/// bundle in force stays.
+/// Publishes the policy files again whenever what they say changes; a bad edit is reported
+/// once and the bundle in force stays. The files are read again at every poll rather than
+/// their times looked at: a file edited in place inside a directory given by its path leaves
+/// the directory's time as it was, and an edit within a file system's time step leaves the
+/// file's.
 async fn follow_policies(
     gateway: Arc<Gateway<SqliteStore>>,
     paths: Vec<PathBuf>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut seen = modified(&paths);
+    let mut last: Option<Result<Vec<PolicyDocument>, String>> = None;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(POLICY_POLL) => {}
         }
-        let now = modified(&paths);
-        if now == seen {
+        let read = read_policies(&paths).map_err(|e| format!("{e:#}"));
+        if last.as_ref() == Some(&read) {
             continue;
         }
-        seen = now;
-        match read_policies(&paths).map(|docs| gateway.publish(docs)) {
-            Ok(Ok(version)) => tracing::info!(%version, "policy published"),
-            Ok(Err(error)) => tracing::error!(%error, "policy not published"),
-            Err(error) => tracing::error!(error = %format!("{error:#}"), "policy not read"),
+        // The first reading is what the gateway started with: published already.
+        let first = last.is_none();
+        last = Some(read.clone());
+        match read {
+            Ok(documents) if first => {
+                let _ = gateway.publish(documents);
+            }
+            Ok(documents) => match gateway.publish(documents) {
+                Ok(version) => tracing::info!(%version, "policy published"),
+                Err(error) => tracing::error!(%error, "policy not published"),
+            },
+            Err(error) => tracing::error!(%error, "policy not read"),
         }
     }
 }

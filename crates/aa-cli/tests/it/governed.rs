@@ -225,43 +225,46 @@ async fn allow_deny_and_pending_in_each_mode() {
     up.stop().await.unwrap();
 }
 
+/// An edit in place reaches the runtime, of a file given by its path or by its directory's
+/// (whose time the edit leaves as it was).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_edit_reaches_the_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.yaml");
     let source = std::fs::read_to_string(data().join("base.yaml")).unwrap();
-    std::fs::write(&policy, &source).unwrap();
-    let up = Up::start(
-        options(&dir.path().join("state"), vec![policy.clone()]),
-        RuntimeSettings::default(),
-    )
-    .await
-    .unwrap();
-    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
-    let agent = register(&c, "bot", None).await;
-    assert_eq!(
-        decide(&c, &agent, tool("deploy", json!({})))
-            .await
-            .verdict
-            .decision,
-        Decision::Allow
-    );
+    for given in ["file", "directory"] {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        let policy = policies.join("policy.yaml");
+        std::fs::write(&policy, &source).unwrap();
+        let path = if given == "file" { &policy } else { &policies };
+        let up = Up::start(
+            options(&dir.path().join("state"), vec![path.clone()]),
+            RuntimeSettings::default(),
+        )
+        .await
+        .unwrap();
+        let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+        let agent = register(&c, "bot", None).await;
+        let deploy = async || {
+            decide(&c, &agent, tool("deploy", json!({})))
+                .await
+                .verdict
+                .decision
+        };
+        assert_eq!(deploy().await, Decision::Allow, "{given}");
 
-    std::fs::write(
-        &policy,
-        source.replace("\"*\": {allow: true}", "\"*\": {allow: false}"),
-    )
-    .unwrap();
-    let changed = eventually(Duration::from_secs(5), async || {
-        decide(&c, &agent, tool("deploy", json!({})))
-            .await
-            .verdict
-            .decision
-            == Decision::Deny
-    })
-    .await;
-    assert!(changed, "the edit never reached the runtime");
-    up.stop().await.unwrap();
+        std::fs::write(
+            &policy,
+            source.replace("\"*\": {allow: true}", "\"*\": {allow: false}"),
+        )
+        .unwrap();
+        let changed = eventually(Duration::from_secs(5), async || {
+            deploy().await == Decision::Deny
+        })
+        .await;
+        assert!(changed, "the edit of the {given} never reached the runtime");
+        up.stop().await.unwrap();
+    }
 }
 
 async fn report(c: &Client, agent: &Agent, n: usize, prefix: &str) -> u64 {
