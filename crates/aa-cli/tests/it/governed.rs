@@ -267,6 +267,68 @@ async fn a_policy_edit_reaches_the_runtime() {
     }
 }
 
+/// `aasm check` registers through the socket (`--socket`, else `AASM_SOCKET`) and prints the
+/// decision as `aasm policy eval` does; a bad action is an error that names the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aasm_check_prints_the_runtimes_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        options(&dir.path().join("state"), vec![data()]),
+        RuntimeSettings::default(),
+    )
+    .await
+    .unwrap();
+    let socket = up.runtime.socket.display().to_string();
+    let keys = dir.path().join("keys").display().to_string();
+    let check = move |tool: &str, by_env: bool| {
+        let action = format!(r#"{{"type":"tool_call","tool":"{tool}","args":{{}}}}"#);
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_aasm"));
+        command.args([
+            "check",
+            "--agent",
+            "cli-bot",
+            "--action",
+            &action,
+            "--state-dir",
+            &keys,
+        ]);
+        if by_env {
+            command.env("AASM_SOCKET", &socket);
+        } else {
+            command.args(["--socket", &socket]);
+        }
+        command.output().unwrap()
+    };
+    let outputs = tokio::task::spawn_blocking(move || {
+        [
+            check("deploy", false),
+            check("db_drop", true),
+            check("deploy\"", false),
+        ]
+    })
+    .await
+    .unwrap();
+    up.stop().await.unwrap();
+
+    let [allowed, denied, bad] = outputs;
+    for (out, decision) in [(allowed, "allow"), (denied, "deny")] {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let verdict: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(verdict["decision"], decision, "{text}");
+        assert_eq!(verdict["policy"], "base@1", "{text}");
+        assert_eq!(verdict["mode"], "enforce", "{text}");
+        assert_eq!(verdict.as_object().unwrap().len(), 5, "{text}");
+    }
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--action"));
+}
+
 async fn report(c: &Client, agent: &Agent, n: usize, prefix: &str) -> u64 {
     let reports = (0..n)
         .map(|i| Report {
