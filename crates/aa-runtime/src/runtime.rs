@@ -1380,6 +1380,62 @@ mod tests {
         assert_eq!(closed.decision, Decision::Deny);
     }
 
+    /// Under `enforce` a check fails closed: an agent this runtime does not know, a missing
+    /// or stale token, and a known agent before any policy bundle came are all denied, each
+    /// saying why, and each denial is on record.
+    #[tokio::test]
+    async fn checks_fail_closed_without_a_session_a_token_or_a_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, mut queue) = unlinked_runtime(dir.path(), 16);
+        let peer = Peer { uid: 7, pid: 1 };
+        runtime.store_session(Session {
+            agent: AgentContext::new("bot"),
+            ancestors: Vec::new(),
+            token: "t".into(),
+            expires_at_ms: i64::MAX,
+            uid: peer.uid,
+        });
+        let check = |agent: &str, token: &str| {
+            let request = pb::CheckRequest {
+                agent_id: agent.into(),
+                credential_token: token.into(),
+                action: Some(
+                    (&Action::ToolCall {
+                        tool: "read_file".into(),
+                        args: serde_json::json!({}),
+                    })
+                        .into(),
+                ),
+                session_id: String::new(),
+            };
+            match runtime.check(request, peer, DecisionSlot(None)) {
+                Checked::Done(answer) => Verdict::from(answer.decision.unwrap()),
+                Checked::Gateway(_) => panic!("decided without the gateway"),
+            }
+        };
+        for (agent, token, rule, why) in [
+            (
+                "stranger",
+                "t",
+                "credential",
+                "not registered with this runtime",
+            ),
+            ("bot", "", "credential", "no credential token"),
+            ("bot", "old", "credential", "not the agent's current one"),
+            ("bot", "t", "bundle", "no policy bundle"),
+        ] {
+            let verdict = check(agent, token);
+            assert_eq!(
+                (verdict.decision, verdict.mode, verdict.rule.as_str()),
+                (Decision::Deny, Mode::Enforce, rule),
+                "{agent} {token:?}: {verdict:?}"
+            );
+            assert!(verdict.reason.contains(why), "{}", verdict.reason);
+            let recorded = queue.jobs.try_recv().expect("the denial is recorded");
+            assert_eq!(recorded.events[0].kind, EventKind::Decision);
+        }
+    }
+
     #[tokio::test]
     async fn no_reported_event_can_take_the_runtimes_own_ids() {
         let dir = tempfile::tempdir().unwrap();
