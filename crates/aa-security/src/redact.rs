@@ -136,10 +136,24 @@ impl Scanner {
         let unreadable = |e: serde_json::Error| SecurityError::Event(e.to_string());
         let mut doc = serde_json::json!({
             "agent": event.agent,
-            "session_id": event.session_id,
             "action": event.action,
-            "verdict": event.verdict,
         });
+        if let Value::Object(fields) = &mut doc {
+            // Only what is there: a field that is null holds no string, but its name would
+            // still be read.
+            let mut put = |name: &str,
+                           value: Result<Value, serde_json::Error>|
+             -> Result<(), SecurityError> {
+                fields.insert(name.into(), value.map_err(unreadable)?);
+                Ok(())
+            };
+            if let Some(session) = &event.session_id {
+                put("session_id", serde_json::to_value(session))?;
+            }
+            if let Some(verdict) = &event.verdict {
+                put("verdict", serde_json::to_value(verdict))?;
+            }
+        }
         // Moved in and back out rather than copied: the detail is often the bulk of an event.
         let had_detail = event.detail.is_some();
         if let (Value::Object(fields), Some(detail)) = (&mut doc, event.detail.take()) {
@@ -180,7 +194,10 @@ impl Scanner {
         }
         let mut doc = Map::new();
         for name in SCANNED_FIELDS {
-            if let Some(value) = fields.remove(name) {
+            // A null field holds no string (and is left where it is).
+            if fields.get(name).is_some_and(|v| !v.is_null())
+                && let Some(value) = fields.remove(name)
+            {
                 doc.insert(name.into(), value);
             }
         }
