@@ -256,3 +256,25 @@ fn a_run_of_assignments_is_not_read_again_for_each_one() {
         &r.text[r.text.len() - 80..]
     );
 }
+
+/// Decoys standing alone are no finding: identifiers, digests, an encoded blob of random
+/// bytes, versions, addresses and timestamps, as a log line holds them.
+#[test]
+fn decoys_standing_alone_are_no_finding() {
+    use base64::Engine as _;
+    let blob: Vec<u8> = (0u32..48)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let blob = base64::engine::general_purpose::STANDARD.encode(blob);
+    let decoys = [
+        "request_id=3f2b8c1e-9d4a-4e7b-a1c2-5f6e7d8c9b0a".to_owned(),
+        "commit da39a3ee5e6b4b0d3255bfef95601890afd80709".to_owned(),
+        "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_owned(),
+        format!("attachment {blob}"),
+        "2026-11-23T00:58:48.123Z INFO v1.24.3 from 10.0.12.7 took 231ms".to_owned(),
+    ];
+    for text in decoys {
+        let found = SCANNER.scan(&text);
+        assert!(found.is_empty(), "{text}: {found:?}");
+    }
+}
