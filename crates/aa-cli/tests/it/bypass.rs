@@ -149,14 +149,7 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
         request_id: 1,
         body: Some(pb::frame::Body::Events(batch)),
     };
-    let socket = up.runtime.socket.clone();
-    let answer = tokio::task::spawn_blocking(move || {
-        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-        s.write_all(&encode(&frame).unwrap()).unwrap();
-        crate::governed::raw_frame(&mut s)
-    })
-    .await
-    .unwrap();
+    let answer = exchange(&up.runtime.socket, encode(&frame).unwrap()).await;
     let accepted = match answer.and_then(|f| f.body) {
         Some(pb::frame::Body::EventsAck(ack)) => ack.accepted,
         other => panic!("expected an ack, got {other:?}"),
@@ -202,14 +195,7 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
                 credential_token: bot.credential_token(),
             })),
         };
-        let socket = up.runtime.socket.clone();
-        let refused = tokio::task::spawn_blocking(move || {
-            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-            s.write_all(&encode(&frame).unwrap()).unwrap();
-            crate::governed::raw_frame(&mut s)
-        })
-        .await
-        .unwrap();
+        let refused = exchange(&up.runtime.socket, encode(&frame).unwrap()).await;
         match refused.and_then(|f| f.body) {
             Some(pb::frame::Body::Error(e)) => {
                 assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32);
