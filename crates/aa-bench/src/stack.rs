@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use rustix::process::Signal;
+
 use crate::BenchError;
 use crate::partition::Partition;
 
@@ -27,9 +29,9 @@ pub fn default_aasm() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("aasm"))
 }
 
-/// A child process, killed if dropped while running.
+/// An `aasm` service as a child process, killed if dropped while running.
 #[derive(Debug)]
-struct Service {
+pub struct Service {
     name: &'static str,
     child: Child,
 }
@@ -37,7 +39,7 @@ struct Service {
 impl Service {
     /// Starts `aasm <args>` and waits for it to print a line starting with each of `wanted`;
     /// returns what follows each prefix, trimmed.
-    fn start(
+    pub fn start(
         name: &'static str,
         aasm: &Path,
         args: &[String],
@@ -87,12 +89,13 @@ impl Service {
         Ok((service, found.into_iter().flatten().collect()))
     }
 
-    fn pid(&self) -> u32 {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// SIGKILL, as a crash or the OOM killer would: nothing is drained or flushed.
-    fn crash(&mut self) -> Result<(), BenchError> {
+    pub fn crash(&mut self) -> Result<(), BenchError> {
         self.child
             .kill()
             .and_then(|()| self.child.wait().map(drop))
@@ -101,17 +104,22 @@ impl Service {
 
     /// SIGTERM, then waits: the runtime drains its outbox on the way out.
     fn stop(mut self) -> Result<(), BenchError> {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).map_err(|e| {
-            BenchError::Start {
+        self.stop_by(Signal::TERM)
+    }
+
+    /// Sends `signal` (SIGTERM or SIGINT: a stop that drains), waits for the exit, and fails
+    /// unless it was a clean one. A service that has already exited is not signalled again.
+    pub fn stop_by(&mut self, signal: Signal) -> Result<(), BenchError> {
+        let waiting = format!("waiting for {}", self.name);
+        let exited = self.child.try_wait();
+        if exited.map_err(BenchError::io(waiting.as_str()))?.is_none() {
+            let pid = rustix::process::Pid::from_child(&self.child);
+            rustix::process::kill_process(pid, signal).map_err(|e| BenchError::Start {
                 what: self.name,
                 detail: format!("signalling it to stop: {e}"),
-            }
-        })?;
-        let status = self
-            .child
-            .wait()
-            .map_err(BenchError::io(format!("waiting for {}", self.name)))?;
+            })?;
+        }
+        let status = self.child.wait().map_err(BenchError::io(waiting))?;
         if !status.success() {
             return Err(BenchError::Start {
                 what: self.name,
@@ -311,6 +319,12 @@ impl Stack {
     /// Kills the runtime with SIGKILL.
     pub fn crash_runtime(&mut self) -> Result<(), BenchError> {
         self.runtime.crash()
+    }
+
+    /// Stops the runtime with SIGTERM, which drains its outbox to the gateway first, and
+    /// waits for its clean exit.
+    pub fn stop_runtime(&mut self) -> Result<(), BenchError> {
+        self.runtime.stop_by(rustix::process::Signal::TERM)
     }
 
     /// Starts the runtime again on its state and socket.

@@ -191,7 +191,7 @@ impl<T> Future for Call<T> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.answer)
             .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(ClientError::Internal("call abandoned".into()))))
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
     }
 }
 
@@ -202,7 +202,7 @@ impl<T> Call<T> {
         refuse_inside_runtime("wait()")?;
         self.answer
             .blocking_recv()
-            .unwrap_or_else(|_| Err(ClientError::Internal("call abandoned".into())))
+            .unwrap_or(Err(ClientError::Closed))
     }
 
     /// Blocks the thread for at most `limit`: the answer if it came, `None` if not yet (wait
@@ -254,27 +254,43 @@ struct Shared {
     event_ids: IdSequence,
 }
 
-/// The client's own async runtime. Dropped without waiting, so the last clone of a client
-/// may go away anywhere, an async context included, without blocking or panicking.
+/// The client's own async runtime, gone once the client is closed. Shut down without
+/// waiting, so the last clone of a client may go away anywhere, an async context included,
+/// without blocking or panicking.
 #[derive(Debug)]
-struct Background(Option<tokio::runtime::Runtime>);
+struct Background(StdMutex<Option<tokio::runtime::Runtime>>);
 
 impl Drop for Background {
     fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
+        self.stop();
     }
 }
 
 impl Background {
+    /// Runs `work` on the runtime; drops it when the client is closed.
     fn spawn<F>(&self, work: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        if let Some(runtime) = &self.0 {
+        if let Ok(Some(runtime)) = self.0.lock().as_deref() {
             runtime.spawn(work);
         }
+    }
+
+    /// Stops the runtime: its tasks (connections, token renewals, calls under way) are
+    /// dropped, which closes their sockets.
+    fn stop(&self) {
+        let runtime = match self.0.lock() {
+            Ok(mut runtime) => runtime.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(runtime) = runtime {
+            runtime.shutdown_background();
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.0.lock().map_or(true, |runtime| runtime.is_none())
     }
 }
 
@@ -322,7 +338,7 @@ impl Client {
                 blocking: StdMutex::new(None),
                 event_ids: event_ids(),
             }),
-            runtime: Arc::new(Background(Some(runtime))),
+            runtime: Arc::new(Background(StdMutex::new(Some(runtime)))),
         })
     }
 
@@ -342,10 +358,29 @@ impl Client {
         F: Future<Output = Result<T, ClientError>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        // Once closed, the task and the sender in it are dropped: the call answers `Closed`.
         self.runtime.spawn(async move {
             let _ = tx.send(work.await);
         });
         Call { answer: rx }
+    }
+
+    /// Closes the client, and every clone of it: the connections to the runtime close, token
+    /// renewals stop, calls under way end with [`ClientError::Closed`], and so does any call
+    /// made after. A blocking check under way on another thread is waited for. Dropping the
+    /// last clone does the same.
+    pub fn close(&self) {
+        self.runtime.stop();
+        let mut blocking = match self.shared.blocking.lock() {
+            Ok(blocking) => blocking,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        blocking.take();
+    }
+
+    /// Whether [`close`](Self::close) was called (on this client or a clone).
+    pub fn is_closed(&self) -> bool {
+        self.runtime.is_stopped()
     }
 
     /// Connects now (otherwise the first call does), so a missing runtime shows at start-up.
@@ -365,8 +400,9 @@ impl Client {
         })
     }
 
-    /// Asks whether `agent` may perform `action`. Never fails: a failure resolves by the mode
-    /// (`enforce` denies, `observe` and `disabled` allow), marked `resolved_locally`.
+    /// Asks whether `agent` may perform `action`. Fails only once the client is closed: any
+    /// other failure resolves by the mode (`enforce` denies, `observe` and `disabled` allow),
+    /// marked `resolved_locally`.
     pub fn check(
         &self,
         agent: &Agent,
@@ -416,6 +452,9 @@ impl Client {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<CheckOutcome, ClientError> {
         refuse_inside_runtime("check_blocking()")?;
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
         let mode = self.shared.config.mode;
         if mode == Mode::Disabled {
             return Ok(checks_disabled());

@@ -42,6 +42,10 @@ pub enum ClientError {
     /// carried out.
     #[error("the wait for the runtime was interrupted")]
     Interrupted,
+    /// The client was closed (or its last clone dropped) before the call was answered, or
+    /// the call was made after.
+    #[error("the client is closed")]
+    Closed,
     /// The runtime answered with something that is not the expected answer.
     #[error("protocol: {0}")]
     Protocol(String),

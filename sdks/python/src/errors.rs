@@ -44,6 +44,7 @@ pub(crate) fn to_py(error: ClientError) -> PyErr {
         ClientError::Refused { .. } => RuntimeRefused::new_err(message),
         ClientError::InvalidArgument { .. } => PyValueError::new_err(message),
         ClientError::Identity(_) => IdentityError::new_err(message),
+        ClientError::Closed => closed(),
         ClientError::Protocol(_) | ClientError::Internal(_) | ClientError::Interrupted => {
             NativeError::new_err(message)
         }

@@ -322,9 +322,11 @@ impl PyClient {
     }
 
     /// Closes the connection and stops the IO thread; later calls raise `ClientClosed`.
-    fn close(&self) {
-        if let Ok(mut client) = self.client.write() {
-            client.take();
+    fn close(&self, py: Python<'_>) {
+        let client = self.client.write().ok().and_then(|mut c| c.take());
+        if let Some(client) = client {
+            // Without the GIL: a check under way on another thread needs it to finish.
+            py.detach(|| client.close());
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use aa_bench::stack::{Stack, StackOptions};
+use aa_bench::stack::{Service, Signal, Stack, StackOptions};
 use aa_core::{Decision, EventKind, Mode};
 use aa_sdk_client::{Agent, Client, Report};
 use serde_json::{Value, json};
@@ -185,6 +185,80 @@ async fn a_partition_of_minutes_holds_events_back_and_loses_none() {
     delivered_once(&stack, &acknowledged).await;
     drop(c);
     stack.stop().unwrap();
+}
+
+/// Asserts that every acknowledged mark is in the gateway's store exactly once, now.
+fn stored_once(gateway_state: &Path, acknowledged: &[String]) {
+    let marks = stored_marks(gateway_state);
+    let missing = acknowledged
+        .iter()
+        .filter(|m| !marks.contains_key(*m))
+        .count();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} marks missing",
+        acknowledged.len()
+    );
+    assert!(marks.values().all(|&n| n == 1), "a mark stored twice");
+}
+
+/// SIGTERM drains the outbox before the runtime exits: events held back by a cut link are all
+/// in the gateway's store once a runtime stopped just after the link heals has exited, cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_runtimes_outbox_before_it_exits() {
+    let options = StackOptions {
+        partitionable: true,
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start_with(Path::new(env!("CARGO_BIN_EXE_aasm")), options).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let partition = stack.partition().unwrap().clone();
+    partition.cut();
+    let acknowledged = send(&c, &bot, "held", 2_000).await;
+    assert_eq!(acknowledged.len(), 2_000);
+    assert!(
+        stored_marks(&stack.gateway_state_dir()).is_empty(),
+        "nothing crosses a cut link"
+    );
+    partition.heal();
+    stack.stop_runtime().unwrap();
+    stored_once(&stack.gateway_state_dir(), &acknowledged);
+    drop(c);
+    stack.stop().unwrap();
+}
+
+/// `aasm up` stopped by SIGINT (Ctrl-C) hands its gateway every event its runtime
+/// acknowledged, and exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_aasm_up_with_every_event_stored() {
+    let dir = crate::scratch_dir("sigint");
+    let state = dir.path().join("state");
+    let args: Vec<String> = [
+        "up",
+        "--state-dir",
+        &state.display().to_string(),
+        "--grpc",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]
+    .map(String::from)
+    .into();
+    let (mut up, found) = Service::start(
+        "aasm up",
+        Path::new(env!("CARGO_BIN_EXE_aasm")),
+        &args,
+        &["runtime socket:"],
+    )
+    .unwrap();
+    let c = client(dir.path(), Path::new(&found[0]), Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let acknowledged = send(&c, &bot, "burst", 5_000).await;
+    assert_eq!(acknowledged.len(), 5_000);
+    up.stop_by(Signal::INT).unwrap();
+    stored_once(&state, &acknowledged);
 }
 
 /// Waits until the gateway holds a decision event for every one of the `answered` checks of

@@ -359,11 +359,28 @@ async fn outages_buffer_events_and_lose_none() {
     let runtime = RuntimeHandle::start(runtime_config.clone()).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
     let agent = register(&c, "bot", None).await;
+    let watching = client(dir.path(), &runtime.socket, Mode::Observe);
+    let observed = register(&watching, "observed", Some("watchers")).await;
     assert_eq!(report(&c, &agent, 10, "before").await, 10);
 
-    // Gateway down: decisions continue from the held bundle; a new agent cannot register;
-    // events are acknowledged from the outbox.
+    // Gateway down: decisions continue from the held bundle (enforce denies, observe allows
+    // what it would have denied); a new agent cannot register; events are acknowledged from
+    // the outbox.
     gateway.stop().await.unwrap();
+    let watched = decide(&watching, &observed, tool("db_drop", json!({}))).await;
+    assert_eq!(
+        (
+            watched.verdict.decision,
+            watched.verdict.mode,
+            watched.resolved_locally
+        ),
+        (Decision::Allow, Mode::Observe, false),
+        "{watched:?}"
+    );
+    assert!(
+        watched.verdict.reason.contains("would have been deny"),
+        "{watched:?}"
+    );
     assert_eq!(
         decide(&c, &agent, tool("db_drop", json!({})))
             .await
@@ -397,7 +414,7 @@ async fn outages_buffer_events_and_lose_none() {
 
     // The gateway returns: everything arrives once, in order.
     let gateway = GatewayHandle::start(gw_options).await.unwrap();
-    let expected = 10 + 2 + 300 + 5;
+    let expected = 10 + 3 + 300 + 5;
     let arrived = eventually(Duration::from_secs(20), async || {
         stored_events(&gateway).await.len() >= expected
     })
@@ -416,6 +433,13 @@ async fn outages_buffer_events_and_lose_none() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), expected);
+    // What observe let through is on record as the deny it would have been.
+    assert!(
+        events.iter().any(|e| e["agent"]["id"] == "observed"
+            && e["verdict"]["decision"] == "deny"
+            && e["verdict"]["mode"] == "observe"),
+        "the observed deny is not on record"
+    );
 
     // With the runtime gone, the client decides by its mode.
     runtime.stop().await.unwrap();
@@ -515,11 +539,11 @@ async fn a_gateway_restored_from_a_backup_is_sent_again_what_it_lost() {
 }
 
 /// `check_blocking` from a plain thread, as a synchronous agent calls it.
-fn decide_blocking(
+fn check_blocking(
     client: &Client,
     agent: &Agent,
     action: Action,
-) -> impl Future<Output = CheckOutcome> {
+) -> impl Future<Output = Result<CheckOutcome, ClientError>> {
     let (client, agent) = (client.clone(), agent.clone());
     async move {
         tokio::task::spawn_blocking(move || {
@@ -529,8 +553,16 @@ fn decide_blocking(
         })
         .await
         .unwrap()
-        .unwrap()
     }
+}
+
+fn decide_blocking(
+    client: &Client,
+    agent: &Agent,
+    action: Action,
+) -> impl Future<Output = CheckOutcome> {
+    let answer = check_blocking(client, agent, action);
+    async move { answer.await.unwrap() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -614,6 +646,59 @@ pub(crate) fn file_text(path: &Path) -> String {
         &std::fs::read(path.with_extension("db-wal")).unwrap_or_default(),
     ));
     text
+}
+
+/// `close()` ends a client and its clones: the call under way and every later one end with
+/// `Closed`, and its connection goes (the runtime, serving one at a time, takes another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_client_ends_its_calls_and_frees_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = RuntimeSettings {
+        max_connections: Some(1),
+        ..RuntimeSettings::default()
+    };
+    let up = Up::start(options(&dir.path().join("state"), vec![data()]), settings)
+        .await
+        .unwrap();
+    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    let other = client(&dir.path().join("other"), &up.runtime.socket, Mode::Enforce);
+    let turned_away = other.register(AgentSpec {
+        agent_id: "other".into(),
+        ..AgentSpec::default()
+    });
+    assert!(turned_away.await.is_err(), "one connection at most");
+
+    let pending = decide(&c, &agent, shell("rm -r x")).await;
+    assert_eq!(pending.verdict.decision, Decision::Pending);
+    let waiting = c.await_approval(&agent, pending, Duration::from_secs(60));
+    let clone = c.clone();
+    clone.close();
+    assert!(c.is_closed());
+    assert!(matches!(waiting.await, Err(ClientError::Closed)));
+    assert!(matches!(
+        c.check(&agent, shell("ls"), None).await,
+        Err(ClientError::Closed)
+    ));
+    assert!(matches!(
+        c.report(&agent, vec![], vec![]).await,
+        Err(ClientError::Closed)
+    ));
+    let answer = check_blocking(&c, &agent, shell("ls")).await;
+    assert!(matches!(answer, Err(ClientError::Closed)), "{answer:?}");
+
+    let served = eventually(Duration::from_secs(5), async || {
+        other
+            .register(AgentSpec {
+                agent_id: "other".into(),
+                ..AgentSpec::default()
+            })
+            .await
+            .is_ok()
+    })
+    .await;
+    assert!(served, "the closed client's connection was not let go");
+    up.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1228,6 +1313,13 @@ async fn a_uid_the_runtime_does_not_serve_is_refused() {
     // Serve only another uid: this process is now the foreign peer.
     config.allowed_uids = vec![own_uid.wrapping_add(1)];
     let runtime = RuntimeHandle::start(config).unwrap();
+    // Only its owner may connect at all: the socket is 0600, in a directory that is 0700.
+    let mode = |path: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&runtime.socket), 0o600);
+    assert_eq!(mode(runtime.socket.parent().unwrap()), 0o700);
     let socket = runtime.socket.clone();
     let refused = tokio::task::spawn_blocking(move || {
         let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
