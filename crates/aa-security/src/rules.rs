@@ -120,6 +120,22 @@ macro_rules! end {
     };
 }
 
+/// A PEM block labelled `$label` (group 1): whole, or cut off before its END line, as a
+/// truncated tool output leaves it, which still holds key material. Cut off, it runs from the
+/// BEGIN line over any header fields (`Proc-Type:`, `Version:`) and the base64 lines that
+/// follow, the first at least 40 characters long (so a placeholder is no key).
+macro_rules! pem {
+    ($label:literal) => {
+        concat!(
+            "(-----BEGIN ",
+            $label,
+            r"-----(?:[\s\S]{32,}?-----END ",
+            $label,
+            r"-----|(?:\s*[A-Za-z][A-Za-z-]*:[^\r\n]*)*\s*[A-Za-z0-9+/=]{40,}(?:\s*[A-Za-z0-9+/=]{16,})*))"
+        )
+    };
+}
+
 /// The value of a generic `name = value` assignment (the name holds one of the secret words),
 /// from the operator on; the value is group 1.
 const GENERIC: &str = r#"^(?::=|=>|=|:)\s*["'`]?([^\s"'`,;<>(){}\[\]]{8,})"#;
@@ -782,7 +798,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["begin rsa private key"],
-            r"(-----BEGIN RSA PRIVATE KEY-----[\s\S]{32,}?-----END RSA PRIVATE KEY-----)",
+            pem!("RSA PRIVATE KEY"),
         ),
         16,
         16500,
@@ -793,7 +809,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["begin ec private key"],
-            r"(-----BEGIN EC PRIVATE KEY-----[\s\S]{32,}?-----END EC PRIVATE KEY-----)",
+            pem!("EC PRIVATE KEY"),
         ),
         16,
         16500,
@@ -804,7 +820,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["begin dsa private key"],
-            r"(-----BEGIN DSA PRIVATE KEY-----[\s\S]{32,}?-----END DSA PRIVATE KEY-----)",
+            pem!("DSA PRIVATE KEY"),
         ),
         16,
         16500,
@@ -815,7 +831,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["begin openssh private key"],
-            r"(-----BEGIN OPENSSH PRIVATE KEY-----[\s\S]{32,}?-----END OPENSSH PRIVATE KEY-----)",
+            pem!("OPENSSH PRIVATE KEY"),
         ),
         16,
         16500,
@@ -826,7 +842,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["begin private key"],
-            r"(-----BEGIN PRIVATE KEY-----[\s\S]{32,}?-----END PRIVATE KEY-----)",
+            pem!("PRIVATE KEY"),
         ),
         16,
         16500,
@@ -837,7 +853,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["begin encrypted private key"],
-            r"(-----BEGIN ENCRYPTED PRIVATE KEY-----[\s\S]{32,}?-----END ENCRYPTED PRIVATE KEY-----)",
+            pem!("ENCRYPTED PRIVATE KEY"),
         ),
         16,
         16500,
@@ -848,7 +864,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["begin pgp private key block"],
-            r"(-----BEGIN PGP PRIVATE KEY BLOCK-----[\s\S]{32,}?-----END PGP PRIVATE KEY BLOCK-----)",
+            pem!("PGP PRIVATE KEY BLOCK"),
         ),
         16,
         16500,
@@ -859,7 +875,11 @@ pub(crate) const RULES: &[RuleDef] = &[
             "private_key",
             Critical,
             &["putty-user-key-file-"],
-            r"(PuTTY-User-Key-File-[23]: [\s\S]{32,}?Private-MAC: [0-9a-f]{40,64})",
+            concat!(
+                r"(PuTTY-User-Key-File-[23]: (?:[\s\S]{32,}?Private-MAC: [0-9a-f]{40,64}|",
+                // Cut off before its MAC: up to the end of its private lines.
+                r"[\s\S]{32,}?Private-Lines: \d+(?:\s*[A-Za-z0-9+/=]{16,})+))"
+            ),
         ),
         4,
         8300,
