@@ -8,8 +8,6 @@
 //!   runs the load generator (by default `all`: checks at 10,000/s, then 200,000 events).
 //! - `cargo xtask bench-python`: the latency of `check_tool_start` from Python beside the Rust
 //!   client's, against one `aasm up` (release builds of both).
-//! - `cargo xtask scan-compare`: `aasm scan` against `detect-secrets` (PyPI) on the same
-//!   generated corpus: throughput and recall of planted secrets, side by side.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +15,6 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod python;
-mod scan_compare;
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -28,8 +25,7 @@ fn main() -> Result<()> {
         "bench" => bench(),
         "load" => load(std::env::args().skip(2).collect()),
         "bench-python" => python::bench(),
-        "scan-compare" => scan_compare::run(),
-        _ => bail!("usage: cargo xtask <ci|bench|bench-python|load|scan-compare>"),
+        _ => bail!("usage: cargo xtask <ci|bench|bench-python|load>"),
     }
 }
 
