@@ -30,6 +30,11 @@ pub(crate) enum AuditCommand {
         // would refuse `--export` wherever that is set.
         #[arg(long)]
         export: Option<PathBuf>,
+        /// The gateway's key (`did:key:…`, as its `/health` shows it): every checkpoint must
+        /// be signed by it, and there must be one. Without it an export is checked against
+        /// the key it names itself, which whoever rewrote it could have signed with.
+        #[arg(long, value_parser = gateway_did)]
+        gateway_did: Option<Box<aa_identity::PublicKey>>,
     },
     /// Print every record as JSON lines, then every checkpoint as `{"checkpoint":…}`.
     Export {
@@ -54,6 +59,12 @@ pub(crate) struct Source {
     /// The state directory holding gateway.db.
     #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
     state_dir: PathBuf,
+}
+
+fn gateway_did(text: &str) -> std::result::Result<Box<aa_identity::PublicKey>, String> {
+    aa_identity::PublicKey::from_did(text)
+        .map(Box::new)
+        .map_err(|e| format!("{text:?}: {e}"))
 }
 
 fn open(state_dir: &Path) -> Result<SqliteStore> {
@@ -100,10 +111,14 @@ fn check_all(
 
 /// Verifies the gateway's database a page at a time. The checkpoints are read first: a
 /// gateway still appending then adds records after the heads they name, never before.
-async fn verify_database(state_dir: &Path) -> Result<Result<Verified, Tampered>> {
+async fn verify_database(
+    state_dir: &Path,
+    pinned: Option<&aa_identity::PublicKey>,
+) -> Result<Result<Verified, Tampered>> {
     let store = open(state_dir)?;
     let checkpoints = store.checkpoints().await?;
-    let mut verifier = Verifier::new(&checkpoints, trusted_key(state_dir).as_ref());
+    let own = trusted_key(state_dir);
+    let mut verifier = Verifier::new(&checkpoints, pinned.or(own.as_ref()));
     for_each_page(&store, |page| Ok(check_all(&mut verifier, page))).await?;
     Ok(verifier.finish())
 }
@@ -146,7 +161,10 @@ fn for_each_line(path: &Path, mut each: impl FnMut(Line) -> ControlFlow<()>) -> 
 /// Verifies an export in two readings, the checkpoints (at its end) first, so that the
 /// records are checked as they are read rather than held. What can be read only once (a pipe,
 /// `/dev/stdin`) is read once, its records held until its checkpoints are known.
-fn verify_export(path: &Path) -> Result<Result<Verified, Tampered>> {
+fn verify_export(
+    path: &Path,
+    pinned: Option<&aa_identity::PublicKey>,
+) -> Result<Result<Verified, Tampered>> {
     let rereadable = std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let mut checkpoints = Vec::new();
     let mut held = Vec::new();
@@ -158,7 +176,7 @@ fn verify_export(path: &Path) -> Result<Result<Verified, Tampered>> {
         }
         ControlFlow::Continue(())
     })?;
-    let mut verifier = Verifier::new(&checkpoints, None);
+    let mut verifier = Verifier::new(&checkpoints, pinned);
     if rereadable {
         for_each_line(path, |line| match line {
             Line::Record(record) => check_all(&mut verifier, [record]),
@@ -172,11 +190,23 @@ fn verify_export(path: &Path) -> Result<Result<Verified, Tampered>> {
 
 pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
     match command {
-        AuditCommand::Verify { source, export } => {
+        AuditCommand::Verify {
+            source,
+            export,
+            gateway_did,
+        } => {
+            let pinned = gateway_did.as_deref();
             let verified = match export {
-                Some(file) => verify_export(&file)?,
-                None => crate::block_on(verify_database(&source.state_dir))?,
+                Some(file) => verify_export(&file, pinned)?,
+                None => crate::block_on(verify_database(&source.state_dir, pinned))?,
             };
+            let verified = verified.and_then(|v| match pinned {
+                Some(key) if v.checkpoints == 0 => Err(Tampered(format!(
+                    "no checkpoint signed by {}: nothing shows that gateway wrote this log",
+                    key.did()
+                ))),
+                _ => Ok(v),
+            });
             match verified {
                 Ok(v) => {
                     println!(

@@ -941,6 +941,40 @@ async fn tampering_is_named_by_audit_verify() {
         )
     };
     assert_eq!(verify_export(&export), (0, out.clone()));
+    // Pinned to the gateway's key, an export must be signed by it, and be signed at all.
+    let pinned = |text: &str, did: &str| {
+        std::fs::write(&export_file, text).unwrap();
+        let file = export_file.to_str().unwrap();
+        let out = crate::aasm(&["audit", "verify", "--export", file, "--gateway-did", did]);
+        (
+            out.status.code().unwrap(),
+            crate::stdout(&out),
+            crate::stderr(&out),
+        )
+    };
+    let own = aa_identity::keyfile::load_or_create(&state.join("gateway.key"))
+        .unwrap()
+        .public()
+        .did();
+    assert_eq!(pinned(&export, &own).0, 0);
+    let other = aa_identity::Keypair::generate().unwrap().public().did();
+    let (code, foreign, _) = pinned(&export, &other);
+    assert_eq!(code, 1, "{foreign}");
+    assert!(
+        foreign.contains(&format!("not by this gateway ({other})")),
+        "{foreign}"
+    );
+    let unsigned: Vec<&str> = export
+        .lines()
+        .filter(|l| !l.starts_with("{\"checkpoint\""))
+        .collect();
+    assert_eq!(verify_export(&unsigned.join("\n")).0, 0);
+    let (code, unsigned, _) = pinned(&unsigned.join("\n"), &own);
+    assert_eq!(code, 1, "{unsigned}");
+    assert!(unsigned.contains("no checkpoint signed by"), "{unsigned}");
+    let (code, _, bad) = pinned(&export, "did:key:nonsense");
+    assert_eq!(code, 2, "{bad}");
+    assert!(bad.contains("--gateway-did"), "{bad}");
     // The state directory a shell exports for the other commands does not stand in the way.
     let with_env = std::process::Command::new(env!("CARGO_BIN_EXE_aasm"))
         .args(["audit", "verify", "--export", export_file.to_str().unwrap()])
