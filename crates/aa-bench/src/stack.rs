@@ -276,6 +276,9 @@ impl Stack {
                 .map_or_else(|| grpc.clone(), |p| format!("http://{}", p.addr())),
             "--state-dir".into(),
             runtime_state.display().to_string(),
+            // Made by the gateway on its first start, which printed its addresses after.
+            "--gateway-token-file".into(),
+            gateway_state.join("runtime.token").display().to_string(),
         ];
         let (runtime, found) =
             Service::start("aasm runtime", aasm, &runtime_args, &["runtime socket:"])?;

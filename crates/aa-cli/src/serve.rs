@@ -85,6 +85,11 @@ pub(crate) struct RuntimeArgs {
     /// A uid to serve (repeatable; default: the runtime's own).
     #[arg(long = "allow-uid")]
     allow_uids: Vec<u32>,
+    /// The file holding the gateway's runtime token (its state directory's runtime.token;
+    /// default: runtime.token in this state directory). AASM_RUNTIME_TOKEN sets the token
+    /// itself instead.
+    #[arg(long)]
+    gateway_token_file: Option<PathBuf>,
     #[command(flatten)]
     runtime: RuntimeSettings,
 }
@@ -147,8 +152,10 @@ pub(crate) fn gateway(args: GatewayArgs) -> Result<ExitCode> {
 
 pub(crate) fn runtime(args: RuntimeArgs) -> Result<ExitCode> {
     init_logging();
+    let token = aa_cli::up::runtime_token(&args.state_dir, args.gateway_token_file.as_deref())?;
     let mut config = args.runtime.config(args.state_dir, args.gateway);
     config.allowed_uids = args.allow_uids;
+    config.gateway_token = token;
     tokio()?.block_on(async {
         let runtime = RuntimeHandle::start(config)?;
         println!("runtime socket: {}", runtime.socket.display());

@@ -40,28 +40,66 @@ pub fn gateway_address_file(state_dir: &Path) -> PathBuf {
 /// The environment variable that sets the admin token instead of the file.
 pub const ADMIN_TOKEN_ENV: &str = "AASM_ADMIN_TOKEN";
 
-/// The admin token: from the environment, else the state directory's file, created with 32
-/// random bytes the first time.
-fn admin_token(state_dir: &Path) -> Result<String> {
-    if let Some(token) = std::env::var(ADMIN_TOKEN_ENV)
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-    {
-        return Ok(token.trim().to_owned());
+/// The bearer token runtimes present to the gateway (created 0600 on the gateway's first
+/// start, unless `AASM_RUNTIME_TOKEN` set one); a runtime on the same state directory finds it
+/// there.
+pub fn runtime_token_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("runtime.token")
+}
+
+/// The environment variable that sets the runtime token instead of the file, for the gateway
+/// and the runtimes alike.
+pub const RUNTIME_TOKEN_ENV: &str = "AASM_RUNTIME_TOKEN";
+
+/// The token a runtime presents: `AASM_RUNTIME_TOKEN`, else the file `file`, else the state
+/// directory's `runtime.token` (where a gateway on the same state directory made it).
+pub fn runtime_token(state_dir: &Path, file: Option<&Path>) -> Result<String> {
+    if let Some(token) = token_from_env(RUNTIME_TOKEN_ENV) {
+        return Ok(token);
     }
-    let path = admin_token_file(state_dir);
-    match std::fs::read_to_string(&path) {
-        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_owned()),
+    let path = file.map_or_else(|| runtime_token_file(state_dir), Path::to_path_buf);
+    read_token(&path)?.with_context(|| {
+        format!(
+            "no runtime token: {} does not exist; pass --gateway-token-file with the gateway's \
+             runtime.token, or set {RUNTIME_TOKEN_ENV}",
+            path.display()
+        )
+    })
+}
+
+/// A token given by the environment variable `env`.
+fn token_from_env(env: &str) -> Option<String> {
+    std::env::var(env)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// The token in `path`, if the file is there.
+fn read_token(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(token) if !token.trim().is_empty() => Ok(Some(token.trim().to_owned())),
         Ok(_) => anyhow::bail!(
             "{} is empty; delete it to have a new token made",
             path.display()
         ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// A gateway's token: from the environment variable `env`, else the file `path`, created
+/// with 32 random bytes the first time.
+fn gateway_token(env: &str, path: &Path) -> Result<String> {
+    if let Some(token) = token_from_env(env) {
+        return Ok(token);
+    }
+    if let Some(token) = read_token(path)? {
+        return Ok(token);
     }
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
-        .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("no randomness for {}: {e}", path.display()))?;
     let token = aa_core::hex::encode(&bytes);
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
@@ -69,7 +107,7 @@ fn admin_token(state_dir: &Path) -> Result<String> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)
+        .open(path)
         .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(token)
@@ -159,7 +197,12 @@ impl GatewayHandle {
         let documents = read_policies(&options.policies)?;
         let mut config = options.config;
         if config.admin_token.is_none() {
-            config.admin_token = Some(admin_token(&options.state_dir)?);
+            let file = admin_token_file(&options.state_dir);
+            config.admin_token = Some(gateway_token(ADMIN_TOKEN_ENV, &file)?);
+        }
+        if config.runtime_token.is_none() {
+            let file = runtime_token_file(&options.state_dir);
+            config.runtime_token = Some(gateway_token(RUNTIME_TOKEN_ENV, &file)?);
         }
         let gateway = Arc::new(Gateway::new(store, key, documents, config)?);
         let grpc = TcpListener::bind(options.grpc)
@@ -205,6 +248,16 @@ impl GatewayHandle {
     /// The URL runtimes dial.
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// A runtime's configuration with its state in `state_dir`, linked to this gateway: its
+    /// URL and runtime token.
+    pub fn runtime_config(&self, state_dir: impl Into<PathBuf>) -> RuntimeConfig {
+        let mut config = RuntimeConfig::new(state_dir, self.url());
+        if let Some(token) = &self.gateway.config().runtime_token {
+            config.gateway_token.clone_from(token);
+        }
+        config
     }
 
     /// Stops serving and signs a last checkpoint.
@@ -349,9 +402,19 @@ impl Up {
     /// Starts the gateway, then a runtime linked to it with `runtime`'s settings. Those are
     /// checked first, before the gateway binds anything: only the gateway's address is
     /// unknown until then.
-    pub async fn start(options: GatewayOptions, runtime: RuntimeSettings) -> Result<Up> {
+    pub async fn start(mut options: GatewayOptions, runtime: RuntimeSettings) -> Result<Up> {
         let mut config =
             runtime.config(options.state_dir.clone(), format!("http://{DEFAULT_GRPC}"));
+        config.gateway_token = match &options.config.runtime_token {
+            Some(token) => token.clone(),
+            None => {
+                create_private_dir(&options.state_dir)?;
+                let file = runtime_token_file(&options.state_dir);
+                let token = gateway_token(RUNTIME_TOKEN_ENV, &file)?;
+                options.config.runtime_token = Some(token.clone());
+                token
+            }
+        };
         config.validate()?;
         let gateway = GatewayHandle::start(options).await?;
         config.gateway_url = gateway.url();

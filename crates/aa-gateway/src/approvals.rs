@@ -54,6 +54,31 @@ fn valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Checks a bearer token against those `accepted` that are configured; `what` names the token
+/// in the errors. With none configured every call is refused.
+fn authorize(
+    authorization: Option<&str>,
+    accepted: &[Option<&str>],
+    what: &str,
+) -> Result<(), GatewayError> {
+    let accepted: Vec<&str> = accepted.iter().flatten().copied().collect();
+    if accepted.is_empty() {
+        return Err(GatewayError::Unauthenticated(format!(
+            "this gateway has no {what} configured"
+        )));
+    }
+    let presented = authorization
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if accepted.iter().any(|a| aa_identity::same_secret(token, a)) => Ok(()),
+        Some(_) => Err(GatewayError::Unauthenticated(format!("wrong {what}"))),
+        None => Err(GatewayError::Unauthenticated(format!(
+            "a {what} is required (authorization: Bearer <token>)"
+        ))),
+    }
+}
+
 fn valid_digest(digest: &str) -> bool {
     digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -61,21 +86,24 @@ fn valid_digest(digest: &str) -> bool {
 impl<S: Store> Gateway<S> {
     /// Checks an operator's `authorization` header (or gRPC metadata): `Bearer <admin token>`.
     pub fn authorize_admin(&self, authorization: Option<&str>) -> Result<(), GatewayError> {
-        let Some(expected) = self.config.admin_token.as_deref() else {
-            return Err(GatewayError::Unauthenticated(
-                "this gateway has no admin token configured".into(),
-            ));
-        };
-        let presented = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            Some(token) if aa_identity::same_secret(token, expected) => Ok(()),
-            Some(_) => Err(GatewayError::Unauthenticated("wrong admin token".into())),
-            None => Err(GatewayError::Unauthenticated(
-                "an admin token is required (authorization: Bearer <token>)".into(),
-            )),
-        }
+        authorize(
+            authorization,
+            &[self.config.admin_token.as_deref()],
+            "admin token",
+        )
+    }
+
+    /// Checks the `authorization` metadata of a runtime's gRPC call: `Bearer <runtime
+    /// token>`, or the admin token, as an operator's call carries.
+    pub fn authorize_runtime(&self, authorization: Option<&str>) -> Result<(), GatewayError> {
+        authorize(
+            authorization,
+            &[
+                self.config.runtime_token.as_deref(),
+                self.config.admin_token.as_deref(),
+            ],
+            "runtime token",
+        )
     }
 
     /// Follows approval changes: the value moves on every change.

@@ -36,6 +36,9 @@ pub struct GatewayConfig {
     /// The bearer token operators present to decide approvals and suspend agents; without
     /// one those calls are refused.
     pub admin_token: Option<String>,
+    /// The bearer token runtimes present on every gRPC call (an operator's call may carry the
+    /// admin token instead); without one every gRPC call but an operator's is refused.
+    pub runtime_token: Option<String>,
     /// The prices LLM calls are charged by; `None` for the shipped table.
     pub prices: Option<Arc<PriceTable>>,
     /// How runtimes' appends (checking their events, the backstop scan, and storing them,
@@ -55,6 +58,7 @@ impl Default for GatewayConfig {
             checkpoint_interval: Duration::from_secs(10),
             limits: Limits::default(),
             admin_token: None,
+            runtime_token: None,
             prices: None,
             append_priority: BackgroundPriority::default(),
         }

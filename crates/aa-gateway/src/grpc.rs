@@ -82,20 +82,38 @@ impl<S: Store> GrpcApi<S> {
         GrpcApi { gateway, appends }
     }
 
-    /// The routes to mount on a tonic server.
+    /// The routes to mount on a tonic server. Every call must carry the runtime token (or
+    /// the admin token) before it reaches a service: an agent's process on the gateway's host
+    /// could otherwise dial the port and append to the audit log past its runtime.
     pub fn routes(self) -> tonic::service::Routes {
-        tonic::service::Routes::new(pb::agent_service_server::AgentServiceServer::new(
-            self.clone(),
-        ))
-        .add_service(pb::policy_service_server::PolicyServiceServer::new(
-            self.clone(),
-        ))
-        .add_service(pb::audit_service_server::AuditServiceServer::new(
-            self.clone(),
-        ))
-        .add_service(pb::approval_service_server::ApprovalServiceServer::new(
-            self,
-        ))
+        let gateway = Arc::clone(&self.gateway);
+        let admit = move |request: Request<()>| {
+            gateway
+                .authorize_runtime(bearer(&request))
+                .map_err(status)?;
+            Ok(request)
+        };
+        tonic::service::Routes::new(
+            pb::agent_service_server::AgentServiceServer::with_interceptor(
+                self.clone(),
+                admit.clone(),
+            ),
+        )
+        .add_service(
+            pb::policy_service_server::PolicyServiceServer::with_interceptor(
+                self.clone(),
+                admit.clone(),
+            ),
+        )
+        .add_service(
+            pb::audit_service_server::AuditServiceServer::with_interceptor(
+                self.clone(),
+                admit.clone(),
+            ),
+        )
+        .add_service(
+            pb::approval_service_server::ApprovalServiceServer::with_interceptor(self, admit),
+        )
     }
 }
 

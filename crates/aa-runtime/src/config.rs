@@ -25,6 +25,9 @@ pub struct RuntimeConfig {
     pub socket_path: Option<PathBuf>,
     /// The gateway's gRPC address, e.g. `http://127.0.0.1:7390`.
     pub gateway_url: String,
+    /// The bearer token the gateway takes from runtimes (its `runtime.token`), sent on every
+    /// call. Required: the gateway refuses a runtime's calls without it.
+    pub gateway_token: String,
     /// Peer uids served; empty means only the runtime's own uid.
     pub allowed_uids: Vec<u32>,
     /// Size caps for scanning events.
@@ -56,6 +59,7 @@ impl RuntimeConfig {
             state_dir: state_dir.into(),
             socket_path: None,
             gateway_url: gateway_url.into(),
+            gateway_token: String::new(),
             allowed_uids: Vec::new(),
             limits: Limits::default(),
             forward_batch: 1000,
@@ -102,6 +106,19 @@ impl RuntimeConfig {
         }
         if !(self.gateway_url.starts_with("http://") || self.gateway_url.starts_with("https://")) {
             return bad("gateway_url", "must start with http:// or https://");
+        }
+        if self.gateway_token.is_empty() {
+            return bad(
+                "gateway_token",
+                "must be set: the gateway refuses a runtime's calls without its runtime token",
+            );
+        }
+        // It travels as an HTTP/2 header value.
+        if !self.gateway_token.bytes().all(|b| b.is_ascii_graphic()) {
+            return bad(
+                "gateway_token",
+                "must be printable ASCII without spaces (it is sent as a header)",
+            );
         }
         // sun_path holds 108 bytes including the terminating NUL.
         if socket_len(&self.socket_path()) > 107 {
@@ -151,16 +168,28 @@ mod tests {
 
     #[test]
     fn defaults_validate_and_bad_values_are_named() {
-        let config = RuntimeConfig::new("/tmp/aasm", "http://127.0.0.1:7390");
+        let mut config = RuntimeConfig::new("/tmp/aasm", "http://127.0.0.1:7390");
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("gateway_token: must be set"),
+            "{err}"
+        );
+        config.gateway_token = "a token".into();
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("gateway_token: must be printable"),
+            "{err}"
+        );
+        config.gateway_token = "0123abcd".into();
         config.validate().unwrap();
         assert_eq!(
             config.socket_path(),
             PathBuf::from("/tmp/aasm/runtime.sock")
         );
 
-        let err = RuntimeConfig::new("/tmp/aasm", "127.0.0.1:7390")
-            .validate()
-            .unwrap_err();
+        let mut bad_url = config.clone();
+        bad_url.gateway_url = "127.0.0.1:7390".into();
+        let err = bad_url.validate().unwrap_err();
         assert!(err.to_string().contains("gateway_url"), "{err}");
 
         let mut long = config.clone();

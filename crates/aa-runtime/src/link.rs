@@ -11,6 +11,9 @@ use aa_proto::encoded::EncodedAppendEventsRequest;
 use aa_proto::pb;
 use aa_proto::pb::ErrorCode;
 use tokio::sync::{Notify, watch};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::bundle::Compiled;
@@ -29,10 +32,29 @@ const FORWARD_LINGER: Duration = Duration::from_millis(10);
 const BUNDLE_KEY: &str = "bundle";
 const SUSPENSIONS_KEY: &str = "suspensions";
 
-/// Clients of the gateway's services over one lazily connected channel.
+/// Clients of the gateway's services over one lazily connected channel, each call carrying
+/// the runtime token.
 #[derive(Debug, Clone)]
 pub struct GatewayLink {
-    channel: Channel,
+    channel: Authed,
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+/// Puts `authorization: Bearer <runtime token>` on a call.
+#[derive(Debug, Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
 }
 
 /// A unary call's answer, or the gateway's refusal in the runtime's terms.
@@ -58,8 +80,14 @@ fn refusal(status: &tonic::Status) -> Refusal {
 }
 
 impl GatewayLink {
-    /// A link to `url`; nothing is dialled until the first call.
-    pub fn new(url: &str, timeout: Duration) -> Result<GatewayLink, RuntimeError> {
+    /// A link to `url`, presenting `token`; nothing is dialled until the first call.
+    pub fn new(url: &str, token: &str, timeout: Duration) -> Result<GatewayLink, RuntimeError> {
+        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| {
+            RuntimeError::Config {
+                field: "gateway_token",
+                message: e.to_string(),
+            }
+        })?;
         let channel = Endpoint::from_shared(url.to_owned())
             .map_err(|e| RuntimeError::Config {
                 field: "gateway_url",
@@ -73,10 +101,12 @@ impl GatewayLink {
             .keep_alive_timeout(KEEPALIVE)
             .keep_alive_while_idle(true)
             .connect_lazy();
-        Ok(GatewayLink { channel })
+        Ok(GatewayLink {
+            channel: InterceptedService::new(channel, Bearer(bearer)),
+        })
     }
 
-    fn agents(&self) -> pb::agent_service_client::AgentServiceClient<Channel> {
+    fn agents(&self) -> pb::agent_service_client::AgentServiceClient<Authed> {
         pb::agent_service_client::AgentServiceClient::new(self.channel.clone())
     }
 
@@ -115,7 +145,7 @@ impl GatewayLink {
         unary(self.agents().reserve_budget(request)).await
     }
 
-    fn approvals(&self) -> pb::approval_service_client::ApprovalServiceClient<Channel> {
+    fn approvals(&self) -> pb::approval_service_client::ApprovalServiceClient<Authed> {
         pb::approval_service_client::ApprovalServiceClient::new(self.channel.clone())
     }
 

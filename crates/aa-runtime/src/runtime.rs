@@ -1313,8 +1313,9 @@ mod tests {
     ) -> (Runtime, crate::pipeline::Queue) {
         let outbox = Arc::new(Outbox::open(&dir.join("outbox.db")).unwrap());
         let (jobs, queue) = crate::pipeline::queue(capacity);
-        let link = GatewayLink::new("http://127.0.0.1:9", Duration::from_secs(1)).unwrap();
-        let config = RuntimeConfig::new(dir, "http://127.0.0.1:9");
+        let link = GatewayLink::new("http://127.0.0.1:9", "token", Duration::from_secs(1)).unwrap();
+        let mut config = RuntimeConfig::new(dir, "http://127.0.0.1:9");
+        config.gateway_token = "token".into();
         let health = Arc::new(OutboxHealth::default());
         let scanner = Arc::new(CurrentScanner::new(Arc::new(
             aa_security::Scanner::new().unwrap(),

@@ -80,7 +80,11 @@ pub async fn run(
     let scanner = Arc::new(CurrentScanner::new(Arc::new(
         Scanner::new().map_err(|e| RuntimeError::Setup(e.to_string()))?,
     )));
-    let link = GatewayLink::new(&config.gateway_url, config.gateway_timeout)?;
+    let link = GatewayLink::new(
+        &config.gateway_url,
+        &config.gateway_token,
+        config.gateway_timeout,
+    )?;
     let written = Arc::new(Notify::new());
     let (jobs_tx, jobs_rx) = pipeline::queue(4096);
     let outbox_health = Arc::new(OutboxHealth::default());
@@ -112,8 +116,13 @@ pub async fn run(
         stop_rx.clone(),
     ));
     // A channel of its own, whose worker runs in the background too.
-    let forward_link =
-        background.within(|| GatewayLink::new(&config.gateway_url, config.gateway_timeout))?;
+    let forward_link = background.within(|| {
+        GatewayLink::new(
+            &config.gateway_url,
+            &config.gateway_token,
+            config.gateway_timeout,
+        )
+    })?;
     let forwarder = background.spawn(link::forward(
         Arc::clone(&outbox),
         forward_link,

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 
 use aa_bench::stack::Stack;
 use aa_cli::up::{GatewayHandle, RuntimeHandle, RuntimeSettings, Up};
-use aa_runtime::RuntimeConfig;
 
 use crate::governed::{
     AWS_KEY, check_frame, client, data, decide, decision_of, eventually, options, register, shell,
@@ -127,6 +126,64 @@ fn exported(state: &Path) -> String {
     ]);
     assert!(out.status.success());
     stdout(&out)
+}
+
+/// A process that dials the gateway's gRPC port itself, past its runtime, is refused every
+/// call before its request is read: it cannot append to the audit log, register an agent or
+/// read the policy. The runtime's calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_refuses_a_process_that_dials_it_past_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (up, c, bot) = start_bot(dir.path(), &state).await;
+    let url = up.gateway.url();
+    let refused = |status: tonic::Status| {
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("runtime token"), "{status:?}");
+    };
+    let mut audit = pb::audit_service_client::AuditServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    let events = vec![forged_event(
+        0,
+        json!({ "mark": "dialled past the runtime" }),
+    )];
+    refused(
+        audit
+            .append_events(pb::AppendEventsRequest { events })
+            .await
+            .unwrap_err(),
+    );
+    let mut agents = pb::agent_service_client::AgentServiceClient::connect(url.clone())
+        .await
+        .unwrap();
+    refused(
+        agents
+            .register(pb::RegisterRequest::default())
+            .await
+            .unwrap_err(),
+    );
+    let mut policies = pb::policy_service_client::PolicyServiceClient::connect(url)
+        .await
+        .unwrap();
+    refused(
+        policies
+            .watch_bundle(pb::WatchBundleRequest::default())
+            .await
+            .unwrap_err(),
+    );
+
+    assert_eq!(
+        decide(&c, &bot, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    up.stop().await.unwrap();
+    let log = exported(&state);
+    assert!(
+        log.contains("\"command\":\"ls\""),
+        "the bot's check is stored"
+    );
+    assert!(!log.contains("dialled past the runtime"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -446,7 +503,7 @@ async fn resource_attacks_cost_the_attacker_their_connection_and_nobody_else_any
     let gateway = GatewayHandle::start(options(&dir.path().join("gateway"), vec![data()]))
         .await
         .unwrap();
-    let mut config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    let mut config = gateway.runtime_config(dir.path().join("runtime"));
     config.frame_timeout = Duration::from_secs(1);
     config.max_connections = 40;
     let runtime = RuntimeHandle::start(config).unwrap();

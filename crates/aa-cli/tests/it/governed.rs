@@ -13,7 +13,6 @@ use aa_core::{Action, Decision, EventKind, Mode};
 use aa_gateway::{GatewayConfig, NewEvent, SqliteStore, Store};
 use aa_proto::frame::{FrameDecoder, encode};
 use aa_proto::pb;
-use aa_runtime::RuntimeConfig;
 use aa_sdk_client::{Agent, AgentSpec, CheckOutcome, Client, ClientConfig, ClientError, Report};
 use serde_json::json;
 
@@ -64,7 +63,7 @@ pub(crate) fn runtime_with_client(
     name: &str,
     gateway: &GatewayHandle,
 ) -> (RuntimeHandle, Client) {
-    let runtime = RuntimeHandle::start(RuntimeConfig::new(dir.join(name), gateway.url())).unwrap();
+    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.join(name))).unwrap();
     let c = client(
         &dir.join(format!("sdk-{name}")),
         &runtime.socket,
@@ -355,7 +354,7 @@ async fn outages_buffer_events_and_lose_none() {
     let mut gw_options = options(&state, vec![data()]);
     gw_options.grpc = free_port();
     let gateway = GatewayHandle::start(gw_options.clone()).await.unwrap();
-    let runtime_config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    let runtime_config = gateway.runtime_config(dir.path().join("runtime"));
     let runtime = RuntimeHandle::start(runtime_config.clone()).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
     let agent = register(&c, "bot", None).await;
@@ -489,11 +488,7 @@ async fn a_gateway_restored_from_a_backup_is_sent_again_what_it_lost() {
     let mut gw_options = options(&state, vec![data()]);
     gw_options.grpc = free_port();
     let gateway = GatewayHandle::start(gw_options.clone()).await.unwrap();
-    let runtime = RuntimeHandle::start(RuntimeConfig::new(
-        dir.path().join("runtime"),
-        gateway.url(),
-    ))
-    .unwrap();
+    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("runtime"))).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
     let agent = register(&c, "bot", None).await;
     let stored = async |gateway: &GatewayHandle, n: u64| {
@@ -572,7 +567,7 @@ async fn blocking_checks_decide_as_awaited_ones_and_fail_closed() {
     let gateway = GatewayHandle::start(options(&state, vec![data()]))
         .await
         .unwrap();
-    let runtime_config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    let runtime_config = gateway.runtime_config(dir.path().join("runtime"));
     let runtime = RuntimeHandle::start(runtime_config.clone()).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
     let enforced = register(&c, "enforced", None).await;
@@ -1340,7 +1335,7 @@ async fn a_uid_the_runtime_does_not_serve_is_refused() {
     let gateway = GatewayHandle::start(options(&dir.path().join("state"), vec![data()]))
         .await
         .unwrap();
-    let mut config = RuntimeConfig::new(dir.path().join("runtime"), gateway.url());
+    let mut config = gateway.runtime_config(dir.path().join("runtime"));
     let own_uid = std::fs::metadata(dir.path())
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .unwrap();
@@ -1429,11 +1424,27 @@ fn aasm_up_names_a_bad_socket_limit_before_starting_its_gateway() {
 }
 
 /// `aasm runtime` takes its socket's limits from flags, validated before anything is bound:
-/// a bad value exits 2 naming the setting.
+/// a bad value exits 2 naming the setting. Without the gateway's runtime token it does not
+/// start either.
 #[test]
 fn aasm_runtime_names_a_bad_socket_limit() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().to_str().unwrap();
+    let out = crate::aasm(&[
+        "runtime",
+        "--state-dir",
+        state,
+        "--gateway",
+        "http://127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        crate::stderr(&out).contains("no runtime token")
+            && crate::stderr(&out).contains("--gateway-token-file"),
+        "{}",
+        crate::stderr(&out)
+    );
+    std::fs::write(aa_cli::up::runtime_token_file(dir.path()), "0123abcd\n").unwrap();
     for (flag, value, named) in [
         (
             "--max-connections",

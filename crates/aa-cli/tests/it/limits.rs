@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use aa_cli::up::{GatewayHandle, RuntimeHandle};
 use aa_core::{Decision, Mode};
-use aa_runtime::RuntimeConfig;
 use aa_sdk_client::AgentSpec;
 use serde_json::json;
 
@@ -23,8 +22,7 @@ async fn a_per_agent_limit_is_hit_and_recovers() {
     let gateway = GatewayHandle::start(options(&dir.path().join("state"), vec![policy()]))
         .await
         .unwrap();
-    let runtime =
-        RuntimeHandle::start(RuntimeConfig::new(dir.path().join("rt"), gateway.url())).unwrap();
+    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("rt"))).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
     let bot = crate::governed::register(&c, "bot", None).await;
     // A burst up to the limit goes through at once.

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use aa_cli::up::{GatewayHandle, RuntimeHandle};
 use aa_core::{Decision, EdgeKind, Mode, TopologyEdge};
-use aa_runtime::RuntimeConfig;
 use aa_sdk_client::{Agent, AgentSpec, Client};
 use serde_json::{Value, json};
 
@@ -60,8 +59,7 @@ async fn a_grandchild_is_denied_what_the_root_lacks() {
     let gateway = GatewayHandle::start(options(&state, vec![policy()]))
         .await
         .unwrap();
-    let runtime =
-        RuntimeHandle::start(RuntimeConfig::new(dir.path().join("rt"), gateway.url())).unwrap();
+    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("rt"))).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
     let root = spawn(&c, "root", "sandbox", None).await;
     let child = spawn(&c, "child", "builders", Some("root")).await;
@@ -289,7 +287,7 @@ async fn a_restarted_runtime_keeps_a_suspension_while_the_gateway_is_away() {
     let gateway = GatewayHandle::start(options(&state, vec![policy()]))
         .await
         .unwrap();
-    let config = RuntimeConfig::new(dir.path().join("rt"), gateway.url());
+    let config = gateway.runtime_config(dir.path().join("rt"));
     let runtime = RuntimeHandle::start(config.clone()).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
     let bot = spawn(&c, "bot", "builders", None).await;

@@ -57,7 +57,11 @@ fn appends_threads() -> HashMap<String, (u64, u32)> {
 
 #[tokio::test]
 async fn a_served_gateway_checks_and_stores_appends_on_idle_threads() {
-    let gw = Arc::new(gateway(GatewayConfig::default()));
+    let gw = Arc::new(gateway(GatewayConfig {
+        runtime_token: Some("runtime-secret".into()),
+        admin_token: Some("admin-secret".into()),
+        ..GatewayConfig::default()
+    }));
     let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", grpc.local_addr().unwrap());
@@ -74,9 +78,27 @@ async fn a_served_gateway_checks_and_stores_appends_on_idle_threads() {
     let events: Vec<pb::AuditEvent> = (1..=1_000)
         .map(|n| (&event_in("rt-idle", n, &format!("{text} #{n}"))).into())
         .collect();
+    let request = |token: Option<&str>, events: Vec<pb::AuditEvent>| {
+        let mut request = tonic::Request::new(pb::AppendEventsRequest { events });
+        if let Some(token) = token {
+            let value = format!("Bearer {token}").parse().unwrap();
+            request.metadata_mut().insert("authorization", value);
+        }
+        request
+    };
+    // Only a runtime (or an operator) appends: an agent's process that dials the port is
+    // refused before its batch is read.
+    for token in [None, Some("guess")] {
+        let refused = client
+            .append_events(request(token, events.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+    assert!(gw.store().heads().await.unwrap().is_empty());
     let before = appends_threads();
     let answer = client
-        .append_events(pb::AppendEventsRequest { events })
+        .append_events(request(Some("runtime-secret"), events))
         .await
         .unwrap()
         .into_inner();
@@ -95,7 +117,15 @@ async fn a_served_gateway_checks_and_stores_appends_on_idle_threads() {
     // Idle, they would have spent nothing: checking a thousand events takes milliseconds.
     assert!(worked > 1_000_000, "the appends threads worked {worked} ns");
 
+    let next = vec![(&event_in("rt-idle", 1_001, "one more")).into()];
+    let by_operator = client
+        .append_events(request(Some("admin-secret"), next))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_operator.accepted, 1);
+
     let _ = stop.send(());
     served.await.unwrap().unwrap();
-    assert_eq!(gw.store().heads().await.unwrap()[0].sequence, 1_000);
+    assert_eq!(gw.store().heads().await.unwrap()[0].sequence, 1_001);
 }
