@@ -1020,6 +1020,25 @@ pub(crate) const RULES: &[RuleDef] = &[
         before: 8,
         after: 16,
     },
+    // Spaced or undashed, nine digits are an SSN only where a label says so.
+    gated(
+        window(
+            rule(
+                "us-ssn-labelled",
+                "ssn",
+                High,
+                &["ssn", "social"],
+                concat!(
+                    r"(?i)(?:^|[^A-Za-z0-9])(?:[a-z0-9]+_)?(?:ssn|social[ _\-]?security)",
+                    r"(?:[ _\-]?(?:number|num|no))?\W{0,4}(?:is\W{1,3})?",
+                    r"([0-9]{3} ?[0-9]{2} ?[0-9]{4})(?:[^0-9A-Za-z_\-]|$)"
+                ),
+            ),
+            24,
+            48,
+        ),
+        Gate::Ssn,
+    ),
     RuleDef {
         id: "payment-card",
         kind: "payment_card",
