@@ -254,6 +254,27 @@ pub(crate) const RULES: &[RuleDef] = &[
         &["gldt-"],
         concat!(r"\b(gldt-[A-Za-z0-9_\-]{20,})", end!()),
     ),
+    rule(
+        "gitlab-other-token",
+        "gitlab_token",
+        High,
+        // Feed, incoming mail, SCIM, feature flag client, agent, OAuth application and CI job
+        // tokens.
+        &[
+            "glft-", "glimt-", "glsoat-", "glffct-", "glagent-", "gloas-", "glcbt-",
+        ],
+        concat!(
+            r"\b((?:glft|glimt|glsoat|glffct|glagent|gloas|glcbt)-[A-Za-z0-9_\-]{20,})",
+            end!()
+        ),
+    ),
+    rule(
+        "gitlab-runner-registration-token",
+        "gitlab_token",
+        High,
+        &["gr1348941"],
+        concat!(r"\b(GR1348941[A-Za-z0-9_\-]{20,})", end!()),
+    ),
     // ---- Slack ----
     rule(
         "slack-bot-token",
@@ -291,6 +312,14 @@ pub(crate) const RULES: &[RuleDef] = &[
         High,
         &["xoxa-", "xoxo-", "xoxr-", "xoxs-"],
         concat!(r"\b(xox[aors]-[0-9]{9,13}-[A-Za-z0-9\-]{10,})", end!()),
+    ),
+    rule(
+        "slack-config-token",
+        "slack_token",
+        High,
+        // App configuration access tokens (xoxe.xoxp-1-…) and their refresh tokens (xoxe-1-…).
+        &["xoxe-", "xoxe.xox"],
+        concat!(r"\b(xoxe(?:\.xox[bp])?-1-[A-Za-z0-9\-]{60,})", end!()),
     ),
     rule(
         "slack-webhook-url",
