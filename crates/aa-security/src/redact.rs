@@ -237,7 +237,7 @@ pub(crate) fn receipts_of(input: &[u8], findings: Vec<Finding>) -> Vec<Redaction
         .filter_map(|f| {
             let secret = input.get(f.start..f.end)?;
             Some(RedactionReceipt {
-                sha256_prefix: digest_prefix(secret),
+                sha256_prefix: f.digest.unwrap_or_else(|| digest_prefix(secret)),
                 rule_id: f.rule_id,
                 kind: f.kind,
                 field: String::new(),

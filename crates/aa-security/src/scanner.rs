@@ -12,7 +12,7 @@ use crate::error::SecurityError;
 use crate::gates;
 use crate::keywords::Keywords;
 use crate::normalize::normalize;
-use crate::redact::Labelled;
+use crate::redact::{Labelled, digest_prefix};
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger, is_personal_data};
 use crate::runs::{self, DigitRun};
 
@@ -54,6 +54,10 @@ pub struct Finding {
     pub(crate) order: usize,
     /// For a finding in a decoded segment: how many findings the decoded text held.
     pub(crate) inner: usize,
+    /// The receipt's digest prefix, when the secret is not the span's text as written: it
+    /// was found decoded, or normalised (a fullwidth or zero-width-split key). A known leaked
+    /// value is then recognised by its receipt however it was disguised.
+    pub(crate) digest: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -290,6 +294,13 @@ impl Scanner {
                 let mut inner = Vec::new();
                 self.scan_layer(&segment.decoded, depth + 1, &mut inner);
                 if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
+                    let digest = strongest.digest.clone().unwrap_or_else(|| {
+                        let secret = segment
+                            .decoded
+                            .as_bytes()
+                            .get(strongest.start..strongest.end);
+                        digest_prefix(secret.unwrap_or_default())
+                    });
                     found.push(Finding {
                         rule_id: strongest.rule_id.clone(),
                         kind: strongest.kind.clone(),
@@ -299,12 +310,17 @@ impl Scanner {
                         encoding: Some(segment.encoding),
                         order: strongest.order,
                         inner: inner.len(),
+                        digest: Some(digest),
                     });
                 }
             }
         }
-        if let Some(n) = normalized {
+        if let Some(n) = &normalized {
             for f in &mut found {
+                if f.digest.is_none() {
+                    let secret = n.text.as_bytes().get(f.start..f.end).unwrap_or_default();
+                    f.digest = Some(digest_prefix(secret));
+                }
                 (f.start, f.end) = n.original_span(text, f.start, f.end);
             }
         }
@@ -493,6 +509,7 @@ impl Scanner {
                     encoding: None,
                     order,
                     inner: 0,
+                    digest: None,
                 });
             }
         }

@@ -105,6 +105,38 @@ fn fullwidth_forms_fold_to_ascii() {
     assert_eq!(redacted.text, "token [REDACTED:github_token] end");
 }
 
+/// A receipt's digest is the secret's, however it was written: a known leaked key is
+/// recognised by its receipts encoded, percent-encoded, split by an invisible character or in
+/// fullwidth forms, as it is plain.
+#[test]
+fn receipts_carry_the_digest_of_the_secret_not_of_its_disguise() {
+    let digest = |text: &str| {
+        let receipts = SCANNER.redact(text).receipts;
+        assert_eq!(receipts.len(), 1, "{text}");
+        receipts[0].sha256_prefix.clone()
+    };
+    let plain = digest(&format!("token {TOKEN} end"));
+    let (head, tail) = TOKEN.split_at(10);
+    let fullwidth: String = TOKEN
+        .chars()
+        .map(|c| char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap())
+        .collect();
+    let percent: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+    for disguised in [
+        STANDARD.encode(format!("GITHUB_TOKEN={TOKEN}")),
+        STANDARD.encode(STANDARD.encode(TOKEN)),
+        percent,
+        format!("{head}\u{200B}{tail}"),
+        fullwidth,
+    ] {
+        assert_eq!(
+            digest(&format!("payload: {disguised} (end)")),
+            plain,
+            "{disguised}"
+        );
+    }
+}
+
 #[test]
 fn escaped_private_key_in_a_service_account_json() {
     let key = "-----BEGIN PRIVATE KEY-----\\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\\nMzEfYyjiWA4R4/M2bS1GB4t7NXp98C3SC6dVMvDuictGeurT8jNbvJZHtCSuYEvu\\n-----END PRIVATE KEY-----\\n";
