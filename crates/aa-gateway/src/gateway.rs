@@ -91,6 +91,18 @@ pub enum Registered {
     },
 }
 
+/// A credential token that stopped working before its expiry: superseded by a new
+/// registration of its agent, or revoked by deregistration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedToken {
+    /// Whose.
+    pub agent_id: String,
+    /// Its `token_id` claim.
+    pub token_id: String,
+    /// By when it expires anyway (at the latest), milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
+}
+
 /// A credential token and what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -149,6 +161,8 @@ pub struct Gateway<S> {
     pub(crate) approval_epoch: watch::Sender<u64>,
     /// Bumped on every suspension change, so runtimes get the new set.
     pub(crate) suspension_epoch: watch::Sender<u64>,
+    /// Tokens revoked before their expiry, and not yet expired, for runtimes to refuse.
+    revoked: watch::Sender<Vec<RevokedToken>>,
     /// Team-wide call-rate limits.
     pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
@@ -204,6 +218,7 @@ impl<S: Store> Gateway<S> {
             closing: watch::Sender::new(false),
             approval_epoch: watch::Sender::new(0),
             suspension_epoch: watch::Sender::new(0),
+            revoked: watch::Sender::new(Vec::new()),
             team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
             heads: Mutex::new(HashMap::new()),
@@ -349,6 +364,10 @@ impl<S: Store> Gateway<S> {
             token_id: credential.claims.token_id.clone(),
         };
         self.store.put_agent(agent.clone()).await?;
+        // The token it held until now, through whichever runtime, is superseded.
+        if let Some(previous) = existing.filter(|a| !a.token_id.is_empty()) {
+            self.revoke(&previous.agent_id, &previous.token_id);
+        }
         bump(&self.metrics.registrations, 1);
         Ok(Registered::Issued {
             credential,
@@ -463,9 +482,32 @@ impl<S: Store> Gateway<S> {
     /// Revokes the agent's token; it must register again to act.
     pub async fn deregister(&self, agent_id: &str, token: &str) -> Result<(), GatewayError> {
         let mut record = self.authenticate(agent_id, token).await?;
-        record.token_id = String::new();
+        let token_id = std::mem::take(&mut record.token_id);
         record.last_seen_ms = now_ms();
-        self.store.put_agent(record).await
+        self.store.put_agent(record).await?;
+        self.revoke(agent_id, &token_id);
+        Ok(())
+    }
+
+    /// Adds a token to the revoked set (dropping those expired since), for every runtime to
+    /// refuse at once. Kept in memory: a runtime connected when it changes applies it for good.
+    fn revoke(&self, agent_id: &str, token_id: &str) {
+        let now = now_ms();
+        let ttl = i64::try_from(self.config.token_ttl.as_millis()).unwrap_or(i64::MAX);
+        let token = RevokedToken {
+            agent_id: agent_id.to_owned(),
+            token_id: token_id.to_owned(),
+            expires_at_ms: now.saturating_add(ttl),
+        };
+        self.revoked.send_modify(|set| {
+            set.retain(|t| t.expires_at_ms > now);
+            set.push(token);
+        });
+    }
+
+    /// The tokens revoked before their expiry: the set now, and each change.
+    pub fn revocations(&self) -> watch::Receiver<Vec<RevokedToken>> {
+        self.revoked.subscribe()
     }
 
     /// Appends events from runtimes. Each must carry its origin (stream and sequence); runs of

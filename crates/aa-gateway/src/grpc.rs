@@ -123,10 +123,44 @@ fn expires(credential: &Credential) -> Option<prost_types::Timestamp> {
 }
 
 type SuspensionStream = Pin<Box<dyn Stream<Item = Result<pb::Suspensions, Status>> + Send>>;
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::Revocations, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
     type WatchSuspensionsStream = SuspensionStream;
+    type WatchRevocationsStream = RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        _request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let mut changes = self.gateway.revocations();
+        let closed = self.gateway.closed();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            tokio::pin!(closed);
+            loop {
+                let tokens = changes
+                    .borrow_and_update()
+                    .iter()
+                    .map(|t| pb::RevokedToken {
+                        agent_id: t.agent_id.clone(),
+                        token_id: t.token_id.clone(),
+                        expires_at: Some(timestamp(t.expires_at_ms)),
+                    })
+                    .collect();
+                if tx.send(Ok(pb::Revocations { tokens })).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    () = &mut closed => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
 
     async fn watch_suspensions(
         &self,

@@ -18,4 +18,4 @@ pub mod token;
 
 pub use error::IdentityError;
 pub use key::{CHALLENGE_BYTES, Keypair, PublicKey, challenge};
-pub use token::{Claims, issue, same_secret, verify};
+pub use token::{Claims, issue, same_secret, unverified_claims, verify};

@@ -225,12 +225,35 @@ pub(crate) fn restore(runtime: &Runtime) {
     }
 }
 
-/// Follows the gateway's policy bundle and suspensions until `stop`.
+/// Follows the gateway's policy bundle, suspensions and revoked tokens until `stop`.
 pub(crate) async fn watch(runtime: Arc<Runtime>, link: GatewayLink, stop: watch::Receiver<bool>) {
     tokio::join!(
         watch_bundles(Arc::clone(&runtime), link.clone(), stop.clone()),
-        watch_suspensions(runtime, link, stop),
+        watch_suspensions(Arc::clone(&runtime), link.clone(), stop.clone()),
+        watch_revocations(runtime, link, stop),
     );
+}
+
+/// Each set of revoked tokens ends the sessions that hold one (which persists: the sessions
+/// are removed from the database too).
+async fn watch_revocations(runtime: Arc<Runtime>, link: GatewayLink, stop: watch::Receiver<bool>) {
+    let open = || {
+        let mut client = link.agents();
+        async move {
+            client
+                .watch_revocations(pb::WatchRevocationsRequest {})
+                .await
+        }
+    };
+    let apply = |wire: pb::Revocations| {
+        let revoked: Vec<(String, String)> = wire
+            .tokens
+            .into_iter()
+            .map(|t| (t.agent_id, t.token_id))
+            .collect();
+        runtime.drop_revoked(&revoked);
+    };
+    follow(stop, open, apply).await;
 }
 
 /// Keeps a server stream open until `stop`: `open` starts it, `apply` takes each message. A

@@ -272,6 +272,31 @@ impl Runtime {
         }
     }
 
+    /// Ends the sessions whose token the gateway revoked before its expiry (`(agent id,
+    /// token id)` pairs): superseded by a registration through another runtime, or
+    /// deregistered. Their agents must register again here.
+    pub(crate) fn drop_revoked(&self, revoked: &[(String, String)]) {
+        let ended: Vec<&str> = {
+            let Ok(sessions) = self.sessions.read() else {
+                return;
+            };
+            revoked
+                .iter()
+                .filter(|(agent_id, token_id)| {
+                    sessions.get(agent_id).is_some_and(|s| {
+                        aa_identity::unverified_claims(&s.token)
+                            .is_ok_and(|claims| claims.token_id == *token_id)
+                    })
+                })
+                .map(|(agent_id, _)| agent_id.as_str())
+                .collect()
+        };
+        for agent_id in ended {
+            tracing::info!(agent = %agent_id, "session ended: its token was revoked at the gateway");
+            self.drop_session(agent_id);
+        }
+    }
+
     /// Why the session's agent is stopped, if it is. A poisoned table stops everyone: the
     /// kill switch must not fail open.
     fn suspended(&self, session: &Session) -> Option<String> {

@@ -643,6 +643,67 @@ pub(crate) fn file_text(path: &Path) -> String {
     text
 }
 
+/// A token superseded through one runtime stops working on another at once, not at its
+/// expiry: an agent that registers again through runtime b loses the session it held on
+/// runtime a, and the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_superseded_through_another_runtime_stops_working_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = GatewayHandle::start(options(&dir.path().join("state"), vec![data()]))
+        .await
+        .unwrap();
+    let a = RuntimeHandle::start(gateway.runtime_config(dir.path().join("a"))).unwrap();
+    let b = RuntimeHandle::start(gateway.runtime_config(dir.path().join("b"))).unwrap();
+    // One key directory: the same agent, through two runtimes.
+    let on_a = client(dir.path(), &a.socket, Mode::Enforce);
+    let on_b = client(dir.path(), &b.socket, Mode::Enforce);
+    let revoked_on = async |c: &Client, agent: &Agent| {
+        eventually(Duration::from_secs(2), async || {
+            let outcome = decide(c, agent, shell("ls")).await;
+            outcome.verdict.decision == Decision::Deny
+                && outcome.verdict.rule == "credential"
+                && outcome
+                    .verdict
+                    .reason
+                    .contains("not registered with this runtime")
+        })
+        .await
+    };
+
+    let first = register(&on_a, "bot", None).await;
+    assert_eq!(
+        decide(&on_a, &first, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    let second = register(&on_b, "bot", None).await;
+    assert_eq!(
+        decide(&on_b, &second, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    assert!(
+        revoked_on(&on_a, &first).await,
+        "runtime a still takes the superseded token"
+    );
+
+    let third = register(&on_a, "bot", None).await;
+    assert_eq!(
+        decide(&on_a, &third, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    assert!(
+        revoked_on(&on_b, &second).await,
+        "runtime b still takes the superseded token"
+    );
+    // The current token is untouched: revocation ends only the sessions holding an old one.
+    assert_eq!(
+        decide(&on_a, &third, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
 /// `close()` ends a client and its clones: the call under way and every later one end with
 /// `Closed`, and its connection goes (the runtime, serving one at a time, takes another).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

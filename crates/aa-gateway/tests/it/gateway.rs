@@ -169,8 +169,31 @@ async fn heartbeat_supersedes_and_deregister_revokes() {
         "another gateway's token"
     );
 
-    gw.deregister("bot", &renewed).await.unwrap();
+    // Runtimes are told of tokens a registration supersedes or a deregistration revokes:
+    // another runtime may hold those. A renewed token only its own runtime held, and that
+    // runtime holds the new one now.
+    let revoked = gw.revocations();
+    let revoked_ids = || -> Vec<String> {
+        revoked
+            .borrow()
+            .iter()
+            .map(|t| format!("{}:{}", t.agent_id, t.token_id))
+            .collect()
+    };
+    let id = |token: &str| {
+        format!(
+            "bot:{}",
+            aa_identity::unverified_claims(token).unwrap().token_id
+        )
+    };
+    assert!(revoked_ids().is_empty());
+    let again = register(&gw, "bot", &key, None).await;
+    assert_eq!(revoked_ids(), [id(&renewed)]);
     assert!(gw.authenticate("bot", &renewed).await.is_err());
+
+    gw.deregister("bot", &again).await.unwrap();
+    assert!(gw.authenticate("bot", &again).await.is_err());
+    assert_eq!(revoked_ids(), [id(&renewed), id(&again)]);
 }
 
 #[tokio::test]
