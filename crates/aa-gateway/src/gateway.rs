@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::audit::Checkpoint;
 use crate::bundle::{Bundle, PolicyDocument};
 use crate::error::GatewayError;
-use crate::store::{AgentRecord, Appended, NewEvent, Store};
+use crate::store::{AgentRecord, Appended, NewEvent, RevokedToken, Store};
 
 /// Tunables, with defaults fit for production.
 #[derive(Debug, Clone)]
@@ -91,18 +91,6 @@ pub enum Registered {
     },
 }
 
-/// A credential token that stopped working before its expiry: superseded by a new
-/// registration of its agent, or revoked by deregistration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RevokedToken {
-    /// Whose.
-    pub agent_id: String,
-    /// Its `token_id` claim.
-    pub token_id: String,
-    /// By when it expires anyway (at the latest), milliseconds since the Unix epoch.
-    pub expires_at_ms: i64,
-}
-
 /// A credential token and what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -161,8 +149,8 @@ pub struct Gateway<S> {
     pub(crate) approval_epoch: watch::Sender<u64>,
     /// Bumped on every suspension change, so runtimes get the new set.
     pub(crate) suspension_epoch: watch::Sender<u64>,
-    /// Tokens revoked before their expiry, and not yet expired, for runtimes to refuse.
-    revoked: watch::Sender<Vec<RevokedToken>>,
+    /// Bumped on every token revoked before its expiry, so runtimes get the new set.
+    revocation_epoch: watch::Sender<u64>,
     /// Team-wide call-rate limits.
     pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
@@ -218,7 +206,7 @@ impl<S: Store> Gateway<S> {
             closing: watch::Sender::new(false),
             approval_epoch: watch::Sender::new(0),
             suspension_epoch: watch::Sender::new(0),
-            revoked: watch::Sender::new(Vec::new()),
+            revocation_epoch: watch::Sender::new(0),
             team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
             heads: Mutex::new(HashMap::new()),
@@ -366,7 +354,7 @@ impl<S: Store> Gateway<S> {
         self.store.put_agent(agent.clone()).await?;
         // The token it held until now, through whichever runtime, is superseded.
         if let Some(previous) = existing.filter(|a| !a.token_id.is_empty()) {
-            self.revoke(&previous.agent_id, &previous.token_id);
+            self.revoke(&previous.agent_id, &previous.token_id).await;
         }
         bump(&self.metrics.registrations, 1);
         Ok(Registered::Issued {
@@ -485,13 +473,15 @@ impl<S: Store> Gateway<S> {
         let token_id = std::mem::take(&mut record.token_id);
         record.last_seen_ms = now_ms();
         self.store.put_agent(record).await?;
-        self.revoke(agent_id, &token_id);
+        self.revoke(agent_id, &token_id).await;
         Ok(())
     }
 
-    /// Adds a token to the revoked set (dropping those expired since), for every runtime to
-    /// refuse at once. Kept in memory: a runtime connected when it changes applies it for good.
-    fn revoke(&self, agent_id: &str, token_id: &str) {
+    /// Stores a token as revoked until it would have expired, and tells every runtime. The
+    /// agent's record already names its new token (or none), which is what the gateway itself
+    /// checks; a revocation that cannot be stored is logged and leaves other runtimes taking
+    /// the old token until its expiry.
+    async fn revoke(&self, agent_id: &str, token_id: &str) {
         let now = now_ms();
         let ttl = i64::try_from(self.config.token_ttl.as_millis()).unwrap_or(i64::MAX);
         let token = RevokedToken {
@@ -499,15 +489,22 @@ impl<S: Store> Gateway<S> {
             token_id: token_id.to_owned(),
             expires_at_ms: now.saturating_add(ttl),
         };
-        self.revoked.send_modify(|set| {
-            set.retain(|t| t.expires_at_ms > now);
-            set.push(token);
-        });
+        match self.store.put_revoked(token, now).await {
+            Ok(()) => self
+                .revocation_epoch
+                .send_modify(|epoch| *epoch = epoch.wrapping_add(1)),
+            Err(error) => tracing::error!(%error, agent = %agent_id, "revoked token not stored"),
+        }
     }
 
-    /// The tokens revoked before their expiry: the set now, and each change.
-    pub fn revocations(&self) -> watch::Receiver<Vec<RevokedToken>> {
-        self.revoked.subscribe()
+    /// The tokens revoked before their expiry and not expired yet.
+    pub async fn revoked_tokens(&self) -> Result<Vec<RevokedToken>, GatewayError> {
+        self.store.revoked(now_ms()).await
+    }
+
+    /// Changes whenever a token is revoked, so watchers read the set again.
+    pub fn revocation_changes(&self) -> watch::Receiver<u64> {
+        self.revocation_epoch.subscribe()
     }
 
     /// Appends events from runtimes. Each must carry its origin (stream and sequence); runs of

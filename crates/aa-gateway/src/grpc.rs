@@ -134,21 +134,28 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
         &self,
         _request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let mut changes = self.gateway.revocations();
-        let closed = self.gateway.closed();
+        let gateway = Arc::clone(&self.gateway);
+        let mut changes = gateway.revocation_changes();
+        let closed = gateway.closed();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
             tokio::pin!(closed);
             loop {
-                let tokens = changes
-                    .borrow_and_update()
-                    .iter()
-                    .map(|t| pb::RevokedToken {
-                        agent_id: t.agent_id.clone(),
-                        token_id: t.token_id.clone(),
-                        expires_at: Some(timestamp(t.expires_at_ms)),
-                    })
-                    .collect();
+                changes.borrow_and_update();
+                let tokens = match gateway.revoked_tokens().await {
+                    Ok(tokens) => tokens
+                        .into_iter()
+                        .map(|t| pb::RevokedToken {
+                            agent_id: t.agent_id,
+                            token_id: t.token_id,
+                            expires_at: Some(timestamp(t.expires_at_ms)),
+                        })
+                        .collect(),
+                    Err(error) => {
+                        let _ = tx.send(Err(status(error))).await;
+                        return;
+                    }
+                };
                 if tx.send(Ok(pb::Revocations { tokens })).await.is_err() {
                     return;
                 }

@@ -44,12 +44,12 @@ pub use budgets::{
 };
 pub use bundle::{Bundle, PolicyDocument};
 pub use error::GatewayError;
-pub use gateway::{Credential, Gateway, GatewayConfig, Registered, RevokedToken};
+pub use gateway::{Credential, Gateway, GatewayConfig, Registered};
 pub use rates::{TeamLimit, TeamRate};
 pub use registry::{AgentView, SuspensionChange, Topology};
 pub use server::run;
 pub use sqlite::SqliteStore;
 pub use store::{
-    AgentRecord, Appended, CapCheck, ModelSpend, NewEvent, NewReservation, ReserveOutcome, Settled,
-    Store, Usage,
+    AgentRecord, Appended, CapCheck, ModelSpend, NewEvent, NewReservation, ReserveOutcome,
+    RevokedToken, Settled, Store, Usage,
 };

@@ -13,8 +13,8 @@ use crate::approvals::GATEWAY_STREAM;
 use crate::audit::{Checkpoint, GENESIS, Head, Record, hex, link_hash_of_canonical, unhex};
 use crate::error::GatewayError;
 use crate::store::{
-    AgentRecord, Appended, CapCheck, ModelSpend, NewEvent, NewReservation, ReserveOutcome, Settled,
-    Store, Usage,
+    AgentRecord, Appended, CapCheck, ModelSpend, NewEvent, NewReservation, ReserveOutcome,
+    RevokedToken, Settled, Store, Usage,
 };
 
 /// Each entry moves the schema one version up; never edit a released one, add another.
@@ -150,6 +150,16 @@ CREATE TABLE stream_heads (
 ) WITHOUT ROWID;
 INSERT INTO stream_heads (stream_id, sequence, hash)
     SELECT stream_id, MAX(sequence), hash FROM audit_records GROUP BY stream_id;
+"#,
+    // Tokens superseded or revoked before their expiry, for runtimes to refuse; kept until
+    // they would have expired, so a gateway restart forgets none.
+    r#"
+CREATE TABLE revoked_tokens (
+    token_id TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX revoked_tokens_by_expiry ON revoked_tokens (expires_at_ms);
 "#,
 ];
 
@@ -728,6 +738,44 @@ impl Store for SqliteStore {
             rows.iter()
                 .map(|text| serde_json::from_str(text).map_err(|_| corrupt("suspension record")))
                 .collect()
+        })
+        .await
+    }
+
+    async fn put_revoked(&self, token: RevokedToken, now_ms: i64) -> Result<(), GatewayError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM revoked_tokens WHERE expires_at_ms <= ?1",
+                params![now_ms],
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO revoked_tokens (token_id, agent_id, expires_at_ms)
+                 VALUES (?1, ?2, ?3)",
+                params![token.token_id, token.agent_id, token.expires_at_ms],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn revoked(&self, now_ms: i64) -> Result<Vec<RevokedToken>, GatewayError> {
+        self.with(move |conn| {
+            let mut statement = conn.prepare(
+                "SELECT agent_id, token_id, expires_at_ms FROM revoked_tokens
+                 WHERE expires_at_ms > ?1 ORDER BY agent_id, expires_at_ms",
+            )?;
+            let tokens = statement
+                .query_map(params![now_ms], |row| {
+                    Ok(RevokedToken {
+                        agent_id: row.get(0)?,
+                        token_id: row.get(1)?,
+                        expires_at_ms: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(tokens)
         })
         .await
     }

@@ -184,6 +184,18 @@ pub struct ModelSpend {
     pub listed_price: bool,
 }
 
+/// A credential token that stopped working before its expiry: superseded by a new
+/// registration of its agent, or revoked by deregistration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedToken {
+    /// Whose.
+    pub agent_id: String,
+    /// Its `token_id` claim.
+    pub token_id: String,
+    /// By when it expires anyway (at the latest), milliseconds since the Unix epoch.
+    pub expires_at_ms: i64,
+}
+
 /// Where the gateway keeps its state.
 pub trait Store: Send + Sync + 'static {
     /// Appends events to `stream_id` in one transaction: each event either is a duplicate (the
@@ -296,6 +308,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every suspension in force, by agent id.
     fn suspensions(&self) -> impl Future<Output = Result<Vec<Suspension>, GatewayError>> + Send;
+
+    /// Records a token revoked before its expiry, and forgets those expired by `now_ms`.
+    fn put_revoked(
+        &self,
+        token: RevokedToken,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
+
+    /// The tokens revoked and not yet expired at `now_ms`, by agent id.
+    fn revoked(
+        &self,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<Vec<RevokedToken>, GatewayError>> + Send;
 
     /// Records edges agents reported; an edge already known (same ends and kind) is kept as
     /// first seen.

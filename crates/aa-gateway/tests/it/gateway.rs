@@ -172,13 +172,17 @@ async fn heartbeat_supersedes_and_deregister_revokes() {
     // Runtimes are told of tokens a registration supersedes or a deregistration revokes:
     // another runtime may hold those. A renewed token only its own runtime held, and that
     // runtime holds the new one now.
-    let revoked = gw.revocations();
-    let revoked_ids = || -> Vec<String> {
-        revoked
-            .borrow()
-            .iter()
+    let mut changes = gw.revocation_changes();
+    let revoked_ids = async |gw: &Gateway<SqliteStore>| -> Vec<String> {
+        let mut ids: Vec<String> = gw
+            .revoked_tokens()
+            .await
+            .unwrap()
+            .into_iter()
             .map(|t| format!("{}:{}", t.agent_id, t.token_id))
-            .collect()
+            .collect();
+        ids.sort();
+        ids
     };
     let id = |token: &str| {
         format!(
@@ -186,14 +190,52 @@ async fn heartbeat_supersedes_and_deregister_revokes() {
             aa_identity::unverified_claims(token).unwrap().token_id
         )
     };
-    assert!(revoked_ids().is_empty());
+    assert!(revoked_ids(&gw).await.is_empty());
     let again = register(&gw, "bot", &key, None).await;
-    assert_eq!(revoked_ids(), [id(&renewed)]);
+    assert!(changes.has_changed().unwrap(), "watchers are woken");
+    changes.borrow_and_update();
+    assert_eq!(revoked_ids(&gw).await, [id(&renewed)]);
     assert!(gw.authenticate("bot", &renewed).await.is_err());
 
     gw.deregister("bot", &again).await.unwrap();
+    assert!(changes.has_changed().unwrap());
     assert!(gw.authenticate("bot", &again).await.is_err());
-    assert_eq!(revoked_ids(), [id(&renewed), id(&again)]);
+    let mut expected = [id(&renewed), id(&again)];
+    expected.sort();
+    assert_eq!(revoked_ids(&gw).await, expected);
+}
+
+/// Revoked tokens outlive a gateway restart (a runtime away meanwhile still learns of them),
+/// and are forgotten once they would have expired.
+#[tokio::test]
+async fn revoked_tokens_are_kept_until_they_would_have_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        Gateway::new(
+            SqliteStore::open(&dir.path().join("gateway.db")).unwrap(),
+            aa_identity::keyfile::load_or_create(&dir.path().join("gateway.key")).unwrap(),
+            documents(POLICY),
+            GatewayConfig {
+                token_ttl: Duration::from_secs(2),
+                ..GatewayConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let key = Keypair::generate().unwrap();
+    let gw = open();
+    let first = register(&gw, "bot", &key, None).await;
+    register(&gw, "bot", &key, None).await;
+    drop(gw);
+    let gw = open();
+    let revoked = gw.revoked_tokens().await.unwrap();
+    assert_eq!(revoked.len(), 1);
+    assert_eq!(
+        revoked[0].token_id,
+        aa_identity::unverified_claims(&first).unwrap().token_id
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(gw.revoked_tokens().await.unwrap().is_empty());
 }
 
 #[tokio::test]
