@@ -20,6 +20,7 @@ pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
         Gate::Iban => iban(secret),
         Gate::Ssn => ssn(secret),
         Gate::Phone => phone(secret),
+        Gate::NotPlaceholder => !is_placeholder(secret),
     }
 }
 
@@ -40,7 +41,7 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
         Gate::Ssn => digits >= 9 && shape.contains(&b'-') && !glued(text, run),
         Gate::Luhn => digits >= 13 && !glued(text, run),
         Gate::Iban => country_code_before(text, run) && longest_spaced_chain(shape) >= 8,
-        Gate::None | Gate::Entropy(_) => true,
+        Gate::None | Gate::Entropy(_) | Gate::NotPlaceholder => true,
     }
 }
 
@@ -178,7 +179,22 @@ fn is_decoy(v: &[u8]) -> bool {
     {
         return true;
     }
-    // placeholders and references, not values: ${VAR}, $VAR, {{x}}, <x>, %(x)s, xxx..., ***...
+    if is_placeholder(v) {
+        return true;
+    }
+    // identifiers in code: os.environ.get, process.env.X, settings.SECRET_KEY
+    if v.iter()
+        .all(|b| b.is_ascii_alphabetic() || b"._".contains(b))
+        && v.contains(&b'.')
+    {
+        return true;
+    }
+    false
+}
+
+/// Placeholders and references, not values: `${VAR}`, `$VAR`, `{{x}}`, `<x>`, `%(x)s`,
+/// `xxx...`, `***...`, `changeme`, `your_...`.
+fn is_placeholder(v: &[u8]) -> bool {
     if v.starts_with(b"$") || v.starts_with(b"{{") || v.starts_with(b"%(") || v.starts_with(b"<") {
         return true;
     }
@@ -197,21 +213,11 @@ fn is_decoy(v: &[u8]) -> bool {
         b"redacted",
     ];
     // The first byte compared alone first: a slice comparison is a call.
-    if PLACEHOLDERS.iter().any(|p| {
+    PLACEHOLDERS.iter().any(|p| {
         lower
             .windows(p.len())
             .any(|w| w.first() == p.first() && w == *p)
-    }) {
-        return true;
-    }
-    // identifiers in code: os.environ.get, process.env.X, settings.SECRET_KEY
-    if v.iter()
-        .all(|b| b.is_ascii_alphabetic() || b"._".contains(b))
-        && v.contains(&b'.')
-    {
-        return true;
-    }
-    false
+    })
 }
 
 fn is_uuid(v: &[u8]) -> bool {

@@ -55,6 +55,8 @@ pub(crate) enum Gate {
     Ssn,
     /// A phone number: 7 to 15 digits, not a date, version or other known shape.
     Phone,
+    /// Not a placeholder or a reference (`${VAR}`, `<password>`, `{{x}}`, `****`).
+    NotPlaceholder,
 }
 
 /// One built-in rule. Its window bounds how long a match can be, so patterns use open-ended
@@ -102,6 +104,24 @@ const fn assignment(mut r: RuleDef) -> RuleDef {
         r.trigger = Trigger::Assigned(words);
     }
     r
+}
+
+/// A database URL's password (group 1 of `pattern`), unless it is a placeholder: a URL in a
+/// template or a document names the password (`${DB_PASSWORD}`, `<password>`, `****`)
+/// rather than holding it.
+const fn database_url(
+    id: &'static str,
+    keywords: &'static [&'static str],
+    pattern: &'static str,
+) -> RuleDef {
+    gated(
+        window(
+            rule(id, "database_password", Critical, keywords, pattern),
+            4,
+            400,
+        ),
+        Gate::NotPlaceholder,
+    )
 }
 
 const fn window(mut r: RuleDef, before: usize, after: usize) -> RuleDef {
@@ -914,71 +934,35 @@ pub(crate) const RULES: &[RuleDef] = &[
         8300,
     ),
     // ---- Database URLs with passwords (the password is the secret) ----
-    window(
-        rule(
-            "database-url-postgres",
-            "database_password",
-            Critical,
-            &["postgres"],
-            r"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
-        ),
-        4,
-        400,
+    database_url(
+        "database-url-postgres",
+        &["postgres"],
+        r"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
     ),
-    window(
-        rule(
-            "database-url-mysql",
-            "database_password",
-            Critical,
-            &["mysql", "mariadb"],
-            r"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
-        ),
-        4,
-        400,
+    database_url(
+        "database-url-mysql",
+        &["mysql", "mariadb"],
+        r"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
     ),
-    window(
-        rule(
-            "database-url-mongodb",
-            "database_password",
-            Critical,
-            &["mongodb://", "mongodb+srv://"],
-            r"(?i)mongodb(?:\+srv)?://[^\s:/@]+:([^\s@/]+)@",
-        ),
-        4,
-        400,
+    database_url(
+        "database-url-mongodb",
+        &["mongodb://", "mongodb+srv://"],
+        r"(?i)mongodb(?:\+srv)?://[^\s:/@]+:([^\s@/]+)@",
     ),
-    window(
-        rule(
-            "database-url-redis",
-            "database_password",
-            Critical,
-            &["redis://", "rediss://"],
-            r"(?i)rediss?://[^\s:/@]*:([^\s@/]+)@",
-        ),
-        4,
-        400,
+    database_url(
+        "database-url-redis",
+        &["redis://", "rediss://"],
+        r"(?i)rediss?://[^\s:/@]*:([^\s@/]+)@",
     ),
-    window(
-        rule(
-            "database-url-amqp",
-            "database_password",
-            Critical,
-            &["amqp://", "amqps://"],
-            r"(?i)amqps?://[^\s:/@]+:([^\s@/]+)@",
-        ),
-        4,
-        400,
+    database_url(
+        "database-url-amqp",
+        &["amqp://", "amqps://"],
+        r"(?i)amqps?://[^\s:/@]+:([^\s@/]+)@",
     ),
-    window(
-        rule(
-            "database-url-mssql",
-            "database_password",
-            Critical,
-            &["sqlserver", "mssql"],
-            r"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
-        ),
-        4,
-        400,
+    database_url(
+        "database-url-mssql",
+        &["sqlserver", "mssql"],
+        r"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
     ),
     // ---- Generic assignments, gated by entropy ----
     assignment(gated(
