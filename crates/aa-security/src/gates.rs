@@ -195,7 +195,7 @@ fn is_decoy(v: &[u8]) -> bool {
 /// Placeholders and references, not values: `${VAR}`, `$VAR`, `{{x}}`, `<x>`, `%(x)s`,
 /// `xxx...`, `***...`, `changeme`, `your_...`.
 fn is_placeholder(v: &[u8]) -> bool {
-    if v.starts_with(b"$") || v.starts_with(b"{{") || v.starts_with(b"%(") || v.starts_with(b"<") {
+    if is_reference(v) || v.starts_with(b"{{") || v.starts_with(b"%(") || v.starts_with(b"<") {
         return true;
     }
     if v.iter().all(|&b| b == v[0]) {
@@ -218,6 +218,21 @@ fn is_placeholder(v: &[u8]) -> bool {
             .windows(p.len())
             .any(|w| w.first() == p.first() && w == *p)
     })
+}
+
+/// A shell or template variable standing whole for the value: `$VAR`, `${VAR}`, `${VAR:-x}`,
+/// `$(command)`, `$env:VAR`. A value that merely starts with `$` (`$3cr3t!`) is a value.
+fn is_reference(v: &[u8]) -> bool {
+    let Some(rest) = v.strip_prefix(b"$") else {
+        return false;
+    };
+    if rest.starts_with(b"{") || rest.starts_with(b"(") {
+        return rest.ends_with(b"}") || rest.ends_with(b")");
+    }
+    let name = rest.strip_prefix(b"env:").unwrap_or(rest);
+    name.first()
+        .is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_')
+        && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
 }
 
 fn is_uuid(v: &[u8]) -> bool {
@@ -394,6 +409,23 @@ mod tests {
             );
         }
         assert!(passes(Gate::Entropy(3.0), b"hQ7#vL2!pX9@mR4$", None));
+    }
+
+    #[test]
+    fn references_stand_whole_for_a_value() {
+        for reference in [
+            "$DB_PASSWORD",
+            "${DB_PASSWORD}",
+            "${DB_PASSWORD:-dev}",
+            "$(vault read -field=pw db)",
+            "$env:DB_PASSWORD",
+        ] {
+            assert!(is_placeholder(reference.as_bytes()), "{reference}");
+        }
+        for value in ["$3cr3t!Pw", "$ecretPa55!", "$x-y"] {
+            assert!(!is_reference(value.as_bytes()), "{value}");
+        }
+        assert!(passes(Gate::NotPlaceholder, b"$3cr3t!Pw", None));
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub(crate) enum Trigger {
     Assigned(&'static [&'static str]),
     /// A run of at least seven digits, possibly with separators (phone numbers, cards, ...).
     Digits,
+    /// Any of these lowercase literals, a label that makes personal data of a value that is
+    /// ambiguous alone (`SSN: 123456789`): matched as [`Keywords`](Trigger::Keywords), and
+    /// in a JSON document also when the label is the value's key (`{"ssn": "123456789"}`).
+    Label(&'static [&'static str]),
 }
 
 /// Extra checks on the secret after the regex matched.
@@ -99,6 +103,13 @@ const fn gated(mut r: RuleDef, gate: Gate) -> RuleDef {
     r
 }
 
+const fn labelled(mut r: RuleDef) -> RuleDef {
+    if let Trigger::Keywords(words) = r.trigger {
+        r.trigger = Trigger::Label(words);
+    }
+    r
+}
+
 const fn assignment(mut r: RuleDef) -> RuleDef {
     if let Trigger::Keywords(words) = r.trigger {
         r.trigger = Trigger::Assigned(words);
@@ -143,7 +154,8 @@ macro_rules! end {
 /// A PEM block labelled `$label` (group 1): whole, or cut off before its END line, as a
 /// truncated tool output leaves it, which still holds key material. Cut off, it runs from the
 /// BEGIN line over any header fields (`Proc-Type:`, `Version:`) and the base64 lines that
-/// follow, the first at least 40 characters long (so a placeholder is no key).
+/// follow, the first at least 40 characters long (so a placeholder is no key). Lines may be
+/// parted by white space or by escaped line breaks (`\n` in JSON text read raw).
 macro_rules! pem {
     ($label:literal) => {
         concat!(
@@ -151,7 +163,8 @@ macro_rules! pem {
             $label,
             r"-----(?:[\s\S]{32,}?-----END ",
             $label,
-            r"-----|(?:\s*[A-Za-z][A-Za-z-]*:[^\r\n]*)*\s*[A-Za-z0-9+/=]{40,}(?:\s*[A-Za-z0-9+/=]{16,})*))"
+            r"-----|(?:(?:\s|\\[rn])*[A-Za-z][A-Za-z-]*:[^\r\n\\]*)*(?:\s|\\[rn])*",
+            r"[A-Za-z0-9+/=]{40,}(?:(?:\s|\\[rn])*[A-Za-z0-9+/=]{16,})*))"
         )
     };
 }
@@ -1036,7 +1049,7 @@ pub(crate) const RULES: &[RuleDef] = &[
     // Spaced or undashed, nine digits are an SSN only where a label says so.
     gated(
         window(
-            rule(
+            labelled(rule(
                 "us-ssn-labelled",
                 "ssn",
                 High,
@@ -1046,7 +1059,7 @@ pub(crate) const RULES: &[RuleDef] = &[
                     r"(?:[ _\-]?(?:number|num|no))?\W{0,4}(?:is\W{1,3})?",
                     r"([0-9]{3} ?[0-9]{2} ?[0-9]{4})(?:[^0-9A-Za-z_\-]|$)"
                 ),
-            ),
+            )),
             24,
             48,
         ),

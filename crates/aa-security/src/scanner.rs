@@ -71,6 +71,8 @@ struct Rule {
     /// Matched from the operator of an assignment to a name around a keyword
     /// ([`Trigger::Assigned`]).
     assigned: bool,
+    /// Personal data a label names ([`Trigger::Label`]): found in a JSON value by its key.
+    labelled: bool,
     /// The fewest bytes the pattern matches.
     min_len: usize,
     before: usize,
@@ -110,7 +112,7 @@ impl Scanner {
             rules.push(compile(def)?);
             match def.trigger {
                 Trigger::Digits => digit_rules.push(index),
-                Trigger::Keywords(words) | Trigger::Assigned(words) => {
+                Trigger::Keywords(words) | Trigger::Assigned(words) | Trigger::Label(words) => {
                     for word in words {
                         match keyword_list.iter().position(|k| k == word) {
                             Some(k) => keyword_rules[k].push(index),
@@ -178,8 +180,9 @@ impl Scanner {
 
     /// The credentials in `value` when it is assigned to the name `key`, as a JSON object's
     /// string value is to its key: read as `"key": "value"` reads in the serialised document,
-    /// which a field-by-field scan never sees (`{"password": "..."}`). Only names holding a
-    /// keyword of an assignment rule are read this way. Spans are in `value`.
+    /// which a field-by-field scan never sees (`{"password": "..."}`), and the personal data
+    /// a key labels (`{"ssn": "..."}`). Only names holding a keyword of an assignment rule or
+    /// a label are read this way. Spans are in `value`.
     pub(crate) fn assigned(&self, key: &str, value: &str) -> Vec<Finding> {
         let mut names_a_secret = false;
         self.keywords.find(key.as_bytes(), |keyword, _, _| {
@@ -188,7 +191,11 @@ impl Scanner {
                 .get(keyword)
                 .into_iter()
                 .flatten()
-                .any(|&rule| self.rules.get(rule).is_some_and(|r| r.assigned));
+                .any(|&rule| {
+                    self.rules
+                        .get(rule)
+                        .is_some_and(|r| r.assigned || r.labelled)
+                });
         });
         if !names_a_secret {
             return Vec::new();
@@ -200,7 +207,12 @@ impl Scanner {
         line.push('"');
         self.scan(&line)
             .into_iter()
-            .filter(|f| start <= f.start && f.end <= end && !is_personal_data(&f.kind))
+            // Personal data the value holds alone is found in it alone; only what its key
+            // labels needs the key.
+            .filter(|f| {
+                let labelled = self.rules.get(f.order).is_some_and(|r| r.labelled);
+                start <= f.start && f.end <= end && (labelled || !is_personal_data(&f.kind))
+            })
             .map(|mut f| {
                 (f.start, f.end) = (f.start - start, f.end - start);
                 f
@@ -539,6 +551,7 @@ fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
         regex,
         gate: def.gate,
         assigned: matches!(def.trigger, Trigger::Assigned(_)),
+        labelled: matches!(def.trigger, Trigger::Label(_)),
         min_len: shortest_match(def.pattern, false),
         before: def.before,
         after: def.after,
@@ -571,6 +584,7 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
         regex,
         gate: Gate::None,
         assigned: false,
+        labelled: false,
         min_len: shortest_match(&pattern.regex, true),
         before: 0,
         after: 0,

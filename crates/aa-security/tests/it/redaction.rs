@@ -68,6 +68,26 @@ fn json_keys_and_values_are_redacted_with_paths() {
     assert_eq!(event["n"], 3);
 }
 
+/// Nine digits are an SSN only where a label says so; in a JSON document the label may be the
+/// value's key.
+#[test]
+fn a_key_that_labels_personal_data_makes_its_value_found() {
+    let mut record = json!({
+        "user_ssn": "219099999",
+        "SSN": "536 22 1914",
+        "order_id": "219099999",
+        "note": "SSN: 078051120"
+    });
+    let receipts = SCANNER.redact_json(&mut record, &Limits::default());
+    let mut fields: Vec<&str> = receipts.iter().map(|r| r.field.as_str()).collect();
+    fields.sort_unstable();
+    assert_eq!(fields, ["SSN", "note", "user_ssn"], "{receipts:?}");
+    assert_eq!(record["user_ssn"], "[REDACTED:ssn]");
+    assert_eq!(record["SSN"], "[REDACTED:ssn]");
+    assert_eq!(record["order_id"], "219099999");
+    assert_eq!(record["note"], "SSN: [REDACTED:ssn]");
+}
+
 #[test]
 fn oversized_fields_and_events_are_capped() {
     let limits = Limits {
