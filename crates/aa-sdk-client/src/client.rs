@@ -367,15 +367,15 @@ impl Client {
 
     /// Closes the client, and every clone of it: the connections to the runtime close, token
     /// renewals stop, calls under way end with [`ClientError::Closed`], and so does any call
-    /// made after. A blocking check under way on another thread is waited for. Dropping the
-    /// last clone does the same.
+    /// made after. A blocking check under way finishes and then closes its connection. It
+    /// never waits: it may be called from a signal handler run in the middle of a blocking
+    /// check on the same thread. Dropping the last clone does the same.
     pub fn close(&self) {
         self.runtime.stop();
-        let mut blocking = match self.shared.blocking.lock() {
-            Ok(blocking) => blocking,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        blocking.take();
+        // Free now, or the check holding it closes it when it is done.
+        if let Ok(mut blocking) = self.shared.blocking.try_lock() {
+            blocking.take();
+        }
     }
 
     /// Whether [`close`](Self::close) was called (on this client or a clone).
@@ -471,10 +471,14 @@ impl Client {
             }
         };
         let request = check_request(agent, &action, session_id);
-        match self
+        let answer = self
             .shared
-            .call_blocking(&mut connection, request, slice, interrupted)
-        {
+            .call_blocking(&mut connection, request, slice, interrupted);
+        // Closed meanwhile (perhaps by this very thread, from the interrupt check).
+        if self.is_closed() {
+            connection.take();
+        }
+        match answer {
             Err(ClientError::Interrupted) => Err(ClientError::Interrupted),
             answer => Ok(resolve_check(
                 mode,
@@ -923,9 +927,32 @@ mod tests {
         );
         assert_eq!(asked, 3);
         // Never interrupted, the wait ends at the timeout, which enforce resolves as a deny.
-        let timed_out = client.check_blocking(&agent, action, None).unwrap();
+        let timed_out = client.check_blocking(&agent, action.clone(), None).unwrap();
         assert!(timed_out.resolved_locally, "{timed_out:?}");
         assert_eq!(timed_out.verdict.decision, Decision::Deny);
         assert!(timed_out.verdict.reason.contains("did not answer within"));
+
+        // Closed from the interrupt check, as a signal handler would, on the checking thread:
+        // no deadlock; the check gives up and its connection goes; later checks are refused.
+        let closer = client.clone();
+        let closed_midway = client.check_blocking_until(
+            &agent,
+            action.clone(),
+            None,
+            Duration::from_millis(10),
+            &mut || {
+                closer.close();
+                true
+            },
+        );
+        assert!(
+            matches!(closed_midway, Err(ClientError::Interrupted)),
+            "{closed_midway:?}"
+        );
+        assert!(client.shared.blocking.lock().unwrap().is_none());
+        assert!(matches!(
+            client.check_blocking(&agent, action, None),
+            Err(ClientError::Closed)
+        ));
     }
 }
