@@ -210,8 +210,9 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
             match verified {
                 Ok(v) => {
                     println!(
-                        "ok: {} records in {} streams, {} checkpoints verified",
-                        v.records, v.streams, v.checkpoints
+                        "ok: {} records in {} streams, {} checkpoints verified; {} records \
+                         after the last checkpoint, chained but not yet signed",
+                        v.records, v.streams, v.checkpoints, v.unsigned
                     );
                     Ok(ExitCode::SUCCESS)
                 }

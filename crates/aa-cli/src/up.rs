@@ -103,14 +103,24 @@ fn gateway_token(env: &str, path: &Path) -> Result<String> {
     let token = aa_core::hex::encode(&bytes);
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    // Written whole under another name, then linked into place: a reader never finds it
+    // empty, and of two processes making it at once the first one's stands.
+    let partial = path.with_extension(format!("partial-{}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
+        .open(&partial)
         .and_then(|mut f| f.write_all(format!("{token}\n").as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(token)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    let linked = std::fs::hard_link(&partial, path);
+    let _ = std::fs::remove_file(&partial);
+    match linked {
+        Ok(()) => Ok(token),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_token(path)?
+            .with_context(|| format!("{} vanished while being made", path.display())),
+        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+    }
 }
 
 /// How to run a gateway.

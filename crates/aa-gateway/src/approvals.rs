@@ -61,7 +61,13 @@ fn authorize(
     accepted: &[Option<&str>],
     what: &str,
 ) -> Result<(), GatewayError> {
-    let accepted: Vec<&str> = accepted.iter().flatten().copied().collect();
+    // An empty token configured is none: it would admit `Bearer ` with nothing after it.
+    let accepted: Vec<&str> = accepted
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|t| !t.is_empty())
+        .collect();
     if accepted.is_empty() {
         return Err(GatewayError::Unauthenticated(format!(
             "this gateway has no {what} configured"

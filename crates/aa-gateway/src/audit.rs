@@ -183,6 +183,9 @@ pub struct Verified {
     pub streams: u64,
     /// Checkpoints whose signatures and heads were checked.
     pub checkpoints: u64,
+    /// Records past the last checkpoint's head of their stream: their chain holds, but no
+    /// signature covers them yet (a running gateway signs every few seconds).
+    pub unsigned: u64,
 }
 
 /// The first thing wrong with an audit log.
@@ -220,6 +223,8 @@ type Claimed = BTreeMap<(String, u64), (String, u64)>;
 pub struct Verifier {
     verified: Verified,
     claimed: Claimed,
+    /// Each stream's highest sequence a checkpoint names.
+    signed_through: BTreeMap<String, u64>,
     previous: Option<Record>,
     tampered: Option<Tampered>,
 }
@@ -232,9 +237,15 @@ impl Verifier {
             Ok((verified, claimed)) => (verified, claimed, None),
             Err(tampered) => (Verified::default(), BTreeMap::new(), Some(tampered)),
         };
+        let mut signed_through = BTreeMap::new();
+        for (stream, sequence) in claimed.keys() {
+            let through = signed_through.entry(stream.clone()).or_insert(0);
+            *through = (*through).max(*sequence);
+        }
         Verifier {
             verified,
             claimed,
+            signed_through,
             previous: None,
             tampered,
         }
@@ -306,6 +317,13 @@ impl Verifier {
             )));
         }
         self.verified.records += 1;
+        if self
+            .signed_through
+            .get(&record.stream_id)
+            .is_none_or(|&through| record.sequence > through)
+        {
+            self.verified.unsigned += 1;
+        }
         self.previous = Some(record);
         Ok(())
     }
@@ -333,7 +351,14 @@ fn read_checkpoints(
 ) -> Result<(Verified, Claimed), Tampered> {
     let mut verified = Verified::default();
     let mut claimed = BTreeMap::new();
-    for checkpoint in checkpoints {
+    for (expected, checkpoint) in (1..).zip(checkpoints) {
+        // Numbered from 1 without gaps: one taken out of the middle is named.
+        if checkpoint.id != expected {
+            return Err(Tampered(format!(
+                "checkpoint {expected} is missing (found checkpoint {} in its place)",
+                checkpoint.id
+            )));
+        }
         if !checkpoint.signature_holds() {
             return Err(Tampered(format!(
                 "checkpoint {}: signature does not verify",
@@ -434,7 +459,9 @@ mod tests {
             Verified {
                 records: 8,
                 streams: 2,
-                checkpoints: 1
+                checkpoints: 1,
+                // The fifth record of stream a came after the checkpoint.
+                unsigned: 1,
             }
         );
     }
@@ -548,7 +575,14 @@ mod tests {
         assert_eq!(err.0, "checkpoint 1: signature does not verify");
         let stranger = Keypair::generate().unwrap();
         let theirs = Checkpoint::sign(&stranger, 1, 1_000, vec![head(5)]);
-        let err = verify(records, &[theirs], Some(&gateway.public())).unwrap_err();
+        let err = verify(records.clone(), &[theirs], Some(&gateway.public())).unwrap_err();
         assert!(err.0.contains("not by this gateway"), "{err}");
+        // A checkpoint taken out of the middle.
+        let later = Checkpoint::sign(&gateway, 3, 3_000, vec![head(5)]);
+        let err = verify(records, &[checkpoint, later], None).unwrap_err();
+        assert_eq!(
+            err.0,
+            "checkpoint 2 is missing (found checkpoint 3 in its place)"
+        );
     }
 }

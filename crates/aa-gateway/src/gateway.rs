@@ -151,6 +151,10 @@ pub struct Gateway<S> {
     pub(crate) suspension_epoch: watch::Sender<u64>,
     /// Bumped on every token revoked before its expiry, so runtimes get the new set.
     revocation_epoch: watch::Sender<u64>,
+    /// Held across each read and rewrite of an agent's current token (registration,
+    /// heartbeat, deregistration): two at once would let one overwrite the other's token,
+    /// leaving a superseded token unrevoked.
+    credentials: tokio::sync::Mutex<()>,
     /// Team-wide call-rate limits.
     pub(crate) team_rates: aa_core::rate::RateTable<crate::rates::RateKey>,
     /// Serialises the gateway's own appends, which number their stream themselves.
@@ -207,6 +211,7 @@ impl<S: Store> Gateway<S> {
             approval_epoch: watch::Sender::new(0),
             suspension_epoch: watch::Sender::new(0),
             revocation_epoch: watch::Sender::new(0),
+            credentials: tokio::sync::Mutex::new(()),
             team_rates: aa_core::rate::RateTable::default(),
             own_stream: tokio::sync::Mutex::new(()),
             heads: Mutex::new(HashMap::new()),
@@ -305,6 +310,7 @@ impl<S: Store> Gateway<S> {
     ) -> Result<Registered, GatewayError> {
         let key = PublicKey::from_did(&reg.public_key)
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
+        let _credentials = self.credentials.lock().await;
         let existing = self.store.agent(&reg.agent_id).await?;
         if existing.as_ref().is_some_and(|a| a.did != reg.public_key) {
             return Err(GatewayError::Unauthenticated(format!(
@@ -458,6 +464,7 @@ impl<S: Store> Gateway<S> {
 
     /// Renews a current token.
     pub async fn heartbeat(&self, agent_id: &str, token: &str) -> Result<Credential, GatewayError> {
+        let _credentials = self.credentials.lock().await;
         let mut record = self.authenticate(agent_id, token).await?;
         let credential = self.issue(agent_id, &record.did)?;
         record.token_id = credential.claims.token_id.clone();
@@ -469,6 +476,7 @@ impl<S: Store> Gateway<S> {
 
     /// Revokes the agent's token; it must register again to act.
     pub async fn deregister(&self, agent_id: &str, token: &str) -> Result<(), GatewayError> {
+        let _credentials = self.credentials.lock().await;
         let mut record = self.authenticate(agent_id, token).await?;
         let token_id = std::mem::take(&mut record.token_id);
         record.last_seen_ms = now_ms();

@@ -88,9 +88,14 @@ impl<S: Store> GrpcApi<S> {
     pub fn routes(self) -> tonic::service::Routes {
         let gateway = Arc::clone(&self.gateway);
         let admit = move |request: Request<()>| {
-            gateway
-                .authorize_runtime(bearer(&request))
-                .map_err(status)?;
+            gateway.authorize_runtime(bearer(&request)).map_err(|e| {
+                let mut refused = status(e);
+                refused.metadata_mut().insert(
+                    aa_proto::RUNTIME_REFUSED_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                refused
+            })?;
             Ok(request)
         };
         tonic::service::Routes::new(

@@ -161,7 +161,17 @@ CREATE TABLE revoked_tokens (
 ) WITHOUT ROWID;
 CREATE INDEX revoked_tokens_by_expiry ON revoked_tokens (expires_at_ms);
 "#,
+    // Each agent keeps its few newest revoked tokens: an agent registering in a loop cannot
+    // grow the set every runtime is sent.
+    r#"
+CREATE INDEX revoked_tokens_by_agent ON revoked_tokens (agent_id, expires_at_ms);
+"#,
 ];
+
+/// Revoked tokens kept per agent. Only a token some runtime still holds matters, and a
+/// runtime holds one session an agent; an agent registering again and again through one
+/// runtime only pushes out its own older tokens, which that runtime has replaced already.
+const REVOKED_PER_AGENT: i64 = 4;
 
 /// Starts keeping a window's total the first time a cap asks for it, from the ledger (settled
 /// costs, and open reservations at their estimate); from then on every charge updates it.
@@ -753,6 +763,12 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO revoked_tokens (token_id, agent_id, expires_at_ms)
                  VALUES (?1, ?2, ?3)",
                 params![token.token_id, token.agent_id, token.expires_at_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM revoked_tokens WHERE agent_id = ?1 AND token_id NOT IN (
+                     SELECT token_id FROM revoked_tokens WHERE agent_id = ?1
+                     ORDER BY expires_at_ms DESC LIMIT ?2)",
+                params![token.agent_id, REVOKED_PER_AGENT],
             )?;
             tx.commit()?;
             Ok(())

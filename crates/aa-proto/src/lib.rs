@@ -24,6 +24,11 @@ pub use error::ProtoError;
 /// (the gateway's store was restored from a backup) sends its events again from there.
 pub const EXPECTED_SEQUENCE_METADATA: &str = "aa-expected-sequence";
 
+/// gRPC metadata on a refusal of the caller itself, not of the agent it calls for: the
+/// runtime token was missing or wrong. A runtime treats it as the gateway being out of reach
+/// for it (its agents' credentials are not in question) and logs it.
+pub const RUNTIME_REFUSED_METADATA: &str = "aa-runtime-refused";
+
 /// Generated code for package `assembly.v1`.
 #[allow(
     missing_debug_implementations,

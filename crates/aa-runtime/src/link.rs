@@ -67,6 +67,18 @@ async fn unary<T>(
 }
 
 fn refusal(status: &tonic::Status) -> Refusal {
+    // The runtime itself refused (its token): the agents' credentials are not in question, so
+    // their calls fail as if the gateway were out of reach, which their SDKs retry.
+    if status
+        .metadata()
+        .contains_key(aa_proto::RUNTIME_REFUSED_METADATA)
+    {
+        tracing::error!(reason = %status.message(), "the gateway refuses this runtime: check its runtime token");
+        return Refusal {
+            code: ErrorCode::Unavailable,
+            message: format!("the gateway refuses this runtime: {}", status.message()),
+        };
+    }
     let code = match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ErrorCode::Unauthenticated,
         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => ErrorCode::InvalidRequest,
@@ -82,12 +94,14 @@ fn refusal(status: &tonic::Status) -> Refusal {
 impl GatewayLink {
     /// A link to `url`, presenting `token`; nothing is dialled until the first call.
     pub fn new(url: &str, token: &str, timeout: Duration) -> Result<GatewayLink, RuntimeError> {
-        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| {
+        let mut bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|e| {
             RuntimeError::Config {
                 field: "gateway_token",
                 message: e.to_string(),
             }
         })?;
+        // Kept out of debug output and from header compression tables.
+        bearer.set_sensitive(true);
         let channel = Endpoint::from_shared(url.to_owned())
             .map_err(|e| RuntimeError::Config {
                 field: "gateway_url",
@@ -272,17 +286,35 @@ async fn follow<T, F>(
             _ = stop.wait_for(|s| *s) => return,
             s = open() => s,
         };
-        if let Ok(response) = stream {
-            let mut stream = response.into_inner();
-            loop {
-                let message = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    m = stream.message() => m,
-                };
-                let Ok(Some(message)) = message else { break };
-                backoff = BACKOFF_START;
-                apply(message);
+        // An unreachable gateway is expected and retried quietly; anything else (a refusal,
+        // a message too large to decode) would stop what the stream carries, so it is logged.
+        let failed = |status: &tonic::Status| {
+            if status.code() != tonic::Code::Unavailable {
+                tracing::warn!(code = ?status.code(), reason = %status.message(), "a watch stream from the gateway failed; opening it again");
             }
+        };
+        match stream {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    let message = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        m = stream.message() => m,
+                    };
+                    match message {
+                        Ok(Some(message)) => {
+                            backoff = BACKOFF_START;
+                            apply(message);
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            failed(&status);
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => failed(&status),
         }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,

@@ -338,6 +338,16 @@ impl Outbox {
         Ok(())
     }
 
+    /// Forgets an agent's session if it is still `session` (as stored): one stored since,
+    /// with a new token, stays.
+    pub fn remove_session_if(&self, agent_id: &str, session: &str) -> Result<(), RuntimeError> {
+        self.lock()?.execute(
+            "DELETE FROM sessions WHERE agent_id = ?1 AND session = ?2",
+            params![agent_id, session],
+        )?;
+        Ok(())
+    }
+
     /// Every stored session.
     pub fn sessions(&self) -> Result<Vec<String>, RuntimeError> {
         let conn = self.lock()?;

@@ -276,24 +276,40 @@ impl Runtime {
     /// token id)` pairs): superseded by a registration through another runtime, or
     /// deregistered. Their agents must register again here.
     pub(crate) fn drop_revoked(&self, revoked: &[(String, String)]) {
-        let ended: Vec<&str> = {
-            let Ok(sessions) = self.sessions.read() else {
+        // Checked and removed under one lock: a registration storing a new session
+        // meanwhile is never the one removed.
+        let ended: Vec<Session> = {
+            let Ok(mut sessions) = self.sessions.write() else {
                 return;
             };
             revoked
                 .iter()
-                .filter(|(agent_id, token_id)| {
-                    sessions.get(agent_id).is_some_and(|s| {
+                .filter_map(|(agent_id, token_id)| {
+                    let holds = sessions.get(agent_id).is_some_and(|s| {
                         aa_identity::unverified_claims(&s.token)
                             .is_ok_and(|claims| claims.token_id == *token_id)
-                    })
+                    });
+                    if holds {
+                        sessions.remove(agent_id)
+                    } else {
+                        None
+                    }
                 })
-                .map(|(agent_id, _)| agent_id.as_str())
                 .collect()
         };
-        for agent_id in ended {
+        for session in ended {
+            let agent_id = &session.agent.id;
             tracing::info!(agent = %agent_id, "session ended: its token was revoked at the gateway");
-            self.drop_session(agent_id);
+            let removed = serde_json::to_string(&session)
+                .map_err(|e| e.to_string())
+                .and_then(|json| {
+                    self.outbox
+                        .remove_session_if(agent_id, &json)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(error) = removed {
+                tracing::warn!(%error, agent = %agent_id, "session removal not persisted");
+            }
         }
     }
 
@@ -1404,6 +1420,52 @@ mod tests {
         let closed = runtime.record_decision(event(), allow, DecisionSlot(None));
         assert!(closed.reason.contains("closed"), "{}", closed.reason);
         assert_eq!(closed.decision, Decision::Deny);
+    }
+
+    /// A revoked token ends the session holding it, in memory and on disk; a session that
+    /// already holds a newer token (stored by a registration meanwhile) stays, as do others.
+    #[tokio::test]
+    async fn a_revoked_token_ends_only_the_session_holding_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, _queue) = unlinked_runtime(dir.path(), 16);
+        let gateway = aa_identity::Keypair::generate().unwrap();
+        let token = |agent: &str| {
+            let did = aa_identity::Keypair::generate().unwrap().public().did();
+            aa_identity::issue(&gateway, agent, &did, 1_000, 600).unwrap()
+        };
+        let session = |agent: &str, token: &str| Session {
+            agent: AgentContext::new(agent),
+            ancestors: Vec::new(),
+            token: token.into(),
+            expires_at_ms: i64::MAX,
+            uid: 7,
+        };
+        let (old, old_claims) = token("bot");
+        let (new, _) = token("bot");
+        let (other, other_claims) = token("other");
+        runtime.store_session(session("bot", &old));
+        runtime.store_session(session("bot", &new));
+        runtime.store_session(session("other", &other));
+        let stored = || runtime.outbox.sessions().unwrap().len();
+        assert_eq!(stored(), 2);
+
+        runtime.drop_revoked(&[("bot".into(), old_claims.token_id)]);
+        assert!(
+            runtime
+                .session("bot", &new, Peer { uid: 7, pid: 1 })
+                .is_ok()
+        );
+        assert_eq!(stored(), 2, "the newer session stays on disk");
+
+        runtime.drop_revoked(&[("other".into(), other_claims.token_id)]);
+        let gone = runtime.session("other", &other, Peer { uid: 7, pid: 1 });
+        assert!(gone.unwrap_err().contains("not registered"));
+        assert_eq!(stored(), 1);
+        assert!(
+            runtime
+                .session("bot", &new, Peer { uid: 7, pid: 1 })
+                .is_ok()
+        );
     }
 
     /// Under `enforce` a check fails closed: an agent this runtime does not know, a missing

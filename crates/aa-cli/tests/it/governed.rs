@@ -704,6 +704,37 @@ async fn a_token_superseded_through_another_runtime_stops_working_at_once() {
     gateway.stop().await.unwrap();
 }
 
+/// A runtime with the wrong token is refused by the gateway, and its agents are told the
+/// gateway is out of reach, not that their own credentials are bad (which would stop their
+/// SDKs from renewing them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_with_a_wrong_token_is_refused_as_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = GatewayHandle::start(options(&dir.path().join("state"), vec![data()]))
+        .await
+        .unwrap();
+    let mut config = gateway.runtime_config(dir.path().join("rt"));
+    config.gateway_token = "not-the-token".into();
+    let runtime = RuntimeHandle::start(config).unwrap();
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let refused = c
+        .register(AgentSpec {
+            agent_id: "bot".into(),
+            ..AgentSpec::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(!refused.is_unauthenticated(), "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("the gateway refuses this runtime"),
+        "{refused}"
+    );
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
 /// `close()` ends a client and its clones: the call under way and every later one end with
 /// `Closed`, and its connection goes (the runtime, serving one at a time, takes another).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -983,6 +1014,11 @@ async fn tampering_is_named_by_audit_verify() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("6 records"), "{out}");
     assert!(!out.contains(" 0 checkpoints"), "{out}");
+    // The gateway signed its heads as it stopped: nothing is left unsigned.
+    assert!(
+        out.contains("; 0 records after the last checkpoint"),
+        "{out}"
+    );
 
     // An export verifies as the database does; an edit or a cut in it is named.
     let exported = crate::aasm(&["audit", "export", "--state-dir", state.to_str().unwrap()]);

@@ -205,6 +205,55 @@ async fn heartbeat_supersedes_and_deregister_revokes() {
     assert_eq!(revoked_ids(&gw).await, expected);
 }
 
+/// A heartbeat through one runtime racing a registration through another never leaves the
+/// registration's token superseded and unrevoked: the registration's token is the current
+/// one, and a token the heartbeat got meanwhile is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_racing_a_registration_leaves_no_token_unrevoked() {
+    let gw = std::sync::Arc::new(gateway(GatewayConfig::default()));
+    let key = Keypair::generate().unwrap();
+    let mut held = register(&gw, "bot", &key, None).await;
+    for _ in 0..20 {
+        let renewing = {
+            let (gw, held) = (std::sync::Arc::clone(&gw), held.clone());
+            tokio::spawn(async move { gw.heartbeat("bot", &held).await })
+        };
+        let registered = register(&gw, "bot", &key, None).await;
+        let renewed = renewing.await.unwrap();
+        assert!(
+            gw.authenticate("bot", &registered).await.is_ok(),
+            "the registration's token was overwritten"
+        );
+        if let Ok(renewed) = renewed {
+            let id = aa_identity::unverified_claims(&renewed.token)
+                .unwrap()
+                .token_id;
+            let revoked = gw.revoked_tokens().await.unwrap();
+            assert!(
+                revoked.iter().any(|t| t.token_id == id),
+                "a renewed token left valid"
+            );
+        }
+        held = registered;
+    }
+}
+
+/// An agent registering in a loop keeps only its few newest revoked tokens in the set every
+/// runtime is sent; other agents' stay.
+#[tokio::test]
+async fn each_agent_keeps_a_few_revoked_tokens_at_most() {
+    let gw = gateway(GatewayConfig::default());
+    let (key, other) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    register(&gw, "other", &other, None).await;
+    register(&gw, "other", &other, None).await;
+    for _ in 0..10 {
+        register(&gw, "looping", &key, None).await;
+    }
+    let revoked = gw.revoked_tokens().await.unwrap();
+    let of = |agent: &str| revoked.iter().filter(|t| t.agent_id == agent).count();
+    assert_eq!((of("looping"), of("other")), (4, 1));
+}
+
 /// Revoked tokens outlive a gateway restart (a runtime away meanwhile still learns of them),
 /// and are forgotten once they would have expired.
 #[tokio::test]
