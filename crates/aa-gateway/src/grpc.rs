@@ -127,8 +127,53 @@ fn expires(credential: &Credential) -> Option<prost_types::Timestamp> {
     Some(timestamp(secs.saturating_mul(1000)))
 }
 
-type SuspensionStream = Pin<Box<dyn Stream<Item = Result<pb::Suspensions, Status>> + Send>>;
-type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::Revocations, Status>> + Send>>;
+type WatchStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A set the gateway keeps (suspensions, revoked tokens), as `read` gives it: sent when the
+/// stream opens and after every change `changes` signals, when it differs from what was sent
+/// last. It ends when the gateway closes, the caller goes, or a read fails (with its error).
+fn watch_set<S, T, R>(
+    gateway: Arc<Gateway<S>>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    read: impl Fn(Arc<Gateway<S>>) -> R + Send + 'static,
+) -> WatchStream<T>
+where
+    S: Store,
+    T: PartialEq + Clone + Send + 'static,
+    R: Future<Output = Result<T, GatewayError>> + Send,
+{
+    let closed = gateway.closed();
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        tokio::pin!(closed);
+        let mut sent = None;
+        loop {
+            changes.borrow_and_update();
+            let current = match read(Arc::clone(&gateway)).await {
+                Ok(current) => current,
+                Err(error) => {
+                    let _ = tx.send(Err(status(error))).await;
+                    return;
+                }
+            };
+            if sent.as_ref() != Some(&current) {
+                sent = Some(current.clone());
+                if tx.send(Ok(current)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+                () = &mut closed => return,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+type SuspensionStream = WatchStream<pb::Suspensions>;
+type RevocationStream = WatchStream<pb::Revocations>;
 
 #[tonic::async_trait]
 impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
@@ -139,79 +184,40 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
         &self,
         _request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let gateway = Arc::clone(&self.gateway);
-        let mut changes = gateway.revocation_changes();
-        let closed = gateway.closed();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            tokio::pin!(closed);
-            loop {
-                changes.borrow_and_update();
-                let tokens = match gateway.revoked_tokens().await {
-                    Ok(tokens) => tokens
-                        .into_iter()
-                        .map(|t| pb::RevokedToken {
-                            agent_id: t.agent_id,
-                            token_id: t.token_id,
-                            expires_at: Some(timestamp(t.expires_at_ms)),
-                        })
-                        .collect(),
-                    Err(error) => {
-                        let _ = tx.send(Err(status(error))).await;
-                        return;
-                    }
-                };
-                if tx.send(Ok(pb::Revocations { tokens })).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
-                    () = &mut closed => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let changes = self.gateway.revocation_changes();
+        Ok(Response::new(watch_set(
+            Arc::clone(&self.gateway),
+            changes,
+            |gateway| async move {
+                let tokens = gateway.revoked_tokens().await?;
+                let tokens = tokens
+                    .into_iter()
+                    .map(|t| pb::RevokedToken {
+                        agent_id: t.agent_id,
+                        token_id: t.token_id,
+                        expires_at: Some(timestamp(t.expires_at_ms)),
+                    })
+                    .collect();
+                Ok(pb::Revocations { tokens })
+            },
+        )))
     }
 
     async fn watch_suspensions(
         &self,
         _request: Request<pb::WatchSuspensionsRequest>,
     ) -> Result<Response<Self::WatchSuspensionsStream>, Status> {
-        let gateway = Arc::clone(&self.gateway);
-        let mut changes = gateway.suspension_changes();
-        let closed = gateway.closed();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            tokio::pin!(closed);
-            let mut sent = None;
-            loop {
-                changes.borrow_and_update();
-                let current = match gateway.suspensions().await {
-                    Ok(set) => {
-                        let mut list: Vec<_> = set.values().map(pb::Suspension::from).collect();
-                        list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-                        pb::Suspensions { suspensions: list }
-                    }
-                    Err(error) => {
-                        let _ = tx.send(Err(status(error))).await;
-                        return;
-                    }
-                };
-                if sent.as_ref() != Some(&current) {
-                    sent = Some(current.clone());
-                    if tx.send(Ok(current)).await.is_err() {
-                        return;
-                    }
-                }
-                tokio::select! {
-                    changed = changes.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
-                    () = &mut closed => return,
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let changes = self.gateway.suspension_changes();
+        Ok(Response::new(watch_set(
+            Arc::clone(&self.gateway),
+            changes,
+            |gateway| async move {
+                let set = gateway.suspensions().await?;
+                let mut list: Vec<_> = set.values().map(pb::Suspension::from).collect();
+                list.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+                Ok(pb::Suspensions { suspensions: list })
+            },
+        )))
     }
 
     async fn reserve_budget(
