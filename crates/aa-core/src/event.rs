@@ -106,9 +106,14 @@ impl EventKind {
         )
     }
 
-    /// True for the kinds only the runtime records; it refuses them from an SDK.
+    /// True for the kinds only the runtime records; it refuses them from an SDK: its
+    /// decisions, its refusals, and the edges it checked (an SDK reports edges as edges, not
+    /// as events, so that the runtime can check each starts at the agent reporting it).
     pub fn runtime_only(self) -> bool {
-        self == EventKind::Refusal
+        matches!(
+            self,
+            EventKind::Decision | EventKind::Refusal | EventKind::Edge
+        )
     }
 }
 

@@ -778,14 +778,29 @@ fn check_appended(
         )));
     }
     let (event_id, kind) = (event.event_id.clone(), event.kind);
+    let agent_id = event.agent.id.clone();
     let mut value = event.into_value().map_err(|e| invalid(&e))?;
     let redactions = scanner
         .redact_audit_value(&mut value, limits)
         .map_err(|e| invalid(&e))?;
+    // An edge enters the topology only from the agent it starts at: an event naming another
+    // agent's child is kept as a record of the claim, not as an edge.
     let edge = if kind == EventKind::Edge {
         value
             .get("detail")
             .and_then(|d| TopologyEdge::deserialize(d).ok())
+            .filter(|edge| {
+                let own = edge.from_agent_id == agent_id;
+                if !own {
+                    tracing::warn!(
+                        event = %event_id,
+                        agent = %agent_id,
+                        from = %edge.from_agent_id,
+                        "an edge from another agent is not added to the topology"
+                    );
+                }
+                own
+            })
     } else {
         None
     };

@@ -231,10 +231,23 @@ pub(crate) fn restore(runtime: &Runtime) {
             Err(error) => tracing::warn!(%error, "saved bundle ignored"),
         }
     }
-    if let Some(text) = saved(SUSPENSIONS_KEY) {
-        match serde_json::from_str::<Vec<Suspension>>(&text) {
-            Ok(list) => runtime.set_suspensions(list),
-            Err(error) => tracing::error!(%error, "saved suspensions unreadable"),
+    // Nothing saved is a first start; a set that cannot be read may have stopped someone.
+    let suspensions = runtime
+        .outbox()
+        .get(SUSPENSIONS_KEY)
+        .map_err(|e| e.to_string())
+        .and_then(|saved| {
+            saved
+                .map(|text| serde_json::from_str::<Vec<Suspension>>(&text))
+                .transpose()
+                .map_err(|e| e.to_string())
+        });
+    match suspensions {
+        Ok(Some(list)) => runtime.set_suspensions(list),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "saved suspensions unreadable: every agent is stopped until the gateway's arrive");
+            runtime.forget_suspensions();
         }
     }
 }

@@ -162,7 +162,9 @@ pub struct Runtime {
     config: RuntimeConfig,
     bundle: RwLock<Option<Arc<Compiled>>>,
     sessions: RwLock<HashMap<String, Session>>,
-    suspensions: RwLock<Arc<Suspensions>>,
+    /// `None` when the set is not known: the saved one was unreadable and the gateway's has
+    /// not arrived. Everyone is then stopped.
+    suspensions: RwLock<Option<Arc<Suspensions>>>,
     rates: RateCounter,
     pending: PendingTable,
     outbox: Arc<Outbox>,
@@ -224,7 +226,7 @@ impl Runtime {
             config,
             bundle: RwLock::new(None),
             sessions: RwLock::new(sessions),
-            suspensions: RwLock::new(Arc::default()),
+            suspensions: RwLock::new(Some(Arc::default())),
             rates: RateCounter::default(),
             pending: PendingTable::default(),
             outbox,
@@ -268,7 +270,15 @@ impl Runtime {
     pub(crate) fn set_suspensions(&self, list: Vec<Suspension>) {
         let set: Suspensions = list.into_iter().map(|s| (s.agent_id.clone(), s)).collect();
         if let Ok(mut slot) = self.suspensions.write() {
-            *slot = Arc::new(set);
+            *slot = Some(Arc::new(set));
+        }
+    }
+
+    /// Stops every agent until the gateway's set of suspensions arrives: the saved set could
+    /// not be read, and the kill switch must not fail open.
+    pub(crate) fn forget_suspensions(&self) {
+        if let Ok(mut slot) = self.suspensions.write() {
+            *slot = None;
         }
     }
 
@@ -313,14 +323,19 @@ impl Runtime {
         }
     }
 
-    /// Why the session's agent is stopped, if it is. A poisoned table stops everyone: the
-    /// kill switch must not fail open.
+    /// Why the session's agent is stopped, if it is. A poisoned or unknown table stops
+    /// everyone: the kill switch must not fail open.
     fn suspended(&self, session: &Session) -> Option<String> {
-        let Ok(set) = self.suspensions.read() else {
+        let Ok(slot) = self.suspensions.read() else {
             return Some("the suspension table is unreadable".into());
         };
+        let Some(set) = slot.as_ref() else {
+            return Some(
+                "the saved suspensions are unreadable; every agent waits for the gateway's".into(),
+            );
+        };
         let ancestors = session.ancestors.iter().rev().map(|a| a.id.as_str());
-        suspension_of(&set, &session.agent.id, ancestors).map(|s| s.reason_for(&session.agent.id))
+        suspension_of(set, &session.agent.id, ancestors).map(|s| s.reason_for(&session.agent.id))
     }
 
     fn session(&self, agent_id: &str, token: &str, peer: Peer) -> Result<Session, String> {
@@ -1114,16 +1129,21 @@ impl Runtime {
             let sdk = AuditEvent::try_from(wire)
                 .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("events[{i}]: {e}")))?;
             if sdk.kind.gateway_only() || sdk.kind.runtime_only() {
+                let who = if sdk.kind.gateway_only() {
+                    "gateway"
+                } else {
+                    "runtime"
+                };
+                let hint = if sdk.kind == EventKind::Edge {
+                    " (report an edge in `edges`)"
+                } else {
+                    ""
+                };
                 return Err(refuse(
                     ErrorCode::InvalidRequest,
                     format!(
-                        "events[{i}]: {} events are recorded by the {} only",
+                        "events[{i}]: {} events are recorded by the {who} only{hint}",
                         sdk.kind.as_str(),
-                        if sdk.kind.gateway_only() {
-                            "gateway"
-                        } else {
-                            "runtime"
-                        }
                     ),
                 ));
             }

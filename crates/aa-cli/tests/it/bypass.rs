@@ -230,7 +230,8 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
     );
 
     // An event of a kind only the gateway or the runtime records is refused, the whole batch
-    // with it: an SDK cannot forge a spend, nor a refusal that never happened.
+    // with it: an SDK cannot forge a spend, a refusal or a decision that never happened, nor
+    // an edge from another agent by passing it as an event rather than in `edges`.
     for (kind, recorder) in [
         (
             pb::EventKind::Spend,
@@ -239,6 +240,18 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
         (
             pb::EventKind::Refusal,
             "refusal events are recorded by the runtime only",
+        ),
+        (
+            pb::EventKind::Decision,
+            "decision events are recorded by the runtime only",
+        ),
+        (
+            pb::EventKind::Edge,
+            "edge events are recorded by the runtime only (report an edge in `edges`)",
+        ),
+        (
+            pb::EventKind::Unspecified,
+            "decision events are recorded by the runtime only",
         ),
     ] {
         let mut forged = forged_event(99, json!({ "cost_usd": 0 }));

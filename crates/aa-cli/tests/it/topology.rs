@@ -10,7 +10,7 @@ use aa_core::{Decision, EdgeKind, Mode, TopologyEdge};
 use aa_sdk_client::{Agent, AgentSpec, Client};
 use serde_json::{Value, json};
 
-use crate::governed::{client, decide, eventually, options, shell, stored_events, tool};
+use crate::governed::{client, decide, eventually, free_port, options, shell, stored_events, tool};
 use crate::{aasm, cli, http, stderr, stdout};
 
 fn policy() -> PathBuf {
@@ -307,6 +307,59 @@ async fn a_restarted_runtime_keeps_a_suspension_while_the_gateway_is_away() {
         "agent \"bot\" is suspended by alice: investigating"
     );
     runtime.stop().await.unwrap();
+}
+
+/// A saved set of suspensions that cannot be read may have stopped anyone: a runtime restarted
+/// on one, with the gateway away, stops every agent until the gateway's set arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_saved_suspension_set_stops_everyone_until_the_gateways_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut gw_options = options(&state, vec![policy()]);
+    gw_options.grpc = free_port();
+    let gateway = GatewayHandle::start(gw_options.clone()).await.unwrap();
+    let config = gateway.runtime_config(dir.path().join("rt"));
+    let runtime = RuntimeHandle::start(config.clone()).unwrap();
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let bot = spawn(&c, "bot", "builders", None).await;
+    let other = spawn(&c, "other", "builders", None).await;
+    gateway
+        .gateway
+        .suspend("other", false, "alice", "investigating")
+        .await
+        .unwrap();
+    within_a_second(&[(&c, &other)], Decision::Deny).await;
+    assert_eq!(verdict(&c, &bot).await.decision, Decision::Allow);
+    gateway.stop().await.unwrap();
+    runtime.stop().await.unwrap();
+    let outbox = rusqlite::Connection::open(config.database_path()).unwrap();
+    let changed = outbox
+        .execute(
+            "UPDATE meta SET value = '[{\"agent_id\": ' WHERE key = 'suspensions'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "the runtime saved no suspensions");
+
+    let runtime = RuntimeHandle::start(config).unwrap();
+    let denied = verdict(&c, &bot).await;
+    assert_eq!(denied.decision, Decision::Deny);
+    assert_eq!(
+        denied.reason,
+        "the saved suspensions are unreadable; every agent waits for the gateway's"
+    );
+    let gateway = GatewayHandle::start(gw_options).await.unwrap();
+    let released = eventually(Duration::from_secs(20), async || {
+        verdict(&c, &bot).await.decision == Decision::Allow
+    })
+    .await;
+    assert!(
+        released,
+        "the gateway's set never replaced the unreadable one"
+    );
+    assert_eq!(verdict(&c, &other).await.decision, Decision::Deny);
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
 }
 
 /// Every operation the OpenAPI document names is served, with the admin token, at the path

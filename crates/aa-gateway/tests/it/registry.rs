@@ -76,6 +76,24 @@ async fn lineage_topology_and_ancestors_come_from_the_registry() {
             peer_pid: 0,
         }),
     };
+    // The same edge claimed by another agent is stored as an event but joins no topology:
+    // had it, as the first sighting, it would also have hidden the real one.
+    let mut forged = event.clone();
+    forged.event_id = "rt/worker/edge-1".into();
+    forged.agent = AgentContext::new("worker");
+    forged.origin = forged.origin.map(|o| Origin { sequence: 1, ..o });
+    let mut event = event;
+    event.origin = event.origin.map(|o| Origin { sequence: 2, ..o });
+    gw.append(vec![forged]).await.unwrap();
+    assert!(
+        gw.topology(Some("lead"))
+            .await
+            .unwrap()
+            .edges
+            .iter()
+            .all(|e| e.to_agent_id != "other"),
+        "an edge claimed by another agent joined the topology"
+    );
     gw.append(vec![event.clone()]).await.unwrap();
     gw.append(vec![event]).await.unwrap();
     let tree = gw.topology(Some("lead")).await.unwrap();
