@@ -114,6 +114,29 @@ def test_a_denial_can_be_raised_instead(aasm: Aasm, sdk_dirs: dict[str, Any]) ->
     assert RAN == []
 
 
+NESTED: list[BaseTool] = []
+
+
+@tool("read_file")
+async def read_two_files(path: str) -> str:
+    """Read a file, and another through a governed tool."""
+    RAN.append(f"read {path}")
+    return NESTED[0].invoke({"path": "/etc/passwd"})
+
+
+def test_a_tool_called_inside_another_tools_async_call_is_checked(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    RAN.clear()
+    with init_assembly("lc-agent", **sdk_dirs) as assembly:
+        (outer,) = govern_tools(assembly, [read_two_files], handle_denial=False)
+        NESTED[:] = govern_tools(assembly, [read_file], handle_denial=False)
+        with pytest.raises(LangChainToolDenied) as denied:
+            asyncio.run(outer.ainvoke({"path": "/workspace/a"}))
+    assert denied.value.rule == "tools.read_file.deny_if"
+    assert RAN == ["read /workspace/a"]  # the nested body did not run
+
+
 def test_a_model_the_policy_does_not_list_is_not_called(
     aasm: Aasm, sdk_dirs: dict[str, Any]
 ) -> None:

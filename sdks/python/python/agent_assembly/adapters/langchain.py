@@ -31,9 +31,11 @@ T = TypeVar("T", bound=BaseTool)
 
 # What LangChain passes to ``_run`` besides the tool's own arguments.
 _NOT_ARGUMENTS = frozenset({"config", "run_manager", "callbacks"})
-# Set while an async call runs, so a sync ``_run`` reached through it is not checked twice.
-_inside_call: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "agent_assembly_langchain_inside_call", default=False
+# The governed tool whose async call is running, so that its own sync ``_run``, which
+# LangChain's default ``_arun`` reaches, is not checked twice. Only that tool's: any other
+# tool its body calls is checked as usual.
+_inside_call: contextvars.ContextVar[BaseTool | None] = contextvars.ContextVar(
+    "agent_assembly_langchain_inside_call", default=None
 )
 
 
@@ -77,8 +79,13 @@ def govern_tool(assembly: Assembly, tool: T, *, handle_denial: bool = True) -> T
 
     @functools.wraps(run)  # LangChain reads _run's signature to decide what to pass
     def _run(self: BaseTool, *args: Any, **kwargs: Any) -> Any:
-        if _inside_call.get():
-            return run(self, *args, **kwargs)
+        if _inside_call.get() is self:
+            # Checked by its own async call; a call its body makes is checked again.
+            token = _inside_call.set(None)
+            try:
+                return run(self, *args, **kwargs)
+            finally:
+                _inside_call.reset(token)
         call_args = _arguments(args, kwargs)
         try:
             assembly.check_tool_start(self.name, call_args)
@@ -105,7 +112,7 @@ def govern_tool(assembly: Assembly, tool: T, *, handle_denial: bool = True) -> T
         except ToolDenied as denied:
             raise _relabel(denied) from None
         started = time.perf_counter()
-        token = _inside_call.set(True)
+        token = _inside_call.set(self)
         try:
             result = await arun(self, *args, **kwargs)
         except BaseException as error:
