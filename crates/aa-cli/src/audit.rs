@@ -11,7 +11,6 @@ use aa_gateway::audit::{Checkpoint, Record, Tampered, Verified, Verifier};
 use aa_gateway::{SqliteStore, Store};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
-use serde_json::Value;
 
 use crate::serve::DEFAULT_STATE_DIR;
 
@@ -131,6 +130,23 @@ fn trusted_key(state_dir: &Path) -> Option<aa_identity::PublicKey> {
         .map(|k| k.public())
 }
 
+/// A record's line of an export as written, its event kept as text.
+#[derive(serde::Deserialize)]
+struct RecordLine<'a> {
+    stream_id: String,
+    sequence: u64,
+    event_id: String,
+    #[serde(borrow)]
+    event: &'a serde_json::value::RawValue,
+    prev_hash: String,
+    hash: String,
+}
+
+#[derive(serde::Deserialize)]
+struct CheckpointLine {
+    checkpoint: Checkpoint,
+}
+
 /// A line of an export.
 enum Line {
     Record(Record),
@@ -146,10 +162,24 @@ fn for_each_line(path: &Path, mut each: impl FnMut(Line) -> ControlFlow<()>) -> 
             continue;
         }
         let at = || format!("{}:{}", path.display(), n + 1);
-        let mut value: Value = serde_json::from_str(&line).with_context(at)?;
-        let line = match value.get_mut("checkpoint") {
-            Some(c) => Line::Checkpoint(serde_json::from_value(c.take()).with_context(at)?),
-            None => Line::Record(serde_json::from_value(value).with_context(at)?),
+        let read = match serde_json::from_str::<RecordLine<'_>>(&line) {
+            Ok(record) => Ok(record),
+            Err(error) => match serde_json::from_str::<CheckpointLine>(&line) {
+                Ok(line) => Err(line.checkpoint),
+                Err(_) => return Err(error).with_context(at),
+            },
+        };
+        let line = match read {
+            Err(checkpoint) => Line::Checkpoint(checkpoint),
+            Ok(r) => Line::Record(Record {
+                stream_id: r.stream_id,
+                sequence: r.sequence,
+                event_id: r.event_id,
+                // Checked as written, not as parsed: see `stored_event`.
+                event: aa_gateway::audit::stored_event(r.event.get()),
+                prev_hash: r.prev_hash,
+                hash: r.hash,
+            }),
         };
         if each(line).is_break() {
             break;

@@ -74,6 +74,18 @@ impl Record {
     }
 }
 
+/// An event as read back from where it was stored (the database, an export): its value when
+/// the text is exactly that value's canonical form, as the gateway writes and hashes it; else
+/// the text itself, as a string, whose hash then names the record as edited. So an edit that
+/// parses back to the same value (white space, a key given twice, which a reader that keeps
+/// the first would see otherwise) is caught like any other.
+pub fn stored_event(text: &str) -> Value {
+    match serde_json::from_str::<Value>(text) {
+        Ok(value) if aa_core::canonical::canonical_string(&value) == text => value,
+        _ => Value::String(text.to_owned()),
+    }
+}
+
 /// `SHA-256(prev || canonical({event, event_id, sequence, stream_id}))`.
 pub fn link_hash(
     prev: &[u8; 32],

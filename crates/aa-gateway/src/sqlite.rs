@@ -342,8 +342,8 @@ fn positioned_records(
                     // error: it maps to 0, which no chain holds.
                     sequence: u64::try_from(sequence).unwrap_or(0),
                     event_id,
-                    // Likewise an event that is no longer JSON keeps its text.
-                    event: serde_json::from_str(&event).unwrap_or(serde_json::Value::String(event)),
+                    // Likewise an event that is no longer its canonical JSON keeps its text.
+                    event: crate::audit::stored_event(&event),
                     prev_hash,
                     hash,
                 };

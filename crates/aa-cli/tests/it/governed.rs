@@ -1105,6 +1105,16 @@ async fn tampering_is_named_by_audit_verify() {
         edited.contains("TAMPERED") && edited.contains("sequence 3"),
         "{edited}"
     );
+    // An edit that parses back to the same value is named too: a key given twice, the
+    // original last (which this parser keeps, and others would not).
+    let doubled = export.replace("\"event\":{", "\"event\":{\"kind\":\"forged\",");
+    assert_ne!(doubled, export);
+    let (code, edited) = verify_export(&doubled);
+    assert_eq!(code, 1, "{edited}");
+    assert!(
+        edited.contains("TAMPERED") && edited.contains("(edited)"),
+        "{edited}"
+    );
     let mut lines: Vec<&str> = export.lines().collect();
     let last_record = lines
         .iter()

@@ -129,6 +129,16 @@ async fn edited_deleted_and_reordered_rows_are_named() {
             "stream \"rt-1\" sequence 3 (event \"ev-3\"): hash does not match its contents (edited)",
         ),
         (
+            // The same value written another way: the tool given twice, the last one kept
+            // by this parser, the first by others.
+            "UPDATE audit_records SET event = replace(event, '{', '{\"tool\":\"rm\",') WHERE sequence = 3",
+            "stream \"rt-1\" sequence 3 (event \"ev-3\"): hash does not match its contents (edited)",
+        ),
+        (
+            "UPDATE audit_records SET event = event || ' ' WHERE sequence = 3",
+            "stream \"rt-1\" sequence 3 (event \"ev-3\"): hash does not match its contents (edited)",
+        ),
+        (
             "DELETE FROM audit_records WHERE sequence = 2",
             "stream \"rt-1\" sequence 3 (event \"ev-3\"): expected sequence 2: records before it are missing or out of order",
         ),
@@ -179,6 +189,53 @@ async fn edited_deleted_and_reordered_rows_are_named() {
         .unwrap_err();
         assert_eq!(err.0, expected, "{sql}");
     }
+}
+
+/// Numbers read back as the values they were written from: the chain hashes an event's
+/// canonical text, which must read back as itself, or an untouched log would fail to verify.
+#[tokio::test]
+async fn events_holding_any_number_verify_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("gateway.db")).unwrap();
+    // A float the default parser reads one unit in the last place off, then a spread of
+    // others, from tiny to huge, and integers at the edges.
+    let mut numbers = vec![
+        json!(8.247_475_118_225_734e-10),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(0.1),
+        json!(-0.0),
+    ];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..2_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let f = f64::from_bits(x);
+        if f.is_finite() {
+            numbers.push(json!(f));
+        }
+    }
+    let events = numbers
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let n_u64 = i as u64 + 1;
+            NewEvent::new(
+                format!("ev-{n_u64}"),
+                n_u64,
+                &json!({ "detail": { "x": n } }),
+            )
+        })
+        .collect();
+    store.append_events("rt-1", events).await.unwrap();
+    let records = all_records(&store).await;
+    assert_eq!(records.len(), numbers.len());
+    for (record, n) in records.iter().zip(&numbers) {
+        assert_eq!(&record.event["detail"]["x"], n, "{}", record.event_id);
+    }
+    let verified = audit::verify(records, &[], None).unwrap();
+    assert_eq!(verified.records as usize, numbers.len());
 }
 
 #[tokio::test]
