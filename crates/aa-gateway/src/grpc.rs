@@ -12,6 +12,7 @@ use aa_proto::convert::{duration, timestamp};
 use aa_proto::pb;
 use tonic::codegen::tokio_stream::Stream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::approvals::NewApproval;
@@ -98,27 +99,29 @@ impl<S: Store> GrpcApi<S> {
             })?;
             Ok(request)
         };
-        tonic::service::Routes::new(
-            pb::agent_service_server::AgentServiceServer::with_interceptor(
-                self.clone(),
-                admit.clone(),
-            ),
-        )
-        .add_service(
-            pb::policy_service_server::PolicyServiceServer::with_interceptor(
-                self.clone(),
-                admit.clone(),
-            ),
-        )
-        .add_service(
-            pb::audit_service_server::AuditServiceServer::with_interceptor(
-                self.clone(),
-                admit.clone(),
-            ),
-        )
-        .add_service(
-            pb::approval_service_server::ApprovalServiceServer::with_interceptor(self, admit),
-        )
+        // Set rather than left at tonic's default (4 MiB), which a runtime's batch of large
+        // events would pass and then be refused again on every retry.
+        const LIMIT: usize = aa_proto::MAX_GATEWAY_MESSAGE_BYTES;
+        tonic::service::Routes::new(InterceptedService::new(
+            pb::agent_service_server::AgentServiceServer::new(self.clone())
+                .max_decoding_message_size(LIMIT),
+            admit.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::policy_service_server::PolicyServiceServer::new(self.clone())
+                .max_decoding_message_size(LIMIT),
+            admit.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::audit_service_server::AuditServiceServer::new(self.clone())
+                .max_decoding_message_size(LIMIT),
+            admit.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::approval_service_server::ApprovalServiceServer::new(self)
+                .max_decoding_message_size(LIMIT),
+            admit,
+        ))
     }
 }
 

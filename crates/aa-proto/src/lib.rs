@@ -29,6 +29,15 @@ pub const EXPECTED_SEQUENCE_METADATA: &str = "aa-expected-sequence";
 /// for it (its agents' credentials are not in question) and logs it.
 pub const RUNTIME_REFUSED_METADATA: &str = "aa-runtime-refused";
 
+/// The most bytes of encoded events a runtime puts in one `AppendEvents` call (one event
+/// larger than this goes alone).
+pub const MAX_APPEND_BYTES: usize = 16 << 20;
+
+/// The largest message the gateway's services decode: room for an append of
+/// [`MAX_APPEND_BYTES`] and for the largest event a runtime stores, which an SDK frame
+/// ([`frame::MAX_FRAME_BYTES`]) bounds, grown by its enrichment and redaction labels.
+pub const MAX_GATEWAY_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Generated code for package `assembly.v1`.
 #[allow(
     missing_debug_implementations,

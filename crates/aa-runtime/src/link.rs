@@ -495,6 +495,24 @@ struct InFlight {
     call: tokio::task::JoinHandle<Result<pb::AppendEventsResponse, tonic::Status>>,
 }
 
+/// Keeps the first of `events` that fit in one append ([`aa_proto::MAX_APPEND_BYTES`]; at
+/// least one, however large); returns whether any were cut off. A batch the gateway cannot
+/// take would be refused, and sent again, for ever.
+fn cut_to_append_bytes(events: &mut Vec<Stored>) -> bool {
+    let mut bytes = 0usize;
+    let fit = events
+        .iter()
+        .take_while(|e| {
+            bytes = bytes.saturating_add(e.wire.len());
+            bytes <= aa_proto::MAX_APPEND_BYTES
+        })
+        .count()
+        .max(1);
+    let cut = fit < events.len();
+    events.truncate(fit);
+    cut
+}
+
 /// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`
 /// longer while events remain. Events just committed come from memory
 /// ([`Outbox::pending_after`]), older ones from the database. A backlog goes out
@@ -535,14 +553,16 @@ pub(crate) async fn forward(
         // A short batch means the outbox is keeping up: nothing more is sent until it is
         // answered, so that a trickle goes out in few calls.
         while in_flight.len() < APPENDS_IN_FLIGHT && !in_flight.back().is_some_and(|f| f.short) {
-            let pending = match read_ahead.take() {
+            let mut pending = match read_ahead.take() {
                 Some(events) => events,
                 None => read_after(&outbox, queued, batch).await,
             };
+            // What is cut off is read again for the next call.
+            let cut = cut_to_append_bytes(&mut pending);
             let Some(last) = pending.last().map(|e| e.sequence) else {
                 break;
             };
-            let short = pending.len() < batch;
+            let short = !cut && pending.len() < batch;
             let link = link.clone();
             let call = tokio::spawn(async move { link.append(pending).await });
             in_flight.push_back(InFlight { last, short, call });
@@ -621,5 +641,36 @@ pub(crate) async fn forward(
     }
     if let Some(last) = marking {
         let _ = last.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(sizes: &[usize]) -> Vec<Stored> {
+        (1..)
+            .zip(sizes)
+            .map(|(sequence, &size)| Stored {
+                sequence,
+                wire: vec![0; size],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_append_holds_what_fits_and_at_least_one_event() {
+        let max = aa_proto::MAX_APPEND_BYTES;
+        for (sizes, kept, cut) in [
+            (vec![10, 10, 10], 3, false),
+            (vec![max / 2, max / 2, 1], 2, true),
+            (vec![max + 1, 1], 1, true),
+            (vec![max + 1], 1, false),
+            (vec![], 0, false),
+        ] {
+            let mut batch = events(&sizes);
+            assert_eq!(cut_to_append_bytes(&mut batch), cut, "{sizes:?}");
+            assert_eq!(batch.len(), kept, "{sizes:?}");
+        }
     }
 }

@@ -480,6 +480,50 @@ async fn stored_sequences(gateway: &GatewayHandle) -> Vec<u64> {
         .collect()
 }
 
+/// Events too large to go to the gateway together (over tonic's default 4 MiB a message)
+/// are all delivered: the runtime sends no more than an append's worth at once, and the
+/// gateway takes an append of that size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_held_through_an_outage_are_all_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut gw_options = options(&state, vec![data()]);
+    gw_options.grpc = free_port();
+    let gateway = GatewayHandle::start(gw_options.clone()).await.unwrap();
+    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("runtime"))).unwrap();
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let agent = register(&c, "bot", None).await;
+    gateway.stop().await.unwrap();
+    // About 2.6 MB each: numbers, which no size cap on strings shortens.
+    let numbers: Vec<u64> = (1_000_000..1_330_000).collect();
+    for i in 0..3 {
+        let big = Report {
+            kind: EventKind::ToolEnd,
+            action: tool("shell", json!({ "command": format!("big {i}") })),
+            detail: Some(json!({ "numbers": numbers })),
+            session_id: None,
+        };
+        assert_eq!(c.report(&agent, vec![big], vec![]).await.unwrap(), 1);
+    }
+    let gateway = GatewayHandle::start(gw_options).await.unwrap();
+    let delivered = eventually(Duration::from_secs(30), async || {
+        stored_events(&gateway)
+            .await
+            .iter()
+            .filter(|e| {
+                e["detail"]["numbers"]
+                    .as_array()
+                    .is_some_and(|n| n.len() == numbers.len())
+            })
+            .count()
+            == 3
+    })
+    .await;
+    assert!(delivered, "the large events were not all delivered");
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_restored_from_a_backup_is_sent_again_what_it_lost() {
     let dir = tempfile::tempdir().unwrap();
