@@ -30,8 +30,9 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         export: Option<PathBuf>,
         /// The gateway's key (`did:key:…`, as its `/health` shows it): every checkpoint must
-        /// be signed by it, and there must be one. Without it an export is checked against
-        /// the key it names itself, which whoever rewrote it could have signed with.
+        /// be signed by it, and there must be one. Without it a database is checked against
+        /// the state directory's `gateway.key` (and refused without one), and an export
+        /// against the key it names itself, which whoever rewrote it could have signed with.
         #[arg(long, value_parser = gateway_did)]
         gateway_did: Option<Box<aa_identity::PublicKey>>,
     },
@@ -116,18 +117,30 @@ async fn verify_database(
 ) -> Result<Result<Verified, Tampered>> {
     let store = open(state_dir)?;
     let checkpoints = store.checkpoints().await?;
-    let own = trusted_key(state_dir);
+    let own = match pinned {
+        Some(_) => None,
+        None => Some(trusted_key(state_dir)?),
+    };
     let mut verifier = Verifier::new(&checkpoints, pinned.or(own.as_ref()));
     for_each_page(&store, |page| Ok(check_all(&mut verifier, page))).await?;
     Ok(verifier.finish())
 }
 
-fn trusted_key(state_dir: &Path) -> Option<aa_identity::PublicKey> {
+/// The key of the gateway whose state directory this is. Without it, checkpoints could only
+/// be checked against the keys they name themselves, which whoever rewrote the log could
+/// have signed with: verifying a database needs it, or `--gateway-did`.
+fn trusted_key(state_dir: &Path) -> Result<aa_identity::PublicKey> {
     let path = state_dir.join("gateway.key");
-    path.exists()
-        .then(|| aa_identity::keyfile::load_or_create(&path).ok())
-        .flatten()
-        .map(|k| k.public())
+    if !path.exists() {
+        bail!(
+            "no gateway key at {} to check the checkpoints against; pass the gateway's \
+             --gateway-did (as its /health shows it)",
+            path.display()
+        );
+    }
+    let key = aa_identity::keyfile::load_or_create(&path)
+        .with_context(|| format!("reading the gateway key {}", path.display()))?;
+    Ok(key.public())
 }
 
 /// A record's line of an export as written, its event kept as text.
@@ -230,8 +243,11 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                 Some(file) => verify_export(&file, pinned)?,
                 None => crate::block_on(verify_database(&source.state_dir, pinned))?,
             };
+            // Pinned, the log must be signed by that gateway: deleting every checkpoint and
+            // rewriting the chains would otherwise pass. Unpinned, a log not signed yet (a
+            // gateway signs every few seconds) is reported as such.
             let verified = verified.and_then(|v| match pinned {
-                Some(key) if v.checkpoints == 0 => Err(Tampered(format!(
+                Some(key) if v.checkpoints == 0 && v.records > 0 => Err(Tampered(format!(
                     "no checkpoint signed by {}: nothing shows that gateway wrote this log",
                     key.did()
                 ))),

@@ -166,6 +166,13 @@ CREATE INDEX revoked_tokens_by_expiry ON revoked_tokens (expires_at_ms);
     r#"
 CREATE INDEX revoked_tokens_by_agent ON revoked_tokens (agent_id, expires_at_ms);
 "#,
+    // Checkpoints are append-only too: a removed one is how a rewritten log would hide.
+    r#"
+CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+"#,
 ];
 
 /// Revoked tokens kept per agent. Only a token some runtime still holds matters, and a

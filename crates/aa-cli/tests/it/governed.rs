@@ -1169,6 +1169,33 @@ async fn tampering_is_named_by_audit_verify() {
     assert_eq!(code, 1, "{cut}");
     assert!(cut.contains("truncated or deleted"), "{cut}");
 
+    // A database away from its gateway's key is checked against a key given, never against
+    // the keys its checkpoints name themselves.
+    let copied = dir.path().join("copied");
+    std::fs::create_dir_all(&copied).unwrap();
+    std::fs::copy(state.join("gateway.db"), copied.join("gateway.db")).unwrap();
+    let keyless = crate::aasm(&["audit", "verify", "--state-dir", copied.to_str().unwrap()]);
+    assert_eq!(
+        keyless.status.code(),
+        Some(2),
+        "{}",
+        crate::stdout(&keyless)
+    );
+    assert!(
+        crate::stderr(&keyless).contains("no gateway key at"),
+        "{}",
+        crate::stderr(&keyless)
+    );
+    let given = crate::aasm(&[
+        "audit",
+        "verify",
+        "--state-dir",
+        copied.to_str().unwrap(),
+        "--gateway-did",
+        &own,
+    ]);
+    assert_eq!(given.status.code(), Some(0), "{}", crate::stdout(&given));
+
     let db = state.join("gateway.db");
     let pristine = std::fs::read(&db).unwrap();
     let tamper = |sql: &str| {

@@ -96,15 +96,23 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
 }
 
 #[tokio::test]
-async fn the_audit_table_refuses_updates_and_deletes() {
+async fn the_audit_and_checkpoint_tables_refuse_updates_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.db");
     let store = SqliteStore::open(&path).unwrap();
     store.append_events("rt-1", vec![event(1)]).await.unwrap();
+    let heads = store.heads().await.unwrap();
+    let gateway = Keypair::generate().unwrap();
+    store
+        .add_checkpoint(Checkpoint::sign(&gateway, 1, 1_000, heads))
+        .await
+        .unwrap();
     let raw = rusqlite::Connection::open(&path).unwrap();
     for sql in [
         "UPDATE audit_records SET event = '{}'",
         "DELETE FROM audit_records",
+        "UPDATE checkpoints SET signature = ''",
+        "DELETE FROM checkpoints",
     ] {
         let err = raw.execute(sql, []).unwrap_err();
         assert!(err.to_string().contains("append-only"), "{sql}: {err}");
