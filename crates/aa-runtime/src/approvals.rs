@@ -59,9 +59,14 @@ impl PendingTable {
         Ok(())
     }
 
-    /// Takes the entry out: only the first wait gets it.
-    pub(crate) fn take(&self, approval_id: &str) -> Option<Pending> {
-        self.entries.lock().ok()?.remove(approval_id)
+    /// The pending approval `approval_id` of `agent_id`, taken out: the first wait for it
+    /// gets it. Another agent's wait for the id leaves it where it is.
+    pub(crate) fn take(&self, approval_id: &str, agent_id: &str) -> Option<Pending> {
+        let mut entries = self.entries.lock().ok()?;
+        if entries.get(approval_id)?.agent.id != agent_id {
+            return None;
+        }
+        entries.remove(approval_id)
     }
 }
 
@@ -173,5 +178,41 @@ async fn follow(link: &GatewayLink, approval_id: &str) -> Result<Resolution, Ref
             Ok(pb::ApprovalStatus::Expired) => return Ok(Resolution::Expired),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aa_core::{Decision, Mode};
+
+    use super::*;
+
+    fn pending(agent: &str) -> Pending {
+        Pending {
+            agent: AgentContext::new(agent),
+            action: Action::ToolCall {
+                tool: "shell".into(),
+                args: serde_json::json!({}),
+            },
+            digest: "d".into(),
+            verdict: Verdict {
+                decision: Decision::Pending,
+                rule: "r".into(),
+                reason: String::new(),
+                policy: String::new(),
+                mode: Mode::Enforce,
+            },
+            expires: Instant::now() + std::time::Duration::from_secs(60),
+            created: watch::channel(None).1,
+        }
+    }
+
+    #[test]
+    fn only_the_agent_that_asked_takes_its_pending_approval_once() {
+        let table = PendingTable::default();
+        table.insert("a-1".into(), pending("bot")).unwrap();
+        assert!(table.take("a-1", "intruder").is_none());
+        assert!(table.take("a-1", "bot").is_some(), "another's wait took it");
+        assert!(table.take("a-1", "bot").is_none());
     }
 }

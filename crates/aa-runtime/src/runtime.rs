@@ -586,9 +586,11 @@ impl Runtime {
             }
             return;
         };
-        let decision = match exceeded.action.as_str() {
-            "alert" => Decision::Allow,
-            "pending" => Decision::Pending,
+        // An `alert` cap lets the call go only when the gateway reserved its cost: unreserved,
+        // it would be charged nowhere.
+        let decision = match (exceeded.action.as_str(), answer.allowed) {
+            ("alert", true) => Decision::Allow,
+            ("pending", _) => Decision::Pending,
             _ => Decision::Deny,
         };
         let resets = exceeded
@@ -756,10 +758,7 @@ impl Runtime {
         if let Err(reason) = self.session(&request.agent_id, &request.credential_token, peer) {
             return answer(&deny("credential", reason));
         }
-        let pending = self
-            .pending
-            .take(&request.approval_id)
-            .filter(|p| p.agent.id == request.agent_id);
+        let pending = self.pending.take(&request.approval_id, &request.agent_id);
         let Some(pending) = pending else {
             return answer(&deny(
                 "approval",
