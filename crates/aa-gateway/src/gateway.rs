@@ -341,6 +341,29 @@ impl<S: Store> Gateway<S> {
             }
             None => (reg.lineage.team_id.clone(), 0, Vec::new()),
         };
+        // An agent registering again keeps its place in the tree: a new parent could make a
+        // cycle, or lift it out from under a suspended subtree or its ancestors' bounds, and a
+        // new team out of its team's limits.
+        if let Some(known) = &existing {
+            let moved = if known.parent_agent_id != reg.lineage.parent_agent_id {
+                Some((
+                    "parent",
+                    &known.parent_agent_id,
+                    &reg.lineage.parent_agent_id,
+                ))
+            } else if known.team_id != team_id {
+                Some(("team", &known.team_id, &team_id))
+            } else {
+                None
+            };
+            if let Some((what, was, asked)) = moved {
+                return Err(GatewayError::Conflict(format!(
+                    "agent {:?} is registered with {what} {was:?}, not {asked:?}; deregister it \
+                     to register it elsewhere",
+                    reg.agent_id
+                )));
+            }
+        }
         let credential = self.issue(&reg.agent_id, &reg.public_key)?;
         let now = now_ms();
         let agent = AgentRecord {

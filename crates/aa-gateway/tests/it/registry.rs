@@ -237,3 +237,41 @@ async fn register_err(
         .unwrap_err()
         .to_string()
 }
+
+#[tokio::test]
+async fn an_agent_registering_again_keeps_its_place_in_the_tree() {
+    let gw = gateway(GatewayConfig::default());
+    let (root, worker) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    register(&gw, "root", &root, None).await;
+    register(&gw, "worker", &worker, Some("root")).await;
+    // Again, as it was: a restarted agent.
+    register(&gw, "worker", &worker, Some("root")).await;
+    let again = async |id: &str, key: &Keypair, parent: Option<&str>| -> GatewayError {
+        let Registered::Challenge(challenge) = gw
+            .register(registration(id, key, parent), None)
+            .await
+            .unwrap()
+        else {
+            panic!("expected a challenge");
+        };
+        let signature = key.sign_challenge(id, &challenge);
+        gw.register(registration(id, key, parent), Some(&signature))
+            .await
+            .unwrap_err()
+    };
+    // Out from under its parent (and so from a suspension of the parent's subtree) ...
+    let err = again("worker", &worker, None).await;
+    assert!(
+        matches!(&err, GatewayError::Conflict(m) if m.contains("parent Some(\"root\")")),
+        "{err}"
+    );
+    // ... or under its own child: a cycle.
+    let err = again("root", &root, Some("worker")).await;
+    assert!(matches!(&err, GatewayError::Conflict(_)), "{err}");
+    let parent = |id: &'static str| {
+        let gw = &gw;
+        async move { gw.store().agent(id).await.unwrap().unwrap().parent_agent_id }
+    };
+    assert_eq!(parent("worker").await.as_deref(), Some("root"));
+    assert_eq!(parent("root").await, None);
+}
