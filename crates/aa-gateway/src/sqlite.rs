@@ -714,6 +714,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn agent_count(&self) -> Result<u64, GatewayError> {
+        self.with(|conn| {
+            let count: i64 = conn.query_row("SELECT COUNT(*) FROM agents", [], |row| row.get(0))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
     async fn put_suspension(&self, suspension: Suspension) -> Result<(), GatewayError> {
         let record =
             serde_json::to_string(&suspension).map_err(|e| GatewayError::Storage(e.to_string()))?;

@@ -271,6 +271,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every agent, by id.
     fn agents(&self) -> impl Future<Output = Result<Vec<AgentRecord>, GatewayError>> + Send;
 
+    /// How many agents are registered, without reading them.
+    fn agent_count(&self) -> impl Future<Output = Result<u64, GatewayError>> + Send;
+
     /// Records a new approval; returns false (changing nothing) when its id exists already.
     fn insert_approval(
         &self,

@@ -272,6 +272,11 @@ impl From<&AgentRegistration> for pb::RegisterRequest {
     }
 }
 
+/// The longest id, name or team a registration may carry.
+pub const MAX_NAME_BYTES: usize = 256;
+/// The longest delegation reason a registration may carry.
+pub const MAX_REASON_BYTES: usize = 4096;
+
 impl TryFrom<pb::RegisterRequest> for AgentRegistration {
     type Error = ProtoError;
 
@@ -284,6 +289,36 @@ impl TryFrom<pb::RegisterRequest> for AgentRegistration {
                 "register.did_key",
                 "must be a did:key identifier".to_owned(),
             ));
+        }
+        // Every registration is kept, and shown to operators: none may be made huge.
+        for (field, value, most) in [
+            ("register.agent_id", &r.agent_id, MAX_NAME_BYTES),
+            ("register.name", &r.name, MAX_NAME_BYTES),
+            ("register.framework", &r.framework, MAX_NAME_BYTES),
+            ("register.did_key", &r.did_key, MAX_NAME_BYTES),
+            (
+                "register.parent_agent_id",
+                &r.parent_agent_id,
+                MAX_NAME_BYTES,
+            ),
+            ("register.team_id", &r.team_id, MAX_NAME_BYTES),
+            (
+                "register.spawned_by_tool",
+                &r.spawned_by_tool,
+                MAX_NAME_BYTES,
+            ),
+            (
+                "register.delegation_reason",
+                &r.delegation_reason,
+                MAX_REASON_BYTES,
+            ),
+        ] {
+            if value.len() > most {
+                return Err(invalid(
+                    field,
+                    format!("is {} bytes long; at most {most}", value.len()),
+                ));
+            }
         }
         Ok(AgentRegistration {
             agent_id: r.agent_id,
@@ -644,6 +679,32 @@ mod tests {
         .iter()
         .map(|j| Action::from_json(j).unwrap())
         .collect()
+    }
+
+    #[test]
+    fn a_registration_with_a_huge_field_is_refused_naming_it() {
+        let request = |name: String, reason: String| pb::RegisterRequest {
+            agent_id: "bot".into(),
+            name,
+            did_key: "did:key:z6Mk".into(),
+            delegation_reason: reason,
+            ..pb::RegisterRequest::default()
+        };
+        let short = "x".repeat(MAX_NAME_BYTES);
+        assert!(AgentRegistration::try_from(request(short.clone(), "y".repeat(4096))).is_ok());
+        let err =
+            AgentRegistration::try_from(request("x".repeat(4 << 20), String::new())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid register.name: is 4194304 bytes long; at most 256"
+        );
+        let err = AgentRegistration::try_from(request(short, "y".repeat(MAX_REASON_BYTES + 1)))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid register.delegation_reason"),
+            "{err}"
+        );
     }
 
     #[test]
