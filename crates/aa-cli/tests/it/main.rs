@@ -57,6 +57,21 @@ pub(crate) fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
+    let (code, text) = http_text(addr, method, path, token, body);
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// [`http`], the answer's body as text.
+pub(crate) fn http_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let auth = token
         .map(|t| format!("authorization: Bearer {t}\r\n"))
@@ -72,10 +87,7 @@ pub(crate) fn http(
     stream.read_to_string(&mut response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (
-        code,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    (code, body.to_owned())
 }
 
 pub(crate) fn stdout(out: &Output) -> String {

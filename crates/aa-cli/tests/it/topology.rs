@@ -362,6 +362,35 @@ async fn an_unreadable_saved_suspension_set_stops_everyone_until_the_gateways_ar
     gateway.stop().await.unwrap();
 }
 
+/// `/metrics` answers without a token, in Prometheus's text format, counting the agents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_registered_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let gateway = GatewayHandle::start(options(&state, vec![policy()]))
+        .await
+        .unwrap();
+    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("rt"))).unwrap();
+    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
+    spawn(&c, "root", "builders", None).await;
+    spawn(&c, "child", "builders", Some("root")).await;
+    spawn(&c, "solo", "builders", None).await;
+    let (code, text) = crate::http_text(gateway.http, "GET", "/metrics", None, "");
+    assert_eq!(code, 200, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"aasm_gateway_agents 3"), "{text}");
+    assert!(
+        lines.contains(&"aasm_gateway_registrations_total 3"),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"# TYPE aasm_gateway_agents gauge"),
+        "{text}"
+    );
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
 /// Every operation the OpenAPI document names is served, with the admin token, at the path
 /// and method it gives; and the document needs no token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
