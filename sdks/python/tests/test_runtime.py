@@ -39,6 +39,22 @@ def test_allow_runs_the_tool_and_reports_it(aasm: Aasm, sdk_dirs: dict[str, Any]
     assert ends[0]["detail"]["duration_ms"] >= 0
 
 
+def test_a_result_that_cannot_be_reported_is_still_returned(
+    aasm: Aasm, sdk_dirs: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    deep: list[Any] = []
+    for _ in range(300):
+        deep = [deep]
+    with init_assembly("reader", **sdk_dirs) as assembly:
+
+        @assembly.tool
+        def read_file(path: str) -> list[Any]:
+            return deep
+
+        assert read_file("/workspace/notes.txt") is deep
+    assert "the end of tool 'read_file' (agent 'reader') was not recorded" in caplog.text
+
+
 def test_a_deny_stops_the_body(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
     ran: list[str] = []
     with init_assembly("reader", **sdk_dirs) as assembly:

@@ -256,16 +256,27 @@ class Assembly:
         """Records how a tool call ended: its result (or, when ``error`` is given, the error)
         and duration. The tool has run by now, so a report the runtime does not take is
         logged, never raised over the tool's own outcome."""
-        detail: dict[str, object] = {"duration_ms": round(duration_s * 1000, 3)}
-        if error is None:
-            kind = "tool_end"
-            detail["result"] = self._result_detail(result)
-        else:
-            kind = "error"
-            detail["error"] = type(error).__name__
-            detail["message"] = str(error)
-        action = {"type": "tool_call", "tool": tool_name, "args": dict(args)}
-        self._report([{"kind": kind, "action": action, "detail": detail}], raise_errors=False)
+        try:
+            detail: dict[str, object] = {"duration_ms": round(duration_s * 1000, 3)}
+            if error is None:
+                kind = "tool_end"
+                detail["result"] = self._result_detail(result)
+            else:
+                kind = "error"
+                detail["error"] = type(error).__name__
+                detail["message"] = str(error)
+            action = {"type": "tool_call", "tool": tool_name, "args": dict(args)}
+            self._report([{"kind": kind, "action": action, "detail": detail}], raise_errors=False)
+        except Exception as failure:
+            # A result or arguments that cannot be sent (nested too deep, too large) lose
+            # their report, not the tool's outcome.
+            _log.error(
+                "the end of tool %r (agent %r) was not recorded: %s: %s",
+                tool_name,
+                self.agent_id,
+                type(failure).__name__,
+                failure,
+            )
 
     def report_llm_usage(
         self,
