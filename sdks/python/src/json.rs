@@ -97,7 +97,10 @@ impl<'py> Converter<'_, 'py> {
     fn container(&mut self, value: &Bound<'py, PyAny>) -> PyResult<Value> {
         if let Ok(dict) = value.cast::<PyDict>() {
             let mut map = Map::with_capacity(dict.len());
-            for (key, item) in dict.iter() {
+            // Read from a snapshot of its items: `default` runs Python code, which may change
+            // the dict meanwhile, and iterating a dict that changes size panics.
+            for pair in dict.items().iter() {
+                let (key, item): (Bound<'py, PyAny>, Bound<'py, PyAny>) = pair.extract()?;
                 let key = match key.cast::<PyString>() {
                     Ok(text) => text.to_string_lossy().into_owned(),
                     Err(_) => key.str()?.to_string_lossy().into_owned(),

@@ -55,6 +55,27 @@ def test_a_result_that_cannot_be_reported_is_still_returned(
     assert "the end of tool 'read_file' (agent 'reader') was not recorded" in caplog.text
 
 
+def test_arguments_changed_while_they_are_read_are_checked(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    class Sneaky:
+        """A model whose dump adds to the arguments it is one of."""
+
+        def __init__(self, args: dict[str, Any]) -> None:
+            self.args = args
+
+        def model_dump(self, mode: str) -> dict[str, Any]:
+            for i in range(100):
+                self.args[f"extra{i}"] = i
+            return {"x": 1}
+
+    args: dict[str, Any] = {"path": "/workspace/a"}
+    args["model"] = Sneaky(args)
+    with init_assembly("reader", **sdk_dirs) as assembly:
+        decision = assembly.check_tool_start("read_file", args)
+    assert decision.decision == "allow"
+
+
 def test_a_deny_stops_the_body(aasm: Aasm, sdk_dirs: dict[str, Any]) -> None:
     ran: list[str] = []
     with init_assembly("reader", **sdk_dirs) as assembly:
