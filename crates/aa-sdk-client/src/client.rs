@@ -103,12 +103,17 @@ pub struct Agent {
     id: String,
     context: AgentContext,
     credential: Arc<StdMutex<Credential>>,
+    /// Held while the token is renewed, or registered again, and while the agent is
+    /// deregistered: a deregistration never presents a token a renewal is replacing.
+    renewal: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Clone)]
 struct Credential {
     token: String,
     expires_at_ms: i64,
+    /// Deregistered: never renewed or registered again in the background.
+    ended: bool,
 }
 
 impl Agent {
@@ -142,11 +147,19 @@ impl Agent {
 
     fn renew(&self, token: String, expires_at_ms: i64) {
         if let Ok(mut c) = self.credential.lock() {
-            *c = Credential {
-                token,
-                expires_at_ms,
-            };
+            c.token = token;
+            c.expires_at_ms = expires_at_ms;
         }
+    }
+
+    fn set_ended(&self, ended: bool) {
+        if let Ok(mut c) = self.credential.lock() {
+            c.ended = ended;
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.credential.lock().map_or(true, |c| c.ended)
     }
 }
 
@@ -395,7 +408,7 @@ impl Client {
         let shared = Arc::clone(&self.shared);
         self.spawn(async move {
             let agent = shared.register(&spec).await?;
-            tokio::spawn(renew(Arc::downgrade(&shared), agent.clone()));
+            tokio::spawn(renew(Arc::downgrade(&shared), agent.clone(), spec));
             Ok(agent)
         })
     }
@@ -572,14 +585,25 @@ impl Client {
         let agent = agent.clone();
         let reason = reason.to_owned();
         self.spawn(async move {
-            let request = pb::DeregisterRequest {
-                agent_id: agent.id.clone(),
-                credential_token: agent.token(),
-                reason,
+            let request = |credential_token: String| {
+                Body::Deregister(pb::DeregisterRequest {
+                    agent_id: agent.id.clone(),
+                    credential_token,
+                    reason: reason.clone(),
+                })
             };
-            match shared.call(Body::Deregister(request), false).await? {
-                Body::Deregistered(_) => Ok(()),
-                other => Err(unexpected(&other)),
+            // Ended before it is asked for, so that a renewal refused meanwhile does not
+            // register it again; taken back if the runtime does not deregister it.
+            agent.set_ended(true);
+            // Not while a renewal replaces the token this call presents.
+            let _renewal = agent.renewal.lock().await;
+            let answer = shared.call(request(agent.token()), false).await;
+            match answer {
+                Ok(Body::Deregistered(_)) => Ok(()),
+                other => {
+                    agent.set_ended(false);
+                    Err(other.map_or_else(|e| e, |body| unexpected(&body)))
+                }
             }
         })
     }
@@ -674,8 +698,12 @@ fn unexpected(body: &Body) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {name}"))
 }
 
-/// Renews the token at half its remaining life until the client is gone.
-async fn renew(shared: std::sync::Weak<Shared>, agent: Agent) {
+/// Renews the token at half its remaining life until the client is gone or the agent is
+/// deregistered. A token the runtime no longer takes (the answer to the last renewal was lost,
+/// and the token it replaced is gone; or the agent registered again elsewhere) is replaced by
+/// registering again, with the same key and lineage, rather than leaving every later call
+/// refused.
+async fn renew(shared: std::sync::Weak<Shared>, agent: Agent, spec: AgentSpec) {
     loop {
         let left = agent.expires_at_ms().saturating_sub(now_ms());
         let wait = Duration::from_millis(u64::try_from(left / 2).unwrap_or(0).max(1000));
@@ -683,10 +711,22 @@ async fn renew(shared: std::sync::Weak<Shared>, agent: Agent) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        if let Err(error) = shared.heartbeat(&agent).await
-            && error.is_unauthenticated()
-        {
+        let _renewal = agent.renewal.lock().await;
+        if agent.ended() {
             return;
+        }
+        let Err(error) = shared.heartbeat(&agent).await else {
+            continue;
+        };
+        if !error.is_unauthenticated() || agent.ended() {
+            continue;
+        }
+        match shared.register(&spec).await {
+            Ok(fresh) => agent.renew(fresh.token(), fresh.expires_at_ms()),
+            // Refused for itself (another key holds the id): nothing more to try.
+            Err(error) if error.is_unauthenticated() => return,
+            // The runtime is away: tried again at the next turn.
+            Err(_) => {}
         }
     }
 }
@@ -762,7 +802,9 @@ impl Shared {
                 credential: Arc::new(StdMutex::new(Credential {
                     token: r.credential_token,
                     expires_at_ms: r.expires_at.map_or(0, aa_proto::convert::millis),
+                    ended: false,
                 })),
+                renewal: Arc::default(),
             }),
             other => Err(unexpected(&other)),
         }
@@ -904,7 +946,9 @@ mod tests {
             credential: Arc::new(StdMutex::new(Credential {
                 token: "token".into(),
                 expires_at_ms: 0,
+                ended: false,
             })),
+            renewal: Arc::default(),
         };
         let action = Action::ToolCall {
             tool: "ls".into(),

@@ -480,6 +480,48 @@ async fn stored_sequences(gateway: &GatewayHandle) -> Vec<u64> {
         .collect()
 }
 
+/// An agent whose token stops being taken (here: the same agent registered again through
+/// another client, superseding it) registers again at its next renewal rather than being
+/// refused from then on; a deregistered agent is left deregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_token_is_superseded_registers_again_unless_deregistered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw_options = options(&dir.path().join("state"), vec![data()]);
+    gw_options.config.token_ttl = Duration::from_secs(4);
+    let gateway = GatewayHandle::start(gw_options).await.unwrap();
+    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("runtime"))).unwrap();
+    let first = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let agent = register(&first, "bot", None).await;
+    assert_eq!(
+        decide(&first, &agent, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    // The same agent (its key is in the shared state directory) through another client,
+    // closed at once so that it does not take the agent back in its turn.
+    let second = client(dir.path(), &runtime.socket, Mode::Enforce);
+    register(&second, "bot", None).await;
+    second.close();
+    assert_eq!(
+        decide(&first, &agent, shell("ls")).await.verdict.decision,
+        Decision::Deny
+    );
+    let back = eventually(Duration::from_secs(10), async || {
+        decide(&first, &agent, shell("ls")).await.verdict.decision == Decision::Allow
+    })
+    .await;
+    assert!(back, "the superseded agent never registered again");
+    // Ended on purpose, it stays ended: no renewal registers it again.
+    first.deregister(&agent, "done").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let record = gateway.gateway.store().agent("bot").await.unwrap().unwrap();
+    assert!(
+        record.token_id.is_empty(),
+        "a deregistered agent was registered again"
+    );
+    runtime.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
+
 /// Events too large to go to the gateway together (over tonic's default 4 MiB a message)
 /// are all delivered: the runtime sends no more than an append's worth at once, and the
 /// gateway takes an append of that size.
