@@ -81,7 +81,13 @@ fn refusal(status: &tonic::Status) -> Refusal {
     }
     let code = match status.code() {
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => ErrorCode::Unauthenticated,
-        tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition => ErrorCode::InvalidRequest,
+        // What asking again cannot change: an unknown approval, a request too large.
+        tonic::Code::InvalidArgument
+        | tonic::Code::FailedPrecondition
+        | tonic::Code::NotFound
+        | tonic::Code::AlreadyExists
+        | tonic::Code::OutOfRange
+        | tonic::Code::ResourceExhausted => ErrorCode::InvalidRequest,
         _ => ErrorCode::Unavailable,
     };
     let message = match code {
@@ -656,6 +662,26 @@ mod tests {
                 wire: vec![0; size],
             })
             .collect()
+    }
+
+    #[test]
+    fn a_refusal_asking_again_cannot_change_is_not_unavailability() {
+        for code in [
+            tonic::Code::NotFound,
+            tonic::Code::OutOfRange,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::FailedPrecondition,
+        ] {
+            let refused = refusal(&tonic::Status::new(code, "no"));
+            assert_eq!(refused.code, ErrorCode::InvalidRequest, "{code:?}");
+            assert_eq!(refused.message, "no");
+        }
+        let away = refusal(&tonic::Status::unavailable("down"));
+        assert_eq!(away.code, ErrorCode::Unavailable);
+        assert_eq!(
+            refusal(&tonic::Status::internal("x")).code,
+            ErrorCode::Unavailable
+        );
     }
 
     #[test]

@@ -853,7 +853,7 @@ impl Runtime {
                     approval_id: request.approval_id.clone(),
                     action_digest: pending.digest.clone(),
                 };
-                match self.link.redeem_approval(redeem).await {
+                match self.ask_gateway(self.link.redeem_approval(redeem)).await {
                     Ok(_) => verdict(Decision::Allow, format!("approved {}", said(&by, &comment))),
                     Err(refusal) => verdict(
                         Decision::Deny,
@@ -1240,7 +1240,7 @@ impl Runtime {
     ) -> Result<pb::RegisterResponse, Refusal> {
         aa_core::AgentRegistration::try_from(request.clone())
             .map_err(|e| refuse(ErrorCode::InvalidRequest, e.to_string()))?;
-        let response = self.link.register(request).await?;
+        let response = self.ask_gateway(self.link.register(request)).await?;
         if !response.credential_token.is_empty() {
             let context = |a: pb::AgentRef| {
                 AgentContext::try_from(a).map_err(|e| refuse(ErrorCode::Internal, e.to_string()))
@@ -1276,7 +1276,7 @@ impl Runtime {
         let mut session = self
             .session(&request.agent_id, &request.credential_token, peer)
             .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
-        let response = self.link.heartbeat(request).await?;
+        let response = self.ask_gateway(self.link.heartbeat(request)).await?;
         session.token.clone_from(&response.credential_token);
         session.expires_at_ms = response.expires_at.map_or(0, aa_proto::convert::millis);
         self.store_session(session);
@@ -1292,7 +1292,7 @@ impl Runtime {
         self.session(&request.agent_id, &request.credential_token, peer)
             .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
         let agent_id = request.agent_id.clone();
-        let response = self.link.deregister(request).await?;
+        let response = self.ask_gateway(self.link.deregister(request)).await?;
         self.drop_session(&agent_id);
         Ok(response)
     }
