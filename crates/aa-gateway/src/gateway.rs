@@ -70,7 +70,6 @@ const MAX_OPEN_CHALLENGES: usize = 10_000;
 
 #[derive(Debug)]
 struct OpenChallenge {
-    did: String,
     challenge: [u8; aa_identity::CHALLENGE_BYTES],
     expires: SystemTime,
 }
@@ -140,7 +139,9 @@ pub struct Gateway<S> {
     key: Keypair,
     pub(crate) config: GatewayConfig,
     bundle: watch::Sender<Arc<Bundle>>,
-    challenges: Mutex<HashMap<String, OpenChallenge>>,
+    /// By agent id and key: a registration under another key opens its own challenge rather
+    /// than replacing the one an agent is answering.
+    challenges: Mutex<HashMap<(String, String), OpenChallenge>>,
     /// The built-in rules, which each bundle's scanner adds its custom patterns to.
     built_in: Arc<Scanner>,
     pub(crate) metrics: Metrics,
@@ -410,9 +411,8 @@ impl<S: Store> Gateway<S> {
             }
         }
         open.insert(
-            reg.agent_id.clone(),
+            (reg.agent_id.clone(), reg.public_key.clone()),
             OpenChallenge {
-                did: reg.public_key.clone(),
                 challenge,
                 expires: now + self.config.challenge_ttl,
             },
@@ -431,8 +431,8 @@ impl<S: Store> Gateway<S> {
             .challenges
             .lock()
             .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?
-            .remove(&reg.agent_id);
-        let open = open.filter(|c| c.expires > SystemTime::now() && c.did == reg.public_key);
+            .remove(&(reg.agent_id.clone(), reg.public_key.clone()));
+        let open = open.filter(|c| c.expires > SystemTime::now());
         let Some(open) = open else {
             return Err(GatewayError::Unauthenticated(
                 "no open challenge for this agent and key; register without a signature first"

@@ -275,3 +275,31 @@ async fn an_agent_registering_again_keeps_its_place_in_the_tree() {
     assert_eq!(parent("worker").await.as_deref(), Some("root"));
     assert_eq!(parent("root").await, None);
 }
+
+/// Another key asking for a new agent's challenge opens its own: the agent's answer to its
+/// challenge still registers it.
+#[tokio::test]
+async fn a_challenge_opened_under_another_key_does_not_replace_the_agents() {
+    let gw = gateway(GatewayConfig::default());
+    let (own, other) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
+    let Registered::Challenge(challenge) = gw
+        .register(registration("newcomer", &own, None), None)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a challenge");
+    };
+    let Registered::Challenge(_) = gw
+        .register(registration("newcomer", &other, None), None)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a challenge");
+    };
+    let signature = own.sign_challenge("newcomer", &challenge);
+    let registered = gw
+        .register(registration("newcomer", &own, None), Some(&signature))
+        .await
+        .unwrap();
+    assert!(matches!(registered, Registered::Issued { .. }));
+}
