@@ -154,7 +154,14 @@ impl<S: Store> Gateway<S> {
             }
             return self.expire_if_due(existing).await;
         }
-        let (action, receipts) = self.redacted(&new.action)?;
+        let (action, mut receipts) = self.redacted(&new.action)?;
+        // The reason may quote the action (a tool's or model's name, an argument): it is
+        // stored and shown to operators, so it is redacted like the action.
+        let reason = self.scanner().redact(&new.reason);
+        receipts.extend(reason.receipts.into_iter().map(|mut r| {
+            r.field = "reason".into();
+            r
+        }));
         let created = now_ms();
         let timeout_ms = i64::try_from(new.timeout.as_millis()).unwrap_or(i64::MAX);
         let approval = Approval {
@@ -163,7 +170,7 @@ impl<S: Store> Gateway<S> {
             action,
             action_digest: new.action_digest.to_ascii_lowercase(),
             rule: new.rule,
-            reason: new.reason,
+            reason: reason.text,
             status: ApprovalStatus::Pending,
             created_at_ms: created,
             expires_at_ms: created.saturating_add(timeout_ms),

@@ -213,10 +213,17 @@ async fn expiry_is_recorded_on_read_and_by_the_sweep() {
 async fn every_step_is_on_the_gateway_stream_and_verifies() {
     let (gw, _, helper) = setup().await;
     let id = "audited-approval-0001";
-    let created = gw
-        .create_approval(ask("helper", &helper, id, "rm x", MINUTE))
-        .await
-        .unwrap();
+    let mut asked = ask("helper", &helper, id, "rm x", MINUTE);
+    asked.reason = "deletes files with key AKIAZXCVBNMASDFGHJKL".into();
+    let created = gw.create_approval(asked).await.unwrap();
+    // The reason is stored as the audit log holds it, redacted.
+    assert!(
+        created.reason.contains("[REDACTED:") && !created.reason.contains("AKIAZXCVBNMASDFGHJKL"),
+        "{}",
+        created.reason
+    );
+    let stored = gw.approval(id).await.unwrap();
+    assert_eq!(stored.reason, created.reason);
     gw.decide_approval(
         id,
         true,
