@@ -22,7 +22,7 @@ from openai.types.responses import (
     ResponseOutputText,
 )
 
-from agent_assembly import LlmCallDenied, init_assembly
+from agent_assembly import AssemblyError, LlmCallDenied, init_assembly
 from agent_assembly.adapters.openai_agents import GovernedModel, govern_agent
 from conftest import Aasm
 
@@ -134,3 +134,20 @@ def test_a_model_outside_the_allow_list_is_not_called(aasm: Aasm, sdk_dirs: dict
         with pytest.raises(LlmCallDenied):
             Runner.run_sync(governed, "go")
     assert model.inputs == []
+
+
+def test_agents_handed_off_to_are_governed_and_mcp_servers_refused(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    with init_assembly("oa-agent", **sdk_dirs) as assembly:
+        helper = agent("read_file", {"path": "/workspace/a"})
+        lead = Agent(name="lead", tools=[read_file], handoffs=[helper])
+        helper.handoffs = [lead]  # a cycle is governed once
+        governed = govern_agent(assembly, lead)
+        (governed_helper,) = governed.handoffs
+        assert isinstance(governed_helper, Agent) and governed_helper is not helper
+        assert governed_helper.handoffs == [governed]
+        assert isinstance(governed_helper.model, GovernedModel)
+        assert all(t is not read_file for t in governed_helper.tools)
+        with pytest.raises(AssemblyError, match="MCP servers"):
+            govern_agent(assembly, Agent(name="mcp", mcp_servers=[object()]))  # type: ignore[list-item]

@@ -134,7 +134,24 @@ class GovernedModel(Model):
 def govern_agent(assembly: Assembly, agent: Agent[Any], *, on_deny: OnDeny = "raise") -> Agent[Any]:
     """A copy of ``agent`` whose function tools are governed, and whose model is when it is a
     ``Model`` object (a model given by name is resolved by the run; wrap it with
-    ``GovernedModel`` to have its requests checked)."""
+    ``GovernedModel`` to have its requests checked); so are the agents it hands off to, and
+    theirs. Under ``enforce``, an agent with MCP servers (whose tools join at run time,
+    unchecked) or a handoff that is not an ``Agent`` is refused."""
+    return _govern(assembly, agent, on_deny, {})
+
+
+def _govern(
+    assembly: Assembly, agent: Agent[Any], on_deny: OnDeny, governed: dict[int, Agent[Any]]
+) -> Agent[Any]:
+    # Agents that hand off to each other are each governed once; `governed` holds the copies.
+    if id(agent) in governed:
+        return governed[id(agent)]
+    if agent.mcp_servers and assembly.mode == "enforce":
+        raise AssemblyError(
+            f"agent {agent.name!r} has MCP servers, whose tools join the run unchecked; "
+            "govern their sessions with agent_assembly.adapters.mcp.govern_session and pass "
+            "their tools as function tools, or run in observe mode"
+        )
     tools: list[Any] = []
     for tool in agent.tools:
         if isinstance(tool, FunctionTool):
@@ -151,4 +168,19 @@ def govern_agent(assembly: Assembly, agent: Agent[Any], *, on_deny: OnDeny = "ra
         name = getattr(model, "model", None)
         # An unnamed model is checked as "unknown", which a model allow-list denies.
         model = GovernedModel(assembly, model, name if isinstance(name, str) else "unknown")
-    return agent.clone(tools=tools, model=model)
+    copy = agent.clone(tools=tools, model=model)
+    governed[id(agent)] = copy
+    handoffs: list[Any] = []
+    for handoff in agent.handoffs:
+        if isinstance(handoff, Agent):
+            handoffs.append(_govern(assembly, handoff, on_deny, governed))
+        elif assembly.mode == "enforce":
+            raise AssemblyError(
+                f"handoff {getattr(handoff, 'agent_name', handoff)!r} of agent {agent.name!r} "
+                "is not an Agent, so the agent it hands to cannot be governed; hand off to an "
+                "Agent, or run in observe mode"
+            )
+        else:
+            handoffs.append(handoff)
+    copy.handoffs = handoffs
+    return copy
