@@ -2,7 +2,7 @@
 //! from the local bundle, count rate limits, forward lifecycle calls to the gateway, and turn
 //! what the SDK reports into trusted, redacted, numbered events in the outbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -184,6 +184,9 @@ pub struct Runtime {
     config: RuntimeConfig,
     bundle: RwLock<Option<Arc<Compiled>>>,
     sessions: RwLock<HashMap<String, Session>>,
+    /// The ids of the tokens the gateway last said it revoked: a session holding one is not
+    /// stored, even when a heartbeat or registration answered before the revocation came.
+    revoked: RwLock<HashSet<String>>,
     /// `None` when the set is not known: the saved one was unreadable and the gateway's has
     /// not arrived. Everyone is then stopped.
     suspensions: RwLock<Option<Arc<Suspensions>>>,
@@ -248,6 +251,7 @@ impl Runtime {
             config,
             bundle: RwLock::new(None),
             sessions: RwLock::new(sessions),
+            revoked: RwLock::default(),
             suspensions: RwLock::new(Some(Arc::default())),
             rates: RateCounter::default(),
             pending: PendingTable::default(),
@@ -308,6 +312,11 @@ impl Runtime {
     /// token id)` pairs): superseded by a registration through another runtime, or
     /// deregistered. Their agents must register again here.
     pub(crate) fn drop_revoked(&self, revoked: &[(String, String)]) {
+        // Known before the sessions are looked at: a session stored meanwhile is either seen
+        // below or refused by `store_session`.
+        if let Ok(mut known) = self.revoked.write() {
+            *known = revoked.iter().map(|(_, token)| token.clone()).collect();
+        }
         // Checked and removed under one lock: a registration storing a new session
         // meanwhile is never the one removed.
         let ended: Vec<Session> = {
@@ -387,14 +396,35 @@ impl Runtime {
 
     fn store_session(&self, session: Session) {
         let id = session.agent.id.clone();
-        if let Ok(json) = serde_json::to_string(&session)
-            && let Err(error) = self.outbox.put_session(&id, &json)
+        let token_id = aa_identity::unverified_claims(&session.token)
+            .map(|claims| claims.token_id)
+            .unwrap_or_default();
+        let revoked = || self.revoked.read().map_or(true, |r| r.contains(&token_id));
+        if revoked() {
+            tracing::info!(agent = %id, "session not stored: its token was revoked meanwhile");
+            return;
+        }
+        let json = serde_json::to_string(&session).ok();
+        if let Some(json) = &json
+            && let Err(error) = self.outbox.put_session(&id, json)
         {
             tracing::warn!(%error, agent = %id, "session not persisted; it lasts until restart");
         }
-        if let Ok(mut sessions) = self.sessions.write() {
-            sessions.insert(id, session);
+        let Ok(mut sessions) = self.sessions.write() else {
+            return;
+        };
+        // Checked again under the lock `drop_revoked` removes sessions under.
+        if revoked() {
+            drop(sessions);
+            tracing::info!(agent = %id, "session not stored: its token was revoked meanwhile");
+            if let Some(json) = &json
+                && let Err(error) = self.outbox.remove_session_if(&id, json)
+            {
+                tracing::warn!(%error, agent = %id, "session removal not persisted");
+            }
+            return;
         }
+        sessions.insert(id, session);
     }
 
     fn drop_session(&self, agent_id: &str) {
@@ -1527,7 +1557,7 @@ mod tests {
         );
         assert_eq!(stored(), 2, "the newer session stays on disk");
 
-        runtime.drop_revoked(&[("other".into(), other_claims.token_id)]);
+        runtime.drop_revoked(&[("other".into(), other_claims.token_id.clone())]);
         let gone = runtime.session("other", &other, Peer { uid: 7, pid: 1 });
         assert!(gone.unwrap_err().contains("not registered"));
         assert_eq!(stored(), 1);
@@ -1536,6 +1566,11 @@ mod tests {
                 .session("bot", &new, Peer { uid: 7, pid: 1 })
                 .is_ok()
         );
+        // A renewal answered before the revocation came, stored after it, is not kept.
+        runtime.store_session(session("other", &other));
+        let gone = runtime.session("other", &other, Peer { uid: 7, pid: 1 });
+        assert!(gone.unwrap_err().contains("not registered"));
+        assert_eq!(stored(), 1);
     }
 
     /// Under `enforce` a check fails closed: an agent this runtime does not know, a missing
