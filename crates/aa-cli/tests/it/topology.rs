@@ -110,6 +110,20 @@ async fn a_grandchild_is_denied_what_the_root_lacks() {
         })
         .await
     );
+
+    // `/metrics` answers without a token, in Prometheus's text format, counting the agents.
+    let (code, text) = crate::http_text(gateway.http, "GET", "/metrics", None, "");
+    assert_eq!(code, 200, "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(&"# TYPE aasm_gateway_agents gauge"),
+        "{text}"
+    );
+    assert!(lines.contains(&"aasm_gateway_agents 4"), "{text}");
+    assert!(
+        lines.contains(&"aasm_gateway_registrations_total 4"),
+        "{text}"
+    );
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
 }
@@ -358,35 +372,6 @@ async fn an_unreadable_saved_suspension_set_stops_everyone_until_the_gateways_ar
         "the gateway's set never replaced the unreadable one"
     );
     assert_eq!(verdict(&c, &other).await.decision, Decision::Deny);
-    runtime.stop().await.unwrap();
-    gateway.stop().await.unwrap();
-}
-
-/// `/metrics` answers without a token, in Prometheus's text format, counting the agents.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_count_the_registered_agents() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let gateway = GatewayHandle::start(options(&state, vec![policy()]))
-        .await
-        .unwrap();
-    let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("rt"))).unwrap();
-    let c = client(dir.path(), &runtime.socket, Mode::Enforce);
-    spawn(&c, "root", "builders", None).await;
-    spawn(&c, "child", "builders", Some("root")).await;
-    spawn(&c, "solo", "builders", None).await;
-    let (code, text) = crate::http_text(gateway.http, "GET", "/metrics", None, "");
-    assert_eq!(code, 200, "{text}");
-    let lines: Vec<&str> = text.lines().collect();
-    assert!(lines.contains(&"aasm_gateway_agents 3"), "{text}");
-    assert!(
-        lines.contains(&"aasm_gateway_registrations_total 3"),
-        "{text}"
-    );
-    assert!(
-        lines.contains(&"# TYPE aasm_gateway_agents gauge"),
-        "{text}"
-    );
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
 }
