@@ -38,14 +38,16 @@ pub struct RuntimeConfig {
     pub max_in_flight: usize,
     /// How long a gateway call may take.
     pub gateway_timeout: Duration,
-    /// How long a frame may take to arrive once it has begun; a connection that leaves one
-    /// unfinished past this (a slow-read attack, or a broken client) is closed.
+    /// How long a frame may take to arrive once it has begun, and an answer to be taken; a
+    /// connection that leaves a frame unfinished or its answers unread past this (a slow-read
+    /// attack, or a broken client) is closed.
     pub frame_timeout: Duration,
     /// Connections served at once at most; more are answered `UNAVAILABLE` and closed.
     pub max_connections: usize,
-    /// Bytes of big frames (over 64 KiB) still arriving, held across all connections at
-    /// most: a connection whose frame needs more waits, its `frame_timeout` running, for
-    /// others to finish. Smaller frames never wait; each connection's read buffer bounds them.
+    /// Bytes of big frames (over 64 KiB) still arriving or being answered, held across all
+    /// connections at most: a connection whose frame needs more waits, its `frame_timeout`
+    /// running, for others to finish. Smaller frames never wait; each connection's read
+    /// buffer and `max_in_flight` bound them.
     pub max_unfinished_frame_bytes: usize,
     /// How the background work (the outbox writer, the forwarder) gives way to the threads
     /// that answer checks.

@@ -1,7 +1,8 @@
 //! The socket: binding it owner-only, checking each peer's uid, and serving frames. One
 //! connection carries concurrent calls; a bad frame closes only its own connection, and so
-//! does a frame left unfinished past `frame_timeout`. Idle connections cost a task and a read
-//! buffer each; past `max_connections`, new ones are answered `UNAVAILABLE` and closed.
+//! does a frame left unfinished past `frame_timeout`, or answers left unread that long. Idle
+//! connections cost a task and a read buffer each; past `max_connections`, new ones are
+//! answered `UNAVAILABLE` and closed.
 
 use std::fs;
 use std::future::Future;
@@ -250,13 +251,16 @@ struct Connection {
     io: AsyncFd<std::os::unix::net::UnixStream>,
     /// Held for each write of whole frames, so that frames never interleave.
     writing: Mutex<()>,
+    /// How long a write may wait for the peer to read ([`send`]).
+    answer_timeout: Duration,
 }
 
 impl Connection {
-    fn new(stream: UnixStream) -> std::io::Result<Connection> {
+    fn new(stream: UnixStream, answer_timeout: Duration) -> std::io::Result<Connection> {
         Ok(Connection {
             io: register(stream.into_std()?, Interest::READABLE)?,
             writing: Mutex::new(()),
+            answer_timeout,
         })
     }
 
@@ -304,8 +308,21 @@ fn register(
 /// calls share it.
 type Shared = Arc<Connection>;
 
+/// Writes whole frames; false once the connection is gone. A peer that leaves its answers
+/// unread past the frame timeout has its connection shut down: a writer blocked on it would
+/// otherwise hold the connection, and what the frames it answers were decoded into, for ever.
 async fn send(connection: &Shared, bytes: &[u8]) -> bool {
-    connection.write_all(bytes).await.is_ok()
+    match tokio::time::timeout(connection.answer_timeout, connection.write_all(bytes)).await {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            tracing::warn!(
+                timeout_s = connection.answer_timeout.as_secs_f64(),
+                "a peer left its answers unread; connection closed"
+            );
+            let _ = connection.io.get_ref().shutdown(std::net::Shutdown::Both);
+            false
+        }
+    }
 }
 
 /// Appends `frame`; one too large to send becomes an error frame saying so.
@@ -328,7 +345,8 @@ fn budget_units(pending: usize) -> usize {
 }
 
 async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Arc<Semaphore>) {
-    let connection: Shared = match Connection::new(stream) {
+    let frame_timeout = runtime.config().frame_timeout;
+    let connection: Shared = match Connection::new(stream, frame_timeout) {
         Ok(connection) => Arc::new(connection),
         Err(error) => {
             tracing::warn!(uid = peer.uid, pid = peer.pid, %error, "connection dropped: it could not be registered");
@@ -340,10 +358,10 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
     let mut buffer = vec![0u8; 64 * 1024];
     // The answers to everything one read brought in go out in one write.
     let mut answers = Vec::new();
-    let frame_timeout = runtime.config().frame_timeout;
     // When the frame now arriving must be complete; none while between frames, where a
     // connection may idle as long as it likes.
     let mut deadline: Option<tokio::time::Instant> = None;
+    // The budget the frame now arriving holds; it goes with that frame until it is answered.
     let mut held: Option<OwnedSemaphorePermit> = None;
     loop {
         let read = connection.read(&mut buffer);
@@ -377,8 +395,11 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
                     deadline = None;
+                    // Only the first frame this read completes can be the one the budget was
+                    // taken for: the others arrived whole within it, so are small.
+                    let share = held.take();
                     if let Some(answer) =
-                        dispatch(&runtime, frame, peer, &connection, &in_flight).await
+                        dispatch(&runtime, frame, share, peer, &connection, &in_flight).await
                     {
                         push_frame(&answer, &mut answers);
                     }
@@ -481,9 +502,13 @@ fn is_heavy(check: &pb::CheckRequest) -> bool {
 /// Answers a check in place (no IO, microseconds) unless it needs the gateway. The other calls
 /// wait on the gateway or the disk, so they run beside the connection's later frames and
 /// write their own answer.
+/// `share` is the frame's part of the budget for big frames: what it was decoded into is held
+/// until it is answered, so it stays taken until then, and no longer (not while the answer
+/// waits for the peer to read it).
 async fn dispatch(
     runtime: &Arc<Runtime>,
     frame: pb::Frame,
+    share: Option<OwnedSemaphorePermit>,
     peer: Peer,
     connection: &Shared,
     in_flight: &Arc<Semaphore>,
@@ -552,7 +577,7 @@ async fn dispatch(
                 "this frame is an answer, not a request",
             ),
         };
-        drop(permit);
+        drop((permit, share));
         let mut bytes = Vec::new();
         push_frame(&frame, &mut bytes);
         let _ = send(&connection, &bytes).await;

@@ -555,6 +555,53 @@ async fn resource_attacks_cost_the_attacker_their_connection_and_nobody_else_any
     assert!(closed, "the connection was closed");
     assert!(started.elapsed() < Duration::from_secs(10));
 
+    // A peer that asks and never reads: once its answers fill its socket and stay unread past
+    // the frame timeout, its connection is shut down (the runtime's writer would otherwise
+    // wait on it, and hold what it answers, for ever).
+    let deaf = {
+        let socket = socket.clone();
+        let bodiless = encode(&pb::Frame {
+            request_id: 1,
+            body: None,
+        })
+        .unwrap()
+        .repeat(1_000);
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            // Whole frames only, until the runtime stops taking them: a frame left half sent
+            // would have the connection closed for that instead.
+            s.set_nonblocking(true).unwrap();
+            let until = std::time::Instant::now() + Duration::from_secs(2);
+            while std::time::Instant::now() < until {
+                match std::io::Write::write(&mut s, &bodiless) {
+                    Ok(n) => assert_eq!(n, bodiless.len(), "a batch of frames half sent"),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    // Shut down already: what it did answer is still there to read.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            std::thread::sleep(Duration::from_secs(2));
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut answers = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut answers).map_err(|e| e.kind())
+        })
+    };
+    assert_eq!(
+        decide(&c, &bot, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
+    let read = deaf.await.unwrap();
+    // Closed: the end of the stream, or a reset for the requests it left unread; a connection
+    // still open would time the read out.
+    assert!(
+        matches!(read, Ok(_) | Err(std::io::ErrorKind::ConnectionReset)),
+        "{read:?}"
+    );
+
     // Idle connections up to the limit are held; one more is turned away, not queued; once
     // they go, connections are accepted again.
     let idle: Vec<std::os::unix::net::UnixStream> = (0..39)
