@@ -75,7 +75,8 @@ fn open(state_dir: &Path) -> Result<SqliteStore> {
             path.display()
         );
     }
-    SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))
+    // Read only: what is audited is not changed by auditing it, not even to migrate it.
+    SqliteStore::open_read_only(&path).with_context(|| format!("opening {}", path.display()))
 }
 
 /// Hands `each` every record in stream order, a page at a time, each page read from where the

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aa_core::{Approval, ApprovalStatus, EdgeKind, Suspension, TopologyEdge};
-use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::approvals::GATEWAY_STREAM;
 use crate::audit::{Checkpoint, GENESIS, Head, Record, hex, link_hash_of_canonical, unhex};
@@ -214,6 +214,30 @@ impl SqliteStore {
         SqliteStore::init(conn)
     }
 
+    /// Opens the database at `path` for reading alone, as an audit of it must: nothing in it
+    /// changes, its schema included, which must therefore be the one this build writes.
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, GatewayError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version = schema_version(&conn)?;
+        if version != MIGRATIONS.len() {
+            return Err(GatewayError::Storage(format!(
+                "database schema version {version}, where this build reads version {} (a \
+                 gateway of this build brings it up to date when it starts; it is not changed \
+                 here)",
+                MIGRATIONS.len()
+            )));
+        }
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
     /// A private in-memory database, for tests and tools.
     pub fn open_in_memory() -> Result<SqliteStore, GatewayError> {
         SqliteStore::init(Connection::open_in_memory()?)
@@ -281,9 +305,13 @@ impl SqliteStore {
     }
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), GatewayError> {
+fn schema_version(conn: &Connection) -> Result<usize, GatewayError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let version = usize::try_from(version).unwrap_or(usize::MAX);
+    Ok(usize::try_from(version).unwrap_or(usize::MAX))
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), GatewayError> {
+    let version = schema_version(conn)?;
     if version > MIGRATIONS.len() {
         return Err(GatewayError::Storage(format!(
             "database schema version {version} is newer than this build knows ({})",

@@ -1238,6 +1238,50 @@ async fn tampering_is_named_by_audit_verify() {
     ]);
     assert_eq!(given.status.code(), Some(0), "{}", crate::stdout(&given));
 
+    // Verifying reads a database and changes nothing in it: one a migration behind is refused,
+    // not brought up to date (its checkpoints' triggers, the latest migration, taken out).
+    let behind = copied.join("gateway.db");
+    let conn = rusqlite::Connection::open(&behind).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER checkpoints_no_update; DROP TRIGGER checkpoints_no_delete; \
+         PRAGMA user_version = 8;",
+    )
+    .unwrap();
+    drop(conn);
+    let refused = crate::aasm(&[
+        "audit",
+        "verify",
+        "--state-dir",
+        copied.to_str().unwrap(),
+        "--gateway-did",
+        &own,
+    ]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "{}",
+        crate::stdout(&refused)
+    );
+    assert!(
+        crate::stderr(&refused).contains("schema version 8"),
+        "{}",
+        crate::stderr(&refused)
+    );
+    let conn = rusqlite::Connection::open(&behind).unwrap();
+    let (version, triggers): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), \
+             (SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'checkpoints_no_%')",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (version, triggers),
+        (8, 0),
+        "verifying changed the database"
+    );
+
     let db = state.join("gateway.db");
     let pristine = std::fs::read(&db).unwrap();
     let tamper = |sql: &str| {
