@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::audit::Checkpoint;
 use crate::bundle::{Bundle, PolicyDocument};
+use crate::challenges::Challenges;
 use crate::error::GatewayError;
 use crate::store::{AgentRecord, Appended, NewEvent, RevokedToken, Store};
 
@@ -63,15 +64,6 @@ impl Default for GatewayConfig {
             append_priority: BackgroundPriority::default(),
         }
     }
-}
-
-/// Open challenges are bounded so a flood of registrations cannot grow memory without end.
-const MAX_OPEN_CHALLENGES: usize = 10_000;
-
-#[derive(Debug)]
-struct OpenChallenge {
-    challenge: [u8; aa_identity::CHALLENGE_BYTES],
-    expires: SystemTime,
 }
 
 /// What a registration step produced.
@@ -141,7 +133,7 @@ pub struct Gateway<S> {
     bundle: watch::Sender<Arc<Bundle>>,
     /// By agent id and key: a registration under another key opens its own challenge rather
     /// than replacing the one an agent is answering.
-    challenges: Mutex<HashMap<(String, String), OpenChallenge>>,
+    challenges: Mutex<Challenges>,
     /// The built-in rules, which each bundle's scanner adds its custom patterns to.
     built_in: Arc<Scanner>,
     pub(crate) metrics: Metrics,
@@ -205,7 +197,7 @@ impl<S: Store> Gateway<S> {
             key,
             config,
             bundle: watch::Sender::new(Arc::new(bundle)),
-            challenges: Mutex::new(HashMap::new()),
+            challenges: Mutex::new(Challenges::default()),
             built_in,
             metrics: Metrics::default(),
             closing: watch::Sender::new(false),
@@ -398,25 +390,15 @@ impl<S: Store> Gateway<S> {
         let challenge =
             aa_identity::challenge().map_err(|e| GatewayError::Unavailable(e.to_string()))?;
         let now = SystemTime::now();
-        let mut open = self
-            .challenges
+        self.challenges
             .lock()
-            .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?;
-        if open.len() >= MAX_OPEN_CHALLENGES {
-            open.retain(|_, c| c.expires > now);
-            if open.len() >= MAX_OPEN_CHALLENGES {
-                return Err(GatewayError::Unavailable(
-                    "too many registrations in progress".into(),
-                ));
-            }
-        }
-        open.insert(
-            (reg.agent_id.clone(), reg.public_key.clone()),
-            OpenChallenge {
+            .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?
+            .open(
+                (reg.agent_id.clone(), reg.public_key.clone()),
                 challenge,
-                expires: now + self.config.challenge_ttl,
-            },
-        );
+                now,
+                now + self.config.challenge_ttl,
+            );
         Ok(challenge.to_vec())
     }
 
@@ -426,20 +408,21 @@ impl<S: Store> Gateway<S> {
         key: &PublicKey,
         signature: &[u8],
     ) -> Result<(), GatewayError> {
-        // A challenge answers once, right or wrong: no guessing against the same one.
-        let open = self
+        let challenge = self
             .challenges
             .lock()
             .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?
-            .remove(&(reg.agent_id.clone(), reg.public_key.clone()));
-        let open = open.filter(|c| c.expires > SystemTime::now());
-        let Some(open) = open else {
+            .take(
+                &(reg.agent_id.clone(), reg.public_key.clone()),
+                SystemTime::now(),
+            );
+        let Some(challenge) = challenge else {
             return Err(GatewayError::Unauthenticated(
                 "no open challenge for this agent and key; register without a signature first"
                     .into(),
             ));
         };
-        key.verify_challenge(&reg.agent_id, &open.challenge, signature)
+        key.verify_challenge(&reg.agent_id, &challenge, signature)
             .map_err(|_| {
                 GatewayError::Unauthenticated("challenge signature does not verify".into())
             })

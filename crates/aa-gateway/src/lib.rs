@@ -3,6 +3,7 @@
 //!
 //! - [`gateway`]: [`Gateway`], the logic — registration with a challenge, credential tokens
 //!   and their renewal, bundle publication, audit appends with a backstop scan, checkpoints.
+//!   `challenges` holds the challenges open, the oldest forgotten past 10,000.
 //! - [`approvals`]: pending decisions as durable approvals — created by runtimes, decided by
 //!   operators, bound to the action's digest, released once; each step audited.
 //! - [`registry`]: agents as operators see them, the topology (lineage and reported edges),
@@ -27,6 +28,7 @@ pub mod approvals;
 pub mod audit;
 pub mod budgets;
 pub mod bundle;
+mod challenges;
 pub mod error;
 pub mod gateway;
 pub mod grpc;
