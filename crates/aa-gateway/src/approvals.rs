@@ -15,7 +15,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::error::GatewayError;
-use crate::gateway::{Gateway, now_ms};
+use crate::gateway::{Gateway, bump, now_ms};
 use crate::store::{NewEvent, Store};
 
 /// The stream the gateway numbers its own events on; no runtime may append to it.
@@ -181,13 +181,16 @@ impl<S: Store> Gateway<S> {
             policy: new.policy,
         };
         let in_order = self.approval_steps.lock().await;
-        if !self.store.insert_approval(approval.clone()).await? {
+        let (turn, step) = self
+            .own_event(approval_event(&approval, "requested", receipts))
+            .await?;
+        if !self.store.insert_approval(approval.clone(), step).await? {
             // A concurrent retry created it first. Reading it may expire it, which takes the
-            // lock again.
-            drop(in_order);
+            // locks again.
+            drop((turn, in_order));
             return self.approval(&approval.approval_id).await;
         }
-        self.record_step(&approval, "requested", receipts).await?;
+        self.own_written();
         self.approvals_changed();
         Ok(approval)
     }
@@ -255,16 +258,19 @@ impl<S: Store> Gateway<S> {
             ..approval
         };
         let in_order = self.approval_steps.lock().await;
+        let (turn, step) = self
+            .own_event(approval_event(&expired, "expired", Vec::new()))
+            .await?;
         if self
             .store
-            .update_approval(expired.clone(), ApprovalStatus::Pending)
+            .update_approval(expired.clone(), ApprovalStatus::Pending, step)
             .await?
         {
-            self.record_step(&expired, "expired", Vec::new()).await?;
+            self.own_written();
             self.approvals_changed();
             return Ok(expired);
         }
-        drop(in_order);
+        drop((turn, in_order));
         // Someone else moved it first: read what they wrote.
         self.store
             .approval(&expired.approval_id)
@@ -307,20 +313,23 @@ impl<S: Store> Gateway<S> {
             ..current
         };
         let in_order = self.approval_steps.lock().await;
+        let name = if approve { "approved" } else { "denied" };
+        let (turn, step) = self
+            .own_event(approval_event(&decided, name, Vec::new()))
+            .await?;
         if !self
             .store
-            .update_approval(decided.clone(), ApprovalStatus::Pending)
+            .update_approval(decided.clone(), ApprovalStatus::Pending, step)
             .await?
         {
-            drop(in_order);
+            drop((turn, in_order));
             let now = self.approval(approval_id).await?;
             return Err(GatewayError::Conflict(format!(
                 "approval {approval_id} is already {}",
                 ApprovalStatus::as_str(now.status)
             )));
         }
-        let step = if approve { "approved" } else { "denied" };
-        self.record_step(&decided, step, Vec::new()).await?;
+        self.own_written();
         self.approvals_changed();
         Ok(decided)
     }
@@ -363,65 +372,40 @@ impl<S: Store> Gateway<S> {
             ..current
         };
         let _in_order = self.approval_steps.lock().await;
+        let (_turn, step) = self
+            .own_event(approval_event(&used, "used", Vec::new()))
+            .await?;
         if !self
             .store
-            .update_approval(used.clone(), ApprovalStatus::Approved)
+            .update_approval(used.clone(), ApprovalStatus::Approved, step)
             .await?
         {
             return Err(GatewayError::Conflict(format!(
                 "approval {approval_id} was used already"
             )));
         }
-        self.record_step(&used, "used", Vec::new()).await?;
+        self.own_written();
         self.approvals_changed();
         Ok(used)
     }
 
-    /// Appends one step of an approval to the gateway's own stream.
-    async fn record_step(
-        &self,
-        approval: &Approval,
-        step: &str,
-        redactions: Vec<RedactionReceipt>,
-    ) -> Result<(), GatewayError> {
-        let decision = match approval.status {
-            ApprovalStatus::Pending => Decision::Pending,
-            ApprovalStatus::Approved => Decision::Allow,
-            ApprovalStatus::Denied | ApprovalStatus::Expired => Decision::Deny,
-        };
-        let event = AuditEvent {
-            event_id: format!("{GATEWAY_STREAM}/approval/{}/{step}", approval.approval_id),
-            timestamp_ms: now_ms(),
-            agent: approval.agent.clone(),
-            session_id: None,
-            action: approval.action.clone(),
-            verdict: Some(Verdict {
-                decision,
-                rule: approval.rule.clone(),
-                reason: approval.reason.clone(),
-                policy: approval.policy.clone(),
-                mode: Mode::Enforce,
-            }),
-            redactions,
-            kind: EventKind::Approval,
-            detail: Some(json!({
-                "approval_id": approval.approval_id,
-                "step": step,
-                "status": ApprovalStatus::as_str(approval.status),
-                "action_digest": approval.action_digest,
-                "expires_at_ms": approval.expires_at_ms,
-                "decided_by": approval.decided_by,
-                "comment": approval.comment,
-            })),
-            origin: None,
-        };
-        self.record_own(event).await
+    /// Appends an event the gateway itself made, numbering its stream; scanned like any other.
+    pub(crate) async fn record_own(&self, event: AuditEvent) -> Result<(), GatewayError> {
+        let (_turn, step) = self.own_event(event).await?;
+        self.append_run(GATEWAY_STREAM, vec![step])
+            .await
+            .map(|_| ())
     }
 
-    /// Appends an event the gateway itself made, numbering its stream; scanned like any other.
-    pub(crate) async fn record_own(&self, mut event: AuditEvent) -> Result<(), GatewayError> {
+    /// `event` scanned and numbered after the head of the gateway's own stream, to be written
+    /// with the change it records, in one transaction (a crash between two writes would keep
+    /// the change and lose its record). The stream is the caller's until it drops the guard.
+    pub(crate) async fn own_event(
+        &self,
+        mut event: AuditEvent,
+    ) -> Result<(tokio::sync::MutexGuard<'_, ()>, NewEvent), GatewayError> {
         self.backstop(&mut event)?;
-        let _turn = self.own_stream.lock().await;
+        let turn = self.own_stream.lock().await;
         let head = self
             .store
             .heads()
@@ -429,21 +413,59 @@ impl<S: Store> Gateway<S> {
             .into_iter()
             .find(|h| h.stream_id == GATEWAY_STREAM)
             .map_or(0, |h| h.sequence);
-        let now = now_ms();
         event.origin = Some(Origin {
             stream_id: GATEWAY_STREAM.to_owned(),
             sequence: head + 1,
-            received_at_ms: now,
+            received_at_ms: now_ms(),
             peer_uid: 0,
             peer_pid: 0,
         });
         let value = serde_json::to_value(&event)
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
-        self.append_run(
-            GATEWAY_STREAM,
-            vec![NewEvent::new(event.event_id, head + 1, &value)],
-        )
-        .await
-        .map(|_| ())
+        Ok((turn, NewEvent::new(event.event_id, head + 1, &value)))
+    }
+
+    /// Counts an event [`own_event`](Self::own_event) made as written.
+    pub(crate) fn own_written(&self) {
+        bump(&self.metrics.events_appended, 1);
+    }
+}
+
+/// One step of an approval, as the gateway's own stream records it.
+fn approval_event(
+    approval: &Approval,
+    step: &str,
+    redactions: Vec<RedactionReceipt>,
+) -> AuditEvent {
+    let decision = match approval.status {
+        ApprovalStatus::Pending => Decision::Pending,
+        ApprovalStatus::Approved => Decision::Allow,
+        ApprovalStatus::Denied | ApprovalStatus::Expired => Decision::Deny,
+    };
+    AuditEvent {
+        event_id: format!("{GATEWAY_STREAM}/approval/{}/{step}", approval.approval_id),
+        timestamp_ms: now_ms(),
+        agent: approval.agent.clone(),
+        session_id: None,
+        action: approval.action.clone(),
+        verdict: Some(Verdict {
+            decision,
+            rule: approval.rule.clone(),
+            reason: approval.reason.clone(),
+            policy: approval.policy.clone(),
+            mode: Mode::Enforce,
+        }),
+        redactions,
+        kind: EventKind::Approval,
+        detail: Some(json!({
+            "approval_id": approval.approval_id,
+            "step": step,
+            "status": ApprovalStatus::as_str(approval.status),
+            "action_digest": approval.action_digest,
+            "expires_at_ms": approval.expires_at_ms,
+            "decided_by": approval.decided_by,
+            "comment": approval.comment,
+        })),
+        origin: None,
     }
 }

@@ -228,14 +228,16 @@ impl<S: Store> Gateway<S> {
             reason: reason.to_owned(),
             suspended_at_ms: now_ms(),
         };
-        self.store.put_suspension(suspension.clone()).await?;
-        self.suspensions_changed();
         let change = SuspensionChange {
             step: "suspended".into(),
             agent_ids,
         };
-        self.record_suspension(agent, &change, subtree, suspended_by, reason)
-            .await?;
+        let event = suspension_event(agent, &change, subtree, suspended_by, reason);
+        let (turn, step) = self.own_event(event).await?;
+        self.store.put_suspension(suspension, step).await?;
+        drop(turn);
+        self.own_written();
+        self.suspensions_changed();
         Ok(change)
     }
 
@@ -251,7 +253,10 @@ impl<S: Store> Gateway<S> {
     ) -> Result<SuspensionChange, GatewayError> {
         let snapshot = self.snapshot().await?;
         let (agent, targets) = snapshot.reach(agent_id, subtree)?;
-        let lifted = self.store.remove_suspensions(targets).await?;
+        let lifted: Vec<String> = targets
+            .into_iter()
+            .filter(|id| snapshot.suspensions.contains_key(id))
+            .collect();
         if lifted.is_empty() {
             return Err(GatewayError::Conflict(
                 match snapshot.suspension(agent_id) {
@@ -263,69 +268,25 @@ impl<S: Store> Gateway<S> {
                 },
             ));
         }
-        self.suspensions_changed();
         let change = SuspensionChange {
             step: "resumed".into(),
             agent_ids: lifted,
         };
-        self.record_suspension(agent, &change, subtree, resumed_by, reason)
+        let event = suspension_event(agent, &change, subtree, resumed_by, reason);
+        let (turn, step) = self.own_event(event).await?;
+        // One lifted meanwhile by another resume is a conflict, and changes nothing.
+        self.store
+            .remove_suspensions(change.agent_ids.clone(), step)
             .await?;
+        drop(turn);
+        self.own_written();
+        self.suspensions_changed();
         Ok(change)
     }
 
     fn suspensions_changed(&self) {
         self.suspension_epoch
             .send_modify(|epoch| *epoch = epoch.wrapping_add(1));
-    }
-
-    /// Appends a suspend or resume to the gateway's own stream.
-    async fn record_suspension(
-        &self,
-        agent: &AgentRecord,
-        change: &SuspensionChange,
-        subtree: bool,
-        by: &str,
-        reason: &str,
-    ) -> Result<(), GatewayError> {
-        static SERIAL: AtomicU64 = AtomicU64::new(0);
-        let now = now_ms();
-        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
-        let (decision, rule) = match change.step.as_str() {
-            "suspended" => (Decision::Deny, "suspension"),
-            _ => (Decision::Allow, "resumption"),
-        };
-        let event = AuditEvent {
-            event_id: format!(
-                "{GATEWAY_STREAM}/suspension/{}/{}/{now}-{serial}",
-                agent.agent_id, change.step
-            ),
-            timestamp_ms: now,
-            agent: agent.context(),
-            session_id: None,
-            // The operator's command, as the action this event records.
-            action: Action::ToolCall {
-                tool: format!("agents.{}", if subtree { "subtree" } else { "agent" }),
-                args: json!({ "step": change.step, "subtree": subtree }),
-            },
-            verdict: Some(Verdict {
-                decision,
-                rule: rule.into(),
-                reason: reason.to_owned(),
-                policy: String::new(),
-                mode: Mode::Enforce,
-            }),
-            redactions: Vec::new(),
-            kind: EventKind::Suspension,
-            detail: Some(json!({
-                "step": change.step,
-                "subtree": subtree,
-                "by": by,
-                "reason": reason,
-                "agent_ids": change.agent_ids,
-            })),
-            origin: None,
-        };
-        self.record_own(event).await
     }
 
     /// Every agent (of `team`, when given), by id.
@@ -396,5 +357,53 @@ impl<S: Store> Gateway<S> {
             agents: snapshot.views(&ids),
             edges,
         })
+    }
+}
+
+/// A suspend or resume, as the gateway's own stream records it.
+fn suspension_event(
+    agent: &AgentRecord,
+    change: &SuspensionChange,
+    subtree: bool,
+    by: &str,
+    reason: &str,
+) -> AuditEvent {
+    static SERIAL: AtomicU64 = AtomicU64::new(0);
+    let now = now_ms();
+    let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+    let (decision, rule) = match change.step.as_str() {
+        "suspended" => (Decision::Deny, "suspension"),
+        _ => (Decision::Allow, "resumption"),
+    };
+    AuditEvent {
+        event_id: format!(
+            "{GATEWAY_STREAM}/suspension/{}/{}/{now}-{serial}",
+            agent.agent_id, change.step
+        ),
+        timestamp_ms: now,
+        agent: agent.context(),
+        session_id: None,
+        // The operator's command, as the action this event records.
+        action: Action::ToolCall {
+            tool: format!("agents.{}", if subtree { "subtree" } else { "agent" }),
+            args: json!({ "step": change.step, "subtree": subtree }),
+        },
+        verdict: Some(Verdict {
+            decision,
+            rule: rule.into(),
+            reason: reason.to_owned(),
+            policy: String::new(),
+            mode: Mode::Enforce,
+        }),
+        redactions: Vec::new(),
+        kind: EventKind::Suspension,
+        detail: Some(json!({
+            "step": change.step,
+            "subtree": subtree,
+            "by": by,
+            "reason": reason,
+            "agent_ids": change.agent_ids,
+        })),
+        origin: None,
     }
 }

@@ -305,6 +305,95 @@ impl SqliteStore {
     }
 }
 
+/// Appends `events` to `stream_id` inside `tx` (see [`Store::append_events`]).
+fn append_in(
+    tx: &rusqlite::Transaction<'_>,
+    stream_id: &str,
+    events: Vec<NewEvent>,
+) -> Result<Appended, GatewayError> {
+    let head: Option<(i64, String)> = tx
+        .prepare_cached("SELECT sequence, hash FROM stream_heads WHERE stream_id = ?1")?
+        .query_row(params![stream_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (mut sequence, mut prev) = match head {
+        Some((sequence, hash)) => (
+            u64::try_from(sequence).map_err(|_| corrupt("sequence"))?,
+            unhex(&hash).ok_or_else(|| corrupt("hash"))?,
+        ),
+        None => (0, GENESIS),
+    };
+    let mut appended = Appended::default();
+    let appended_at = now_ms();
+    // Statements are parsed once per connection, not once per event.
+    let mut stored_at = tx.prepare_cached(
+        "SELECT event_id FROM audit_records WHERE stream_id = ?1 AND sequence = ?2",
+    )?;
+    let own = stream_id == GATEWAY_STREAM;
+    let mut own_holds = tx.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM audit_records
+         WHERE stream_id = 'gateway' AND event_id = ?1)",
+    )?;
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO audit_records
+         (stream_id, sequence, event_id, event, prev_hash, hash, appended_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for event in events {
+        // A batch sent again after a lost answer: the same event at the same place.
+        let held = if event.sequence <= sequence {
+            let at: Option<String> = stored_at
+                .query_row(params![stream_id, to_i64(event.sequence)?], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            at.as_deref() == Some(event.event_id.as_str())
+        } else {
+            own && own_holds.query_row(params![event.event_id], |row| row.get(0))?
+        };
+        if held {
+            appended.duplicates += 1;
+            continue;
+        }
+        if event.sequence != sequence + 1 {
+            return Err(GatewayError::Sequence {
+                stream: stream_id.to_owned(),
+                expected: sequence + 1,
+                got: event.sequence,
+            });
+        }
+        // Stored in the form it is hashed in.
+        let hash = link_hash_of_canonical(
+            &prev,
+            stream_id,
+            event.sequence,
+            &event.event_id,
+            event.canonical().as_bytes(),
+        );
+        insert.execute(params![
+            stream_id,
+            to_i64(event.sequence)?,
+            event.event_id,
+            event.canonical(),
+            hex(&prev),
+            hex(&hash),
+            appended_at,
+        ])?;
+        sequence = event.sequence;
+        prev = hash;
+        appended.accepted += 1;
+    }
+    drop((stored_at, own_holds, insert));
+    if appended.accepted > 0 {
+        tx.prepare_cached(
+            "INSERT INTO stream_heads (stream_id, sequence, hash) VALUES (?1, ?2, ?3)
+             ON CONFLICT (stream_id) DO UPDATE
+             SET sequence = excluded.sequence, hash = excluded.hash",
+        )?
+        .execute(params![stream_id, to_i64(sequence)?, hex(&prev)])?;
+    }
+    Ok(appended)
+}
+
 fn schema_version(conn: &Connection) -> Result<usize, GatewayError> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     Ok(usize::try_from(version).unwrap_or(usize::MAX))
@@ -397,86 +486,7 @@ impl Store for SqliteStore {
         let stream_id = stream_id.to_owned();
         self.with(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let head: Option<(i64, String)> = tx
-                .prepare_cached("SELECT sequence, hash FROM stream_heads WHERE stream_id = ?1")?
-                .query_row(params![stream_id], |row| Ok((row.get(0)?, row.get(1)?)))
-                .optional()?;
-            let (mut sequence, mut prev) = match head {
-                Some((sequence, hash)) => (
-                    u64::try_from(sequence).map_err(|_| corrupt("sequence"))?,
-                    unhex(&hash).ok_or_else(|| corrupt("hash"))?,
-                ),
-                None => (0, GENESIS),
-            };
-            let mut appended = Appended::default();
-            let appended_at = now_ms();
-            // Statements are parsed once per connection, not once per event.
-            let mut stored_at = tx.prepare_cached(
-                "SELECT event_id FROM audit_records WHERE stream_id = ?1 AND sequence = ?2",
-            )?;
-            let own = stream_id == GATEWAY_STREAM;
-            let mut own_holds = tx.prepare_cached(
-                "SELECT EXISTS(SELECT 1 FROM audit_records
-                 WHERE stream_id = 'gateway' AND event_id = ?1)",
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO audit_records
-                 (stream_id, sequence, event_id, event, prev_hash, hash, appended_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for event in events {
-                // A batch sent again after a lost answer: the same event at the same place.
-                let held = if event.sequence <= sequence {
-                    let at: Option<String> = stored_at
-                        .query_row(params![stream_id, to_i64(event.sequence)?], |row| {
-                            row.get(0)
-                        })
-                        .optional()?;
-                    at.as_deref() == Some(event.event_id.as_str())
-                } else {
-                    own && own_holds.query_row(params![event.event_id], |row| row.get(0))?
-                };
-                if held {
-                    appended.duplicates += 1;
-                    continue;
-                }
-                if event.sequence != sequence + 1 {
-                    return Err(GatewayError::Sequence {
-                        stream: stream_id,
-                        expected: sequence + 1,
-                        got: event.sequence,
-                    });
-                }
-                // Stored in the form it is hashed in.
-                let hash = link_hash_of_canonical(
-                    &prev,
-                    &stream_id,
-                    event.sequence,
-                    &event.event_id,
-                    event.canonical().as_bytes(),
-                );
-                insert.execute(params![
-                    stream_id,
-                    to_i64(event.sequence)?,
-                    event.event_id,
-                    event.canonical(),
-                    hex(&prev),
-                    hex(&hash),
-                    appended_at,
-                ])?;
-                sequence = event.sequence;
-                prev = hash;
-                appended.accepted += 1;
-            }
-            drop((stored_at, own_holds, insert));
-            if appended.accepted > 0 {
-                tx.prepare_cached(
-                    "INSERT INTO stream_heads (stream_id, sequence, hash) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (stream_id) DO UPDATE
-                     SET sequence = excluded.sequence, hash = excluded.hash",
-                )?
-                .execute(params![stream_id, to_i64(sequence)?, hex(&prev)])?;
-            }
+            let appended = append_in(&tx, &stream_id, events)?;
             tx.commit()?;
             Ok(appended)
         })
@@ -660,10 +670,15 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn insert_approval(&self, approval: Approval) -> Result<bool, GatewayError> {
+    async fn insert_approval(
+        &self,
+        approval: Approval,
+        step: NewEvent,
+    ) -> Result<bool, GatewayError> {
         let record = approval_json(&approval)?;
         self.with(move |conn| {
-            let inserted = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
                 "INSERT INTO approvals (approval_id, agent_id, status, created_at_ms, used_at_ms,
                      record)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (approval_id) DO NOTHING",
@@ -675,8 +690,12 @@ impl Store for SqliteStore {
                     approval.used_at_ms,
                     record,
                 ],
-            )?;
-            Ok(inserted == 1)
+            )? == 1;
+            if inserted {
+                append_in(&tx, GATEWAY_STREAM, vec![step])?;
+                tx.commit()?;
+            }
+            Ok(inserted)
         })
         .await
     }
@@ -712,10 +731,12 @@ impl Store for SqliteStore {
         &self,
         approval: Approval,
         from: ApprovalStatus,
+        step: NewEvent,
     ) -> Result<bool, GatewayError> {
         let record = approval_json(&approval)?;
         self.with(move |conn| {
-            let changed = conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let changed = tx.execute(
                 "UPDATE approvals SET status = ?2, used_at_ms = ?3, record = ?4
                  WHERE approval_id = ?1 AND status = ?5 AND used_at_ms IS NULL",
                 params![
@@ -725,8 +746,12 @@ impl Store for SqliteStore {
                     record,
                     ApprovalStatus::as_str(from),
                 ],
-            )?;
-            Ok(changed == 1)
+            )? == 1;
+            if changed {
+                append_in(&tx, GATEWAY_STREAM, vec![step])?;
+                tx.commit()?;
+            }
+            Ok(changed)
         })
         .await
     }
@@ -750,15 +775,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_suspension(&self, suspension: Suspension) -> Result<(), GatewayError> {
+    async fn put_suspension(
+        &self,
+        suspension: Suspension,
+        step: NewEvent,
+    ) -> Result<(), GatewayError> {
         let record =
             serde_json::to_string(&suspension).map_err(|e| GatewayError::Storage(e.to_string()))?;
         self.with(move |conn| {
-            conn.execute(
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
                 "INSERT INTO suspensions (agent_id, record) VALUES (?1, ?2)
                  ON CONFLICT (agent_id) DO UPDATE SET record = excluded.record",
                 params![suspension.agent_id, record],
             )?;
+            append_in(&tx, GATEWAY_STREAM, vec![step])?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -767,17 +799,21 @@ impl Store for SqliteStore {
     async fn remove_suspensions(
         &self,
         agent_ids: Vec<String>,
-    ) -> Result<Vec<String>, GatewayError> {
+        step: NewEvent,
+    ) -> Result<(), GatewayError> {
         self.with(move |conn| {
-            let tx = conn.transaction()?;
-            let mut removed = Vec::new();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             for id in agent_ids {
-                if tx.execute("DELETE FROM suspensions WHERE agent_id = ?1", params![id])? == 1 {
-                    removed.push(id);
+                if tx.execute("DELETE FROM suspensions WHERE agent_id = ?1", params![id])? != 1 {
+                    // Dropping the transaction undoes the rest.
+                    return Err(GatewayError::Conflict(format!(
+                        "agent {id:?} is not suspended"
+                    )));
                 }
             }
+            append_in(&tx, GATEWAY_STREAM, vec![step])?;
             tx.commit()?;
-            Ok(removed)
+            Ok(())
         })
         .await
     }
@@ -1184,6 +1220,112 @@ mod tests {
             .unwrap();
         // synchronous 2 is FULL.
         assert_eq!(settings, [r#"Text("wal")"#, "Integer(2)", "Integer(10000)"]);
+    }
+
+    #[tokio::test]
+    async fn a_change_and_the_step_recording_it_are_written_together_or_not_at_all() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let step = |n: u64, name: &str| {
+            NewEvent::new(
+                format!("{GATEWAY_STREAM}/{name}"),
+                n,
+                &serde_json::json!({ "step": name }),
+            )
+        };
+        let approval = Approval {
+            approval_id: "approval-0123456789".into(),
+            agent: aa_core::AgentContext::new("a"),
+            action: aa_core::Action::ToolCall {
+                tool: "shell".into(),
+                args: serde_json::json!({}),
+            },
+            action_digest: "0".repeat(64),
+            rule: "r".into(),
+            reason: String::new(),
+            status: ApprovalStatus::Pending,
+            created_at_ms: 1,
+            expires_at_ms: 2,
+            decided_by: None,
+            comment: None,
+            decided_at_ms: None,
+            used_at_ms: None,
+            policy: String::new(),
+        };
+        let suspension = Suspension {
+            agent_id: "a".into(),
+            subtree: false,
+            suspended_by: "op".into(),
+            reason: String::new(),
+            suspended_at_ms: 1,
+        };
+        // A step that cannot be appended (out of sequence) undoes the change it records.
+        let refused = store.insert_approval(approval.clone(), step(5, "requested"));
+        assert!(matches!(refused.await, Err(GatewayError::Sequence { .. })));
+        assert_eq!(store.approval(&approval.approval_id).await.unwrap(), None);
+        let refused = store.put_suspension(suspension.clone(), step(5, "suspended"));
+        assert!(refused.await.is_err());
+        assert!(store.suspensions().await.unwrap().is_empty());
+        assert!(store.heads().await.unwrap().is_empty());
+
+        // Written together: each change and its step.
+        assert!(
+            store
+                .insert_approval(approval.clone(), step(1, "requested"))
+                .await
+                .unwrap()
+        );
+        let decided = Approval {
+            status: ApprovalStatus::Approved,
+            ..approval.clone()
+        };
+        let refused = store.update_approval(decided.clone(), ApprovalStatus::Pending, step(9, "x"));
+        assert!(refused.await.is_err());
+        assert_eq!(
+            store.approval(&approval.approval_id).await.unwrap(),
+            Some(approval.clone())
+        );
+        assert!(
+            store
+                .update_approval(
+                    decided.clone(),
+                    ApprovalStatus::Pending,
+                    step(2, "approved")
+                )
+                .await
+                .unwrap()
+        );
+        // Lost the compare and set: neither the change nor its step.
+        assert!(
+            !store
+                .update_approval(decided, ApprovalStatus::Pending, step(3, "approved-again"))
+                .await
+                .unwrap()
+        );
+        store
+            .put_suspension(suspension, step(3, "suspended"))
+            .await
+            .unwrap();
+        // A resume naming an agent without a suspension lifts none of them.
+        let refused = store.remove_suspensions(vec!["a".into(), "b".into()], step(4, "resumed"));
+        assert!(matches!(refused.await, Err(GatewayError::Conflict(_))));
+        assert_eq!(store.suspensions().await.unwrap().len(), 1);
+        store
+            .remove_suspensions(vec!["a".into()], step(4, "resumed"))
+            .await
+            .unwrap();
+        assert!(store.suspensions().await.unwrap().is_empty());
+        let steps: Vec<String> = store
+            .records(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event_id)
+            .collect();
+        assert_eq!(
+            steps,
+            ["requested", "approved", "suspended", "resumed"]
+                .map(|s| format!("{GATEWAY_STREAM}/{s}"))
+        );
     }
 
     #[tokio::test]

@@ -274,10 +274,12 @@ pub trait Store: Send + Sync + 'static {
     /// How many agents are registered, without reading them.
     fn agent_count(&self) -> impl Future<Output = Result<u64, GatewayError>> + Send;
 
-    /// Records a new approval; returns false (changing nothing) when its id exists already.
+    /// Records a new approval, and `step` on the gateway's own stream in the same transaction;
+    /// returns false (changing nothing) when its id exists already.
     fn insert_approval(
         &self,
         approval: Approval,
+        step: NewEvent,
     ) -> impl Future<Output = Result<bool, GatewayError>> + Send;
 
     /// One approval.
@@ -290,24 +292,31 @@ pub trait Store: Send + Sync + 'static {
     fn approvals(&self) -> impl Future<Output = Result<Vec<Approval>, GatewayError>> + Send;
 
     /// Replaces an approval only if it is still `from` and unused (compare and set, so two
-    /// deciders or two redeemers cannot both win); returns whether it did.
+    /// deciders or two redeemers cannot both win), and appends `step` to the gateway's own
+    /// stream in the same transaction; returns whether it did.
     fn update_approval(
         &self,
         approval: Approval,
         from: ApprovalStatus,
+        step: NewEvent,
     ) -> impl Future<Output = Result<bool, GatewayError>> + Send;
 
-    /// Records an operator's suspension of an agent, replacing any it had.
+    /// Records an operator's suspension of an agent, replacing any it had, and `step` on the
+    /// gateway's own stream in the same transaction.
     fn put_suspension(
         &self,
         suspension: Suspension,
+        step: NewEvent,
     ) -> impl Future<Output = Result<(), GatewayError>> + Send;
 
-    /// Lifts the suspensions of `agent_ids`; returns the ids that had one.
+    /// Lifts the suspensions of `agent_ids`, each of which must have one (else
+    /// [`GatewayError::Conflict`], changing nothing), and appends `step` to the gateway's own
+    /// stream in the same transaction.
     fn remove_suspensions(
         &self,
         agent_ids: Vec<String>,
-    ) -> impl Future<Output = Result<Vec<String>, GatewayError>> + Send;
+        step: NewEvent,
+    ) -> impl Future<Output = Result<(), GatewayError>> + Send;
 
     /// Every suspension in force, by agent id.
     fn suspensions(&self) -> impl Future<Output = Result<Vec<Suspension>, GatewayError>> + Send;
