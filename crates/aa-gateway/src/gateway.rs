@@ -15,6 +15,7 @@ use aa_identity::{Claims, Keypair, PublicKey};
 use aa_policy::PriceTable;
 use aa_security::{Limits, Scanner};
 use serde::Deserialize as _;
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::audit::Checkpoint;
@@ -783,12 +784,31 @@ fn check_appended(
             event.event_id, origin.stream_id
         )));
     }
-    let (event_id, kind) = (event.event_id.clone(), event.kind);
+    // The id a runtime chose is scanned too: one that kept an agent's own id as it came
+    // (an older or faulty runtime) would have it stored as given. The same id always comes
+    // out the same, so a batch sent again is still recognised.
+    let (event_id, id_receipts) = scanner.redact_id(&event.event_id, usize::MAX);
+    let kind = event.kind;
     let agent_id = event.agent.id.clone();
     let mut value = event.into_value().map_err(|e| invalid(&e))?;
-    let redactions = scanner
+    let mut redactions = scanner
         .redact_audit_value(&mut value, limits)
         .map_err(|e| invalid(&e))?;
+    if !id_receipts.is_empty() {
+        redactions += id_receipts.len();
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("event_id".into(), Value::String(event_id.clone()));
+            let receipts = fields
+                .entry("redactions")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if let Value::Array(receipts) = receipts {
+                for mut receipt in id_receipts {
+                    "event_id".clone_into(&mut receipt.field);
+                    receipts.push(serde_json::to_value(receipt).map_err(|e| invalid(&e))?);
+                }
+            }
+        }
+    }
     // An edge enters the topology only from the agent it starts at: an event naming another
     // agent's child is kept as a record of the claim, not as an edge.
     let edge = if kind == EventKind::Edge {

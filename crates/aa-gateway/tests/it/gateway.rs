@@ -386,6 +386,32 @@ async fn appends_are_scanned_again_and_checkpointed() {
     assert_eq!((verified.records, verified.checkpoints), (2, 1));
 }
 
+/// An event id holding a secret (kept by a runtime that did not scan it) is stored as its
+/// digest, with a receipt, and the same id sent again is still a duplicate.
+#[tokio::test]
+async fn the_backstop_scans_event_ids_too() {
+    let gw = gateway(GatewayConfig::default());
+    let secret = "AKIAQWERTYUIOPASDFGH";
+    let mut leaky = event(1, "ls");
+    leaky.event_id = format!("rt-1/bot/{secret}");
+    let appended = gw.append(vec![leaky.clone()]).await.unwrap();
+    assert_eq!(appended.accepted, 1);
+    let again = gw.append(vec![leaky]).await.unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 1));
+    let records = gw.store().records(0, 10).await.unwrap();
+    let stored = serde_json::to_string(&records).unwrap();
+    assert!(!stored.contains(secret), "{stored}");
+    assert!(records[0].event_id.starts_with("sha256:"), "{stored}");
+    assert_eq!(records[0].event["event_id"], records[0].event_id.as_str());
+    let receipts = records[0].event["redactions"].as_array().unwrap();
+    assert!(
+        receipts
+            .iter()
+            .any(|r| r["field"] == "event_id" && r["kind"] == "aws_access_key"),
+        "{stored}"
+    );
+}
+
 /// The backstop scans with the custom patterns (`spec.data.patterns`) of the bundle in force,
 /// from the one published after them on.
 #[tokio::test]
