@@ -519,6 +519,35 @@ fn cut_to_append_bytes(events: &mut Vec<Stored>) -> bool {
     cut
 }
 
+/// The answer to an append, or `None` once the drain's deadline passes first (a stop that
+/// arrives meanwhile starts it): an append in flight, which may take [`APPEND_TIMEOUT`], does
+/// not hold a stopping runtime past its drain. What it carried stays in the outbox, and is
+/// sent again when the runtime next starts.
+async fn answer_in_time(
+    call: &mut tokio::task::JoinHandle<Result<pb::AppendEventsResponse, tonic::Status>>,
+    deadline: &mut Option<tokio::time::Instant>,
+    stop: &mut watch::Receiver<bool>,
+    drain: Duration,
+) -> Option<Result<pb::AppendEventsResponse, tonic::Status>> {
+    let joined = loop {
+        match *deadline {
+            Some(at) => break tokio::time::timeout_at(at, &mut *call).await.ok()?,
+            None => tokio::select! {
+                joined = &mut *call => break joined,
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        *deadline = Some(tokio::time::Instant::now() + drain);
+                    }
+                }
+            },
+        }
+    };
+    Some(
+        joined
+            .unwrap_or_else(|e| Err(tonic::Status::internal(format!("the append was lost: {e}")))),
+    )
+}
+
 /// Sends the outbox to the gateway in stream order until `stop`, then for at most `drain`
 /// longer while events remain. Events just committed come from memory
 /// ([`Outbox::pending_after`]), older ones from the database. A backlog goes out
@@ -585,10 +614,12 @@ pub(crate) async fn forward(
             }
             continue;
         };
-        let appended = oldest
-            .call
-            .await
-            .unwrap_or_else(|e| Err(tonic::Status::internal(format!("the append was lost: {e}"))));
+        let mut call = oldest.call;
+        let Some(appended) = answer_in_time(&mut call, &mut deadline, &mut stop, drain).await
+        else {
+            call.abort();
+            break;
+        };
         match appended {
             Ok(_) => {
                 backoff = BACKOFF_START;
@@ -653,6 +684,43 @@ pub(crate) async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_append_in_flight_does_not_hold_a_stop_past_its_drain() {
+        let (stop_tx, mut stop) = watch::channel(false);
+        let mut call = tokio::spawn(std::future::pending());
+        let mut deadline = None;
+        let stopping = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stop_tx.send(true).unwrap();
+        };
+        let waited = async {
+            answer_in_time(
+                &mut call,
+                &mut deadline,
+                &mut stop,
+                Duration::from_millis(50),
+            )
+            .await
+        };
+        // Bounded only so that a regression fails rather than hangs.
+        let (answer, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+            tokio::join!(waited, stopping)
+        })
+        .await
+        .expect("the append held the stop");
+        assert!(answer.is_none());
+        assert!(deadline.is_some(), "the stop started the drain");
+
+        // An answer before the deadline is the answer.
+        let mut deadline = Some(tokio::time::Instant::now() + Duration::from_secs(20));
+        let mut call = tokio::spawn(async { Err(tonic::Status::unavailable("down")) });
+        let answer = answer_in_time(&mut call, &mut deadline, &mut stop, Duration::ZERO).await;
+        assert_eq!(
+            answer.map(|a| a.map_err(|s| s.code()).err()),
+            Some(Some(tonic::Code::Unavailable))
+        );
+    }
 
     fn events(sizes: &[usize]) -> Vec<Stored> {
         (1..)
