@@ -238,6 +238,21 @@ impl<T> Call<T> {
     }
 }
 
+impl Shared {
+    /// Refuses a client carried into a child process by `fork` ([`ClientError::Forked`]).
+    fn same_process(&self) -> Result<(), ClientError> {
+        let here = std::process::id();
+        if here == self.pid {
+            Ok(())
+        } else {
+            Err(ClientError::Forked {
+                made_in: self.pid,
+                used_in: here,
+            })
+        }
+    }
+}
+
 /// Blocking a thread of an async runtime would stall every task on it.
 fn refuse_inside_runtime(what: &str) -> Result<(), ClientError> {
     match tokio::runtime::Handle::try_current() {
@@ -259,6 +274,8 @@ impl std::task::Wake for ThreadWaker {
 
 #[derive(Debug)]
 struct Shared {
+    /// The process that made the client ([`ClientError::Forked`]).
+    pid: u32,
     config: ClientConfig,
     socket: PathBuf,
     connection: Mutex<Option<Arc<Connection>>>,
@@ -345,6 +362,7 @@ impl Client {
         let socket = resolve_socket(config.socket_path.as_deref());
         Ok(Client {
             shared: Arc::new(Shared {
+                pid: std::process::id(),
                 config,
                 socket,
                 connection: Mutex::new(None),
@@ -365,12 +383,18 @@ impl Client {
         self.shared.config.mode
     }
 
+    /// Runs `work` on the client's runtime; in a fork of the process that made the client,
+    /// where that runtime's threads are not, answers [`ClientError::Forked`] instead.
     fn spawn<T, F>(&self, work: F) -> Call<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, ClientError>> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
+        if let Err(forked) = self.shared.same_process() {
+            let _ = tx.send(Err(forked));
+            return Call { answer: rx };
+        }
         // Once closed, the task and the sender in it are dropped: the call answers `Closed`.
         self.runtime.spawn(async move {
             let _ = tx.send(work.await);
@@ -423,6 +447,11 @@ impl Client {
         session_id: Option<String>,
     ) -> Call<CheckOutcome> {
         let shared = Arc::clone(&self.shared);
+        if let Err(forked) = shared.same_process() {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Ok(resolve_forked(shared.config.mode, forked)));
+            return Call { answer: rx };
+        }
         let request = check_request(agent, &action, session_id);
         self.spawn(async move {
             let mode = shared.config.mode;
@@ -469,6 +498,10 @@ impl Client {
             return Err(ClientError::Closed);
         }
         let mode = self.shared.config.mode;
+        // Before the connection is touched: in a fork it is the parent's.
+        if let Err(forked) = self.shared.same_process() {
+            return Ok(resolve_forked(mode, forked));
+        }
         if mode == Mode::Disabled {
             return Ok(checks_disabled());
         }
@@ -654,6 +687,15 @@ fn resolve_check(mode: Mode, outcome: Result<CheckOutcome, ClientError>) -> Chec
             format!("the runtime did not decide: {error}"),
         )
     })
+}
+
+/// A check in a fork of the process that made the client: resolved by the mode, unasked
+/// (checks that are disabled stay so).
+fn resolve_forked(mode: Mode, forked: ClientError) -> CheckOutcome {
+    if mode == Mode::Disabled {
+        return checks_disabled();
+    }
+    resolve_check(mode, Err(forked))
 }
 
 /// What a failure resolves to: `enforce` fails closed.

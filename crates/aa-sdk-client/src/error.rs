@@ -46,6 +46,19 @@ pub enum ClientError {
     /// the call was made after.
     #[error("the client is closed")]
     Closed,
+    /// The client was made in another process, which then forked this one: the threads it
+    /// runs on did not come along, and its connections are that process's, whose answers this
+    /// one could read as its own. A forked process makes a client of its own.
+    #[error(
+        "this client was made in process {made_in} and cannot be used in process {used_in}, \
+         a fork of it: make a new client there"
+    )]
+    Forked {
+        /// The process that made the client.
+        made_in: u32,
+        /// The process it was used in.
+        used_in: u32,
+    },
     /// The runtime answered with something that is not the expected answer.
     #[error("protocol: {0}")]
     Protocol(String),

@@ -9,7 +9,9 @@
 //! - [`error`]: the crate's error type, [`ClientError`].
 //!
 //! The client holds no policy logic and never asks anything but the runtime for a decision.
-//! Under `enforce` every failure is a deny; under `observe` and `disabled`, an allow.
+//! Under `enforce` every failure is a deny; under `observe` and `disabled`, an allow. It
+//! must not be used from a fork of the process that made it: there it does no IO at all
+//! ([`ClientError::Forked`]).
 
 pub mod client;
 mod connection;

@@ -45,9 +45,10 @@ pub(crate) fn to_py(error: ClientError) -> PyErr {
         ClientError::InvalidArgument { .. } => PyValueError::new_err(message),
         ClientError::Identity(_) => IdentityError::new_err(message),
         ClientError::Closed => closed(),
-        ClientError::Protocol(_) | ClientError::Internal(_) | ClientError::Interrupted => {
-            NativeError::new_err(message)
-        }
+        ClientError::Protocol(_)
+        | ClientError::Internal(_)
+        | ClientError::Interrupted
+        | ClientError::Forked { .. } => NativeError::new_err(message),
     }
 }
 

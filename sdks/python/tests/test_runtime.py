@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -365,6 +366,44 @@ def test_a_lost_runtime_denies_under_enforce(aasm: Aasm, sdk_dirs: dict[str, Any
         assembly.check_tool_start("read_file", {"path": "/workspace/a"})
     assert denied.value.rule == "client"
     assert "the runtime did not decide" in denied.value.reason
+    assembly.shutdown()
+
+
+def test_a_forked_process_is_denied_until_it_makes_its_own_assembly(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    assembly = init_assembly("bot", **sdk_dirs)
+    assert assembly.check_tool_start("read_file", {"path": "/workspace/a"}).allowed
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        # The child: the assembly it inherited talks over its parent's connection, which it
+        # must not touch; one of its own works.
+        outcome: list[object] = []
+        try:
+            try:
+                assembly.check_tool_start("read_file", {"path": "/workspace/a"})
+                outcome.append("allowed")
+            except ToolDenied as denied:
+                outcome.append(denied.reason)
+            own = init_assembly("bot-child", **sdk_dirs)
+            outcome.append(own.check_tool_start("read_file", {"path": "/workspace/a"}).allowed)
+            own.shutdown()
+        except BaseException as error:
+            outcome.append(repr(error))
+        finally:
+            os.write(write, json.dumps(outcome).encode())
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        outcome = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    assert len(outcome) == 2, outcome
+    assert f"made in process {os.getpid()}" in outcome[0], outcome
+    assert f"used in process {pid}" in outcome[0], outcome
+    assert outcome[1] is True, outcome
+    # The parent's connection was left alone.
+    assert assembly.check_tool_start("read_file", {"path": "/workspace/a"}).allowed
     assembly.shutdown()
 
 
