@@ -394,7 +394,19 @@ impl Runtime {
         Ok(session.clone())
     }
 
-    fn store_session(&self, session: Session) {
+    /// Runs `write` on the outbox's connection from the blocking pool: that connection may be
+    /// in the middle of an event commit, which a thread answering the socket must not wait out.
+    async fn on_outbox(
+        &self,
+        write: impl FnOnce(&Outbox) -> Result<(), RuntimeError> + Send + 'static,
+    ) -> Result<(), RuntimeError> {
+        let outbox = Arc::clone(&self.outbox);
+        tokio::task::spawn_blocking(move || write(&outbox))
+            .await
+            .map_err(|e| RuntimeError::Outbox(format!("the write did not finish: {e}")))?
+    }
+
+    async fn store_session(&self, session: Session) {
         let id = session.agent.id.clone();
         let token_id = aa_identity::unverified_claims(&session.token)
             .map(|claims| claims.token_id)
@@ -405,33 +417,40 @@ impl Runtime {
             return;
         }
         let json = serde_json::to_string(&session).ok();
-        if let Some(json) = &json
-            && let Err(error) = self.outbox.put_session(&id, json)
-        {
-            tracing::warn!(%error, agent = %id, "session not persisted; it lasts until restart");
+        if let Some(json) = json.clone() {
+            let agent_id = id.clone();
+            let put = self.on_outbox(move |outbox| outbox.put_session(&agent_id, &json));
+            if let Err(error) = put.await {
+                tracing::warn!(%error, agent = %id, "session not persisted; it lasts until restart");
+            }
         }
-        let Ok(mut sessions) = self.sessions.write() else {
-            return;
-        };
-        // Checked again under the lock `drop_revoked` removes sessions under.
-        if revoked() {
-            drop(sessions);
-            tracing::info!(agent = %id, "session not stored: its token was revoked meanwhile");
-            if let Some(json) = &json
-                && let Err(error) = self.outbox.remove_session_if(&id, json)
-            {
+        {
+            let Ok(mut sessions) = self.sessions.write() else {
+                return;
+            };
+            // Checked again under the lock `drop_revoked` removes sessions under.
+            if !revoked() {
+                sessions.insert(id, session);
+                return;
+            }
+        }
+        tracing::info!(agent = %id, "session not stored: its token was revoked meanwhile");
+        if let Some(json) = json {
+            let agent_id = id.clone();
+            let remove = self.on_outbox(move |outbox| outbox.remove_session_if(&agent_id, &json));
+            if let Err(error) = remove.await {
                 tracing::warn!(%error, agent = %id, "session removal not persisted");
             }
-            return;
         }
-        sessions.insert(id, session);
     }
 
-    fn drop_session(&self, agent_id: &str) {
+    async fn drop_session(&self, agent_id: &str) {
         if let Ok(mut sessions) = self.sessions.write() {
             sessions.remove(agent_id);
         }
-        if let Err(error) = self.outbox.remove_session(agent_id) {
+        let id = agent_id.to_owned();
+        let remove = self.on_outbox(move |outbox| outbox.remove_session(&id));
+        if let Err(error) = remove.await {
             tracing::warn!(%error, agent = %agent_id, "session removal not persisted");
         }
     }
@@ -1292,7 +1311,8 @@ impl Runtime {
                 token: response.credential_token.clone(),
                 expires_at_ms: response.expires_at.map_or(0, aa_proto::convert::millis),
                 uid: peer.uid,
-            });
+            })
+            .await;
         }
         Ok(response)
     }
@@ -1309,7 +1329,7 @@ impl Runtime {
         let response = self.ask_gateway(self.link.heartbeat(request)).await?;
         session.token.clone_from(&response.credential_token);
         session.expires_at_ms = response.expires_at.map_or(0, aa_proto::convert::millis);
-        self.store_session(session);
+        self.store_session(session).await;
         Ok(response)
     }
 
@@ -1323,7 +1343,7 @@ impl Runtime {
             .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
         let agent_id = request.agent_id.clone();
         let response = self.ask_gateway(self.link.deregister(request)).await?;
-        self.drop_session(&agent_id);
+        self.drop_session(&agent_id).await;
         Ok(response)
     }
 }
@@ -1543,9 +1563,9 @@ mod tests {
         let (old, old_claims) = token("bot");
         let (new, _) = token("bot");
         let (other, other_claims) = token("other");
-        runtime.store_session(session("bot", &old));
-        runtime.store_session(session("bot", &new));
-        runtime.store_session(session("other", &other));
+        runtime.store_session(session("bot", &old)).await;
+        runtime.store_session(session("bot", &new)).await;
+        runtime.store_session(session("other", &other)).await;
         let stored = || runtime.outbox.sessions().unwrap().len();
         assert_eq!(stored(), 2);
 
@@ -1567,7 +1587,7 @@ mod tests {
                 .is_ok()
         );
         // A renewal answered before the revocation came, stored after it, is not kept.
-        runtime.store_session(session("other", &other));
+        runtime.store_session(session("other", &other)).await;
         let gone = runtime.session("other", &other, Peer { uid: 7, pid: 1 });
         assert!(gone.unwrap_err().contains("not registered"));
         assert_eq!(stored(), 1);
@@ -1581,13 +1601,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (runtime, mut queue) = unlinked_runtime(dir.path(), 16);
         let peer = Peer { uid: 7, pid: 1 };
-        runtime.store_session(Session {
-            agent: AgentContext::new("bot"),
-            ancestors: Vec::new(),
-            token: "t".into(),
-            expires_at_ms: i64::MAX,
-            uid: peer.uid,
-        });
+        runtime
+            .store_session(Session {
+                agent: AgentContext::new("bot"),
+                ancestors: Vec::new(),
+                token: "t".into(),
+                expires_at_ms: i64::MAX,
+                uid: peer.uid,
+            })
+            .await;
         let check = |agent: &str, token: &str| {
             let request = pb::CheckRequest {
                 agent_id: agent.into(),
@@ -1664,13 +1686,15 @@ mod tests {
         assert!(runtime.supplied_id(&AgentContext::new("zz-agent"), "x").0 < first);
         // `report` keeps what an agent reports in its namespace, even the id of a decision.
         let agent = AgentContext::new("~");
-        runtime.store_session(Session {
-            agent: agent.clone(),
-            ancestors: Vec::new(),
-            token: "t".into(),
-            expires_at_ms: i64::MAX,
-            uid: peer.uid,
-        });
+        runtime
+            .store_session(Session {
+                agent: agent.clone(),
+                ancestors: Vec::new(),
+                token: "t".into(),
+                expires_at_ms: i64::MAX,
+                uid: peer.uid,
+            })
+            .await;
         let mut reported = runtime.own_event(agent, action(), EventKind::ToolEnd, peer);
         reported.event_id = own_part.clone();
         let batch = pb::EventBatch {
