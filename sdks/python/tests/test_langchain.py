@@ -144,3 +144,20 @@ def test_a_model_the_policy_does_not_list_is_not_called(
         model = ToolCallingFake(model_name="o1-preview", messages=iter([AIMessage("hi")]))
         with pytest.raises(LlmCallDenied):
             model.invoke("hello", config={"callbacks": [AssemblyCallbackHandler(assembly)]})
+
+
+def test_a_paid_answer_is_returned_when_its_usage_cannot_be_recorded(
+    aasm: Aasm, sdk_dirs: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    def answers() -> Any:
+        aasm.stop()  # the runtime goes away while the model answers
+        usage = {"input_tokens": 10, "output_tokens": 2, "total_tokens": 12}
+        yield AIMessage("paid for", usage_metadata=usage)
+
+    with init_assembly("lc-agent", timeout=1.0, **sdk_dirs) as assembly:
+        model = ToolCallingFake(messages=answers())
+        reply = model.invoke("hello", config={"callbacks": [AssemblyCallbackHandler(assembly)]})
+    assert reply.content == "paid for"
+    assert "the usage of a call of model 'gpt-4o-mini' (agent 'lc-agent') was not recorded" in (
+        caplog.text
+    )

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from agents import (
@@ -17,10 +18,14 @@ from agents.items import ModelResponse
 from agents.models.interface import Model
 from agents.usage import Usage
 from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
     ResponseFunctionToolCall,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseUsage,
 )
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 from agent_assembly import AssemblyError, LlmCallDenied, init_assembly
 from agent_assembly.adapters.openai_agents import GovernedModel, govern_agent
@@ -57,10 +62,51 @@ class ScriptedModel(Model):
         )
         return ModelResponse(output=[message], usage=usage, response_id=None)
 
+    async def stream_response(
+        self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        # The same answers, as a stream ends: one completed event holding the response.
+        answer = await self.get_response(system_instructions, input)
+        usage = ResponseUsage(
+            input_tokens=answer.usage.input_tokens,
+            output_tokens=answer.usage.output_tokens,
+            total_tokens=answer.usage.total_tokens,
+            input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        )
+        response = Response(
+            id=f"r{len(self.inputs)}",
+            created_at=0,
+            model=self.model,
+            object="response",
+            output=answer.output,
+            parallel_tool_calls=False,
+            tool_choice="auto",
+            tools=[],
+            usage=usage,
+        )
+        yield ResponseCompletedEvent(
+            type="response.completed", sequence_number=0, response=response
+        )
+
+
+class AnsweringModel(Model):
+    """Answers at once, calling ``during`` while it does (the runtime may go away then)."""
+
+    def __init__(self, during: Callable[[], None]) -> None:
+        self.during = during
+
+    async def get_response(self, *args: Any, **kwargs: Any) -> ModelResponse:
+        self.during()
+        text = ResponseOutputText(type="output_text", text="paid for", annotations=[])
+        message = ResponseOutputMessage(
+            type="message", id="m1", role="assistant", status="completed", content=[text]
+        )
+        usage = Usage(requests=1, input_tokens=10, output_tokens=2, total_tokens=12)
+        return ModelResponse(output=[message], usage=usage, response_id=None)
+
     def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        # The Model interface requires it; these tests run Runner.run_sync, which never
-        # streams, so reaching this is a test failure, not a path under test.
-        raise NotImplementedError("ScriptedModel does not stream")
+        raise NotImplementedError("the test runs it unstreamed")
 
 
 @function_tool
@@ -100,6 +146,41 @@ def test_allowed_tools_run_and_are_reported(aasm: Aasm, sdk_dirs: dict[str, Any]
     usage = [e for e in events if e["kind"] == "llm_usage"]
     assert len(usage) == 2  # two model requests, each recorded
     assert usage[0]["detail"]["input_tokens"] == 100
+
+
+def test_streamed_requests_are_checked_and_their_usage_recorded(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    RAN.clear()
+
+    async def run(governed: Agent[Any]) -> Any:
+        streamed = Runner.run_streamed(governed, "read it")
+        async for _ in streamed.stream_events():
+            pass
+        return streamed.final_output
+
+    with init_assembly("oa-agent", framework="openai-agents", **sdk_dirs) as assembly:
+        governed = govern_agent(assembly, agent("read_file", {"path": "/workspace/a"}))
+        assert asyncio.run(run(governed)) == "tool said: contents of /workspace/a"
+    assert RAN == ["read /workspace/a"]
+    events = aasm.wait_for_events(lambda es: sum(e["kind"] == "llm_usage" for e in es) >= 2)
+    usage = [e for e in events if e["kind"] == "llm_usage"]
+    assert [(u["detail"]["input_tokens"], u["detail"]["output_tokens"]) for u in usage] == [
+        (100, 20),
+        (100, 20),
+    ]
+
+
+def test_a_paid_answer_is_returned_when_its_usage_cannot_be_recorded(
+    aasm: Aasm, sdk_dirs: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    with init_assembly("oa-agent", timeout=1.0, **sdk_dirs) as assembly:
+        model = GovernedModel(assembly, AnsweringModel(during=aasm.stop), "gpt-4o-mini")
+        result = Runner.run_sync(Agent(name="oa", model=model), "go")
+    assert result.final_output == "paid for"
+    assert "the usage of a call of model 'gpt-4o-mini' (agent 'oa-agent') was not recorded" in (
+        caplog.text
+    )
 
 
 @pytest.mark.parametrize("tool", ["delete_file", "read_file"])

@@ -295,6 +295,21 @@ class Assembly:
         action = {"type": "llm_call", "model": model, "token_estimate": int(input_tokens)}
         self._report([{"kind": "llm_usage", "action": action, "detail": detail}], raise_errors=True)
 
+    def _report_paid_usage(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        """``report_llm_usage`` for a call an adapter made already: the answer is paid for
+        and goes back to the caller whatever happens here, so a report the runtime does not
+        take is logged, never raised over it."""
+        try:
+            self.report_llm_usage(model, input_tokens, output_tokens)
+        except Exception as failure:
+            _log.error(
+                "the usage of a call of model %r (agent %r) was not recorded: %s: %s",
+                model,
+                self.agent_id,
+                type(failure).__name__,
+                failure,
+            )
+
     def report_edge(
         self,
         target_agent_id: str,

@@ -184,7 +184,7 @@ class AssemblyCallbackHandler(BaseCallbackHandler):
             for generation in generations:
                 usage = getattr(getattr(generation, "message", None), "usage_metadata", None)
                 if usage:
-                    self.assembly.report_llm_usage(
+                    self.assembly._report_paid_usage(
                         model, usage.get("input_tokens", 0), usage.get("output_tokens", 0)
                     )
 

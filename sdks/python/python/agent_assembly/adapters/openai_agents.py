@@ -6,7 +6,9 @@
   ``output.output_info`` is the ``Decision``); with ``on_deny="tell_model"`` the model gets the
   reason as the tool's output instead and the run goes on.
 - ``GovernedModel(assembly, model, name)``: wraps a ``Model`` so each request is checked with
-  ``check_llm_call`` first (a deny raises ``LlmCallDenied``) and its usage recorded.
+  ``check_llm_call`` first (a deny raises ``LlmCallDenied``) and its usage recorded, a streamed
+  one's from its completed event. The answer is paid for by then: a usage the runtime does not
+  take is logged, and the answer returned.
 - ``govern_agent(assembly, agent)``: both, applied to a copy of an ``Agent``.
 
 Only function tools pass through guardrails; an agent's hosted tools (web search, code
@@ -33,6 +35,7 @@ from agents import (
 from agents.items import ModelResponse, TResponseStreamEvent
 from agents.models.interface import Model
 from agents.tool_context import ToolContext
+from openai.types.responses import ResponseCompletedEvent
 
 from ..assembly import Assembly
 from ..errors import AssemblyError, ToolDenied
@@ -118,9 +121,7 @@ class GovernedModel(Model):
         await self._check(system_instructions, input)
         response = await self.model.get_response(system_instructions, input, *args, **kwargs)
         usage = response.usage
-        await asyncio.to_thread(
-            self.assembly.report_llm_usage, self.name, usage.input_tokens, usage.output_tokens
-        )
+        await self._record(usage.input_tokens, usage.output_tokens)
         return response
 
     async def stream_response(
@@ -128,7 +129,17 @@ class GovernedModel(Model):
     ) -> AsyncIterator[TResponseStreamEvent]:
         await self._check(system_instructions, input)
         async for event in self.model.stream_response(system_instructions, input, *args, **kwargs):
+            # Recorded before the completed event is handed on: the run may close the stream
+            # at it, and nothing after its yield would run.
+            if isinstance(event, ResponseCompletedEvent) and event.response.usage is not None:
+                usage = event.response.usage
+                await self._record(usage.input_tokens, usage.output_tokens)
             yield event
+
+    async def _record(self, input_tokens: int, output_tokens: int) -> None:
+        await asyncio.to_thread(
+            self.assembly._report_paid_usage, self.name, input_tokens, output_tokens
+        )
 
 
 def govern_agent(assembly: Assembly, agent: Agent[Any], *, on_deny: OnDeny = "raise") -> Agent[Any]:
