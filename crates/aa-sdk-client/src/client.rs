@@ -108,6 +108,26 @@ pub struct Agent {
     renewal: Arc<tokio::sync::Mutex<()>>,
 }
 
+/// An [`Agent`] that does not keep it alive: what its renewal holds.
+#[derive(Debug)]
+struct WeakAgent {
+    id: String,
+    context: AgentContext,
+    credential: std::sync::Weak<StdMutex<Credential>>,
+    renewal: std::sync::Weak<tokio::sync::Mutex<()>>,
+}
+
+impl WeakAgent {
+    fn upgrade(&self) -> Option<Agent> {
+        Some(Agent {
+            id: self.id.clone(),
+            context: self.context.clone(),
+            credential: self.credential.upgrade()?,
+            renewal: self.renewal.upgrade()?,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Credential {
     token: String,
@@ -120,6 +140,15 @@ impl Agent {
     /// Its id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    fn downgrade(&self) -> WeakAgent {
+        WeakAgent {
+            id: self.id.clone(),
+            context: self.context.clone(),
+            credential: Arc::downgrade(&self.credential),
+            renewal: Arc::downgrade(&self.renewal),
+        }
     }
 
     /// Its team, parent and depth as the gateway recorded them (the gateway, not the
@@ -432,7 +461,7 @@ impl Client {
         let shared = Arc::clone(&self.shared);
         self.spawn(async move {
             let agent = shared.register(&spec).await?;
-            tokio::spawn(renew(Arc::downgrade(&shared), agent.clone(), spec));
+            tokio::spawn(renew(Arc::downgrade(&shared), agent.downgrade(), spec));
             Ok(agent)
         })
     }
@@ -745,12 +774,18 @@ fn unexpected(body: &Body) -> ClientError {
 /// and the token it replaced is gone; or the agent registered again elsewhere) is replaced by
 /// registering again, with the same key and lineage, rather than leaving every later call
 /// refused.
-async fn renew(shared: std::sync::Weak<Shared>, agent: Agent, spec: AgentSpec) {
+async fn renew(shared: std::sync::Weak<Shared>, agent: WeakAgent, spec: AgentSpec) {
     loop {
-        let left = agent.expires_at_ms().saturating_sub(now_ms());
+        let Some(expires_at_ms) = agent.upgrade().map(|a| a.expires_at_ms()) else {
+            return;
+        };
+        let left = expires_at_ms.saturating_sub(now_ms());
         let wait = Duration::from_millis(u64::try_from(left / 2).unwrap_or(0).max(1000));
         tokio::time::sleep(wait).await;
-        let Some(shared) = shared.upgrade() else {
+        // Once the client, or every handle of the agent, is gone, so is the renewal: an agent
+        // its program dropped is left to expire, not kept (and taken back from another client
+        // that registers it meanwhile) for the client's whole life.
+        let (Some(shared), Some(agent)) = (shared.upgrade(), agent.upgrade()) else {
             return;
         };
         let _renewal = agent.renewal.lock().await;

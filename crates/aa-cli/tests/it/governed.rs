@@ -518,6 +518,32 @@ async fn an_agent_whose_token_is_superseded_registers_again_unless_deregistered(
         record.token_id.is_empty(),
         "a deregistered agent was registered again"
     );
+
+    // An agent whose handle its program dropped is not renewed: registered through another
+    // client meanwhile, it is not taken back (each taking it back would supersede the other,
+    // which would take it back in turn).
+    let registrations = || {
+        let (_, text) = crate::http_text(gateway.http, "GET", "/metrics", None, "");
+        text.lines()
+            .find_map(|l| l.strip_prefix("aasm_gateway_registrations_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    drop(register(&first, "dropped", None).await);
+    let third = client(dir.path(), &runtime.socket, Mode::Enforce);
+    let kept = register(&third, "dropped", None).await;
+    let before = registrations();
+    // Two renewal turns of the dropped handle (every 2 s with a 4 s token).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        registrations(),
+        before,
+        "the dropped agent was registered again"
+    );
+    assert_eq!(
+        decide(&third, &kept, shell("ls")).await.verdict.decision,
+        Decision::Allow
+    );
     runtime.stop().await.unwrap();
     gateway.stop().await.unwrap();
 }
