@@ -784,10 +784,14 @@ impl Runtime {
     /// Waits for the approval of a pending check and answers like a check: allow once a human
     /// approved (the approval is then used up at the gateway), else deny saying why. Never
     /// fails.
+    ///
+    /// `held` (the frame's part of the socket's budget for big frames) is dropped once the
+    /// action is read, with the action: the wait may last days, and needs neither.
     pub async fn await_approval(
         &self,
-        request: pb::AwaitApprovalRequest,
+        mut request: pb::AwaitApprovalRequest,
         peer: Peer,
+        held: impl Send,
     ) -> pb::CheckResponse {
         let started = Instant::now();
         let deny = |rule: &str, reason: String| Verdict {
@@ -817,8 +821,9 @@ impl Runtime {
                 ),
             ));
         };
-        let presented = request.action.clone().map(Action::try_from);
+        let presented = request.action.take().map(Action::try_from);
         let matches = matches!(&presented, Some(Ok(a)) if a.digest() == pending.digest);
+        drop((presented, held));
         let mut verdict = if matches {
             self.resolve_approval(&request, &pending).await
         } else {

@@ -508,7 +508,7 @@ fn is_heavy(check: &pb::CheckRequest) -> bool {
 async fn dispatch(
     runtime: &Arc<Runtime>,
     frame: pb::Frame,
-    share: Option<OwnedSemaphorePermit>,
+    mut share: Option<OwnedSemaphorePermit>,
     peer: Peer,
     connection: &Shared,
     in_flight: &Arc<Semaphore>,
@@ -570,7 +570,9 @@ async fn dispatch(
                     Body::EventsAck(pb::EventAck { accepted })
                 })
             }
-            Work::Call(Body::AwaitApproval(r)) => decision(runtime.await_approval(r, peer).await),
+            Work::Call(Body::AwaitApproval(r)) => {
+                decision(runtime.await_approval(r, peer, share.take()).await)
+            }
             Work::Call(_) => error_frame(
                 id,
                 ErrorCode::InvalidRequest,
