@@ -42,7 +42,8 @@ impl Challenges {
     ) {
         while let Some(oldest) = self.by_age.first_entry() {
             let expired = self.open.get(oldest.get()).is_none_or(|o| o.expires <= now);
-            if !expired && self.open.len() < MAX_OPEN {
+            let room = self.open.len() < MAX_OPEN || self.open.contains_key(&key);
+            if !expired && room {
                 break;
             }
             let key = oldest.remove();

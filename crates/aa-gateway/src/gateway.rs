@@ -772,22 +772,21 @@ fn check_appended(
     event: AuditEvent,
 ) -> Result<Checked, GatewayError> {
     let invalid = |e: &dyn std::fmt::Display| GatewayError::InvalidRequest(e.to_string());
+    // The id a runtime chose is scanned too (and before it is quoted in an error): one that
+    // kept an agent's own id as it came (an older or faulty runtime) would have it stored as
+    // given. The same id always comes out the same, so a batch sent again is still recognised.
+    let (event_id, id_receipts) = scanner.redact_id(&event.event_id, usize::MAX);
     let Some(origin) = event.origin.clone() else {
         return Err(GatewayError::InvalidRequest(format!(
-            "event {:?} has no origin (stream and sequence)",
-            event.event_id
+            "event {event_id:?} has no origin (stream and sequence)"
         )));
     };
     if origin.stream_id == crate::approvals::GATEWAY_STREAM {
         return Err(GatewayError::InvalidRequest(format!(
-            "event {:?}: stream {:?} is the gateway's own",
-            event.event_id, origin.stream_id
+            "event {event_id:?}: stream {:?} is the gateway's own",
+            origin.stream_id
         )));
     }
-    // The id a runtime chose is scanned too: one that kept an agent's own id as it came
-    // (an older or faulty runtime) would have it stored as given. The same id always comes
-    // out the same, so a batch sent again is still recognised.
-    let (event_id, id_receipts) = scanner.redact_id(&event.event_id, usize::MAX);
     let kind = event.kind;
     let agent_id = event.agent.id.clone();
     let mut value = event.into_value().map_err(|e| invalid(&e))?;

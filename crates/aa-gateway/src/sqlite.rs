@@ -226,10 +226,14 @@ impl SqliteStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version = schema_version(&conn)?;
         if version != MIGRATIONS.len() {
+            let remedy = if version < MIGRATIONS.len() {
+                "a gateway of this build brings it up to date when it starts"
+            } else {
+                "it was written by a newer build; read it with that one"
+            };
             return Err(GatewayError::Storage(format!(
-                "database schema version {version}, where this build reads version {} (a \
-                 gateway of this build brings it up to date when it starts; it is not changed \
-                 here)",
+                "database schema version {version}, where this build reads version {} ({remedy}; \
+                 it is not changed here)",
                 MIGRATIONS.len()
             )));
         }
