@@ -523,13 +523,14 @@ impl Client {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<CheckOutcome, ClientError> {
         refuse_inside_runtime("check_blocking()")?;
-        if self.is_closed() {
-            return Err(ClientError::Closed);
-        }
         let mode = self.shared.config.mode;
-        // Before the connection is touched: in a fork it is the parent's.
+        // Before anything of the client is touched: in a fork its connection is the parent's,
+        // and a lock a parent's thread held at the fork stays held.
         if let Err(forked) = self.shared.same_process() {
             return Ok(resolve_forked(mode, forked));
+        }
+        if self.is_closed() {
+            return Err(ClientError::Closed);
         }
         if mode == Mode::Disabled {
             return Ok(checks_disabled());
@@ -900,7 +901,7 @@ impl Shared {
         loop {
             let connection = match slot {
                 Some(connection) => connection,
-                None => slot.insert(BlockingConnection::open(&self.socket)?),
+                None => slot.insert(BlockingConnection::open(&self.socket, self.config.timeout)?),
             };
             match connection.call(body.clone(), self.config.timeout, slice, interrupted) {
                 Err(error @ ClientError::Refused { .. }) => return Err(error),

@@ -159,9 +159,9 @@ pub(crate) struct BlockingConnection {
 }
 
 impl BlockingConnection {
-    pub(crate) fn open(path: &Path) -> Result<BlockingConnection, ClientError> {
-        let stream =
-            std::os::unix::net::UnixStream::connect(path).map_err(|e| unreachable_at(path, &e))?;
+    /// Connects within `timeout`.
+    pub(crate) fn open(path: &Path, timeout: Duration) -> Result<BlockingConnection, ClientError> {
+        let stream = connect_within(path, timeout).map_err(|e| unreachable_at(path, &e))?;
         Ok(BlockingConnection {
             stream,
             decoder: FrameDecoder::new(),
@@ -247,6 +247,46 @@ fn wait_readable(stream: &std::os::unix::net::UnixStream, wait: Duration) -> std
     }
 }
 
+/// Connects without waiting on a runtime that does not accept: `connect` on a Unix socket
+/// whose backlog is full waits as long as that lasts (for a stopped runtime, for ever), where
+/// a check must be decided by its timeout. A full backlog is tried again until `timeout`.
+fn connect_within(
+    path: &Path,
+    timeout: Duration,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let address = SocketAddrUnix::new(path)?;
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let socket = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rustix::net::connect(&socket, &address) {
+            Ok(()) => {
+                let stream = std::os::unix::net::UnixStream::from(socket);
+                stream.set_nonblocking(false)?;
+                return Ok(stream);
+            }
+            Err(Errno::AGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(
+                        ErrorKind::TimedOut,
+                        format!("the runtime did not accept a connection within {timeout:?}"),
+                    ));
+                }
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
 fn unreachable_at(path: &Path, error: &std::io::Error) -> ClientError {
     ClientError::Connect {
         path: path.display().to_string(),
@@ -276,5 +316,37 @@ fn answer(frame: pb::Frame) -> Result<Body, ClientError> {
         Some(Body::Error(e)) => Err(ClientError::refused(e.code, e.message)),
         Some(body) => Ok(body),
         None => Err(ClientError::Protocol("answer without a body".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
+
+    use super::*;
+
+    #[test]
+    fn a_connection_to_a_runtime_that_does_not_accept_gives_up_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.sock");
+        // A listener that never accepts, its backlog as short as it goes.
+        let listener = rustix::net::socket(AddressFamily::UNIX, SocketType::STREAM, None).unwrap();
+        rustix::net::bind(&listener, &SocketAddrUnix::new(&path).unwrap()).unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        let mut accepted_later = Vec::new();
+        let full = loop {
+            match connect_within(&path, Duration::ZERO) {
+                Ok(stream) => accepted_later.push(stream),
+                Err(error) => break error,
+            }
+            assert!(accepted_later.len() < 1_000, "the backlog never filled");
+        };
+        assert_eq!(full.kind(), ErrorKind::TimedOut, "{full}");
+        // Tried again until the timeout, then given up rather than waited on.
+        let error = connect_within(&path, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
+        assert!(error.to_string().contains("did not accept"), "{error}");
     }
 }
