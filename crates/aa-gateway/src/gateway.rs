@@ -121,6 +121,18 @@ pub struct Metrics {
     pub usage_unpriced: AtomicU64,
 }
 
+/// Runs `change` to its end even when the request that asked for it goes away (a runtime's
+/// call timing out, a client hanging up): a change is stored with the event that records it
+/// and then announced to whoever follows it, and a request dropped half way through would
+/// leave it stored but unannounced (runtimes unaware of a suspension until the next one).
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    change: impl Future<Output = Result<T, GatewayError>> + Send + 'static,
+) -> Result<T, GatewayError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| GatewayError::Unavailable(format!("the change did not finish: {e}")))?
+}
+
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }

@@ -19,7 +19,7 @@ use crate::approvals::NewApproval;
 use crate::budgets::ReserveRequest;
 use crate::bundle::Bundle;
 use crate::error::GatewayError;
-use crate::gateway::{Credential, Gateway, Registered};
+use crate::gateway::{Credential, Gateway, Registered, to_the_end};
 use crate::rates::{TeamLimit, TeamRate};
 use crate::store::{AgentRecord, Store};
 
@@ -484,19 +484,19 @@ impl<S: Store> pb::approval_service_server::ApprovalService for GrpcApi<S> {
             .timeout
             .and_then(|t| duration(&t))
             .ok_or_else(|| Status::invalid_argument("approval needs a positive timeout"))?;
-        let approval = self
-            .gateway
-            .create_approval(NewApproval {
-                agent_id: request.agent_id,
-                credential_token: request.credential_token,
-                approval_id: request.approval_id,
-                action,
-                action_digest: request.action_digest,
-                rule: request.rule,
-                reason: request.reason,
-                policy: request.policy_version,
-                timeout,
-            })
+        let new = NewApproval {
+            agent_id: request.agent_id,
+            credential_token: request.credential_token,
+            approval_id: request.approval_id,
+            action,
+            action_digest: request.action_digest,
+            rule: request.rule,
+            reason: request.reason,
+            policy: request.policy_version,
+            timeout,
+        };
+        let gateway = Arc::clone(&self.gateway);
+        let approval = to_the_end(async move { gateway.create_approval(new).await })
             .await
             .map_err(status)?;
         Ok(Response::new((&approval).into()))
@@ -507,16 +507,18 @@ impl<S: Store> pb::approval_service_server::ApprovalService for GrpcApi<S> {
         request: Request<pb::RedeemApprovalRequest>,
     ) -> Result<Response<pb::Approval>, Status> {
         let r = request.into_inner();
-        let approval = self
-            .gateway
-            .redeem_approval(
-                &r.agent_id,
-                &r.credential_token,
-                &r.approval_id,
-                &r.action_digest,
-            )
-            .await
-            .map_err(status)?;
+        let gateway = Arc::clone(&self.gateway);
+        let redeemed = to_the_end(async move {
+            gateway
+                .redeem_approval(
+                    &r.agent_id,
+                    &r.credential_token,
+                    &r.approval_id,
+                    &r.action_digest,
+                )
+                .await
+        });
+        let approval = redeemed.await.map_err(status)?;
         Ok(Response::new((&approval).into()))
     }
 
@@ -564,11 +566,13 @@ impl<S: Store> pb::approval_service_server::ApprovalService for GrpcApi<S> {
             .authorize_admin(bearer(&request))
             .map_err(status)?;
         let r = request.into_inner();
-        let approval = self
-            .gateway
-            .decide_approval(&r.approval_id, r.approve, &r.decided_by, Some(r.comment))
-            .await
-            .map_err(status)?;
+        let gateway = Arc::clone(&self.gateway);
+        let decided = to_the_end(async move {
+            gateway
+                .decide_approval(&r.approval_id, r.approve, &r.decided_by, Some(r.comment))
+                .await
+        });
+        let approval = decided.await.map_err(status)?;
         Ok(Response::new((&approval).into()))
     }
 

@@ -27,7 +27,7 @@ use crate::budgets::BudgetReport;
 use crate::registry::{AgentView, SuspensionChange, Topology};
 
 use crate::error::GatewayError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, to_the_end};
 use crate::store::Store;
 
 /// Records returned per `/audit` page at most.
@@ -192,7 +192,7 @@ struct SuspensionRequest {
 }
 
 async fn change_suspension<S: Store>(
-    gateway: &Gateway<S>,
+    gateway: &Arc<Gateway<S>>,
     headers: &HeaderMap,
     id: &str,
     suspend: bool,
@@ -200,13 +200,17 @@ async fn change_suspension<S: Store>(
 ) -> Result<Json<crate::SuspensionChange>, HttpError> {
     gateway.authorize_admin(bearer(headers))?;
     let r = body.map(|Json(r)| r).unwrap_or_default();
-    let by = r.by.as_deref().unwrap_or_default();
-    let reason = r.reason.as_deref().unwrap_or_default();
-    let change = if suspend {
-        gateway.suspend(id, r.subtree, by, reason).await?
-    } else {
-        gateway.resume(id, r.subtree, by, reason).await?
-    };
+    let (gateway, id) = (Arc::clone(gateway), id.to_owned());
+    let change = to_the_end(async move {
+        let by = r.by.as_deref().unwrap_or_default();
+        let reason = r.reason.as_deref().unwrap_or_default();
+        if suspend {
+            gateway.suspend(&id, r.subtree, by, reason).await
+        } else {
+            gateway.resume(&id, r.subtree, by, reason).await
+        }
+    })
+    .await?;
     Ok(Json(change))
 }
 
@@ -502,7 +506,7 @@ struct ApprovalDecision {
 }
 
 async fn decide<S: Store>(
-    gateway: &Gateway<S>,
+    gateway: &Arc<Gateway<S>>,
     headers: &HeaderMap,
     id: &str,
     approve: bool,
@@ -511,11 +515,13 @@ async fn decide<S: Store>(
     gateway.authorize_admin(bearer(headers))?;
     let ApprovalDecision { decided_by, reason } = body.map(|Json(d)| d).unwrap_or_default();
     let decided_by = decided_by.unwrap_or_default();
-    Ok(Json(
+    let (gateway, id) = (Arc::clone(gateway), id.to_owned());
+    let decided = to_the_end(async move {
         gateway
-            .decide_approval(id, approve, &decided_by, reason)
-            .await?,
-    ))
+            .decide_approval(&id, approve, &decided_by, reason)
+            .await
+    });
+    Ok(Json(decided.await?))
 }
 
 #[utoipa::path(post, path = "/api/v1/approvals/{id}/approve", tag = "approvals", params(("id" = String, Path, description = "The approval id")),

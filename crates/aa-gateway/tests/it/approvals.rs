@@ -323,3 +323,48 @@ async fn a_decision_racing_its_request_is_recorded_after_it() {
         assert_eq!(steps, ["requested", "denied"], "{id}");
     }
 }
+
+/// A creation whose caller goes away (the runtime's call timed out, and the gRPC request was
+/// dropped with it) is still stored with its audit step, and announced to those watching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_whose_caller_goes_away_is_still_stored_and_announced() {
+    use aa_proto::pb::approval_service_server::ApprovalService as _;
+
+    let (gw, lead, _) = setup().await;
+    let appends = aa_background::Background::start("test-appends", Default::default()).unwrap();
+    let api = aa_gateway::grpc::GrpcApi::new(Arc::clone(&gw), Arc::new(appends));
+    let mut changes = gw.approval_changes();
+    changes.borrow_and_update();
+    let id = "abandoned-0123456789";
+    let new = ask("lead", &lead, id, "rm x", MINUTE);
+    let request = aa_proto::pb::CreateApprovalRequest {
+        agent_id: new.agent_id,
+        credential_token: new.credential_token,
+        approval_id: new.approval_id,
+        action: Some((&new.action).into()),
+        action_digest: new.action_digest,
+        rule: new.rule,
+        reason: new.reason,
+        policy_version: new.policy,
+        timeout: aa_proto::convert::duration_to_wire(new.timeout),
+    };
+    // Polled once, then dropped, as a request its caller gave up on is.
+    let dropped = tokio::time::timeout(Duration::ZERO, api.create(tonic::Request::new(request)));
+    assert!(dropped.await.is_err(), "the creation finished at once");
+    let announced = tokio::time::timeout(Duration::from_secs(10), changes.changed()).await;
+    assert!(
+        matches!(announced, Ok(Ok(()))),
+        "the creation was not announced"
+    );
+    assert_eq!(
+        gw.approval(id).await.unwrap().status,
+        ApprovalStatus::Pending
+    );
+    let steps = gw.store().records(0, 100).await.unwrap();
+    assert!(
+        steps
+            .iter()
+            .any(|r| r.stream_id == GATEWAY_STREAM && r.event_id.contains(id)),
+        "the creation's step was not recorded"
+    );
+}
