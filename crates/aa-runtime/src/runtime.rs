@@ -184,6 +184,9 @@ pub struct Runtime {
     config: RuntimeConfig,
     bundle: RwLock<Option<Arc<Compiled>>>,
     sessions: RwLock<HashMap<String, Session>>,
+    /// Held by a session's write to the database and to memory together: two of one agent
+    /// (a registration and a heartbeat) must land in both in the same order.
+    session_writes: tokio::sync::Mutex<()>,
     /// The ids of the tokens the gateway last said it revoked: a session holding one is not
     /// stored, even when a heartbeat or registration answered before the revocation came.
     revoked: RwLock<HashSet<String>>,
@@ -251,6 +254,7 @@ impl Runtime {
             config,
             bundle: RwLock::new(None),
             sessions: RwLock::new(sessions),
+            session_writes: tokio::sync::Mutex::new(()),
             revoked: RwLock::default(),
             suspensions: RwLock::new(Some(Arc::default())),
             rates: RateCounter::default(),
@@ -339,18 +343,19 @@ impl Runtime {
                 .collect()
         };
         for session in ended {
-            let agent_id = &session.agent.id;
+            let agent_id = session.agent.id.clone();
             tracing::info!(agent = %agent_id, "session ended: its token was revoked at the gateway");
-            let removed = serde_json::to_string(&session)
-                .map_err(|e| e.to_string())
-                .and_then(|json| {
-                    self.outbox
-                        .remove_session_if(agent_id, &json)
-                        .map_err(|e| e.to_string())
-                });
-            if let Err(error) = removed {
-                tracing::warn!(%error, agent = %agent_id, "session removal not persisted");
-            }
+            let Ok(json) = serde_json::to_string(&session) else {
+                continue;
+            };
+            // On the blocking pool, not waited for: only this session's row goes, so a newer
+            // one stored meanwhile stays whichever write comes first.
+            let outbox = Arc::clone(&self.outbox);
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = outbox.remove_session_if(&agent_id, &json) {
+                    tracing::warn!(%error, agent = %agent_id, "session removal not persisted");
+                }
+            });
         }
     }
 
@@ -407,6 +412,7 @@ impl Runtime {
     }
 
     async fn store_session(&self, session: Session) {
+        let _in_order = self.session_writes.lock().await;
         let id = session.agent.id.clone();
         let token_id = aa_identity::unverified_claims(&session.token)
             .map(|claims| claims.token_id)
@@ -445,6 +451,7 @@ impl Runtime {
     }
 
     async fn drop_session(&self, agent_id: &str) {
+        let _in_order = self.session_writes.lock().await;
         if let Ok(mut sessions) = self.sessions.write() {
             sessions.remove(agent_id);
         }
@@ -1585,6 +1592,13 @@ mod tests {
         runtime.drop_revoked(&[("other".into(), other_claims.token_id.clone())]);
         let gone = runtime.session("other", &other, Peer { uid: 7, pid: 1 });
         assert!(gone.unwrap_err().contains("not registered"));
+        // Its row goes on the blocking pool, not waited for.
+        for _ in 0..500 {
+            if stored() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(stored(), 1);
         assert!(
             runtime
@@ -1595,6 +1609,13 @@ mod tests {
         runtime.store_session(session("other", &other)).await;
         let gone = runtime.session("other", &other, Peer { uid: 7, pid: 1 });
         assert!(gone.unwrap_err().contains("not registered"));
+        // Its row goes on the blocking pool, not waited for.
+        for _ in 0..500 {
+            if stored() == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         assert_eq!(stored(), 1);
     }
 
