@@ -898,12 +898,19 @@ impl Shared {
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Body, ClientError> {
         let mut retried = false;
+        // One deadline for connecting, the call and its one retry.
+        let timeout = self.config.timeout;
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             let connection = match slot {
                 Some(connection) => connection,
-                None => slot.insert(BlockingConnection::open(&self.socket, self.config.timeout)?),
+                None => slot.insert(BlockingConnection::open(
+                    &self.socket,
+                    deadline,
+                    interrupted,
+                )?),
             };
-            match connection.call(body.clone(), self.config.timeout, slice, interrupted) {
+            match connection.call(body.clone(), deadline, timeout, slice, interrupted) {
                 Err(error @ ClientError::Refused { .. }) => return Err(error),
                 Err(error) => {
                     *slot = None;

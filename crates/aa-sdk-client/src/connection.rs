@@ -159,9 +159,17 @@ pub(crate) struct BlockingConnection {
 }
 
 impl BlockingConnection {
-    /// Connects within `timeout`.
-    pub(crate) fn open(path: &Path, timeout: Duration) -> Result<BlockingConnection, ClientError> {
-        let stream = connect_within(path, timeout).map_err(|e| unreachable_at(path, &e))?;
+    /// Connects by `deadline` (when `interrupted` says so, gives up sooner).
+    pub(crate) fn open(
+        path: &Path,
+        deadline: Instant,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<BlockingConnection, ClientError> {
+        let stream = match connect_by(path, deadline, interrupted) {
+            Ok(stream) => stream,
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Err(ClientError::Interrupted),
+            Err(e) => return Err(unreachable_at(path, &e)),
+        };
         Ok(BlockingConnection {
             stream,
             decoder: FrameDecoder::new(),
@@ -169,17 +177,18 @@ impl BlockingConnection {
         })
     }
 
-    /// Sends `body` and reads until its answer; an error frame becomes
+    /// Sends `body` and reads until its answer, by `deadline` (past it,
+    /// [`ClientError::Timeout`] of `timeout`, the whole call's); an error frame becomes
     /// [`ClientError::Refused`]. After each `slice` of waiting, `interrupted` is asked whether
     /// to give up ([`ClientError::Interrupted`]).
     pub(crate) fn call(
         &mut self,
         body: Body,
+        deadline: Instant,
         timeout: Duration,
         slice: Duration,
         interrupted: &mut dyn FnMut() -> bool,
     ) -> Result<Body, ClientError> {
-        let deadline = Instant::now() + timeout;
         let left = || {
             deadline
                 .checked_duration_since(Instant::now())
@@ -249,14 +258,15 @@ fn wait_readable(stream: &std::os::unix::net::UnixStream, wait: Duration) -> std
 
 /// Connects without waiting on a runtime that does not accept: `connect` on a Unix socket
 /// whose backlog is full waits as long as that lasts (for a stopped runtime, for ever), where
-/// a check must be decided by its timeout. A full backlog is tried again until `timeout`.
-fn connect_within(
+/// a check must be decided by its timeout. A full backlog is tried again until `deadline`,
+/// asking `interrupted` between tries (an error of kind `Interrupted` when it says so).
+fn connect_by(
     path: &Path,
-    timeout: Duration,
+    deadline: Instant,
+    interrupted: &mut dyn FnMut() -> bool,
 ) -> std::io::Result<std::os::unix::net::UnixStream> {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     let address = SocketAddrUnix::new(path)?;
-    let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {
         let socket = rustix::net::socket_with(
@@ -276,8 +286,11 @@ fn connect_within(
                 if left.is_zero() {
                     return Err(std::io::Error::new(
                         ErrorKind::TimedOut,
-                        format!("the runtime did not accept a connection within {timeout:?}"),
+                        "the runtime did not accept the connection in time",
                     ));
+                }
+                if interrupted() {
+                    return Err(ErrorKind::Interrupted.into());
                 }
                 std::thread::sleep(pause.min(left));
                 pause = (pause * 2).min(Duration::from_millis(50));
@@ -327,6 +340,8 @@ mod tests {
 
     use super::*;
 
+    // Linux answers a full backlog with EAGAIN; other systems refuse the connection.
+    #[cfg(target_os = "linux")]
     #[test]
     fn a_connection_to_a_runtime_that_does_not_accept_gives_up_at_its_timeout() {
         let dir = tempfile::tempdir().unwrap();
@@ -337,16 +352,21 @@ mod tests {
         rustix::net::listen(&listener, 0).unwrap();
         let mut accepted_later = Vec::new();
         let full = loop {
-            match connect_within(&path, Duration::ZERO) {
+            match connect_by(&path, Instant::now(), &mut || false) {
                 Ok(stream) => accepted_later.push(stream),
                 Err(error) => break error,
             }
             assert!(accepted_later.len() < 1_000, "the backlog never filled");
         };
         assert_eq!(full.kind(), ErrorKind::TimedOut, "{full}");
-        // Tried again until the timeout, then given up rather than waited on.
-        let error = connect_within(&path, Duration::from_millis(100)).unwrap_err();
+        // Tried again until the deadline, then given up rather than waited on; or sooner,
+        // when the caller is interrupted.
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let error = connect_by(&path, deadline, &mut || false).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::TimedOut, "{error}");
         assert!(error.to_string().contains("did not accept"), "{error}");
+        let far = Instant::now() + Duration::from_secs(3600);
+        let error = connect_by(&path, far, &mut || true).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Interrupted, "{error}");
     }
 }
