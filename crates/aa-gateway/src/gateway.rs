@@ -128,9 +128,10 @@ pub struct Metrics {
 pub(crate) async fn to_the_end<T: Send + 'static>(
     change: impl Future<Output = Result<T, GatewayError>> + Send + 'static,
 ) -> Result<T, GatewayError> {
-    tokio::spawn(change)
-        .await
-        .map_err(|e| GatewayError::Unavailable(format!("the change did not finish: {e}")))?
+    tokio::spawn(change).await.map_err(|e| {
+        // A panic is the gateway's own fault: internal, its message kept to the log.
+        GatewayError::Storage(format!("a change did not finish: {e}"))
+    })?
 }
 
 pub(crate) fn bump(counter: &AtomicU64, by: u64) {
