@@ -21,6 +21,7 @@ from openai.types.responses import (
     Response,
     ResponseCompletedEvent,
     ResponseFunctionToolCall,
+    ResponseIncompleteEvent,
     ResponseOutputMessage,
     ResponseOutputText,
     ResponseUsage,
@@ -41,6 +42,7 @@ class ScriptedModel(Model):
     def __init__(self, tool: str, args: dict[str, Any]) -> None:
         self.tool, self.args, self.inputs = tool, args, []
         self.model = "gpt-4o-mini"
+        self.stream_ends_incomplete = False
 
     async def get_response(self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any):
         self.inputs.append(input)
@@ -85,6 +87,11 @@ class ScriptedModel(Model):
             tools=[],
             usage=usage,
         )
+        if self.stream_ends_incomplete:  # cut off (a token limit): billed all the same
+            yield ResponseIncompleteEvent(
+                type="response.incomplete", sequence_number=0, response=response
+            )
+            return
         yield ResponseCompletedEvent(
             type="response.completed", sequence_number=0, response=response
         )
@@ -169,6 +176,26 @@ def test_streamed_requests_are_checked_and_their_usage_recorded(
         (100, 20),
         (100, 20),
     ]
+
+
+def test_a_streamed_response_cut_off_has_its_usage_recorded(
+    aasm: Aasm, sdk_dirs: dict[str, Any]
+) -> None:
+    model = ScriptedModel("read_file", {"path": "/workspace/a"})
+    model.stream_ends_incomplete = True
+
+    async def run(governed: Agent[Any]) -> None:
+        streamed = Runner.run_streamed(governed, "read it")
+        async for _ in streamed.stream_events():
+            pass
+
+    with init_assembly("oa-agent", **sdk_dirs) as assembly:
+        governed = Agent(name="oa", model=GovernedModel(assembly, model, "gpt-4o-mini"))
+        with pytest.raises(Exception, match="incomplete"):
+            asyncio.run(run(governed))
+    events = aasm.wait_for_events(lambda es: any(e["kind"] == "llm_usage" for e in es))
+    usage = [e["detail"] for e in events if e["kind"] == "llm_usage"]
+    assert [(u["input_tokens"], u["output_tokens"]) for u in usage] == [(100, 20)]
 
 
 def test_a_paid_answer_is_returned_when_its_usage_cannot_be_recorded(

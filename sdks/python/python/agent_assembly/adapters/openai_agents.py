@@ -35,7 +35,6 @@ from agents import (
 from agents.items import ModelResponse, TResponseStreamEvent
 from agents.models.interface import Model
 from agents.tool_context import ToolContext
-from openai.types.responses import ResponseCompletedEvent
 
 from ..assembly import Assembly
 from ..errors import AssemblyError, ToolDenied
@@ -104,6 +103,10 @@ def _estimate_tokens(system_instructions: str | None, items: Any) -> int:
     return (len(system_instructions or "") + len(str(items))) // 4
 
 
+# The events that end a response stream, each holding the response (and its usage).
+_FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
 class GovernedModel(Model):
     """``model``, with every request checked as a call of ``name`` and its usage recorded."""
 
@@ -129,11 +132,13 @@ class GovernedModel(Model):
     ) -> AsyncIterator[TResponseStreamEvent]:
         await self._check(system_instructions, input)
         async for event in self.model.stream_response(system_instructions, input, *args, **kwargs):
-            # Recorded before the completed event is handed on: the run may close the stream
-            # at it, and nothing after its yield would run.
-            if isinstance(event, ResponseCompletedEvent) and event.response.usage is not None:
-                usage = event.response.usage
-                await self._record(usage.input_tokens, usage.output_tokens)
+            # A stream's last event carries the response and its usage, paid for however it
+            # ended; recorded before the event is handed on, as the run may close the stream at
+            # it, and nothing after its yield would then run.
+            if getattr(event, "type", None) in _FINAL_EVENTS:
+                usage = getattr(getattr(event, "response", None), "usage", None)
+                if usage is not None:
+                    await self._record(usage.input_tokens, usage.output_tokens)
             yield event
 
     async def _record(self, input_tokens: int, output_tokens: int) -> None:
