@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 /// True for `*.test.yaml` / `*.test.yml`, the policy test files.
-pub(crate) fn is_test_file(path: &Path) -> bool {
+pub fn is_test_file(path: &Path) -> bool {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -16,7 +16,7 @@ pub(crate) fn is_test_file(path: &Path) -> bool {
 
 /// The YAML files named by `paths`: files as given, folders searched recursively (hidden
 /// entries skipped), sorted for stable output.
-pub(crate) fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for path in paths {
         let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -53,7 +53,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Reads a file as UTF-8 text.
-pub(crate) fn read_text(path: &Path) -> Result<String> {
+pub fn read_text(path: &Path) -> Result<String> {
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     match String::from_utf8(bytes) {
         Ok(text) => Ok(text),

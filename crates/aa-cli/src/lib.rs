@@ -3,7 +3,9 @@
 //!
 //! - [`up`]: [`up::GatewayHandle`], [`up::RuntimeHandle`] and [`up::Up`] (both in one
 //!   process), each stopped cleanly by its handle.
+//! - [`files`]: finding and reading policy files, the same for `aasm policy` and `aasm up`.
 //!
 //! Argument parsing and printing stay in the binary.
 
+pub mod files;
 pub mod up;

@@ -7,7 +7,6 @@ mod approvals;
 mod audit;
 mod budget;
 mod check;
-mod files;
 mod policy;
 mod scan;
 mod serve;

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 
-use crate::files::{is_test_file, read_text, yaml_files};
+use aa_cli::files::{is_test_file, read_text, yaml_files};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PolicyCommand {

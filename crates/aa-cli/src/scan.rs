@@ -9,7 +9,7 @@ use aa_security::{Finding, Scanner};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::files::read_text;
+use aa_cli::files::read_text;
 
 #[derive(Debug, Args)]
 pub(crate) struct ScanArgs {

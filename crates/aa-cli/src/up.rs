@@ -158,32 +158,18 @@ fn read_policies(paths: &[PathBuf]) -> Result<Vec<PolicyDocument>> {
             source: DEFAULT_POLICY.into(),
         }]);
     }
+    // The files `aasm policy validate` and `test` read: folders searched recursively, hidden
+    // entries skipped, tests left out.
     let mut documents = Vec::new();
-    for path in paths {
-        let files: Vec<PathBuf> = if path.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    let name = p.to_string_lossy();
-                    (name.ends_with(".yaml") || name.ends_with(".yml"))
-                        && !name.ends_with(".test.yaml")
-                        && !name.ends_with(".test.yml")
-                })
-                .collect();
-            files.sort();
-            files
-        } else {
-            vec![path.clone()]
-        };
-        for file in files {
-            let source = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            documents.push(PolicyDocument {
-                name: file.display().to_string(),
-                source,
-            });
-        }
+    for file in crate::files::yaml_files(paths)?
+        .into_iter()
+        .filter(|f| !crate::files::is_test_file(f))
+    {
+        let source = crate::files::read_text(&file)?;
+        documents.push(PolicyDocument {
+            name: file.display().to_string(),
+            source,
+        });
     }
     Ok(documents)
 }
@@ -436,5 +422,45 @@ impl Up {
     pub async fn stop(self) -> Result<()> {
         self.runtime.stop().await?;
         self.gateway.stop().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// `aasm up --policy DIR` enforces what `aasm policy test DIR` checked: files in folders
+    /// below too, hidden ones and tests left out.
+    #[test]
+    fn a_policy_folder_is_read_as_aasm_policy_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "x").unwrap();
+        };
+        for name in [
+            "a.yaml",
+            "teams/b.yml",
+            ".hidden.yaml",
+            "a.test.yaml",
+            "notes.txt",
+        ] {
+            write(name);
+        }
+        let read = read_policies(&[dir.path().to_path_buf()]).unwrap();
+        let names: Vec<String> = read
+            .iter()
+            .map(|d| {
+                Path::new(&d.name)
+                    .strip_prefix(dir.path())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(names, ["a.yaml", "teams/b.yml"]);
     }
 }
