@@ -174,14 +174,30 @@ fn read_policies(paths: &[PathBuf]) -> Result<Vec<PolicyDocument>> {
     Ok(documents)
 }
 
-/// State directories hold keys and the audit log: owner-only.
+/// State directories hold keys and the audit log: owner-only. One made before, looser (by
+/// an older build, or by hand), is made owner-only, and the change is logged.
 fn create_private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("making {} owner-only", dir.display()))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{mode:o}"),
+            "the state directory was open to other users; it is owner-only now"
+        );
+    }
+    Ok(())
 }
 
 impl GatewayHandle {
@@ -462,5 +478,17 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["a.yaml", "teams/b.yml"]);
+    }
+
+    #[test]
+    fn a_state_directory_open_to_others_is_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

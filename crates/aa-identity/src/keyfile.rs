@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use crate::error::IdentityError;
@@ -41,7 +41,13 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, IdentityError> {
 
 fn create(path: &Path) -> Result<Keypair, IdentityError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| fail(path, e.to_string()))?;
+        // Owner-only, as a state directory is: the first process to make it may be an SDK's,
+        // and the gateway's database and the runtime's outbox go in it later.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| fail(path, e.to_string()))?;
     }
     let key = Keypair::generate()?;
     let hex: String = key.secret().iter().map(|b| format!("{b:02x}")).collect();
@@ -81,8 +87,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys/agent.key");
         let first = load_or_create(&path).unwrap();
-        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(
+            mode(&dir.path().join("keys")),
+            0o700,
+            "the directory it made"
+        );
         let again = load_or_create(&path).unwrap();
         assert_eq!(first.public(), again.public());
     }
