@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             let text = err.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("error: {first} (see `aasm --help`)");
+            eprintln!("error: {} (see `aasm --help`)", printable(first));
             return ExitCode::from(2);
         }
     };
@@ -104,8 +104,19 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One line: the chain of causes, outermost first.
-            eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+            eprintln!("error: {}", printable(&format!("{err:#}")));
             ExitCode::from(2)
         }
+    }
+}
+
+/// An error as printed: on one line, with what the scanner finds in it redacted. An error
+/// may quote the input it could not read (serde quotes a value of the wrong type), and input
+/// is where secrets are.
+fn printable(text: &str) -> String {
+    let line = text.replace('\n', " ");
+    match aa_security::Scanner::new() {
+        Ok(scanner) => scanner.redact(&line).text,
+        Err(_) => line,
     }
 }

@@ -166,6 +166,34 @@ fn eval_bad_input_exits_2_with_one_line() {
     }
 }
 
+/// An error quoting the input it could not read (a value of the wrong type) never prints a
+/// secret in it.
+#[test]
+fn an_error_quoting_its_input_prints_no_secret() {
+    let token = "ghp_0123456789abcdefghijABCDEFGHIJ012345";
+    let action = format!(
+        r#"{{"type":"process_exec","command":"curl","args":"-H Authorization: Bearer {token}"}}"#
+    );
+    let eval = [
+        "policy",
+        "eval",
+        "--policy",
+        "policy-examples/balanced.yaml",
+        "--action",
+        &action,
+    ];
+    // `aasm check` reads its action before it dials the runtime.
+    let check = ["check", "--agent", "bot", "--action", &action];
+    for args in [&eval[..], &check[..]] {
+        let out = aasm(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("expected a sequence"), "{err}");
+        assert!(!err.contains(token), "{err}");
+        assert!(err.contains("[REDACTED:github_token]"), "{err}");
+    }
+}
+
 #[test]
 fn eval_of_an_invalid_policy_names_the_place() {
     let out = aasm(&[
