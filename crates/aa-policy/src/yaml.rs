@@ -37,8 +37,15 @@ pub(crate) struct Located<T> {
     pub(crate) content_offset: Option<usize>,
 }
 
-/// Parses a YAML stream into its documents, or a located syntax error.
+/// How deep collections may nest. Policies, price tables and tests are a few levels deep; a
+/// loaded tree is built, read and freed by recursion, so a file nested many thousands of
+/// levels deep (a few hundred kilobytes of `- - - …`) would overflow the stack.
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// Parses a YAML stream into its documents, or a located syntax error; a stream nested past
+/// [`MAX_DEPTH`] is refused before any tree is built.
 pub(crate) fn load(source: &str) -> Result<Vec<Node<'_>>, PolicyError> {
+    within_depth(source)?;
     MarkedYaml::load_from_str(source).map_err(|e| {
         let m = e.marker();
         PolicyError::Invalid(vec![Diagnostic {
@@ -47,6 +54,33 @@ pub(crate) fn load(source: &str) -> Result<Vec<Node<'_>>, PolicyError> {
             message: format!("invalid YAML: {}", e.info()),
         }])
     })
+}
+
+/// Counts nesting over the parser's events, which it makes without recursing. A syntax
+/// error ends the count: the load that follows reports it.
+fn within_depth(source: &str) -> Result<(), PolicyError> {
+    use saphyr_parser::{Event, Parser};
+    let mut depth = 0usize;
+    for parsed in Parser::new_from_str(source) {
+        let Ok((event, span)) = parsed else {
+            return Ok(());
+        };
+        match event {
+            Event::SequenceStart(..) | Event::MappingStart(..) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(PolicyError::Invalid(vec![Diagnostic {
+                        line: span.start.line(),
+                        col: span.start.col() + 1,
+                        message: format!("nested more than {MAX_DEPTH} levels deep"),
+                    }]));
+                }
+            }
+            Event::SequenceEnd | Event::MappingEnd => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Walks nodes and collects diagnostics.

@@ -166,6 +166,22 @@ fn eval_bad_input_exits_2_with_one_line() {
     }
 }
 
+/// A file nested 100,000 levels deep (200 KB) is refused, naming the place, instead of
+/// overflowing the stack: the same reading serves `aasm up`'s policies.
+#[test]
+fn a_policy_nested_past_any_use_is_refused_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let deep = dir.path().join("deep.yaml");
+    std::fs::write(&deep, format!("{}x\n", "- ".repeat(100_000))).unwrap();
+    let out = aasm(&["policy", "validate", deep.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("deep.yaml:1:257: nested more than 128 levels deep"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// An error quoting the input it could not read (a value of the wrong type) never prints a
 /// secret in it.
 #[test]
