@@ -126,25 +126,35 @@ async fn terminated() -> Result<()> {
 pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
-        let up = Up::start(args.gateway.options()?, args.runtime).await?;
+        let mut up = Up::start(args.gateway.options()?, args.runtime).await?;
         println!("runtime socket: {}", up.runtime.socket.display());
         println!("gateway gRPC:   {}", up.gateway.url());
         println!("operator HTTP:  http://{}", up.gateway.http);
         println!("try: aasm check --agent demo --action '{{\"type\":\"tool_call\",\"tool\":\"shell\",\"args\":{{\"command\":\"ls\"}}}}'");
-        terminated().await?;
+        // Until a signal, or one half failing: the process must not stay up half dead.
+        let failed = tokio::select! {
+            signalled = terminated() => { signalled?; None }
+            failure = up.ended() => Some(failure),
+        };
         eprintln!("stopping: draining the outbox");
-        up.stop().await?;
-        Ok(ExitCode::SUCCESS)
+        let stopped = up.stop().await;
+        match failed {
+            Some(failure) => Err(failure),
+            None => stopped.map(|()| ExitCode::SUCCESS),
+        }
     })
 }
 
 pub(crate) fn gateway(args: GatewayArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
-        let gateway = GatewayHandle::start(args.options()?).await?;
+        let mut gateway = GatewayHandle::start(args.options()?).await?;
         println!("gateway gRPC:   {}", gateway.url());
         println!("operator HTTP:  http://{}", gateway.http);
-        terminated().await?;
+        tokio::select! {
+            signalled = terminated() => signalled?,
+            failure = gateway.ended() => return Err(failure),
+        }
         gateway.stop().await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -157,9 +167,12 @@ pub(crate) fn runtime(args: RuntimeArgs) -> Result<ExitCode> {
     config.allowed_uids = args.allow_uids;
     config.gateway_token = token;
     tokio()?.block_on(async {
-        let runtime = RuntimeHandle::start(config)?;
+        let mut runtime = RuntimeHandle::start(config)?;
         println!("runtime socket: {}", runtime.socket.display());
-        terminated().await?;
+        tokio::select! {
+            signalled = terminated() => signalled?,
+            failure = runtime.ended() => return Err(failure),
+        }
         eprintln!("stopping: draining the outbox");
         runtime.stop().await?;
         Ok(ExitCode::SUCCESS)

@@ -148,7 +148,8 @@ pub struct GatewayHandle {
     /// Where HTTP listens.
     pub http: SocketAddr,
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), GatewayError>>,
+    /// `None` once [`ended`](Self::ended) has seen it end.
+    task: Option<JoinHandle<Result<(), GatewayError>>>,
 }
 
 fn read_policies(paths: &[PathBuf]) -> Result<Vec<PolicyDocument>> {
@@ -253,7 +254,7 @@ impl GatewayHandle {
             grpc: grpc_addr,
             http: http_addr,
             stop,
-            task,
+            task: Some(task),
         })
     }
 
@@ -275,8 +276,32 @@ impl GatewayHandle {
     /// Stops serving and signs a last checkpoint.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
-        self.task.await.context("gateway task")??;
+        if let Some(task) = self.task {
+            task.await.context("gateway task")??;
+        }
         Ok(())
+    }
+
+    /// Resolves only if the gateway stops by itself, with why; never before a stop otherwise.
+    pub async fn ended(&mut self) -> anyhow::Error {
+        ended(&mut self.task, "the gateway").await
+    }
+}
+
+/// Waits for a server's task to end of itself: with its error, or saying that it stopped.
+async fn ended<E>(task: &mut Option<JoinHandle<Result<(), E>>>, what: &str) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let Some(running) = task.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = running.await;
+    *task = None;
+    match result {
+        Ok(Err(error)) => anyhow::Error::new(error).context(format!("{what} failed")),
+        Ok(Ok(())) => anyhow::anyhow!("{what} stopped by itself"),
+        Err(error) => anyhow::Error::new(error).context(format!("{what} failed")),
     }
 }
 
@@ -322,7 +347,8 @@ pub struct RuntimeHandle {
     /// Its socket.
     pub socket: PathBuf,
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), RuntimeError>>,
+    /// `None` once [`ended`](Self::ended) has seen it end.
+    task: Option<JoinHandle<Result<(), RuntimeError>>>,
 }
 
 impl RuntimeHandle {
@@ -334,20 +360,33 @@ impl RuntimeHandle {
         let task = tokio::spawn(aa_runtime::run(listener, config, async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
-        Ok(RuntimeHandle { socket, stop, task })
+        Ok(RuntimeHandle {
+            socket,
+            stop,
+            task: Some(task),
+        })
     }
 
     /// Stops accepting, writes what is queued and drains the outbox to the gateway for a
     /// few seconds at most.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
-        self.task.await.context("runtime task")??;
+        if let Some(task) = self.task {
+            task.await.context("runtime task")??;
+        }
         Ok(())
+    }
+
+    /// Resolves only if the runtime stops by itself, with why; never before a stop otherwise.
+    pub async fn ended(&mut self) -> anyhow::Error {
+        ended(&mut self.task, "the runtime").await
     }
 
     /// Stops at once, as a crash would: nothing is drained.
     pub fn kill(self) {
-        self.task.abort();
+        if let Some(task) = self.task {
+            task.abort();
+        }
     }
 }
 
@@ -435,9 +474,20 @@ impl Up {
     }
 
     /// Stops the runtime first (its outbox drains into the gateway), then the gateway.
+    /// Stops the runtime (draining its outbox), then the gateway, the gateway even when the
+    /// runtime failed; the first error is returned.
     pub async fn stop(self) -> Result<()> {
-        self.runtime.stop().await?;
-        self.gateway.stop().await
+        let runtime = self.runtime.stop().await;
+        let gateway = self.gateway.stop().await;
+        runtime.and(gateway)
+    }
+
+    /// Resolves only if the gateway or the runtime stops by itself, with why.
+    pub async fn ended(&mut self) -> anyhow::Error {
+        tokio::select! {
+            failure = self.gateway.ended() => failure,
+            failure = self.runtime.ended() => failure,
+        }
     }
 }
 

@@ -1713,6 +1713,42 @@ fn aasm_up_names_a_bad_socket_limit_before_starting_its_gateway() {
     assert!(!aa_cli::up::gateway_address_file(&state).exists());
 }
 
+/// `aasm up` whose runtime fails once started (its database is not one) stops, saying why,
+/// rather than staying up with its gateway alone.
+#[test]
+fn aasm_up_stops_when_its_runtime_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("runtime.db"), "not a database ".repeat(100)).unwrap();
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_aasm"))
+        .args(["up", "--state-dir", state.to_str().unwrap()])
+        .args(["--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Bounded, so that a process that stays up fails the test rather than hanging it.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > until {
+            up.kill().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("error: the runtime failed: outbox:"),
+        "{stderr}"
+    );
+}
+
 /// `aasm runtime` takes its socket's limits from flags, validated before anything is bound:
 /// a bad value exits 2 naming the setting. Without the gateway's runtime token it does not
 /// start either.
