@@ -141,7 +141,7 @@ async fn change(verb: &str, c: &Change) -> Result<()> {
             1 => " and 1 agent below it".to_owned(),
             n => format!(" and {n} agents below it"),
         };
-        println!(
+        say!(
             "{} {id}{also}: {}",
             changed.step,
             changed.agent_ids.join(", ")
@@ -165,7 +165,9 @@ pub(crate) fn topology(command: TopologyCommand) -> Result<ExitCode> {
         if json {
             println!("{}", serde_json::to_string_pretty(&topology)?);
         } else {
-            print!("{}", tree(&topology));
+            for line in tree(&topology).lines() {
+                say!("{line}");
+            }
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -184,16 +186,19 @@ fn state(view: &AgentView) -> String {
 
 fn print_table(agents: &[AgentView]) {
     if agents.is_empty() {
-        println!("no agents");
+        say!("no agents");
         return;
     }
-    println!(
+    say!(
         "{:<24}  {:<14}  {:<24}  {:>5}  STATE",
-        "ID", "TEAM", "PARENT", "DEPTH"
+        "ID",
+        "TEAM",
+        "PARENT",
+        "DEPTH"
     );
     for view in agents {
         let a = &view.agent;
-        println!(
+        say!(
             "{:<24}  {:<14}  {:<24}  {:>5}  {}",
             a.agent_id,
             a.team_id.as_deref().unwrap_or("-"),
@@ -207,28 +212,28 @@ fn print_table(agents: &[AgentView]) {
 fn print_details(lineage: &[AgentView]) {
     let Some(view) = lineage.last() else { return };
     let a = &view.agent;
-    println!("agent      {}", a.agent_id);
-    println!("name       {}", a.name);
-    println!("framework  {}", a.framework);
-    println!("key        {}", a.did);
-    println!("team       {}", a.team_id.as_deref().unwrap_or("-"));
-    println!("depth      {}", a.depth);
+    say!("agent      {}", a.agent_id);
+    say!("name       {}", a.name);
+    say!("framework  {}", a.framework);
+    say!("key        {}", a.did);
+    say!("team       {}", a.team_id.as_deref().unwrap_or("-"));
+    say!("depth      {}", a.depth);
     let chain: Vec<&str> = lineage.iter().map(|v| v.agent.agent_id.as_str()).collect();
-    println!("lineage    {}", chain.join(" > "));
+    say!("lineage    {}", chain.join(" > "));
     if let Some(reason) = &a.delegation_reason {
-        println!("delegated  {reason}");
+        say!("delegated  {reason}");
     }
-    println!("state      {}", state(view));
+    say!("state      {}", state(view));
     if let Some(s) = &view.suspension {
         let why = if s.reason.is_empty() { "-" } else { &s.reason };
-        println!(
+        say!(
             "           by {} at {}: {why}",
             s.suspended_by,
             crate::approvals::time(s.suspended_at_ms)
         );
     }
-    println!("registered {}", crate::approvals::time(a.registered_at_ms));
-    println!("last seen  {}", crate::approvals::time(a.last_seen_ms));
+    say!("registered {}", crate::approvals::time(a.registered_at_ms));
+    say!("last seen  {}", crate::approvals::time(a.last_seen_ms));
 }
 
 /// The topology as an indented tree: children under their parent, then each agent's reported

@@ -170,7 +170,7 @@ async fn decide(
     if who.json {
         println!("{}", serde_json::to_string_pretty(&decided)?);
     } else {
-        println!(
+        say!(
             "{} {} ({} by {})",
             ApprovalStatus::as_str(decided.status),
             decided.approval_id,
@@ -209,15 +209,18 @@ pub(crate) fn time(ms: i64) -> String {
 
 fn print_table(approvals: &[Approval]) {
     if approvals.is_empty() {
-        println!("no approvals");
+        say!("no approvals");
         return;
     }
-    println!(
+    say!(
         "{:<32}  {:<8}  {:<20}  {:<23}  ACTION",
-        "ID", "STATUS", "AGENT", "EXPIRES"
+        "ID",
+        "STATUS",
+        "AGENT",
+        "EXPIRES"
     );
     for a in approvals {
-        println!(
+        say!(
             "{:<32}  {:<8}  {:<20}  {:<23}  {}",
             a.approval_id,
             ApprovalStatus::as_str(a.status),
@@ -230,23 +233,23 @@ fn print_table(approvals: &[Approval]) {
 
 fn print_details(a: &Approval) {
     let action = serde_json::to_string(&a.action).unwrap_or_default();
-    println!("approval  {}", a.approval_id);
-    println!("status    {}", ApprovalStatus::as_str(a.status));
-    println!(
+    say!("approval  {}", a.approval_id);
+    say!("status    {}", ApprovalStatus::as_str(a.status));
+    say!(
         "agent     {} (team {}, depth {}, parent {})",
         a.agent.id,
         a.agent.team.as_deref().unwrap_or("-"),
         a.agent.depth,
         a.agent.parent.as_deref().unwrap_or("-")
     );
-    println!("action    {action}");
-    println!("digest    {}", a.action_digest);
-    println!("rule      {} ({})", a.rule, a.policy);
-    println!("reason    {}", a.reason);
-    println!("created   {}", time(a.created_at_ms));
-    println!("expires   {}", time(a.expires_at_ms));
+    say!("action    {action}");
+    say!("digest    {}", a.action_digest);
+    say!("rule      {} ({})", a.rule, a.policy);
+    say!("reason    {}", a.reason);
+    say!("created   {}", time(a.created_at_ms));
+    say!("expires   {}", time(a.expires_at_ms));
     if let Some(at) = a.decided_at_ms {
-        println!(
+        say!(
             "decided   {} by {}{}",
             time(at),
             a.decided_by.as_deref().unwrap_or("-"),
@@ -257,6 +260,6 @@ fn print_details(a: &Approval) {
         );
     }
     if let Some(at) = a.used_at_ms {
-        println!("used      {}", time(at));
+        say!("used      {}", time(at));
     }
 }

@@ -51,7 +51,9 @@ pub(crate) fn run(command: BudgetCommand) -> Result<ExitCode> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&reports)?);
         } else {
-            print!("{}", table(&reports));
+            for line in table(&reports).lines() {
+                say!("{line}");
+            }
         }
         Ok(ExitCode::SUCCESS)
     })

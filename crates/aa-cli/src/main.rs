@@ -1,6 +1,14 @@
 //! `aasm`, the Agent Assembly command line. Argument parsing and IO live here; the logic lives
 //! in the library crates.
 
+/// `println!` for text holding what agents supplied (ids, names, reasons quoting their
+/// commands): control characters, which a terminal would act on, are shown escaped.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", $crate::terminal_safe(&format!($($arg)*)))
+    };
+}
+
 mod agents;
 mod api;
 mod approvals;
@@ -110,6 +118,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// `text` with every control character but a tab written as its `\u{..}` escape.
+fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            shown.extend(c.escape_unicode());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
 /// An error as printed: on one line, with what the scanner finds in it redacted. An error
 /// may quote the input it could not read (serde quotes a value of the wrong type), and input
 /// is where secrets are.
@@ -118,5 +143,18 @@ fn printable(text: &str) -> String {
     match aa_security::Scanner::new() {
         Ok(scanner) => scanner.redact(&line).text,
         Err(_) => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_reach_the_terminal_escaped() {
+        assert_eq!(super::terminal_safe("bot\tteam ü"), "bot\tteam ü");
+        assert_eq!(
+            super::terminal_safe("x\u{1b}]0;pwned\u{7}\nfake line"),
+            "x\\u{1b}]0;pwned\\u{7}\\u{a}fake line"
+        );
+        assert_eq!(super::terminal_safe("a\u{9b}b"), "a\\u{9b}b");
     }
 }
