@@ -21,6 +21,9 @@ pub(crate) struct ScanArgs {
     /// Also scan for the custom patterns (`spec.data.patterns`) of these policy files.
     #[arg(long)]
     policy: Vec<PathBuf>,
+    /// Scan what .gitignore and .ignore exclude too (a `.env` file is usually ignored).
+    #[arg(long)]
+    no_ignore: bool,
 }
 
 /// Exit 0 when nothing is found, 1 when something is, 2 on error.
@@ -48,7 +51,7 @@ pub(crate) fn run(args: ScanArgs) -> Result<ExitCode> {
     let mut found_any = false;
     let mut out = std::io::stdout().lock();
     for input in &inputs {
-        for file in expand(input)? {
+        for file in expand(input, !args.no_ignore)? {
             let bytes = read_input(&file)?;
             if is_binary(&bytes) {
                 continue;
@@ -91,15 +94,21 @@ fn build_scanner(paths: &[PathBuf]) -> Result<Scanner> {
     )?)
 }
 
-/// A file as given, or every file under a folder that .gitignore and .ignore do not exclude
-/// (hidden files such as `.env` included; `.git` skipped).
-fn expand(input: &Path) -> Result<Vec<PathBuf>> {
+/// A file as given, or every file under a folder (with `honour_ignores`, those that
+/// .gitignore and .ignore do not exclude; hidden files such as `.env` included; `.git`
+/// skipped).
+fn expand(input: &Path, honour_ignores: bool) -> Result<Vec<PathBuf>> {
     if input == Path::new("-") || !input.is_dir() {
         return Ok(vec![input.to_path_buf()]);
     }
     let mut files = Vec::new();
     let walker = ignore::WalkBuilder::new(input)
         .hidden(false)
+        .ignore(honour_ignores)
+        .git_ignore(honour_ignores)
+        .git_global(honour_ignores)
+        .git_exclude(honour_ignores)
+        .parents(honour_ignores)
         .require_git(false)
         .filter_entry(|e| e.file_name() != ".git")
         .build();

@@ -55,6 +55,16 @@ fn folders_are_walked_honouring_gitignore() {
         !stdout(&out).contains(KEY) && !stdout(&out).contains(TOKEN),
         "the secret was printed"
     );
+    // What git ignores, on request: the log's token too.
+    let all = aasm(&["scan", "--no-ignore", dir.to_str().unwrap()]);
+    assert_eq!(all.status.code(), Some(1), "{}", stderr(&all));
+    let found = lines(&all);
+    assert_eq!(found.len(), 3, "{}", stdout(&all));
+    assert!(
+        found
+            .iter()
+            .any(|f| f["path"].as_str().unwrap().ends_with("app.log"))
+    );
 }
 
 #[test]
