@@ -354,6 +354,7 @@ pub struct RuntimeHandle {
 impl RuntimeHandle {
     /// Binds the socket and serves.
     pub fn start(config: RuntimeConfig) -> Result<RuntimeHandle> {
+        create_private_dir(&config.state_dir)?;
         let listener = aa_runtime::bind(&config)?;
         let socket = config.socket_path();
         let (stop, mut stopped) = watch::channel(false);
@@ -538,7 +539,23 @@ mod tests {
         std::fs::create_dir(&state).unwrap();
         std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
         create_private_dir(&state).unwrap();
+        let mode = |dir: &Path| std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+    }
+
+    /// `aasm runtime` alone, too.
+    #[tokio::test]
+    async fn a_runtime_makes_its_state_directory_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("runtime");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut config = RuntimeConfig::new(&state, "http://127.0.0.1:1");
+        config.gateway_token = "runtime-token".into();
+        let runtime = RuntimeHandle::start(config);
         let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        runtime.unwrap().kill();
         assert_eq!(mode, 0o700);
     }
 }
