@@ -36,6 +36,34 @@ set_tracing_disabled(True)
 RAN: list[str] = []
 
 
+def last_event(answer: ModelResponse, model: str, *, incomplete: bool = False) -> Any:
+    """``answer`` as a stream ends: one event holding the response and its usage, completed
+    or (cut off by a token limit, billed all the same) incomplete."""
+    usage = ResponseUsage(
+        input_tokens=answer.usage.input_tokens,
+        output_tokens=answer.usage.output_tokens,
+        total_tokens=answer.usage.total_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+    )
+    response = Response(
+        id="r1",
+        created_at=0,
+        model=model,
+        object="response",
+        output=answer.output,
+        parallel_tool_calls=False,
+        tool_choice="auto",
+        tools=[],
+        usage=usage,
+    )
+    if incomplete:
+        return ResponseIncompleteEvent(
+            type="response.incomplete", sequence_number=0, response=response
+        )
+    return ResponseCompletedEvent(type="response.completed", sequence_number=0, response=response)
+
+
 class ScriptedModel(Model):
     """Asks for one tool call, then answers with the tool's output."""
 
@@ -67,34 +95,8 @@ class ScriptedModel(Model):
     async def stream_response(
         self, system_instructions: Any, input: Any, *args: Any, **kwargs: Any
     ) -> Any:
-        # The same answers, as a stream ends: one completed event holding the response.
         answer = await self.get_response(system_instructions, input)
-        usage = ResponseUsage(
-            input_tokens=answer.usage.input_tokens,
-            output_tokens=answer.usage.output_tokens,
-            total_tokens=answer.usage.total_tokens,
-            input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
-            output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
-        )
-        response = Response(
-            id=f"r{len(self.inputs)}",
-            created_at=0,
-            model=self.model,
-            object="response",
-            output=answer.output,
-            parallel_tool_calls=False,
-            tool_choice="auto",
-            tools=[],
-            usage=usage,
-        )
-        if self.stream_ends_incomplete:  # cut off (a token limit): billed all the same
-            yield ResponseIncompleteEvent(
-                type="response.incomplete", sequence_number=0, response=response
-            )
-            return
-        yield ResponseCompletedEvent(
-            type="response.completed", sequence_number=0, response=response
-        )
+        yield last_event(answer, self.model, incomplete=self.stream_ends_incomplete)
 
 
 class AnsweringModel(Model):
@@ -112,8 +114,8 @@ class AnsweringModel(Model):
         usage = Usage(requests=1, input_tokens=10, output_tokens=2, total_tokens=12)
         return ModelResponse(output=[message], usage=usage, response_id=None)
 
-    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("the test runs it unstreamed")
+    async def stream_response(self, *args: Any, **kwargs: Any) -> Any:
+        yield last_event(await self.get_response(), "gpt-4o-mini")
 
 
 @function_tool

@@ -1254,14 +1254,17 @@ async fn tampering_is_named_by_audit_verify() {
         "{}",
         crate::stderr(&keyless)
     );
-    let given = crate::aasm(&[
-        "audit",
-        "verify",
-        "--state-dir",
-        copied.to_str().unwrap(),
-        "--gateway-did",
-        &own,
-    ]);
+    let verify_copied = || {
+        crate::aasm(&[
+            "audit",
+            "verify",
+            "--state-dir",
+            copied.to_str().unwrap(),
+            "--gateway-did",
+            &own,
+        ])
+    };
+    let given = verify_copied();
     assert_eq!(given.status.code(), Some(0), "{}", crate::stdout(&given));
 
     // Verifying reads a database and changes nothing in it: one a migration behind is refused,
@@ -1274,14 +1277,7 @@ async fn tampering_is_named_by_audit_verify() {
     )
     .unwrap();
     drop(conn);
-    let refused = crate::aasm(&[
-        "audit",
-        "verify",
-        "--state-dir",
-        copied.to_str().unwrap(),
-        "--gateway-did",
-        &own,
-    ]);
+    let refused = verify_copied();
     assert_eq!(
         refused.status.code(),
         Some(2),
