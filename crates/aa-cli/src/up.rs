@@ -474,9 +474,8 @@ impl Up {
         Ok(Up { gateway, runtime })
     }
 
-    /// Stops the runtime first (its outbox drains into the gateway), then the gateway.
-    /// Stops the runtime (draining its outbox), then the gateway, the gateway even when the
-    /// runtime failed; the first error is returned.
+    /// Stops the runtime first (its outbox drains into the gateway), then the gateway, the
+    /// gateway even when the runtime failed; the first error is returned.
     pub async fn stop(self) -> Result<()> {
         let runtime = self.runtime.stop().await;
         let gateway = self.gateway.stop().await;
