@@ -497,6 +497,19 @@ mod tests {
 
     use super::*;
 
+    /// The scanner benchmarks measure the default policy's custom pattern as they hold it.
+    #[test]
+    fn the_benchmarks_hold_the_default_policy_pattern() {
+        let set = aa_policy::PolicySet::new(aa_policy::Policy::parse(DEFAULT_POLICY).unwrap());
+        let (name, regex) = aa_testkit::corpus::DEFAULT_POLICY_PATTERN;
+        let patterns: Vec<(String, String)> = set
+            .patterns()
+            .into_iter()
+            .map(|p| (p.name, p.regex))
+            .collect();
+        assert_eq!(patterns, [(name.to_owned(), regex.to_owned())]);
+    }
+
     /// `aasm up --policy DIR` enforces what `aasm policy test DIR` checked: files in folders
     /// below too, hidden ones and tests left out.
     #[test]

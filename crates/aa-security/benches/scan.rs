@@ -57,8 +57,27 @@ fn event(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
+    // The same under the default policy (`aasm up`), whose custom pattern every scan runs.
+    let custom = std::sync::Arc::new(scanner)
+        .with_patterns_added(&[default_policy_pattern()])
+        .unwrap();
+    group.bench_function("redact_small_audit_event_custom", |b| {
+        b.iter_batched_ref(
+            || small.clone(),
+            |event| custom.redact_audit_event(event, &limits),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 
 criterion_group!(benches, throughput, event);
 criterion_main!(benches);
+
+fn default_policy_pattern() -> aa_security::CustomPattern {
+    let (name, regex) = corpus::DEFAULT_POLICY_PATTERN;
+    aa_security::CustomPattern {
+        name: name.into(),
+        regex: regex.into(),
+    }
+}

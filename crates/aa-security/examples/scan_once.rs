@@ -1,9 +1,10 @@
 //! Scans one corpus of the `scan` bench once, for counting instructions where wall time is too
 //! noisy to compare builds: run it under `valgrind --tool=cachegrind --cache-sim=no` with the
-//! case (`clean`, `prose`, `dense`, `event`, `small`, `audit`) and again with `none`; the
-//! difference is the scan's cost (`event` redacts the 4 KiB event 100 times, `small` a clean
-//! tool event of the size `aa-bench events` sends 1,000 times, as JSON bytes; `audit` the same
-//! event 1,000 times as the runtime and gateway hold it, an `AuditEvent`).
+//! case (`clean`, `prose`, `dense`, `event`, `small`, `audit`, `custom`) and again with `none`;
+//! the difference is the scan's cost (`event` redacts the 4 KiB event 100 times, `small` a
+//! clean tool event of the size `aa-bench events` sends 1,000 times, as JSON bytes; `audit` the
+//! same event 1,000 times as the runtime and gateway hold it, an `AuditEvent`; `custom` that
+//! again with the default policy's custom pattern added, as `aasm up` runs it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -50,8 +51,31 @@ fn main() {
                 })
                 .sum()
         }
+        "custom" => {
+            let custom = std::sync::Arc::new(scanner)
+                .with_patterns_added(&[default_policy_pattern()])
+                .unwrap();
+            let mut event: AuditEvent = serde_json::from_str(corpus::SMALL_EVENT).unwrap();
+            (0..1_000)
+                .map(|_| {
+                    custom
+                        .redact_audit_event(&mut event, &Limits::default())
+                        .unwrap()
+                })
+                .sum()
+        }
         "none" => 0,
-        other => panic!("unknown case {other:?}: clean, prose, dense, event, small, audit or none"),
+        other => panic!(
+            "unknown case {other:?}: clean, prose, dense, event, small, audit, custom or none"
+        ),
     };
     println!("{case}: {found} findings");
+}
+
+fn default_policy_pattern() -> aa_security::CustomPattern {
+    let (name, regex) = corpus::DEFAULT_POLICY_PATTERN;
+    aa_security::CustomPattern {
+        name: name.into(),
+        regex: regex.into(),
+    }
 }

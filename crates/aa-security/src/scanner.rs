@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use aa_core::CustomPattern;
+use aho_corasick::AhoCorasick;
 use regex::bytes::{Regex, RegexBuilder};
+use regex_syntax::hir::literal::{ExtractKind, Extractor};
 
 use crate::decode::{self, Encoding};
 use crate::error::SecurityError;
@@ -86,8 +88,11 @@ pub struct Scanner {
     keywords: Arc<Keywords>,
     keyword_rules: Vec<Vec<usize>>,
     digit_rules: Vec<usize>,
-    /// Custom patterns have no keywords; they run over the whole text.
+    /// Custom patterns with no literal prefix: they run over every text.
     whole_text_rules: Vec<usize>,
+    /// Custom patterns whose every match starts with one of a few literals: they run over the
+    /// texts that hold one.
+    prefixed: Option<Prefixes>,
     /// The fewest bytes any rule's pattern matches: a shorter text holds no finding.
     shortest_match: usize,
     /// Texts shorter than this are looked at before being scanned
@@ -132,6 +137,7 @@ impl Scanner {
             keyword_rules,
             digit_rules,
             whole_text_rules: Vec::new(),
+            prefixed: None,
             shortest_match,
             gated_below: runs::MIN_ENCODED,
         };
@@ -153,9 +159,21 @@ impl Scanner {
 
     fn added(&self, patterns: &[CustomPattern]) -> Result<Scanner, SecurityError> {
         let mut scanner = self.clone();
+        let mut prefixes = self
+            .prefixed
+            .as_ref()
+            .map(|p| p.prefixes.clone())
+            .unwrap_or_default();
         for pattern in patterns {
-            scanner.whole_text_rules.push(scanner.rules.len());
+            let order = scanner.rules.len();
             scanner.rules.push(custom(pattern)?);
+            match literal_prefixes(&pattern.regex) {
+                Some(literals) => prefixes.extend(literals.into_iter().map(|l| (l, order))),
+                None => scanner.whole_text_rules.push(order),
+            }
+        }
+        if !prefixes.is_empty() {
+            scanner.prefixed = Some(Prefixes::new(prefixes)?);
         }
         scanner.shortest_match = scanner.rules.iter().map(|r| r.min_len).min().unwrap_or(0);
         // A text too short to hold an encoded run is started on by a keyword or a digit run
@@ -343,9 +361,9 @@ impl Scanner {
     /// nor anything it could decode to: it holds no `%` or `\` (which start percent and escape
     /// decoding; decoding never lengthens a text, but the decoded text is normalised again,
     /// which can: NFKC expands some ligatures), and it is shorter than any rule's shortest
-    /// match, or holds no keyword and too few digits for a digit run. Most keys and many
-    /// values of an event are this short (`id`, `type`, `path`, `tool_call`), and a scan's
-    /// fixed cost is most of theirs.
+    /// match, or holds no keyword, no custom pattern's prefix and too few digits for a digit
+    /// run. Most keys and many values of an event are this short (`id`, `type`, `path`,
+    /// `tool_call`), and a scan's fixed cost is most of theirs.
     fn cannot_hold_a_finding(&self, view: &str) -> bool {
         let bytes = view.as_bytes();
         if bytes.len() >= self.gated_below || bytes.iter().any(|&b| b == b'%' || b == b'\\') {
@@ -353,7 +371,11 @@ impl Scanner {
         }
         bytes.len() < self.shortest_match
             || (bytes.iter().filter(|b| b.is_ascii_digit()).count() < runs::MIN_DIGITS
-                && !self.keywords.occur_in(bytes))
+                && !self.keywords.occur_in(bytes)
+                && !self
+                    .prefixed
+                    .as_ref()
+                    .is_some_and(|p| p.search.is_match(bytes)))
     }
 
     /// Runs the rules over one text, as is.
@@ -385,6 +407,9 @@ impl Scanner {
                     windows.push(self.window(rule, run.start, run.end, bytes.len()));
                 }
             }
+        }
+        if let Some(prefixed) = &self.prefixed {
+            prefixed.started(bytes, |rule| windows.push((rule, 0, bytes.len())));
         }
         for &rule in &self.whole_text_rules {
             windows.push((rule, 0, bytes.len()));
@@ -594,14 +619,89 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
 /// The fewest bytes `pattern` matches, parsed as the scanner's regexes are (bytes, Unicode
 /// classes as given); 0 when unknown, which only costs a scan.
 fn shortest_match(pattern: &str, unicode: bool) -> usize {
+    parse(pattern, unicode)
+        .and_then(|hir| hir.properties().minimum_len())
+        .unwrap_or(0)
+}
+
+fn parse(pattern: &str, unicode: bool) -> Option<regex_syntax::hir::Hir> {
     regex_syntax::ParserBuilder::new()
         .unicode(unicode)
         .utf8(false)
         .build()
         .parse(pattern)
         .ok()
-        .and_then(|hir| hir.properties().minimum_len())
-        .unwrap_or(0)
+}
+
+/// Literals every match of the custom `pattern` starts with, when there are a few: a text
+/// holding none of them holds no match, so the pattern need not run over it. `None` when any
+/// match could start otherwise (`[A-Z]{3}-\d+`), or with the empty string (`x?`).
+fn literal_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
+    const MOST: usize = 64;
+    let seq = Extractor::new()
+        .kind(ExtractKind::Prefix)
+        .extract(&parse(pattern, true)?);
+    let literals = seq.literals()?;
+    if literals.is_empty() || literals.len() > MOST || literals.iter().any(|l| l.is_empty()) {
+        return None;
+    }
+    Some(literals.iter().map(|l| l.as_bytes().to_vec()).collect())
+}
+
+/// The prefix search of the custom patterns that have literal prefixes ([`literal_prefixes`]).
+/// Such a pattern runs over a text only when the text holds one of its prefixes: before, every
+/// custom pattern ran over every text, short ones included, which cost a small event a
+/// quarter more to scan.
+#[derive(Debug, Clone)]
+struct Prefixes {
+    search: AhoCorasick,
+    /// Each literal and the rule (its order) whose matches it starts.
+    prefixes: Vec<(Vec<u8>, usize)>,
+    rules: usize,
+}
+
+impl Prefixes {
+    fn new(prefixes: Vec<(Vec<u8>, usize)>) -> Result<Prefixes, SecurityError> {
+        let search = AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::Standard)
+            .build(prefixes.iter().map(|(literal, _)| literal))
+            .map_err(|e| SecurityError::Internal(format!("custom pattern prefixes: {e}")))?;
+        let mut rules: Vec<usize> = prefixes.iter().map(|&(_, rule)| rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        Ok(Prefixes {
+            search,
+            prefixes,
+            rules: rules.len(),
+        })
+    }
+
+    /// Calls `start(rule)` once for each rule one of whose prefixes `bytes` holds.
+    fn started(&self, bytes: &[u8], mut start: impl FnMut(usize)) {
+        // Most texts hold none: one search, on the prefilter, says so.
+        if !self.search.is_match(bytes) {
+            return;
+        }
+        let mut started: Vec<usize> = Vec::new();
+        // Overlapping matches are what a `Standard` search, as built, allows: never an error.
+        let found = self
+            .search
+            .try_find_overlapping_iter(bytes)
+            .into_iter()
+            .flatten();
+        for found in found {
+            let Some(&(_, rule)) = self.prefixes.get(found.pattern().as_usize()) else {
+                continue;
+            };
+            if !started.contains(&rule) {
+                started.push(rule);
+                start(rule);
+                if started.len() == self.rules {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// Makes findings disjoint and returns them in text order. A decoded segment whose findings
@@ -713,7 +813,90 @@ mod tests {
         assert_eq!(Scanner::with_patterns(&[loose]).unwrap().shortest_match, 0);
     }
 
+    #[test]
+    fn custom_patterns_with_literal_prefixes_run_only_where_one_occurs() {
+        let prefixed = |regex: &str| literal_prefixes(regex).map(|l| l.len());
+        assert_eq!(prefixed(r"EMP-\d{6}"), Some(1));
+        assert_eq!(prefixed(r"\b(?:EMP|CTR)-\d{6}\b"), Some(2));
+        // Unicode case folding: `k` also matches the Kelvin sign.
+        assert_eq!(prefixed(r"(?i)key-\d+"), Some(12));
+        assert_eq!(prefixed(r"[A-Z]{3}-\d+"), None);
+        assert_eq!(prefixed(r"x?"), None);
+        assert_eq!(prefixed(r".*EMP"), None);
+        let scanner = Scanner::with_patterns(&[
+            CustomPattern {
+                name: "employee_id".into(),
+                regex: r"\bEMP-\d{6}\b".into(),
+            },
+            CustomPattern {
+                name: "ticket".into(),
+                regex: r"\d{2}#[a-z]{3}".into(),
+            },
+        ])
+        .unwrap();
+        assert_eq!(scanner.whole_text_rules, vec![scanner.rule_count() - 1]);
+        let kinds = |text: &str| -> Vec<String> {
+            scanner.scan(text).into_iter().map(|f| f.kind).collect()
+        };
+        // Short texts are skipped unless they hold a prefix, and a prefix alone is no match:
+        // the regex still decides, over the whole text (so `\b` sees the byte before it).
+        assert_eq!(kinds("EMP-123456"), ["employee_id"]);
+        assert_eq!(kinds("XEMP-123456"), Vec::<String>::new());
+        assert_eq!(kinds("EMP-12"), Vec::<String>::new());
+        assert_eq!(kinds("12#abc"), ["ticket"]);
+        // Found where normalising or decoding makes the prefix appear.
+        assert_eq!(kinds("\u{FF25}MP-123456"), ["employee_id"]);
+        assert_eq!(
+            kinds("id=YmFkZ2UgRU1QLTEyMzQ1NiBpc3N1ZWQ= ok"),
+            ["employee_id"]
+        );
+    }
+
     proptest::proptest! {
+        /// Texts made of pieces of custom patterns' matches, prefixes and their disguises
+        /// (fullwidth, escaped, percent-encoded, base64, split by a zero-width space): running
+        /// a pattern only over the texts that hold one of its prefixes finds what running it
+        /// over every text does.
+        #[test]
+        fn prefixed_patterns_find_what_whole_text_patterns_do(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "EMP-", "emp-", "EMP", "-", "123456", "12", " ", "X", "\u{FF25}",
+                    "\\u0045", "%45", "YmFkZ2UgRU1QLTEyMzQ1NiBpc3N1ZWQ=", "\u{200B}", "acct_", "ACCT_", "abcd",
+                    "Kelvin", "\u{212A}EY-", "key-", "9", "\n",
+                ]),
+                0..8,
+            )
+        ) {
+            static SCANNERS: std::sync::LazyLock<(Scanner, Scanner)> =
+                std::sync::LazyLock::new(|| {
+                    let patterns = [
+                        (r"EMP-\d{6}", "employee_id"),
+                        (r"(?i)\bacct_[a-z]{4}\b", "account"),
+                        (r"(?i)^key-\d+$", "key"),
+                    ]
+                    .map(|(regex, name)| CustomPattern { name: name.into(), regex: regex.into() });
+                    let prefixed = Scanner::with_patterns(&patterns).unwrap();
+                    let mut everywhere = prefixed.clone();
+                    let mut moved: Vec<usize> = everywhere
+                        .prefixed
+                        .take()
+                        .map(|p| p.prefixes.into_iter().map(|(_, rule)| rule).collect())
+                        .unwrap_or_default();
+                    moved.sort_unstable();
+                    moved.dedup();
+                    assert_eq!(moved.len(), 3);
+                    everywhere.whole_text_rules.extend(moved);
+                    // As a scanner with patterns run over every text skips fewer short texts.
+                    everywhere.gated_below = everywhere.shortest_match.min(runs::MIN_ENCODED);
+                    assert!(prefixed.gated_below > everywhere.gated_below);
+                    (prefixed, everywhere)
+                });
+            let (prefixed, everywhere) = &*SCANNERS;
+            let text = pieces.concat();
+            proptest::prop_assert_eq!(prefixed.scan(&text), everywhere.scan(&text));
+        }
+
         /// Short texts, from pieces of what the rules find (keywords, digits), escapes whose
         /// decoding NFKC expands (`\u{FDFA}` becomes 18 characters), and noise: skipping those
         /// that cannot hold a finding changes nothing.

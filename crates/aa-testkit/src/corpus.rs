@@ -406,6 +406,10 @@ pub fn event_4k(seed: u64) -> String {
 /// JSON), with nothing to redact; it parses as an `aa_core::AuditEvent`.
 pub const SMALL_EVENT: &str = r#"{"event_id":"e-7","timestamp_ms":1,"kind":"tool_end","agent":{"id":"bench-events-0","team":"bench","depth":0},"session_id":"bench-session","action":{"type":"tool_call","tool":"read_file","args":{"path":"/workspace/src/module_7.rs"}},"detail":{"result":"read 42 lines from module_7.rs: fn handle_7(request: Request) -> Response { let started = Instant::now(); let body = request.body(); tracing::info!(bytes = body.len(), \"handling request 7\"); respond(body) }","duration_ms":7}}"#;
 
+/// The custom pattern of the default policy (`policy-examples/balanced.yaml`), which the
+/// scanners of `aasm up` and `aa-bench` run over every event: its name and regex.
+pub const DEFAULT_POLICY_PATTERN: (&str, &str) = ("employee_id", r"EMP-\d{6}");
+
 #[cfg(test)]
 mod tests {
     use super::*;
