@@ -345,9 +345,13 @@ fn percent_decode(segment: &str) -> Option<String> {
     if !any {
         return None;
     }
-    String::from_utf8(out).ok()
+    // Bytes that are not UTF-8 (a stray `%FF`) do not hide the rest: they read as U+FFFD.
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Decodes JSON string escapes. One that is not an escape (`\q`, a `\` at the end, `\u`
+/// without four hex digits) is kept as written rather than giving up on the segment, so a
+/// stray one cannot hide what the rest spells out.
 fn json_unescape(segment: &str) -> Option<String> {
     let mut out = String::with_capacity(segment.len());
     let mut chars = segment.chars();
@@ -357,7 +361,11 @@ fn json_unescape(segment: &str) -> Option<String> {
             out.push(c);
             continue;
         }
-        let decoded = match chars.next()? {
+        let Some(escaped) = chars.next() else {
+            out.push('\\');
+            break;
+        };
+        let decoded = match escaped {
             'n' => '\n',
             't' => '\t',
             'r' => '\r',
@@ -367,11 +375,27 @@ fn json_unescape(segment: &str) -> Option<String> {
             '\\' => '\\',
             '"' => '"',
             'u' => {
-                let hex: String = chars.by_ref().take(4).collect();
-                let code = u32::from_str_radix(&hex, 16).ok()?;
-                char::from_u32(code).unwrap_or('\u{FFFD}')
+                let rest = chars.as_str();
+                match rest
+                    .get(..4)
+                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                {
+                    Some(code) => {
+                        chars = rest.get(4..).unwrap_or_default().chars();
+                        char::from_u32(code).unwrap_or('\u{FFFD}')
+                    }
+                    None => {
+                        out.push_str("\\u");
+                        continue;
+                    }
+                }
             }
-            _ => return None,
+            other => {
+                out.push('\\');
+                out.push(other);
+                continue;
+            }
         };
         any = true;
         out.push(decoded);

@@ -54,6 +54,32 @@ fn each_encoding_hides_nothing() {
     }
 }
 
+/// A byte that does not decode, beside ones that do, must not turn the decoding off: a stray
+/// `%FF` or `\q` once hid the whole token.
+#[test]
+fn a_stray_escape_hides_nothing() {
+    let percent: String = TOKEN.bytes().map(|b| format!("%{b:02X}")).collect();
+    let escaped: String = TOKEN
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let (first, rest) = TOKEN.split_at(1);
+    for encoded in [
+        format!("%{:02x}{rest}%FF", first.as_bytes()[0]),
+        format!("{percent}%C3%28"),
+        format!("\\u{:04x}{rest}\\q", first.as_bytes()[0]),
+        format!("{escaped}\\"),
+        format!("{escaped}\\u12"),
+        format!("{escaped}\\uZZZZ"),
+    ] {
+        let text = format!("payload: {encoded} (end)");
+        let found = found(&text);
+        assert_eq!(found.len(), 1, "{encoded}: {found:?}");
+        assert_eq!(found[0].0, "github_token", "{encoded}");
+        assert!(found[0].1.contains(&encoded[2..]), "{encoded}: {found:?}");
+    }
+}
+
 #[test]
 fn two_layers_deep_is_found_three_is_not_promised() {
     let once = STANDARD.encode(format!("k={TOKEN}"));
