@@ -19,6 +19,17 @@ impl CustomPattern {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     }
+
+    /// Whether `regex` can match the empty string (`\d*`, `(EMP-\d+)?`): as a pattern it
+    /// would label every position of every text. A regex that does not parse is judged where
+    /// it is compiled, not here.
+    pub fn matches_empty(regex: &str) -> bool {
+        regex_syntax::ParserBuilder::new()
+            .utf8(false)
+            .build()
+            .parse(regex)
+            .is_ok_and(|hir| hir.properties().minimum_len() == Some(0))
+    }
 }
 
 #[cfg(test)]
@@ -32,6 +43,16 @@ mod tests {
         }
         for bad in ["", "employee id", "emp]", "ém", "a:b"] {
             assert!(!CustomPattern::valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_pattern_that_can_match_nothing_at_all_is_told_apart() {
+        for empty in [r"\d*", r"(EMP-\d{6})?", r"\b", "x?|y", "^", "(?i)a*"] {
+            assert!(CustomPattern::matches_empty(empty), "{empty}");
+        }
+        for fine in [r"EMP-\d{6}", r"\bx+\b", "a|b?c", "(", r"\xFF+"] {
+            assert!(!CustomPattern::matches_empty(fine), "{fine}");
         }
     }
 }

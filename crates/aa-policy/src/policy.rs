@@ -888,6 +888,14 @@ fn data(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<DataRules> {
                     }
                 } else if let Err(why) = crate::pattern::check_regex(&s.value) {
                     r.error(s.loc, &field_path, format!("invalid regex: {why}"));
+                } else if CustomPattern::matches_empty(&s.value) {
+                    r.error(
+                        s.loc,
+                        &field_path,
+                        "invalid regex: it can match the empty string, which would redact \
+                         between every two characters"
+                            .to_owned(),
+                    );
                 } else {
                     regex = Some(s.value);
                 }

@@ -519,7 +519,9 @@ impl Scanner {
             let span = bytes.get(start..end).unwrap_or_default();
             // A span must fall on character boundaries to be redacted cleanly.
             let next = bytes.get(end).copied();
-            if text.is_char_boundary(start)
+            // An empty span has nothing to redact: a label there would only add text.
+            if start < end
+                && text.is_char_boundary(start)
                 && text.is_char_boundary(end)
                 && gates::passes(rule.gate, span, next)
             {
@@ -601,6 +603,12 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
                 message: last.strip_prefix("error: ").unwrap_or(last).to_owned(),
             }
         })?;
+    if CustomPattern::matches_empty(&pattern.regex) {
+        return Err(SecurityError::InvalidPattern {
+            name: pattern.name.clone(),
+            message: "it can match the empty string".to_owned(),
+        });
+    }
     Ok(Rule {
         id: format!("custom-{}", pattern.name),
         kind: pattern.name.clone(),
@@ -806,11 +814,19 @@ mod tests {
         // An e-mail address (`a@b.co`) is the shortest thing the built-in rules find.
         assert_eq!(scanner.shortest_match, 6);
         assert_eq!(scanner.scan("a@b.co").len(), 1);
+        let short = CustomPattern {
+            name: "short".into(),
+            regex: "x|yz".into(),
+        };
+        assert_eq!(Scanner::with_patterns(&[short]).unwrap().shortest_match, 1);
         let loose = CustomPattern {
             name: "any".into(),
             regex: "x?".into(),
         };
-        assert_eq!(Scanner::with_patterns(&[loose]).unwrap().shortest_match, 0);
+        assert_eq!(
+            Scanner::with_patterns(&[loose]).unwrap_err().to_string(),
+            "invalid pattern \"any\": it can match the empty string"
+        );
     }
 
     #[test]
