@@ -377,10 +377,17 @@ impl Scanner {
             if is_personal_data(&finding.kind) {
                 continue;
             }
+            // Segments are in text order and apart, as lines are.
+            let first = joined
+                .segments
+                .partition_point(|s| s.at + s.len <= finding.start);
             let crossed: Vec<&Segment> = joined
                 .segments
+                .get(first..)
+                .unwrap_or_default()
                 .iter()
-                .filter(|s| s.at < finding.end && finding.start < s.at + s.len)
+                .take_while(|s| s.at < finding.end)
+                .filter(|s| finding.start < s.at + s.len)
                 .collect();
             let one_run = crossed.windows(2).all(|w| w[0].run == w[1].run);
             if crossed.len() < 2 || !one_run {
@@ -516,13 +523,18 @@ impl Joined {
     /// credential: the lines it touches are read again alone, which is what each run reads
     /// as. A line no finding touches holds none when alone either.
     fn findings_by_run(&self, scanner: &Scanner, joined: Vec<Finding>) -> Vec<Finding> {
+        // Lines are in text order and apart, so those a finding touches are found by halving:
+        // a document of many short strings holds as many findings as lines.
         let mut lines: Vec<(usize, usize)> = joined
             .iter()
             .flat_map(|f| {
+                let first = self.lines.partition_point(|&(_, end)| end < f.start);
                 self.lines
+                    .get(first..)
+                    .unwrap_or_default()
                     .iter()
                     .copied()
-                    .filter(move |&(start, end)| start <= f.end && f.start <= end)
+                    .take_while(move |&(start, _)| start <= f.end)
             })
             .collect();
         lines.sort_unstable();
@@ -601,6 +613,16 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
     // New key names, unique within their object.
     let mut renamed: HashMap<(usize, &str), String> = HashMap::new();
     let mut by_object: BTreeMap<usize, Vec<(String, String)>> = BTreeMap::new();
+    // Keys being renamed (their names are free for others), the new names taken, and the next
+    // `#n` to try for a name: each only grows, so a name found taken stays taken, and an
+    // object of many keys redacted alike is renamed in linear time.
+    let renamed_away: HashSet<(usize, &str)> = cuts
+        .keys()
+        .filter_map(|spot| strings.spots.get(*spot).filter(|s| s.is_key))
+        .map(|s| (s.node, s.text))
+        .collect();
+    let mut taken: HashMap<usize, HashSet<String>> = HashMap::new();
+    let mut next_suffix: HashMap<(usize, String), usize> = HashMap::new();
     for (spot, cut) in cuts.iter() {
         let Some(key) = strings.spots.get(*spot).filter(|s| s.is_key) else {
             continue;
@@ -608,22 +630,32 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
         let Some(Value::Object(map)) = strings.nodes.get(key.node).map(|n| n.value) else {
             continue;
         };
-        let renames = by_object.entry(key.node).or_default();
-        let taken: HashSet<&str> = renames.iter().map(|(_, new)| new.as_str()).collect();
+        let taken = taken.entry(key.node).or_default();
         let base = cut.new_text(key.text);
         let free = |k: &str| {
-            !taken.contains(k) && (!map.contains_key(k) || renamed_away(cuts, strings, key.node, k))
+            !taken.contains(k) && (!map.contains_key(k) || renamed_away.contains(&(key.node, k)))
         };
         let new = if free(&base) {
             base
         } else {
-            (2..)
-                .map(|n| format!("{base}#{n}"))
-                .find(|k| free(k))
-                .unwrap_or(base)
+            let suffix = next_suffix.entry((key.node, base.clone())).or_insert(2);
+            let new = (*suffix..)
+                .map(|n| (n, format!("{base}#{n}")))
+                .find(|(_, k)| free(k));
+            match new {
+                Some((n, new)) => {
+                    *suffix = n + 1;
+                    new
+                }
+                None => base,
+            }
         };
+        taken.insert(new.clone());
         renamed.insert((key.node, key.text), new.clone());
-        renames.push((key.text.to_owned(), new));
+        by_object
+            .entry(key.node)
+            .or_default()
+            .push((key.text.to_owned(), new));
     }
     let mut edits = Vec::new();
     for (spot, cut) in cuts.iter_mut() {
@@ -648,16 +680,6 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
         });
     }
     edits
-}
-
-/// Whether key `k` of the object at `node` is itself being renamed (so its name is free).
-fn renamed_away(cuts: &BTreeMap<usize, Cut>, strings: &Strings<'_>, node: usize, k: &str) -> bool {
-    cuts.keys().any(|spot| {
-        strings
-            .spots
-            .get(*spot)
-            .is_some_and(|s| s.is_key && s.node == node && s.text == k)
-    })
 }
 
 fn field_name(

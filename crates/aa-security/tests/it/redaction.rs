@@ -68,6 +68,42 @@ fn json_keys_and_values_are_redacted_with_paths() {
     assert_eq!(event["n"], 3);
 }
 
+/// Keys redacted alike stay apart: each takes the first `#n` that no other key holds, and a
+/// name that a key being renamed gives up is free again.
+#[test]
+fn keys_redacted_alike_get_names_of_their_own() {
+    let other = "AKIAZXCVBNMLKJHGFDSA";
+    let mut object = json!({
+        KEY: 1,
+        other: 2,
+        "[REDACTED:aws_access_key]#2": 3,
+        "[REDACTED:aws_access_key]": 4,
+    });
+    SCANNER.redact_json(&mut object, &Limits::default());
+    assert_eq!(
+        object,
+        json!({
+            "[REDACTED:aws_access_key]": 4,
+            "[REDACTED:aws_access_key]#2": 3,
+            "[REDACTED:aws_access_key]#3": 1,
+            "[REDACTED:aws_access_key]#4": 2,
+        })
+    );
+    // Many at once: every one kept, under a name of its own.
+    let keys = 3_000;
+    let mut many = serde_json::Map::new();
+    for n in 0..keys {
+        many.insert(format!("user{n}@example.com"), json!(n));
+    }
+    let mut many = serde_json::Value::Object(many);
+    let receipts = SCANNER.redact_json(&mut many, &Limits::default());
+    assert_eq!(receipts.len(), keys);
+    let names = many.as_object().unwrap();
+    assert_eq!(names.len(), keys);
+    assert!(names.contains_key("[REDACTED:email]"));
+    assert!(names.contains_key(&format!("[REDACTED:email]#{keys}")));
+}
+
 /// Nine digits are an SSN only where a label says so; in a JSON document the label may be the
 /// value's key.
 #[test]
