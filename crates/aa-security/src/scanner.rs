@@ -515,7 +515,15 @@ impl Scanner {
             }
             .unwrap_or((whole.start(), whole.end()));
             at = end.max(whole.start() + 1);
-            let (start, end) = (offset + start, offset + end);
+            let (start, mut end) = (offset + start, offset + end);
+            // Cut by its window's end, a secret may stop inside a character; it is redacted on
+            // to the next white space (below), so it is judged up to the character's start.
+            let cut_by_window = cut && end == window_end;
+            if cut_by_window {
+                while end > start && !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+            }
             let span = bytes.get(start..end).unwrap_or_default();
             // A span must fall on character boundaries to be redacted cleanly.
             let next = bytes.get(end).copied();
@@ -528,7 +536,7 @@ impl Scanner {
                 // Past the budget, a secret cut by its window's end is redacted up to the next
                 // white space: more than the secret perhaps, never less (but for one that
                 // holds white space).
-                let redact_to = if cut && end == window_end {
+                let redact_to = if cut_by_window {
                     bytes
                         .get(end..)
                         .and_then(|rest| rest.iter().position(u8::is_ascii_whitespace))
@@ -827,6 +835,31 @@ mod tests {
             Scanner::with_patterns(&[loose]).unwrap_err().to_string(),
             "invalid pattern \"any\": it can match the empty string"
         );
+    }
+
+    /// Past its rule's extension budget, a match cut by its window's end is redacted up to the
+    /// next white space, even when the window ends inside a character.
+    #[test]
+    fn a_match_cut_inside_a_character_is_redacted_to_the_white_space() {
+        let scanner = Scanner::new().unwrap();
+        let order = scanner
+            .rules
+            .iter()
+            .position(|r| r.id == "generic-secret-assignment")
+            .unwrap();
+        let text = "password = hQ7vL2pX9mR4tZ\u{e9}\u{e9}\u{e9}x rest";
+        let op = text.find('=').unwrap();
+        let inside = text.find('\u{e9}').unwrap() + 3;
+        assert!(!text.is_char_boundary(inside));
+        let mut extensions = Extensions {
+            left: 0,
+            redacted_to: 0,
+        };
+        let mut found = Vec::new();
+        let window = text.as_bytes().get(op..inside).unwrap();
+        scanner.confirm(order, window, op, text, &mut extensions, &mut found);
+        let spans: Vec<&str> = found.iter().map(|f| &text[f.start..f.end]).collect();
+        assert_eq!(spans, ["hQ7vL2pX9mR4tZ\u{e9}\u{e9}\u{e9}x"]);
     }
 
     #[test]
