@@ -41,13 +41,20 @@ impl Connection {
         let closed = Arc::new(AtomicBool::new(false));
 
         let writer_closed = Arc::clone(&closed);
+        let writer_waiting = Arc::clone(&waiting);
         tokio::spawn(async move {
             let mut writer = BufWriter::new(writer);
             while let Some(frame) = outgoing.recv().await {
                 let mut next = Some(frame);
                 while let Some(frame) = next.take() {
+                    // A call that timed out while its frame waited here (a runtime that stopped
+                    // reading) was answered as such: it is not sent after all.
+                    let abandoned = writer_waiting
+                        .lock()
+                        .map_or(true, |w| !w.contains_key(&frame.request_id));
                     // A frame too large to encode cannot be sent; its caller times out.
-                    if let Ok(bytes) = encode(&frame)
+                    if !abandoned
+                        && let Ok(bytes) = encode(&frame)
                         && writer.write_all(&bytes).await.is_err()
                     {
                         writer_closed.store(true, Ordering::Release);
@@ -132,13 +139,21 @@ impl Connection {
                 waiting.remove(&id);
             }
         };
-        if self.frames.send(frame).await.is_err() {
-            forget();
-            return Err(ClientError::Disconnected);
-        }
-        match tokio::time::timeout(timeout, rx).await {
+        // Queued and answered within the one timeout: a runtime that stops reading fills the
+        // queue, and a call waiting for room there is still bounded.
+        let exchange = async {
+            self.frames
+                .send(frame)
+                .await
+                .map_err(|_| ClientError::Disconnected)?;
+            rx.await.map_err(|_| ClientError::Disconnected)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(frame)) => answer(frame),
-            Ok(Err(_)) => Err(ClientError::Disconnected),
+            Ok(Err(error)) => {
+                forget();
+                Err(error)
+            }
             Err(_) => {
                 forget();
                 Err(ClientError::Timeout(timeout))
@@ -339,6 +354,70 @@ mod tests {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketType};
 
     use super::*;
+
+    /// A runtime that accepted the connection and then stopped reading: its socket fills, then
+    /// the queue of frames; every call still ends at its timeout, and the frames of calls that
+    /// gave up while queued are not sent once the runtime reads again.
+    #[tokio::test]
+    async fn a_call_to_a_runtime_that_stopped_reading_gives_up_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
+        let connection = Arc::new(Connection::open(&path).await.unwrap());
+        let mut runtime = accepted.await.unwrap();
+        let calls = 1_100;
+        let large = pb::CheckRequest {
+            agent_id: "x".repeat(20_000),
+            ..Default::default()
+        };
+        let timeout = Duration::from_millis(300);
+        let handles: Vec<_> = (0..calls)
+            .map(|_| {
+                let connection = Arc::clone(&connection);
+                let body = Body::Check(large.clone());
+                tokio::spawn(async move { connection.call(body, timeout).await })
+            })
+            .collect();
+        // Bounded only so that a regression fails rather than hangs.
+        let answers = tokio::time::timeout(Duration::from_secs(30), async {
+            let mut answers = Vec::new();
+            for handle in handles {
+                answers.push(handle.await.unwrap());
+            }
+            answers
+        })
+        .await
+        .expect("a call waited past its timeout");
+        assert!(
+            answers
+                .iter()
+                .all(|a| matches!(a, Err(ClientError::Timeout(_)))),
+            "{:?}",
+            answers
+                .iter()
+                .find(|a| !matches!(a, Err(ClientError::Timeout(_))))
+        );
+        // The runtime reads again: only what was written before the calls gave up arrives.
+        let mut decoder = FrameDecoder::new();
+        let mut frames = 0;
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), runtime.read(&mut buffer)).await
+        {
+            if n == 0 {
+                break;
+            }
+            decoder.extend(&buffer[..n]);
+            while let Ok(Some(_)) = decoder.next_frame() {
+                frames += 1;
+            }
+        }
+        assert!(
+            frames < 100,
+            "{frames} of {calls} abandoned calls were sent"
+        );
+    }
 
     // Linux answers a full backlog with EAGAIN; other systems refuse the connection.
     #[cfg(target_os = "linux")]
