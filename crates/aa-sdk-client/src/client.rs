@@ -481,13 +481,14 @@ impl Client {
             let _ = tx.send(Ok(resolve_forked(shared.config.mode, forked)));
             return Call { answer: rx };
         }
-        let request = check_request(agent, &action, session_id);
+        let agent = agent.clone();
         self.spawn(async move {
             let mode = shared.config.mode;
             if mode == Mode::Disabled {
                 return Ok(checks_disabled());
             }
-            let answer = shared.call(request, true).await;
+            let request = check_request(&agent, &action, session_id);
+            let answer = shared.call_as(&agent, request, true).await;
             Ok(resolve_check(
                 mode,
                 answer.and_then(|a| check_outcome(a, &action)),
@@ -546,10 +547,24 @@ impl Client {
                 }
             }
         };
-        let request = check_request(agent, &action, session_id);
+        let request = check_request(agent, &action, session_id.clone());
         let answer = self
             .shared
             .call_blocking(&mut connection, request, slice, interrupted);
+        // Refused with a token a renewal has replaced (or is replacing): the shared path waits
+        // for the renewal and asks again with the new one.
+        if refused_for_its_token(&answer) {
+            drop(connection);
+            let mut call = self.check(agent, action, session_id);
+            loop {
+                if let Some(answer) = call.wait_for(slice) {
+                    return answer;
+                }
+                if interrupted() {
+                    return Err(ClientError::Interrupted);
+                }
+            }
+        }
         // Closed meanwhile (perhaps by this very thread, from the interrupt check).
         if self.is_closed() {
             connection.take();
@@ -628,7 +643,7 @@ impl Client {
                 agent_id: agent.id.clone(),
                 credential_token: agent.token(),
             };
-            match shared.call(Body::Events(batch), true).await? {
+            match shared.call_as(&agent, Body::Events(batch), true).await? {
                 Body::EventsAck(ack) => Ok(ack.accepted),
                 other => Err(unexpected(&other)),
             }
@@ -639,7 +654,11 @@ impl Client {
     pub fn heartbeat(&self, agent: &Agent) -> Call<()> {
         let shared = Arc::clone(&self.shared);
         let agent = agent.clone();
-        self.spawn(async move { shared.heartbeat(&agent).await })
+        self.spawn(async move {
+            // As a renewal: a call refused for the token this replaces waits for the new one.
+            let _renewal = agent.renewal.lock().await;
+            shared.heartbeat(&agent).await
+        })
     }
 
     /// Ends `agent`'s registration; its token stops working.
@@ -669,6 +688,37 @@ impl Client {
                 }
             }
         })
+    }
+}
+
+/// Whether `answer` refuses its request's token: reports are refused as unauthenticated,
+/// checks denied by the rule `credential`.
+fn refused_for_its_token(answer: &Result<Body, ClientError>) -> bool {
+    match answer {
+        Err(error) => error.is_unauthenticated(),
+        Ok(Body::Decision(pb::CheckResponse {
+            decision: Some(decision),
+        })) => {
+            decision.decision == pb::Decision::Deny as i32 && decision.matched_rule == "credential"
+        }
+        Ok(_) => false,
+    }
+}
+
+/// The token a request made as an agent carries.
+fn credential_of(request: &Body) -> Option<String> {
+    match request {
+        Body::Check(check) => Some(check.credential_token.clone()),
+        Body::Events(batch) => Some(batch.credential_token.clone()),
+        _ => None,
+    }
+}
+
+fn set_credential(request: &mut Body, token: String) {
+    match request {
+        Body::Check(check) => check.credential_token = token,
+        Body::Events(batch) => batch.credential_token = token,
+        _ => {}
     }
 }
 
@@ -770,18 +820,28 @@ fn unexpected(body: &Body) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {name}"))
 }
 
+/// How soon a renewal that failed is tried again.
+const RENEW_AGAIN: Duration = Duration::from_secs(1);
+
 /// Renews the token at half its remaining life until the client is gone or the agent is
 /// deregistered. A token the runtime no longer takes (the answer to the last renewal was lost,
 /// and the token it replaced is gone; or the agent registered again elsewhere) is replaced by
 /// registering again, with the same key and lineage, rather than leaving every later call
 /// refused.
 async fn renew(shared: std::sync::Weak<Shared>, agent: WeakAgent, spec: AgentSpec) {
+    // After a renewal that failed, the next is soon: its answer may be what was lost, the
+    // runtime holding a new token the agent never got, and every call refused until then.
+    let mut failed = false;
     loop {
         let Some(expires_at_ms) = agent.upgrade().map(|a| a.expires_at_ms()) else {
             return;
         };
         let left = expires_at_ms.saturating_sub(now_ms());
-        let wait = Duration::from_millis(u64::try_from(left / 2).unwrap_or(0).max(1000));
+        let wait = if failed {
+            RENEW_AGAIN
+        } else {
+            Duration::from_millis(u64::try_from(left / 2).unwrap_or(0).max(1000))
+        };
         tokio::time::sleep(wait).await;
         // Once the client, or every handle of the agent, is gone, so is the renewal: an agent
         // its program dropped is left to expire, not kept (and taken back from another client
@@ -794,16 +854,21 @@ async fn renew(shared: std::sync::Weak<Shared>, agent: WeakAgent, spec: AgentSpe
             return;
         }
         let Err(error) = shared.heartbeat(&agent).await else {
+            failed = false;
             continue;
         };
+        failed = true;
         if !error.is_unauthenticated() || agent.ended() {
             continue;
         }
         match shared.register(&spec).await {
-            Ok(fresh) => agent.renew(fresh.token(), fresh.expires_at_ms()),
+            Ok(fresh) => {
+                agent.renew(fresh.token(), fresh.expires_at_ms());
+                failed = false;
+            }
             // Refused for itself (another key holds the id): nothing more to try.
             Err(error) if error.is_unauthenticated() => return,
-            // The runtime is away: tried again at the next turn.
+            // The runtime is away: tried again soon.
             Err(_) => {}
         }
     }
@@ -820,6 +885,34 @@ impl Shared {
         Ok(connection)
     }
 
+    /// A call as `agent`: `request`, made with its token. Refused for that token because a
+    /// renewal replaced it meanwhile (the runtime takes only the newest), it is made again with
+    /// the new one once the renewal is done: a refusal at the door has no effect that asking
+    /// again could repeat.
+    async fn call_as(
+        &self,
+        agent: &Agent,
+        request: Body,
+        idempotent: bool,
+    ) -> Result<Body, ClientError> {
+        let sent_with = credential_of(&request);
+        let (answer, mut request) = self
+            .call_keeping(request, idempotent, self.config.timeout)
+            .await;
+        if !refused_for_its_token(&answer) {
+            return answer;
+        }
+        // A renewal in flight holds this until its answer is in.
+        let renewed = tokio::time::timeout(self.config.timeout, agent.renewal.lock()).await;
+        drop(renewed);
+        let current = agent.token();
+        if sent_with.is_none_or(|sent| sent == current) {
+            return answer;
+        }
+        set_credential(&mut request, current);
+        self.call(request, idempotent).await
+    }
+
     /// One call; after a broken connection, idempotent calls are tried once more on a new one.
     async fn call(&self, body: Body, idempotent: bool) -> Result<Body, ClientError> {
         self.call_within(body, idempotent, self.config.timeout)
@@ -832,13 +925,28 @@ impl Shared {
         idempotent: bool,
         timeout: Duration,
     ) -> Result<Body, ClientError> {
-        let connection = self.connection().await?;
-        match connection.call(body.clone(), timeout).await {
-            Err(ClientError::Disconnected) if idempotent => {
-                self.connection().await?.call(body, timeout).await
-            }
+        self.call_keeping(body, idempotent, timeout).await.0
+    }
+
+    /// [`call_within`](Self::call_within), giving the request back for another try.
+    async fn call_keeping(
+        &self,
+        body: Body,
+        idempotent: bool,
+        timeout: Duration,
+    ) -> (Result<Body, ClientError>, Body) {
+        let connection = match self.connection().await {
+            Ok(connection) => connection,
+            Err(error) => return (Err(error), body),
+        };
+        let answer = match connection.call(body.clone(), timeout).await {
+            Err(ClientError::Disconnected) if idempotent => match self.connection().await {
+                Ok(connection) => connection.call(body.clone(), timeout).await,
+                Err(error) => Err(error),
+            },
             other => other,
-        }
+        };
+        (answer, body)
     }
 
     async fn register(&self, spec: &AgentSpec) -> Result<Agent, ClientError> {

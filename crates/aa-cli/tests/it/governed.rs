@@ -548,6 +548,52 @@ async fn an_agent_whose_token_is_superseded_registers_again_unless_deregistered(
     gateway.stop().await.unwrap();
 }
 
+/// Checks and reports racing a renewal are not refused for the token it replaced: the runtime
+/// takes only the newest, so a call made with the one before is made again with the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_racing_a_renewal_are_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (up, c, agent) = start_bot(dir.path(), &dir.path().join("state")).await;
+    let renewals = {
+        let (c, agent) = (c.clone(), agent.clone());
+        tokio::spawn(async move {
+            for _ in 0..150 {
+                c.heartbeat(&agent).await.unwrap();
+            }
+        })
+    };
+    let blocking = {
+        let (c, agent) = (c.clone(), agent.clone());
+        std::thread::spawn(move || {
+            let mut refused = Vec::new();
+            for _ in 0..600 {
+                let outcome = c.check_blocking(&agent, shell("ls"), None).unwrap();
+                if outcome.verdict.decision != Decision::Allow {
+                    refused.push(outcome.verdict.reason);
+                }
+            }
+            refused
+        })
+    };
+    let (mut checks, mut refused, mut reports) = (0, Vec::new(), 0);
+    while !renewals.is_finished() {
+        let outcome = decide(&c, &agent, shell("ls")).await;
+        checks += 1;
+        if outcome.verdict.decision != Decision::Allow {
+            refused.push(outcome.verdict.reason);
+        }
+        if checks % 4 == 0 {
+            reports += report(&c, &agent, 1, "racing").await;
+        }
+    }
+    renewals.await.unwrap();
+    refused.extend(blocking.join().unwrap());
+    assert!(checks > 100, "only {checks} checks raced the renewals");
+    assert_eq!(refused, Vec::<String>::new());
+    assert_eq!(reports, checks / 4);
+    up.stop().await.unwrap();
+}
+
 /// Events too large to go to the gateway together (over tonic's default 4 MiB a message)
 /// are all delivered: the runtime sends no more than an append's worth at once, and the
 /// gateway takes an append of that size.
