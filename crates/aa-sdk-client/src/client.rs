@@ -224,17 +224,41 @@ pub struct Report {
 /// [`Call::wait`] for it from a plain thread.
 #[derive(Debug)]
 pub struct Call<T> {
-    answer: oneshot::Receiver<Result<T, ClientError>>,
+    /// Until the answer is taken: asked again after, a call says so rather than poll a spent
+    /// channel (which panics).
+    answer: Option<oneshot::Receiver<Result<T, ClientError>>>,
 }
 
 impl<T> Future for Call<T> {
     type Output = Result<T, ClientError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.answer)
+        let Some(answer) = self.answer.as_mut() else {
+            return Poll::Ready(Err(answer_taken()));
+        };
+        let answer = Pin::new(answer)
             .poll(cx)
-            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)));
+        if answer.is_ready() {
+            self.answer = None;
+        }
+        answer
     }
+}
+
+fn answer_taken() -> ClientError {
+    ClientError::InvalidArgument {
+        field: "call",
+        message: "its answer was already taken".into(),
+    }
+}
+
+/// `Instant::now() + after`, or a century from now for a longer wait (which the addition
+/// would overflow, and panic at): a caller's timeout can be any number.
+fn deadline_in(after: Duration) -> std::time::Instant {
+    let now = std::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 impl<T> Call<T> {
@@ -242,9 +266,10 @@ impl<T> Call<T> {
     /// blocking there is refused with an error.
     pub fn wait(self) -> Result<T, ClientError> {
         refuse_inside_runtime("wait()")?;
-        self.answer
-            .blocking_recv()
-            .unwrap_or(Err(ClientError::Closed))
+        match self.answer {
+            Some(answer) => answer.blocking_recv().unwrap_or(Err(ClientError::Closed)),
+            None => Err(answer_taken()),
+        }
     }
 
     /// Blocks the thread for at most `limit`: the answer if it came, `None` if not yet (wait
@@ -253,7 +278,7 @@ impl<T> Call<T> {
     pub fn wait_for(&mut self, limit: Duration) -> Option<Result<T, ClientError>> {
         let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
         let mut context = Context::from_waker(&waker);
-        let deadline = std::time::Instant::now() + limit;
+        let deadline = deadline_in(limit);
         loop {
             if let Poll::Ready(answer) = Pin::new(&mut *self).poll(&mut context) {
                 return Some(answer);
@@ -422,13 +447,13 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         if let Err(forked) = self.shared.same_process() {
             let _ = tx.send(Err(forked));
-            return Call { answer: rx };
+            return Call { answer: Some(rx) };
         }
         // Once closed, the task and the sender in it are dropped: the call answers `Closed`.
         self.runtime.spawn(async move {
             let _ = tx.send(work.await);
         });
-        Call { answer: rx }
+        Call { answer: Some(rx) }
     }
 
     /// Closes the client, and every clone of it: the connections to the runtime close, token
@@ -479,7 +504,7 @@ impl Client {
         if let Err(forked) = shared.same_process() {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Ok(resolve_forked(shared.config.mode, forked)));
-            return Call { answer: rx };
+            return Call { answer: Some(rx) };
         }
         let agent = agent.clone();
         self.spawn(async move {
@@ -1008,7 +1033,7 @@ impl Shared {
         let mut retried = false;
         // One deadline for connecting, the call and its one retry.
         let timeout = self.config.timeout;
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = deadline_in(timeout);
         loop {
             let connection = match slot {
                 Some(connection) => connection,
@@ -1121,6 +1146,52 @@ mod tests {
             }
         });
         path
+    }
+
+    /// Any timeout a binding passes is taken (a century's wait and more), and a call asked
+    /// for its answer again after giving it says so: neither panics across the boundary.
+    #[test]
+    fn huge_timeouts_and_an_answer_asked_for_twice_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(ClientConfig {
+            socket_path: Some(dir.path().join("absent.sock")),
+            state_dir: dir.path().to_path_buf(),
+            mode: Mode::Enforce,
+            timeout: Duration::MAX,
+        })
+        .unwrap();
+        let agent = Agent {
+            id: "bot".into(),
+            context: AgentContext::new("bot"),
+            credential: Arc::new(StdMutex::new(Credential {
+                token: "token".into(),
+                expires_at_ms: 0,
+                ended: false,
+            })),
+            renewal: Arc::default(),
+        };
+        let action = Action::ToolCall {
+            tool: "ls".into(),
+            args: serde_json::json!({}),
+        };
+        // No runtime there: denied at once, whatever the timeout.
+        let denied = client.check_blocking(&agent, action.clone(), None).unwrap();
+        assert_eq!(denied.verdict.decision, Decision::Deny);
+        let mut call = client.check(&agent, action, None);
+        let first = call.wait_for(Duration::MAX).unwrap().unwrap();
+        assert_eq!(first.verdict.decision, Decision::Deny);
+        let again = call.wait_for(Duration::from_millis(1)).unwrap();
+        assert!(
+            matches!(
+                again,
+                Err(ClientError::InvalidArgument { field: "call", .. })
+            ),
+            "{again:?}"
+        );
+        assert!(matches!(
+            call.wait(),
+            Err(ClientError::InvalidArgument { .. })
+        ));
     }
 
     #[test]
