@@ -893,8 +893,7 @@ fn data(r: &mut Reader<'_>, node: &Node<'_>, path: &str) -> Option<DataRules> {
                         s.loc,
                         &field_path,
                         "invalid regex: it can match the empty string, which would redact \
-                         between every two characters"
-                            .to_owned(),
+                         between every two characters",
                     );
                 } else {
                     regex = Some(s.value);
