@@ -634,8 +634,10 @@ impl Client {
     }
 
     /// Reports events as `agent`'s; returns how many were new once the runtime has them on
-    /// disk. A failure is returned, never swallowed: the caller may retry (ids make retries
-    /// safe).
+    /// disk. A failure is returned, never swallowed. The events get their ids here, in the
+    /// call: the client's own second try after a broken connection sends the same ids (the
+    /// runtime counts them once), but a caller that reports again after a timeout sends new
+    /// ones, and events the runtime did store before the timeout are then stored twice.
     pub fn report(
         &self,
         agent: &Agent,
@@ -706,7 +708,12 @@ impl Client {
             let _renewal = agent.renewal.lock().await;
             let answer = shared.call(request(agent.token()), false).await;
             match answer {
-                Ok(Body::Deregistered(_)) => Ok(()),
+                Ok(Body::Deregistered(_)) => {
+                    // Again, under the lock: another deregistration that failed meanwhile
+                    // took it back.
+                    agent.set_ended(true);
+                    Ok(())
+                }
                 other => {
                     agent.set_ended(false);
                     Err(other.map_or_else(|e| e, |body| unexpected(&body)))
