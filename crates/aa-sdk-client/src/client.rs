@@ -704,8 +704,12 @@ impl Client {
             // Ended before it is asked for, so that a renewal refused meanwhile does not
             // register it again; taken back if the runtime does not deregister it.
             agent.set_ended(true);
-            // Not while a renewal replaces the token this call presents.
-            let _renewal = agent.renewal.lock().await;
+            // Not while a renewal replaces the token this call presents; no longer than a call.
+            let timeout = shared.config.timeout;
+            let Ok(_renewal) = tokio::time::timeout(timeout, agent.renewal.lock()).await else {
+                agent.set_ended(false);
+                return Err(ClientError::Timeout(timeout));
+            };
             let answer = shared.call(request(agent.token()), false).await;
             match answer {
                 Ok(Body::Deregistered(_)) => {
@@ -912,7 +916,7 @@ impl Shared {
         if let Some(connection) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(connection));
         }
-        let connection = Arc::new(Connection::open(&self.socket).await?);
+        let connection = Arc::new(Connection::open(&self.socket, self.config.timeout).await?);
         *slot = Some(Arc::clone(&connection));
         Ok(connection)
     }
@@ -927,22 +931,23 @@ impl Shared {
         request: Body,
         idempotent: bool,
     ) -> Result<Body, ClientError> {
+        // One timeout for the call, the wait for a renewal and the second try.
+        let started = tokio::time::Instant::now();
+        let left = || self.config.timeout.saturating_sub(started.elapsed());
         let sent_with = credential_of(&request);
-        let (answer, mut request) = self
-            .call_keeping(request, idempotent, self.config.timeout)
-            .await;
+        let (answer, mut request) = self.call_keeping(request, idempotent, left()).await;
         if !refused_for_its_token(&answer) {
             return answer;
         }
         // A renewal in flight holds this until its answer is in.
-        let renewed = tokio::time::timeout(self.config.timeout, agent.renewal.lock()).await;
+        let renewed = tokio::time::timeout(left(), agent.renewal.lock()).await;
         drop(renewed);
         let current = agent.token();
         if sent_with.is_none_or(|sent| sent == current) {
             return answer;
         }
         set_credential(&mut request, current);
-        self.call(request, idempotent).await
+        self.call_within(request, idempotent, left()).await
     }
 
     /// One call; after a broken connection, idempotent calls are tried once more on a new one.
@@ -960,20 +965,25 @@ impl Shared {
         self.call_keeping(body, idempotent, timeout).await.0
     }
 
-    /// [`call_within`](Self::call_within), giving the request back for another try.
+    /// [`call_within`](Self::call_within), giving the request back for another try. The
+    /// second try after a broken connection has what is left of `timeout`.
     async fn call_keeping(
         &self,
         body: Body,
         idempotent: bool,
         timeout: Duration,
     ) -> (Result<Body, ClientError>, Body) {
+        let started = tokio::time::Instant::now();
         let connection = match self.connection().await {
             Ok(connection) => connection,
             Err(error) => return (Err(error), body),
         };
         let answer = match connection.call(body.clone(), timeout).await {
             Err(ClientError::Disconnected) if idempotent => match self.connection().await {
-                Ok(connection) => connection.call(body.clone(), timeout).await,
+                Ok(connection) => {
+                    let left = timeout.saturating_sub(started.elapsed());
+                    connection.call(body.clone(), left).await
+                }
                 Err(error) => Err(error),
             },
             other => other,

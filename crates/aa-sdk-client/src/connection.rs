@@ -31,10 +31,19 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    pub(crate) async fn open(path: &Path) -> Result<Connection, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|e| unreachable_at(path, &e))?;
+    /// Connects by `timeout`: a runtime whose backlog is full (Linux answers EAGAIN at once)
+    /// is tried again until then, as the blocking connection does ([`connect_by`]).
+    pub(crate) async fn open(path: &Path, timeout: Duration) -> Result<Connection, ClientError> {
+        let started = tokio::time::Instant::now();
+        let stream = loop {
+            match UnixStream::connect(path).await {
+                Ok(stream) => break stream,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && started.elapsed() < timeout => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) => return Err(unreachable_at(path, &e)),
+            }
+        };
         let (mut reader, writer) = stream.into_split();
         let (frames, mut outgoing) = mpsc::channel::<pb::Frame>(1024);
         let waiting: Waiting = Arc::default();
@@ -364,7 +373,11 @@ mod tests {
         let path = dir.path().join("runtime.sock");
         let listener = tokio::net::UnixListener::bind(&path).unwrap();
         let accepted = tokio::spawn(async move { listener.accept().await.unwrap().0 });
-        let connection = Arc::new(Connection::open(&path).await.unwrap());
+        let connection = Arc::new(
+            Connection::open(&path, Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
         let mut runtime = accepted.await.unwrap();
         let calls = 1_100;
         let large = pb::CheckRequest {
@@ -447,5 +460,15 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(3600);
         let error = connect_by(&path, far, &mut || true).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Interrupted, "{error}");
+        // The async connection tries again until its timeout too, rather than failing at once.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let timeout = Duration::from_millis(200);
+        let refused = runtime.block_on(Connection::open(&path, timeout));
+        assert!(matches!(refused, Err(ClientError::Connect { .. })));
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
     }
 }
