@@ -144,12 +144,8 @@ impl TryFrom<pb::Action> for Action {
         use pb::action::Kind;
         let action = match action.kind.ok_or(ProtoError::MissingField("action.kind"))? {
             Kind::ToolCall(t) => {
-                let args = if t.args_json.is_empty() {
-                    serde_json::Value::Object(serde_json::Map::new())
-                } else {
-                    serde_json::from_str(&t.args_json)
-                        .map_err(|e| invalid("action.tool_call.args_json", e.to_string()))?
-                };
+                let args = optional_json("action.tool_call.args_json", &t.args_json)?
+                    .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
                 Action::ToolCall { tool: t.tool, args }
             }
             Kind::LlmCall(l) => Action::LlmCall {
@@ -653,18 +649,65 @@ fn invalid(field: &'static str, message: String) -> ProtoError {
 }
 
 /// A JSON field that the wire leaves empty when absent.
+/// How deep JSON an agent sends (a tool call's arguments, an event's detail, an edge's
+/// metadata) may nest. An event that holds it is stored a level or two deeper, and read back
+/// (by `aasm audit verify`, among others) by a parser that stops at 128 levels: a record
+/// nested past that would read as edited. Checked where the wire's JSON is parsed, so the
+/// runtime refuses such a request from its agent and the gateway from its runtime alike.
+pub const MAX_NESTING: usize = 64;
+
 fn optional_json(field: &'static str, text: &str) -> Result<Option<serde_json::Value>, ProtoError> {
     if text.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(text)
-        .map(Some)
-        .map_err(|err| invalid(field, err.to_string()))
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|err| invalid(field, err.to_string()))?;
+    if nests_deeper(&value, MAX_NESTING) {
+        return Err(invalid(
+            field,
+            format!("nests deeper than {MAX_NESTING} levels"),
+        ));
+    }
+    Ok(Some(value))
+}
+
+/// Whether a container lies deeper than `levels` more levels; the recursion is as deep as the
+/// value, which its parser bounded.
+fn nests_deeper(value: &serde_json::Value, levels: usize) -> bool {
+    let within = |child| nests_deeper(child, levels - 1);
+    match value {
+        serde_json::Value::Array(items) => levels == 0 || items.iter().any(within),
+        serde_json::Value::Object(map) => levels == 0 || map.values().any(within),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_nested_past_the_limit_is_refused() {
+        let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let parse = |text: &str| optional_json("detail_json", text);
+        assert!(parse(&nested(MAX_NESTING)).is_ok());
+        assert!(parse(&format!("{{\"a\": {}}}", nested(MAX_NESTING - 1))).is_ok());
+        let refused = parse(&nested(MAX_NESTING + 1)).unwrap_err().to_string();
+        assert_eq!(
+            refused,
+            format!("invalid detail_json: nests deeper than {MAX_NESTING} levels")
+        );
+        assert!(parse(&format!("[1, {{\"a\": {}}}]", nested(MAX_NESTING))).is_err());
+        assert!(parse("\"flat\"").is_ok());
+        // A tool call's arguments too: a check's decision event holds them.
+        let deep_args = pb::Action {
+            kind: Some(pb::action::Kind::ToolCall(pb::ToolCall {
+                tool: "t".into(),
+                args_json: nested(MAX_NESTING + 1),
+            })),
+        };
+        assert!(Action::try_from(deep_args).is_err());
+    }
 
     fn actions() -> Vec<Action> {
         [

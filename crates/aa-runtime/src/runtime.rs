@@ -44,28 +44,6 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// How deep an SDK's JSON may nest. The stored event wraps it a level or two deeper, and the
-/// gateway's parser stops at 128 levels: an event nested past that would be refused by the
-/// gateway on every retry, and hold back every event after it.
-const MAX_NESTING: usize = 64;
-
-fn nested_within(value: &serde_json::Value) -> Result<(), String> {
-    /// Whether a container lies deeper than `levels` more levels; the recursion is as deep
-    /// as the value, which its parser bounded.
-    fn deeper(value: &serde_json::Value, levels: usize) -> bool {
-        let within = |child| deeper(child, levels - 1);
-        match value {
-            serde_json::Value::Array(items) => levels == 0 || items.iter().any(within),
-            serde_json::Value::Object(map) => levels == 0 || map.values().any(within),
-            _ => false,
-        }
-    }
-    if deeper(value, MAX_NESTING) {
-        return Err(format!("nests deeper than {MAX_NESTING} levels"));
-    }
-    Ok(())
-}
-
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
@@ -1229,14 +1207,6 @@ impl Runtime {
                     ),
                 ));
             }
-            if let Some(detail) = &sdk.detail {
-                nested_within(detail).map_err(|m| {
-                    refuse(
-                        ErrorCode::InvalidRequest,
-                        format!("events[{i}].detail: {m}"),
-                    )
-                })?;
-            }
             // Only what the agent may say is kept: what it did, when, and what came of it.
             let (id, redactions) = self.supplied_id(&session.agent, &sdk.event_id);
             let mut event = self.event(session.agent.clone(), sdk.action, sdk.kind, peer, id);
@@ -1249,14 +1219,6 @@ impl Runtime {
         for (i, wire) in batch.edges.into_iter().enumerate() {
             let edge = TopologyEdge::try_from(wire)
                 .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("edges[{i}]: {e}")))?;
-            if let Some(metadata) = &edge.metadata {
-                nested_within(metadata).map_err(|m| {
-                    refuse(
-                        ErrorCode::InvalidRequest,
-                        format!("edges[{i}].metadata: {m}"),
-                    )
-                })?;
-            }
             if edge.from_agent_id != session.agent.id {
                 return Err(refuse(
                     ErrorCode::InvalidRequest,
@@ -1431,19 +1393,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn json_nested_past_the_limit_is_refused() {
-        let nested = |levels: usize| -> serde_json::Value {
-            let text = format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
-            serde_json::from_str(&text).unwrap()
-        };
-        assert!(nested_within(&nested(MAX_NESTING)).is_ok());
-        assert!(nested_within(&serde_json::json!({"a": nested(MAX_NESTING - 1)})).is_ok());
-        assert!(nested_within(&nested(MAX_NESTING + 1)).is_err());
-        assert!(nested_within(&serde_json::json!([1, {"a": nested(MAX_NESTING)}])).is_err());
-        assert!(nested_within(&serde_json::json!("flat")).is_ok());
-    }
 
     #[test]
     fn the_runtimes_event_ids_are_in_order_and_random_across_pool_refills() {

@@ -387,6 +387,74 @@ async fn a_secret_in_an_event_id_is_stored_as_its_digest() {
 
 /// Writes `bytes` on a fresh connection and reads one answer (`None` when the runtime just
 /// closes it).
+/// JSON nested as deep as a parser takes, but deeper than a stored event may hold, is refused
+/// where it comes in: a check's arguments denied, an event's detail refused. Before, a check
+/// whose arguments nested 127 levels was decided and its decision stored 129 levels deep,
+/// which `aasm audit verify` then read as an edited record, and stopped there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_too_deep_to_store_is_refused_and_the_log_still_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (up, c, bot) = start_bot(dir.path(), &state).await;
+    let (socket, token) = (up.runtime.socket.clone(), bot.credential_token());
+    let deep = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+    let d = decision_of(
+        exchange(
+            &socket,
+            encode(&check_frame(
+                "bot",
+                &token,
+                format!("{{\"command\":{}}}", deep(126)),
+            ))
+            .unwrap(),
+        )
+        .await,
+    );
+    assert_eq!(d.decision, pb::Decision::Deny as i32, "{d:?}");
+    assert!(
+        d.reason.contains("nests deeper than 64 levels"),
+        "{}",
+        d.reason
+    );
+    let mut event = forged_event(1, json!({}));
+    event.detail_json = deep(120);
+    let report = pb::Frame {
+        request_id: 5,
+        body: Some(pb::frame::Body::Events(pb::EventBatch {
+            events: vec![event],
+            edges: Vec::new(),
+            agent_id: "bot".into(),
+            credential_token: token.clone(),
+        })),
+    };
+    let e = error_of(exchange(&socket, encode(&report).unwrap()).await);
+    assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32, "{e:?}");
+    assert!(e.message.contains("nests deeper than 64 levels"), "{e:?}");
+    // Within the bound, a check is decided as any other.
+    let d = decision_of(
+        exchange(
+            &socket,
+            encode(&check_frame(
+                "bot",
+                &token,
+                format!("{{\"command\":\"ls\",\"n\":{}}}", deep(60)),
+            ))
+            .unwrap(),
+        )
+        .await,
+    );
+    assert_eq!(d.decision, pb::Decision::Allow as i32, "{d:?}");
+    drop(c);
+    up.stop().await.unwrap();
+    let out = aasm(&[
+        "audit",
+        "verify",
+        "--state-dir",
+        &state.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+}
+
 async fn exchange(socket: &Path, bytes: Vec<u8>) -> Option<pb::Frame> {
     let socket = socket.to_path_buf();
     tokio::task::spawn_blocking(move || {
