@@ -167,18 +167,34 @@ enum Line {
     Checkpoint(Checkpoint),
 }
 
+/// The longest line of an export read: a record holds one event, which the gateway caps far
+/// below this; a longer line is refused rather than held whole in memory.
+const MAX_LINE: u64 = 64 << 20;
+
 /// Hands `each` every line of an export, read one at a time, until it breaks.
 fn for_each_line(path: &Path, mut each: impl FnMut(Line) -> ControlFlow<()>) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut bytes = Vec::new();
+    for n in 1.. {
+        bytes.clear();
+        let read = std::io::Read::take(&mut reader, MAX_LINE + 1)
+            .read_until(b'\n', &mut bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        let at = || format!("{}:{n}", path.display());
+        if bytes.len() as u64 > MAX_LINE {
+            bail!("{}: a line longer than {} MiB", at(), MAX_LINE >> 20);
+        }
+        let line = std::str::from_utf8(&bytes).with_context(at)?;
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{}:{}", path.display(), n + 1);
-        let read = match serde_json::from_str::<RecordLine<'_>>(&line) {
+        let read = match serde_json::from_str::<RecordLine<'_>>(line) {
             Ok(record) => Ok(record),
-            Err(error) => match serde_json::from_str::<CheckpointLine>(&line) {
+            Err(error) => match serde_json::from_str::<CheckpointLine>(line) {
                 Ok(line) => Err(line.checkpoint),
                 Err(_) => return Err(error).with_context(at),
             },

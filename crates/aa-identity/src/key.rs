@@ -8,6 +8,9 @@ use crate::error::IdentityError;
 const ED25519_CODEC: [u8; 2] = [0xed, 0x01];
 /// `did:key` with multibase base58btc (`z`).
 const DID_PREFIX: &str = "did:key:z";
+/// The most base58 digits a `did:key` of an Ed25519 key takes (its 34 bytes take 47), with
+/// room to spare.
+const MAX_DID_DIGITS: usize = 64;
 /// Domain separation: a challenge signature cannot be reused as anything else.
 const CHALLENGE_CONTEXT: &[u8] = b"agent-assembly register v1\0";
 
@@ -123,6 +126,11 @@ impl PublicKey {
         let encoded = did
             .strip_prefix(DID_PREFIX)
             .ok_or_else(|| invalid("expected did:key:z..."))?;
+        // An Ed25519 key is 47 base58 digits; base58 decodes in time quadratic in its length,
+        // so a long one (a hostile registration or audit export) is refused before.
+        if encoded.len() > MAX_DID_DIGITS {
+            return Err(invalid("too long for an Ed25519 key"));
+        }
         let bytes = bs58::decode(encoded)
             .into_vec()
             .map_err(|_| invalid("not base58btc"))?;
@@ -163,6 +171,17 @@ impl PublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_did_too_long_for_a_key_is_refused_before_it_is_decoded() {
+        let key = Keypair::generate().unwrap().public();
+        assert_eq!(PublicKey::from_did(&key.did()).unwrap(), key);
+        assert!(key.did().len() - DID_PREFIX.len() <= MAX_DID_DIGITS);
+        // Decoding a million digits took minutes (base58 is quadratic).
+        let long = format!("{DID_PREFIX}{}", "2".repeat(1_000_000));
+        let refused = PublicKey::from_did(&long).unwrap_err().to_string();
+        assert!(refused.contains("too long"), "{refused}");
+    }
 
     #[test]
     fn did_key_round_trips_and_matches_the_spec_vector() {

@@ -1082,6 +1082,44 @@ async fn a_child_gets_its_lineage_and_an_unapproved_pending_check_denies() {
     up.stop().await.unwrap();
 }
 
+/// A hostile export is refused at once: a checkpoint naming a gateway by a did a megabyte
+/// long (base58 decodes in quadratic time: minutes for this one), and a line longer than any
+/// record could be (held whole in memory before).
+#[test]
+fn a_hostile_export_is_refused_without_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = json!({"checkpoint": {
+        "id": 1,
+        "created_at_ms": 1,
+        "heads": [],
+        "gateway_did": format!("did:key:z{}", "2".repeat(1_000_000)),
+        "signature": "00",
+    }});
+    let file = dir.path().join("did.jsonl");
+    std::fs::write(&file, format!("{checkpoint}\n")).unwrap();
+    let out = crate::aasm(&["audit", "verify", "--export", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", crate::stderr(&out));
+    assert!(
+        crate::stdout(&out).contains("TAMPERED"),
+        "{}",
+        crate::stdout(&out)
+    );
+    let file = dir.path().join("long.jsonl");
+    let mut long = std::fs::File::create(&file).unwrap();
+    let chunk = vec![b' '; 1 << 20];
+    for _ in 0..65 {
+        long.write_all(&chunk).unwrap();
+    }
+    drop(long);
+    let out = crate::aasm(&["audit", "verify", "--export", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", crate::stderr(&out));
+    assert!(
+        crate::stderr(&out).contains("a line longer than 64 MiB"),
+        "{}",
+        crate::stderr(&out)
+    );
+}
+
 fn verify(state: &Path) -> (i32, String) {
     let out = crate::aasm(&["audit", "verify", "--state-dir", state.to_str().unwrap()]);
     (
