@@ -285,6 +285,7 @@ async fn watch_revocations(runtime: Arc<Runtime>, link: GatewayLink, stop: watch
             .map(|t| (t.agent_id, t.token_id))
             .collect();
         runtime.drop_revoked(&revoked);
+        std::future::ready(())
     };
     follow(stop, open, apply).await;
 }
@@ -292,12 +293,13 @@ async fn watch_revocations(runtime: Arc<Runtime>, link: GatewayLink, stop: watch
 /// Keeps a server stream open until `stop`: `open` starts it, `apply` takes each message. A
 /// refused or broken stream is opened again after a pause that doubles from 50 ms to 2 s and
 /// starts over once a message arrives.
-async fn follow<T, F>(
+async fn follow<T, F, A>(
     mut stop: watch::Receiver<bool>,
     mut open: impl FnMut() -> F,
-    mut apply: impl FnMut(T),
+    mut apply: impl FnMut(T) -> A,
 ) where
     F: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+    A: Future<Output = ()>,
 {
     let mut backoff = BACKOFF_START;
     loop {
@@ -323,7 +325,8 @@ async fn follow<T, F>(
                     match message {
                         Ok(Some(message)) => {
                             backoff = BACKOFF_START;
-                            apply(message);
+                            // One at a time, so what each saves is saved in order.
+                            apply(message).await;
                         }
                         Ok(None) => break,
                         Err(status) => {
@@ -360,20 +363,23 @@ async fn watch_bundles(runtime: Arc<Runtime>, link: GatewayLink, stop: watch::Re
                 .await
         }
     };
-    let apply =
-        |bundle: pb::PolicyBundle| match Compiled::compile(&bundle, runtime.built_in_scanner()) {
-            Ok(compiled) => {
-                tracing::info!(version = %compiled.version, "policy bundle applied");
-                runtime.set_bundle(compiled);
-                if let Err(error) = runtime
-                    .outbox()
-                    .put(BUNDLE_KEY, &aa_core::hex::encode(&bundle.encode_to_vec()))
-                {
-                    tracing::warn!(%error, "bundle not saved");
+    let apply = |bundle: pb::PolicyBundle| {
+        let runtime = Arc::clone(&runtime);
+        async move {
+            match Compiled::compile(&bundle, runtime.built_in_scanner()) {
+                Ok(compiled) => {
+                    tracing::info!(version = %compiled.version, "policy bundle applied");
+                    runtime.set_bundle(compiled);
+                    let saved = aa_core::hex::encode(&bundle.encode_to_vec());
+                    let put = move |outbox: &Outbox| outbox.put(BUNDLE_KEY, &saved);
+                    if let Err(error) = runtime.on_outbox(put).await {
+                        tracing::warn!(%error, "bundle not saved");
+                    }
                 }
+                Err(error) => tracing::error!(%error, "bundle refused; keeping the one in force"),
             }
-            Err(error) => tracing::error!(%error, "bundle refused; keeping the one in force"),
-        };
+        }
+    };
     follow(stop, open, apply).await;
 }
 
@@ -400,15 +406,20 @@ async fn watch_suspensions(runtime: Arc<Runtime>, link: GatewayLink, stop: watch
             })
             .collect();
         tracing::info!(count = list.len(), "suspensions applied");
-        let saved = serde_json::to_string(&list).map_err(|e| e.to_string());
+        let saved = serde_json::to_string(&list);
         runtime.set_suspensions(list);
-        if let Err(error) = saved.and_then(|text| {
-            runtime
-                .outbox()
-                .put(SUSPENSIONS_KEY, &text)
-                .map_err(|e| e.to_string())
-        }) {
-            tracing::warn!(%error, "suspensions not saved");
+        let runtime = Arc::clone(&runtime);
+        async move {
+            let saved = match saved {
+                Ok(text) => {
+                    let put = move |outbox: &Outbox| outbox.put(SUSPENSIONS_KEY, &text);
+                    runtime.on_outbox(put).await.map_err(|e| e.to_string())
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            if let Err(error) = saved {
+                tracing::warn!(%error, "suspensions not saved");
+            }
         }
     };
     follow(stop, open, apply).await;

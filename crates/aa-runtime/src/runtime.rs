@@ -379,7 +379,7 @@ impl Runtime {
 
     /// Runs `write` on the outbox's connection from the blocking pool: that connection may be
     /// in the middle of an event commit, which a thread answering the socket must not wait out.
-    async fn on_outbox(
+    pub(crate) async fn on_outbox(
         &self,
         write: impl FnOnce(&Outbox) -> Result<(), RuntimeError> + Send + 'static,
     ) -> Result<(), RuntimeError> {
