@@ -1167,19 +1167,11 @@ mod tests {
 
     /// Any timeout a binding passes is taken (a century's wait and more), and a call asked
     /// for its answer again after giving it says so: neither panics across the boundary.
-    #[test]
-    fn huge_timeouts_and_an_answer_asked_for_twice_do_not_panic() {
-        let dir = tempfile::tempdir().unwrap();
-        let client = Client::new(ClientConfig {
-            socket_path: Some(dir.path().join("absent.sock")),
-            state_dir: dir.path().to_path_buf(),
-            mode: Mode::Enforce,
-            timeout: Duration::MAX,
-        })
-        .unwrap();
+    /// An agent this client never registered (its token is no runtime's), and an action.
+    fn unregistered(id: &str) -> (Agent, Action) {
         let agent = Agent {
-            id: "bot".into(),
-            context: AgentContext::new("bot"),
+            id: id.into(),
+            context: AgentContext::new(id),
             credential: Arc::new(StdMutex::new(Credential {
                 token: "token".into(),
                 expires_at_ms: 0,
@@ -1191,6 +1183,20 @@ mod tests {
             tool: "ls".into(),
             args: serde_json::json!({}),
         };
+        (agent, action)
+    }
+
+    #[test]
+    fn huge_timeouts_and_an_answer_asked_for_twice_do_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(ClientConfig {
+            socket_path: Some(dir.path().join("absent.sock")),
+            state_dir: dir.path().to_path_buf(),
+            mode: Mode::Enforce,
+            timeout: Duration::MAX,
+        })
+        .unwrap();
+        let (agent, action) = unregistered("bot");
         // No runtime there: denied at once, whatever the timeout.
         let denied = client.check_blocking(&agent, action.clone(), None).unwrap();
         assert_eq!(denied.verdict.decision, Decision::Deny);
@@ -1221,20 +1227,7 @@ mod tests {
             timeout: Duration::from_millis(300),
         })
         .unwrap();
-        let agent = Agent {
-            id: "silent".into(),
-            context: AgentContext::new("silent"),
-            credential: Arc::new(StdMutex::new(Credential {
-                token: "token".into(),
-                expires_at_ms: 0,
-                ended: false,
-            })),
-            renewal: Arc::default(),
-        };
-        let action = Action::ToolCall {
-            tool: "ls".into(),
-            args: serde_json::json!({}),
-        };
+        let (agent, action) = unregistered("silent");
         let mut asked = 0;
         let given_up = client.check_blocking_until(
             &agent,

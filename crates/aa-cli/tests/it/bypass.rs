@@ -398,18 +398,10 @@ async fn json_too_deep_to_store_is_refused_and_the_log_still_verifies() {
     let (up, c, bot) = start_bot(dir.path(), &state).await;
     let (socket, token) = (up.runtime.socket.clone(), bot.credential_token());
     let deep = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
-    let d = decision_of(
-        exchange(
-            &socket,
-            encode(&check_frame(
-                "bot",
-                &token,
-                format!("{{\"command\":{}}}", deep(126)),
-            ))
-            .unwrap(),
-        )
-        .await,
-    );
+    let check = async |args: String| {
+        decision_of(exchange(&socket, encode(&check_frame("bot", &token, args)).unwrap()).await)
+    };
+    let d = check(format!("{{\"command\":{}}}", deep(126))).await;
     assert_eq!(d.decision, pb::Decision::Deny as i32, "{d:?}");
     assert!(
         d.reason.contains("nests deeper than 64 levels"),
@@ -431,18 +423,7 @@ async fn json_too_deep_to_store_is_refused_and_the_log_still_verifies() {
     assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32, "{e:?}");
     assert!(e.message.contains("nests deeper than 64 levels"), "{e:?}");
     // Within the bound, a check is decided as any other.
-    let d = decision_of(
-        exchange(
-            &socket,
-            encode(&check_frame(
-                "bot",
-                &token,
-                format!("{{\"command\":\"ls\",\"n\":{}}}", deep(60)),
-            ))
-            .unwrap(),
-        )
-        .await,
-    );
+    let d = check(format!("{{\"command\":\"ls\",\"n\":{}}}", deep(60))).await;
     assert_eq!(d.decision, pb::Decision::Allow as i32, "{d:?}");
     drop(c);
     up.stop().await.unwrap();
