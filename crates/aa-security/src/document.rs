@@ -15,13 +15,15 @@
 //! they came; then the strings that change are rewritten, found by their paths.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::rc::Rc;
 
 use aa_core::RedactionReceipt;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::redact::{
-    Labelled, Limits, OVERSIZED, Oversize, digest_prefix, oversized_receipt, receipts_of, spans_of,
-    splice_text,
+    Labelled, Limits, OVERSIZED, Oversize, digest_prefix, finish_digest, oversized_receipt,
+    receipts_of, spans_of, splice_text,
 };
 use crate::rules::is_personal_data;
 use crate::scanner::{Finding, Scanner};
@@ -38,6 +40,16 @@ const MAX_PIECES: usize = 3;
 /// as; so after either, another pass reads the document as it now is, its receipts referring
 /// to the strings as the pass before left them.
 const MAX_PASSES: usize = 3;
+
+/// Strings cut for being past the event's allowance that get a receipt each; the one after
+/// them gets a receipt (rule `oversized_rest`) for itself and every later one, so that a
+/// document of a million tiny strings past the allowance yields a bounded list of receipts.
+const OVERSIZED_RECEIPTS: usize = 32;
+
+/// Bytes of a key kept in a receipt's field name: a field is named so that an auditor can find
+/// it, and a key of many kilobytes repeated in every receipt under it would multiply a hostile
+/// event's size by its number of strings.
+const KEY_IN_FIELD_NAME: usize = 64;
 
 /// About how many containers and values an event holds: room for that many up front spares
 /// regrowing the lists a document is read into.
@@ -149,13 +161,17 @@ impl<'a> Strings<'a> {
         line
     }
 
-    /// The steps from the root to `node`, owned, to find it again for writing.
-    fn path(&self, node: usize) -> Vec<OwnedStep> {
+    /// The steps from the root to `node`, owned, to find it again for writing. Each key is
+    /// copied once, into `keys` (by node), and shared by every path through it: a document
+    /// of many strings under one long key would otherwise hold a copy of it per string.
+    fn path(&self, node: usize, keys: &mut HashMap<usize, Rc<str>>) -> Vec<OwnedStep> {
         self.lineage(node)
             .into_iter()
-            .filter_map(|n| self.nodes.get(n))
-            .map(|n| match n.step {
-                Step::Key(k) => OwnedStep::Key(k.to_owned()),
+            .filter_map(|n| Some((n, self.nodes.get(n)?)))
+            .map(|(n, node)| match node.step {
+                Step::Key(k) => {
+                    OwnedStep::Key(Rc::clone(keys.entry(n).or_insert_with(|| k.into())))
+                }
                 Step::Index(i) => OwnedStep::Index(i),
             })
             .collect()
@@ -163,14 +179,15 @@ impl<'a> Strings<'a> {
 }
 
 enum OwnedStep {
-    Key(String),
+    Key(Rc<str>),
     Index(usize),
 }
 
 /// What becomes of one string.
 enum Cut {
-    /// Over a size cap: replaced whole.
-    Oversized(RedactionReceipt),
+    /// Over a size cap: replaced whole; with no receipt of its own when an `oversized_rest`
+    /// receipt covers it.
+    Oversized(Option<RedactionReceipt>),
     /// These spans replaced (ordered, not overlapping).
     Spans(Vec<RedactionReceipt>),
 }
@@ -178,7 +195,7 @@ enum Cut {
 impl Cut {
     fn receipts(&self) -> &[RedactionReceipt] {
         match self {
-            Cut::Oversized(r) => std::slice::from_ref(r),
+            Cut::Oversized(r) => r.as_slice(),
             Cut::Spans(rs) => rs,
         }
     }
@@ -186,14 +203,16 @@ impl Cut {
     /// Whether the whole of a string `len` bytes long is cut already, so that nothing more
     /// can be found in it.
     fn covers(&self, len: usize) -> bool {
-        self.receipts()
-            .iter()
-            .any(|r| r.start == 0 && r.end as usize >= len)
+        matches!(self, Cut::Oversized(_))
+            || self
+                .receipts()
+                .iter()
+                .any(|r| r.start == 0 && r.end as usize >= len)
     }
 
     fn receipts_mut(&mut self) -> &mut [RedactionReceipt] {
         match self {
-            Cut::Oversized(r) => std::slice::from_mut(r),
+            Cut::Oversized(r) => r.as_mut_slice(),
             Cut::Spans(rs) => rs,
         }
     }
@@ -217,7 +236,15 @@ impl Scanner {
         // After the first pass, only the strings it cut can read differently on their own;
         // every string is read again only when keys moved, renumbering them.
         let mut changed: Option<BTreeSet<usize>> = None;
-        for _ in 0..MAX_PASSES {
+        // The allowance is spent in the first pass. A later one reads what it scanned (or
+        // their labels, which may be longer), and its oversized strings as their label.
+        let read_again = Limits {
+            max_field_bytes: usize::MAX,
+            max_event_bytes: usize::MAX,
+            ..*limits
+        };
+        for pass in 0..MAX_PASSES {
+            let limits = if pass == 0 { limits } else { &read_again };
             let (cuts, split, edits) = {
                 let strings = Strings::of(doc);
                 let (mut cuts, split) = self.cuts(&strings, limits, changed.as_ref());
@@ -228,7 +255,7 @@ impl Scanner {
             apply(doc, edits);
             changed = (!moved).then(|| cuts.keys().copied().collect());
             receipts.extend(cuts.into_values().flat_map(|c| match c {
-                Cut::Oversized(r) => vec![r],
+                Cut::Oversized(r) => r.into_iter().collect(),
                 Cut::Spans(rs) => rs,
             }));
             if !moved && !split {
@@ -249,11 +276,23 @@ impl Scanner {
     ) -> (BTreeMap<usize, Cut>, bool) {
         let mut cuts = BTreeMap::new();
         let mut budget = limits.max_event_bytes;
+        let mut oversized = 0;
+        // The spot whose receipt covers the oversized strings past the first few, and theirs.
+        let mut rest: Option<(usize, u64, Sha256)> = None;
         for (i, spot) in strings.spots.iter().enumerate() {
             let text = spot.text;
             let over = text.len() > limits.max_field_bytes || text.len() > budget;
             if over && limits.oversize == Oversize::Redact {
-                cuts.insert(i, Cut::Oversized(oversized_receipt("", text.as_bytes())));
+                oversized += 1;
+                let receipt = if oversized <= OVERSIZED_RECEIPTS {
+                    Some(oversized_receipt("", text.as_bytes()))
+                } else {
+                    let (_, bytes, digest) = rest.get_or_insert_with(|| (i, 0, Sha256::new()));
+                    *bytes += text.len() as u64;
+                    digest.update(text.as_bytes());
+                    None
+                };
+                cuts.insert(i, Cut::Oversized(receipt));
                 continue;
             }
             // Only what is scanned counts against the event's budget.
@@ -285,6 +324,17 @@ impl Scanner {
             if let Cut::Spans(spans) = cuts.entry(value).or_insert_with(|| Cut::Spans(Vec::new())) {
                 spans.extend(found);
             }
+        }
+        if let Some((spot, bytes, digest)) = rest {
+            cuts.insert(
+                spot,
+                Cut::Oversized(Some(RedactionReceipt {
+                    rule_id: "oversized_rest".to_owned(),
+                    end: bytes,
+                    sha256_prefix: finish_digest(digest),
+                    ..oversized_receipt("", &[])
+                })),
+            );
         }
         merge_cuts(&mut cuts, strings);
         if strings.spots.len() < 2 {
@@ -607,8 +657,8 @@ enum Change {
 }
 
 /// Names each receipt's field (`args.command`, `items[2]`, a key as `args{key}`; keys on the
-/// way under their new names, so that no receipt names a field by a secret) and lists the
-/// edits.
+/// way under their new names, so that no receipt names a field by a secret, and cut short
+/// past [`KEY_IN_FIELD_NAME`] bytes with `…`) and lists the edits.
 fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Vec<Edit> {
     // New key names, unique within their object.
     let mut renamed: HashMap<(usize, &str), String> = HashMap::new();
@@ -658,6 +708,7 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
             .push((key.text.to_owned(), new));
     }
     let mut edits = Vec::new();
+    let mut keys = HashMap::new();
     for (spot, cut) in cuts.iter_mut() {
         let Some(s) = strings.spots.get(*spot) else {
             continue;
@@ -668,14 +719,14 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
         }
         if !s.is_key {
             edits.push(Edit {
-                path: strings.path(s.node),
+                path: strings.path(s.node, &mut keys),
                 change: Change::Value(cut.new_text(s.text)),
             });
         }
     }
     for (node, renames) in by_object {
         edits.push(Edit {
-            path: strings.path(node),
+            path: strings.path(node, &mut keys),
             change: Change::Keys(renames),
         });
     }
@@ -698,7 +749,14 @@ fn field_name(
                 if !name.is_empty() {
                     name.push('.');
                 }
-                name.push_str(k);
+                let mut kept = k.len().min(KEY_IN_FIELD_NAME);
+                while !k.is_char_boundary(kept) {
+                    kept -= 1;
+                }
+                name.push_str(k.get(..kept).unwrap_or_default());
+                if kept < k.len() {
+                    name.push('…');
+                }
             }
             Step::Index(i) => name.push_str(&format!("[{i}]")),
         }
@@ -739,7 +797,7 @@ fn apply(doc: &mut Value, mut edits: Vec<Edit>) {
 fn walk_mut<'v>(mut node: &'v mut Value, path: &[OwnedStep]) -> Option<&'v mut Value> {
     for step in path {
         node = match step {
-            OwnedStep::Key(k) => node.get_mut(k.as_str())?,
+            OwnedStep::Key(k) => node.get_mut(&**k)?,
             OwnedStep::Index(i) => node.get_mut(*i)?,
         };
     }

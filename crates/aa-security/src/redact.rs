@@ -346,5 +346,10 @@ pub(crate) fn oversized_receipt(field: &str, bytes: &[u8]) -> RedactionReceipt {
 /// Hex of the first bytes of SHA-256 over `secret`: enough to match a known leaked value,
 /// too little to recover it.
 pub(crate) fn digest_prefix(secret: &[u8]) -> String {
-    aa_core::hex::encode(&Sha256::digest(secret)[..DIGEST_PREFIX_BYTES])
+    finish_digest(Sha256::new_with_prefix(secret))
+}
+
+/// [`digest_prefix`] of everything `digest` was fed.
+pub(crate) fn finish_digest(digest: Sha256) -> String {
+    aa_core::hex::encode(&digest.finalize()[..DIGEST_PREFIX_BYTES])
 }

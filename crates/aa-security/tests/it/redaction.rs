@@ -158,6 +158,55 @@ fn oversized_fields_and_events_are_capped() {
     );
 }
 
+/// A hostile event: a long key over many tiny strings past the allowance. Each string is still
+/// replaced, but the receipts neither grow with their number nor repeat the key whole.
+#[test]
+fn many_strings_past_the_allowance_share_a_receipt() {
+    let limits = Limits {
+        max_event_bytes: 16 * 1024,
+        ..Limits::default()
+    };
+    let long_key = "k".repeat(8 * 1024);
+    let strings = 20_000;
+    let mut event = json!({ long_key.as_str(): vec!["ab"; strings] });
+    let receipts = SCANNER.redact_json(&mut event, &limits);
+    let values = event[long_key.as_str()].as_array().unwrap();
+    // The key takes 8 KiB of the allowance, and each string 2 bytes of it.
+    let scanned = (limits.max_event_bytes - long_key.len()) / 2;
+    assert!(values[..scanned].iter().all(|v| v == "ab"));
+    assert!(
+        values[scanned..].iter().all(|v| v == OVERSIZED),
+        "{values:?}"
+    );
+    let (each, rest): (Vec<_>, Vec<_>) = receipts.iter().partition(|r| r.rule_id == "oversized");
+    assert_eq!(each.len(), 32);
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    let rest = rest[0];
+    assert_eq!((rest.kind.as_str(), rest.start), ("OVERSIZED", 0));
+    assert_eq!(rest.end as usize, 2 * (strings - scanned - 32));
+    assert_eq!(rest.field, format!("{}…[{}]", "k".repeat(64), scanned + 32));
+    assert!(receipts.iter().all(|r| r.field.len() < 100), "{receipts:?}");
+}
+
+/// A key renamed for its secret makes the document read again, with its labels in place; the
+/// allowance is spent in the first reading only, so a label longer than what it replaced
+/// cuts no string the first reading scanned, and nothing is receipted twice.
+#[test]
+fn a_second_reading_does_not_receipt_oversized_strings_again() {
+    let limits = Limits {
+        max_field_bytes: 100,
+        max_event_bytes: 40,
+        oversize: Oversize::Redact,
+    };
+    // Keys and values in reading order: 20 + 1 + 2 + 12 + 2 bytes fit, "tiny" does not.
+    let mut event = json!({ KEY: "a", "z1": "y".repeat(12), "z2": "tiny" });
+    let receipts = SCANNER.redact_json(&mut event, &limits);
+    assert!(event.get("[REDACTED:aws_access_key]").is_some(), "{event}");
+    assert_eq!(event["z2"], OVERSIZED, "{event}");
+    let oversized: Vec<_> = receipts.iter().filter(|r| r.kind == "OVERSIZED").collect();
+    assert_eq!(oversized.len(), 1, "{receipts:?}");
+    assert_eq!(oversized[0].field, "z2");
+}
 #[test]
 fn raw_events_json_or_not_and_invalid_utf8() {
     let json_event = format!(r#"{{"msg": "key {KEY}"}}"#);
