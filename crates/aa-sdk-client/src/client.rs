@@ -30,6 +30,11 @@ pub const DEFAULT_STATE_DIR: &str = ".aasm";
 
 /// The socket to use: the argument, else `AASM_SOCKET`, else [`DEFAULT_SOCKET`].
 pub fn resolve_socket(argument: Option<&Path>) -> PathBuf {
+    resolve_socket_or(argument, Path::new(DEFAULT_SOCKET))
+}
+
+/// The socket to use: the argument, else `AASM_SOCKET`, else `default`.
+pub fn resolve_socket_or(argument: Option<&Path>, default: &Path) -> PathBuf {
     argument
         .map(Path::to_path_buf)
         .or_else(|| {
@@ -37,7 +42,7 @@ pub fn resolve_socket(argument: Option<&Path>) -> PathBuf {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         })
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+        .unwrap_or_else(|| default.to_path_buf())
 }
 
 /// The state directory to use: the argument, else `AASM_STATE_DIR`, else

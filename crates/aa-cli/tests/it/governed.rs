@@ -266,51 +266,75 @@ async fn a_policy_edit_reaches_the_runtime() {
     }
 }
 
-/// `aasm check` registers through the socket (`--socket`, else `AASM_SOCKET`) and prints the
-/// decision as `aasm policy eval` does; a bad action is an error that names the flag.
+/// How `aasm check` is told where the runtime is.
+#[derive(Clone, Copy)]
+enum Found {
+    /// `--socket`.
+    Socket,
+    /// `AASM_SOCKET`.
+    Env,
+    /// `--state-dir` of `aasm up`'s, and neither of the others.
+    StateDir,
+}
+
+/// `aasm check` registers through the socket (`--socket`, else `AASM_SOCKET`, else the one in
+/// its `--state-dir`) and prints the decision as `aasm policy eval` does; a bad action is an
+/// error that names the flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aasm_check_prints_the_runtimes_decision() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        options(&dir.path().join("state"), vec![data()]),
-        RuntimeSettings::default(),
-    )
-    .await
-    .unwrap();
+    let state = dir.path().join("state");
+    let up = Up::start(options(&state, vec![data()]), RuntimeSettings::default())
+        .await
+        .unwrap();
     let socket = up.runtime.socket.display().to_string();
     let keys = dir.path().join("keys").display().to_string();
-    let check = move |tool: &str, by_env: bool| {
+    let state = state.display().to_string();
+    let check = move |tool: &str, found: Found| {
         let action = format!(r#"{{"type":"tool_call","tool":"{tool}","args":{{}}}}"#);
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_aasm"));
-        command.args([
-            "check",
-            "--agent",
-            "cli-bot",
-            "--action",
-            &action,
-            "--state-dir",
-            &keys,
-        ]);
-        if by_env {
-            command.env("AASM_SOCKET", &socket);
-        } else {
-            command.args(["--socket", &socket]);
-        }
+        command
+            .args(["check", "--action", &action])
+            .env_remove("AASM_SOCKET")
+            .env_remove("AASM_STATE_DIR");
+        // The state directory of `aasm up` holds no key of cli-bot's: another agent there.
+        match found {
+            Found::Socket => command.args([
+                "--agent",
+                "cli-bot",
+                "--socket",
+                &socket,
+                "--state-dir",
+                &keys,
+            ]),
+            Found::Env => command.env("AASM_SOCKET", &socket).args([
+                "--agent",
+                "cli-bot",
+                "--state-dir",
+                &keys,
+            ]),
+            Found::StateDir => command.args(["--agent", "state-bot", "--state-dir", &state]),
+        };
         command.output().unwrap()
     };
     let outputs = tokio::task::spawn_blocking(move || {
         [
-            check("deploy", false),
-            check("db_drop", true),
-            check("deploy\"", false),
+            check("deploy", Found::Socket),
+            check("db_drop", Found::Env),
+            check("deploy", Found::StateDir),
+            check("deploy\"", Found::Socket),
         ]
     })
     .await
     .unwrap();
     up.stop().await.unwrap();
 
-    let [allowed, denied, bad] = outputs;
-    for (out, decision) in [(allowed, "allow"), (denied, "deny")] {
+    let [allowed, denied, found_in_state, bad] = outputs;
+    for (out, decision) in [
+        (allowed, "allow"),
+        (denied, "deny"),
+        (found_in_state, "allow"),
+    ] {
         let text = String::from_utf8_lossy(&out.stdout);
         assert_eq!(
             out.status.code(),
