@@ -14,6 +14,7 @@
 //! The document is only read until every cut is known, so all receipts refer to the strings as
 //! they came; then the strings that change are rewritten, found by their paths.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 
@@ -187,7 +188,7 @@ enum OwnedStep {
 enum Cut {
     /// Over a size cap: replaced whole; with no receipt of its own when an `oversized_rest`
     /// receipt covers it.
-    Oversized(Option<RedactionReceipt>),
+    Oversized(Option<Box<RedactionReceipt>>),
     /// These spans replaced (ordered, not overlapping).
     Spans(Vec<RedactionReceipt>),
 }
@@ -195,7 +196,7 @@ enum Cut {
 impl Cut {
     fn receipts(&self) -> &[RedactionReceipt] {
         match self {
-            Cut::Oversized(r) => r.as_slice(),
+            Cut::Oversized(r) => r.as_deref().map_or(&[], std::slice::from_ref),
             Cut::Spans(rs) => rs,
         }
     }
@@ -212,15 +213,15 @@ impl Cut {
 
     fn receipts_mut(&mut self) -> &mut [RedactionReceipt] {
         match self {
-            Cut::Oversized(r) => r.as_mut_slice(),
+            Cut::Oversized(r) => r.as_deref_mut().map_or(&mut [], std::slice::from_mut),
             Cut::Spans(rs) => rs,
         }
     }
 
-    fn new_text(&self, text: &str) -> String {
+    fn new_text(&self, text: &str) -> Cow<'static, str> {
         match self {
-            Cut::Oversized(_) => OVERSIZED.to_owned(),
-            Cut::Spans(rs) => splice_text(text, rs),
+            Cut::Oversized(_) => Cow::Borrowed(OVERSIZED),
+            Cut::Spans(rs) => Cow::Owned(splice_text(text, rs)),
         }
     }
 }
@@ -255,7 +256,7 @@ impl Scanner {
             apply(doc, edits);
             changed = (!moved).then(|| cuts.keys().copied().collect());
             receipts.extend(cuts.into_values().flat_map(|c| match c {
-                Cut::Oversized(r) => r.into_iter().collect(),
+                Cut::Oversized(r) => r.map(|r| *r).into_iter().collect(),
                 Cut::Spans(rs) => rs,
             }));
             if !moved && !split {
@@ -285,7 +286,7 @@ impl Scanner {
             if over && limits.oversize == Oversize::Redact {
                 oversized += 1;
                 let receipt = if oversized <= OVERSIZED_RECEIPTS {
-                    Some(oversized_receipt("", text.as_bytes()))
+                    Some(Box::new(oversized_receipt("", text.as_bytes())))
                 } else {
                     let (_, bytes, digest) = rest.get_or_insert_with(|| (i, 0, Sha256::new()));
                     *bytes += text.len() as u64;
@@ -328,12 +329,12 @@ impl Scanner {
         if let Some((spot, bytes, digest)) = rest {
             cuts.insert(
                 spot,
-                Cut::Oversized(Some(RedactionReceipt {
+                Cut::Oversized(Some(Box::new(RedactionReceipt {
                     rule_id: "oversized_rest".to_owned(),
                     end: bytes,
                     sha256_prefix: finish_digest(digest),
                     ..oversized_receipt("", &[])
-                })),
+                }))),
             );
         }
         merge_cuts(&mut cuts, strings);
@@ -651,7 +652,7 @@ struct Edit {
 
 enum Change {
     /// A value's new text.
-    Value(String),
+    Value(Cow<'static, str>),
     /// An object's keys to rename: old name, new name.
     Keys(Vec<(String, String)>),
 }
@@ -681,7 +682,7 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
             continue;
         };
         let taken = taken.entry(key.node).or_default();
-        let base = cut.new_text(key.text);
+        let base = cut.new_text(key.text).into_owned();
         let free = |k: &str| {
             !taken.contains(k) && (!map.contains_key(k) || renamed_away.contains(&(key.node, k)))
         };
@@ -781,7 +782,7 @@ fn apply(doc: &mut Value, mut edits: Vec<Edit>) {
             continue;
         };
         match (edit.change, target) {
-            (Change::Value(new), Value::String(s)) => *s = new,
+            (Change::Value(new), Value::String(s)) => *s = new.into_owned(),
             (Change::Keys(renames), Value::Object(map)) => {
                 let moved: Vec<(String, Value)> = renames
                     .into_iter()
