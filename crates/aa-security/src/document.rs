@@ -52,6 +52,10 @@ const OVERSIZED_RECEIPTS: usize = 32;
 /// event's size by its number of strings.
 const KEY_IN_FIELD_NAME: usize = 64;
 
+/// Bytes of a receipt's field name kept (its end), however deep the field: the name is copied
+/// into each of the field's receipts.
+const FIELD_NAME_BYTES: usize = 256;
+
 /// About how many containers and values an event holds: room for that many up front spares
 /// regrowing the lists a document is read into.
 const TYPICAL_NODES: usize = 32;
@@ -168,14 +172,16 @@ impl<'a> Strings<'a> {
     fn path(&self, node: usize, keys: &mut HashMap<usize, Rc<str>>) -> Vec<OwnedStep> {
         self.lineage(node)
             .into_iter()
-            .filter_map(|n| Some((n, self.nodes.get(n)?)))
-            .map(|(n, node)| match node.step {
-                Step::Key(k) => {
-                    OwnedStep::Key(Rc::clone(keys.entry(n).or_insert_with(|| k.into())))
-                }
-                Step::Index(i) => OwnedStep::Index(i),
-            })
+            .filter_map(|n| self.step_to(n, keys))
             .collect()
+    }
+
+    /// The step from `node`'s parent to it, owned as [`path`](Self::path) owns it.
+    fn step_to(&self, node: usize, keys: &mut HashMap<usize, Rc<str>>) -> Option<OwnedStep> {
+        Some(match self.nodes.get(node)?.step {
+            Step::Key(k) => OwnedStep::Key(Rc::clone(keys.entry(node).or_insert_with(|| k.into()))),
+            Step::Index(i) => OwnedStep::Index(i),
+        })
     }
 }
 
@@ -644,15 +650,18 @@ fn merge_overlaps(spans: &mut Vec<RedactionReceipt>, text: &str) {
     *spans = merged;
 }
 
-/// One string to rewrite, found by the path of its node (keys as they came).
+/// Strings to rewrite, found by the path of their node or container (keys as they came).
 struct Edit {
     path: Vec<OwnedStep>,
     change: Change,
 }
 
 enum Change {
-    /// A value's new text.
+    /// The new text of the document, a string.
     Value(Cow<'static, str>),
+    /// A container's values to rewrite, by their step from it, and their new texts: one path
+    /// for all of a container's, so that a document of many strings deep down holds one.
+    Values(Vec<(OwnedStep, Cow<'static, str>)>),
     /// An object's keys to rename: old name, new name.
     Keys(Vec<(String, String)>),
 }
@@ -710,20 +719,41 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
     }
     let mut edits = Vec::new();
     let mut keys = HashMap::new();
+    let mut by_container: BTreeMap<usize, Vec<(OwnedStep, Cow<'static, str>)>> = BTreeMap::new();
     for (spot, cut) in cuts.iter_mut() {
         let Some(s) = strings.spots.get(*spot) else {
             continue;
         };
-        let field = field_name(strings, s, &renamed);
-        for r in cut.receipts_mut() {
-            r.field.clone_from(&field);
+        if !cut.receipts().is_empty() {
+            let field = field_name(strings, s, &renamed);
+            for r in cut.receipts_mut() {
+                r.field.clone_from(&field);
+            }
         }
-        if !s.is_key {
+        if s.is_key {
+            continue;
+        }
+        let new = cut.new_text(s.text);
+        if s.node == 0 {
             edits.push(Edit {
-                path: strings.path(s.node, &mut keys),
-                change: Change::Value(cut.new_text(s.text)),
+                path: Vec::new(),
+                change: Change::Value(new),
             });
+        } else if let (Some(node), Some(step)) = (
+            strings.nodes.get(s.node),
+            strings.step_to(s.node, &mut keys),
+        ) {
+            by_container
+                .entry(node.parent)
+                .or_default()
+                .push((step, new));
         }
+    }
+    for (node, values) in by_container {
+        edits.push(Edit {
+            path: strings.path(node, &mut keys),
+            change: Change::Values(values),
+        });
     }
     for (node, renames) in by_object {
         edits.push(Edit {
@@ -765,6 +795,14 @@ fn field_name(
     if spot.is_key {
         name.push_str("{key}");
     }
+    // Deeply nested, the name keeps its end, the part nearest the string.
+    if name.len() > FIELD_NAME_BYTES {
+        let mut from = name.len() - FIELD_NAME_BYTES;
+        while !name.is_char_boundary(from) {
+            from += 1;
+        }
+        name.replace_range(..from, "…");
+    }
     name
 }
 
@@ -783,6 +821,13 @@ fn apply(doc: &mut Value, mut edits: Vec<Edit>) {
         };
         match (edit.change, target) {
             (Change::Value(new), Value::String(s)) => *s = new.into_owned(),
+            (Change::Values(values), container) => {
+                for (step, new) in values {
+                    if let Some(Value::String(s)) = step_mut(container, &step) {
+                        *s = new.into_owned();
+                    }
+                }
+            }
             (Change::Keys(renames), Value::Object(map)) => {
                 let moved: Vec<(String, Value)> = renames
                     .into_iter()
@@ -797,10 +842,14 @@ fn apply(doc: &mut Value, mut edits: Vec<Edit>) {
 
 fn walk_mut<'v>(mut node: &'v mut Value, path: &[OwnedStep]) -> Option<&'v mut Value> {
     for step in path {
-        node = match step {
-            OwnedStep::Key(k) => node.get_mut(&**k)?,
-            OwnedStep::Index(i) => node.get_mut(*i)?,
-        };
+        node = step_mut(node, step)?;
     }
     Some(node)
+}
+
+fn step_mut<'v>(node: &'v mut Value, step: &OwnedStep) -> Option<&'v mut Value> {
+    match step {
+        OwnedStep::Key(k) => node.get_mut(&**k),
+        OwnedStep::Index(i) => node.get_mut(*i),
+    }
 }

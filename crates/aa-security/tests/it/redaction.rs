@@ -3,6 +3,7 @@
 
 use aa_security::{Limits, OVERSIZED, Oversize};
 use serde_json::json;
+use sha2::Digest as _;
 
 use crate::SCANNER;
 
@@ -184,8 +185,52 @@ fn many_strings_past_the_allowance_share_a_receipt() {
     let rest = rest[0];
     assert_eq!((rest.kind.as_str(), rest.start), ("OVERSIZED", 0));
     assert_eq!(rest.end as usize, 2 * (strings - scanned - 32));
+    let covered = "ab".repeat(strings - scanned - 32);
+    let digest = sha2::Sha256::digest(covered.as_bytes());
+    assert_eq!(rest.sha256_prefix, aa_core::hex::encode(&digest[..8]));
     assert_eq!(rest.field, format!("{}…[{}]", "k".repeat(64), scanned + 32));
     assert!(receipts.iter().all(|r| r.field.len() < 100), "{receipts:?}");
+}
+
+/// Deep down, every string is still rewritten, and a receipt's field name keeps its end.
+#[test]
+fn a_deeply_nested_field_is_named_by_its_end() {
+    let limits = Limits {
+        max_event_bytes: 40 * 64 + 100,
+        ..Limits::default()
+    };
+    let key = "k".repeat(64);
+    let mut leaf = json!([KEY]);
+    leaf.as_array_mut()
+        .unwrap()
+        .extend((0..200).map(|_| json!("ab")));
+    let event = (0..40).fold(leaf, |inner, _| json!({ key.as_str(): inner }));
+    let mut redacted = event.clone();
+    let receipts = SCANNER.redact_json(&mut redacted, &limits);
+    let mut leaf = &redacted;
+    while let Some(inner) = leaf.get(key.as_str()) {
+        leaf = inner;
+    }
+    let leaf = leaf.as_array().unwrap();
+    assert_eq!(leaf[0], "[REDACTED:aws_access_key]");
+    // 40 keys of 64 bytes, the secret's 20 and 40 strings of two fit the allowance.
+    assert!(leaf[1..=40].iter().all(|v| v == "ab"), "{leaf:?}");
+    assert!(leaf[41..].iter().all(|v| v == OVERSIZED), "{leaf:?}");
+    let secret = receipts
+        .iter()
+        .find(|r| r.kind == "aws_access_key")
+        .unwrap();
+    assert!(secret.field.starts_with('…'), "{}", secret.field);
+    assert!(
+        secret.field.ends_with(&format!("{key}[0]")),
+        "{}",
+        secret.field
+    );
+    assert!(
+        receipts
+            .iter()
+            .all(|r| r.field.len() <= 256 + '…'.len_utf8())
+    );
 }
 
 /// A key renamed for its secret makes the document read again, with its labels in place; the
