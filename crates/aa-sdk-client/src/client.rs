@@ -295,6 +295,23 @@ impl<T> Call<T> {
             std::thread::park_timeout(left);
         }
     }
+
+    /// Waits in slices of `slice`, asking `interrupted` after each whether to give up
+    /// ([`ClientError::Interrupted`]).
+    fn wait_until(
+        mut self,
+        slice: Duration,
+        interrupted: &mut dyn FnMut() -> bool,
+    ) -> Result<T, ClientError> {
+        loop {
+            if let Some(answer) = self.wait_for(slice) {
+                return answer;
+            }
+            if interrupted() {
+                return Err(ClientError::Interrupted);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -567,15 +584,9 @@ impl Client {
             return Ok(checks_disabled());
         }
         let Ok(mut connection) = self.shared.blocking.try_lock() else {
-            let mut call = self.check(agent, action, session_id);
-            loop {
-                if let Some(answer) = call.wait_for(slice) {
-                    return answer;
-                }
-                if interrupted() {
-                    return Err(ClientError::Interrupted);
-                }
-            }
+            return self
+                .check(agent, action, session_id)
+                .wait_until(slice, interrupted);
         };
         let request = check_request(agent, &action, session_id.clone());
         let answer = self
@@ -585,15 +596,9 @@ impl Client {
         // for the renewal and asks again with the new one.
         if refused_for_its_token(&answer) {
             drop(connection);
-            let mut call = self.check(agent, action, session_id);
-            loop {
-                if let Some(answer) = call.wait_for(slice) {
-                    return answer;
-                }
-                if interrupted() {
-                    return Err(ClientError::Interrupted);
-                }
-            }
+            return self
+                .check(agent, action, session_id)
+                .wait_until(slice, interrupted);
         }
         // Closed meanwhile (perhaps by this very thread, from the interrupt check).
         if self.is_closed() {

@@ -256,15 +256,7 @@ async fn secrets_sent_raw_or_disguised_with_forged_claims_are_never_stored() {
     ] {
         let mut forged = forged_event(99, json!({ "cost_usd": 0 }));
         forged.kind = kind as i32;
-        let frame = pb::Frame {
-            request_id: 2,
-            body: Some(pb::frame::Body::Events(pb::EventBatch {
-                events: vec![forged],
-                edges: Vec::new(),
-                agent_id: bot.id().to_owned(),
-                credential_token: bot.credential_token(),
-            })),
-        };
+        let frame = events_frame(2, forged, bot.id(), bot.credential_token());
         let refused = exchange(&up.runtime.socket, encode(&frame).unwrap()).await;
         match refused.and_then(|f| f.body) {
             Some(pb::frame::Body::Error(e)) => {
@@ -334,15 +326,7 @@ async fn a_secret_in_an_event_id_is_stored_as_its_digest() {
     let (up, _c, bot) = start_bot(dir.path(), &state).await;
     let mut event = forged_event(0, json!({}));
     event.event_id = format!("order-{AWS_KEY}");
-    let frame = pb::Frame {
-        request_id: 1,
-        body: Some(pb::frame::Body::Events(pb::EventBatch {
-            events: vec![event],
-            edges: Vec::new(),
-            agent_id: bot.id().to_owned(),
-            credential_token: bot.credential_token(),
-        })),
-    };
+    let frame = events_frame(1, event, bot.id(), bot.credential_token());
     let bytes = encode(&frame).unwrap();
     let mut accepted = Vec::new();
     for _ in 0..2 {
@@ -410,15 +394,7 @@ async fn json_too_deep_to_store_is_refused_and_the_log_still_verifies() {
     );
     let mut event = forged_event(1, json!({}));
     event.detail_json = deep(120);
-    let report = pb::Frame {
-        request_id: 5,
-        body: Some(pb::frame::Body::Events(pb::EventBatch {
-            events: vec![event],
-            edges: Vec::new(),
-            agent_id: "bot".into(),
-            credential_token: token.clone(),
-        })),
-    };
+    let report = events_frame(5, event, "bot", token.clone());
     let e = error_of(exchange(&socket, encode(&report).unwrap()).await);
     assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32, "{e:?}");
     assert!(e.message.contains("nests deeper than 64 levels"), "{e:?}");
@@ -434,6 +410,19 @@ async fn json_too_deep_to_store_is_refused_and_the_log_still_verifies() {
         &state.display().to_string(),
     ]);
     assert!(out.status.success(), "{}", stdout(&out));
+}
+
+/// A frame reporting one event, as `agent` with `token`.
+fn events_frame(request_id: u64, event: pb::AuditEvent, agent: &str, token: String) -> pb::Frame {
+    pb::Frame {
+        request_id,
+        body: Some(pb::frame::Body::Events(pb::EventBatch {
+            events: vec![event],
+            edges: Vec::new(),
+            agent_id: agent.to_owned(),
+            credential_token: token,
+        })),
+    }
 }
 
 async fn exchange(socket: &Path, bytes: Vec<u8>) -> Option<pb::Frame> {
@@ -509,15 +498,12 @@ async fn impersonation_with_foreign_expired_or_another_gateways_token_is_refused
     );
     assert!(other.contains("not the agent's current one"), "{other}");
     // Events under another agent's id are refused whole.
-    let batch = pb::Frame {
-        request_id: 4,
-        body: Some(pb::frame::Body::Events(pb::EventBatch {
-            events: vec![forged_event(0, json!({ "note": "as the victim" }))],
-            edges: Vec::new(),
-            agent_id: "victim".into(),
-            credential_token: bot.credential_token(),
-        })),
-    };
+    let batch = events_frame(
+        4,
+        forged_event(0, json!({ "note": "as the victim" })),
+        "victim",
+        bot.credential_token(),
+    );
     let e = error_of(exchange(&socket, encode(&batch).unwrap()).await);
     assert_eq!(e.code, pb::ErrorCode::Unauthenticated as i32, "{e:?}");
     // An expired token: the client that would renew it is gone.
@@ -702,15 +688,7 @@ async fn resource_attacks_cost_the_attacker_their_connection_and_nobody_else_any
     assert!(d.reason.contains("could not be evaluated"), "{}", d.reason);
     let mut event = forged_event(1, json!({}));
     event.detail_json = format!("{}{}", "{\"a\":".repeat(50_000), "}".repeat(50_000));
-    let bomb = pb::Frame {
-        request_id: 5,
-        body: Some(pb::frame::Body::Events(pb::EventBatch {
-            events: vec![event],
-            edges: Vec::new(),
-            agent_id: "bot".into(),
-            credential_token: token.clone(),
-        })),
-    };
+    let bomb = events_frame(5, event, "bot", token.clone());
     let e = error_of(exchange(&socket, encode(&bomb).unwrap()).await);
     assert_eq!(e.code, pb::ErrorCode::InvalidRequest as i32, "{e:?}");
 
