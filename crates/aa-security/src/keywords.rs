@@ -2,10 +2,11 @@
 //!
 //! The search walks an Aho-Corasick DFA, from the `aho-corasick` crate's automaton laid out
 //! here as a table a step reads without bounds checks or state tests beyond one comparison.
-//! One walk is bound by the latency of its table loads (each step needs the state the last one
-//! found), so a text of 128 bytes or more is cut into four parts, each started a keyword's
-//! length early, and the four walks advance together: their loads overlap, and the search runs
-//! about three times as fast as one walk.
+//! The automaton holds each keyword's first [`HEAD`] bytes only; where a head occurs, the rest
+//! of a longer keyword is compared byte by byte. One walk is bound by the latency of its table
+//! loads (each step needs the state the last one found), so a text is cut into two or four
+//! parts, each started a head's length early, and the walks advance together: their loads
+//! overlap. Short heads keep that overlap short, so texts of a few dozen bytes are split too.
 //!
 //! With the `vectorscan` feature the search runs on a Vectorscan literal database instead
 //! (SIMD); the table serves whenever Vectorscan reports an error, so a scan never fails.
@@ -16,16 +17,17 @@ use aho_corasick::{Anchored, MatchKind};
 
 use crate::error::SecurityError;
 
-/// How many walks advance together: on this kind of core more add register pressure, not speed.
-const WALKS: usize = 4;
+/// The bytes of a keyword the automaton holds: the longest overlap between split walks.
+const HEAD: usize = 8;
 
-/// Below this many bytes one walk is used: each extra walk re-reads a keyword's length, which
-/// outweighs the overlapped loads only in shorter texts. (At 1 KiB, a 430-byte event, whose
-/// glued seams are about 1 KB, took 1.4 times as long to redact.)
-const MIN_SPLIT: usize = 128;
+/// From this many bytes a text is walked in two parts, and from [`SPLIT_IN_FOUR`] in four:
+/// each extra walk reads a head's length again, which outweighs the overlapped loads only
+/// in shorter texts. More than four walks add register pressure, not speed.
+const SPLIT_IN_TWO: usize = 32;
+const SPLIT_IN_FOUR: usize = 64;
 
 /// Entries in the transition table: a state and a byte class, both 16-bit, index it, so no
-/// step needs a bounds check. The built-in keywords take three quarters of it.
+/// step needs a bounds check. The built-in keywords' heads take under three fifths of it.
 const TABLE: usize = 1 << 16;
 
 /// The keyword DFA, laid out for walking: a state is the index of its row in `next` (a
@@ -202,12 +204,19 @@ fn internal(e: &dyn std::fmt::Display) -> SecurityError {
 #[derive(Debug)]
 pub(crate) struct Keywords {
     table: Table,
+    /// The keywords, lowercase, by index: a head's occurrence is one of its keyword's only
+    /// when the rest follows.
+    words: Vec<Box<[u8]>>,
     #[cfg(feature = "vectorscan")]
     vectorscan: vectorscan::Literals,
 }
 
 impl Keywords {
     pub(crate) fn new(words: &[&str]) -> Result<Keywords, SecurityError> {
+        let heads: Vec<&str> = words
+            .iter()
+            .map(|word| word.get(..HEAD).unwrap_or(word))
+            .collect();
         // Standard semantics report overlapping occurrences ("secret" inside "aws_secret"),
         // as Vectorscan does, so both searches trigger the same rules.
         // The crate's NFA, cheaper to build than its DFA: the table holds the DFA it stands for.
@@ -215,10 +224,14 @@ impl Keywords {
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .prefilter(false)
-            .build(words)
+            .build(&heads)
             .map_err(|e| internal(&e))?;
         Ok(Keywords {
-            table: Table::new(&nfa, words)?,
+            table: Table::new(&nfa, &heads)?,
+            words: words
+                .iter()
+                .map(|word| word.to_ascii_lowercase().into_bytes().into_boxed_slice())
+                .collect(),
             #[cfg(feature = "vectorscan")]
             vectorscan: vectorscan::Literals::new(words)?,
         })
@@ -230,10 +243,11 @@ impl Keywords {
         (self.table.rows << self.table.row_shift) as f64 / TABLE as f64
     }
 
-    /// Whether any keyword occurs in `bytes`, a short text: one walk, up to the first.
+    /// Whether any keyword occurs in `bytes`, a short text.
     pub(crate) fn occur_in(&self, bytes: &[u8]) -> bool {
-        let mut state = [self.table.start];
-        self.table.advance([bytes], &mut state, 0) < bytes.len()
+        let mut occurs = false;
+        self.find(bytes, |_, _, _| occurs = true);
+        occurs
     }
 
     /// Calls `found(keyword, start, end)` for every occurrence of every keyword, overlapping
@@ -245,31 +259,55 @@ impl Keywords {
         if bytes.len() >= vectorscan::MIN_BYTES && self.vectorscan.find(bytes, &mut found) {
             return;
         }
-        let table = &self.table;
-        if bytes.len() < MIN_SPLIT {
-            self.walk(bytes, 0, 0, table.start, &mut found);
-            return;
+        if bytes.len() >= SPLIT_IN_FOUR {
+            self.find_split::<4>(bytes, &mut found);
+        } else if bytes.len() >= SPLIT_IN_TWO {
+            self.find_split::<2>(bytes, &mut found);
+        } else {
+            self.walk(Text::whole(bytes), 0, self.table.start, &mut found);
         }
-        let part = bytes.len() / WALKS;
-        let overlap = table.longest.saturating_sub(1);
-        // Walk k owns the occurrences ending in (k * part, (k + 1) * part] and starts early
-        // enough to see the longest keyword ending there.
-        let from = |k: usize| (k * part).saturating_sub(overlap);
-        let steps = part.min(bytes.len() - from(WALKS - 1));
-        let lane = |k: usize| bytes.get(from(k)..from(k) + steps).unwrap_or_default();
-        let lanes = [lane(0), lane(1), lane(2), lane(3)];
-        let states = self.walk_together(lanes, [table.start; WALKS], |k, state, i| {
-            self.report(state, from(k) + i + 1, k * part, &mut found);
-        });
-        // Each walk finishes its own part alone.
-        for (k, &state) in states.iter().enumerate() {
-            let end = if k == WALKS - 1 {
+    }
+
+    /// [`find`](Self::find) with `N` walks in step. Walk k owns the heads ending in
+    /// `(k * part, (k + 1) * part]` (the last, to the text's end) and reads `part` bytes and a
+    /// head's length more: the others from a head's length before their part, so as to see
+    /// every head ending in it; the first from the text's start, past its part.
+    fn find_split<const N: usize>(
+        &self,
+        bytes: &[u8],
+        found: &mut impl FnMut(usize, usize, usize),
+    ) {
+        let part = bytes.len() / N;
+        let overlap = self.table.longest.saturating_sub(1);
+        if part < overlap {
+            return self.walk(Text::whole(bytes), 0, self.table.start, found);
+        }
+        let from = |k: usize| if k == 0 { 0 } else { k * part - overlap };
+        let owned = |k: usize| {
+            let to = if k == N - 1 {
                 bytes.len()
             } else {
                 (k + 1) * part
             };
-            let rest = bytes.get(from(k) + steps..end).unwrap_or_default();
-            self.walk(rest, from(k) + steps, k * part, state, &mut found);
+            (k * part, to)
+        };
+        let steps = part + overlap;
+        let lanes: [&[u8]; N] =
+            std::array::from_fn(|k| bytes.get(from(k)..from(k) + steps).unwrap_or_default());
+        let states = self.walk_together(lanes, [self.table.start; N], |k, state, i| {
+            let text = Text {
+                bytes,
+                owned: owned(k),
+            };
+            self.report(text, state, from(k) + i + 1, found);
+        });
+        // The last walk finishes alone what the parts' rounding left (fewer than N bytes).
+        if let Some(&state) = states.last() {
+            let text = Text {
+                bytes,
+                owned: owned(N - 1),
+            };
+            self.walk(text, N * part, state, found);
         }
     }
 
@@ -296,35 +334,65 @@ impl Keywords {
         states
     }
 
-    /// Walks `bytes` (at `offset` in the text) from `state`, reporting occurrences that end
-    /// after `owned_from`.
+    /// Walks `text` from byte `from` to its end, from `state`, reporting the occurrences it
+    /// owns.
     fn walk(
         &self,
-        bytes: &[u8],
-        offset: usize,
-        owned_from: usize,
+        text: Text<'_>,
+        from: usize,
         state: u16,
         found: &mut impl FnMut(usize, usize, usize),
     ) {
-        self.walk_together([bytes], [state], |_, state, i| {
-            self.report(state, offset + i + 1, owned_from, found);
+        let rest = text.bytes.get(from..).unwrap_or_default();
+        self.walk_together([rest], [state], |_, state, i| {
+            self.report(text, state, from + i + 1, found);
         });
     }
 
-    /// Reports the keywords that `state`, reached at `end`, ends, if the walk owns `end`.
+    /// Reports the keywords whose heads `state`, reached at `end`, ends, if `text` owns `end`
+    /// and the rest of the keyword follows.
     fn report(
         &self,
+        text: Text<'_>,
         state: u16,
         end: usize,
-        owned_from: usize,
         found: &mut impl FnMut(usize, usize, usize),
     ) {
-        if end <= owned_from {
+        if end <= text.owned.0 || end > text.owned.1 {
             return;
         }
         let row = usize::from(state) >> self.table.row_shift;
-        for &(keyword, len) in self.table.ends.get(row).into_iter().flatten() {
-            found(keyword, end.saturating_sub(len), end);
+        for &(keyword, head) in self.table.ends.get(row).into_iter().flatten() {
+            let start = end.saturating_sub(head);
+            let Some(word) = self.words.get(keyword) else {
+                continue;
+            };
+            let whole = start + word.len();
+            if word.len() == head
+                || text
+                    .bytes
+                    .get(start..whole)
+                    .is_some_and(|t| t.eq_ignore_ascii_case(word))
+            {
+                found(keyword, start, whole);
+            }
+        }
+    }
+}
+
+/// A text being searched, and the ends of occurrences (`owned.0 < end <= owned.1`) that a
+/// walk over it reports.
+#[derive(Debug, Clone, Copy)]
+struct Text<'a> {
+    bytes: &'a [u8],
+    owned: (usize, usize),
+}
+
+impl Text<'_> {
+    fn whole(bytes: &[u8]) -> Text<'_> {
+        Text {
+            bytes,
+            owned: (0, bytes.len()),
         }
     }
 }
@@ -477,18 +545,23 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Texts long enough to be split, dense with keywords and their pieces, so that
-        /// occurrences straddle the parts' edges.
+        /// Texts short and long (split in two parts or four), dense with keywords and their
+        /// pieces, so that occurrences straddle the parts' edges, and keywords longer than
+        /// their heads occur whole and cut short.
         #[test]
         fn split_walks_report_what_one_walk_does(
             pieces in proptest::collection::vec(
                 proptest::sample::select(vec![
-                    "secret", "SeC", "ret", "aws_", "x", " ", "ghp_", "token", "AWS_", "é", "\0", "~",
+                    "secret", "SeC", "ret", "aws_", "x", " ", "ghp_", "token", "AWS_", "é", "\0",
+                    "~", "begin rsa", " private", " key", "BEGIN RSA PRIVATE KEY",
                 ]),
-                0..900,
+                0..400,
             )
         ) {
-            let words = ["secret", "aws_secret", "ghp_", "token", "cre", "t"];
+            let words = [
+                "secret", "aws_secret", "ghp_", "token", "cre", "t", "begin rsa private key",
+                "begin rsa",
+            ];
             let keywords = Keywords::new(&words).unwrap();
             let text = pieces.concat();
             let mut hits = Vec::new();
