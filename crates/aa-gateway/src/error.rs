@@ -13,6 +13,16 @@ pub enum GatewayError {
         /// What the event carried.
         got: u64,
     },
+    /// One event of an append that no resend can make acceptable: it does not decode or does
+    /// not pass the gateway's checks. Its place in its stream names it, so that its runtime
+    /// can set it aside.
+    #[error("event at sequence {sequence} refused: {reason}")]
+    EventRefused {
+        /// Its sequence in its stream.
+        sequence: u64,
+        /// Why.
+        reason: String,
+    },
     /// A request with a missing or malformed field.
     #[error("invalid request: {0}")]
     InvalidRequest(String),

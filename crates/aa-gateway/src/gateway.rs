@@ -784,7 +784,6 @@ fn check_appended(
     limits: &Limits,
     event: AuditEvent,
 ) -> Result<Checked, GatewayError> {
-    let invalid = |e: &dyn std::fmt::Display| GatewayError::InvalidRequest(e.to_string());
     // The id a runtime chose is scanned too (and before it is quoted in an error): one that
     // kept an agent's own id as it came (an older or faulty runtime) would have it stored as
     // given. The same id always comes out the same, so a batch sent again is still recognised.
@@ -800,12 +799,18 @@ fn check_appended(
             origin.stream_id
         )));
     }
+    // What fails from here fails whenever the event is sent: named by its place, so that its
+    // runtime can set it aside rather than send it, and hold back what follows, for ever.
+    let refused = |e: &dyn std::fmt::Display| GatewayError::EventRefused {
+        sequence: origin.sequence,
+        reason: format!("event {event_id:?}: {e}"),
+    };
     let kind = event.kind;
     let agent_id = event.agent.id.clone();
-    let mut value = event.into_value().map_err(|e| invalid(&e))?;
+    let mut value = event.into_value().map_err(|e| refused(&e))?;
     let mut redactions = scanner
         .redact_audit_value(&mut value, limits)
-        .map_err(|e| invalid(&e))?;
+        .map_err(|e| refused(&e))?;
     if !id_receipts.is_empty() {
         redactions += id_receipts.len();
         if let Some(fields) = value.as_object_mut() {
@@ -816,7 +821,7 @@ fn check_appended(
             if let Value::Array(receipts) = receipts {
                 for mut receipt in id_receipts {
                     "event_id".clone_into(&mut receipt.field);
-                    receipts.push(serde_json::to_value(receipt).map_err(|e| invalid(&e))?);
+                    receipts.push(serde_json::to_value(receipt).map_err(|e| refused(&e))?);
                 }
             }
         }
@@ -843,7 +848,7 @@ fn check_appended(
         None
     };
     let usage = if kind == EventKind::LlmUsage {
-        Some(AuditEvent::deserialize(&value).map_err(|e| invalid(&e))?)
+        Some(AuditEvent::deserialize(&value).map_err(|e| refused(&e))?)
     } else {
         None
     };

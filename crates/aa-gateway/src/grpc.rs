@@ -46,6 +46,13 @@ pub fn status(error: GatewayError) -> Status {
             }
             status
         }
+        GatewayError::EventRefused { sequence, .. } => {
+            let mut status = Status::invalid_argument(error.to_string());
+            status
+                .metadata_mut()
+                .insert(aa_proto::REFUSED_SEQUENCE_METADATA, sequence.into());
+            status
+        }
         GatewayError::Conflict(_) => Status::failed_precondition(error.to_string()),
         GatewayError::NotFound(_) => Status::not_found(error.to_string()),
         GatewayError::Unavailable(_) => Status::unavailable(error.to_string()),
@@ -437,9 +444,18 @@ impl<S: Store> pb::audit_service_server::AuditService for GrpcApi<S> {
             .into_inner()
             .events
             .into_iter()
-            .map(AuditEvent::try_from)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(invalid)?;
+            .map(|event| {
+                // A runtime numbers its events from 1.
+                let sequence = Some(event.sequence).filter(|&s| s > 0);
+                AuditEvent::try_from(event).map_err(|e| match sequence {
+                    Some(sequence) => status(GatewayError::EventRefused {
+                        sequence,
+                        reason: e.to_string(),
+                    }),
+                    None => invalid(e),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let gateway = Arc::clone(&self.gateway);
         let appended = self
             .appends

@@ -70,9 +70,9 @@ struct HttpError(GatewayError);
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let (code, message) = match &self.0 {
-            GatewayError::InvalidRequest(_) | GatewayError::Policy(_) => {
-                (StatusCode::BAD_REQUEST, self.0.to_string())
-            }
+            GatewayError::InvalidRequest(_)
+            | GatewayError::EventRefused { .. }
+            | GatewayError::Policy(_) => (StatusCode::BAD_REQUEST, self.0.to_string()),
             GatewayError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, self.0.to_string()),
             GatewayError::Sequence { .. } | GatewayError::Conflict(_) => {
                 (StatusCode::CONFLICT, self.0.to_string())

@@ -24,6 +24,12 @@ pub use error::ProtoError;
 /// (the gateway's store was restored from a backup) sends its events again from there.
 pub const EXPECTED_SEQUENCE_METADATA: &str = "aa-expected-sequence";
 
+/// gRPC metadata on an `AppendEvents` refusal of one event that no resend can make acceptable
+/// (it does not decode or does not pass the gateway's checks): its sequence in its stream, as
+/// decimal digits. The runtime sets that event aside and sends a record of the refusal in its
+/// place, so that the events after it are not held back for ever.
+pub const REFUSED_SEQUENCE_METADATA: &str = "aa-refused-sequence";
+
 /// gRPC metadata on a refusal of the caller itself, not of the agent it calls for: the
 /// runtime token was missing or wrong. A runtime treats it as the gateway being out of reach
 /// for it (its agents' credentials are not in question) and logs it.

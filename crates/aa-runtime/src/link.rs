@@ -497,6 +497,43 @@ async fn rewind(
     Some(Rewound { from, events })
 }
 
+/// The event an append's refusal names as refused for good, if it names one.
+fn refused_sequence(status: &tonic::Status) -> Option<u64> {
+    if status.code() != tonic::Code::InvalidArgument {
+        return None;
+    }
+    status
+        .metadata()
+        .get(aa_proto::REFUSED_SEQUENCE_METADATA)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Sets aside the event at `sequence`, refused for good by the gateway, and puts a tombstone
+/// in its place ([`Outbox::quarantine`]), so that the events after it go on to the gateway
+/// rather than wait behind it for ever. Whether it did.
+async fn set_aside(outbox: &Arc<Outbox>, sequence: u64, reason: &str) -> bool {
+    let (outbox, why) = (Arc::clone(outbox), reason.to_owned());
+    match tokio::task::spawn_blocking(move || outbox.quarantine(sequence, &why)).await {
+        Ok(Ok(true)) => {
+            tracing::error!(
+                sequence,
+                reason,
+                "the gateway refused an event for good: it is set aside in the outbox's quarantine table, and a tombstone is sent in its place"
+            );
+            true
+        }
+        Ok(Ok(false)) => false,
+        Ok(Err(error)) => {
+            tracing::error!(%error, sequence, "could not set aside an event the gateway refused");
+            false
+        }
+        Err(_) => false,
+    }
+}
+
 /// How many appends the forwarder has in flight while a backlog drains: the gateway checks
 /// the next batches while it stores the last, and stores them in the order they were sent.
 /// A third keeps its processors busy when a batch waits for the one before it to be stored
@@ -565,7 +602,8 @@ async fn answer_in_time(
 /// [`APPENDS_IN_FLIGHT`] batches at a time, the next read while the last is sent; answers are
 /// taken in order, and after a failure everything from the last one acknowledged is sent
 /// again. The outbox learns what was delivered behind the stream, so a restart may send a
-/// batch again, which the gateway recognises as duplicates.
+/// batch again, which the gateway recognises as duplicates. An event the gateway refuses for
+/// good is set aside, and a tombstone sent in its place ([`set_aside`]).
 pub(crate) async fn forward(
     outbox: Arc<Outbox>,
     link: GatewayLink,
@@ -658,6 +696,7 @@ pub(crate) async fn forward(
                 for later in in_flight.drain(..) {
                     later.call.abort();
                 }
+                let refused = refused_sequence(&status).filter(|s| (sent + 1..=queued).contains(s));
                 queued = sent;
                 // Marking a delivery prunes the oldest kept rows: done before any are read
                 // back, so what a rewind found is still there for the next read.
@@ -667,6 +706,11 @@ pub(crate) async fn forward(
                 if let Some(rewound) = rewind(&outbox, &status, sent, batch).await {
                     (sent, read_ahead) = (rewound.from, Some(rewound.events));
                     queued = sent;
+                    continue;
+                }
+                if let Some(sequence) = refused
+                    && set_aside(&outbox, sequence, status.message()).await
+                {
                     continue;
                 }
                 tracing::warn!(code = ?status.code(), message = status.message(), "gateway append failed; retrying");

@@ -42,7 +42,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     event BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sessions (agent_id TEXT PRIMARY KEY, session TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    sequence INTEGER PRIMARY KEY,
+    event BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    quarantined_at_ms INTEGER NOT NULL
+);
 ";
+
+/// The most bytes of the gateway's reason a tombstone keeps.
+const MAX_REASON_BYTES: usize = 1024;
 
 /// The local database.
 #[derive(Debug)]
@@ -303,6 +312,58 @@ impl Outbox {
         Ok(())
     }
 
+    /// Sets aside the event at `sequence`, which the gateway refused for good (`reason`): it
+    /// moves to the `quarantine` table, where an operator can read it, and a tombstone takes
+    /// its place in the stream, a record that the gateway refused it, why, and the SHA-256
+    /// of what it refused. The events after it can then be delivered; the hash chain has no
+    /// gap. The row keeps the event's id, so an SDK sending the event again is still told it
+    /// is a duplicate. Returns false when there is no such event or it is already a
+    /// tombstone (a tombstone refused in turn is not set aside again).
+    pub fn quarantine(&self, sequence: u64, reason: &str) -> Result<bool, RuntimeError> {
+        let mut conn = self.lock()?;
+        self.sync_fully(&conn)?;
+        let tx = conn.transaction()?;
+        let at = to_i64(sequence)?;
+        let already = tx
+            .query_row(
+                "SELECT 1 FROM quarantine WHERE sequence = ?1",
+                params![at],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        let original = tx
+            .query_row(
+                "SELECT event FROM outbox WHERE sequence = ?1",
+                params![at],
+                |row| Ok(row.get_ref(0)?.as_bytes_or_null()?.map(<[u8]>::to_vec)),
+            )
+            .optional()?
+            .flatten();
+        let Some(original) = original.filter(|_| !already) else {
+            return Ok(false);
+        };
+        let tombstone = tombstone(&self.stream_id, sequence, &original, reason);
+        tx.execute(
+            "INSERT INTO quarantine (sequence, event, reason, quarantined_at_ms)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![at, original, reason, crate::runtime::now_ms()],
+        )?;
+        tx.execute(
+            "UPDATE outbox SET event = ?2 WHERE sequence = ?1",
+            params![at, tombstone],
+        )?;
+        tx.commit()?;
+        drop(conn);
+        // The forwarder may yet take the event from memory.
+        if let Ok(mut tail) = self.tail.lock()
+            && let Some(kept) = tail.iter_mut().find(|e| e.sequence == sequence)
+        {
+            kept.wire = tombstone;
+        }
+        Ok(true)
+    }
+
     /// Events waiting for the gateway.
     pub fn backlog(&self) -> Result<u64, RuntimeError> {
         let conn = self.lock()?;
@@ -357,6 +418,58 @@ impl Outbox {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
+}
+
+/// The encoded event that takes the place of the event at `sequence` (`original`, as stored)
+/// once the gateway refused it for good: a refusal recorded by the runtime, built only of what
+/// any gateway takes (none of the original's fields, which may be what was refused), with the
+/// peer that reported it when the original decodes.
+fn tombstone(stream_id: &str, sequence: u64, original: &[u8], reason: &str) -> Vec<u8> {
+    use aa_core::{Action, AgentContext, Decision, EventKind, Mode, Origin, Verdict};
+    use sha2::{Digest as _, Sha256};
+    let (peer_uid, peer_pid) = pb::AuditEvent::decode(original)
+        .ok()
+        .and_then(|event| event.origin)
+        .map_or((0, 0), |origin| (origin.peer_uid, origin.peer_pid));
+    let mut cut = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let now = crate::runtime::now_ms();
+    let event = AuditEvent {
+        event_id: format!("{stream_id}/~quarantined-{sequence}"),
+        timestamp_ms: now,
+        agent: AgentContext::new(format!("uid:{peer_uid}")),
+        session_id: None,
+        // The runtime's append of the event, as the action the gateway refused.
+        action: Action::ToolCall {
+            tool: "audit.append".into(),
+            args: serde_json::json!({ "sequence": sequence }),
+        },
+        verdict: Some(Verdict {
+            decision: Decision::Deny,
+            rule: "quarantine".into(),
+            reason: reason.get(..cut).unwrap_or_default().to_owned(),
+            policy: String::new(),
+            mode: Mode::Enforce,
+        }),
+        redactions: Vec::new(),
+        kind: EventKind::Refusal,
+        detail: Some(serde_json::json!({
+            "quarantined": {
+                "event_sha256": aa_core::hex::encode(&Sha256::digest(original)),
+                "event_bytes": original.len(),
+            }
+        })),
+        origin: Some(Origin {
+            stream_id: stream_id.to_owned(),
+            sequence,
+            received_at_ms: now,
+            peer_uid,
+            peer_pid,
+        }),
+    };
+    pb::AuditEvent::from(&event).encode_to_vec()
 }
 
 fn to_i64(n: u64) -> Result<i64, RuntimeError> {
@@ -471,6 +584,76 @@ mod tests {
             params![to_i64(from).unwrap()],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn an_event_refused_for_good_is_set_aside_and_a_tombstone_takes_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("outbox.db")).unwrap();
+        let mut batches = vec![vec![event("a"), event("b"), event("c")]];
+        batches[0][1].origin.as_mut().unwrap().peer_uid = 1234;
+        outbox.append(&mut batches).unwrap();
+        let original = outbox.pending_after(1, 1).unwrap().remove(0).wire;
+
+        // "b" was taken from memory above: the database is read for it again.
+        assert!(outbox.quarantine(2, "event \"b\": unknown kind").unwrap());
+        let sent = outbox.pending_after(0, 10).unwrap();
+        assert_eq!(sequences(&sent), [1, 2, 3]);
+        let sent = events(&sent);
+        let tombstone = &sent[1];
+        assert_eq!(tombstone.kind, EventKind::Refusal);
+        assert_eq!(
+            tombstone.event_id,
+            format!("{}/~quarantined-2", outbox.stream_id())
+        );
+        assert_eq!(tombstone.agent.id, "uid:1234");
+        let verdict = tombstone.verdict.as_ref().unwrap();
+        assert_eq!(
+            (verdict.rule.as_str(), verdict.reason.as_str()),
+            ("quarantine", "event \"b\": unknown kind")
+        );
+        let origin = tombstone.origin.as_ref().unwrap();
+        assert_eq!(
+            (origin.stream_id.as_str(), origin.sequence),
+            (outbox.stream_id(), 2)
+        );
+        {
+            use sha2::{Digest as _, Sha256};
+            let digest = aa_core::hex::encode(&Sha256::digest(&original));
+            assert_eq!(
+                tombstone.detail.as_ref().unwrap()["quarantined"],
+                serde_json::json!({ "event_sha256": digest, "event_bytes": original.len() })
+            );
+        }
+        assert_eq!(sent[2].event_id, "c");
+
+        // The original is kept, and its id still makes a resend a duplicate.
+        let (kept, reason): (Vec<u8>, String) = outbox
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT event, reason FROM quarantine WHERE sequence = 2",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (kept, reason.as_str()),
+            (original, "event \"b\": unknown kind")
+        );
+        assert_eq!(outbox.append(&mut [vec![event("b")]]).unwrap(), [0]);
+
+        // A tombstone refused in turn, or an event the outbox does not hold, is not set aside.
+        assert!(!outbox.quarantine(2, "again").unwrap());
+        assert!(!outbox.quarantine(9, "none").unwrap());
+
+        // An event the forwarder takes from memory is replaced there too.
+        outbox.append(&mut [vec![event("d")]]).unwrap();
+        assert!(outbox.quarantine(4, "too deep").unwrap());
+        forget_stored(&outbox, 4);
+        let kept = events(&outbox.pending_after(3, 10).unwrap());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].kind, EventKind::Refusal);
     }
 
     #[test]

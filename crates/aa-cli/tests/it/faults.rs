@@ -124,6 +124,98 @@ async fn gateway_and_runtime_killed_mid_stream_lose_no_acknowledged_event() {
     stack.stop().unwrap();
 }
 
+/// Writes into the stopped runtime's database, after its last event, an event the gateway
+/// refuses for good: an action of a kind the gateway does not know, as a gateway older than
+/// its runtime reads one (the unknown kind decodes as no action). Returns its sequence and
+/// its encoding.
+fn plant_an_event_of_an_unknown_action(runtime_db: &Path) -> (u64, Vec<u8>) {
+    use prost::Message as _;
+    let conn = rusqlite::Connection::open(runtime_db).unwrap();
+    let meta = |key: &str| -> String {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    };
+    let (stream, sequence) = (
+        meta("stream_id"),
+        meta("last_sequence").parse::<u64>().unwrap() + 1,
+    );
+    let event = aa_proto::pb::AuditEvent {
+        event_id: format!("{stream}/~from-a-newer-runtime"),
+        time: Some(prost_types::Timestamp::default()),
+        agent: Some(aa_proto::pb::AgentRef {
+            agent_id: "bot".into(),
+            ..Default::default()
+        }),
+        action: Some(aa_proto::pb::Action { kind: None }),
+        stream_id: stream,
+        sequence,
+        origin: Some(aa_proto::pb::Origin::default()),
+        ..Default::default()
+    };
+    let wire = event.encode_to_vec();
+    conn.execute(
+        "INSERT INTO outbox (sequence, event_id, event) VALUES (?1, 'from-a-newer-runtime', ?2)",
+        rusqlite::params![i64::try_from(sequence).unwrap(), wire],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'last_sequence'",
+        [sequence.to_string()],
+    )
+    .unwrap();
+    (sequence, wire)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_gateway_refuses_for_good_is_set_aside_and_the_rest_delivered() {
+    let mut stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
+    let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
+    let bot = register(&c, "bot", None).await;
+    let mut acknowledged = send(&c, &bot, "before", 100).await;
+    stack.stop_runtime().unwrap();
+    let runtime_db = stack.runtime_state_dir().join("runtime.db");
+    let (refused, wire) = plant_an_event_of_an_unknown_action(&runtime_db);
+    stack.restart_runtime().unwrap();
+    acknowledged.extend(send(&c, &bot, "after", 100).await);
+    assert_eq!(
+        acknowledged.len(),
+        200,
+        "the runtime acknowledged every event"
+    );
+
+    // Every event after the refused one arrives, once, and the log verifies: no gap.
+    delivered_once(&stack, &acknowledged).await;
+    let out = aasm(&[
+        "audit",
+        "export",
+        "--state-dir",
+        &stack.gateway_state_dir().display().to_string(),
+    ]);
+    let tombstone = stdout(&out)
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["event"].take())
+        .find(|event| {
+            event["origin"]["sequence"] == refused && event["origin"]["stream_id"] != "gateway"
+        })
+        .unwrap();
+    assert_eq!(tombstone["kind"], "refusal", "{tombstone}");
+    assert_eq!(tombstone["verdict"]["rule"], "quarantine", "{tombstone}");
+    let reason = tombstone["verdict"]["reason"].as_str().unwrap();
+    assert!(reason.contains("missing field action.kind"), "{reason}");
+    // The runtime keeps what it set aside.
+    let conn = rusqlite::Connection::open(&runtime_db).unwrap();
+    let kept: Vec<u8> = conn
+        .query_row(
+            "SELECT event FROM quarantine WHERE sequence = ?1",
+            [i64::try_from(refused).unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(kept, wire);
+    drop(c);
+    stack.stop().unwrap();
+}
+
 /// How long the partition lasts: two minutes, or `AASM_TEST_PARTITION_SECONDS`.
 fn partition_length() -> Duration {
     let seconds = std::env::var("AASM_TEST_PARTITION_SECONDS")

@@ -95,6 +95,22 @@ async fn a_served_gateway_checks_and_stores_appends_on_idle_threads() {
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     }
+    // An event that no resend can make acceptable (here an action of a kind this gateway does
+    // not know, as it reads one from a newer runtime) refuses the batch, named by its sequence
+    // so that its runtime can set it aside.
+    let mut unknown_action = events.clone();
+    unknown_action[700].action = Some(pb::Action { kind: None });
+    let refused = client
+        .append_events(request(Some("runtime-secret"), unknown_action))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    let named = refused.metadata().get(aa_proto::REFUSED_SEQUENCE_METADATA);
+    assert_eq!(
+        named.and_then(|v| v.to_str().ok()),
+        Some("701"),
+        "{refused:?}"
+    );
     assert!(gw.store().heads().await.unwrap().is_empty());
     let before = appends_threads();
     let answer = client
