@@ -131,7 +131,7 @@ def govern_tool(assembly: Assembly, tool: T, *, handle_denial: bool = True) -> T
     update: dict[str, Any] = {}
     if handle_denial:
         update["handle_tool_error"] = _denial_handler(tool.handle_tool_error)
-    governed = tool.model_copy(update=update)
+    governed: T = tool.model_copy(update=update)
     # model_copy keeps private state that rebuilding the tool from its fields would lose.
     governed.__class__ = governed_class
     return governed
