@@ -18,7 +18,9 @@ pub enum GatewayError {
     /// can set it aside.
     #[error("event at sequence {sequence} refused: {reason}")]
     EventRefused {
-        /// Its sequence in its stream.
+        /// Its stream.
+        stream: String,
+        /// Its sequence in the stream.
         sequence: u64,
         /// Why.
         reason: String,

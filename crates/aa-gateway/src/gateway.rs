@@ -550,7 +550,10 @@ impl<S: Store> Gateway<S> {
         let mut edges = Vec::new();
         let mut usages = Vec::new();
         // Every event is checked before any is stored.
-        let checked = check_all(&self.scanner(), self.config.limits, events).await?;
+        let checked = match check_all(&self.scanner(), self.config.limits, events).await {
+            Ok(checked) => checked,
+            Err(refused) => return Err(self.named_only_past_the_head(refused).await),
+        };
         let redacted = checked.iter().map(|c| c.redactions as u64).sum();
         bump(&self.metrics.backstop_redactions, redacted);
         for checked in checked {
@@ -578,6 +581,41 @@ impl<S: Store> Gateway<S> {
             self.settle_usage(usage).await?;
         }
         Ok(total)
+    }
+
+    /// `error`, unless it names an event refused for good at or below its stream's head: the
+    /// store may hold that very event there (stored before its runtime heard so, and refused
+    /// now by a gateway that has since changed), which a tombstone must not replace. That
+    /// refusal names no event, and the batch is sent again, as a failure of the moment is.
+    pub(crate) async fn named_only_past_the_head(&self, error: GatewayError) -> GatewayError {
+        let GatewayError::EventRefused {
+            stream,
+            sequence,
+            reason,
+        } = error
+        else {
+            return error;
+        };
+        match self.store.heads().await {
+            Ok(heads) => {
+                let head = heads
+                    .iter()
+                    .find(|h| h.stream_id == stream)
+                    .map_or(0, |h| h.sequence);
+                if sequence > head {
+                    GatewayError::EventRefused {
+                        stream,
+                        sequence,
+                        reason,
+                    }
+                } else {
+                    GatewayError::InvalidRequest(format!(
+                        "event at sequence {sequence} refused: {reason}"
+                    ))
+                }
+            }
+            Err(e) => e,
+        }
     }
 
     /// The backstop's scanner: the published bundle's, which holds its policies' custom
@@ -799,9 +837,11 @@ fn check_appended(
             origin.stream_id
         )));
     }
-    // What fails from here fails whenever the event is sent: named by its place, so that its
-    // runtime can set it aside rather than send it, and hold back what follows, for ever.
+    // What fails here fails whenever the event is sent, whatever the bundle: named by its
+    // place, so that its runtime can set it aside rather than send it, and hold back what
+    // follows, for ever.
     let refused = |e: &dyn std::fmt::Display| GatewayError::EventRefused {
+        stream: origin.stream_id.clone(),
         sequence: origin.sequence,
         reason: format!("event {event_id:?}: {e}"),
     };
@@ -848,7 +888,12 @@ fn check_appended(
         None
     };
     let usage = if kind == EventKind::LlmUsage {
-        Some(AuditEvent::deserialize(&value).map_err(|e| refused(&e))?)
+        // Read back after redaction, which the bundle's patterns shape: a refusal here may pass
+        // with another bundle, so it is not named.
+        Some(
+            AuditEvent::deserialize(&value)
+                .map_err(|e| GatewayError::InvalidRequest(format!("event {event_id:?}: {e}")))?,
+        )
     } else {
         None
     };

@@ -440,22 +440,29 @@ impl<S: Store> pb::audit_service_server::AuditService for GrpcApi<S> {
         &self,
         request: Request<pb::AppendEventsRequest>,
     ) -> Result<Response<pb::AppendEventsResponse>, Status> {
-        let events = request
+        let decoded = request
             .into_inner()
             .events
             .into_iter()
             .map(|event| {
                 // A runtime numbers its events from 1.
-                let sequence = Some(event.sequence).filter(|&s| s > 0);
-                AuditEvent::try_from(event).map_err(|e| match sequence {
-                    Some(sequence) => status(GatewayError::EventRefused {
+                let place = Some((event.stream_id.clone(), event.sequence)).filter(|p| p.1 > 0);
+                AuditEvent::try_from(event).map_err(|e| match place {
+                    Some((stream, sequence)) => GatewayError::EventRefused {
+                        stream,
                         sequence,
                         reason: e.to_string(),
-                    }),
-                    None => invalid(e),
+                    },
+                    None => GatewayError::InvalidRequest(e.to_string()),
                 })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>();
+        let events = match decoded {
+            Ok(events) => events,
+            Err(refused) => {
+                return Err(status(self.gateway.named_only_past_the_head(refused).await));
+            }
+        };
         let gateway = Arc::clone(&self.gateway);
         let appended = self
             .appends

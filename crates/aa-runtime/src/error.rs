@@ -14,6 +14,15 @@ pub enum RuntimeError {
     /// The local state database failed.
     #[error("outbox: {0}")]
     Outbox(String),
+    /// An event the outbox holds but cannot read back to send (a row stored as something else
+    /// than an event): named by its sequence, so that the forwarder can set it aside.
+    #[error("outbox: event {sequence}: {reason}")]
+    UnreadableEvent {
+        /// Its sequence.
+        sequence: u64,
+        /// What the row holds instead.
+        reason: String,
+    },
     /// The socket could not be set up.
     #[error("socket {path}: {message}")]
     Socket {

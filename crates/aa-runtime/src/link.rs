@@ -428,14 +428,26 @@ async fn watch_suspensions(runtime: Arc<Runtime>, link: GatewayLink, stop: watch
 /// Reads up to `batch` events after `sequence` off the async workers; a failed read is logged
 /// and reads as nothing, to be tried again.
 async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<Stored> {
-    let outbox = Arc::clone(outbox);
-    match tokio::task::spawn_blocking(move || outbox.pending_after(sequence, batch)).await {
-        Ok(Ok(events)) => events,
-        Ok(Err(error)) => {
-            tracing::error!(%error, "outbox read failed");
-            Vec::new()
+    loop {
+        let reading = Arc::clone(outbox);
+        match tokio::task::spawn_blocking(move || reading.pending_after(sequence, batch)).await {
+            Ok(Ok(events)) => return events,
+            // A row that is not an event would stop every read from before it, for ever.
+            Ok(Err(RuntimeError::UnreadableEvent {
+                sequence: unreadable,
+                reason,
+            })) => {
+                let reason = format!("the runtime cannot read it back: {reason}");
+                if !set_aside(outbox, unreadable, &reason).await {
+                    return Vec::new();
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%error, "outbox read failed");
+                return Vec::new();
+            }
+            Err(_) => return Vec::new(),
         }
-        Err(_) => Vec::new(),
     }
 }
 
@@ -511,9 +523,10 @@ fn refused_sequence(status: &tonic::Status) -> Option<u64> {
         .ok()
 }
 
-/// Sets aside the event at `sequence`, refused for good by the gateway, and puts a tombstone
-/// in its place ([`Outbox::quarantine`]), so that the events after it go on to the gateway
-/// rather than wait behind it for ever. Whether it did.
+/// Sets aside the event at `sequence`, which can never be delivered (`reason`: the gateway
+/// refused it for good, or the outbox cannot read it back), and puts a tombstone in its place
+/// ([`Outbox::quarantine`]), so that the events after it go on to the gateway rather than wait
+/// behind it for ever. Whether it did.
 async fn set_aside(outbox: &Arc<Outbox>, sequence: u64, reason: &str) -> bool {
     let (outbox, why) = (Arc::clone(outbox), reason.to_owned());
     match tokio::task::spawn_blocking(move || outbox.quarantine(sequence, &why)).await {
@@ -521,7 +534,7 @@ async fn set_aside(outbox: &Arc<Outbox>, sequence: u64, reason: &str) -> bool {
             tracing::error!(
                 sequence,
                 reason,
-                "the gateway refused an event for good: it is set aside in the outbox's quarantine table, and a tombstone is sent in its place"
+                "an event that can never be delivered is set aside in the outbox's quarantine table, and a tombstone is sent in its place"
             );
             true
         }
@@ -696,7 +709,9 @@ pub(crate) async fn forward(
                 for later in in_flight.drain(..) {
                     later.call.abort();
                 }
-                let refused = refused_sequence(&status).filter(|s| (sent + 1..=queued).contains(s));
+                // Only the failed call's own events were judged.
+                let refused =
+                    refused_sequence(&status).filter(|s| (sent + 1..=oldest.last).contains(s));
                 queued = sent;
                 // Marking a delivery prunes the oldest kept rows: done before any are read
                 // back, so what a rewind found is still there for the next read.

@@ -87,15 +87,18 @@ impl Stored {
         let wire = match event {
             ValueRef::Blob(bytes) => bytes.to_vec(),
             ValueRef::Text(json) => {
-                let event: AuditEvent = serde_json::from_slice(json)
-                    .map_err(|e| outbox_err(format!("event {sequence}, stored as JSON: {e}")))?;
+                let event: AuditEvent =
+                    serde_json::from_slice(json).map_err(|e| RuntimeError::UnreadableEvent {
+                        sequence,
+                        reason: format!("stored as JSON that is not an event: {e}"),
+                    })?;
                 pb::AuditEvent::from(&event).encode_to_vec()
             }
             other => {
-                return Err(outbox_err(format!(
-                    "event {sequence} is stored as {:?}, not an encoded event",
-                    other.data_type()
-                )));
+                return Err(RuntimeError::UnreadableEvent {
+                    sequence,
+                    reason: format!("stored as {:?}, not an encoded event", other.data_type()),
+                });
             }
         };
         Ok(Stored { sequence, wire })
@@ -312,10 +315,10 @@ impl Outbox {
         Ok(())
     }
 
-    /// Sets aside the event at `sequence`, which the gateway refused for good (`reason`): it
-    /// moves to the `quarantine` table, where an operator can read it, and a tombstone takes
-    /// its place in the stream, a record that the gateway refused it, why, and the SHA-256
-    /// of what it refused. The events after it can then be delivered; the hash chain has no
+    /// Sets aside the event at `sequence`, which can never be delivered (`reason`: the
+    /// gateway refused it for good, or this outbox cannot read it back): it moves to the
+    /// `quarantine` table, where an operator can read it, and a tombstone takes its place in
+    /// the stream, a record that it was set aside, why, and the SHA-256 of what the row held. The events after it can then be delivered; the hash chain has no
     /// gap. The row keeps the event's id, so an SDK sending the event again is still told it
     /// is a duplicate. Returns false when there is no such event or it is already a
     /// tombstone (a tombstone refused in turn is not set aside again).
@@ -332,14 +335,21 @@ impl Outbox {
             )
             .optional()?
             .is_some();
+        // Whatever the row holds, as bytes: an event it cannot read is set aside too.
         let original = tx
             .query_row(
                 "SELECT event FROM outbox WHERE sequence = ?1",
                 params![at],
-                |row| Ok(row.get_ref(0)?.as_bytes_or_null()?.map(<[u8]>::to_vec)),
+                |row| {
+                    Ok(match row.get_ref(0)? {
+                        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes.to_vec(),
+                        ValueRef::Integer(n) => n.to_string().into_bytes(),
+                        ValueRef::Real(x) => x.to_string().into_bytes(),
+                        ValueRef::Null => Vec::new(),
+                    })
+                },
             )
-            .optional()?
-            .flatten();
+            .optional()?;
         let Some(original) = original.filter(|_| !already) else {
             return Ok(false);
         };
@@ -421,7 +431,7 @@ impl Outbox {
 }
 
 /// The encoded event that takes the place of the event at `sequence` (`original`, as stored)
-/// once the gateway refused it for good: a refusal recorded by the runtime, built only of what
+/// once it is set aside: a refusal recorded by the runtime, built only of what
 /// any gateway takes (none of the original's fields, which may be what was refused), with the
 /// peer that reported it when the original decodes.
 fn tombstone(stream_id: &str, sequence: u64, original: &[u8], reason: &str) -> Vec<u8> {
@@ -828,7 +838,10 @@ mod tests {
             .execute("UPDATE outbox SET event = '{' WHERE sequence = 1", [])
             .unwrap();
         let error = outbox.pending_after(0, 10).unwrap_err().to_string();
-        assert!(error.contains("event 1, stored as JSON"), "{error}");
+        assert!(
+            error.contains("event 1: stored as JSON that is not an event"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -844,6 +857,21 @@ mod tests {
         // The first read takes the event from memory, the second from the database.
         let _ = outbox.pending_after(0, 10).unwrap();
         let error = outbox.pending_after(0, 10).unwrap_err().to_string();
-        assert!(error.contains("event 1 is stored as Integer"), "{error}");
+        assert!(
+            error.contains("event 1: stored as Integer, not an encoded event"),
+            "{error}"
+        );
+        // Set aside, it no longer stops a read.
+        assert!(outbox.quarantine(1, "unreadable").unwrap());
+        let sent = events(&outbox.pending_after(0, 10).unwrap());
+        assert_eq!(sent[0].kind, EventKind::Refusal);
+        let kept: Vec<u8> = outbox
+            .lock()
+            .unwrap()
+            .query_row("SELECT event FROM quarantine WHERE sequence = 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, b"12");
     }
 }

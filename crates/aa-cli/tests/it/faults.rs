@@ -124,22 +124,38 @@ async fn gateway_and_runtime_killed_mid_stream_lose_no_acknowledged_event() {
     stack.stop().unwrap();
 }
 
-/// Writes into the stopped runtime's database, after its last event, an event the gateway
-/// refuses for good: an action of a kind the gateway does not know, as a gateway older than
-/// its runtime reads one (the unknown kind decodes as no action). Returns its sequence and
-/// its encoding.
-fn plant_an_event_of_an_unknown_action(runtime_db: &Path) -> (u64, Vec<u8>) {
-    use prost::Message as _;
+/// Writes into the stopped runtime's database, after its last event, a row holding what
+/// `event` makes of the runtime's stream id and the row's sequence; returns the sequence.
+fn plant(runtime_db: &Path, event: impl FnOnce(String, u64) -> rusqlite::types::Value) -> u64 {
     let conn = rusqlite::Connection::open(runtime_db).unwrap();
     let meta = |key: &str| -> String {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .unwrap()
     };
-    let (stream, sequence) = (
-        meta("stream_id"),
-        meta("last_sequence").parse::<u64>().unwrap() + 1,
-    );
-    let event = aa_proto::pb::AuditEvent {
+    let stream = meta("stream_id");
+    let sequence = meta("last_sequence").parse::<u64>().unwrap() + 1;
+    conn.execute(
+        "INSERT INTO outbox (sequence, event_id, event) VALUES (?1, ?2, ?3)",
+        rusqlite::params![
+            i64::try_from(sequence).unwrap(),
+            format!("planted-{sequence}"),
+            event(stream, sequence)
+        ],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE meta SET value = ?1 WHERE key = 'last_sequence'",
+        [sequence.to_string()],
+    )
+    .unwrap();
+    sequence
+}
+
+/// An event the gateway refuses for good: an action of a kind it does not know, as a gateway
+/// older than its runtime reads one (the unknown kind decodes as no action).
+fn an_unknown_action(stream: String, sequence: u64) -> Vec<u8> {
+    use prost::Message as _;
+    aa_proto::pb::AuditEvent {
         event_id: format!("{stream}/~from-a-newer-runtime"),
         time: Some(prost_types::Timestamp::default()),
         agent: Some(aa_proto::pb::AgentRef {
@@ -151,30 +167,27 @@ fn plant_an_event_of_an_unknown_action(runtime_db: &Path) -> (u64, Vec<u8>) {
         sequence,
         origin: Some(aa_proto::pb::Origin::default()),
         ..Default::default()
-    };
-    let wire = event.encode_to_vec();
-    conn.execute(
-        "INSERT INTO outbox (sequence, event_id, event) VALUES (?1, 'from-a-newer-runtime', ?2)",
-        rusqlite::params![i64::try_from(sequence).unwrap(), wire],
-    )
-    .unwrap();
-    conn.execute(
-        "UPDATE meta SET value = ?1 WHERE key = 'last_sequence'",
-        [sequence.to_string()],
-    )
-    .unwrap();
-    (sequence, wire)
+    }
+    .encode_to_vec()
 }
 
+/// Events that can never be delivered (one the gateway refuses for good, a row the runtime
+/// cannot read back) do not hold back the events after them: the runtime sets each aside in
+/// its quarantine table and sends a tombstone in its place, and the log stays gapless.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_event_the_gateway_refuses_for_good_is_set_aside_and_the_rest_delivered() {
+async fn events_that_can_never_be_delivered_are_set_aside_and_the_rest_delivered() {
     let mut stack = Stack::start(Path::new(env!("CARGO_BIN_EXE_aasm"))).unwrap();
     let c = client(&stack.client_state_dir(), &stack.socket, Mode::Enforce);
     let bot = register(&c, "bot", None).await;
     let mut acknowledged = send(&c, &bot, "before", 100).await;
     stack.stop_runtime().unwrap();
     let runtime_db = stack.runtime_state_dir().join("runtime.db");
-    let (refused, wire) = plant_an_event_of_an_unknown_action(&runtime_db);
+    let mut wire = Vec::new();
+    let refused = plant(&runtime_db, |stream, sequence| {
+        wire = an_unknown_action(stream, sequence);
+        rusqlite::types::Value::Blob(wire.clone())
+    });
+    let unreadable = plant(&runtime_db, |_, _| rusqlite::types::Value::Integer(12));
     stack.restart_runtime().unwrap();
     acknowledged.extend(send(&c, &bot, "after", 100).await);
     assert_eq!(
@@ -183,7 +196,7 @@ async fn an_event_the_gateway_refuses_for_good_is_set_aside_and_the_rest_deliver
         "the runtime acknowledged every event"
     );
 
-    // Every event after the refused one arrives, once, and the log verifies: no gap.
+    // Every event after them arrives, once, and the log verifies: no gap.
     delivered_once(&stack, &acknowledged).await;
     let out = aasm(&[
         "audit",
@@ -191,27 +204,37 @@ async fn an_event_the_gateway_refuses_for_good_is_set_aside_and_the_rest_deliver
         "--state-dir",
         &stack.gateway_state_dir().display().to_string(),
     ]);
-    let tombstone = stdout(&out)
+    let exported: Vec<Value> = stdout(&out)
         .lines()
         .map(|line| serde_json::from_str::<Value>(line).unwrap()["event"].take())
-        .find(|event| {
-            event["origin"]["sequence"] == refused && event["origin"]["stream_id"] != "gateway"
-        })
-        .unwrap();
-    assert_eq!(tombstone["kind"], "refusal", "{tombstone}");
-    assert_eq!(tombstone["verdict"]["rule"], "quarantine", "{tombstone}");
-    let reason = tombstone["verdict"]["reason"].as_str().unwrap();
-    assert!(reason.contains("missing field action.kind"), "{reason}");
+        .collect();
+    let tombstone = |sequence: u64| {
+        exported
+            .iter()
+            .find(|e| e["origin"]["sequence"] == sequence && e["origin"]["stream_id"] != "gateway")
+            .unwrap()
+    };
+    for (sequence, why) in [
+        (refused, "missing field action.kind"),
+        (unreadable, "cannot read it back: stored as Integer"),
+    ] {
+        let tombstone = tombstone(sequence);
+        assert_eq!(tombstone["kind"], "refusal", "{tombstone}");
+        assert_eq!(tombstone["verdict"]["rule"], "quarantine", "{tombstone}");
+        let reason = tombstone["verdict"]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{reason}");
+    }
     // The runtime keeps what it set aside.
     let conn = rusqlite::Connection::open(&runtime_db).unwrap();
-    let kept: Vec<u8> = conn
-        .query_row(
+    let kept = |sequence: u64| -> Vec<u8> {
+        conn.query_row(
             "SELECT event FROM quarantine WHERE sequence = ?1",
-            [i64::try_from(refused).unwrap()],
+            [i64::try_from(sequence).unwrap()],
             |r| r.get(0),
         )
-        .unwrap();
-    assert_eq!(kept, wire);
+        .unwrap()
+    };
+    assert_eq!((kept(refused), kept(unreadable)), (wire, b"12".to_vec()));
     drop(c);
     stack.stop().unwrap();
 }

@@ -114,12 +114,28 @@ async fn a_served_gateway_checks_and_stores_appends_on_idle_threads() {
     assert!(gw.store().heads().await.unwrap().is_empty());
     let before = appends_threads();
     let answer = client
-        .append_events(request(Some("runtime-secret"), events))
+        .append_events(request(Some("runtime-secret"), events.clone()))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(answer.accepted, 1_000);
     let after = appends_threads();
+    // Sent again, that event is refused but not named: the store holds an event at its place
+    // (this very one, stored before its runtime heard so), which its runtime must not replace.
+    let mut stored_then_unknown = events;
+    stored_then_unknown[700].action = Some(pb::Action { kind: None });
+    let refused = client
+        .append_events(request(Some("runtime-secret"), stored_then_unknown))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused
+            .metadata()
+            .get(aa_proto::REFUSED_SEQUENCE_METADATA)
+            .is_none(),
+        "{refused:?}"
+    );
 
     assert!(!after.is_empty(), "no appends thread among this process's");
     assert!(
