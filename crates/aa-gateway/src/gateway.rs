@@ -586,7 +586,9 @@ impl<S: Store> Gateway<S> {
     /// `error`, unless it names an event refused for good at or below its stream's head: the
     /// store may hold that very event there (stored before its runtime heard so, and refused
     /// now by a gateway that has since changed), which a tombstone must not replace. That
-    /// refusal names no event, and the batch is sent again, as a failure of the moment is.
+    /// refusal names no event, and its runtime sends the batch again, refused each time until
+    /// the gateway takes the event again (the one that stored it, say): logged, for an
+    /// operator.
     pub(crate) async fn named_only_past_the_head(&self, error: GatewayError) -> GatewayError {
         let GatewayError::EventRefused {
             stream,
@@ -609,6 +611,13 @@ impl<S: Store> Gateway<S> {
                         reason,
                     }
                 } else {
+                    tracing::error!(
+                        stream,
+                        sequence,
+                        head,
+                        reason,
+                        "an event at or below its stream's head is refused: its runtime cannot go past it until this gateway takes it"
+                    );
                     GatewayError::InvalidRequest(format!(
                         "event at sequence {sequence} refused: {reason}"
                     ))

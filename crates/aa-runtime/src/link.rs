@@ -439,6 +439,11 @@ async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<St
             })) => {
                 let reason = format!("the runtime cannot read it back: {reason}");
                 if !set_aside(outbox, unreadable, &reason).await {
+                    tracing::error!(
+                        sequence = unreadable,
+                        reason,
+                        "the outbox holds an event it cannot read, and cannot set it aside: nothing after it is forwarded"
+                    );
                     return Vec::new();
                 }
             }
@@ -540,7 +545,7 @@ async fn set_aside(outbox: &Arc<Outbox>, sequence: u64, reason: &str) -> bool {
         }
         Ok(Ok(false)) => false,
         Ok(Err(error)) => {
-            tracing::error!(%error, sequence, "could not set aside an event the gateway refused");
+            tracing::error!(%error, sequence, reason, "could not set aside an event that can never be delivered");
             false
         }
         Err(_) => false,

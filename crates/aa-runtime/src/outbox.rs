@@ -335,25 +335,26 @@ impl Outbox {
             )
             .optional()?
             .is_some();
-        // Whatever the row holds, as bytes: an event it cannot read is set aside too.
+        // Whatever the row holds, kept as it is (an event it cannot read is set aside too), and
+        // its bytes for the tombstone's digest.
         let original = tx
             .query_row(
                 "SELECT event FROM outbox WHERE sequence = ?1",
                 params![at],
-                |row| {
-                    Ok(match row.get_ref(0)? {
-                        ValueRef::Blob(bytes) | ValueRef::Text(bytes) => bytes.to_vec(),
-                        ValueRef::Integer(n) => n.to_string().into_bytes(),
-                        ValueRef::Real(x) => x.to_string().into_bytes(),
-                        ValueRef::Null => Vec::new(),
-                    })
-                },
+                |row| row.get::<_, rusqlite::types::Value>(0),
             )
             .optional()?;
         let Some(original) = original.filter(|_| !already) else {
             return Ok(false);
         };
-        let tombstone = tombstone(&self.stream_id, sequence, &original, reason);
+        let bytes = match &original {
+            rusqlite::types::Value::Blob(bytes) => bytes.clone(),
+            rusqlite::types::Value::Text(text) => text.clone().into_bytes(),
+            rusqlite::types::Value::Integer(n) => n.to_string().into_bytes(),
+            rusqlite::types::Value::Real(x) => x.to_string().into_bytes(),
+            rusqlite::types::Value::Null => Vec::new(),
+        };
+        let tombstone = tombstone(&self.stream_id, sequence, &bytes, reason);
         tx.execute(
             "INSERT INTO quarantine (sequence, event, reason, quarantined_at_ms)
              VALUES (?1, ?2, ?3, ?4)",
@@ -865,13 +866,13 @@ mod tests {
         assert!(outbox.quarantine(1, "unreadable").unwrap());
         let sent = events(&outbox.pending_after(0, 10).unwrap());
         assert_eq!(sent[0].kind, EventKind::Refusal);
-        let kept: Vec<u8> = outbox
+        let kept: i64 = outbox
             .lock()
             .unwrap()
             .query_row("SELECT event FROM quarantine WHERE sequence = 1", [], |r| {
                 r.get(0)
             })
             .unwrap();
-        assert_eq!(kept, b"12");
+        assert_eq!(kept, 12);
     }
 }

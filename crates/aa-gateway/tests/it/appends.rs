@@ -120,10 +120,11 @@ async fn a_served_gateway_checks_and_stores_appends_on_idle_threads() {
         .into_inner();
     assert_eq!(answer.accepted, 1_000);
     let after = appends_threads();
-    // Sent again, that event is refused but not named: the store holds an event at its place
-    // (this very one, stored before its runtime heard so), which its runtime must not replace.
+    // Sent again, the stream's head is refused but not named: the store holds an event at its
+    // place (this very one, stored before its runtime heard so), which its runtime must not
+    // replace.
     let mut stored_then_unknown = events;
-    stored_then_unknown[700].action = Some(pb::Action { kind: None });
+    stored_then_unknown[999].action = Some(pb::Action { kind: None });
     let refused = client
         .append_events(request(Some("runtime-secret"), stored_then_unknown))
         .await
