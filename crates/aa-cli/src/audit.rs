@@ -1,4 +1,5 @@
-//! `aasm audit verify | export | tail`: read the gateway's database (or an export) offline.
+//! `aasm audit verify | export | tail`: read the gateway's database (or an export) offline;
+//! `aasm audit quarantine`: the events a runtime set aside.
 
 use std::io::{BufRead as _, BufWriter, Write as _};
 use std::ops::ControlFlow;
@@ -52,6 +53,18 @@ pub(crate) enum AuditCommand {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Print, as JSON lines, the events a runtime set aside because they can never be
+    /// delivered (refused for good by the gateway, or unreadable): each stands in the log as a
+    /// `refusal` tombstone at its sequence.
+    Quarantine(QuarantineArgs),
+}
+
+/// `aasm audit quarantine`'s arguments.
+#[derive(Debug, Args)]
+pub(crate) struct QuarantineArgs {
+    /// The state directory holding runtime.db (of `aasm up` or `aasm runtime`).
+    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
+    state_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -284,6 +297,33 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        AuditCommand::Quarantine(args) => {
+            let path = args.state_dir.join(aa_runtime::config::DATABASE_FILE);
+            if !path.exists() {
+                bail!(
+                    "no runtime database at {} (is this the state directory of `aasm up` or \
+                     `aasm runtime`?)",
+                    path.display()
+                );
+            }
+            let set_aside = aa_runtime::outbox::read_quarantine(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut out = BufWriter::new(std::io::stdout().lock());
+            for entry in set_aside {
+                let mut line = serde_json::json!({
+                    "sequence": entry.sequence,
+                    "reason": entry.reason,
+                    "quarantined_at_ms": entry.quarantined_at_ms,
+                });
+                match entry.event {
+                    Ok(event) => line["event"] = serde_json::to_value(event)?,
+                    Err(why) => line["unreadable"] = why.into(),
+                }
+                writeln!(out, "{line}")?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Export { source } => crate::block_on(async {
             let store = open(&source.state_dir)?;

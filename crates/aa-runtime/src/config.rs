@@ -11,6 +11,9 @@ use crate::error::RuntimeError;
 /// Where the socket lives under a state directory unless configured otherwise.
 pub const SOCKET_FILE: &str = "runtime.sock";
 
+/// The runtime's database (outbox, sessions, last bundle, quarantine), in the state directory.
+pub const DATABASE_FILE: &str = "runtime.db";
+
 /// The most a count setting may be (connections, calls in flight, a forwarded batch).
 const MAX_COUNT: usize = 1 << 20;
 /// The longest a frame may be given to arrive.
@@ -83,7 +86,7 @@ impl RuntimeConfig {
 
     /// The local database file.
     pub fn database_path(&self) -> PathBuf {
-        self.state_dir.join("runtime.db")
+        self.state_dir.join(DATABASE_FILE)
     }
 
     /// The uids served: the configured ones, or the runtime's own.

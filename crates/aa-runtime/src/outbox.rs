@@ -105,6 +105,59 @@ impl Stored {
     }
 }
 
+/// An event set aside in the quarantine: what it was, when and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetAside {
+    /// Its place in the runtime's stream, which a tombstone now holds.
+    pub sequence: u64,
+    /// Why it can never be delivered: the gateway's refusal, or what the row held instead.
+    pub reason: String,
+    /// When it was set aside, milliseconds since the Unix epoch.
+    pub quarantined_at_ms: i64,
+    /// The event, or why it does not read as one.
+    pub event: Result<AuditEvent, String>,
+}
+
+/// Every event set aside in the runtime database at `path`, in stream order. The database is
+/// opened read-only: a runtime may be using it, and reading it changes nothing.
+pub fn read_quarantine(path: &Path) -> Result<Vec<SetAside>, RuntimeError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has_quarantine = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'quarantine'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if !has_quarantine {
+        return Ok(Vec::new());
+    }
+    let mut statement = conn.prepare(
+        "SELECT sequence, reason, quarantined_at_ms, event FROM quarantine ORDER BY sequence",
+    )?;
+    let mut rows = statement.query([])?;
+    let mut set_aside = Vec::new();
+    while let Some(row) = rows.next()? {
+        let sequence: i64 = row.get(0)?;
+        // Read the way the forwarder reads an outbox row.
+        let event = Stored::from_row(sequence, row.get_ref(3)?)
+            .map_err(|e| e.to_string())
+            .and_then(|stored| {
+                let wire = pb::AuditEvent::decode(&*stored.wire).map_err(|e| e.to_string())?;
+                AuditEvent::try_from(wire).map_err(|e| e.to_string())
+            });
+        set_aside.push(SetAside {
+            sequence: u64::try_from(sequence).map_err(outbox_err)?,
+            reason: row.get(1)?,
+            quarantined_at_ms: row.get(2)?,
+            event,
+        });
+    }
+    Ok(set_aside)
+}
+
 fn outbox_err(e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Outbox(e.to_string())
 }
@@ -653,6 +706,9 @@ mod tests {
             (original, "event \"b\": unknown kind")
         );
         assert_eq!(outbox.append(&mut [vec![event("b")]]).unwrap(), [0]);
+        let listed = read_quarantine(&dir.path().join("outbox.db")).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].event.as_ref().unwrap().event_id, "b");
 
         // A tombstone refused in turn, or an event the outbox does not hold, is not set aside.
         assert!(!outbox.quarantine(2, "again").unwrap());
@@ -862,8 +918,16 @@ mod tests {
             error.contains("event 1: stored as Integer, not an encoded event"),
             "{error}"
         );
-        // Set aside, it no longer stops a read.
+        // Set aside, it no longer stops a read, and is listed for what it is.
         assert!(outbox.quarantine(1, "unreadable").unwrap());
+        let listed = read_quarantine(&dir.path().join("runtime.db")).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            (listed[0].sequence, listed[0].reason.as_str()),
+            (1, "unreadable")
+        );
+        let why = listed[0].event.as_ref().unwrap_err();
+        assert!(why.contains("stored as Integer"), "{why}");
         let sent = events(&outbox.pending_after(0, 10).unwrap());
         assert_eq!(sent[0].kind, EventKind::Refusal);
         let kept: i64 = outbox

@@ -236,6 +236,32 @@ async fn events_that_can_never_be_delivered_are_set_aside_and_the_rest_delivered
     };
     assert_eq!(kept(refused), rusqlite::types::Value::Blob(wire));
     assert_eq!(kept(unreadable), rusqlite::types::Value::Integer(12));
+    // And lists it for an operator, while it runs.
+    let listed = aasm(&[
+        "audit",
+        "quarantine",
+        "--state-dir",
+        &stack.runtime_state_dir().display().to_string(),
+    ]);
+    assert!(listed.status.success(), "{}", crate::stderr(&listed));
+    let listed: Vec<Value> = stdout(&listed)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let sequences: Vec<&Value> = listed.iter().map(|l| &l["sequence"]).collect();
+    assert_eq!(sequences, [refused, unreadable], "{listed:?}");
+    assert!(
+        listed[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("missing field action.kind")),
+        "{listed:?}"
+    );
+    assert!(
+        listed[1]["unreadable"]
+            .as_str()
+            .is_some_and(|r| r.contains("stored as Integer")),
+        "{listed:?}"
+    );
     drop(c);
     stack.stop().unwrap();
 }
