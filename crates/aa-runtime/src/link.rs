@@ -426,7 +426,8 @@ async fn watch_suspensions(runtime: Arc<Runtime>, link: GatewayLink, stop: watch
 }
 
 /// Reads up to `batch` events after `sequence` off the async workers; a failed read is logged
-/// and reads as nothing, to be tried again.
+/// and reads as nothing, to be tried again. A row that does not read as an event is set aside
+/// first ([`set_aside`]), and the read made again.
 async fn read_after(outbox: &Arc<Outbox>, sequence: u64, batch: usize) -> Vec<Stored> {
     loop {
         let reading = Arc::clone(outbox);

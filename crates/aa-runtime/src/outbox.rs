@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 ";
 
-/// The most bytes of the gateway's reason a tombstone keeps.
+/// The most bytes of the reason a tombstone keeps.
 const MAX_REASON_BYTES: usize = 1024;
 
 /// The local database.
@@ -370,11 +370,12 @@ impl Outbox {
 
     /// Sets aside the event at `sequence`, which can never be delivered (`reason`: the
     /// gateway refused it for good, or this outbox cannot read it back): it moves to the
-    /// `quarantine` table, where an operator can read it, and a tombstone takes its place in
-    /// the stream, a record that it was set aside, why, and the SHA-256 of what the row held. The events after it can then be delivered; the hash chain has no
-    /// gap. The row keeps the event's id, so an SDK sending the event again is still told it
-    /// is a duplicate. Returns false when there is no such event or it is already a
-    /// tombstone (a tombstone refused in turn is not set aside again).
+    /// `quarantine` table, where an operator can read it (`aasm audit quarantine`), and a
+    /// tombstone takes its place in the stream, a record that it was set aside, why, and the
+    /// SHA-256 of what the row held. The events after it can then be delivered; the hash
+    /// chain has no gap. The row keeps the event's id, so an SDK sending the event again is
+    /// still told it is a duplicate. Returns false when there is no such event or it is
+    /// already a tombstone (a tombstone refused in turn is not set aside again).
     pub fn quarantine(&self, sequence: u64, reason: &str) -> Result<bool, RuntimeError> {
         let mut conn = self.lock()?;
         self.sync_fully(&conn)?;
