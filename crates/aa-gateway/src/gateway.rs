@@ -549,8 +549,9 @@ impl<S: Store> Gateway<S> {
         let mut run_stream = String::new();
         let mut edges = Vec::new();
         let mut usages = Vec::new();
-        // Every event is checked before any is stored.
-        let checked = match check_all(&self.scanner(), self.config.limits, events).await {
+        // Every event is checked before any is stored, but those sent again.
+        let heads = self.heads_of(&events).await?;
+        let checked = match check_all(&self.scanner(), self.config.limits, heads, events).await {
             Ok(checked) => checked,
             Err(refused) => return Err(self.named_only_past_the_head(refused).await),
         };
@@ -585,10 +586,11 @@ impl<S: Store> Gateway<S> {
 
     /// `error`, unless it names an event refused for good at or below its stream's head: the
     /// store may hold that very event there (stored before its runtime heard so, and refused
-    /// now by a gateway that has since changed), which a tombstone must not replace. That
-    /// refusal names no event, and its runtime sends the batch again, refused each time until
-    /// the gateway takes the event again (the one that stored it, say): logged, for an
-    /// operator.
+    /// now by a gateway that has since changed), which a tombstone must not replace. Only an
+    /// event this gateway took for new gets here (its head in memory was behind the store's,
+    /// while another append of the stream was under way): that refusal names no event, the
+    /// head in memory is moved up to the store's, and its runtime's next try is a resend,
+    /// held by its id. Logged, for an operator.
     pub(crate) async fn named_only_past_the_head(&self, error: GatewayError) -> GatewayError {
         let GatewayError::EventRefused {
             stream,
@@ -616,8 +618,12 @@ impl<S: Store> Gateway<S> {
                         sequence,
                         head,
                         reason,
-                        "an event at or below its stream's head is refused: its runtime cannot go past it until this gateway takes it"
+                        "an event at or below its stream's head is refused: its runtime's next try is a resend"
                     );
+                    self.heads()
+                        .entry(stream)
+                        .and_modify(|known| *known = (*known).max(head))
+                        .or_insert(head);
                     GatewayError::InvalidRequest(format!(
                         "event at sequence {sequence} refused: {reason}"
                     ))
@@ -692,6 +698,22 @@ impl<S: Store> Gateway<S> {
         appended
     }
 
+    /// The head of each stream `events` name, as [`known_head`](Self::known_head) has it: an
+    /// event at or below it was sent before, by a runtime that did not hear it stored.
+    async fn heads_of(
+        &self,
+        events: &[AuditEvent],
+    ) -> Result<Arc<HashMap<String, u64>>, GatewayError> {
+        let mut heads = HashMap::new();
+        for origin in events.iter().filter_map(|e| e.origin.as_ref()) {
+            if !heads.contains_key(&origin.stream_id) {
+                let head = self.known_head(&origin.stream_id).await?;
+                heads.insert(origin.stream_id.clone(), head);
+            }
+        }
+        Ok(Arc::new(heads))
+    }
+
     /// The last sequence `stream` holds, from memory, or from the store the first time.
     async fn known_head(&self, stream: &str) -> Result<u64, GatewayError> {
         if let Some(head) = self.heads().get(stream) {
@@ -759,6 +781,7 @@ const MIN_PART: usize = 128;
 async fn check_all(
     scanner: &Arc<Scanner>,
     limits: Limits,
+    heads: Arc<HashMap<String, u64>>,
     events: Vec<AuditEvent>,
 ) -> Result<Vec<Checked>, GatewayError> {
     let processors = std::thread::available_parallelism().map_or(1, usize::from);
@@ -771,9 +794,9 @@ async fn check_all(
         if part.is_empty() {
             break;
         }
-        let scanner = Arc::clone(scanner);
+        let (scanner, heads) = (Arc::clone(scanner), Arc::clone(&heads));
         handles.push(tokio::task::spawn_blocking(move || {
-            check_part(&scanner, limits, part)
+            check_part(&scanner, limits, &heads, part)
         }));
     }
     let mut checked = Vec::with_capacity(total);
@@ -808,6 +831,7 @@ const YIELD_AFTER: Duration = Duration::from_micros(50);
 fn check_part(
     scanner: &Scanner,
     limits: Limits,
+    heads: &HashMap<String, u64>,
     events: Vec<AuditEvent>,
 ) -> Result<Vec<Checked>, GatewayError> {
     let offers = !aa_background::runs_idle();
@@ -819,14 +843,69 @@ fn check_part(
                 std::thread::yield_now();
                 since_yield = Instant::now();
             }
-            check_appended(scanner, &limits, event)
+            check_appended(scanner, &limits, heads, event)
         })
         .collect()
 }
 
+/// [`check_fresh`], for a resend too: an event at or below its stream's head in `heads` was
+/// sent before, by a runtime that did not hear it stored. It is known by its id alone
+/// ([`NewEvent::resent`]), and checks that changed since it was stored (the published
+/// patterns, the gateway's version) do not refuse it: judged as new, it could be refused, or
+/// its id read differently, and its stream held back for ever. Its edge and usage are still
+/// read, as a resend after a failure to record them needs them (both are recorded
+/// idempotently); one its checks now refuse goes without them.
+fn check_appended(
+    scanner: &Scanner,
+    limits: &Limits,
+    heads: &HashMap<String, u64>,
+    event: AuditEvent,
+) -> Result<Checked, GatewayError> {
+    let resent = event
+        .origin
+        .as_ref()
+        .filter(|o| o.stream_id != crate::approvals::GATEWAY_STREAM)
+        .filter(|o| {
+            heads
+                .get(&o.stream_id)
+                .is_some_and(|&head| o.sequence <= head)
+        })
+        .map(|o| {
+            (
+                o.stream_id.clone(),
+                NewEvent::resent(&event.event_id, o.sequence),
+            )
+        });
+    let Some((stream, resend)) = resent else {
+        return check_fresh(scanner, limits, event);
+    };
+    match check_fresh(scanner, limits, event) {
+        Ok(checked) => Ok(Checked {
+            event: resend,
+            redactions: 0,
+            ..checked
+        }),
+        Err(error) => {
+            tracing::warn!(
+                stream,
+                sequence = resend.sequence,
+                %error,
+                "an event sent again fails checks that changed since it was stored: known by its id, its edge and usage not read again"
+            );
+            Ok(Checked {
+                stream,
+                event: resend,
+                edge: None,
+                usage: None,
+                redactions: 0,
+            })
+        }
+    }
+}
+
 /// Refuses an event without an origin or claiming the gateway's own stream, re-scans it (the
 /// backstop) and serialises it once: the scan redacts that form in place.
-fn check_appended(
+fn check_fresh(
     scanner: &Scanner,
     limits: &Limits,
     event: AuditEvent,

@@ -350,7 +350,7 @@ fn append_in(
                     row.get(0)
                 })
                 .optional()?;
-            at.as_deref() == Some(event.event_id.as_str())
+            at.is_some_and(|at| event.is_held_as(&at))
         } else {
             own && own_holds.query_row(params![event.event_id], |row| row.get(0))?
         };
@@ -358,26 +358,28 @@ fn append_in(
             appended.duplicates += 1;
             continue;
         }
-        if event.sequence != sequence + 1 {
+        // A resend this store does not hold is not stored unchecked: its runtime goes back to
+        // the head named here and sends it again, to be checked then.
+        let (true, Some(canonical)) = (event.sequence == sequence + 1, event.canonical()) else {
             return Err(GatewayError::Sequence {
                 stream: stream_id.to_owned(),
                 expected: sequence + 1,
                 got: event.sequence,
             });
-        }
+        };
         // Stored in the form it is hashed in.
         let hash = link_hash_of_canonical(
             &prev,
             stream_id,
             event.sequence,
             &event.event_id,
-            event.canonical().as_bytes(),
+            canonical.as_bytes(),
         );
         insert.execute(params![
             stream_id,
             to_i64(event.sequence)?,
             event.event_id,
-            event.canonical(),
+            canonical,
             hex(&prev),
             hex(&hash),
             appended_at,

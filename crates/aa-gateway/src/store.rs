@@ -11,14 +11,16 @@ use crate::audit::{Checkpoint, Head, Record};
 use crate::error::GatewayError;
 
 /// An event arriving from a runtime stream, already redacted, in the canonical form it is
-/// stored and hashed in.
+/// stored and hashed in; or one sent again, known by its id alone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
-    /// Unique id; a second append with the same id is a duplicate, not an error.
+    /// Unique id; a second append with the same id is a duplicate, not an error. A resend's is
+    /// the digest of the id it came with ([`aa_security::digest_id`]).
     pub event_id: String,
     /// The runtime's sequence number: the next after the stream's head.
     pub sequence: u64,
-    canonical: String,
+    /// `None` for a resend, which is never stored.
+    canonical: Option<String>,
 }
 
 impl NewEvent {
@@ -28,13 +30,32 @@ impl NewEvent {
         NewEvent {
             event_id,
             sequence,
-            canonical: aa_core::canonical::canonical_string(event),
+            canonical: Some(aa_core::canonical::canonical_string(event)),
         }
     }
 
-    /// The event as canonical JSON.
-    pub fn canonical(&self) -> &str {
-        &self.canonical
+    /// An event its runtime sends again, at or below its stream's head as the gateway last
+    /// saw it, with the id it came with: held if the store has its stream's event at that
+    /// sequence under that id, as it is or as its digest (the two forms an id is stored in,
+    /// whichever the scanner's rules at the time chose); else refused as out of sequence, never
+    /// stored: its runtime sends it again from where the head is, and it is checked then.
+    pub fn resent(id: &str, sequence: u64) -> NewEvent {
+        NewEvent {
+            event_id: aa_security::digest_id(id),
+            sequence,
+            canonical: None,
+        }
+    }
+
+    /// The event as canonical JSON; `None` for a resend.
+    pub fn canonical(&self) -> Option<&str> {
+        self.canonical.as_deref()
+    }
+
+    /// Whether this is the event a store holds under `stored_id` at its place.
+    pub fn is_held_as(&self, stored_id: &str) -> bool {
+        stored_id == self.event_id
+            || (self.canonical.is_none() && aa_security::digest_id(stored_id) == self.event_id)
     }
 }
 

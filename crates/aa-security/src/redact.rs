@@ -81,9 +81,7 @@ impl Scanner {
         if receipts.is_empty() && id.len() <= max_len {
             return (id.to_owned(), receipts);
         }
-        let digest = Sha256::digest(id.as_bytes());
-        let digest = digest.get(..16).unwrap_or_default();
-        (format!("sha256:{}", aa_core::hex::encode(digest)), receipts)
+        (digest_id(id), receipts)
     }
 
     /// Redacts every finding in bytes that may not be UTF-8.
@@ -229,6 +227,15 @@ impl Scanner {
 /// verdict's reason names the path, host or command it was given), and so are scanned; the
 /// others are set by the trusted side.
 const SCANNED_FIELDS: [&str; 5] = ["agent", "session_id", "action", "detail", "verdict"];
+
+/// The form [`Scanner::redact_id`] keeps an id in when it cannot be kept as it is: `sha256:`
+/// and 32 hex digits of its digest. So an id is stored either as itself or as this, whatever
+/// the scanner's rules: a store that holds one of the two holds that id.
+pub fn digest_id(id: &str) -> String {
+    let digest = Sha256::digest(id.as_bytes());
+    let digest = digest.get(..16).unwrap_or_default();
+    format!("sha256:{}", aa_core::hex::encode(digest))
+}
 
 /// Receipts for `findings` in `input`, their field left empty.
 pub(crate) fn receipts_of(input: &[u8], findings: Vec<Finding>) -> Vec<RedactionReceipt> {

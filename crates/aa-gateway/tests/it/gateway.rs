@@ -446,6 +446,96 @@ spec:
     assert!(gw.publish(documents(&bad_name)).is_err());
 }
 
+/// A runtime that did not hear its batch stored sends it again, perhaps after the published
+/// patterns changed how its ids read: an event at or below its stream's head is known by its
+/// id, as stored before the change or after, and is not checked or stored again. Were it
+/// judged again, an id that now reads as a secret (stored as it was, resent as its digest)
+/// or no longer does would be a different event at a taken place, and the stream could never
+/// go on.
+#[tokio::test]
+async fn an_event_sent_again_is_held_whatever_its_id_reads_as_now() {
+    let gw = gateway(GatewayConfig::default());
+    let with_badge = |n: u64| {
+        let mut e = event(n, "ls");
+        e.event_id = format!("rt-1/bot/EMP-12345{n}");
+        e
+    };
+    let batch: Vec<AuditEvent> = (1..=3).map(with_badge).collect();
+    assert_eq!(gw.append(batch.clone()).await.unwrap().accepted, 3);
+    let with_pattern = POLICY.replace(
+        "default: allow}",
+        "default: allow, data: {patterns: [{name: badge, regex: 'EMP-\\d{6}'}]}}",
+    );
+    gw.publish(documents(&with_pattern)).unwrap();
+    let mut again = batch.clone();
+    // What follows a resend is new, and checked as ever.
+    again.push(with_badge(4));
+    let appended = gw.append(again.clone()).await.unwrap();
+    assert_eq!((appended.accepted, appended.duplicates), (1, 3));
+    let records = gw.store().records(0, 10).await.unwrap();
+    assert_eq!(records[0].event_id, "rt-1/bot/EMP-123451");
+    assert!(records[3].event_id.starts_with("sha256:"), "{records:?}");
+
+    // The other way round: stored as its digest, resent after the pattern is gone.
+    gw.publish(documents(POLICY)).unwrap();
+    let appended = gw.append(again).await.unwrap();
+    assert_eq!((appended.accepted, appended.duplicates), (0, 4));
+
+    // A resend is known by its id alone: what it carries now is not stored.
+    let mut changed = with_badge(2);
+    changed.action = Action::ToolCall {
+        tool: "shell".into(),
+        args: json!({"command": "aws --key AKIAQWERTYUIOPASDFGH"}),
+    };
+    let appended = gw.append(vec![changed]).await.unwrap();
+    assert_eq!((appended.accepted, appended.duplicates), (0, 1));
+    let stored = serde_json::to_string(&gw.store().records(0, 10).await.unwrap()).unwrap();
+    assert!(!stored.contains("AKIA"), "{stored}");
+
+    // A usage a pattern published since would refuse (its action's type redacted, it no
+    // longer reads as a usage) is held all the same once stored.
+    let mut usage = event(5, "ls");
+    usage.kind = EventKind::LlmUsage;
+    usage.action = Action::LlmCall {
+        model: "gpt-4o".into(),
+        token_estimate: Some(10),
+    };
+    assert_eq!(gw.append(vec![usage.clone()]).await.unwrap().accepted, 1);
+    let refusing = POLICY.replace(
+        "default: allow}",
+        "default: allow, data: {patterns: [{name: calls, regex: 'llm_call'}]}}",
+    );
+    gw.publish(documents(&refusing)).unwrap();
+    let mut next = usage.clone();
+    next.event_id = "rt-1/6".into();
+    next.origin.as_mut().unwrap().sequence = 6;
+    assert!(
+        matches!(
+            gw.append(vec![next]).await,
+            Err(GatewayError::InvalidRequest(_))
+        ),
+        "as a new event it is refused"
+    );
+    let appended = gw.append(vec![usage]).await.unwrap();
+    assert_eq!((appended.accepted, appended.duplicates), (0, 1));
+
+    // Another event at a taken place is still refused: the two histories differ.
+    let mut other = event(2, "ls");
+    other.event_id = "rt-1/bot/another".into();
+    let refused = gw.append(vec![other]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(GatewayError::Sequence {
+                expected: 6,
+                got: 2,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+}
+
 /// A batch of two streams is stored in order, redacted throughout, or refused whole.
 #[tokio::test]
 async fn a_batch_is_stored_in_order_or_refused_whole() {

@@ -77,6 +77,44 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
         ),
         "{taken}"
     );
+    // A resend is held under its id as stored or as its digest; past the head it is no event
+    // to store (the gateway took it for a resend from a head its store no longer has).
+    let resent = store
+        .append_events(
+            "rt-1",
+            vec![NewEvent::resent("ev-4", 4), NewEvent::resent("ev-5", 5)],
+        )
+        .await
+        .unwrap();
+    assert_eq!((resent.accepted, resent.duplicates), (0, 2));
+    let past_the_head = store
+        .append_events("rt-1", vec![NewEvent::resent("ev-6", 6)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            past_the_head,
+            GatewayError::Sequence {
+                expected: 6,
+                got: 6,
+                ..
+            }
+        ),
+        "{past_the_head}"
+    );
+    let mut digested = event(6);
+    digested.event_id = aa_security::digest_id("ev-6");
+    store.append_events("rt-1", vec![digested]).await.unwrap();
+    let resent = store
+        .append_events("rt-1", vec![NewEvent::resent("ev-6", 6)])
+        .await
+        .unwrap();
+    assert_eq!((resent.accepted, resent.duplicates), (0, 1));
+    let other = store
+        .append_events("rt-1", vec![NewEvent::resent("ev-7", 6)])
+        .await
+        .unwrap_err();
+    assert!(matches!(other, GatewayError::Sequence { .. }), "{other}");
     drop(store);
 
     let store = SqliteStore::open(&path).unwrap();
@@ -84,15 +122,15 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
     assert_eq!(heads.len(), 1);
     assert_eq!(
         (heads[0].stream_id.as_str(), heads[0].sequence),
-        ("rt-1", 5)
+        ("rt-1", 6)
     );
     let records = all_records(&store).await;
     assert_eq!(
         records.iter().map(|r| r.sequence).collect::<Vec<_>>(),
-        [1, 2, 3, 4, 5]
+        [1, 2, 3, 4, 5, 6]
     );
-    assert_eq!(heads[0].hash, records[4].hash);
-    assert_eq!(audit::verify(records, &[], None).unwrap().records, 5);
+    assert_eq!(heads[0].hash, records[5].hash);
+    assert_eq!(audit::verify(records, &[], None).unwrap().records, 6);
 }
 
 #[tokio::test]
