@@ -18,7 +18,7 @@ use serde::Deserialize as _;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::audit::Checkpoint;
+use crate::audit::{Checkpoint, Head, Record};
 use crate::bundle::{Bundle, PolicyDocument};
 use crate::challenges::Challenges;
 use crate::error::GatewayError;
@@ -557,9 +557,22 @@ impl<S: Store> Gateway<S> {
         };
         let redacted = checked.iter().map(|c| c.redactions as u64).sum();
         bump(&self.metrics.backstop_redactions, redacted);
+        // Runs of resends, as (stream, first sequence, count).
+        let mut resent: Vec<(String, u64, u64)> = Vec::new();
         for checked in checked {
             edges.extend(checked.edge);
             usages.extend(checked.usage);
+            if checked.event.canonical().is_none() {
+                let sequence = checked.event.sequence;
+                match resent.last_mut() {
+                    Some((stream, first, count))
+                        if *stream == checked.stream && *first + *count == sequence =>
+                    {
+                        *count += 1;
+                    }
+                    _ => resent.push((checked.stream.clone(), sequence, 1)),
+                }
+            }
             if checked.stream != run_stream && !run.is_empty() {
                 total = add(
                     total,
@@ -572,6 +585,18 @@ impl<S: Store> Gateway<S> {
         }
         if !run.is_empty() {
             total = add(total, self.append_in_order(&run_stream, run).await?);
+        }
+        // Held, every resend is stored: its edge and usage are read as stored.
+        for (stream, first, count) in resent {
+            let stored = self
+                .store
+                .records_after(Some((stream.clone(), first.saturating_sub(1))), count)
+                .await?;
+            for record in stored.into_iter().filter(|r| r.stream_id == stream) {
+                let (edge, usage) = edge_and_usage(record);
+                edges.extend(edge);
+                usages.extend(usage);
+            }
         }
         if !edges.is_empty() {
             self.store.put_edges(edges).await?;
@@ -586,11 +611,11 @@ impl<S: Store> Gateway<S> {
 
     /// `error`, unless it names an event refused for good at or below its stream's head: the
     /// store may hold that very event there (stored before its runtime heard so, and refused
-    /// now by a gateway that has since changed), which a tombstone must not replace. Only an
-    /// event this gateway took for new gets here (its head in memory was behind the store's,
-    /// while another append of the stream was under way): that refusal names no event, the
-    /// head in memory is moved up to the store's, and its runtime's next try is a resend,
-    /// held by its id. Logged, for an operator.
+    /// now by a gateway that has since changed), which a tombstone must not replace. That
+    /// refusal names no event. One this gateway took for new (its head in memory was behind
+    /// the store's, while another append of the stream was under way) moves the head in memory
+    /// up to the store's, so that its runtime's next try is a resend, held by its id; one the
+    /// gateway cannot decode is refused at every try. Logged, for an operator.
     pub(crate) async fn named_only_past_the_head(&self, error: GatewayError) -> GatewayError {
         let GatewayError::EventRefused {
             stream,
@@ -618,7 +643,7 @@ impl<S: Store> Gateway<S> {
                         sequence,
                         head,
                         reason,
-                        "an event at or below its stream's head is refused: its runtime's next try is a resend"
+                        "an event at or below its stream's head is refused; its runtime sends it again"
                     );
                     self.heads()
                         .entry(stream)
@@ -688,9 +713,18 @@ impl<S: Store> Gateway<S> {
                     .and_modify(|head| *head = (*head).max(last))
                     .or_insert(last);
             }
-            Err(GatewayError::Sequence { expected, .. }) => {
-                self.heads()
-                    .insert(stream.to_owned(), expected.saturating_sub(1));
+            Err(GatewayError::Sequence { .. }) => {
+                // The store's head, read now: what the refused transaction counted was rolled
+                // back. Heads only move up while the gateway runs, and another append may have
+                // raised this one meanwhile, so it is never lowered.
+                if let Ok(heads) = self.store.heads().await
+                    && let Some(head) = heads.into_iter().find(|h| h.stream_id == stream)
+                {
+                    self.heads()
+                        .entry(stream.to_owned())
+                        .and_modify(|known| *known = (*known).max(head.sequence))
+                        .or_insert(head.sequence);
+                }
             }
             Err(_) => {}
         }
@@ -698,18 +732,34 @@ impl<S: Store> Gateway<S> {
         appended
     }
 
-    /// The head of each stream `events` name, as [`known_head`](Self::known_head) has it: an
+    /// The head of each stream `events` name, from memory, or from the store (read once for
+    /// all the streams memory lacks, and nothing kept: a stream is remembered once stored): an
     /// event at or below it was sent before, by a runtime that did not hear it stored.
     async fn heads_of(
         &self,
         events: &[AuditEvent],
     ) -> Result<Arc<HashMap<String, u64>>, GatewayError> {
         let mut heads = HashMap::new();
+        let mut stored: Option<Vec<Head>> = None;
         for origin in events.iter().filter_map(|e| e.origin.as_ref()) {
-            if !heads.contains_key(&origin.stream_id) {
-                let head = self.known_head(&origin.stream_id).await?;
-                heads.insert(origin.stream_id.clone(), head);
+            if heads.contains_key(&origin.stream_id) {
+                continue;
             }
+            let known = self.heads().get(&origin.stream_id).copied();
+            let head = match known {
+                Some(head) => head,
+                None => {
+                    let stored = match &mut stored {
+                        Some(stored) => stored,
+                        None => stored.insert(self.store.heads().await?),
+                    };
+                    stored
+                        .iter()
+                        .find(|h| h.stream_id == origin.stream_id)
+                        .map_or(0, |h| h.sequence)
+                }
+            };
+            heads.insert(origin.stream_id.clone(), head);
         }
         Ok(Arc::new(heads))
     }
@@ -848,58 +898,34 @@ fn check_part(
         .collect()
 }
 
-/// [`check_fresh`], for a resend too: an event at or below its stream's head in `heads` was
+/// [`check_fresh`], but for a resend: an event at or below its stream's head in `heads` was
 /// sent before, by a runtime that did not hear it stored. It is known by its id alone
-/// ([`NewEvent::resent`]), and checks that changed since it was stored (the published
-/// patterns, the gateway's version) do not refuse it: judged as new, it could be refused, or
-/// its id read differently, and its stream held back for ever. Its edge and usage are still
-/// read, as a resend after a failure to record them needs them (both are recorded
-/// idempotently); one its checks now refuse goes without them.
+/// ([`NewEvent::resent`]) and not judged again: checks that changed since it was stored (the
+/// published patterns, the gateway's version) could refuse it, or read its id differently,
+/// and hold its stream back for ever. Its edge and usage are read from the record the store
+/// holds ([`Gateway::append`]), not from what came again.
 fn check_appended(
     scanner: &Scanner,
     limits: &Limits,
     heads: &HashMap<String, u64>,
     event: AuditEvent,
 ) -> Result<Checked, GatewayError> {
-    let resent = event
-        .origin
-        .as_ref()
-        .filter(|o| o.stream_id != crate::approvals::GATEWAY_STREAM)
-        .filter(|o| {
-            heads
-                .get(&o.stream_id)
-                .is_some_and(|&head| o.sequence <= head)
-        })
-        .map(|o| {
-            (
-                o.stream_id.clone(),
-                NewEvent::resent(&event.event_id, o.sequence),
-            )
-        });
-    let Some((stream, resend)) = resent else {
-        return check_fresh(scanner, limits, event);
-    };
-    match check_fresh(scanner, limits, event) {
-        Ok(checked) => Ok(Checked {
-            event: resend,
-            redactions: 0,
-            ..checked
-        }),
-        Err(error) => {
-            tracing::warn!(
-                stream,
-                sequence = resend.sequence,
-                %error,
-                "an event sent again fails checks that changed since it was stored: known by its id, its edge and usage not read again"
-            );
+    match &event.origin {
+        Some(origin)
+            if origin.stream_id != crate::approvals::GATEWAY_STREAM
+                && heads
+                    .get(&origin.stream_id)
+                    .is_some_and(|&head| origin.sequence <= head) =>
+        {
             Ok(Checked {
-                stream,
-                event: resend,
+                stream: origin.stream_id.clone(),
+                event: NewEvent::resent(&event.event_id, origin.sequence),
                 edge: None,
                 usage: None,
                 redactions: 0,
             })
         }
+        _ => check_fresh(scanner, limits, event),
     }
 }
 
@@ -954,27 +980,7 @@ fn check_fresh(
             }
         }
     }
-    // An edge enters the topology only from the agent it starts at: an event naming another
-    // agent's child is kept as a record of the claim, not as an edge.
-    let edge = if kind == EventKind::Edge {
-        value
-            .get("detail")
-            .and_then(|d| TopologyEdge::deserialize(d).ok())
-            .filter(|edge| {
-                let own = edge.from_agent_id == agent_id;
-                if !own {
-                    tracing::warn!(
-                        event = %event_id,
-                        agent = %agent_id,
-                        from = %edge.from_agent_id,
-                        "an edge from another agent is not added to the topology"
-                    );
-                }
-                own
-            })
-    } else {
-        None
-    };
+    let edge = own_edge(kind, &agent_id, &event_id, value.get("detail"));
     let usage = if kind == EventKind::LlmUsage {
         // Read back after redaction, which the bundle's patterns shape: a refusal here may pass
         // with another bundle, so it is not named.
@@ -992,6 +998,54 @@ fn check_fresh(
         usage,
         redactions,
     })
+}
+
+/// The topology edge an event of `kind` adds. An edge enters the topology only from the agent
+/// it starts at: an event naming another agent's child is kept as a record of the claim, not
+/// as an edge.
+fn own_edge(
+    kind: EventKind,
+    agent_id: &str,
+    event_id: &str,
+    detail: Option<&Value>,
+) -> Option<TopologyEdge> {
+    if kind != EventKind::Edge {
+        return None;
+    }
+    detail
+        .and_then(|d| TopologyEdge::deserialize(d).ok())
+        .filter(|edge| {
+            let own = edge.from_agent_id == agent_id;
+            if !own {
+                tracing::warn!(
+                    event = %event_id,
+                    agent = %agent_id,
+                    from = %edge.from_agent_id,
+                    "an edge from another agent is not added to the topology"
+                );
+            }
+            own
+        })
+}
+
+/// The edge and usage of a record the store holds, for a resend of it: what recording them
+/// the first time, had it failed after the event was stored, left to do (both are recorded
+/// idempotently, the usage by the id the record is stored under).
+fn edge_and_usage(record: Record) -> (Option<TopologyEdge>, Option<AuditEvent>) {
+    let stored = match AuditEvent::deserialize(&record.event) {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::warn!(stream = record.stream_id, sequence = record.sequence, %error, "a stored record does not read as an event: its edge and usage are not read again");
+            return (None, None);
+        }
+    };
+    let edge = own_edge(
+        stored.kind,
+        &stored.agent.id,
+        &record.event_id,
+        stored.detail.as_ref(),
+    );
+    (edge, (stored.kind == EventKind::LlmUsage).then_some(stored))
 }
 
 fn add(a: Appended, b: Appended) -> Appended {

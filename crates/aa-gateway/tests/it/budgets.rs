@@ -462,3 +462,48 @@ async fn a_stale_reservation_stays_charged_and_absurd_usage_settles_nothing() {
         1
     );
 }
+
+/// A usage sent again after the published patterns changed how its id reads settles once: its
+/// usage is read from the record the store holds, under the id it is stored by, not from the
+/// resend.
+#[tokio::test]
+async fn a_usage_sent_again_after_its_id_reads_differently_settles_once() {
+    let gw = budget_gateway();
+    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    let priced = usage("root", "EMP-123456", 1, "gpt-4o", 2000, 100);
+    assert_eq!(gw.append(vec![priced.clone()]).await.unwrap().accepted, 1);
+    let with_pattern = POLICIES.replacen(
+        "spec: {scope: global, default: allow}",
+        "spec: {scope: global, default: allow, data: {patterns: [{name: badge, regex: 'EMP-\\d{6}'}]}}",
+        1,
+    );
+    assert_ne!(with_pattern, POLICIES);
+    gw.publish(documents(&with_pattern)).unwrap();
+    let again = gw.append(vec![priced]).await.unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 1));
+
+    let report = gw
+        .budget_report(&Account::Agent("root".into()))
+        .await
+        .unwrap();
+    let calls: Vec<_> = report
+        .models
+        .iter()
+        .map(|m| (m.model.as_str(), m.calls))
+        .collect();
+    assert_eq!(calls, [("gpt-4o", 1)], "{report:?}");
+    // 2000 × $2.50 + 100 × $10.00 per million, once.
+    assert!(
+        (report.models[0].spent_usd - 0.006).abs() < 1e-9,
+        "{report:?}"
+    );
+    let spends = gw
+        .store()
+        .records(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.stream_id == GATEWAY_STREAM && r.event["kind"] == "spend")
+        .count();
+    assert_eq!(spends, 1, "one spend record");
+}
