@@ -645,10 +645,7 @@ impl<S: Store> Gateway<S> {
                         reason,
                         "an event at or below its stream's head is refused; its runtime sends it again"
                     );
-                    self.heads()
-                        .entry(stream)
-                        .and_modify(|known| *known = (*known).max(head))
-                        .or_insert(head);
+                    self.raise_head(&stream, head);
                     GatewayError::InvalidRequest(format!(
                         "event at sequence {sequence} refused: {reason}"
                     ))
@@ -708,10 +705,7 @@ impl<S: Store> Gateway<S> {
         match &appended {
             Ok(_) => {
                 // A run of duplicates may lie behind the head.
-                self.heads()
-                    .entry(stream.to_owned())
-                    .and_modify(|head| *head = (*head).max(last))
-                    .or_insert(last);
+                self.raise_head(stream, last);
             }
             Err(GatewayError::Sequence { .. }) => {
                 // The store's head, read now: what the refused transaction counted was rolled
@@ -720,10 +714,7 @@ impl<S: Store> Gateway<S> {
                 if let Ok(heads) = self.store.heads().await
                     && let Some(head) = heads.into_iter().find(|h| h.stream_id == stream)
                 {
-                    self.heads()
-                        .entry(stream.to_owned())
-                        .and_modify(|known| *known = (*known).max(head.sequence))
-                        .or_insert(head.sequence);
+                    self.raise_head(stream, head.sequence);
                 }
             }
             Err(_) => {}
@@ -775,6 +766,18 @@ impl<S: Store> Gateway<S> {
             heads.entry(head.stream_id).or_insert(head.sequence);
         }
         Ok(*heads.entry(stream.to_owned()).or_insert(0))
+    }
+
+    /// Moves `stream`'s head in memory up to `head`, never down: heads only move up while the
+    /// gateway runs, and appends of a stream finish in any order.
+    fn raise_head(&self, stream: &str, head: u64) {
+        let mut heads = self.heads();
+        match heads.get_mut(stream) {
+            Some(known) => *known = (*known).max(head),
+            None => {
+                heads.insert(stream.to_owned(), head);
+            }
+        }
     }
 
     fn heads(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
