@@ -326,6 +326,9 @@ fn append_in(
         ),
         None => (0, GENESIS),
     };
+    // A refusal rolls back what this batch stored before it, so it names the place after the
+    // head as stored, not as the batch had moved it.
+    let stored_head = sequence;
     let mut appended = Appended::default();
     let appended_at = now_ms();
     // Statements are parsed once per connection, not once per event.
@@ -363,7 +366,7 @@ fn append_in(
         let (true, Some(canonical)) = (event.sequence == sequence + 1, event.canonical()) else {
             return Err(GatewayError::Sequence {
                 stream: stream_id.to_owned(),
-                expected: sequence + 1,
+                expected: stored_head + 1,
                 got: event.sequence,
             });
         };

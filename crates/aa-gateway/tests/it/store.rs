@@ -43,7 +43,8 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
             duplicates: 2
         }
     );
-    // A gap fails the whole batch and appends nothing.
+    // A gap fails the whole batch and appends nothing, so the place named is the one after the
+    // head as stored, not after the events of the batch before the gap.
     let gap = store
         .append_events("rt-1", vec![event(6), event(8)])
         .await
@@ -52,7 +53,7 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
         matches!(
             gap,
             GatewayError::Sequence {
-                expected: 7,
+                expected: 6,
                 got: 8,
                 ..
             }
