@@ -8,7 +8,7 @@ pub enum GatewayError {
     Sequence {
         /// The stream.
         stream: String,
-        /// The sequence the stream's head calls for.
+        /// The sequence after the stream's head as stored (not as a refused batch moved it).
         expected: u64,
         /// What the event carried.
         got: u64,

@@ -707,15 +707,11 @@ impl<S: Store> Gateway<S> {
                 // A run of duplicates may lie behind the head.
                 self.raise_head(stream, last);
             }
-            Err(GatewayError::Sequence { .. }) => {
-                // The store's head, read now: what the refused transaction counted was rolled
-                // back. Heads only move up while the gateway runs, and another append may have
-                // raised this one meanwhile, so it is never lowered.
-                if let Ok(heads) = self.store.heads().await
-                    && let Some(head) = heads.into_iter().find(|h| h.stream_id == stream)
-                {
-                    self.raise_head(stream, head.sequence);
-                }
+            Err(GatewayError::Sequence { expected, .. }) => {
+                // The refusal names the place after the head as stored. Heads only move up
+                // while the gateway runs, and another append may have raised this one
+                // meanwhile, so it is never lowered.
+                self.raise_head(stream, expected.saturating_sub(1));
             }
             Err(_) => {}
         }

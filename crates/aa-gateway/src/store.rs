@@ -222,7 +222,8 @@ pub trait Store: Send + Sync + 'static {
     /// Appends events to `stream_id` in one transaction: each event either is a duplicate (the
     /// stream already holds its id at its sequence; on the gateway's own stream, anywhere) or
     /// carries the sequence after the stream's head; anything else fails the whole batch with
-    /// [`GatewayError::Sequence`], appending nothing.
+    /// [`GatewayError::Sequence`], appending nothing and naming the place after the head as
+    /// stored.
     fn append_events(
         &self,
         stream_id: &str,

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aa_core::{Action, AgentContext, AgentRegistration, AuditEvent, EventKind, Lineage, Origin};
 use aa_gateway::{
-    Gateway, GatewayConfig, GatewayError, PolicyDocument, Registered, SqliteStore, Store,
+    Gateway, GatewayConfig, GatewayError, NewEvent, PolicyDocument, Registered, SqliteStore, Store,
 };
 use aa_identity::Keypair;
 use serde_json::json;
@@ -539,6 +539,65 @@ async fn an_event_sent_again_is_held_whatever_its_id_reads_as_now() {
         ),
         "{refused:?}"
     );
+}
+
+/// A refusal for being out of sequence names the stream's head as stored, and the gateway
+/// takes it: an event stored while the gateway's own count lagged (another append of the
+/// stream not yet finished) is known for a resend at the next try, whatever its id reads as
+/// now.
+#[tokio::test]
+async fn the_head_a_refusal_names_makes_the_next_try_a_resend() {
+    let gw = gateway(GatewayConfig::default());
+    let with_pattern = POLICY.replace(
+        "default: allow}",
+        "default: allow, data: {patterns: [{name: badge, regex: 'EMP-\\d{6}'}]}}",
+    );
+    gw.publish(documents(&with_pattern)).unwrap();
+    assert_eq!(gw.append(vec![event(1, "ls")]).await.unwrap().accepted, 1);
+    let mut badge = event(2, "ls");
+    badge.event_id = "rt-1/bot/EMP-123456".into();
+    // Stored under the id as it came, past the head the gateway counts.
+    let stored = NewEvent::new(
+        badge.event_id.clone(),
+        2,
+        &serde_json::to_value(&badge).unwrap(),
+    );
+    gw.store()
+        .append_events("rt-1", vec![stored])
+        .await
+        .unwrap();
+
+    // Taken for new, its id reads as its digest now: another event at a taken place.
+    let refused = gw.append(vec![badge.clone()]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(GatewayError::Sequence {
+                expected: 3,
+                got: 2,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let appended = gw.append(vec![badge]).await.unwrap();
+    assert_eq!((appended.accepted, appended.duplicates), (0, 1));
+
+    // A batch refused for a gap stores nothing, so what came before the gap is still new.
+    let refused = gw.append(vec![event(3, "ls"), event(5, "ls")]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(GatewayError::Sequence {
+                expected: 3,
+                got: 5,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let appended = gw.append(vec![event(3, "ls")]).await.unwrap();
+    assert_eq!((appended.accepted, appended.duplicates), (1, 0));
 }
 
 /// A batch of two streams is stored in order, redacted throughout, or refused whole.
