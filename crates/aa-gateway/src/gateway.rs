@@ -981,12 +981,9 @@ fn check_fresh(
     }
     let edge = own_edge(kind, &agent_id, &event_id, value.get("detail"));
     let usage = if kind == EventKind::LlmUsage {
-        // Read back after redaction, which the bundle's patterns shape: a refusal here may pass
-        // with another bundle, so it is not named.
-        Some(
-            AuditEvent::deserialize(&value)
-                .map_err(|e| GatewayError::InvalidRequest(format!("event {event_id:?}: {e}")))?,
-        )
+        // Read back after redaction, which leaves an event's names and tags as they were
+        // whatever the bundle's patterns: what fails here fails with every bundle.
+        Some(AuditEvent::deserialize(&value).map_err(|e| refused(&e))?)
     } else {
         None
     };

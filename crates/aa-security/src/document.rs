@@ -13,6 +13,10 @@
 //!
 //! The document is only read until every cut is known, so all receipts refer to the strings as
 //! they came; then the strings that change are rewritten, found by their paths.
+//!
+//! A document of a known shape (an audit event) comes with a [`Layout`]: the names of its
+//! schema's fields and its tags from closed sets are not read at all, neither alone nor glued,
+//! so that a redacted document still reads as what it was.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -60,6 +64,17 @@ const FIELD_NAME_BYTES: usize = 256;
 /// regrowing the lists a document is read into.
 const TYPICAL_NODES: usize = 32;
 
+/// Where a document's shape is fixed by a schema: the objects whose keys are the schema's
+/// names rather than data, and the values that are tags from a closed set (an action's type,
+/// a verdict's decision). Neither is scanned or glued to a neighbour: no secret is held in
+/// them, and a rewritten name or tag would leave the document unreadable as what it is.
+pub(crate) struct Layout {
+    /// Paths, from the root, of the objects whose keys are names.
+    pub(crate) named: &'static [&'static [&'static str]],
+    /// Paths of the values that are tags.
+    pub(crate) tags: &'static [&'static [&'static str]],
+}
+
 /// One step from a container to a child.
 #[derive(Debug, Clone, Copy)]
 enum Step<'a> {
@@ -90,7 +105,8 @@ struct Strings<'a> {
 }
 
 impl<'a> Strings<'a> {
-    fn of(doc: &'a Value) -> Strings<'a> {
+    /// The strings of `doc`, less the names and tags `layout` fixes.
+    fn of(doc: &'a Value, layout: Option<&Layout>) -> Strings<'a> {
         enum Item<'a> {
             Value(&'a Value, usize),
             Key(&'a str, usize),
@@ -106,18 +122,29 @@ impl<'a> Strings<'a> {
         // An explicit stack: documents built in memory may nest deeper than a parser allows.
         let mut stack = Vec::with_capacity(TYPICAL_NODES);
         stack.push(Item::Value(doc, 0));
+        let fixed = |nodes: &[Node<'_>], node: usize, paths: &[&[&str]]| {
+            paths.iter().any(|path| is_at(nodes, node, path))
+        };
         while let Some(item) = stack.pop() {
             match item {
-                Item::Key(text, node) => spots.push(Spot {
-                    text,
-                    node,
-                    is_key: true,
-                }),
-                Item::Value(Value::String(text), node) => spots.push(Spot {
-                    text,
-                    node,
-                    is_key: false,
-                }),
+                Item::Key(text, node) => {
+                    if !layout.is_some_and(|l| fixed(&nodes, node, l.named)) {
+                        spots.push(Spot {
+                            text,
+                            node,
+                            is_key: true,
+                        });
+                    }
+                }
+                Item::Value(Value::String(text), node) => {
+                    if !layout.is_some_and(|l| fixed(&nodes, node, l.tags)) {
+                        spots.push(Spot {
+                            text,
+                            node,
+                            is_key: false,
+                        });
+                    }
+                }
                 Item::Value(Value::Array(items), node) => {
                     for (i, child) in items.iter().enumerate().rev() {
                         nodes.push(Node {
@@ -185,6 +212,21 @@ impl<'a> Strings<'a> {
     }
 }
 
+/// Whether `node` is the one `path` (keys from the root) leads to.
+fn is_at(nodes: &[Node<'_>], mut node: usize, path: &[&str]) -> bool {
+    for key in path.iter().rev() {
+        match nodes.get(node) {
+            Some(Node {
+                parent,
+                step: Step::Key(k),
+                ..
+            }) if node != 0 && k == key => node = *parent,
+            _ => return false,
+        }
+    }
+    node == 0
+}
+
 enum OwnedStep {
     Key(Rc<str>),
     Index(usize),
@@ -233,11 +275,13 @@ impl Cut {
 }
 
 impl Scanner {
-    /// Redacts every string of `doc` in place; see the module docs.
+    /// Redacts every string of `doc` in place, but for the names and tags `layout` fixes; see
+    /// the module docs.
     pub(crate) fn redact_document(
         &self,
         doc: &mut Value,
         limits: &Limits,
+        layout: Option<&Layout>,
     ) -> Vec<RedactionReceipt> {
         let mut receipts = Vec::new();
         // After the first pass, only the strings it cut can read differently on their own;
@@ -253,7 +297,7 @@ impl Scanner {
         for pass in 0..MAX_PASSES {
             let limits = if pass == 0 { limits } else { &read_again };
             let (cuts, split, edits) = {
-                let strings = Strings::of(doc);
+                let strings = Strings::of(doc, layout);
                 let (mut cuts, split) = self.cuts(&strings, limits, changed.as_ref());
                 let edits = name_and_locate(&strings, &mut cuts);
                 (cuts, split, edits)

@@ -6,6 +6,7 @@ use aa_core::{AuditEvent, RedactionReceipt};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::document::Layout;
 use crate::error::SecurityError;
 use crate::scanner::{Finding, Scanner};
 
@@ -95,7 +96,7 @@ impl Scanner {
     /// split across adjacent strings (see `document`). Receipts name the field by its path
     /// (`args.command`, `items[2]`; a key as `path{key}`) and refer to the strings as they came.
     pub fn redact_json(&self, value: &mut Value, limits: &Limits) -> Vec<RedactionReceipt> {
-        self.redact_document(value, limits)
+        self.redact_document(value, limits, None)
     }
 
     /// Redacts an event given as raw bytes: a JSON document is redacted field by field and
@@ -125,7 +126,9 @@ impl Scanner {
     /// and detail) or that quotes it (the verdict, whose reason may name the path or command
     /// it was given), appending one receipt per span to `event.redactions` with the field's
     /// path from the event's root (`action.args.command`). What the trusted side set (the id,
-    /// the origin, earlier receipts) is not scanned. Returns the number of new receipts.
+    /// the origin, earlier receipts) is not scanned, nor what the event's types fix (the
+    /// names of its fields, an action's type, a verdict's decision and mode), so the event
+    /// always reads back as one. Returns the number of new receipts.
     pub fn redact_audit_event(
         &self,
         event: &mut AuditEvent,
@@ -157,7 +160,7 @@ impl Scanner {
         if let (Value::Object(fields), Some(detail)) = (&mut doc, event.detail.take()) {
             fields.insert("detail".into(), detail);
         }
-        let receipts = self.redact_json(&mut doc, limits);
+        let receipts = self.redact_document(&mut doc, limits, Some(&AUDIT_EVENT));
         let mut part = |name: &str| doc.get_mut(name).map(Value::take).unwrap_or(Value::Null);
         event.detail = had_detail.then(|| part("detail"));
         if receipts.is_empty() {
@@ -200,7 +203,7 @@ impl Scanner {
             }
         }
         let mut doc = Value::Object(doc);
-        let receipts = self.redact_json(&mut doc, limits);
+        let receipts = self.redact_document(&mut doc, limits, Some(&AUDIT_EVENT));
         if let Value::Object(supplied) = doc {
             fields.extend(supplied);
         }
@@ -227,6 +230,20 @@ impl Scanner {
 /// verdict's reason names the path, host or command it was given), and so are scanned; the
 /// others are set by the trusted side.
 const SCANNED_FIELDS: [&str; 5] = ["agent", "session_id", "action", "detail", "verdict"];
+
+/// What of an audit event's scanned fields its types fix: the names of its own fields and of
+/// those of its agent, action and verdict, and the tags of its action (type, file operation)
+/// and verdict (decision, mode). Only what an agent chose is read, so a redacted event always
+/// reads back as one.
+const AUDIT_EVENT: Layout = Layout {
+    named: &[&[], &["agent"], &["action"], &["verdict"]],
+    tags: &[
+        &["action", "type"],
+        &["action", "operation"],
+        &["verdict", "decision"],
+        &["verdict", "mode"],
+    ],
+};
 
 /// The form [`Scanner::redact_id`] keeps an id in when it cannot be kept as it is: `sha256:`
 /// and 32 hex digits of its digest. So an id is stored either as itself or as this, whatever

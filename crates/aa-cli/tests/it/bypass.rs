@@ -369,6 +369,40 @@ async fn a_secret_in_an_event_id_is_stored_as_its_digest() {
     }
 }
 
+/// An allowed call's decision is on record whatever an agent's own strings glue into: a
+/// session id short of a Stripe key by the five letters of the verdict's `allow`, its
+/// neighbour in the stored event, once made the runtime redact the decision into something
+/// that no longer read as an event, and drop the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_is_recorded_whatever_an_agents_strings_glue_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (up, c, bot) = start_bot(dir.path(), &state).await;
+    let session = "sk_live_abcdefghij012345678";
+    let outcome = c
+        .check(&bot, shell("ls"), Some(session.into()))
+        .await
+        .unwrap();
+    assert_eq!(outcome.verdict.decision, Decision::Allow);
+    let gateway = &up.gateway;
+    let decisions = async || {
+        stored_events(gateway)
+            .await
+            .into_iter()
+            .filter(|e| e["kind"] == "decision" && e["session_id"] == session)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || decisions().await.len()
+            == 1)
+        .await
+    );
+    let stored = decisions().await.remove(0);
+    up.stop().await.unwrap();
+    assert_eq!(stored["verdict"]["decision"], "allow", "{stored}");
+    assert_eq!(stored["redactions"], json!([]), "{stored}");
+}
+
 /// Writes `bytes` on a fresh connection and reads one answer (`None` when the runtime just
 /// closes it).
 /// JSON nested as deep as a parser takes, but deeper than a stored event may hold, is refused

@@ -497,8 +497,8 @@ async fn an_event_sent_again_is_held_whatever_its_id_reads_as_now() {
     assert_eq!((appended.accepted, appended.duplicates), (0, 1));
     assert_eq!(redactions(), before, "the resend was not scanned");
 
-    // A usage a pattern published since would refuse (its action's type redacted, it no
-    // longer reads as a usage) is held all the same once stored.
+    // A usage is held once stored; and a pattern published since that matches its action's
+    // type leaves the type alone (a tag, not an agent's data): a new usage still reads as one.
     let mut usage = event(5, "ls");
     usage.kind = EventKind::LlmUsage;
     usage.action = Action::LlmCall {
@@ -506,23 +506,18 @@ async fn an_event_sent_again_is_held_whatever_its_id_reads_as_now() {
         token_estimate: Some(10),
     };
     assert_eq!(gw.append(vec![usage.clone()]).await.unwrap().accepted, 1);
-    let refusing = POLICY.replace(
+    let matching_the_type = POLICY.replace(
         "default: allow}",
         "default: allow, data: {patterns: [{name: calls, regex: 'llm_call'}]}}",
     );
-    gw.publish(documents(&refusing)).unwrap();
+    gw.publish(documents(&matching_the_type)).unwrap();
     let mut next = usage.clone();
     next.event_id = "rt-1/6".into();
     next.origin.as_mut().unwrap().sequence = 6;
-    assert!(
-        matches!(
-            gw.append(vec![next]).await,
-            Err(GatewayError::InvalidRequest(_))
-        ),
-        "as a new event it is refused"
-    );
-    let appended = gw.append(vec![usage]).await.unwrap();
-    assert_eq!((appended.accepted, appended.duplicates), (0, 1));
+    let appended = gw.append(vec![usage, next]).await.unwrap();
+    assert_eq!((appended.accepted, appended.duplicates), (1, 1));
+    let stored = gw.store().records(5, 1).await.unwrap();
+    assert_eq!(stored[0].event["action"]["type"], "llm_call", "{stored:?}");
 
     // Another event at a taken place is still refused: the two histories differ.
     let mut other = event(2, "ls");
@@ -532,7 +527,7 @@ async fn an_event_sent_again_is_held_whatever_its_id_reads_as_now() {
         matches!(
             refused,
             Err(GatewayError::Sequence {
-                expected: 6,
+                expected: 7,
                 got: 2,
                 ..
             })

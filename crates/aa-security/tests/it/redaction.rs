@@ -380,6 +380,73 @@ fn a_serialised_audit_event_is_redacted_as_the_event_is() {
     }
 }
 
+/// An event's names and tags are its types', not an agent's data: a piece of a secret glued to
+/// a verdict's decision, a pattern matching a tag or a field's name, and arguments past the
+/// event's allowance leave them as they are, so a redacted event always reads back as one (a
+/// decision event that did not was once dropped).
+#[test]
+fn an_audit_events_names_and_tags_are_never_rewritten() {
+    let scanner = aa_security::Scanner::with_patterns(&[aa_security::CustomPattern {
+        name: "words".into(),
+        regex: "(allow|enforce|tool_call|file|write|reason|session_id)".into(),
+    }])
+    .unwrap();
+    let event = |action: serde_json::Value| -> aa_core::AuditEvent {
+        serde_json::from_value(json!({
+            "event_id": "e3",
+            "timestamp_ms": 3,
+            "agent": {"id": "bot"},
+            // Too short for a Stripe key, alone or glued to the policy's name, its next
+            // neighbour; glued to `allow` it would read as one.
+            "session_id": "sk_live_abcdefghij012345678",
+            "action": action,
+            "verdict": {"decision": "allow", "rule": "default", "policy": "base@1",
+                        "reason": "no rule matched", "mode": "enforce"},
+            "kind": "decision"
+        }))
+        .unwrap()
+    };
+    let tool = event(json!({"type": "tool_call", "tool": "shell", "args": {"reason": "x"}}));
+    let mut redacted = tool.clone();
+    let added = scanner
+        .redact_audit_event(&mut redacted, &Limits::default())
+        .unwrap();
+    assert_eq!(added, 1, "{redacted:?}");
+    assert_eq!(
+        redacted.redactions[0].field, "action.args{key}",
+        "{redacted:?}"
+    );
+    assert_eq!(redacted.verdict, tool.verdict);
+    assert_eq!(redacted.session_id, tool.session_id);
+
+    let file = event(json!({"type": "file", "operation": "write", "path": "/tmp/a"}));
+    let mut redacted = file.clone();
+    let added = scanner
+        .redact_audit_event(&mut redacted, &Limits::default())
+        .unwrap();
+    assert_eq!((added, &redacted), (0, &file));
+
+    // Arguments past the allowance are cut; the action's type, read after them, is not.
+    let long = "word ".repeat(100);
+    let mut redacted = event(json!({"type": "tool_call", "tool": "shell", "args": {"a": long}}));
+    let small = Limits {
+        max_event_bytes: 100,
+        ..Limits::default()
+    };
+    SCANNER.redact_audit_event(&mut redacted, &small).unwrap();
+    assert!(
+        matches!(&redacted.action, aa_core::Action::ToolCall { args, .. } if args["a"] == OVERSIZED),
+        "{redacted:?}"
+    );
+
+    // The event as a store keeps it reads the same.
+    let mut as_value = serde_json::to_value(&file).unwrap();
+    scanner
+        .redact_audit_value(&mut as_value, &Limits::default())
+        .unwrap();
+    assert_eq!(as_value, serde_json::to_value(&file).unwrap());
+}
+
 /// A text that is one run of assignments, as a hostile agent could send, is read in one go:
 /// each assignment's window was once extended over the rest of the run, which took seconds
 /// for a hundred kilobytes (and minutes for this test). A secret assigned after it is still
