@@ -242,7 +242,11 @@ pub(crate) const RULES: &[RuleDef] = &[
         "github_token",
         Critical,
         &["ghs_"],
-        concat!(r"\b(ghs_[A-Za-z0-9]{36})", end!()),
+        // The classic form, and the newer one: the app's id and a JWT.
+        concat!(
+            r"\b(ghs_(?:[A-Za-z0-9]{36}|[0-9]+_[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+))",
+            end!()
+        ),
     ),
     rule(
         "github-refresh-token",
@@ -264,7 +268,11 @@ pub(crate) const RULES: &[RuleDef] = &[
         "gitlab_token",
         Critical,
         &["glpat-"],
-        concat!(r"\b(glpat-[A-Za-z0-9_\-]{20,})", end!()),
+        // A routable token ends in a version and a checksum, each after a dot.
+        concat!(
+            r"\b(glpat-[A-Za-z0-9_\-]{20,}(?:\.[0-9a-z]{2}\.[0-9a-z]{7,9})?)",
+            end!()
+        ),
     ),
     rule(
         "gitlab-pipeline-trigger-token",
@@ -622,7 +630,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         "telegram_bot_token",
         High,
         &[":aa"],
-        concat!(r"\b([0-9]{8,10}:AA[0-9A-Za-z_\-]{33})", end!()),
+        // Also as the Bot API's URLs carry it: `/bot<token>/getMe`.
+        concat!(r"(?:\b|bot)([0-9]{8,10}:AA[0-9A-Za-z_\-]{33})", end!()),
     ),
     window(
         rule(

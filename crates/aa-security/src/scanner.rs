@@ -232,6 +232,12 @@ impl Scanner {
                 start <= f.start && f.end <= end && (labelled || !is_personal_data(&f.kind))
             })
             .map(|mut f| {
+                // A value a secret's name is assigned is that secret whole: an assignment rule
+                // reads one only up to white space or punctuation, as it would in code, which
+                // left the rest of `"Tr0ub4dor&3xK9;qLm"` or `"Xk9#mQ2vLp, hunter2"` behind.
+                if f.start == start && self.rules.get(f.order).is_some_and(|r| r.assigned) {
+                    f.end = end;
+                }
                 (f.start, f.end) = (f.start - start, f.end - start);
                 f
             })

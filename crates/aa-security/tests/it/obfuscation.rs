@@ -96,7 +96,16 @@ fn two_layers_deep_is_found_three_is_not_promised() {
 #[test]
 fn zero_width_and_bidi_splits_are_removed() {
     for invisible in [
-        '\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{202E}', '\u{00AD}',
+        '\u{200B}',
+        '\u{200C}',
+        '\u{200D}',
+        '\u{2060}',
+        '\u{FEFF}',
+        '\u{202E}',
+        '\u{00AD}',
+        // A variation selector and a shorthand format control of the supplementary planes.
+        '\u{E0100}',
+        '\u{1BCA0}',
     ] {
         let (head, tail) = TOKEN.split_at(10);
         let hidden = format!("{head}{invisible}{tail}");

@@ -197,6 +197,15 @@ fn a_value_under_a_secrets_name_is_redacted() {
             "/env/DB_PASSWORD",
         ),
         (json!({"api_key": "kq8Wz1vN0pL4xR7tY2mB"}), "/api_key"),
+        // Whole, past the punctuation and white space that end an assignment in code.
+        (
+            json!({"db_password": "Tr0ub4dor&3xK9;qLm#2Vw"}),
+            "/db_password",
+        ),
+        (
+            json!({"password": "Xk9#mQ2vLp, hunter2 zebra"}),
+            "/password",
+        ),
         (
             json!({"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQWERTYKEY1"}),
             "/aws_secret_access_key",
