@@ -6,11 +6,13 @@
 //! releases at most one action here; the gateway's redeem makes that hold across runtimes.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aa_core::{Action, AgentContext, Verdict};
 use aa_proto::pb;
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::link::{BACKOFF_MAX, BACKOFF_START, GatewayLink};
@@ -18,6 +20,12 @@ use crate::runtime::Refusal;
 
 /// Pending decisions kept at most; past it, a pending decision is denied.
 const MAX_PENDING: usize = 10_000;
+
+/// Memory the actions of pending decisions may take in all, as [`held_bytes`] estimates it;
+/// past it, a pending decision is denied. A count alone let an agent hold gigabytes: a check
+/// of a few megabytes of arguments asking for approval, sent again and again, each kept for
+/// the approval's lifetime.
+const MAX_PENDING_BYTES: usize = 64 << 20;
 
 /// Whether the gateway has the approval yet: `None` while creating, then the outcome.
 pub(crate) type Created = Option<Result<(), String>>;
@@ -31,15 +39,73 @@ pub(crate) struct Pending {
     pub(crate) verdict: Verdict,
     pub(crate) expires: Instant,
     pub(crate) created: watch::Receiver<Created>,
+    /// Its part of the table's memory budget, shared with the task creating its approval:
+    /// held, never read.
+    pub(crate) _charge: Arc<Charge>,
+}
+
+/// A pending decision's part of its table's memory budget, given back when the last of its
+/// holders lets go: the entry, and the task creating its approval at the gateway, which holds
+/// its own copy of the action while it retries (until the approval would expire).
+#[derive(Debug)]
+pub(crate) struct Charge {
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// The table of pending decisions by approval id.
 #[derive(Debug, Default)]
 pub(crate) struct PendingTable {
     entries: Mutex<HashMap<String, Pending>>,
+    /// The bytes of every live [`Charge`].
+    held: Arc<AtomicUsize>,
 }
 
 impl PendingTable {
+    /// The budget's part for a pending decision on `action`, held twice (its entry and its
+    /// approval's creation); refused when the budget would be passed even with the expired
+    /// entries gone.
+    pub(crate) fn charge(&self, action: &Action) -> Result<Arc<Charge>, String> {
+        let bytes = held_bytes(action).saturating_mul(2);
+        let take = || {
+            self.held
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                    held.checked_add(bytes)
+                        .filter(|&total| total <= MAX_PENDING_BYTES)
+                })
+                .is_ok()
+        };
+        if !take() {
+            self.drop_expired()?;
+            if !take() {
+                return Err(format!(
+                    "the approvals waiting on this runtime would hold more than {} MiB",
+                    MAX_PENDING_BYTES >> 20
+                ));
+            }
+        }
+        Ok(Arc::new(Charge {
+            held: Arc::clone(&self.held),
+            bytes,
+        }))
+    }
+
+    fn drop_expired(&self) -> Result<(), String> {
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| "pending table poisoned".to_owned())?;
+        let now = Instant::now();
+        entries.retain(|_, p| p.expires > now);
+        Ok(())
+    }
+
     /// Adds an entry; refused when the table is full of live entries.
     pub(crate) fn insert(&self, approval_id: String, pending: Pending) -> Result<(), String> {
         let mut entries = self
@@ -70,12 +136,69 @@ impl PendingTable {
     }
 }
 
+/// About how many bytes of memory `action` takes as the runtime holds it: every JSON value
+/// [`NODE_BYTES`], every string and key its length too.
+fn held_bytes(action: &Action) -> usize {
+    let strings = |list: &[&str]| list.iter().map(|s| NODE_BYTES + s.len()).sum::<usize>();
+    let mut bytes = NODE_BYTES;
+    // Only containers go on the stack: arguments may be millions of values wide, or deep.
+    let mut containers: Vec<&Value> = Vec::new();
+    match action {
+        Action::ToolCall { tool, args } => {
+            bytes += strings(&[tool]);
+            containers.push(args);
+        }
+        Action::LlmCall { model, .. } => bytes += strings(&[model]),
+        Action::Network { host, method, .. } => {
+            bytes += strings(&[host, method.as_deref().unwrap_or_default()]);
+        }
+        Action::File { path, .. } => bytes += strings(&[path]),
+        Action::ProcessExec { command, args } => {
+            bytes += strings(&[command]);
+            bytes += args.iter().map(|a| NODE_BYTES + a.len()).sum::<usize>();
+        }
+        Action::AgentSpawn { child_id, reason } => {
+            bytes += strings(&[
+                child_id.as_deref().unwrap_or_default(),
+                reason.as_deref().unwrap_or_default(),
+            ]);
+        }
+    }
+    let value_bytes = |value: &Value| match value {
+        Value::String(text) => NODE_BYTES + text.len(),
+        _ => NODE_BYTES,
+    };
+    while let Some(container) = containers.pop() {
+        let items: Box<dyn Iterator<Item = (usize, &Value)>> = match container {
+            Value::Array(items) => Box::new(items.iter().map(|item| (0, item))),
+            Value::Object(map) => Box::new(map.iter().map(|(key, item)| (key.len(), item))),
+            scalar => {
+                bytes += value_bytes(scalar);
+                continue;
+            }
+        };
+        for (key, item) in items {
+            bytes += key + value_bytes(item);
+            if item.is_array() || item.is_object() {
+                containers.push(item);
+            }
+        }
+    }
+    bytes
+}
+
+/// What one JSON value takes, counted by [`held_bytes`]: its own size and its share of its
+/// container's, rounded up.
+const NODE_BYTES: usize = 64;
+
 /// Creates the approval at the gateway, retrying while the gateway is away, until it expires.
+/// `_charge` keeps the action's part of the budget while the request holds it.
 pub(crate) async fn create(
     link: GatewayLink,
     request: pb::CreateApprovalRequest,
     expires: Instant,
     done: watch::Sender<Created>,
+    _charge: Arc<Charge>,
 ) {
     let mut backoff = BACKOFF_START;
     let outcome = loop {
@@ -188,7 +311,14 @@ mod tests {
     use super::*;
 
     fn pending(agent: &str) -> Pending {
+        let charge = PendingTable::default()
+            .charge(&Action::File {
+                operation: aa_core::FileOperation::Read,
+                path: "/a".into(),
+            })
+            .unwrap();
         Pending {
+            _charge: charge,
             agent: AgentContext::new(agent),
             action: Action::ToolCall {
                 tool: "shell".into(),
@@ -214,5 +344,48 @@ mod tests {
         assert!(table.take("a-1", "intruder").is_none());
         assert!(table.take("a-1", "bot").is_some(), "another's wait took it");
         assert!(table.take("a-1", "bot").is_none());
+    }
+
+    fn wide(values: usize) -> Action {
+        Action::ToolCall {
+            tool: "shell".into(),
+            args: serde_json::json!({ "command": vec![0; values], "cwd": {"a": ["b"]} }),
+        }
+    }
+
+    #[test]
+    fn an_actions_bytes_count_every_value() {
+        let small = held_bytes(&wide(0));
+        assert_eq!(held_bytes(&wide(1_000)) - small, 1_000 * NODE_BYTES);
+        assert!(held_bytes(&wide(1_500_000)) > 90 << 20);
+    }
+
+    /// Pending actions share one memory budget, an action's part held until the last of its
+    /// holders (the entry, the creation of its approval) lets go, or its entry expires.
+    #[test]
+    fn pending_actions_share_a_memory_budget() {
+        let table = PendingTable::default();
+        // About 12 MiB a charge (100,000 values of 64 bytes, held twice): five fit in 64 MiB.
+        let big = wide(100_000);
+        let mut charges: Vec<Arc<Charge>> = (0..5).map(|_| table.charge(&big).unwrap()).collect();
+        let refused = table.charge(&big).unwrap_err();
+        assert!(refused.contains("more than 64 MiB"), "{refused}");
+        let creating = Arc::clone(&charges[0]);
+        charges.remove(0);
+        assert!(
+            table.charge(&big).is_err(),
+            "its approval's creation holds it still"
+        );
+        drop(creating);
+        charges.push(table.charge(&big).unwrap());
+
+        // Charges held only by expired entries are given back when the budget is short.
+        for (n, charge) in charges.drain(..).enumerate() {
+            let mut entry = pending("bot");
+            entry._charge = charge;
+            entry.expires = Instant::now() - std::time::Duration::from_secs(1);
+            table.insert(format!("a-{n}"), entry).unwrap();
+        }
+        assert!(table.charge(&big).is_ok());
     }
 }

@@ -740,6 +740,7 @@ impl Runtime {
         let expires = Instant::now() + timeout;
         let digest = action.digest();
         let (done, created) = tokio::sync::watch::channel(None);
+        let charge = self.pending.charge(action)?;
         self.pending.insert(
             approval_id.clone(),
             Pending {
@@ -749,6 +750,7 @@ impl Runtime {
                 verdict: verdict.clone(),
                 expires,
                 created,
+                _charge: Arc::clone(&charge),
             },
         )?;
         let create = pb::CreateApprovalRequest {
@@ -762,7 +764,13 @@ impl Runtime {
             policy_version: verdict.policy.clone(),
             timeout: aa_proto::convert::duration_to_wire(timeout),
         };
-        tokio::spawn(approvals::create(self.link.clone(), create, expires, done));
+        tokio::spawn(approvals::create(
+            self.link.clone(),
+            create,
+            expires,
+            done,
+            charge,
+        ));
         Ok(approval_id)
     }
 
