@@ -596,6 +596,19 @@ pub(crate) const RULES: &[RuleDef] = &[
         4,
         120,
     ),
+    // An account or API key SID and its secret, as `curl -u SID:secret` sends them to the
+    // service's URL, before or after it.
+    window(
+        rule(
+            "twilio-credentials",
+            "twilio_auth_token",
+            High,
+            &["twilio"],
+            r"\b(?:AC|SK)[0-9a-f]{32}:([A-Za-z0-9]{32})\b",
+        ),
+        200,
+        200,
+    ),
     window(
         rule(
             "twilio-auth-token",
@@ -613,6 +626,19 @@ pub(crate) const RULES: &[RuleDef] = &[
         High,
         &["key-"],
         concat!(r"\b(key-[0-9a-f]{32})", end!()),
+    ),
+    // The newer form, with no prefix: near the service's name (`api.mailgun.net` in the URL
+    // it is sent to, `MAILGUN_API_KEY=`), before or after it.
+    window(
+        rule(
+            "mailgun-api-key-v2",
+            "mailgun_api_key",
+            High,
+            &["mailgun"],
+            r"\b([0-9a-f]{32}-[0-9a-f]{8}-[0-9a-f]{8})\b",
+        ),
+        160,
+        160,
     ),
     window(
         rule(
@@ -959,32 +985,32 @@ pub(crate) const RULES: &[RuleDef] = &[
     database_url(
         "database-url-postgres",
         &["postgres"],
-        r"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
+        r"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#]+)@",
     ),
     database_url(
         "database-url-mysql",
         &["mysql", "mariadb"],
-        r"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
+        r"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#]+)@",
     ),
     database_url(
         "database-url-mongodb",
         &["mongodb://", "mongodb+srv://"],
-        r"(?i)mongodb(?:\+srv)?://[^\s:/@]+:([^\s@/]+)@",
+        r"(?i)mongodb(?:\+srv)?://[^\s:/@]+:([^\s/?#]+)@",
     ),
     database_url(
         "database-url-redis",
         &["redis://", "rediss://"],
-        r"(?i)rediss?://[^\s:/@]*:([^\s@/]+)@",
+        r"(?i)rediss?://[^\s:/@]*:([^\s/?#]+)@",
     ),
     database_url(
         "database-url-amqp",
         &["amqp://", "amqps://"],
-        r"(?i)amqps?://[^\s:/@]+:([^\s@/]+)@",
+        r"(?i)amqps?://[^\s:/@]+:([^\s/?#]+)@",
     ),
     database_url(
         "database-url-mssql",
         &["sqlserver", "mssql"],
-        r"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s@/]+)@",
+        r"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#]+)@",
     ),
     // ---- Generic assignments, gated by entropy ----
     assignment(gated(
