@@ -670,6 +670,17 @@ pub(crate) const RULES: &[RuleDef] = &[
         4,
         160,
     ),
+    // As an `Authorization: Bot <token>` header carries it, with or without the name.
+    rule(
+        "discord-bot-authorization",
+        "discord_token",
+        High,
+        &["bot m", "bot n", "bot o"],
+        concat!(
+            r"\b(?i:bot) ([MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38})",
+            end!()
+        ),
+    ),
     rule(
         "discord-webhook-url",
         "discord_webhook",
