@@ -212,9 +212,14 @@ impl Outbox {
     }
 
     /// Numbers and stores batches of events in one transaction, and keeps them for the
-    /// forwarder. An event whose id is already in the outbox is a duplicate: it is skipped and
-    /// takes no number (its sequence is left 0). Returns, per batch, how many were new.
-    pub fn append(&self, batches: &mut [Vec<AuditEvent>]) -> Result<Vec<u64>, RuntimeError> {
+    /// forwarder. Each event is known by its key in `keys` (by batch, then by event), else by
+    /// its id; one whose key the outbox holds already is a duplicate: it is skipped and takes
+    /// no number (its sequence is left 0). Returns, per batch, how many were new.
+    pub fn append(
+        &self,
+        batches: &mut [Vec<AuditEvent>],
+        keys: &[Vec<String>],
+    ) -> Result<Vec<u64>, RuntimeError> {
         let mut conn = self.lock()?;
         self.sync_fully(&conn)?;
         let tx = conn.transaction()?;
@@ -226,16 +231,19 @@ impl Outbox {
                 "INSERT INTO outbox (sequence, event_id, event) VALUES (?1, ?2, ?3)
                  ON CONFLICT(event_id) DO NOTHING",
             )?;
-            for batch in batches.iter_mut() {
+            for (b, batch) in batches.iter_mut().enumerate() {
                 let mut new = 0;
-                for event in batch.iter_mut() {
+                for (e, event) in batch.iter_mut().enumerate() {
                     if let Some(origin) = event.origin.as_mut() {
                         origin.sequence = last + 1;
                         origin.stream_id.clone_from(&self.stream_id);
                     }
                     let wire = pb::AuditEvent::from(&*event).encode_to_vec();
-                    let changed =
-                        insert.execute(params![to_i64(last + 1)?, event.event_id, wire])?;
+                    let key = keys
+                        .get(b)
+                        .and_then(|k| k.get(e))
+                        .unwrap_or(&event.event_id);
+                    let changed = insert.execute(params![to_i64(last + 1)?, key, wire])?;
                     if changed == 1 {
                         last += 1;
                         new += 1;
@@ -657,7 +665,7 @@ mod tests {
         let outbox = Outbox::open(&dir.path().join("outbox.db")).unwrap();
         let mut batches = vec![vec![event("a"), event("b"), event("c")]];
         batches[0][1].origin.as_mut().unwrap().peer_uid = 1234;
-        outbox.append(&mut batches).unwrap();
+        outbox.append(&mut batches, &[]).unwrap();
         let original = outbox.pending_after(1, 1).unwrap().remove(0).wire;
 
         // "b" was taken from memory above: the database is read for it again.
@@ -706,7 +714,7 @@ mod tests {
             (kept, reason.as_str()),
             (original, "event \"b\": unknown kind")
         );
-        assert_eq!(outbox.append(&mut [vec![event("b")]]).unwrap(), [0]);
+        assert_eq!(outbox.append(&mut [vec![event("b")]], &[]).unwrap(), [0]);
         let listed = read_quarantine(&dir.path().join("outbox.db")).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].event.as_ref().unwrap().event_id, "b");
@@ -716,7 +724,7 @@ mod tests {
         assert!(!outbox.quarantine(9, "none").unwrap());
 
         // An event the forwarder takes from memory is replaced there too.
-        outbox.append(&mut [vec![event("d")]]).unwrap();
+        outbox.append(&mut [vec![event("d")]], &[]).unwrap();
         assert!(outbox.quarantine(4, "too deep").unwrap());
         forget_stored(&outbox, 4);
         let kept = events(&outbox.pending_after(3, 10).unwrap());
@@ -770,7 +778,7 @@ mod tests {
             .pragma_update(None, "synchronous", "NORMAL")
             .unwrap();
         outbox.relaxed_sync.store(true, Ordering::Release);
-        outbox.append(&mut [vec![event("after")]]).unwrap();
+        outbox.append(&mut [vec![event("after")]], &[]).unwrap();
         assert_eq!(synchronous(), 2, "FULL");
     }
 
@@ -781,7 +789,7 @@ mod tests {
         let outbox = Outbox::open(&path).unwrap();
         let stream = outbox.stream_id().to_owned();
         let mut batches = vec![vec![event("a"), event("b")], vec![event("a"), event("c")]];
-        assert_eq!(outbox.append(&mut batches).unwrap(), vec![2, 1]);
+        assert_eq!(outbox.append(&mut batches, &[]).unwrap(), vec![2, 1]);
         let pending = outbox.pending(10).unwrap();
         assert_eq!(sequences(&pending), vec![1, 2, 3]);
         // The stored event carries its place in the stream.
@@ -802,7 +810,9 @@ mod tests {
         assert_eq!(events(&pending)[0].event_id, "c");
         // "a" was delivered, yet a retry of it is still a duplicate.
         assert_eq!(
-            outbox.append(&mut [vec![event("a"), event("d")]]).unwrap(),
+            outbox
+                .append(&mut [vec![event("a"), event("d")]], &[])
+                .unwrap(),
             vec![1]
         );
         assert_eq!(sequences(&outbox.pending(10).unwrap()), [3, 4]);
@@ -813,7 +823,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
         let mut batches = vec![vec![event("a"), event("b"), event("a")], vec![event("c")]];
-        assert_eq!(outbox.append(&mut batches).unwrap(), vec![2, 1]);
+        assert_eq!(outbox.append(&mut batches, &[]).unwrap(), vec![2, 1]);
         // The duplicate took no place.
         let numbered = |e: &AuditEvent| e.origin.as_ref().unwrap().sequence;
         assert_eq!(
@@ -842,10 +852,12 @@ mod tests {
         // Committed before a restart, so not in memory: 1 and 2.
         Outbox::open(&path)
             .unwrap()
-            .append(&mut [vec![event("a"), event("b")]])
+            .append(&mut [vec![event("a"), event("b")]], &[])
             .unwrap();
         let outbox = Outbox::open(&path).unwrap();
-        outbox.append(&mut [vec![event("c"), event("d")]]).unwrap();
+        outbox
+            .append(&mut [vec![event("c"), event("d")]], &[])
+            .unwrap();
         forget_stored(&outbox, 3);
         // 1 and 2 from the database, then 3 and 4 from memory.
         assert_eq!(sequences(&outbox.pending_after(0, 2).unwrap()), [1, 2]);
@@ -854,7 +866,7 @@ mod tests {
         // Events that do not follow the kept ones replace them: 5 kept, 6 in the database
         // alone, 7 kept. Keeping 5 and 7 would skip 6.
         outbox
-            .append(&mut [vec![event("e"), event("f"), event("g")]])
+            .append(&mut [vec![event("e"), event("f"), event("g")]], &[])
             .unwrap();
         let [fifth, _, seventh] =
             <[Stored; 3]>::try_from(outbox.pending_after(4, 3).unwrap()).unwrap();
@@ -886,7 +898,7 @@ mod tests {
         drop(conn);
         let outbox = Outbox::open(&path).unwrap();
         // A new event goes in beside it, encoded, and both are read in order.
-        outbox.append(&mut [vec![event("new")]]).unwrap();
+        outbox.append(&mut [vec![event("new")]], &[]).unwrap();
         let read = events(&outbox.pending_after(0, 10).unwrap());
         assert_eq!(read[0], old);
         assert_eq!(read[1].event_id, "new");
@@ -906,7 +918,7 @@ mod tests {
     fn a_row_that_holds_no_event_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Outbox::open(&dir.path().join("runtime.db")).unwrap();
-        outbox.append(&mut [vec![event("a")]]).unwrap();
+        outbox.append(&mut [vec![event("a")]], &[]).unwrap();
         outbox
             .lock()
             .unwrap()

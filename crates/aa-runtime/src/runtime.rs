@@ -93,6 +93,18 @@ const RECORD_WAIT: Duration = Duration::from_secs(1);
 /// The longest event id of an agent's kept as it is; a longer one is kept as its digest.
 const MAX_SUPPLIED_ID: usize = 256;
 
+/// An id an agent supplied for an event, in that agent's namespace of the stream.
+struct SuppliedId {
+    /// What the event is kept under: the id, or its digest (see [`Runtime::supplied_id`]).
+    kept: String,
+    /// What the scanner found in it.
+    receipts: Vec<RedactionReceipt>,
+    /// What the outbox knows it by: its digest's form always, whatever the scanner's patterns
+    /// make of the id, so that an agent's retry is a duplicate even when a bundle published
+    /// in between changed what the id is kept as.
+    key: String,
+}
+
 /// Room for one decision's event in the outbox writer's queue, taken before the check is
 /// decided ([`Runtime::decision_slot`]); empty when none came in time.
 #[derive(Debug)]
@@ -1096,17 +1108,18 @@ impl Runtime {
     /// The id an event an agent reported is kept under: its own id, in that agent's
     /// namespace of this runtime's stream. An id that holds what the scanner finds (an agent
     /// can put a secret anywhere), or longer than [`MAX_SUPPLIED_ID`], is kept as its digest,
-    /// with receipts for what was found: the same id still gives the same one, so a batch
-    /// sent again is still recognised.
-    fn supplied_id(&self, agent: &AgentContext, id: &str) -> (String, Vec<RedactionReceipt>) {
-        let (id, mut receipts) = self.scanner.get().redact_id(id, MAX_SUPPLIED_ID);
+    /// with receipts for what was found.
+    fn supplied_id(&self, agent: &AgentContext, id: &str) -> SuppliedId {
+        let namespace = format!("{}/{}/", self.outbox.stream_id(), agent.id);
+        let (kept, mut receipts) = self.scanner.get().redact_id(id, MAX_SUPPLIED_ID);
         for receipt in &mut receipts {
             "event_id".clone_into(&mut receipt.field);
         }
-        (
-            format!("{}/{}/{id}", self.outbox.stream_id(), agent.id),
+        SuppliedId {
+            key: format!("{namespace}{}", aa_security::digest_id(id)),
+            kept: format!("{namespace}{kept}"),
             receipts,
-        )
+        }
     }
 
     /// Queues a decision's event (in `slot`, else wherever there is room) without waiting for
@@ -1116,6 +1129,7 @@ impl Runtime {
     fn record_decision(&self, event: AuditEvent, answer: Verdict, slot: DecisionSlot) -> Verdict {
         let job = Job {
             events: vec![event],
+            keys: Vec::new(),
             done: None,
         };
         let queued = match slot.0 {
@@ -1176,6 +1190,7 @@ impl Runtime {
         }));
         let job = Job {
             events: vec![event],
+            keys: Vec::new(),
             done: None,
         };
         if self.jobs.try_send(job).is_err() {
@@ -1193,6 +1208,7 @@ impl Runtime {
             .session(&batch.agent_id, &batch.credential_token, peer)
             .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
         let mut events = Vec::with_capacity(batch.events.len() + batch.edges.len());
+        let mut keys = Vec::with_capacity(events.capacity());
         for (i, wire) in batch.events.into_iter().enumerate() {
             let sdk = AuditEvent::try_from(wire)
                 .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("events[{i}]: {e}")))?;
@@ -1216,9 +1232,10 @@ impl Runtime {
                 ));
             }
             // Only what the agent may say is kept: what it did, when, and what came of it.
-            let (id, redactions) = self.supplied_id(&session.agent, &sdk.event_id);
-            let mut event = self.event(session.agent.clone(), sdk.action, sdk.kind, peer, id);
-            event.redactions = redactions;
+            let id = self.supplied_id(&session.agent, &sdk.event_id);
+            keys.push(id.key);
+            let mut event = self.event(session.agent.clone(), sdk.action, sdk.kind, peer, id.kept);
+            event.redactions = id.receipts;
             event.timestamp_ms = sdk.timestamp_ms;
             event.session_id = sdk.session_id;
             event.detail = sdk.detail;
@@ -1241,9 +1258,16 @@ impl Runtime {
                 child_id: Some(edge.to_agent_id.clone()),
                 reason: edge.tool.clone(),
             };
-            let (id, redactions) = self.supplied_id(&session.agent, &id);
-            let mut event = self.event(session.agent.clone(), action, EventKind::Edge, peer, id);
-            event.redactions = redactions;
+            let id = self.supplied_id(&session.agent, &id);
+            keys.push(id.key);
+            let mut event = self.event(
+                session.agent.clone(),
+                action,
+                EventKind::Edge,
+                peer,
+                id.kept,
+            );
+            event.redactions = id.receipts;
             event.timestamp_ms = edge.created_at_ms;
             event.detail = serde_json::to_value(&edge).ok();
             events.push(event);
@@ -1252,6 +1276,7 @@ impl Runtime {
         self.jobs
             .send(Job {
                 events,
+                keys,
                 done: Some(done),
             })
             .await
@@ -1653,13 +1678,20 @@ mod tests {
         let tilde_own = format!("~{own_part}");
         for agent in ["~", "~0", "~g", tilde_own.as_str(), "/", "é", "zz-agent"] {
             for id in ["", own_part.as_str(), tilde_own.as_str(), "x/y"] {
-                let (supplied, _) = runtime.supplied_id(&AgentContext::new(agent), id);
-                assert_ne!(supplied, first);
-                assert!(supplied.matches('/').count() >= 2, "{supplied}");
+                let supplied = runtime.supplied_id(&AgentContext::new(agent), id);
+                for supplied in [supplied.kept, supplied.key] {
+                    assert_ne!(supplied, first);
+                    assert!(supplied.matches('/').count() >= 2, "{supplied}");
+                }
             }
         }
         // The agents the SDKs allow sort before the runtime's own ids.
-        assert!(runtime.supplied_id(&AgentContext::new("zz-agent"), "x").0 < first);
+        assert!(
+            runtime
+                .supplied_id(&AgentContext::new("zz-agent"), "x")
+                .kept
+                < first
+        );
         // `report` keeps what an agent reports in its namespace, even the id of a decision.
         let agent = AgentContext::new("~");
         runtime
@@ -1679,16 +1711,72 @@ mod tests {
             agent_id: "~".into(),
             credential_token: "t".into(),
         };
-        let (accepted, written) = tokio::join!(runtime.report(batch, peer), async {
+        let (accepted, (written, keys)) = tokio::join!(runtime.report(batch, peer), async {
             let job = queue.jobs.recv().await.unwrap();
             let ids: Vec<String> = job.events.iter().map(|e| e.event_id.clone()).collect();
             if let Some(done) = job.done {
                 let _ = done.send(Ok(1));
             }
-            ids
+            (ids, job.keys)
         });
         assert_eq!(accepted.ok(), Some(1));
         assert_eq!(written, vec![format!("{stream}/~/{own_part}")]);
         assert_ne!(written[0], first);
+        let key = format!("{stream}/~/{}", aa_security::digest_id(&own_part));
+        assert_eq!(keys, [key]);
+    }
+
+    /// An agent's retry is a duplicate whatever a bundle published in between makes of its
+    /// id: the outbox knows an agent's event by its id's digest, which no pattern changes.
+    #[tokio::test]
+    async fn a_retry_is_a_duplicate_whatever_the_patterns_make_of_its_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, queue) = unlinked_runtime(dir.path(), 8);
+        let writer = tokio::spawn(crate::pipeline::write_loop(
+            queue,
+            Arc::clone(&runtime.outbox),
+            Arc::clone(&runtime.scanner),
+            aa_security::Limits::default(),
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(OutboxHealth::default()),
+        ));
+        let peer = Peer { uid: 7, pid: 1 };
+        let agent = AgentContext::new("bot");
+        runtime
+            .store_session(Session {
+                agent: agent.clone(),
+                ancestors: Vec::new(),
+                token: "t".into(),
+                expires_at_ms: i64::MAX,
+                uid: peer.uid,
+            })
+            .await;
+        let action = Action::ToolCall {
+            tool: "read_file".into(),
+            args: serde_json::json!({}),
+        };
+        let mut reported = runtime.own_event(agent.clone(), action, EventKind::ToolEnd, peer);
+        reported.event_id = "order-EMP-123456".into();
+        let batch = || pb::EventBatch {
+            events: vec![pb::AuditEvent::from(&reported)],
+            edges: Vec::new(),
+            agent_id: "bot".into(),
+            credential_token: "t".into(),
+        };
+        let before = runtime.supplied_id(&agent, &reported.event_id);
+        assert_eq!(runtime.report(batch(), peer).await.ok(), Some(1));
+
+        let badge = aa_security::CustomPattern {
+            name: "badge".into(),
+            regex: r"EMP-\d{6}".into(),
+        };
+        let scanner = aa_security::Scanner::with_patterns(&[badge]).unwrap();
+        runtime.scanner.set(Arc::new(scanner));
+        let after = runtime.supplied_id(&agent, &reported.event_id);
+        assert_ne!(before.kept, after.kept, "the id is kept as its digest now");
+        assert_eq!(runtime.report(batch(), peer).await.ok(), Some(0));
+        let stored = runtime.outbox.pending_after(0, 10).unwrap();
+        assert_eq!(stored.len(), 1);
+        writer.abort();
     }
 }
