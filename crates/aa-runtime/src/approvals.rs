@@ -139,33 +139,27 @@ impl PendingTable {
 /// About how many bytes of memory `action` takes as the runtime holds it: every JSON value
 /// [`NODE_BYTES`], every string and key its length too.
 fn held_bytes(action: &Action) -> usize {
-    let strings = |list: &[&str]| list.iter().map(|s| NODE_BYTES + s.len()).sum::<usize>();
-    let mut bytes = NODE_BYTES;
+    let text = |s: &str| NODE_BYTES + s.len();
     // Only containers go on the stack: arguments may be millions of values wide, or deep.
     let mut containers: Vec<&Value> = Vec::new();
-    match action {
-        Action::ToolCall { tool, args } => {
-            bytes += strings(&[tool]);
-            containers.push(args);
-        }
-        Action::LlmCall { model, .. } => bytes += strings(&[model]),
-        Action::Network { host, method, .. } => {
-            bytes += strings(&[host, method.as_deref().unwrap_or_default()]);
-        }
-        Action::File { path, .. } => bytes += strings(&[path]),
-        Action::ProcessExec { command, args } => {
-            bytes += strings(&[command]);
-            bytes += args.iter().map(|a| NODE_BYTES + a.len()).sum::<usize>();
-        }
-        Action::AgentSpawn { child_id, reason } => {
-            bytes += strings(&[
-                child_id.as_deref().unwrap_or_default(),
-                reason.as_deref().unwrap_or_default(),
-            ]);
-        }
-    }
+    let mut bytes = NODE_BYTES
+        + match action {
+            Action::ToolCall { tool, args } => {
+                containers.push(args);
+                text(tool)
+            }
+            Action::LlmCall { model, .. } => text(model),
+            Action::Network { host, method, .. } => text(host) + method.as_deref().map_or(0, text),
+            Action::File { path, .. } => text(path),
+            Action::ProcessExec { command, args } => {
+                text(command) + args.iter().map(|a| text(a)).sum::<usize>()
+            }
+            Action::AgentSpawn { child_id, reason } => {
+                child_id.as_deref().map_or(0, text) + reason.as_deref().map_or(0, text)
+            }
+        };
     let value_bytes = |value: &Value| match value {
-        Value::String(text) => NODE_BYTES + text.len(),
+        Value::String(s) => text(s),
         _ => NODE_BYTES,
     };
     while let Some(container) = containers.pop() {
