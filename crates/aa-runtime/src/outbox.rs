@@ -212,13 +212,14 @@ impl Outbox {
     }
 
     /// Numbers and stores batches of events in one transaction, and keeps them for the
-    /// forwarder. Each event is known by its key in `keys` (by batch, then by event), else by
-    /// its id; one whose key the outbox holds already is a duplicate: it is skipped and takes
-    /// no number (its sequence is left 0). Returns, per batch, how many were new.
+    /// forwarder. An event whose id, or alias in `aliases` (by batch, then by event: another
+    /// id it may have been stored under), the outbox holds already is a duplicate: it is
+    /// skipped and takes no number (its sequence is left 0). Returns, per batch, how many were
+    /// new.
     pub fn append(
         &self,
         batches: &mut [Vec<AuditEvent>],
-        keys: &[Vec<String>],
+        aliases: &[Vec<Option<String>>],
     ) -> Result<Vec<u64>, RuntimeError> {
         let mut conn = self.lock()?;
         self.sync_fully(&conn)?;
@@ -231,6 +232,8 @@ impl Outbox {
                 "INSERT INTO outbox (sequence, event_id, event) VALUES (?1, ?2, ?3)
                  ON CONFLICT(event_id) DO NOTHING",
             )?;
+            let mut holds =
+                tx.prepare_cached("SELECT EXISTS(SELECT 1 FROM outbox WHERE event_id = ?1)")?;
             for (b, batch) in batches.iter_mut().enumerate() {
                 let mut new = 0;
                 for (e, event) in batch.iter_mut().enumerate() {
@@ -238,12 +241,20 @@ impl Outbox {
                         origin.sequence = last + 1;
                         origin.stream_id.clone_from(&self.stream_id);
                     }
-                    let wire = pb::AuditEvent::from(&*event).encode_to_vec();
-                    let key = keys
+                    let alias = aliases
                         .get(b)
-                        .and_then(|k| k.get(e))
-                        .unwrap_or(&event.event_id);
-                    let changed = insert.execute(params![to_i64(last + 1)?, key, wire])?;
+                        .and_then(|a| a.get(e))
+                        .and_then(Option::as_ref);
+                    let held = match alias {
+                        Some(alias) => holds.query_row(params![alias], |row| row.get(0))?,
+                        None => false,
+                    };
+                    let wire = pb::AuditEvent::from(&*event).encode_to_vec();
+                    let changed = if held {
+                        0
+                    } else {
+                        insert.execute(params![to_i64(last + 1)?, event.event_id, wire])?
+                    };
                     if changed == 1 {
                         last += 1;
                         new += 1;

@@ -50,9 +50,9 @@ impl CurrentScanner {
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) events: Vec<AuditEvent>,
-    /// What the outbox knows each event by, where that is not its id (an agent's events: see
+    /// Another id each event may be held under already (an agent's events: see
     /// [`Outbox::append`]); empty for the runtime's own.
-    pub(crate) keys: Vec<String>,
+    pub(crate) aliases: Vec<Option<String>>,
     pub(crate) done: Option<oneshot::Sender<Result<u64, String>>>,
 }
 
@@ -187,13 +187,13 @@ async fn linger(queue: &mut Queue, group: &mut Vec<Job>) {
     take_queued(&mut queue.jobs, group);
 }
 
-/// A group scanned and redacted, ready to commit: each job's events and their keys, and why
-/// a job failed.
+/// A group scanned and redacted, ready to commit: each job's events and their aliases, and
+/// why a job failed.
 struct Scanned {
     group: Vec<Job>,
     outcomes: Vec<Result<(), String>>,
     batches: Vec<Vec<AuditEvent>>,
-    keys: Vec<Vec<String>>,
+    aliases: Vec<Vec<Option<String>>>,
 }
 
 /// Redacts every event of a group; an event the scanner cannot put back together fails its
@@ -209,7 +209,7 @@ fn scan(mut group: Vec<Job>, scanner: &Scanner, limits: &Limits) -> Scanned {
         }
         if outcome.is_err() {
             job.events.clear();
-            job.keys.clear();
+            job.aliases.clear();
         }
         outcomes.push(outcome);
     }
@@ -217,15 +217,15 @@ fn scan(mut group: Vec<Job>, scanner: &Scanner, limits: &Limits) -> Scanned {
         .iter_mut()
         .map(|j| std::mem::take(&mut j.events))
         .collect();
-    let keys = group
+    let aliases = group
         .iter_mut()
-        .map(|j| std::mem::take(&mut j.keys))
+        .map(|j| std::mem::take(&mut j.aliases))
         .collect();
     Scanned {
         group,
         outcomes,
         batches,
-        keys,
+        aliases,
     }
 }
 
@@ -233,7 +233,7 @@ fn scan(mut group: Vec<Job>, scanner: &Scanner, limits: &Limits) -> Scanned {
 /// decision events to be held.
 fn commit(mut scanned: Scanned, outbox: &Outbox) -> Committed {
     let counts = outbox
-        .append(&mut scanned.batches, &scanned.keys)
+        .append(&mut scanned.batches, &scanned.aliases)
         .map_err(|e| e.to_string());
     (scanned, counts)
 }
@@ -304,7 +304,7 @@ pub(crate) async fn write_loop(
             },
             () = tokio::time::sleep(RETRY), if !held.is_empty() && committing.is_none() => Job {
                 events: std::mem::take(&mut held),
-                keys: Vec::new(),
+                aliases: Vec::new(),
                 done: None,
             },
         };
@@ -312,7 +312,7 @@ pub(crate) async fn write_loop(
         if !held.is_empty() {
             group.push(Job {
                 events: std::mem::take(&mut held),
-                keys: Vec::new(),
+                aliases: Vec::new(),
                 done: None,
             });
         }

@@ -99,10 +99,11 @@ struct SuppliedId {
     kept: String,
     /// What the scanner found in it.
     receipts: Vec<RedactionReceipt>,
-    /// What the outbox knows it by: its digest's form always, whatever the scanner's patterns
-    /// make of the id, so that an agent's retry is a duplicate even when a bundle published
-    /// in between changed what the id is kept as.
-    key: String,
+    /// The id as it came, in the namespace, when it is kept as its digest although short
+    /// enough to be kept as it is: a bundle published since its first sending may have made
+    /// it read as a secret, and the outbox looks for the event under this too (see
+    /// [`Outbox::append`]). Only a query's parameter, never stored.
+    alias: Option<String>,
 }
 
 /// Room for one decision's event in the outbox writer's queue, taken before the check is
@@ -1116,7 +1117,7 @@ impl Runtime {
             "event_id".clone_into(&mut receipt.field);
         }
         SuppliedId {
-            key: format!("{namespace}{}", aa_security::digest_id(id)),
+            alias: (kept != id && id.len() <= MAX_SUPPLIED_ID).then(|| format!("{namespace}{id}")),
             kept: format!("{namespace}{kept}"),
             receipts,
         }
@@ -1129,7 +1130,7 @@ impl Runtime {
     fn record_decision(&self, event: AuditEvent, answer: Verdict, slot: DecisionSlot) -> Verdict {
         let job = Job {
             events: vec![event],
-            keys: Vec::new(),
+            aliases: Vec::new(),
             done: None,
         };
         let queued = match slot.0 {
@@ -1190,7 +1191,7 @@ impl Runtime {
         }));
         let job = Job {
             events: vec![event],
-            keys: Vec::new(),
+            aliases: Vec::new(),
             done: None,
         };
         if self.jobs.try_send(job).is_err() {
@@ -1208,7 +1209,7 @@ impl Runtime {
             .session(&batch.agent_id, &batch.credential_token, peer)
             .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
         let mut events = Vec::with_capacity(batch.events.len() + batch.edges.len());
-        let mut keys = Vec::with_capacity(events.capacity());
+        let mut aliases = Vec::with_capacity(events.capacity());
         for (i, wire) in batch.events.into_iter().enumerate() {
             let sdk = AuditEvent::try_from(wire)
                 .map_err(|e| refuse(ErrorCode::InvalidRequest, format!("events[{i}]: {e}")))?;
@@ -1233,7 +1234,7 @@ impl Runtime {
             }
             // Only what the agent may say is kept: what it did, when, and what came of it.
             let id = self.supplied_id(&session.agent, &sdk.event_id);
-            keys.push(id.key);
+            aliases.push(id.alias);
             let mut event = self.event(session.agent.clone(), sdk.action, sdk.kind, peer, id.kept);
             event.redactions = id.receipts;
             event.timestamp_ms = sdk.timestamp_ms;
@@ -1259,7 +1260,7 @@ impl Runtime {
                 reason: edge.tool.clone(),
             };
             let id = self.supplied_id(&session.agent, &id);
-            keys.push(id.key);
+            aliases.push(id.alias);
             let mut event = self.event(
                 session.agent.clone(),
                 action,
@@ -1276,7 +1277,7 @@ impl Runtime {
         self.jobs
             .send(Job {
                 events,
-                keys,
+                aliases,
                 done: Some(done),
             })
             .await
@@ -1679,10 +1680,8 @@ mod tests {
         for agent in ["~", "~0", "~g", tilde_own.as_str(), "/", "é", "zz-agent"] {
             for id in ["", own_part.as_str(), tilde_own.as_str(), "x/y"] {
                 let supplied = runtime.supplied_id(&AgentContext::new(agent), id);
-                for supplied in [supplied.kept, supplied.key] {
-                    assert_ne!(supplied, first);
-                    assert!(supplied.matches('/').count() >= 2, "{supplied}");
-                }
+                assert_ne!(supplied.kept, first);
+                assert!(supplied.kept.matches('/').count() >= 2, "{}", supplied.kept);
             }
         }
         // The agents the SDKs allow sort before the runtime's own ids.
@@ -1711,25 +1710,24 @@ mod tests {
             agent_id: "~".into(),
             credential_token: "t".into(),
         };
-        let (accepted, (written, keys)) = tokio::join!(runtime.report(batch, peer), async {
+        let (accepted, (written, aliases)) = tokio::join!(runtime.report(batch, peer), async {
             let job = queue.jobs.recv().await.unwrap();
             let ids: Vec<String> = job.events.iter().map(|e| e.event_id.clone()).collect();
             if let Some(done) = job.done {
                 let _ = done.send(Ok(1));
             }
-            (ids, job.keys)
+            (ids, job.aliases)
         });
         assert_eq!(accepted.ok(), Some(1));
         assert_eq!(written, vec![format!("{stream}/~/{own_part}")]);
         assert_ne!(written[0], first);
-        let key = format!("{stream}/~/{}", aa_security::digest_id(&own_part));
-        assert_eq!(keys, [key]);
+        assert_eq!(aliases, [None], "kept as it came, it has no other form");
     }
 
-    /// An agent's retry is a duplicate whatever a bundle published in between makes of its
-    /// id: the outbox knows an agent's event by its id's digest, which no pattern changes.
+    /// An agent's retry is a duplicate when a bundle published in between makes its id read
+    /// as a secret: kept as its digest now, it is looked for as it came too.
     #[tokio::test]
-    async fn a_retry_is_a_duplicate_whatever_the_patterns_make_of_its_id() {
+    async fn a_retry_is_a_duplicate_when_a_pattern_makes_its_id_read_as_a_secret() {
         let dir = tempfile::tempdir().unwrap();
         let (runtime, queue) = unlinked_runtime(dir.path(), 8);
         let writer = tokio::spawn(crate::pipeline::write_loop(

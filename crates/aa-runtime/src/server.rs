@@ -171,7 +171,7 @@ pub async fn run(
     if jobs_tx
         .send(Job {
             events: Vec::new(),
-            keys: Vec::new(),
+            aliases: Vec::new(),
             done: Some(done),
         })
         .await
