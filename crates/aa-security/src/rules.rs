@@ -244,7 +244,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         &["ghs_"],
         // The classic form, and the newer one: the app's id and a JWT.
         concat!(
-            r"\b(ghs_(?:[A-Za-z0-9]{36}|[0-9]+_[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+))",
+            r"\b(ghs_(?:[A-Za-z0-9]{36}|[0-9]+_eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+))",
             end!()
         ),
     ),
@@ -268,9 +268,9 @@ pub(crate) const RULES: &[RuleDef] = &[
         "gitlab_token",
         Critical,
         &["glpat-"],
-        // A routable token ends in a version and a checksum, each after a dot.
+        // A routable token ends in a version and a checksum, after one dot or two.
         concat!(
-            r"\b(glpat-[A-Za-z0-9_\-]{20,}(?:\.[0-9a-z]{2}\.[0-9a-z]{7,9})?)",
+            r"\b(glpat-[A-Za-z0-9_\-]{20,}(?:(?:\.[0-9a-z]{2})?\.[0-9a-z]{7,9})?)",
             end!()
         ),
     ),
@@ -996,32 +996,32 @@ pub(crate) const RULES: &[RuleDef] = &[
     database_url(
         "database-url-postgres",
         &["postgres"],
-        r"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#]+)@",
+        r#"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-mysql",
         &["mysql", "mariadb"],
-        r"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#]+)@",
+        r#"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-mongodb",
         &["mongodb://", "mongodb+srv://"],
-        r"(?i)mongodb(?:\+srv)?://[^\s:/@]+:([^\s/?#]+)@",
+        r#"(?i)mongodb(?:\+srv)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-redis",
         &["redis://", "rediss://"],
-        r"(?i)rediss?://[^\s:/@]*:([^\s/?#]+)@",
+        r#"(?i)rediss?://[^\s:/@]*:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-amqp",
         &["amqp://", "amqps://"],
-        r"(?i)amqps?://[^\s:/@]+:([^\s/?#]+)@",
+        r#"(?i)amqps?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-mssql",
         &["sqlserver", "mssql"],
-        r"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#]+)@",
+        r#"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
     ),
     // ---- Generic assignments, gated by entropy ----
     assignment(gated(

@@ -237,6 +237,10 @@ impl Scanner {
                 // left the rest of `"Tr0ub4dor&3xK9;qLm"` or `"Xk9#mQ2vLp, hunter2"` behind.
                 if f.start == start && self.rules.get(f.order).is_some_and(|r| r.assigned) {
                     f.end = end;
+                    // The secret is the value whole now, digested as it reads (normalised),
+                    // not as the part first found.
+                    f.digest = crate::normalize::normalize(value)
+                        .map(|n| digest_prefix(n.text.as_bytes()));
                 }
                 (f.start, f.end) = (f.start - start, f.end - start);
                 f

@@ -4,6 +4,7 @@
 use aa_security::Limits;
 use base64::Engine;
 use serde_json::{Value, json};
+use sha2::Digest as _;
 
 use crate::SCANNER;
 
@@ -221,4 +222,25 @@ fn a_value_under_a_secrets_name_is_redacted() {
         let again = SCANNER.redact_json(&mut redacted, &Limits::default());
         assert!(again.is_empty(), "found again: {again:?}");
     }
+}
+
+/// A value under a secret's name is the secret whole: its receipt's digest is the whole
+/// value's as it reads (an invisible character removed), not the part first found.
+#[test]
+fn a_value_under_a_secrets_name_is_digested_whole() {
+    let value = "Tr0ub4dor\u{200B}&3xK9;qLm#2Vw";
+    let (doc, receipts) = redact(json!({ "password": value }));
+    assert_eq!(doc["password"], "[REDACTED:generic_secret]");
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    assert_eq!(
+        (receipts[0].start, receipts[0].end),
+        (0, value.len() as u64)
+    );
+    let read = value.replace('\u{200B}', "");
+    let digest: String = sha2::Sha256::digest(read.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(receipts[0].sha256_prefix, digest);
 }
