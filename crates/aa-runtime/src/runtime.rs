@@ -1109,9 +1109,15 @@ impl Runtime {
     /// The id an event an agent reported is kept under: its own id, in that agent's
     /// namespace of this runtime's stream. An id that holds what the scanner finds (an agent
     /// can put a secret anywhere), or longer than [`MAX_SUPPLIED_ID`], is kept as its digest,
-    /// with receipts for what was found.
+    /// with receipts for what was found. The agent's id has its `%` and `/` escaped, so that
+    /// no agent's namespace holds another's (`a` reporting `b/x`, `a/b` reporting `x`).
     fn supplied_id(&self, agent: &AgentContext, id: &str) -> SuppliedId {
-        let namespace = format!("{}/{}/", self.outbox.stream_id(), agent.id);
+        let name: std::borrow::Cow<'_, str> = if agent.id.contains(['%', '/']) {
+            agent.id.replace('%', "%25").replace('/', "%2F").into()
+        } else {
+            agent.id.as_str().into()
+        };
+        let namespace = format!("{}/{name}/", self.outbox.stream_id());
         let (kept, mut receipts) = self.scanner.get().redact_id(id, MAX_SUPPLIED_ID);
         for receipt in &mut receipts {
             "event_id".clone_into(&mut receipt.field);
@@ -1684,6 +1690,11 @@ mod tests {
                 assert!(supplied.kept.matches('/').count() >= 2, "{}", supplied.kept);
             }
         }
+        // No agent's namespace holds another's.
+        let nested =
+            |agent: &str, id: &str| runtime.supplied_id(&AgentContext::new(agent), id).kept;
+        assert_ne!(nested("a", "b/x"), nested("a/b", "x"));
+        assert_ne!(nested("a%2Fb", "x"), nested("a/b", "x"));
         // The agents the SDKs allow sort before the runtime's own ids.
         assert!(
             runtime
