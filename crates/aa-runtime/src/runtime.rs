@@ -1659,6 +1659,19 @@ mod tests {
         }
     }
 
+    /// Opens a session for `agent` under the token `t`, as a registration through `peer` does.
+    async fn open_session(runtime: &Runtime, agent: &AgentContext, peer: Peer) {
+        runtime
+            .store_session(Session {
+                agent: agent.clone(),
+                ancestors: Vec::new(),
+                token: "t".into(),
+                expires_at_ms: i64::MAX,
+                uid: peer.uid,
+            })
+            .await;
+    }
+
     #[tokio::test]
     async fn no_reported_event_can_take_the_runtimes_own_ids() {
         let dir = tempfile::tempdir().unwrap();
@@ -1704,15 +1717,7 @@ mod tests {
         );
         // `report` keeps what an agent reports in its namespace, even the id of a decision.
         let agent = AgentContext::new("~");
-        runtime
-            .store_session(Session {
-                agent: agent.clone(),
-                ancestors: Vec::new(),
-                token: "t".into(),
-                expires_at_ms: i64::MAX,
-                uid: peer.uid,
-            })
-            .await;
+        open_session(&runtime, &agent, peer).await;
         let mut reported = runtime.own_event(agent, action(), EventKind::ToolEnd, peer);
         reported.event_id = own_part.clone();
         let batch = pb::EventBatch {
@@ -1751,15 +1756,7 @@ mod tests {
         ));
         let peer = Peer { uid: 7, pid: 1 };
         let agent = AgentContext::new("bot");
-        runtime
-            .store_session(Session {
-                agent: agent.clone(),
-                ancestors: Vec::new(),
-                token: "t".into(),
-                expires_at_ms: i64::MAX,
-                uid: peer.uid,
-            })
-            .await;
+        open_session(&runtime, &agent, peer).await;
         let action = Action::ToolCall {
             tool: "read_file".into(),
             args: serde_json::json!({}),

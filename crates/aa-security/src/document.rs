@@ -122,28 +122,33 @@ impl<'a> Strings<'a> {
         // An explicit stack: documents built in memory may nest deeper than a parser allows.
         let mut stack = Vec::with_capacity(TYPICAL_NODES);
         stack.push(Item::Value(doc, 0));
-        let fixed = |nodes: &[Node<'_>], node: usize, paths: &[&[&str]]| {
-            paths.iter().any(|path| is_at(nodes, node, path))
+        // A key is fixed by the path of its object, a value by its own.
+        let push = |spots: &mut Vec<Spot<'a>>, nodes: &[Node<'_>], spot: Spot<'a>| {
+            let fixed = layout.is_some_and(|l| {
+                let paths = if spot.is_key { l.named } else { l.tags };
+                paths.iter().any(|path| is_at(nodes, spot.node, path))
+            });
+            if !fixed {
+                spots.push(spot);
+            }
         };
         while let Some(item) = stack.pop() {
             match item {
                 Item::Key(text, node) => {
-                    if !layout.is_some_and(|l| fixed(&nodes, node, l.named)) {
-                        spots.push(Spot {
-                            text,
-                            node,
-                            is_key: true,
-                        });
-                    }
+                    let key = Spot {
+                        text,
+                        node,
+                        is_key: true,
+                    };
+                    push(&mut spots, &nodes, key);
                 }
                 Item::Value(Value::String(text), node) => {
-                    if !layout.is_some_and(|l| fixed(&nodes, node, l.tags)) {
-                        spots.push(Spot {
-                            text,
-                            node,
-                            is_key: false,
-                        });
-                    }
+                    let value = Spot {
+                        text,
+                        node,
+                        is_key: false,
+                    };
+                    push(&mut spots, &nodes, value);
                 }
                 Item::Value(Value::Array(items), node) => {
                     for (i, child) in items.iter().enumerate().rev() {
