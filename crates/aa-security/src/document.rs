@@ -60,6 +60,10 @@ const KEY_IN_FIELD_NAME: usize = 64;
 /// into each of the field's receipts.
 const FIELD_NAME_BYTES: usize = 256;
 
+/// The longest string of an array read as the name of the string after it: names of secrets
+/// (`--aws-secret-access-key`) are short.
+const NAME_ALONE_BYTES: usize = 64;
+
 /// About how many containers and values an event holds: room for that many up front spares
 /// regrowing the lists a document is read into.
 const TYPICAL_NODES: usize = 32;
@@ -187,6 +191,24 @@ impl<'a> Strings<'a> {
             .then_some(key + 1)
     }
 
+    /// The spot of the string the name at spot `name` assigns, with the name as it reads: a
+    /// key's string value, or the next string of an array after a name standing alone in it,
+    /// as a command's arguments pass a secret (`["--password", "..."]`, `["token=", "..."]`).
+    fn assignment(&self, name: usize) -> Option<(usize, &'a str)> {
+        let spot = self.spots.get(name)?;
+        if spot.is_key {
+            return self.value_of_key(name).map(|value| (value, spot.text));
+        }
+        let value = self.spots.get(name + 1).filter(|v| !v.is_key)?;
+        let (first, next) = (self.nodes.get(spot.node)?, self.nodes.get(value.node)?);
+        let neighbours = first.parent == next.parent
+            && matches!((first.step, next.step), (Step::Index(i), Step::Index(j)) if j == i + 1);
+        neighbours
+            .then(|| name_alone(spot.text))
+            .flatten()
+            .map(|text| (name + 1, text))
+    }
+
     /// The nodes from the root (excluded) down to `node`.
     fn lineage(&self, mut node: usize) -> Vec<usize> {
         let mut line = Vec::new();
@@ -215,6 +237,17 @@ impl<'a> Strings<'a> {
             Step::Index(i) => OwnedStep::Index(i),
         })
     }
+}
+
+/// The name an array's string is, standing alone before what it names: one short word, with
+/// no operator but a trailing `=` or `:` (dropped). A string holding its own value
+/// (`--password=x`) or words is no name.
+fn name_alone(text: &str) -> Option<&str> {
+    let name = text.strip_suffix(['=', ':']).unwrap_or(text);
+    let word = !name.is_empty()
+        && name.len() <= NAME_ALONE_BYTES
+        && !name.contains(|c: char| c.is_whitespace() || c == '=' || c == ':');
+    word.then_some(name)
 }
 
 /// Whether `node` is the one `path` (keys from the root) leads to.
@@ -361,9 +394,10 @@ impl Scanner {
                 cuts.insert(i, Cut::Spans(receipts));
             }
         }
-        // Each string value read as assigned to its key.
-        for (key, spot) in strings.spots.iter().enumerate() {
-            let Some(value) = strings.value_of_key(key) else {
+        // Each string read as assigned to the name before it: its key, or a name alone before
+        // it in an array.
+        for key in 0..strings.spots.len() {
+            let Some((value, name)) = strings.assignment(key) else {
                 continue;
             };
             let wanted = only.is_none_or(|only| only.contains(&key) || only.contains(&value));
@@ -373,7 +407,7 @@ impl Scanner {
             if !wanted || cuts.get(&value).is_some_and(|c| c.covers(text.len())) {
                 continue;
             }
-            let found = receipts_of(text.as_bytes(), self.assigned(spot.text, text));
+            let found = receipts_of(text.as_bytes(), self.assigned(name, text));
             if found.is_empty() {
                 continue;
             }

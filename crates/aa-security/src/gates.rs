@@ -189,7 +189,22 @@ fn is_decoy(v: &[u8]) -> bool {
     {
         return true;
     }
-    false
+    is_file_path(v)
+}
+
+/// A file's path, which names where a secret is kept (`--password-file /run/secrets/db`):
+/// rooted, of two or more segments, in the lowercase a generated secret does not keep to.
+fn is_file_path(v: &[u8]) -> bool {
+    let Some(rest) = [&b"/"[..], b"~/", b"./", b"../"]
+        .iter()
+        .find_map(|root| v.strip_prefix(*root))
+    else {
+        return false;
+    };
+    rest.contains(&b'/')
+        && rest
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/._-".contains(b))
 }
 
 /// Placeholders and references, not values: `${VAR}`, `$VAR`, `{{x}}`, `<x>`, `%(x)s`,
@@ -402,13 +417,20 @@ mod tests {
             "xxxxxxxxxxxxxxxx",
             "os.environ.get",
             "changeme123",
+            "/run/secrets/db_password",
+            "~/.config/app/token.json",
         ] {
             assert!(
                 !passes(Gate::Entropy(3.0), decoy.as_bytes(), None),
                 "{decoy}"
             );
         }
-        assert!(passes(Gate::Entropy(3.0), b"hQ7#vL2!pX9@mR4$", None));
+        for secret in ["hQ7#vL2!pX9@mR4$", "/Tr0ub4dor/3xK9qLm", "/x9k2mq7vz"] {
+            assert!(
+                passes(Gate::Entropy(3.0), secret.as_bytes(), None),
+                "{secret}"
+            );
+        }
     }
 
     #[test]

@@ -121,7 +121,7 @@ fn a_secret_across_a_seam_beside_another_finding_is_redacted_in_one_go() {
     // scan keeps the card; the assignment shows only once the card is cut, and it is found in
     // the same call, so redacting the result finds nothing new.
     let (mut doc, receipts) =
-        redact(json!({"": ["password=", "%4AKIApassword=4111 1111 1111 1111"]}));
+        redact(json!({"": ["a password=", "%4AKIApassword=4111 1111 1111 1111"]}));
     let kinds: Vec<&str> = receipts.iter().map(|r| r.kind.as_str()).collect();
     assert!(
         kinds.contains(&"payment_card") && kinds.contains(&"generic_secret"),
@@ -221,6 +221,64 @@ fn a_value_under_a_secrets_name_is_redacted() {
         );
         let again = SCANNER.redact_json(&mut redacted, &Limits::default());
         assert!(again.is_empty(), "found again: {again:?}");
+    }
+}
+
+/// A command's arguments pass a secret as the string after its name: a name standing alone
+/// in an array assigns the next string, as a key does its value.
+#[test]
+fn a_value_after_a_secrets_name_in_an_array_is_redacted() {
+    for (doc, path) in [
+        (
+            json!({"argv": ["mysql", "-u", "root", "--password", "Tr0ub4dor&3xK9;qLm"]}),
+            "/argv/4",
+        ),
+        (json!(["password=", "Tr0ub4dor-and-3xK9qLm"]), "/1"),
+        (
+            json!({"args": ["--api-key", "kq8Wz1vN0pL4xR7tY2mB", "--verbose"]}),
+            "/args/1",
+        ),
+        (
+            json!({"headers": [["X-Api-Token:", "kq8Wz1vN0pL4xR7tY2mB"]]}),
+            "/headers/0/1",
+        ),
+    ] {
+        let (mut redacted, receipts) = redact(doc.clone());
+        assert_eq!(receipts.len(), 1, "{doc}: {receipts:?}");
+        assert_eq!(
+            redacted.pointer(path).and_then(Value::as_str),
+            Some("[REDACTED:generic_secret]"),
+            "{doc} -> {redacted}"
+        );
+        let again = SCANNER.redact_json(&mut redacted, &Limits::default());
+        assert!(again.is_empty(), "found again: {again:?}");
+    }
+}
+
+/// Only a name standing alone, and only the string right after it in the same array, is read
+/// as an assignment; what ordinary commands pass after a secret's name is left.
+#[test]
+fn arguments_after_other_names_or_elsewhere_are_left_alone() {
+    for doc in [
+        json!([
+            "docker",
+            "login",
+            "--password-stdin",
+            "registry.example.com"
+        ]),
+        json!(["app", "--password-file", "/run/secrets/db_password"]),
+        json!(["git", "credential", "reject", "password", "reset"]),
+        json!(["--password=", "--verbose"]),
+        // A string holding its own value, or words, names nothing after it.
+        json!(["--label=password", "Tr0ub4dor-and-3xK9qLm"]),
+        json!(["forgot your password", "Tr0ub4dor-and-3xK9qLm"]),
+        // Not the next item of the same array.
+        json!({"a": ["--password"], "b": ["Tr0ub4dor-and-3xK9qLm"]}),
+        json!(["--password", ["Tr0ub4dor-and-3xK9qLm"]]),
+    ] {
+        let (redacted, receipts) = redact(doc.clone());
+        assert!(receipts.is_empty(), "{doc}: {receipts:?}");
+        assert_eq!(redacted, doc);
     }
 }
 
