@@ -243,6 +243,7 @@ impl<'a> Strings<'a> {
 /// no operator but a trailing `=` or `:` (dropped). A string holding its own value
 /// (`--password=x`) or words is no name.
 fn name_alone(text: &str) -> Option<&str> {
+    let text = text.trim_end();
     let name = text.strip_suffix(['=', ':']).unwrap_or(text);
     let word = !name.is_empty()
         && name.len() <= NAME_ALONE_BYTES
@@ -530,7 +531,11 @@ impl Scanner {
                 .filter(|s| finding.start < s.at + s.len)
                 .collect();
             let one_run = crossed.windows(2).all(|w| w[0].run == w[1].run);
-            if crossed.len() < 2 || !one_run {
+            let named_by_a_neighbour = match crossed.as_slice() {
+                [s] => joined.inside_whole(s, finding.start, finding.end, texts),
+                _ => false,
+            };
+            if !(crossed.len() >= 2 && one_run || named_by_a_neighbour) {
                 continue;
             }
             let span_in = |s: &Segment| {
@@ -654,6 +659,18 @@ impl Joined {
         self.lines.push((line_start, self.text.len()));
         self.text.push('\n');
         true
+    }
+
+    /// Whether `start..end` of the joined text lies in segment `s` and clear of where the
+    /// segment's string was cut to fit: a finding inside one string that the string's own scan
+    /// did not make (its own findings are labels here) was made by a neighbour, as
+    /// `password=` ending one argument names the next (the line is scanned alone, so the
+    /// neighbour is one of its run), unless a cut end made it.
+    fn inside_whole(&self, s: &Segment, start: usize, end: usize, texts: &[&str]) -> bool {
+        let whole = texts.get(s.spot).map_or(0, |t| t.len());
+        let clear_of_head = s.offset == 0 || start > s.at;
+        let clear_of_tail = s.offset + s.len == whole || end < s.at + s.len;
+        s.at <= start && end <= s.at + s.len && clear_of_head && clear_of_tail
     }
 
     /// What scanning each line touched by a finding of `joined` (the scan of the whole text)

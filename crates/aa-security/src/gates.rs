@@ -9,10 +9,11 @@ use crate::runs::DigitRun;
 pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
     match gate {
         Gate::None => true,
-        // A value followed by `(`, `[` or `{` is code (`token = get_token(self)`,
-        // `Optional[Token]`), not a literal.
+        // A name followed by `(`, `[` or `{` is code (`token = get_token(self)`,
+        // `Optional[Token]`), not a literal; a value holding punctuation no name has
+        // (`Zq8!vR2#kL9(pW4)`) is a literal whatever follows it.
         Gate::Entropy(min) => {
-            !matches!(next, Some(b'(' | b'[' | b'{'))
+            !(matches!(next, Some(b'(' | b'[' | b'{')) && is_name_in_code(secret))
                 && !is_decoy(secret)
                 && shannon_entropy(secret) >= min
         }
@@ -160,6 +161,13 @@ pub(crate) fn shannon_entropy(data: &[u8]) -> f64 {
             -p * p.log2()
         })
         .sum()
+}
+
+/// Whether `v` can be a name in code: letters, digits and the `_`, `$`, `.`, `:` and `-` of
+/// paths through modules and members (`self.vault.get_token`, `corev1.SecretKeySelector`).
+fn is_name_in_code(v: &[u8]) -> bool {
+    v.iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"_$.:-".contains(b))
 }
 
 /// Values that pass an entropy gate but are not secrets.

@@ -207,6 +207,8 @@ fn a_value_under_a_secrets_name_is_redacted() {
             json!({"password": "Xk9#mQ2vLp, hunter2 zebra"}),
             "/password",
         ),
+        // Punctuation no name in code has: a literal, though a `(` follows its first part.
+        (json!({"password": "Zq8!vR2#kL9(pW4)"}), "/password"),
         (
             json!({"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzQWERTYKEY1"}),
             "/aws_secret_access_key",
@@ -242,6 +244,17 @@ fn a_value_after_a_secrets_name_in_an_array_is_redacted() {
             json!({"headers": [["X-Api-Token:", "kq8Wz1vN0pL4xR7tY2mB"]]}),
             "/headers/0/1",
         ),
+        (json!(["Password: ", "Tr0ub4dor-and-3xK9qLm"]), "/1"),
+        // Not a name alone: the seam between the two strings reads as an assignment whose
+        // value is the second string.
+        (
+            json!({"lines": ["export DB_PASSWORD=", "Tr0ub4dor-and-3xK9qLm"]}),
+            "/lines/1",
+        ),
+        (
+            json!({"a": "set the password=", "b": "kq8Wz1vN0pL4xR7tY2mB"}),
+            "/b",
+        ),
     ] {
         let (mut redacted, receipts) = redact(doc.clone());
         assert_eq!(receipts.len(), 1, "{doc}: {receipts:?}");
@@ -275,6 +288,9 @@ fn arguments_after_other_names_or_elsewhere_are_left_alone() {
         // Not the next item of the same array.
         json!({"a": ["--password"], "b": ["Tr0ub4dor-and-3xK9qLm"]}),
         json!(["--password", ["Tr0ub4dor-and-3xK9qLm"]]),
+        // Past the reach of a seam the value is read cut short, and what a cut end makes is
+        // not taken for a secret.
+        json!(["a password=", "kq8Wz1vN0pL4xR7tY2mB".repeat(16)]),
     ] {
         let (redacted, receipts) = redact(doc.clone());
         assert!(receipts.is_empty(), "{doc}: {receipts:?}");
