@@ -13,8 +13,8 @@ pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
         // `Optional[Token]`), not a literal; a value holding punctuation no name has
         // (`Zq8!vR2#kL9(pW4)`) is a literal whatever follows it.
         Gate::Entropy(min) => {
-            !(matches!(next, Some(b'(' | b'[' | b'{')) && is_name_in_code(secret))
-                && !is_decoy(secret)
+            let called = matches!(next, Some(b'(' | b'[' | b'{')) && is_name_in_code(secret);
+            !called && !is_decoy(secret)
                 && shannon_entropy(secret) >= min
         }
         Gate::Luhn => luhn(secret),
