@@ -14,8 +14,7 @@ pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
         // (`Zq8!vR2#kL9(pW4)`) is a literal whatever follows it.
         Gate::Entropy(min) => {
             let called = matches!(next, Some(b'(' | b'[' | b'{')) && is_name_in_code(secret);
-            !called && !is_decoy(secret)
-                && shannon_entropy(secret) >= min
+            !called && !is_decoy(secret) && shannon_entropy(secret) >= min
         }
         Gate::Luhn => luhn(secret),
         Gate::Iban => iban(secret),
