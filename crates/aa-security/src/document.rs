@@ -77,6 +77,9 @@ pub(crate) struct Layout {
     pub(crate) named: &'static [&'static [&'static str]],
     /// Paths of the values that are tags.
     pub(crate) tags: &'static [&'static [&'static str]],
+    /// Paths of the values under named objects that are free JSON, not the schema's: a number
+    /// there is data, where a number the schema names is not.
+    pub(crate) free: &'static [&'static [&'static str]],
 }
 
 /// One step from a container to a child.
@@ -93,11 +96,14 @@ struct Node<'a> {
     value: &'a Value,
 }
 
-/// A string of the document: a value (at `node`), or a key of the object at `node`.
+/// A string of the document: a value (at `node`), or a key of the object at `node`; or a
+/// number of free JSON long enough to be personal data (`{"card": 4111111111111111}`), read
+/// as its digits.
 struct Spot<'a> {
-    text: &'a str,
+    text: Cow<'a, str>,
     node: usize,
     is_key: bool,
+    is_number: bool,
 }
 
 /// Every string of a document in reading order, with paths kept as parent links so that none
@@ -140,19 +146,39 @@ impl<'a> Strings<'a> {
             match item {
                 Item::Key(text, node) => {
                     let key = Spot {
-                        text,
+                        text: Cow::Borrowed(text),
                         node,
                         is_key: true,
+                        is_number: false,
                     };
                     push(&mut spots, &nodes, key);
                 }
                 Item::Value(Value::String(text), node) => {
                     let value = Spot {
-                        text,
+                        text: Cow::Borrowed(text),
                         node,
                         is_key: false,
+                        is_number: false,
                     };
                     push(&mut spots, &nodes, value);
+                }
+                Item::Value(Value::Number(number), node) => {
+                    // A number a schema names (a timestamp, a depth) is no agent's data, and
+                    // must stay a number for the document to read as what it is.
+                    let schemas = layout.is_some_and(|l| {
+                        let parent = nodes.get(node).map_or(0, |n| n.parent);
+                        l.named.iter().any(|p| is_at(&nodes, parent, p))
+                            && !l.free.iter().any(|p| is_at(&nodes, node, p))
+                    });
+                    if let Some(digits) = digits_of(number).filter(|_| !schemas) {
+                        let value = Spot {
+                            text: Cow::Owned(digits),
+                            node,
+                            is_key: false,
+                            is_number: true,
+                        };
+                        push(&mut spots, &nodes, value);
+                    }
                 }
                 Item::Value(Value::Array(items), node) => {
                     for (i, child) in items.iter().enumerate().rev() {
@@ -175,7 +201,7 @@ impl<'a> Strings<'a> {
                         stack.push(Item::Key(key, node));
                     }
                 }
-                Item::Value(Value::Null | Value::Bool(_) | Value::Number(_), _) => {}
+                Item::Value(Value::Null | Value::Bool(_), _) => {}
             }
         }
         Strings { nodes, spots }
@@ -187,24 +213,26 @@ impl<'a> Strings<'a> {
         let spot = self.spots.get(key).filter(|s| s.is_key)?;
         let value = self.spots.get(key + 1).filter(|v| !v.is_key)?;
         let node = self.nodes.get(value.node)?;
-        (node.parent == spot.node && matches!(node.step, Step::Key(k) if k == spot.text))
+        (node.parent == spot.node && matches!(node.step, Step::Key(k) if k == spot.text.as_ref()))
             .then_some(key + 1)
     }
 
     /// The spot of the string the name at spot `name` assigns, with the name as it reads: a
     /// key's string value, or the next string of an array after a name standing alone in it,
     /// as a command's arguments pass a secret (`["--password", "..."]`, `["token=", "..."]`).
-    fn assignment(&self, name: usize) -> Option<(usize, &'a str)> {
-        let spot = self.spots.get(name)?;
+    fn assignment(&self, name: usize) -> Option<(usize, &str)> {
+        let spot = self.spots.get(name).filter(|s| !s.is_number)?;
         if spot.is_key {
-            return self.value_of_key(name).map(|value| (value, spot.text));
+            return self
+                .value_of_key(name)
+                .map(|value| (value, spot.text.as_ref()));
         }
         let value = self.spots.get(name + 1).filter(|v| !v.is_key)?;
         let (first, next) = (self.nodes.get(spot.node)?, self.nodes.get(value.node)?);
         let neighbours = first.parent == next.parent
             && matches!((first.step, next.step), (Step::Index(i), Step::Index(j)) if j == i + 1);
         neighbours
-            .then(|| name_alone(spot.text))
+            .then(|| name_alone(&spot.text))
             .flatten()
             .map(|text| (name + 1, text))
     }
@@ -237,6 +265,23 @@ impl<'a> Strings<'a> {
             Step::Index(i) => OwnedStep::Index(i),
         })
     }
+}
+
+/// The fewest digits a number needs to be read: a phone number's.
+const NUMBER_DIGITS: u64 = 1_000_000;
+
+/// The digits of an integer (or of a float that holds one exactly) of at least
+/// [`NUMBER_DIGITS`] digits: a card number or an SSN sent as a JSON number.
+fn digits_of(number: &serde_json::Number) -> Option<String> {
+    let whole = number
+        .as_u64()
+        .or_else(|| number.as_i64().map(i64::unsigned_abs));
+    let whole = whole.or_else(|| {
+        let f = number.as_f64()?.abs();
+        // Below 2^53 a float holds every integer exactly.
+        (f.fract() == 0.0 && f < 9_007_199_254_740_992.0).then_some(f as u64)
+    })?;
+    (whole >= NUMBER_DIGITS).then(|| whole.to_string())
 }
 
 /// The name an array's string is, standing alone before what it names: one short word, with
@@ -370,7 +415,7 @@ impl Scanner {
         // The spot whose receipt covers the oversized strings past the first few, and theirs.
         let mut rest: Option<(usize, u64, Sha256)> = None;
         for (i, spot) in strings.spots.iter().enumerate() {
-            let text = spot.text;
+            let text = spot.text.as_ref();
             let over = text.len() > limits.max_field_bytes || text.len() > budget;
             if over && limits.oversize == Oversize::Redact {
                 oversized += 1;
@@ -402,7 +447,7 @@ impl Scanner {
                 continue;
             };
             let wanted = only.is_none_or(|only| only.contains(&key) || only.contains(&value));
-            let Some(text) = strings.spots.get(value).map(|v| v.text) else {
+            let Some(text) = strings.spots.get(value).map(|v| v.text.as_ref()) else {
                 continue;
             };
             if !wanted || cuts.get(&value).is_some_and(|c| c.covers(text.len())) {
@@ -451,8 +496,8 @@ impl Scanner {
             .map(|(i, s)| match (cuts.get(&i), labelled.get(&i)) {
                 (Some(Cut::Oversized(_)), _) => OVERSIZED,
                 // Labels are ASCII and spans fall on character boundaries: always UTF-8.
-                (_, Some(l)) => std::str::from_utf8(&l.bytes).unwrap_or(s.text),
-                _ => s.text,
+                (_, Some(l)) => std::str::from_utf8(&l.bytes).unwrap_or(&s.text),
+                _ => &s.text,
             })
             .collect();
         let pieces = self.seam_pieces(strings, &texts, &labelled, &cuts, only);
@@ -491,8 +536,14 @@ impl Scanner {
             lines: Vec::with_capacity(TYPICAL_NODES),
         };
         let wanted = |run: &[usize]| only.is_none_or(|only| run.iter().any(|i| only.contains(i)));
+        // Numbers are read for personal data, which is not looked for across seams.
         let values: Vec<usize> = (0..texts.len())
-            .filter(|&i| strings.spots.get(i).is_some_and(|s| !s.is_key))
+            .filter(|&i| {
+                strings
+                    .spots
+                    .get(i)
+                    .is_some_and(|s| !s.is_key && !s.is_number)
+            })
             .collect();
         for n in 0..values.len() {
             for pieces in 2..=MAX_PIECES {
@@ -504,7 +555,10 @@ impl Scanner {
             }
         }
         for key in 0..strings.spots.len() {
-            if let Some(value) = strings.value_of_key(key) {
+            let value = strings.value_of_key(key);
+            if let Some(value) =
+                value.filter(|&v| strings.spots.get(v).is_some_and(|s| !s.is_number))
+            {
                 let pair = [key, value];
                 joined.push_run(&pair, texts, wanted(&pair));
             }
@@ -725,7 +779,7 @@ fn joins_a_credential(c: char) -> bool {
 fn merge_cuts(cuts: &mut BTreeMap<usize, Cut>, strings: &Strings<'_>) {
     for (spot, cut) in cuts.iter_mut() {
         if let (Cut::Spans(spans), Some(s)) = (cut, strings.spots.get(*spot)) {
-            merge_overlaps(spans, s.text);
+            merge_overlaps(spans, &s.text);
         }
     }
 }
@@ -779,7 +833,7 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
     let renamed_away: HashSet<(usize, &str)> = cuts
         .keys()
         .filter_map(|spot| strings.spots.get(*spot).filter(|s| s.is_key))
-        .map(|s| (s.node, s.text))
+        .map(|s| (s.node, s.text.as_ref()))
         .collect();
     let mut taken: HashMap<usize, HashSet<String>> = HashMap::new();
     let mut next_suffix: HashMap<(usize, String), usize> = HashMap::new();
@@ -791,7 +845,7 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
             continue;
         };
         let taken = taken.entry(key.node).or_default();
-        let base = cut.new_text(key.text).into_owned();
+        let base = cut.new_text(&key.text).into_owned();
         let free = |k: &str| {
             !taken.contains(k) && (!map.contains_key(k) || renamed_away.contains(&(key.node, k)))
         };
@@ -811,11 +865,11 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
             }
         };
         taken.insert(new.clone());
-        renamed.insert((key.node, key.text), new.clone());
+        renamed.insert((key.node, key.text.as_ref()), new.clone());
         by_object
             .entry(key.node)
             .or_default()
-            .push((key.text.to_owned(), new));
+            .push((key.text.to_string(), new));
     }
     let mut edits = Vec::new();
     let mut keys = HashMap::new();
@@ -833,7 +887,7 @@ fn name_and_locate(strings: &Strings<'_>, cuts: &mut BTreeMap<usize, Cut>) -> Ve
         if s.is_key {
             continue;
         }
-        let new = cut.new_text(s.text);
+        let new = cut.new_text(&s.text);
         if s.node == 0 {
             edits.push(Edit {
                 path: Vec::new(),
@@ -920,11 +974,15 @@ fn apply(doc: &mut Value, mut edits: Vec<Edit>) {
             continue;
         };
         match (edit.change, target) {
-            (Change::Value(new), Value::String(s)) => *s = new.into_owned(),
+            (Change::Value(new), value @ (Value::String(_) | Value::Number(_))) => {
+                *value = Value::String(new.into_owned());
+            }
             (Change::Values(values), container) => {
                 for (step, new) in values {
-                    if let Some(Value::String(s)) = step_mut(container, &step) {
-                        *s = new.into_owned();
+                    if let Some(value @ (Value::String(_) | Value::Number(_))) =
+                        step_mut(container, &step)
+                    {
+                        *value = Value::String(new.into_owned());
                     }
                 }
             }

@@ -233,8 +233,8 @@ const SCANNED_FIELDS: [&str; 5] = ["agent", "session_id", "action", "detail", "v
 
 /// What of an audit event's scanned fields its types fix: the names of its own fields and of
 /// those of its agent, action and verdict, and the tags of its action (type, file operation)
-/// and verdict (decision, mode). Only what an agent chose is read, so a redacted event always
-/// reads back as one.
+/// and verdict (decision, mode); its numbers but for a bare detail or arguments. Only what an
+/// agent chose is read, so a redacted event always reads back as one.
 const AUDIT_EVENT: Layout = Layout {
     named: &[&[], &["agent"], &["action"], &["verdict"]],
     tags: &[
@@ -243,6 +243,7 @@ const AUDIT_EVENT: Layout = Layout {
         &["verdict", "decision"],
         &["verdict", "mode"],
     ],
+    free: &[&["detail"], &["action", "args"]],
 };
 
 /// The form [`Scanner::redact_id`] keeps an id in when it cannot be kept as it is: `sha256:`

@@ -495,3 +495,74 @@ fn decoys_standing_alone_are_no_finding() {
         assert!(found.is_empty(), "{text}: {found:?}");
     }
 }
+
+/// Personal data sent as a JSON number is found as its digits, and the number becomes the
+/// label; a number an event's schema names stays a number, whatever its digits.
+#[test]
+fn numbers_of_free_json_are_read_as_their_digits() {
+    let mut doc = json!({
+        "payment": {"card_number": 4111111111111111_u64, "amount": 1250},
+        "ssn": 219099999,
+        "as_float": 4111111111111111.0,
+        "negative": -4111111111111111_i64,
+        "order_id": 4111111111111112_u64,
+        "ratio": 0.25
+    });
+    let receipts = SCANNER.redact_json(&mut doc, &Limits::default());
+    assert_eq!(
+        doc,
+        json!({
+            "payment": {"card_number": "[REDACTED:payment_card]", "amount": 1250},
+            "ssn": "[REDACTED:ssn]",
+            "as_float": "[REDACTED:payment_card]",
+            "negative": "[REDACTED:payment_card]",
+            "order_id": 4111111111111112_u64,
+            "ratio": 0.25
+        }),
+        "{receipts:?}"
+    );
+    let fields: Vec<&str> = receipts.iter().map(|r| r.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["as_float", "negative", "payment.card_number", "ssn"]
+    );
+    assert!(SCANNER.redact_json(&mut doc, &Limits::default()).is_empty());
+
+    let event = |detail: serde_json::Value| -> aa_core::AuditEvent {
+        serde_json::from_value(json!({
+            "event_id": "e4",
+            "timestamp_ms": 4111111111111111_u64,
+            "agent": {"id": "bot", "depth": 4111111},
+            "action": {"type": "llm_call", "model": "m", "token_estimate": 4111111111111111_u64},
+            "kind": "tool_end",
+            "detail": detail
+        }))
+        .unwrap()
+    };
+    for (detail, redacted_detail) in [
+        (
+            json!({"card": 4111111111111111_u64}),
+            json!({"card": "[REDACTED:payment_card]"}),
+        ),
+        (
+            json!(4111111111111111_u64),
+            json!("[REDACTED:payment_card]"),
+        ),
+    ] {
+        let mut redacted = event(detail.clone());
+        let added = SCANNER
+            .redact_audit_event(&mut redacted, &Limits::default())
+            .unwrap();
+        assert_eq!(added, 1, "{redacted:?}");
+        assert_eq!(redacted.detail, Some(redacted_detail.clone()));
+        assert_eq!(redacted.timestamp_ms, 4111111111111111);
+        let mut as_value = serde_json::to_value(event(detail)).unwrap();
+        let added = SCANNER
+            .redact_audit_value(&mut as_value, &Limits::default())
+            .unwrap();
+        assert_eq!(added, 1, "{as_value}");
+        assert_eq!(as_value["detail"], redacted_detail);
+        assert_eq!(as_value["timestamp_ms"], 4111111111111111_u64);
+        assert_eq!(as_value["agent"]["depth"], 4111111);
+    }
+}
