@@ -161,10 +161,10 @@ impl Suspension {
             &self.suspended_by
         };
         let whom = if self.agent_id == agent_id {
-            format!("agent {agent_id:?} is suspended")
+            format!("agent \"{agent_id}\" is suspended")
         } else {
             format!(
-                "agent {agent_id:?} is suspended with the subtree of {:?}",
+                "agent \"{agent_id}\" is suspended with the subtree of \"{}\"",
                 self.agent_id
             )
         };

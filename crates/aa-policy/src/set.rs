@@ -185,7 +185,7 @@ impl PolicySet {
             if theirs.decision > verdict.decision {
                 verdict = Verdict {
                     reason: format!(
-                        "inherited from ancestor {:?}: {}",
+                        "inherited from ancestor \"{}\": {}",
                         ancestor.id, theirs.reason
                     ),
                     mode: verdict.mode,

@@ -375,7 +375,7 @@ impl Runtime {
             .map_err(|_| "session table poisoned".to_owned())?;
         let Some(session) = sessions.get(agent_id) else {
             return Err(format!(
-                "agent {agent_id:?} is not registered with this runtime"
+                "agent \"{agent_id}\" is not registered with this runtime"
             ));
         };
         if !aa_identity::same_secret(&session.token, token) {
@@ -822,7 +822,7 @@ impl Runtime {
             return answer(&deny(
                 "approval",
                 format!(
-                    "no pending approval {:?} for this agent here (unknown, or used already)",
+                    "no pending approval \"{}\" for this agent here (unknown, or used already)",
                     request.approval_id
                 ),
             ));

@@ -403,6 +403,44 @@ async fn a_decision_is_recorded_whatever_an_agents_strings_glue_into() {
     assert_eq!(stored["redactions"], json!([]), "{stored}");
 }
 
+/// A refusal's reason quotes the id it was given as it came, not escaped: `{:?}` once wrote
+/// an invisible character as `\u{200b}`, which no scan reads as one, so a token split by it
+/// was stored whole in the reason while the id beside it was redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_in_an_unknown_agents_id_is_redacted_in_the_reason_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (up, _c, bot) = start_bot(dir.path(), &state).await;
+    let token = "ghp_0123456789abcdefghijABCDEFGHIJKLMNOP";
+    let id = format!("bot-{}\u{200B}{}", &token[..12], &token[12..]);
+    let d = decision_of(
+        exchange(
+            &up.runtime.socket,
+            encode(&check_frame(&id, &bot.credential_token(), "{}".into())).unwrap(),
+        )
+        .await,
+    );
+    assert_eq!(d.decision, pb::Decision::Deny as i32, "{d:?}");
+    let gateway = &up.gateway;
+    let refusals = async || {
+        stored_events(gateway)
+            .await
+            .into_iter()
+            .filter(|e| e["verdict"]["rule"] == "credential")
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || refusals().await.len()
+            == 1)
+        .await
+    );
+    let stored = refusals().await.remove(0);
+    up.stop().await.unwrap();
+    let reason = stored["verdict"]["reason"].as_str().unwrap();
+    assert!(reason.contains("[REDACTED:github_token]"), "{stored}");
+    assert!(!stored.to_string().contains(&token[12..]), "{stored}");
+}
+
 /// Writes `bytes` on a fresh connection and reads one answer (`None` when the runtime just
 /// closes it).
 /// JSON nested as deep as a parser takes, but deeper than a stored event may hold, is refused
