@@ -315,6 +315,7 @@ impl<S: Store> Gateway<S> {
         reg: AgentRegistration,
         signature: Option<&[u8]>,
     ) -> Result<Registered, GatewayError> {
+        let reg = self.screened(reg)?;
         let key = PublicKey::from_did(&reg.public_key)
             .map_err(|e| GatewayError::InvalidRequest(e.to_string()))?;
         let _credentials = self.credentials.lock().await;
@@ -398,6 +399,47 @@ impl<S: Store> Gateway<S> {
             agent: Box::new(agent),
             ancestors,
         })
+    }
+
+    /// A registration as the registry may keep and show it: its ids are refused when they
+    /// hold what reads as a secret (an id is kept, logged and shown as it is, and names the
+    /// agent in every event), and its free text (name, framework, why and by which tool it was
+    /// spawned) is redacted.
+    fn screened(&self, mut reg: AgentRegistration) -> Result<AgentRegistration, GatewayError> {
+        let scanner = self.scanner();
+        let ids = [
+            ("agent id", Some(&reg.agent_id)),
+            ("team id", reg.lineage.team_id.as_ref()),
+            ("parent agent id", reg.lineage.parent_agent_id.as_ref()),
+        ];
+        for (what, id) in ids {
+            let found = id.map(|id| scanner.scan(id)).unwrap_or_default();
+            if let Some(finding) = found.first() {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "the {what} holds what reads as a secret ({}); an id is kept and shown as \
+                     it is, so choose another",
+                    finding.kind
+                )));
+            }
+        }
+        let redacted = |text: &mut String| {
+            let redaction = scanner.redact(text);
+            if !redaction.receipts.is_empty() {
+                *text = redaction.text;
+            }
+        };
+        redacted(&mut reg.name);
+        redacted(&mut reg.framework);
+        for text in [
+            reg.lineage.delegation_reason.as_mut(),
+            reg.lineage.spawned_by_tool.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            redacted(text);
+        }
+        Ok(reg)
     }
 
     fn open_challenge(&self, reg: &AgentRegistration) -> Result<Vec<u8>, GatewayError> {

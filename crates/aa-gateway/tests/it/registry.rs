@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use aa_core::{AgentContext, AuditEvent, EdgeKind, EventKind, Origin, TopologyEdge};
+use aa_core::{
+    AgentContext, AgentRegistration, AuditEvent, EdgeKind, EventKind, Lineage, Origin, TopologyEdge,
+};
 use aa_gateway::{GatewayConfig, GatewayError, Registered, Store};
 use aa_identity::Keypair;
 
@@ -302,4 +304,69 @@ async fn a_challenge_opened_under_another_key_does_not_replace_the_agents() {
         .await
         .unwrap();
     assert!(matches!(registered, Registered::Issued { .. }));
+}
+
+/// The registry keeps and shows a registration as it came, so what reads as a secret is kept
+/// out: an id holding one is refused at the first step (naming the kind, never the id), and
+/// free text (a name, why the agent was spawned) is redacted before it is stored.
+#[tokio::test]
+async fn a_registration_holding_secrets_keeps_them_out_of_the_registry() {
+    let gw = gateway(GatewayConfig::default());
+    let token = "ghp_0123456789abcdefghijABCDEFGHIJKLMNOP";
+    let key = Keypair::generate().unwrap();
+    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    for reg in [
+        registration(&format!("bot-{token}"), &key, None),
+        AgentRegistration {
+            lineage: Lineage {
+                team_id: Some(format!("team {token}")),
+                ..Lineage::default()
+            },
+            ..registration("bot", &key, None)
+        },
+        AgentRegistration {
+            lineage: Lineage {
+                parent_agent_id: Some(format!("root {token}")),
+                ..Lineage::default()
+            },
+            ..registration("bot", &key, None)
+        },
+    ] {
+        let err = gw.register(reg, None).await.unwrap_err();
+        assert!(
+            matches!(&err, GatewayError::InvalidRequest(m)
+                if m.contains("reads as a secret (github_token)") && !m.contains(token)),
+            "{err}"
+        );
+    }
+
+    let told = |reg: &AgentRegistration| AgentRegistration {
+        name: format!("helper for jane@example.com {token}"),
+        framework: format!("custom {token}"),
+        lineage: Lineage {
+            delegation_reason: Some(format!("card 4111 1111 1111 1111, key {token}")),
+            spawned_by_tool: Some(format!("spawn?auth={token}")),
+            ..reg.lineage.clone()
+        },
+        ..reg.clone()
+    };
+    let reg = told(&registration("worker", &key, Some("root")));
+    let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
+        panic!("expected a challenge");
+    };
+    let signature = key.sign_challenge("worker", &challenge);
+    gw.register(reg, Some(&signature)).await.unwrap();
+    let stored = gw.store().agent("worker").await.unwrap().unwrap();
+    let kept = format!(
+        "{} {} {:?} {:?}",
+        stored.name, stored.framework, stored.delegation_reason, stored.spawned_by_tool
+    );
+    for secret in [token, "jane@example.com", "4111 1111 1111 1111"] {
+        assert!(!kept.contains(secret), "{kept}");
+    }
+    assert_eq!(
+        stored.delegation_reason.as_deref(),
+        Some("card [REDACTED:payment_card], key [REDACTED:github_token]")
+    );
+    assert_eq!(stored.parent_agent_id.as_deref(), Some("root"));
 }
