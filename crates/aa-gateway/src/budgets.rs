@@ -127,6 +127,9 @@ pub const SETTLE_WITHIN: std::time::Duration = std::time::Duration::from_secs(15
 /// More tokens than any model call uses: a count past it is taken as garbage, not priced.
 const MAX_TOKENS: u64 = 1_000_000_000;
 
+/// The longest model name a reservation keeps as it is.
+const MAX_MODEL_BYTES: usize = 128;
+
 fn usd(micros: u64) -> f64 {
     micros as f64 / 1e6
 }
@@ -221,7 +224,9 @@ impl<S: Store> Gateway<S> {
         let reservation = NewReservation {
             spend_id: spend_id.clone(),
             agent_id: agent.agent_id.clone(),
-            model: request.model.clone(),
+            // The model is as an agent named it, unscanned until here: kept whole when it holds
+            // nothing that reads as a secret and is of a model name's length, else as a digest.
+            model: self.scanner().redact_id(&request.model, MAX_MODEL_BYTES).0,
             at_ms: now.timestamp_millis(),
             estimate_micros: estimate,
             listed_price,

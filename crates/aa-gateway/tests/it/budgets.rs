@@ -507,3 +507,38 @@ async fn a_usage_sent_again_after_its_id_reads_differently_settles_once() {
         .count();
     assert_eq!(spends, 1, "one spend record");
 }
+
+/// A reservation is made before the call's event is redacted, so the model name as the agent
+/// gave it is scanned where it is kept: whole when it reads as a model, as its digest when it
+/// holds a secret or is past a model name's length.
+#[tokio::test]
+async fn a_reservations_model_is_kept_only_as_a_model_name() {
+    let gw = budget_gateway();
+    let token = register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    let key = "sk-proj-0123456789abcdefghijABCDEFGHIJKLMNOPqrstuvwxyz";
+    for model in [
+        "gpt-4o".to_owned(),
+        format!("gpt-4o?key={key}"),
+        "m".repeat(200),
+    ] {
+        let request = ReserveRequest {
+            model: model.clone(),
+            // Observed, so that the unlisted models' estimates are held past the cap.
+            ..ask("root", &token, false)
+        };
+        gw.reserve_budget(&request).await.unwrap();
+    }
+    let models: Vec<String> = gw
+        .store()
+        .spend(Account::Agent("root".into()).to_string(), 0, i64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.model)
+        .collect();
+    assert_eq!(models.len(), 3, "{models:?}");
+    assert!(models.contains(&"gpt-4o".to_owned()), "{models:?}");
+    let digests = models.iter().filter(|m| m.starts_with("sha256:")).count();
+    assert_eq!(digests, 2, "{models:?}");
+    assert!(!models.iter().any(|m| m.contains(key)), "{models:?}");
+}
