@@ -84,12 +84,22 @@ pub enum Registered {
 }
 
 /// A credential token and what it says.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
     /// The token text.
     pub token: String,
     /// Its claims.
     pub claims: Claims,
+}
+
+/// Written without the token: whoever reads a log line holding it could act as the agent.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("token", &"<redacted>")
+            .field("claims", &self.claims)
+            .finish()
+    }
 }
 
 /// Counters for `/metrics`.

@@ -133,12 +133,24 @@ impl WeakAgent {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Credential {
     token: String,
     expires_at_ms: i64,
     /// Deregistered: never renewed or registered again in the background.
     ended: bool,
+}
+
+/// Written without the token, so that logging an [`Agent`] (`{agent:?}`) never writes it:
+/// whoever read it could act as the agent.
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("token", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("ended", &self.ended)
+            .finish()
+    }
 }
 
 impl Agent {
@@ -1161,6 +1173,28 @@ fn register_request(spec: &AgentSpec, key: &Keypair, signature: Vec<u8>) -> pb::
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn an_agent_is_logged_without_its_token() {
+        let token = "eyJ0eXAiOiJhYS1jcmVkIn0.c2VjcmV0LWNsYWltcw.c2lnbmF0dXJl";
+        let agent = Agent {
+            id: "bot".into(),
+            context: AgentContext::new("bot"),
+            credential: Arc::new(StdMutex::new(Credential {
+                token: token.into(),
+                expires_at_ms: 7,
+                ended: false,
+            })),
+            renewal: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        let logged = format!("{agent:?}");
+        assert!(!logged.contains(token), "{logged}");
+        assert!(
+            logged.contains("<redacted>") && logged.contains("bot"),
+            "{logged}"
+        );
+        assert_eq!(agent.credential_token(), token);
+    }
 
     /// A socket that takes calls and never answers: the point is the waiting around it.
     fn silent_socket(dir: &Path) -> PathBuf {

@@ -104,6 +104,20 @@ async fn registration_proves_the_key_and_records_lineage() {
     let signature = child_key.sign_challenge("orphan", &challenge);
     let err = gw.register(reg(), Some(&signature)).await;
     assert!(matches!(err, Err(GatewayError::InvalidRequest(m)) if m.contains("not registered")));
+
+    // What a registration issues is logged without its token.
+    let reg = || registration("lead", &lead_key, None);
+    let Registered::Challenge(challenge) = gw.register(reg(), None).await.unwrap() else {
+        panic!("expected a challenge first");
+    };
+    let signature = lead_key.sign_challenge("lead", &challenge);
+    let issued = gw.register(reg(), Some(&signature)).await.unwrap();
+    let Registered::Issued { credential, .. } = &issued else {
+        panic!("expected a token");
+    };
+    let logged = format!("{issued:?}");
+    assert!(!logged.contains(&credential.token), "{logged}");
+    assert!(logged.contains(&credential.claims.token_id), "{logged}");
 }
 
 #[tokio::test]
