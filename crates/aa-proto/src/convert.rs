@@ -144,7 +144,7 @@ impl TryFrom<pb::Action> for Action {
         use pb::action::Kind;
         let action = match action.kind.ok_or(ProtoError::MissingField("action.kind"))? {
             Kind::ToolCall(t) => {
-                let args = optional_json("action.tool_call.args_json", &t.args_json)?
+                let args = optional_json("action.tool_call.args_json", &t.args_json, MAX_NESTING)?
                     .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
                 Action::ToolCall { tool: t.tool, args }
             }
@@ -477,7 +477,7 @@ impl TryFrom<pb::AuditEvent> for AuditEvent {
             verdict: e.decision.map(Into::into),
             redactions: e.redactions.into_iter().map(Into::into).collect(),
             kind: event_kind_from_wire(e.kind),
-            detail: optional_json("event.detail_json", &e.detail_json)?,
+            detail: optional_json("event.detail_json", &e.detail_json, MAX_NESTING)?,
             origin: e.origin.map(|o| Origin {
                 stream_id: e.stream_id,
                 sequence: e.sequence,
@@ -526,7 +526,9 @@ impl TryFrom<pb::TopologyEdge> for TopologyEdge {
             kind,
             tool: non_empty(e.tool),
             created_at_ms: e.created_at.map_or(0, millis),
-            metadata: optional_json("edge.metadata_json", &e.metadata_json)?,
+            // A level less: the runtime records an edge whole as an event's detail, which the
+            // gateway reads within MAX_NESTING.
+            metadata: optional_json("edge.metadata_json", &e.metadata_json, MAX_NESTING - 1)?,
         })
     }
 }
@@ -656,17 +658,18 @@ fn invalid(field: &'static str, message: String) -> ProtoError {
 /// runtime refuses such a request from its agent and the gateway from its runtime alike.
 pub const MAX_NESTING: usize = 64;
 
-fn optional_json(field: &'static str, text: &str) -> Result<Option<serde_json::Value>, ProtoError> {
+fn optional_json(
+    field: &'static str,
+    text: &str,
+    levels: usize,
+) -> Result<Option<serde_json::Value>, ProtoError> {
     if text.is_empty() {
         return Ok(None);
     }
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|err| invalid(field, err.to_string()))?;
-    if nests_deeper(&value, MAX_NESTING) {
-        return Err(invalid(
-            field,
-            format!("nests deeper than {MAX_NESTING} levels"),
-        ));
+    if nests_deeper(&value, levels) {
+        return Err(invalid(field, format!("nests deeper than {levels} levels")));
     }
     Ok(Some(value))
 }
@@ -689,7 +692,7 @@ mod tests {
     #[test]
     fn json_nested_past_the_limit_is_refused() {
         let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
-        let parse = |text: &str| optional_json("detail_json", text);
+        let parse = |text: &str| optional_json("detail_json", text, MAX_NESTING);
         assert!(parse(&nested(MAX_NESTING)).is_ok());
         assert!(parse(&format!("{{\"a\": {}}}", nested(MAX_NESTING - 1))).is_ok());
         let refused = parse(&nested(MAX_NESTING + 1)).unwrap_err().to_string();
@@ -707,6 +710,27 @@ mod tests {
             })),
         };
         assert!(Action::try_from(deep_args).is_err());
+    }
+
+    /// The runtime records a reported edge whole as its event's detail, a level above the
+    /// metadata: metadata as deep as the bound would make a detail the gateway refuses.
+    #[test]
+    fn an_edges_metadata_leaves_room_for_the_event_that_records_it() {
+        let nested = |levels: usize| format!("{}1{}", "[".repeat(levels), "]".repeat(levels));
+        let edge = |metadata_json: String| {
+            TopologyEdge::try_from(pb::TopologyEdge {
+                from_agent_id: "a".into(),
+                to_agent_id: "b".into(),
+                kind: pb::EdgeKind::Called as i32,
+                metadata_json,
+                ..pb::TopologyEdge::default()
+            })
+        };
+        let refused = edge(nested(MAX_NESTING)).unwrap_err().to_string();
+        assert!(refused.contains("edge.metadata_json"), "{refused}");
+        let kept = edge(nested(MAX_NESTING - 1)).unwrap();
+        let detail = serde_json::to_string(&kept).unwrap();
+        assert!(optional_json("event.detail_json", &detail, MAX_NESTING).is_ok());
     }
 
     fn actions() -> Vec<Action> {
