@@ -165,12 +165,15 @@ impl<'a> Strings<'a> {
                 Item::Value(Value::Number(number), node) => {
                     // A number a schema names (a timestamp, a depth) is no agent's data, and
                     // must stay a number for the document to read as what it is.
-                    let schemas = layout.is_some_and(|l| {
-                        let parent = nodes.get(node).map_or(0, |n| n.parent);
-                        l.named.iter().any(|p| is_at(&nodes, parent, p))
-                            && !l.free.iter().any(|p| is_at(&nodes, node, p))
-                    });
-                    if let Some(digits) = digits_of(number).filter(|_| !schemas) {
+                    let schemas = || {
+                        layout.is_some_and(|l| {
+                            let parent = nodes.get(node).map_or(0, |n| n.parent);
+                            l.named.iter().any(|p| is_at(&nodes, parent, p))
+                                && !l.free.iter().any(|p| is_at(&nodes, node, p))
+                        })
+                    };
+                    // Most numbers are short: their digits are looked at before their place.
+                    if let Some(digits) = digits_of(number).filter(|_| !schemas()) {
                         let value = Spot {
                             text: Cow::Owned(digits),
                             node,
