@@ -6,16 +6,15 @@
 //! releases at most one action here; the gateway's redeem makes that hold across runtimes.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aa_core::{Action, AgentContext, Verdict};
 use aa_proto::pb;
-use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::link::{BACKOFF_MAX, BACKOFF_START, GatewayLink};
+use crate::memory::{Budget, Charge, held_bytes};
 use crate::runtime::Refusal;
 
 /// Pending decisions kept at most; past it, a pending decision is denied.
@@ -44,27 +43,23 @@ pub(crate) struct Pending {
     pub(crate) _charge: Arc<Charge>,
 }
 
-/// A pending decision's part of its table's memory budget, given back when the last of its
-/// holders lets go: the entry, and the task creating its approval at the gateway, which holds
-/// its own copy of the action while it retries (until the approval would expire).
-#[derive(Debug)]
-pub(crate) struct Charge {
-    held: Arc<AtomicUsize>,
-    bytes: usize,
-}
-
-impl Drop for Charge {
-    fn drop(&mut self) {
-        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
-    }
-}
-
 /// The table of pending decisions by approval id.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct PendingTable {
     entries: Mutex<HashMap<String, Pending>>,
-    /// The bytes of every live [`Charge`].
-    held: Arc<AtomicUsize>,
+    /// What their actions hold. A pending decision's part is given back when the last of its
+    /// holders lets go: the entry, and the task creating its approval at the gateway, which
+    /// holds its own copy of the action while it retries (until the approval would expire).
+    budget: Budget,
+}
+
+impl Default for PendingTable {
+    fn default() -> PendingTable {
+        PendingTable {
+            entries: Mutex::default(),
+            budget: Budget::new(MAX_PENDING_BYTES),
+        }
+    }
 }
 
 impl PendingTable {
@@ -73,27 +68,19 @@ impl PendingTable {
     /// entries gone.
     pub(crate) fn charge(&self, action: &Action) -> Result<Arc<Charge>, String> {
         let bytes = held_bytes(action).saturating_mul(2);
-        let take = || {
-            self.held
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                    held.checked_add(bytes)
-                        .filter(|&total| total <= MAX_PENDING_BYTES)
-                })
-                .is_ok()
-        };
-        if !take() {
-            self.drop_expired()?;
-            if !take() {
-                return Err(format!(
-                    "the approvals waiting on this runtime would hold more than {} MiB",
-                    MAX_PENDING_BYTES >> 20
-                ));
+        let charge = match self.budget.take(bytes) {
+            Some(charge) => charge,
+            None => {
+                self.drop_expired()?;
+                self.budget.take(bytes).ok_or_else(|| {
+                    format!(
+                        "the approvals waiting on this runtime would hold more than {} MiB",
+                        self.budget.max_mib()
+                    )
+                })?
             }
-        }
-        Ok(Arc::new(Charge {
-            held: Arc::clone(&self.held),
-            bytes,
-        }))
+        };
+        Ok(Arc::new(charge))
     }
 
     fn drop_expired(&self) -> Result<(), String> {
@@ -135,55 +122,6 @@ impl PendingTable {
         entries.remove(approval_id)
     }
 }
-
-/// About how many bytes of memory `action` takes as the runtime holds it: every JSON value
-/// [`NODE_BYTES`], every string and key its length too.
-fn held_bytes(action: &Action) -> usize {
-    let text = |s: &str| NODE_BYTES + s.len();
-    // Only containers go on the stack: arguments may be millions of values wide, or deep.
-    let mut containers: Vec<&Value> = Vec::new();
-    let mut bytes = NODE_BYTES
-        + match action {
-            Action::ToolCall { tool, args } => {
-                containers.push(args);
-                text(tool)
-            }
-            Action::LlmCall { model, .. } => text(model),
-            Action::Network { host, method, .. } => text(host) + method.as_deref().map_or(0, text),
-            Action::File { path, .. } => text(path),
-            Action::ProcessExec { command, args } => {
-                text(command) + args.iter().map(|a| text(a)).sum::<usize>()
-            }
-            Action::AgentSpawn { child_id, reason } => {
-                child_id.as_deref().map_or(0, text) + reason.as_deref().map_or(0, text)
-            }
-        };
-    let value_bytes = |value: &Value| match value {
-        Value::String(s) => text(s),
-        _ => NODE_BYTES,
-    };
-    while let Some(container) = containers.pop() {
-        let items: Box<dyn Iterator<Item = (usize, &Value)>> = match container {
-            Value::Array(items) => Box::new(items.iter().map(|item| (0, item))),
-            Value::Object(map) => Box::new(map.iter().map(|(key, item)| (key.len(), item))),
-            scalar => {
-                bytes += value_bytes(scalar);
-                continue;
-            }
-        };
-        for (key, item) in items {
-            bytes += key + value_bytes(item);
-            if item.is_array() || item.is_object() {
-                containers.push(item);
-            }
-        }
-    }
-    bytes
-}
-
-/// What one JSON value takes, counted by [`held_bytes`]: its own size and its share of its
-/// container's, rounded up.
-const NODE_BYTES: usize = 64;
 
 /// Creates the approval at the gateway, retrying while the gateway is away, until it expires.
 /// `_charge` keeps the action's part of the budget while the request holds it.
@@ -340,27 +278,13 @@ mod tests {
         assert!(table.take("a-1", "bot").is_none());
     }
 
-    fn wide(values: usize) -> Action {
-        Action::ToolCall {
-            tool: "shell".into(),
-            args: serde_json::json!({ "command": vec![0; values], "cwd": {"a": ["b"]} }),
-        }
-    }
-
-    #[test]
-    fn an_actions_bytes_count_every_value() {
-        let small = held_bytes(&wide(0));
-        assert_eq!(held_bytes(&wide(1_000)) - small, 1_000 * NODE_BYTES);
-        assert!(held_bytes(&wide(1_500_000)) > 90 << 20);
-    }
-
     /// Pending actions share one memory budget, an action's part held until the last of its
     /// holders (the entry, the creation of its approval) lets go, or its entry expires.
     #[test]
     fn pending_actions_share_a_memory_budget() {
         let table = PendingTable::default();
         // About 12 MiB a charge (100,000 values of 64 bytes, held twice): five fit in 64 MiB.
-        let big = wide(100_000);
+        let big = crate::memory::tests::wide(100_000);
         let mut charges: Vec<Arc<Charge>> = (0..5).map(|_| table.charge(&big).unwrap()).collect();
         let refused = table.charge(&big).unwrap_err();
         assert!(refused.contains("more than 64 MiB"), "{refused}");

@@ -10,7 +10,7 @@
 //!   gateway, sessions, the last bundle and suspensions.
 //! - `approvals`: pending decisions — the approval created at the gateway in the background,
 //!   and the wait that ends when a human decides, the approval expires or the SDK's timeout
-//!   passes.
+//!   passes. `memory`: the byte budgets of what agents sent that is held for a while.
 //! - `pipeline`: the writer that redacts and group-commits events; `link`: the gateway
 //!   link, the bundle and suspension watches and the forwarder; both run on an
 //!   `aa_background::Background`, below the socket's threads; [`bundle`], [`limits`],
@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod limits;
 mod link;
+mod memory;
 pub mod outbox;
 mod pipeline;
 pub mod runtime;

@@ -22,8 +22,11 @@ use rusqlite::{Connection, OptionalExtension as _, params};
 
 use crate::error::RuntimeError;
 
-/// Committed events kept in memory for the forwarder, at most: the newest are kept.
+/// Committed events kept in memory for the forwarder, at most, and their encoded bytes: the
+/// newest are kept. While the gateway is away nothing takes them, so the bytes bound what an
+/// agent's big events can hold there (a count alone let 4,096 events of megabytes stay).
 const TAIL_MAX: usize = 4096;
+const TAIL_MAX_BYTES: usize = 32 << 20;
 
 /// Delivered events kept so that an SDK retrying a batch after delivery is still recognised
 /// as a duplicate instead of taking a second place in the stream.
@@ -62,7 +65,7 @@ pub struct Outbox {
     last_sequence: AtomicU64,
     stream_id: String,
     /// The newest committed events, numbered without a gap, oldest first.
-    tail: Mutex<VecDeque<Stored>>,
+    tail: Mutex<Tail>,
     /// Rows at or below this sequence are known to be gone; read and written under `conn`.
     pruned_through: AtomicU64,
     /// Set while the connection may commit without a sync (a delivery mark's setting not yet
@@ -77,6 +80,66 @@ pub struct Stored {
     pub sequence: u64,
     /// The encoded `pb::AuditEvent`, origin included.
     pub wire: Vec<u8>,
+}
+
+/// The newest committed events, numbered without a gap, oldest first, and their bytes.
+#[derive(Debug, Default)]
+struct Tail {
+    events: VecDeque<Stored>,
+    bytes: usize,
+}
+
+impl Tail {
+    /// Keeps `event`, the oldest making room; an event that does not follow the last kept
+    /// one without a gap replaces what was kept.
+    fn push(&mut self, event: Stored) {
+        if self
+            .events
+            .back()
+            .is_some_and(|last| last.sequence + 1 != event.sequence)
+        {
+            self.events.clear();
+            self.bytes = 0;
+        }
+        while !self.events.is_empty()
+            && (self.events.len() >= TAIL_MAX || self.bytes + event.wire.len() > TAIL_MAX_BYTES)
+        {
+            self.pop_front();
+        }
+        self.bytes += event.wire.len();
+        self.events.push_back(event);
+    }
+
+    fn pop_front(&mut self) -> Option<Stored> {
+        let event = self.events.pop_front()?;
+        self.bytes -= event.wire.len();
+        Some(event)
+    }
+
+    /// Up to `limit` events numbered right after `sequence`, taken out, if they start
+    /// there; the kept ones at or before it are dropped.
+    fn take_after(&mut self, sequence: u64, limit: usize) -> Option<Vec<Stored>> {
+        while self.events.front().is_some_and(|e| e.sequence <= sequence) {
+            self.pop_front();
+        }
+        if self
+            .events
+            .front()
+            .is_none_or(|e| e.sequence != sequence + 1)
+        {
+            return None;
+        }
+        let n = limit.min(self.events.len());
+        Some((0..n).filter_map(|_| self.pop_front()).collect())
+    }
+
+    /// Puts `wire` in place of the kept event `sequence`, if it is kept.
+    fn replace(&mut self, sequence: u64, wire: Vec<u8>) {
+        if let Some(kept) = self.events.iter_mut().find(|e| e.sequence == sequence) {
+            self.bytes = self.bytes - kept.wire.len() + wire.len();
+            kept.wire = wire;
+        }
+    }
 }
 
 impl Stored {
@@ -194,7 +257,7 @@ impl Outbox {
             conn: Mutex::new(conn),
             last_sequence: AtomicU64::new(last),
             stream_id,
-            tail: Mutex::new(VecDeque::new()),
+            tail: Mutex::new(Tail::default()),
             pruned_through: AtomicU64::new(0),
             relaxed_sync: AtomicBool::new(false),
         })
@@ -284,31 +347,14 @@ impl Outbox {
             return;
         };
         for event in committed {
-            if tail
-                .back()
-                .is_some_and(|last| last.sequence + 1 != event.sequence)
-            {
-                tail.clear();
-            }
-            if tail.len() == TAIL_MAX {
-                tail.pop_front();
-            }
-            tail.push_back(event);
+            tail.push(event);
         }
     }
 
     /// Takes up to `limit` events numbered right after `sequence` from those kept in memory,
     /// if they start there; drops the kept ones at or before it.
     fn take_kept(&self, sequence: u64, limit: usize) -> Option<Vec<Stored>> {
-        let mut tail = self.tail.lock().ok()?;
-        while tail.front().is_some_and(|e| e.sequence <= sequence) {
-            tail.pop_front();
-        }
-        if tail.front().is_none_or(|e| e.sequence != sequence + 1) {
-            return None;
-        }
-        let n = limit.min(tail.len());
-        Some(tail.drain(..n).collect())
+        self.tail.lock().ok()?.take_after(sequence, limit)
     }
 
     /// Up to `limit` events not yet delivered, in stream order. Like
@@ -440,10 +486,8 @@ impl Outbox {
         tx.commit()?;
         drop(conn);
         // The forwarder may yet take the event from memory.
-        if let Ok(mut tail) = self.tail.lock()
-            && let Some(kept) = tail.iter_mut().find(|e| e.sequence == sequence)
-        {
-            kept.wire = tombstone;
+        if let Ok(mut tail) = self.tail.lock() {
+            tail.replace(sequence, tombstone);
         }
         Ok(true)
     }
@@ -599,6 +643,43 @@ mod tests {
     use aa_core::{Action, AgentContext, EventKind, Origin};
 
     use super::*;
+
+    /// The events kept for the forwarder are bounded by their bytes as well as their number:
+    /// the newest are kept, in order, and what they hold is counted as they come and go.
+    #[test]
+    fn the_kept_tail_is_bounded_by_its_bytes() {
+        let mut tail = Tail::default();
+        let event = |sequence: u64, bytes: usize| Stored {
+            sequence,
+            wire: vec![0; bytes],
+        };
+        let big = TAIL_MAX_BYTES / 4;
+        for sequence in 1..=10 {
+            tail.push(event(sequence, big));
+        }
+        assert_eq!(tail.events.len(), 4);
+        assert_eq!(tail.bytes, 4 * big);
+        assert_eq!(tail.events.front().map(|e| e.sequence), Some(7));
+        // Taken from where the forwarder is, which drops what came before.
+        let taken = tail.take_after(7, 2).unwrap();
+        assert_eq!(taken.iter().map(|e| e.sequence).collect::<Vec<_>>(), [8, 9]);
+        assert_eq!(tail.bytes, big);
+        tail.replace(10, vec![0; 7]);
+        assert_eq!(tail.bytes, 7);
+        assert!(
+            tail.take_after(3, 10).is_none(),
+            "a gap before what is kept"
+        );
+        // Small events are bounded by their number.
+        for sequence in 11..=(10 + TAIL_MAX as u64 + 5) {
+            tail.push(event(sequence, 1));
+        }
+        assert_eq!(tail.events.len(), TAIL_MAX);
+        assert_eq!(tail.bytes, TAIL_MAX);
+        // An event out of sequence replaces what was kept.
+        tail.push(event(1, 3));
+        assert_eq!((tail.events.len(), tail.bytes), (1, 3));
+    }
 
     #[test]
     fn the_outbox_syncs_every_commit_and_checkpoints_in_large_steps() {

@@ -13,6 +13,7 @@ use aa_security::{Limits, Scanner};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::memory::Charge;
 use crate::outbox::Outbox;
 
 /// The scanner events are redacted with: the built-in rules until a policy bundle is in
@@ -54,6 +55,9 @@ pub(crate) struct Job {
     /// [`Outbox::append`]); empty for the runtime's own.
     pub(crate) aliases: Vec<Option<String>>,
     pub(crate) done: Option<oneshot::Sender<Result<u64, String>>>,
+    /// A decision's part of the memory budget of decisions waiting for the outbox, held until
+    /// its event is committed (or given up): held, never read.
+    pub(crate) _charge: Option<Charge>,
 }
 
 /// The writer's queue as its senders hold it. A job someone waits on wakes a lingering writer;
@@ -306,6 +310,7 @@ pub(crate) async fn write_loop(
                 events: std::mem::take(&mut held),
                 aliases: Vec::new(),
                 done: None,
+                _charge: None,
             },
         };
         let mut group = vec![first];
@@ -314,6 +319,7 @@ pub(crate) async fn write_loop(
                 events: std::mem::take(&mut held),
                 aliases: Vec::new(),
                 done: None,
+                _charge: None,
             });
         }
         take_queued(&mut queue.jobs, &mut group);

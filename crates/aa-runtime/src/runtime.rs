@@ -23,6 +23,7 @@ use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::limits::RateCounter;
 use crate::link::GatewayLink;
+use crate::memory::{Budget, held_bytes};
 use crate::outbox::Outbox;
 use crate::pipeline::{CurrentScanner, Job, Jobs, OutboxHealth};
 
@@ -90,6 +91,11 @@ pub struct GatewayCheck {
 /// queue, so a burst is slowed to the pace the outbox takes rather than refused.
 const RECORD_WAIT: Duration = Duration::from_secs(1);
 
+/// Memory the actions of decisions waiting for the outbox's writer may hold in all, as
+/// [`held_bytes`] estimates it; past it a decision is not recorded (and so, under `enforce`,
+/// denied). Thousands of ordinary decisions hold a few megabytes.
+const MAX_QUEUED_DECISION_BYTES: usize = 64 << 20;
+
 /// The longest event id of an agent's kept as it is; a longer one is kept as its digest.
 const MAX_SUPPLIED_ID: usize = 256;
 
@@ -110,6 +116,22 @@ struct SuppliedId {
 /// decided ([`Runtime::decision_slot`]); empty when none came in time.
 #[derive(Debug)]
 pub struct DecisionSlot(Option<mpsc::OwnedPermit<Job>>);
+
+/// The answer to a decision that could not be recorded, for `why`: under `enforce` an allow
+/// becomes a deny, rather than an action off the record.
+fn unrecorded(answer: Verdict, why: &str) -> Verdict {
+    tracing::error!(reason = %why, decision = answer.decision.as_str(), "a decision could not be recorded");
+    if answer.decision == Decision::Allow && answer.mode == Mode::Enforce {
+        Verdict {
+            decision: Decision::Deny,
+            rule: "audit".into(),
+            reason: format!("{why}: denied rather than left off the record"),
+            ..answer
+        }
+    } else {
+        answer
+    }
+}
 
 /// The verdict to apply: under `observe` a refusal is recorded, and allowed.
 fn applied(verdict: &Verdict) -> Verdict {
@@ -186,6 +208,9 @@ pub struct Runtime {
     suspensions: RwLock<Option<Arc<Suspensions>>>,
     rates: RateCounter,
     pending: PendingTable,
+    /// What the decisions queued for the outbox's writer hold, bounded: a count alone let an
+    /// agent's checks of megabytes of arguments queue gigabytes.
+    queued_decisions: Budget,
     outbox: Arc<Outbox>,
     jobs: Jobs,
     outbox_health: Arc<OutboxHealth>,
@@ -250,6 +275,7 @@ impl Runtime {
             suspensions: RwLock::new(Some(Arc::default())),
             rates: RateCounter::default(),
             pending: PendingTable::default(),
+            queued_decisions: Budget::new(MAX_QUEUED_DECISION_BYTES),
             outbox,
             jobs,
             outbox_health,
@@ -1134,10 +1160,18 @@ impl Runtime {
     /// whose event cannot be queued (the writer is a whole queue behind, or gone) or written
     /// (its last commit failed) becomes a deny, since an action must not run off the record.
     fn record_decision(&self, event: AuditEvent, answer: Verdict, slot: DecisionSlot) -> Verdict {
+        let Some(charge) = self.queued_decisions.take(held_bytes(&event.action)) else {
+            let why = format!(
+                "the decisions waiting for the audit outbox would hold more than {} MiB",
+                self.queued_decisions.max_mib()
+            );
+            return unrecorded(answer, &why);
+        };
         let job = Job {
             events: vec![event],
             aliases: Vec::new(),
             done: None,
+            _charge: Some(charge),
         };
         let queued = match slot.0 {
             Some(room) => {
@@ -1157,17 +1191,7 @@ impl Runtime {
                 "the audit outbox is closed".to_owned()
             }
         };
-        tracing::error!(reason = %why, decision = answer.decision.as_str(), "a decision could not be recorded");
-        if answer.decision == Decision::Allow && answer.mode == Mode::Enforce {
-            Verdict {
-                decision: Decision::Deny,
-                rule: "audit".into(),
-                reason: format!("{why}: denied rather than left off the record"),
-                ..answer
-            }
-        } else {
-            answer
-        }
+        unrecorded(answer, &why)
     }
 
     /// Records a refusal at the socket (see [`EventKind::Refusal`]) under the peer's uid, its
@@ -1199,6 +1223,7 @@ impl Runtime {
             events: vec![event],
             aliases: Vec::new(),
             done: None,
+            _charge: None,
         };
         if self.jobs.try_send(job).is_err() {
             tracing::error!(
@@ -1285,6 +1310,7 @@ impl Runtime {
                 events,
                 aliases,
                 done: Some(done),
+                _charge: None,
             })
             .await
             .map_err(|_| refuse(ErrorCode::Unavailable, "the outbox is shutting down"))?;
@@ -1541,6 +1567,58 @@ mod tests {
         let closed = runtime.record_decision(event(), allow, DecisionSlot(None));
         assert!(closed.reason.contains("closed"), "{}", closed.reason);
         assert_eq!(closed.decision, Decision::Deny);
+    }
+
+    /// Decisions waiting for the writer share a memory budget, each held until the writer is
+    /// done with its job: checks of megabytes of arguments, sent faster than the outbox takes
+    /// them, are denied past it rather than queued by the thousand.
+    #[tokio::test]
+    async fn queued_decisions_share_a_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, mut queue) = unlinked_runtime(dir.path(), 4096);
+        // About 6.4 MB as the runtime holds it: ten fit in 64 MiB.
+        let big = crate::memory::tests::wide(100_000);
+        let event = |action: &Action| {
+            let peer = Peer { uid: 0, pid: 0 };
+            runtime.own_event(
+                AgentContext::new("a"),
+                action.clone(),
+                EventKind::Decision,
+                peer,
+            )
+        };
+        let allow = verdict(Decision::Allow, Mode::Enforce);
+        for _ in 0..10 {
+            assert_eq!(
+                runtime.record_decision(event(&big), allow.clone(), DecisionSlot(None)),
+                allow
+            );
+        }
+        let denied = runtime.record_decision(event(&big), allow.clone(), DecisionSlot(None));
+        assert_eq!(
+            (denied.decision, denied.rule.as_str()),
+            (Decision::Deny, "audit"),
+            "{denied:?}"
+        );
+        assert!(
+            denied.reason.contains("more than 64 MiB"),
+            "{}",
+            denied.reason
+        );
+        // A small decision still fits; a big one does once the writer is done with a job.
+        let small = Action::ToolCall {
+            tool: "read_file".into(),
+            args: serde_json::json!({}),
+        };
+        assert_eq!(
+            runtime.record_decision(event(&small), allow.clone(), DecisionSlot(None)),
+            allow
+        );
+        drop(queue.jobs.recv().await);
+        assert_eq!(
+            runtime.record_decision(event(&big), allow.clone(), DecisionSlot(None)),
+            allow
+        );
     }
 
     /// A revoked token ends the session holding it, in memory and on disk; a session that

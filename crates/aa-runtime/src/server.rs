@@ -173,6 +173,7 @@ pub async fn run(
             events: Vec::new(),
             aliases: Vec::new(),
             done: Some(done),
+            _charge: None,
         })
         .await
         .is_ok()
