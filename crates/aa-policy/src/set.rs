@@ -27,6 +27,15 @@ impl std::fmt::Display for Account {
 /// How long an approval waits when no policy says: five minutes.
 pub const DEFAULT_APPROVAL_TIMEOUT_S: u32 = 300;
 
+/// How strict a mode is: enforce > observe > disabled.
+fn strictness(mode: Mode) -> u8 {
+    match mode {
+        Mode::Enforce => 2,
+        Mode::Observe => 1,
+        Mode::Disabled => 0,
+    }
+}
+
 /// Policies evaluated together, ordered from least to most specific scope.
 #[derive(Debug, Default)]
 pub struct PolicySet {
@@ -71,17 +80,28 @@ impl PolicySet {
     /// policies of equal specificity disagree, the strictest (enforce > observe > disabled).
     /// With none set, `enforce`.
     pub fn mode_for(&self, agent: &aa_core::AgentContext) -> Mode {
-        let strictness = |m: Mode| match m {
-            Mode::Enforce => 2,
-            Mode::Observe => 1,
-            Mode::Disabled => 0,
-        };
         self.policies
             .iter()
             .filter(|p| p.scope().covers(agent))
             .filter_map(|p| Some((p.scope().specificity(), strictness(p.mode()?), p.mode()?)))
             .max_by_key(|(specificity, strict, _)| (*specificity, *strict))
             .map_or(Mode::Enforce, |(_, _, mode)| mode)
+    }
+
+    /// The mode for an agent others spawned: the strictest of its own and its ancestors'
+    /// (`ancestors` as in [`evaluate_delegated`](Self::evaluate_delegated)). A child put in an
+    /// observed or disabled team by an enforced parent is enforced: acting unstopped is a
+    /// right its parent lacks.
+    pub fn mode_for_delegated(
+        &self,
+        agent: &aa_core::AgentContext,
+        ancestors: &[aa_core::AgentContext],
+    ) -> Mode {
+        std::iter::once(agent)
+            .chain(ancestors)
+            .map(|a| self.mode_for(a))
+            .max_by_key(|m| strictness(*m))
+            .unwrap_or(Mode::Enforce)
     }
 
     /// The tool entries that govern `tool` for `agent` and set a call-rate limit (per agent or
@@ -170,9 +190,13 @@ impl PolicySet {
     /// Decides `request` for an agent others spawned: its own answer, bounded by each
     /// ancestor's answer for the same action, so a child never gets a right its parent lacks.
     /// `ancestors` is the chain above the agent (the root first). The most restrictive answer
-    /// wins; one that comes from an ancestor says so. The mode stays the agent's.
+    /// wins; one that comes from an ancestor says so. The mode is
+    /// [`mode_for_delegated`](Self::mode_for_delegated)'s.
     pub fn evaluate_delegated(&self, request: &Request<'_>, ancestors: &[AgentContext]) -> Verdict {
-        let mut verdict = self.evaluate(request);
+        let mut verdict = Verdict {
+            mode: self.mode_for_delegated(request.agent, ancestors),
+            ..self.evaluate(request)
+        };
         // Nearest first: among equally restrictive bounds, the parent's is named.
         for ancestor in ancestors.iter().rev() {
             if verdict.decision == Decision::Deny {
@@ -281,6 +305,61 @@ spec:
             !own.reason.starts_with("inherited"),
             "the child's own answer"
         );
+    }
+
+    /// Acting unstopped is a right too: a child an enforced parent put in an observed or
+    /// disabled team is enforced, bounds and its own answers alike.
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_child_is_enforced_where_an_ancestor_is() {
+        let source = r#"
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: prod}
+spec:
+  scope: team:prod
+  mode: enforce
+  default: allow
+  tools:
+    shell: {allow: false}
+---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: sandbox}
+spec:
+  scope: team:sandbox
+  mode: observe
+  default: allow
+  tools:
+    curl: {allow: false}
+---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: lab}
+spec:
+  scope: team:lab
+  mode: disabled
+  default: allow
+"#;
+        let set = PolicySet::new(Policy::parse(source).unwrap());
+        let root = agent("root", Some("prod"), 0);
+        let boxed = agent("boxed", Some("sandbox"), 1);
+        let bounded = decide(&set, &boxed, std::slice::from_ref(&root), "shell");
+        assert_eq!(
+            (bounded.decision, bounded.mode),
+            (Decision::Deny, Mode::Enforce)
+        );
+        let own = decide(&set, &boxed, std::slice::from_ref(&root), "curl");
+        assert_eq!((own.decision, own.mode), (Decision::Deny, Mode::Enforce));
+        // Alone, or under an observed parent, the team's own mode holds.
+        assert_eq!(decide(&set, &boxed, &[], "shell").mode, Mode::Observe);
+        let lab = agent("lab", Some("lab"), 2);
+        assert_eq!(set.mode_for_delegated(&lab, &[]), Mode::Disabled);
+        assert_eq!(
+            set.mode_for_delegated(&lab, std::slice::from_ref(&boxed)),
+            Mode::Observe
+        );
+        assert_eq!(set.mode_for_delegated(&lab, &[root, boxed]), Mode::Enforce);
     }
 
     #[test]

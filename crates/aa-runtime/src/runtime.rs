@@ -1018,7 +1018,9 @@ impl Runtime {
             let v = fail("bundle", "no policy bundle from the gateway yet".into());
             return done(v, Some(session.agent), Some(action));
         };
-        let mode = bundle.set.mode_for(&session.agent);
+        let mode = bundle
+            .set
+            .mode_for_delegated(&session.agent, &session.ancestors);
         if mode == Mode::Disabled {
             let v = Verdict {
                 decision: Decision::Allow,
