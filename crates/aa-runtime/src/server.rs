@@ -138,6 +138,7 @@ pub async fn run(
     let budget = Arc::new(Semaphore::new(
         config.max_unfinished_frame_bytes / BUDGET_UNIT,
     ));
+    let detached = Detached::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -150,9 +151,9 @@ pub async fn run(
                         connections.spawn(turn_away(Arc::clone(&runtime), stream, config.max_connections));
                         continue;
                     };
-                    let budget = Arc::clone(&budget);
+                    let (budget, detached) = (Arc::clone(&budget), detached.clone());
                     connections.spawn(async move {
-                        admit(runtime, stream, &served, budget).await;
+                        admit(runtime, stream, &served, budget, detached).await;
                         drop(permit);
                     });
                 }
@@ -166,6 +167,9 @@ pub async fn run(
     }
     drop(listener);
     connections.abort_all();
+    while connections.join_next().await.is_some() {}
+    // No call answers after the last flush: a decision it recorded then would not be written.
+    detached.stop().await;
     // Jobs are written in order: once this one is done, everything queued before it is too.
     let (done, flushed) = oneshot::channel();
     if jobs_tx
@@ -226,6 +230,7 @@ async fn admit(
     mut stream: UnixStream,
     served: &[u32],
     budget: Arc<Semaphore>,
+    detached: Detached,
 ) {
     let Some(peer) = peer_of(&stream) else { return };
     if !served.contains(&peer.uid) {
@@ -241,7 +246,29 @@ async fn admit(
         let _ = stream.write_all(&bytes).await;
         return;
     }
-    serve(runtime, stream, peer, budget).await;
+    serve(runtime, stream, peer, budget, detached).await;
+}
+
+/// The tasks connections hand their slower calls to (those that wait on the gateway or the
+/// disk). At shutdown they are stopped before the outbox's queue is flushed for the last time,
+/// so that none answers after it: an answer whose decision would never be written.
+#[derive(Debug, Clone, Default)]
+struct Detached(Arc<std::sync::Mutex<JoinSet<()>>>);
+
+impl Detached {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        // Only ever spawned into and taken whole: a panic elsewhere leaves it usable.
+        let mut tasks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Finished tasks are let go as new ones come, not kept to the end.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(task);
+    }
+
+    async fn stop(&self) {
+        let mut tasks = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
 }
 
 /// A served connection, registered with the async runtime for input alone. A Unix socket
@@ -346,7 +373,13 @@ fn budget_units(pending: usize) -> usize {
     pending.saturating_sub(1) / BUDGET_UNIT
 }
 
-async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Arc<Semaphore>) {
+async fn serve(
+    runtime: Arc<Runtime>,
+    stream: UnixStream,
+    peer: Peer,
+    budget: Arc<Semaphore>,
+    detached: Detached,
+) {
     let frame_timeout = runtime.config().frame_timeout;
     let connection: Shared = match Connection::new(stream, frame_timeout) {
         Ok(connection) => Arc::new(connection),
@@ -400,9 +433,16 @@ async fn serve(runtime: Arc<Runtime>, stream: UnixStream, peer: Peer, budget: Ar
                     // Only the first frame this read completes can be the one the budget was
                     // taken for: the others arrived whole within it, so are small.
                     let share = held.take();
-                    if let Some(answer) =
-                        dispatch(&runtime, frame, share, peer, &connection, &in_flight).await
-                    {
+                    let answer = dispatch(
+                        &runtime,
+                        frame,
+                        share,
+                        peer,
+                        &connection,
+                        &in_flight,
+                        &detached,
+                    );
+                    if let Some(answer) = answer.await {
                         push_frame(&answer, &mut answers);
                     }
                 }
@@ -514,6 +554,7 @@ async fn dispatch(
     peer: Peer,
     connection: &Shared,
     in_flight: &Arc<Semaphore>,
+    detached: &Detached,
 ) -> Option<pb::Frame> {
     let id = frame.request_id;
     let Some(body) = frame.body else {
@@ -542,7 +583,7 @@ async fn dispatch(
     };
     let runtime = Arc::clone(runtime);
     let connection = Arc::clone(connection);
-    tokio::spawn(async move {
+    detached.spawn(async move {
         let decision = |decision| pb::Frame {
             request_id: id,
             body: Some(Body::Decision(decision)),

@@ -436,3 +436,40 @@ async fn an_approval_never_shows_a_secret() {
     assert!(!everything.contains(crate::governed::AWS_KEY));
     up.stop().await.unwrap();
 }
+
+/// A runtime that stops ends the calls waiting in it before its last flush of the outbox's
+/// queue, so that none is released after it with its decision left unwritten: the wait ends
+/// with the runtime (failing closed), not when someone decides or it times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_ends_with_its_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        options(dir.path(), vec![data()]),
+        RuntimeSettings::default(),
+    )
+    .await
+    .unwrap();
+    let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
+    let root = register(&c, "root", Some("ops")).await;
+    let pending = decide(&c, &root, shell("rm -r build")).await;
+    assert_eq!(pending.verdict.decision, Decision::Pending, "{pending:?}");
+    let id = pending.approval_id.clone().unwrap();
+    recorded(&up.gateway, &id).await;
+    let waiting = c.await_approval(&root, pending, Duration::from_secs(60));
+    let waiting = tokio::spawn(async move { waiting.await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Up { gateway, runtime } = up;
+    let stopped = Instant::now();
+    runtime.stop().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    let outcome = ended.expect("the wait outlived its runtime").unwrap();
+    assert!(
+        outcome
+            .as_ref()
+            .is_ok_and(|o| o.verdict.decision == Decision::Deny)
+            || outcome.is_err(),
+        "{outcome:?}"
+    );
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    gateway.stop().await.unwrap();
+}
