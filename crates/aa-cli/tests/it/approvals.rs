@@ -455,8 +455,7 @@ async fn a_wait_ends_with_its_runtime() {
     assert_eq!(pending.verdict.decision, Decision::Pending, "{pending:?}");
     let id = pending.approval_id.clone().unwrap();
     recorded(&up.gateway, &id).await;
-    let waiting = c.await_approval(&root, pending, Duration::from_secs(60));
-    let waiting = tokio::spawn(async move { waiting.await });
+    let waiting = tokio::spawn(c.await_approval(&root, pending, Duration::from_secs(60)));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let Up { gateway, runtime } = up;
     let stopped = Instant::now();
