@@ -210,8 +210,8 @@ impl<'a> Strings<'a> {
         Strings { nodes, spots }
     }
 
-    /// The spot of the string value of the key at spot `key`, if it is a key with one (a
-    /// key is read just before its value).
+    /// The spot of the value (a string, or a number read as its digits) of the key at spot
+    /// `key`, if it is a key with one (a key is read just before its value).
     fn value_of_key(&self, key: usize) -> Option<usize> {
         let spot = self.spots.get(key).filter(|s| s.is_key)?;
         let value = self.spots.get(key + 1).filter(|v| !v.is_key)?;
@@ -270,11 +270,11 @@ impl<'a> Strings<'a> {
     }
 }
 
-/// The fewest digits a number needs to be read: a phone number's.
-const NUMBER_DIGITS: u64 = 1_000_000;
+/// The smallest number read: of seven digits, the fewest a phone number has.
+const SMALLEST_READ: u64 = 1_000_000;
 
-/// The digits of an integer (or of a float that holds one exactly) of at least
-/// [`NUMBER_DIGITS`] digits: a card number or an SSN sent as a JSON number.
+/// The digits of an integer (or of a float that holds one exactly) from [`SMALLEST_READ`]
+/// up: a card number or an SSN sent as a JSON number.
 fn digits_of(number: &serde_json::Number) -> Option<String> {
     let whole = number
         .as_u64()
@@ -284,7 +284,7 @@ fn digits_of(number: &serde_json::Number) -> Option<String> {
         // Below 2^53 a float holds every integer exactly.
         (f.fract() == 0.0 && f < 9_007_199_254_740_992.0).then_some(f as u64)
     })?;
-    (whole >= NUMBER_DIGITS).then(|| whole.to_string())
+    (whole >= SMALLEST_READ).then(|| whole.to_string())
 }
 
 /// The name an array's string is, standing alone before what it names: one short word, with
