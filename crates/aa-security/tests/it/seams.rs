@@ -187,6 +187,20 @@ fn a_match_reaching_from_one_run_into_the_next_is_no_credential() {
     assert_eq!(redacted, doc);
 }
 
+/// Redacting `doc` cuts the string at `path` whole, as a generic secret, and nothing else;
+/// redacting the result finds nothing new.
+fn assert_one_value_redacted_whole(doc: Value, path: &str) {
+    let (mut redacted, receipts) = redact(doc.clone());
+    assert_eq!(receipts.len(), 1, "{doc}: {receipts:?}");
+    assert_eq!(
+        redacted.pointer(path).and_then(Value::as_str),
+        Some("[REDACTED:generic_secret]"),
+        "{doc} -> {redacted}"
+    );
+    let again = SCANNER.redact_json(&mut redacted, &Limits::default());
+    assert!(again.is_empty(), "found again: {again:?}");
+}
+
 /// A string value is assigned to its key, as `"key": "value"` reads in the serialised
 /// document: a secret under a secret's name is redacted though neither string holds one alone.
 #[test]
@@ -214,15 +228,7 @@ fn a_value_under_a_secrets_name_is_redacted() {
             "/aws_secret_access_key",
         ),
     ] {
-        let (mut redacted, receipts) = redact(doc.clone());
-        assert_eq!(receipts.len(), 1, "{doc}: {receipts:?}");
-        assert_eq!(
-            redacted.pointer(path).and_then(Value::as_str),
-            Some("[REDACTED:generic_secret]"),
-            "{doc} -> {redacted}"
-        );
-        let again = SCANNER.redact_json(&mut redacted, &Limits::default());
-        assert!(again.is_empty(), "found again: {again:?}");
+        assert_one_value_redacted_whole(doc, path);
     }
 }
 
@@ -256,15 +262,7 @@ fn a_value_after_a_secrets_name_in_an_array_is_redacted() {
             "/b",
         ),
     ] {
-        let (mut redacted, receipts) = redact(doc.clone());
-        assert_eq!(receipts.len(), 1, "{doc}: {receipts:?}");
-        assert_eq!(
-            redacted.pointer(path).and_then(Value::as_str),
-            Some("[REDACTED:generic_secret]"),
-            "{doc} -> {redacted}"
-        );
-        let again = SCANNER.redact_json(&mut redacted, &Limits::default());
-        assert!(again.is_empty(), "found again: {again:?}");
+        assert_one_value_redacted_whole(doc, path);
     }
 }
 
