@@ -49,23 +49,45 @@ pub(crate) fn run(args: ScanArgs) -> Result<ExitCode> {
         return Ok(exit(!redacted.receipts.is_empty()));
     }
     let mut found_any = false;
+    // An input that cannot be read is named on stderr and the rest are still scanned; the
+    // exit code then says the scan was incomplete.
+    let mut failed = false;
     let mut out = std::io::stdout().lock();
     for input in &inputs {
-        for file in expand(input, !args.no_ignore)? {
-            let bytes = read_input(&file)?;
-            if is_binary(&bytes) {
+        for file in expand(input, !args.no_ignore, &mut failed) {
+            let bytes = match read_input(&file.path) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    report(&e, &mut failed);
+                    continue;
+                }
+            };
+            // Only what a folder's walk turned up is skipped as binary: an input named
+            // outright is scanned whatever it holds.
+            if file.found_in_folder && is_binary(&bytes) {
                 continue;
             }
             let findings = scanner.scan_bytes(&bytes);
             found_any |= !findings.is_empty();
+            let path = shown_path(&scanner, &file.path);
             let mut lines = LineIndex::new(&bytes);
             for f in findings {
-                writeln!(out, "{}", finding_json(&file, &mut lines, &bytes, &f))
+                writeln!(out, "{}", finding_json(&path, &mut lines, &bytes, &f))
                     .context("cannot write to stdout")?;
             }
         }
     }
-    Ok(exit(found_any))
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        exit(found_any)
+    })
+}
+
+/// Names an input that could not be read, on stderr, as `main` prints errors.
+fn report(error: &anyhow::Error, failed: &mut bool) {
+    eprintln!("error: {}", crate::printable(&format!("{error:#}")));
+    *failed = true;
 }
 
 fn exit(found: bool) -> ExitCode {
@@ -94,12 +116,21 @@ fn build_scanner(paths: &[PathBuf]) -> Result<Scanner> {
     )?)
 }
 
+/// A file to scan, and whether a folder's walk found it (rather than its being named).
+struct Input {
+    path: PathBuf,
+    found_in_folder: bool,
+}
+
 /// A file as given, or every file under a folder (with `honour_ignores`, those that
 /// .gitignore and .ignore do not exclude; hidden files such as `.env` included; `.git`
-/// skipped).
-fn expand(input: &Path, honour_ignores: bool) -> Result<Vec<PathBuf>> {
+/// skipped). What the walk cannot enter is reported and passed over.
+fn expand(input: &Path, honour_ignores: bool, failed: &mut bool) -> Vec<Input> {
     if input == Path::new("-") || !input.is_dir() {
-        return Ok(vec![input.to_path_buf()]);
+        return vec![Input {
+            path: input.to_path_buf(),
+            found_in_folder: false,
+        }];
     }
     let mut files = Vec::new();
     let walker = ignore::WalkBuilder::new(input)
@@ -113,13 +144,22 @@ fn expand(input: &Path, honour_ignores: bool) -> Result<Vec<PathBuf>> {
         .filter_entry(|e| e.file_name() != ".git")
         .build();
     for entry in walker {
-        let entry = entry.with_context(|| format!("cannot walk {}", input.display()))?;
-        if entry.file_type().is_some_and(|t| t.is_file()) {
-            files.push(entry.into_path());
+        match entry {
+            Ok(entry) if entry.file_type().is_some_and(|t| t.is_file()) => {
+                files.push(Input {
+                    path: entry.into_path(),
+                    found_in_folder: true,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => report(
+                &anyhow::Error::new(e).context(format!("cannot walk {}", input.display())),
+                failed,
+            ),
         }
     }
-    files.sort();
-    Ok(files)
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>> {
@@ -186,7 +226,7 @@ impl LineIndex {
 /// One line of output; fields in the documented order. Never the secret itself.
 #[derive(Debug, serde::Serialize)]
 struct Line<'a> {
-    path: String,
+    path: &'a str,
     line: usize,
     col: usize,
     kind: &'a str,
@@ -195,13 +235,14 @@ struct Line<'a> {
     end: usize,
 }
 
-fn finding_json(path: &Path, lines: &mut LineIndex, bytes: &[u8], f: &Finding) -> String {
+/// A path as findings name it: a file's name can hold a secret too (`ghp_….env`), so it is
+/// redacted.
+fn shown_path(scanner: &Scanner, path: &Path) -> String {
+    scanner.redact(&path.display().to_string()).text
+}
+
+fn finding_json(path: &str, lines: &mut LineIndex, bytes: &[u8], f: &Finding) -> String {
     let (line, col) = lines.locate(bytes, f.start);
-    let path = if path == Path::new("-") {
-        "-".to_owned()
-    } else {
-        path.display().to_string()
-    };
     let out = Line {
         path,
         line,

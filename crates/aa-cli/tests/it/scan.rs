@@ -116,3 +116,51 @@ fn custom_patterns_come_from_a_policy() {
         stderr(&bad)
     );
 }
+
+#[test]
+fn an_input_that_cannot_be_read_is_named_and_the_rest_still_scanned() {
+    let scratch = scratch_dir("scan-partial");
+    let dir = scratch.path();
+    let (first, last) = (dir.join("first.txt"), dir.join("last.txt"));
+    std::fs::write(&first, format!("{KEY}\n")).unwrap();
+    std::fs::write(&last, format!("{TOKEN}\n")).unwrap();
+    let missing = dir.join("missing.txt");
+    let paths = [&first, &missing, &last].map(|p| p.to_str().unwrap().to_owned());
+    let out = aasm(&["scan", &paths[0], &paths[1], &paths[2]]);
+    // Incomplete: 2, though something was found; what could be read is reported whole.
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let found = lines(&out);
+    assert_eq!(found.len(), 2, "{}", stdout(&out));
+    assert!(found[1]["path"].as_str().unwrap().ends_with("last.txt"));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("missing.txt"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_binary_file_is_skipped_in_a_folder_and_scanned_when_named() {
+    let scratch = scratch_dir("scan-binary");
+    let dir = scratch.path();
+    let file = dir.join("dump.bin");
+    std::fs::write(&file, format!("x\0y {TOKEN}\n")).unwrap();
+    let in_folder = aasm(&["scan", dir.to_str().unwrap()]);
+    assert_eq!(in_folder.status.code(), Some(0), "{}", stdout(&in_folder));
+    let named = aasm(&["scan", file.to_str().unwrap()]);
+    assert_eq!(named.status.code(), Some(1), "{}", stderr(&named));
+    assert_eq!(lines(&named)[0]["rule"], "github-pat");
+    let piped = aasm_with_stdin(&["scan"], format!("x\0y {TOKEN}\n").as_bytes());
+    assert_eq!(piped.status.code(), Some(1), "{}", stderr(&piped));
+}
+
+#[test]
+fn a_secret_in_a_files_name_is_redacted_where_findings_name_it() {
+    let scratch = scratch_dir("scan-name");
+    let file = scratch.path().join(format!("{TOKEN}.env"));
+    std::fs::write(&file, format!("AWS_ACCESS_KEY_ID={KEY}\n")).unwrap();
+    let out = aasm(&["scan", scratch.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let path = lines(&out)[0]["path"].as_str().unwrap().to_owned();
+    assert!(
+        path.ends_with("[REDACTED:github_token].env") && !path.contains(TOKEN),
+        "{path}"
+    );
+}
