@@ -15,6 +15,9 @@ use serde::de::DeserializeOwned;
 
 use crate::serve::DEFAULT_STATE_DIR;
 
+/// How long an operator command waits for the gateway's whole answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Where the gateway is and how to prove to it that the caller is an operator.
 #[derive(Debug, Args)]
 pub(crate) struct ApiArgs {
@@ -35,6 +38,8 @@ pub(crate) struct ApiArgs {
 pub(crate) struct Api {
     authority: String,
     token: String,
+    /// How long a request waits for its whole answer.
+    timeout: std::time::Duration,
 }
 
 impl ApiArgs {
@@ -69,6 +74,7 @@ impl ApiArgs {
         Ok(Api {
             authority: authority.to_owned(),
             token,
+            timeout: ANSWER_TIMEOUT,
         })
     }
 
@@ -124,18 +130,35 @@ impl Api {
         })
     }
 
+    /// One request and its whole answer, within the timeout: a gateway that takes
+    /// the connection and never answers is unavailable, not waited on forever.
     async fn send(
         &self,
         method: Method,
         path: &str,
         body: Option<String>,
     ) -> Result<(StatusCode, Bytes)> {
-        let unavailable = |e: &dyn std::fmt::Display| {
-            anyhow!(
-                "the gateway at http://{} is unavailable: {e}",
-                self.authority
-            )
-        };
+        tokio::time::timeout(self.timeout, self.exchange(method, path, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(self.unavailable(&format_args!("no answer within {:?}", self.timeout)))
+            })
+    }
+
+    fn unavailable(&self, e: &dyn std::fmt::Display) -> anyhow::Error {
+        anyhow!(
+            "the gateway at http://{} is unavailable: {e}",
+            self.authority
+        )
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(StatusCode, Bytes)> {
+        let unavailable = |e: &dyn std::fmt::Display| self.unavailable(e);
         let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -179,4 +202,29 @@ pub(crate) fn segment(text: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_gateway_that_never_answers_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api = Api {
+            authority: listener.local_addr().unwrap().to_string(),
+            token: "token".into(),
+            timeout: std::time::Duration::from_millis(200),
+        };
+        // The connection is taken (the listener's backlog) and never answered.
+        let err = crate::block_on(api.get::<serde_json::Value>("/v1/agents")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("unavailable: no answer within 200ms"),
+            "{err}"
+        );
+        drop(listener);
+    }
 }
