@@ -97,9 +97,9 @@ pub(crate) fn agents(command: AgentsCommand) -> Result<ExitCode> {
                 };
                 let agents: Vec<AgentView> = gateway.api()?.get(&path).await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&agents)?);
+                    out!("{}", serde_json::to_string_pretty(&agents)?);
                 } else {
-                    print_table(&agents);
+                    print_table(&agents)?;
                 }
             }
             AgentsCommand::Show { gateway, id, json } => {
@@ -110,9 +110,9 @@ pub(crate) fn agents(command: AgentsCommand) -> Result<ExitCode> {
                 if json {
                     let agent = lineage.last();
                     let doc = json!({ "agent": agent, "lineage": lineage });
-                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                    out!("{}", serde_json::to_string_pretty(&doc)?);
                 } else {
-                    print_details(&lineage);
+                    print_details(&lineage)?;
                 }
             }
             AgentsCommand::Suspend(c) => change("suspend", &c).await?,
@@ -133,7 +133,7 @@ async fn change(verb: &str, c: &Change) -> Result<()> {
         )
         .await?;
     if note.json {
-        println!("{}", serde_json::to_string_pretty(&changed)?);
+        out!("{}", serde_json::to_string_pretty(&changed)?);
     } else {
         let others = changed.agent_ids.len().saturating_sub(1);
         let also = match others {
@@ -163,7 +163,7 @@ pub(crate) fn topology(command: TopologyCommand) -> Result<ExitCode> {
         };
         let topology: Topology = gateway.api()?.get(&path).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&topology)?);
+            out!("{}", serde_json::to_string_pretty(&topology)?);
         } else {
             for line in tree(&topology).lines() {
                 say!("{line}");
@@ -184,10 +184,10 @@ fn state(view: &AgentView) -> String {
     }
 }
 
-fn print_table(agents: &[AgentView]) {
+fn print_table(agents: &[AgentView]) -> Result<()> {
     if agents.is_empty() {
         say!("no agents");
-        return;
+        return Ok(());
     }
     say!(
         "{:<24}  {:<14}  {:<24}  {:>5}  STATE",
@@ -207,10 +207,13 @@ fn print_table(agents: &[AgentView]) {
             state(view)
         );
     }
+    Ok(())
 }
 
-fn print_details(lineage: &[AgentView]) {
-    let Some(view) = lineage.last() else { return };
+fn print_details(lineage: &[AgentView]) -> Result<()> {
+    let Some(view) = lineage.last() else {
+        return Ok(());
+    };
     let a = &view.agent;
     say!("agent      {}", a.agent_id);
     say!("name       {}", a.name);
@@ -234,6 +237,7 @@ fn print_details(lineage: &[AgentView]) {
     }
     say!("registered {}", crate::approvals::time(a.registered_at_ms));
     say!("last seen  {}", crate::approvals::time(a.last_seen_ms));
+    Ok(())
 }
 
 /// The topology as an indented tree: children under their parent, then each agent's reported

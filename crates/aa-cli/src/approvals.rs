@@ -108,9 +108,9 @@ async fn execute(command: ApprovalsCommand) -> Result<ExitCode> {
             };
             let approvals: Vec<Approval> = gateway.api()?.get(&path).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&approvals)?);
+                out!("{}", serde_json::to_string_pretty(&approvals)?);
             } else {
-                print_table(&approvals);
+                print_table(&approvals)?;
             }
         }
         ApprovalsCommand::Show { gateway, id, json } => {
@@ -119,9 +119,9 @@ async fn execute(command: ApprovalsCommand) -> Result<ExitCode> {
                 .get(&format!("/api/v1/approvals/{}", segment(&id)))
                 .await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&found)?);
+                out!("{}", serde_json::to_string_pretty(&found)?);
             } else {
-                print_details(&found);
+                print_details(&found)?;
             }
         }
         ApprovalsCommand::Approve {
@@ -168,7 +168,7 @@ async fn decide(
         )
         .await?;
     if who.json {
-        println!("{}", serde_json::to_string_pretty(&decided)?);
+        out!("{}", serde_json::to_string_pretty(&decided)?);
     } else {
         say!(
             "{} {} ({} by {})",
@@ -207,10 +207,10 @@ pub(crate) fn time(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
-fn print_table(approvals: &[Approval]) {
+fn print_table(approvals: &[Approval]) -> Result<()> {
     if approvals.is_empty() {
         say!("no approvals");
-        return;
+        return Ok(());
     }
     say!(
         "{:<32}  {:<8}  {:<20}  {:<23}  ACTION",
@@ -229,9 +229,10 @@ fn print_table(approvals: &[Approval]) {
             summary(a)
         );
     }
+    Ok(())
 }
 
-fn print_details(a: &Approval) {
+fn print_details(a: &Approval) -> Result<()> {
     let action = serde_json::to_string(&a.action).unwrap_or_default();
     say!("approval  {}", a.approval_id);
     say!("status    {}", ApprovalStatus::as_str(a.status));
@@ -262,4 +263,5 @@ fn print_details(a: &Approval) {
     if let Some(at) = a.used_at_ms {
         say!("used      {}", time(at));
     }
+    Ok(())
 }

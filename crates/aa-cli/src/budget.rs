@@ -49,7 +49,7 @@ pub(crate) fn run(command: BudgetCommand) -> Result<ExitCode> {
             _ => api.get("/api/v1/budgets").await?,
         };
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&reports)?);
+            out!("{}", serde_json::to_string_pretty(&reports)?);
         } else {
             for line in table(&reports).lines() {
                 say!("{line}");

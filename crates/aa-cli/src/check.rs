@@ -51,6 +51,6 @@ pub(crate) fn run(args: CheckArgs) -> Result<ExitCode> {
         .wait()
         .with_context(|| format!("registering through {socket}"))?;
     let outcome = client.check_blocking(&agent, action, None)?;
-    println!("{}", serde_json::to_string(&outcome.verdict)?);
+    out!("{}", serde_json::to_string(&outcome.verdict)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,19 @@
 //! `aasm`, the Agent Assembly command line. Argument parsing and IO live here; the logic lives
 //! in the library crates.
 
-/// `println!` for text holding what agents supplied (ids, names, reasons quoting their
+/// A line on stdout, in a function returning `anyhow::Result`: a stdout that is closed or
+/// full is an error the command returns (exit 2), where `println!` would panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_line(&format!($($arg)*))?
+    };
+}
+
+/// [`out!`] for text holding what agents supplied (ids, names, reasons quoting their
 /// commands): control characters, which a terminal would act on, are shown escaped.
 macro_rules! say {
     ($($arg:tt)*) => {
-        println!("{}", $crate::terminal_safe(&format!($($arg)*)))
+        $crate::write_line(&$crate::terminal_safe(&format!($($arg)*)))?
     };
 }
 
@@ -83,8 +91,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
             // --help and --version
-            let _ = err.print();
-            return ExitCode::SUCCESS;
+            return match err.print() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: cannot write to stdout: {e}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Err(err) => {
             // One line, as for every other usage error; `--help` has the rest.
@@ -116,6 +129,13 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes one line to stdout (see [`out!`]).
+fn write_line(text: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{text}").context("cannot write to stdout")
 }
 
 /// `text` with every control character but a tab written as its `\u{..}` escape.

@@ -68,7 +68,7 @@ fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
         let text = match read_text(file) {
             Ok(text) => text,
             Err(e) => {
-                println!("{e:#}");
+                out!("{e:#}");
                 problems += 1;
                 continue;
             }
@@ -80,7 +80,7 @@ fn validate(paths: &[PathBuf]) -> Result<ExitCode> {
         };
         if let Err(err) = result {
             for d in err.diagnostics() {
-                println!("{}", located(file, d));
+                out!("{}", located(file, d));
                 problems += 1;
             }
         }
@@ -114,7 +114,7 @@ fn eval(
         action: &action,
         now,
     });
-    println!("{}", serde_json::to_string(&verdict)?);
+    out!("{}", serde_json::to_string(&verdict)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -146,7 +146,7 @@ fn test(paths: &[PathBuf], now: Option<&str>) -> Result<ExitCode> {
         passed += ok;
         for f in &failures {
             let v = &f.actual;
-            println!(
+            out!(
                 "{}:{}:{}: FAIL {}: {} (got {} by {} of {}: {})",
                 file.display(),
                 f.loc.line,
@@ -161,7 +161,7 @@ fn test(paths: &[PathBuf], now: Option<&str>) -> Result<ExitCode> {
         }
         failed += failures.len();
     }
-    println!("{passed} passed, {failed} failed");
+    out!("{passed} passed, {failed} failed");
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

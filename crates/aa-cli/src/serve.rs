@@ -127,10 +127,10 @@ pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
         let mut up = Up::start(args.gateway.options()?, args.runtime).await?;
-        println!("runtime socket: {}", up.runtime.socket.display());
-        println!("gateway gRPC:   {}", up.gateway.url());
-        println!("operator HTTP:  http://{}", up.gateway.http);
-        println!("try: aasm check --agent demo --action '{{\"type\":\"tool_call\",\"tool\":\"shell\",\"args\":{{\"command\":\"ls\"}}}}'");
+        out!("runtime socket: {}", up.runtime.socket.display());
+        out!("gateway gRPC:   {}", up.gateway.url());
+        out!("operator HTTP:  http://{}", up.gateway.http);
+        out!("try: aasm check --agent demo --action '{{\"type\":\"tool_call\",\"tool\":\"shell\",\"args\":{{\"command\":\"ls\"}}}}'");
         // Until a signal, or one half failing: the process must not stay up half dead.
         let failed = tokio::select! {
             signalled = terminated() => { signalled?; None }
@@ -149,8 +149,8 @@ pub(crate) fn gateway(args: GatewayArgs) -> Result<ExitCode> {
     init_logging();
     tokio()?.block_on(async {
         let mut gateway = GatewayHandle::start(args.options()?).await?;
-        println!("gateway gRPC:   {}", gateway.url());
-        println!("operator HTTP:  http://{}", gateway.http);
+        out!("gateway gRPC:   {}", gateway.url());
+        out!("operator HTTP:  http://{}", gateway.http);
         tokio::select! {
             signalled = terminated() => signalled?,
             failure = gateway.ended() => return Err(failure),
@@ -168,7 +168,7 @@ pub(crate) fn runtime(args: RuntimeArgs) -> Result<ExitCode> {
     config.gateway_token = token;
     tokio()?.block_on(async {
         let mut runtime = RuntimeHandle::start(config)?;
-        println!("runtime socket: {}", runtime.socket.display());
+        out!("runtime socket: {}", runtime.socket.display());
         tokio::select! {
             signalled = terminated() => signalled?,
             failure = runtime.ended() => return Err(failure),

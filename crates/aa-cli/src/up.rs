@@ -354,18 +354,27 @@ pub struct RuntimeHandle {
 impl RuntimeHandle {
     /// Binds the socket and serves.
     pub fn start(config: RuntimeConfig) -> Result<RuntimeHandle> {
+        let listener = Self::bind(&config)?;
+        Ok(Self::serve(listener, config))
+    }
+
+    fn bind(config: &RuntimeConfig) -> Result<tokio::net::UnixListener> {
         create_private_dir(&config.state_dir)?;
-        let listener = aa_runtime::bind(&config)?;
+        Ok(aa_runtime::bind(config)?)
+    }
+
+    /// Serves on a socket [`bind`](Self::bind) bound.
+    fn serve(listener: tokio::net::UnixListener, config: RuntimeConfig) -> RuntimeHandle {
         let socket = config.socket_path();
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(aa_runtime::run(listener, config, async move {
             let _ = stopped.wait_for(|s| *s).await;
         }));
-        Ok(RuntimeHandle {
+        RuntimeHandle {
             socket,
             stop,
             task: Some(task),
-        })
+        }
     }
 
     /// Stops accepting, writes what is queued and drains the outbox to the gateway for a
@@ -468,9 +477,12 @@ impl Up {
             }
         };
         config.validate()?;
+        // The socket first: a second `aasm up` on a state directory in use stops here,
+        // before its gateway would write its address over the running one's.
+        let listener = RuntimeHandle::bind(&config)?;
         let gateway = GatewayHandle::start(options).await?;
         config.gateway_url = gateway.url();
-        let runtime = RuntimeHandle::start(config)?;
+        let runtime = RuntimeHandle::serve(listener, config);
         Ok(Up { gateway, runtime })
     }
 

@@ -274,6 +274,13 @@ impl Verifier {
     }
 
     fn check_record(&mut self, record: Record) -> Result<(), Tampered> {
+        // Every stream is a runtime's or the gateway's own, named.
+        if record.stream_id.is_empty() {
+            return Err(Tampered(format!(
+                "{}: has no stream id (inserted)",
+                record.describe()
+            )));
+        }
         let previous = self.previous.as_ref();
         let same_stream = previous.is_some_and(|p| p.stream_id == record.stream_id);
         // Streams come one after another in order of their ids: a stream seen again after

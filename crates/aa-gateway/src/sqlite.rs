@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aa_core::{Approval, ApprovalStatus, EdgeKind, Suspension, TopologyEdge};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 use crate::approvals::GATEWAY_STREAM;
@@ -447,43 +448,52 @@ fn to_i64(n: u64) -> Result<i64, GatewayError> {
 /// appending (the table is a rowid table and records are never deleted).
 const RECORD_COLUMNS: &str = "rowid, stream_id, sequence, event_id, event, prev_hash, hash";
 
-/// The records `statement` (selecting [`RECORD_COLUMNS`]) finds, each with its rowid.
+/// The records `statement` (selecting [`RECORD_COLUMNS`]) finds, each with its rowid. A
+/// column holding what the gateway never writes there (text in `sequence`, a blob, invalid
+/// UTF-8) is tampering for `verify` to name by its record, not a read error: it is read as
+/// the nearest record, whose chain or hash then fails.
 fn positioned_records(
     statement: &mut rusqlite::CachedStatement<'_>,
     params: impl rusqlite::Params,
 ) -> Result<Vec<(u64, Record)>, GatewayError> {
     let rows = statement
         .query_map(params, |row| {
+            let text = |i: usize| row.get_ref(i).map(text_of);
+            let integer = |i: usize| {
+                row.get_ref(i).map(|value| match value {
+                    ValueRef::Integer(n) => u64::try_from(n).ok(),
+                    _ => None,
+                })
+            };
+            let event = text(4)?;
             Ok((
-                row.get::<_, i64>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, String>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, String>(5)?,
-                row.get::<_, String>(6)?,
+                // A negative or non-integer sequence maps to 0, which no chain holds.
+                integer(0)?.unwrap_or(0),
+                Record {
+                    stream_id: text(1)?,
+                    sequence: integer(2)?.unwrap_or(0),
+                    event_id: text(3)?,
+                    // Likewise an event that is no longer its canonical JSON keeps its text.
+                    event: crate::audit::stored_event(&event),
+                    prev_hash: text(5)?,
+                    hash: text(6)?,
+                },
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(position, stream_id, sequence, event_id, event, prev_hash, hash)| {
-                let record = Record {
-                    stream_id,
-                    // A negative sequence is tampering that `verify` should name, not a read
-                    // error: it maps to 0, which no chain holds.
-                    sequence: u64::try_from(sequence).unwrap_or(0),
-                    event_id,
-                    // Likewise an event that is no longer its canonical JSON keeps its text.
-                    event: crate::audit::stored_event(&event),
-                    prev_hash,
-                    hash,
-                };
-                (u64::try_from(position).unwrap_or(0), record)
-            },
-        )
-        .collect())
+    Ok(rows)
+}
+
+/// A column's value as text, whatever SQLite holds in it.
+fn text_of(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(x) => x.to_string(),
+        ValueRef::Text(bytes) | ValueRef::Blob(bytes) => {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+    }
 }
 
 impl Store for SqliteStore {
@@ -548,9 +558,22 @@ impl Store for SqliteStore {
         after: Option<(String, u64)>,
         limit: u64,
     ) -> Result<Vec<Record>, GatewayError> {
-        // Stream ids are never empty, and sequences start at 1: ("", 0) is before every record.
-        let (stream, sequence) = after.unwrap_or_default();
-        let (sequence, limit) = (to_i64(sequence)?, to_i64(limit)?);
+        let limit = to_i64(limit)?;
+        // The first page has no lower bound: a row no gateway writes (an empty stream id, a
+        // sequence below 1) still sorts first, where `verify` reads and names it.
+        let Some((stream, sequence)) = after else {
+            return self
+                .with(move |conn| {
+                    let mut statement = conn.prepare_cached(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM audit_records
+                         ORDER BY stream_id, sequence LIMIT ?1"
+                    ))?;
+                    positioned_records(&mut statement, params![limit])
+                        .map(|rows| rows.into_iter().map(|(_, record)| record).collect())
+                })
+                .await;
+        };
+        let sequence = to_i64(sequence)?;
         self.with(move |conn| {
             let mut statement = conn.prepare_cached(&format!(
                 "SELECT {RECORD_COLUMNS} FROM audit_records

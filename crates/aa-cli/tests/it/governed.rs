@@ -1284,6 +1284,10 @@ async fn tampering_is_named_by_audit_verify() {
     let (code, unsigned, _) = pinned(&unsigned.join("\n"), &own);
     assert_eq!(code, 1, "{unsigned}");
     assert!(unsigned.contains("no checkpoint signed by"), "{unsigned}");
+    // Emptied whole, it holds no checkpoint either.
+    let (code, emptied, _) = pinned("", &own);
+    assert_eq!(code, 1, "{emptied}");
+    assert!(emptied.contains("no checkpoint signed by"), "{emptied}");
     let (code, _, bad) = pinned(&export, "did:key:nonsense");
     assert_eq!(code, 2, "{bad}");
     assert!(bad.contains("--gateway-did"), "{bad}");
@@ -1436,6 +1440,25 @@ async fn tampering_is_named_by_audit_verify() {
         (
             "reorder",
             "UPDATE audit_records SET sequence = 100 WHERE sequence = 2; UPDATE audit_records SET sequence = 2 WHERE sequence = 5; UPDATE audit_records SET sequence = 5 WHERE sequence = 100;",
+            "sequence 2",
+        ),
+        // What the gateway never writes is named as the record it is, not a read error:
+        // a row inserted ahead of every stream (the triggers stop updates, not inserts),
+        // a sequence that is not a number, an event that is not text.
+        (
+            "insert before every stream",
+            "INSERT INTO audit_records SELECT '', 0, 'forged', event, prev_hash, hash, 0 \
+             FROM audit_records WHERE sequence = 1 LIMIT 1;",
+            "event \"forged\"",
+        ),
+        (
+            "sequence of text",
+            "UPDATE audit_records SET sequence = 'x' WHERE sequence = 6;",
+            "sequence 0",
+        ),
+        (
+            "event of bytes",
+            "UPDATE audit_records SET event = CAST(x'7bff7d' AS BLOB) WHERE sequence = 2;",
             "sequence 2",
         ),
     ];
@@ -1924,4 +1947,26 @@ fn aasm_runtime_names_a_bad_socket_limit() {
             crate::stderr(&out)
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_up_on_a_state_directory_in_use_leaves_the_first_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up = Up::start(options(&state, vec![data()]), RuntimeSettings::default())
+        .await
+        .unwrap();
+    let address = aa_cli::up::gateway_address_file(&state);
+    let written = std::fs::read_to_string(&address).unwrap();
+    let second = Up::start(options(&state, vec![data()]), RuntimeSettings::default()).await;
+    let Err(refused) = second else {
+        panic!("a second runtime served the same socket");
+    };
+    assert!(
+        format!("{refused:#}").contains("another runtime is serving this socket"),
+        "{refused:#}"
+    );
+    // The operator commands still find the running gateway.
+    assert_eq!(std::fs::read_to_string(&address).unwrap(), written);
+    up.stop().await.unwrap();
 }

@@ -295,3 +295,30 @@ fn test_of_a_broken_suite_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_stdout_that_cannot_be_written_is_an_error_not_a_panic() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aasm"))
+        .args([
+            "policy",
+            "eval",
+            "--policy",
+            "policy-examples/balanced.yaml",
+            "--action",
+            r#"{"type":"tool_call","tool":"read_file"}"#,
+        ])
+        .current_dir(repo())
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("error: cannot write to stdout"),
+        "{}",
+        stderr(&out)
+    );
+}
