@@ -124,11 +124,15 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            // One line: the chain of causes, outermost first.
-            eprintln!("error: {}", printable(&format!("{err:#}")));
+            print_error(&err);
             ExitCode::from(2)
         }
     }
+}
+
+/// An error on stderr, on one line: the chain of causes, outermost first.
+fn print_error(err: &anyhow::Error) {
+    eprintln!("error: {}", printable(&format!("{err:#}")));
 }
 
 /// Writes one line to stdout (see [`out!`]).

@@ -86,7 +86,7 @@ pub(crate) fn run(args: ScanArgs) -> Result<ExitCode> {
 
 /// Names an input that could not be read, on stderr, as `main` prints errors.
 fn report(error: &anyhow::Error, failed: &mut bool) {
-    eprintln!("error: {}", crate::printable(&format!("{error:#}")));
+    crate::print_error(error);
     *failed = true;
 }
 
