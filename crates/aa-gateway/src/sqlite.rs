@@ -467,10 +467,10 @@ fn positioned_records(
             };
             let event = text(4)?;
             Ok((
-                // A negative or non-integer sequence maps to 0, which no chain holds.
                 integer(0)?.unwrap_or(0),
                 Record {
                     stream_id: text(1)?,
+                    // A negative or non-integer sequence maps to 0, which no chain holds.
                     sequence: integer(2)?.unwrap_or(0),
                     event_id: text(3)?,
                     // Likewise an event that is no longer its canonical JSON keeps its text.
@@ -559,29 +559,29 @@ impl Store for SqliteStore {
         limit: u64,
     ) -> Result<Vec<Record>, GatewayError> {
         let limit = to_i64(limit)?;
-        // The first page has no lower bound: a row no gateway writes (an empty stream id, a
-        // sequence below 1) still sorts first, where `verify` reads and names it.
-        let Some((stream, sequence)) = after else {
-            return self
-                .with(move |conn| {
-                    let mut statement = conn.prepare_cached(&format!(
-                        "SELECT {RECORD_COLUMNS} FROM audit_records
-                         ORDER BY stream_id, sequence LIMIT ?1"
-                    ))?;
-                    positioned_records(&mut statement, params![limit])
-                        .map(|rows| rows.into_iter().map(|(_, record)| record).collect())
-                })
-                .await;
+        let after = match after {
+            Some((stream, sequence)) => Some((stream, to_i64(sequence)?)),
+            None => None,
         };
-        let sequence = to_i64(sequence)?;
         self.with(move |conn| {
+            // The first page has no lower bound: a row no gateway writes (an empty stream id,
+            // a sequence below 1) still sorts first, where `verify` reads and names it.
+            let bound = if after.is_some() {
+                "WHERE (stream_id, sequence) > (?2, ?3)"
+            } else {
+                ""
+            };
             let mut statement = conn.prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM audit_records
-                 WHERE (stream_id, sequence) > (?1, ?2)
-                 ORDER BY stream_id, sequence LIMIT ?3"
+                "SELECT {RECORD_COLUMNS} FROM audit_records {bound}
+                 ORDER BY stream_id, sequence LIMIT ?1"
             ))?;
-            positioned_records(&mut statement, params![stream, sequence, limit])
-                .map(|rows| rows.into_iter().map(|(_, record)| record).collect())
+            match &after {
+                Some((stream, sequence)) => {
+                    positioned_records(&mut statement, params![limit, stream, sequence])
+                }
+                None => positioned_records(&mut statement, params![limit]),
+            }
+            .map(|rows| rows.into_iter().map(|(_, record)| record).collect())
         })
         .await
     }
