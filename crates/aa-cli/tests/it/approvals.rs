@@ -56,12 +56,7 @@ async fn audited_steps(up: &GatewayHandle, id: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approve_deny_timeout_and_no_reuse() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        options(dir.path(), vec![data()]),
-        RuntimeSettings::default(),
-    )
-    .await
-    .unwrap();
+    let up = crate::governed::start_up(dir.path()).await;
     let gateway = &up.gateway.gateway;
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let root = register(&c, "root", Some("ops")).await;
@@ -443,12 +438,7 @@ async fn an_approval_never_shows_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_ends_with_its_runtime() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        options(dir.path(), vec![data()]),
-        RuntimeSettings::default(),
-    )
-    .await
-    .unwrap();
+    let up = crate::governed::start_up(dir.path()).await;
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let root = register(&c, "root", Some("ops")).await;
     let pending = decide(&c, &root, shell("rm -r build")).await;

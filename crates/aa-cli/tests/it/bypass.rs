@@ -523,12 +523,7 @@ async fn impersonation_with_foreign_expired_or_another_gateways_token_is_refused
     let mut short = options(&dir.path().join("a"), vec![data()]);
     short.config.token_ttl = Duration::from_secs(2);
     let up = Up::start(short, RuntimeSettings::default()).await.unwrap();
-    let other_up = Up::start(
-        options(&dir.path().join("b"), vec![data()]),
-        RuntimeSettings::default(),
-    )
-    .await
-    .unwrap();
+    let other_up = crate::governed::start_up(&dir.path().join("b")).await;
     let socket = up.runtime.socket.clone();
     let c = client(dir.path(), &socket, Mode::Enforce);
     let bot = register(&c, "bot", None).await;

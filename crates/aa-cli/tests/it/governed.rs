@@ -85,10 +85,15 @@ pub(crate) fn two_runtimes(
 
 /// `aasm up` in process on `state` with the test policy, a client keeping its keys under
 /// `dir`, and the agent `bot` registered.
-pub(crate) async fn start_bot(dir: &Path, state: &Path) -> (Up, Client, Agent) {
-    let up = Up::start(options(state, vec![data()]), RuntimeSettings::default())
+/// `aasm up` in-process on `state`, serving the test data policies.
+pub(crate) async fn start_up(state: &Path) -> Up {
+    Up::start(options(state, vec![data()]), RuntimeSettings::default())
         .await
-        .unwrap();
+        .unwrap()
+}
+
+pub(crate) async fn start_bot(dir: &Path, state: &Path) -> (Up, Client, Agent) {
+    let up = start_up(state).await;
     let c = client(dir, &up.runtime.socket, Mode::Enforce);
     let agent = register(&c, "bot", None).await;
     (up, c, agent)
@@ -139,12 +144,7 @@ pub(crate) async fn stored_events(up: &GatewayHandle) -> Vec<serde_json::Value> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_deny_and_pending_in_each_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        options(dir.path(), vec![data()]),
-        RuntimeSettings::default(),
-    )
-    .await
-    .unwrap();
+    let up = start_up(dir.path()).await;
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let enforced = register(&c, "enforced", None).await;
     let observed = register(&c, "observed", Some("watchers")).await;
@@ -284,9 +284,7 @@ enum Found {
 async fn aasm_check_prints_the_runtimes_decision() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let up = Up::start(options(&state, vec![data()]), RuntimeSettings::default())
-        .await
-        .unwrap();
+    let up = start_up(&state).await;
     let socket = up.runtime.socket.display().to_string();
     let keys = dir.path().join("keys").display().to_string();
     let state = state.display().to_string();
@@ -1028,12 +1026,7 @@ async fn secrets_never_reach_a_database_unredacted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_gets_its_lineage_and_an_unapproved_pending_check_denies() {
     let dir = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        options(dir.path(), vec![data()]),
-        RuntimeSettings::default(),
-    )
-    .await
-    .unwrap();
+    let up = start_up(dir.path()).await;
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let root = register(&c, "root", Some("ops")).await;
     assert_eq!(root.context().depth, 0);
@@ -1953,9 +1946,7 @@ fn aasm_runtime_names_a_bad_socket_limit() {
 async fn a_second_up_on_a_state_directory_in_use_leaves_the_first_reachable() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let up = Up::start(options(&state, vec![data()]), RuntimeSettings::default())
-        .await
-        .unwrap();
+    let up = start_up(&state).await;
     let address = aa_cli::up::gateway_address_file(&state);
     let written = std::fs::read_to_string(&address).unwrap();
     let second = Up::start(options(&state, vec![data()]), RuntimeSettings::default()).await;
