@@ -17,7 +17,7 @@ use crate::approvals::GATEWAY_STREAM;
 use crate::audit::hex;
 use crate::error::GatewayError;
 use crate::gateway::{Gateway, bump, now_ms};
-use crate::store::{AgentRecord, CapCheck, NewReservation, Store, Usage};
+use crate::store::{AgentRecord, CapCheck, ModelSpend, NewReservation, Store, Usage};
 
 /// What a call asks to reserve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +203,13 @@ impl<S: Store> Gateway<S> {
         let policies = Arc::clone(&self.bundle().policies);
         let now = Utc::now();
         let capped = caps_over(&policies, &accounts, now);
+        if let Some(tokens) = request.token_estimate.filter(|n| *n > MAX_TOKENS) {
+            // Priced, it would charge every account over the agent as good as infinitely.
+            return Err(GatewayError::InvalidRequest(format!(
+                "a token estimate of {tokens} is more than any model call uses (at most \
+                 {MAX_TOKENS})"
+            )));
+        }
         let (priced, estimate) = self.prices.estimate(&request.model, request.token_estimate);
         let listed_price = priced.entry.is_some();
         let spend_id =
@@ -377,8 +384,10 @@ impl<S: Store> Gateway<S> {
                     window.end.timestamp_millis(),
                 )
                 .await?;
-            let settled: u64 = spend.iter().map(|m| m.settled_micros).sum();
-            let held: u64 = spend.iter().map(|m| m.held_micros).sum();
+            let total = |amount: fn(&ModelSpend) -> u64| {
+                spend.iter().map(amount).fold(0, u64::saturating_add)
+            };
+            let (settled, held) = (total(|m| m.settled_micros), total(|m| m.held_micros));
             report.windows.push(WindowSpend {
                 window: window.period.key().to_owned(),
                 timezone: window.timezone.name().to_owned(),
@@ -388,7 +397,8 @@ impl<S: Store> Gateway<S> {
                 held_usd: usd(held),
                 calls: spend.iter().map(|m| m.calls).sum(),
                 cap_usd: cap.map(|c| c.usd),
-                remaining_usd: cap.map(|c| usd(cap_micros(c.usd).saturating_sub(settled + held))),
+                remaining_usd: cap
+                    .map(|c| usd(cap_micros(c.usd).saturating_sub(settled.saturating_add(held)))),
                 action_on_exceed: cap.map(|c| c.action.as_str().to_owned()),
                 policy: cap.map(|c| c.policy.clone()),
             });

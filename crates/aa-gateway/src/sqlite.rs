@@ -181,17 +181,25 @@ BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 /// runtime only pushes out its own older tokens, which that runtime has replaced already.
 const REVOKED_PER_AGENT: i64 = 4;
 
+// Amounts add up saturating at i64::MAX (an account charged that much is as good as
+// infinitely spent): SQLite's `SUM` fails on an integer overflow and `+` turns into a float,
+// either of which left every later charge and report of the account failing. `TOTAL` sums
+// as a float, exact below 2^53 micro-USD (about $9 billion).
+
 /// Starts keeping a window's total the first time a cap asks for it, from the ledger (settled
 /// costs, and open reservations at their estimate); from then on every charge updates it.
 const OPEN_WINDOW: &str = "INSERT INTO spend_windows (account, start_ms, end_ms, micros)
-     SELECT ?1, ?2, ?3, COALESCE(SUM(COALESCE(s.actual_micros, s.estimate_micros)), 0)
+     SELECT ?1, ?2, ?3,
+            CAST(MIN(TOTAL(COALESCE(s.actual_micros, s.estimate_micros)), 9223372036854775807)
+                 AS INTEGER)
      FROM spend_accounts a JOIN spend s ON s.spend_id = a.spend_id
      WHERE a.account = ?1 AND a.at_ms >= ?2 AND a.at_ms < ?3";
 
 const DAY_MS: i64 = 86_400_000;
 
 /// Adds a change in what `account` was charged at a moment to every window kept that holds it.
-const CHARGE_WINDOWS: &str = "UPDATE spend_windows SET micros = micros + ?3
+const CHARGE_WINDOWS: &str =
+    "UPDATE spend_windows SET micros = CAST(MIN(micros + ?3, 9223372036854775807) AS INTEGER)
      WHERE account = ?1 AND start_ms <= ?2 AND ?2 < end_ms";
 
 /// The SQLite store. Cheap to clone; clones share the connection.
@@ -1079,9 +1087,10 @@ impl Store for SqliteStore {
         self.with(move |conn| {
             let mut statement = conn.prepare(
                 "SELECT s.model, COUNT(*),
-                        COALESCE(SUM(s.actual_micros), 0),
-                        COALESCE(SUM(CASE WHEN s.actual_micros IS NULL
-                                     THEN s.estimate_micros ELSE 0 END), 0),
+                        CAST(MIN(TOTAL(s.actual_micros), 9223372036854775807) AS INTEGER),
+                        CAST(MIN(TOTAL(CASE WHEN s.actual_micros IS NULL
+                                       THEN s.estimate_micros ELSE 0 END),
+                                 9223372036854775807) AS INTEGER),
                         MIN(s.listed_price)
                  FROM spend_accounts a JOIN spend s ON s.spend_id = a.spend_id
                  WHERE a.account = ?1 AND a.at_ms >= ?2 AND a.at_ms < ?3

@@ -21,12 +21,17 @@ pub struct Price {
     pub output: f64,
 }
 
+/// The most a cost is counted as, in micro-USD: one past it is as good as infinite, and every
+/// cost stays a signed 64-bit integer, as stores keep amounts.
+pub const MAX_COST_MICROS: u64 = i64::MAX as u64;
+
 impl Price {
-    /// What `input` and `output` tokens cost, in micro-USD, rounded up.
+    /// What `input` and `output` tokens cost, in micro-USD, rounded up, at most
+    /// [`MAX_COST_MICROS`].
     pub fn cost_micros(&self, input: u64, output: u64) -> u64 {
         let usd_micros = input as f64 * self.input + output as f64 * self.output;
-        // Saturates: a cost beyond u64 is as good as infinite.
-        usd_micros.ceil() as u64
+        // The conversion saturates; the bound keeps the cost storable.
+        (usd_micros.ceil() as u64).min(MAX_COST_MICROS)
     }
 }
 
@@ -301,6 +306,7 @@ mod tests {
         };
         assert_eq!(cheap.cost_micros(1, 0), 1);
         assert_eq!(cheap.cost_micros(0, 0), 0);
+        assert_eq!(price.cost_micros(u64::MAX, u64::MAX), MAX_COST_MICROS);
     }
 
     #[test]

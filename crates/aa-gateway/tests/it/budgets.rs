@@ -542,3 +542,60 @@ async fn a_reservations_model_is_kept_only_as_a_model_name() {
     assert_eq!(digests, 2, "{models:?}");
     assert!(!models.iter().any(|m| m.contains(key)), "{models:?}");
 }
+
+/// A token estimate no call uses is refused; costs past counting (an operator's absurd price)
+/// saturate, and the account's later reservations and reports still work. Both used to leave
+/// every later charge and report of the account failing with an integer overflow.
+#[tokio::test]
+async fn an_absurd_estimate_is_refused_and_costs_past_counting_saturate() {
+    let prices = aa_policy::PriceTable::parse(
+        "unknown: {input: 9, output: 9}\nmodels:\n  gold: {input: 1e15, output: 1e15}\n  gpt-4o: {input: 2.5, output: 10}\n",
+    )
+    .unwrap();
+    let gw = Gateway::new(
+        SqliteStore::open_in_memory().unwrap(),
+        Keypair::generate().unwrap(),
+        documents(POLICIES),
+        GatewayConfig {
+            prices: Some(Arc::new(prices)),
+            ..GatewayConfig::default()
+        },
+    )
+    .unwrap();
+    // Observed (not enforced): past its caps, a call is still reserved.
+    let token = register(&gw, "watched", &Keypair::generate().unwrap(), None).await;
+    let absurd = ReserveRequest {
+        token_estimate: Some(3_600_000_000_000_000_000),
+        ..ask("watched", &token, true)
+    };
+    let refused = gw.reserve_budget(&absurd).await.unwrap_err();
+    assert!(refused.to_string().contains("token estimate"), "{refused}");
+    let gold = ReserveRequest {
+        model: "gold".into(),
+        token_estimate: Some(1_000_000_000),
+        ..ask("watched", &token, false)
+    };
+    for _ in 0..3 {
+        let reserved = gw.reserve_budget(&gold).await.unwrap();
+        assert!(reserved.reservation_id.is_some(), "{reserved:?}");
+        assert_eq!(
+            reserved.estimate_usd,
+            aa_policy::prices::MAX_COST_MICROS as f64 / 1e6
+        );
+    }
+    let after = gw
+        .reserve_budget(&ask("watched", &token, false))
+        .await
+        .unwrap();
+    assert!(after.reservation_id.is_some());
+    assert_eq!(
+        after.exceeded.unwrap().spent_usd,
+        i64::MAX as f64 / 1e6,
+        "the window's total saturates"
+    );
+    let daily = report_window(&gw, Account::Agent("watched".into()), "daily_usd").await;
+    // The gold calls' total, saturated, and the last call's $0.0125.
+    assert_eq!(daily.held_usd, (i64::MAX as u64 + 12_500) as f64 / 1e6);
+    assert_eq!(daily.remaining_usd, Some(0.0));
+    assert_eq!(daily.calls, 4);
+}
