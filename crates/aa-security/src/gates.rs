@@ -271,6 +271,42 @@ fn digits(v: &[u8]) -> impl Iterator<Item = u32> + '_ {
         .map(|b| u32::from(b - b'0'))
 }
 
+/// Where a match that failed `gate` still holds, whole, what the gate looks for: a card with
+/// other numbers run into it by a greedy pattern (`4111 1111 1111 1111 05/27`, a CVV after
+/// it, an id before it). Its longest run of digit groups that passes, the earliest of equals;
+/// only cards are narrowed.
+pub(crate) fn narrowed(gate: Gate, span: &[u8]) -> Option<(usize, usize)> {
+    if !matches!(gate, Gate::Luhn) {
+        return None;
+    }
+    let mut groups = Vec::new();
+    let mut at = 0;
+    while let Some(start) = span.get(at..)?.iter().position(u8::is_ascii_digit) {
+        let start = at + start;
+        let len = span[start..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        groups.push((start, start + len));
+        at = start + len;
+    }
+    let mut best: Option<(usize, usize, usize)> = None;
+    for (i, &(start, _)) in groups.iter().enumerate() {
+        let mut digits = 0;
+        for &(from, end) in &groups[i..] {
+            digits += end - from;
+            if digits > 19 {
+                break;
+            }
+            let longer = best.is_none_or(|(most, ..)| digits > most);
+            if longer && luhn(&span[start..end]) {
+                best = Some((digits, start, end));
+            }
+        }
+    }
+    best.map(|(_, start, end)| (start, end))
+}
+
 /// Payment cards: 13–19 digits, a known issuer prefix, and a valid Luhn checksum.
 fn luhn(v: &[u8]) -> bool {
     let ds: Vec<u32> = digits(v).collect();
@@ -464,6 +500,16 @@ mod tests {
         assert!(luhn(b"378282246310005"));
         assert!(!luhn(b"4111 1111 1111 1112"));
         assert!(!luhn(b"1234567812345670")); // valid Luhn, no issuer starts with 1
+        for (span, card) in [
+            ("4111 1111 1111 1111 05", "4111 1111 1111 1111"),
+            ("12 4111-1111-1111-1111", "4111-1111-1111-1111"),
+            ("4111111111111111 123", "4111111111111111"),
+        ] {
+            let (start, end) = narrowed(Gate::Luhn, span.as_bytes()).unwrap();
+            assert_eq!(&span[start..end], card);
+        }
+        assert_eq!(narrowed(Gate::Luhn, b"4111 1111 1111 1112 05"), None);
+        assert_eq!(narrowed(Gate::Iban, b"4111 1111 1111 1111 05"), None);
         assert!(iban(b"DE89 3704 0044 0532 0130 00"));
         assert!(iban(b"GB82WEST12345698765432"));
         assert!(!iban(b"DE89 3704 0044 0532 0130 01"));

@@ -538,11 +538,15 @@ impl Scanner {
             // A span must fall on character boundaries to be redacted cleanly.
             let next = bytes.get(end).copied();
             // An empty span has nothing to redact: a label there would only add text.
-            if start < end
-                && text.is_char_boundary(start)
-                && text.is_char_boundary(end)
-                && gates::passes(rule.gate, span, next)
-            {
+            if start < end && text.is_char_boundary(start) && text.is_char_boundary(end) {
+                let accepted = if gates::passes(rule.gate, span, next) {
+                    Some((start, end))
+                } else {
+                    gates::narrowed(rule.gate, span).map(|(s, e)| (start + s, start + e))
+                };
+                let Some((start, end)) = accepted else {
+                    continue;
+                };
                 // Past the budget, a secret cut by its window's end is redacted up to the next
                 // white space: more than the secret perhaps, never less (but for one that
                 // holds white space).
