@@ -996,32 +996,32 @@ pub(crate) const RULES: &[RuleDef] = &[
     database_url(
         "database-url-postgres",
         &["postgres"],
-        r#"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
+        r#"(?i)postgres(?:ql)?(?:\+[a-z0-9_]+)?://[^\s:/@\[]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-mysql",
         &["mysql", "mariadb"],
-        r#"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
+        r#"(?i)(?:mysql|mariadb)(?:\+[a-z0-9_]+)?://[^\s:/@\[]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-mongodb",
         &["mongodb://", "mongodb+srv://"],
-        r#"(?i)mongodb(?:\+srv)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
+        r#"(?i)mongodb(?:\+srv)?://[^\s:/@\[]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-redis",
         &["redis://", "rediss://"],
-        r#"(?i)rediss?://[^\s:/@]*:([^\s/?#"'<>,;]+)@"#,
+        r#"(?i)rediss?://[^\s:/@\[]*:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-amqp",
         &["amqp://", "amqps://"],
-        r#"(?i)amqps?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
+        r#"(?i)amqps?://[^\s:/@\[]+:([^\s/?#"'<>,;]+)@"#,
     ),
     database_url(
         "database-url-mssql",
         &["sqlserver", "mssql"],
-        r#"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@]+:([^\s/?#"'<>,;]+)@"#,
+        r#"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@\[]+:([^\s/?#"'<>,;]+)@"#,
     ),
     // ---- Generic assignments, gated by entropy ----
     assignment(gated(

@@ -38,6 +38,9 @@ fn redaction_is_idempotent_and_finds_nothing_new() {
         "password=ghp_AKIA4111 1111 1111 1111(+14111 1111 1111 1111AKIA".to_owned(),
         // A phone number that starts at a `+` only once the card before it is a label.
         "4111 1111 1111 1111+4111 1111 1111 1111AKIA".to_owned(),
+        // A URL whose user is redacted with its password: the label's `:` must not read as
+        // the URL's user and password once more.
+        "postgres://123456789:AAaB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3@db/app".to_owned(),
     ];
     for text in texts {
         let once = SCANNER.redact(&text);
