@@ -157,11 +157,8 @@ impl<S: Store> Gateway<S> {
         let (action, mut receipts) = self.redacted(&new.action)?;
         // The reason may quote the action (a tool's or model's name, an argument): it is
         // stored and shown to operators, so it is redacted like the action.
-        let reason = self.scanner().redact(&new.reason);
-        receipts.extend(reason.receipts.into_iter().map(|mut r| {
-            r.field = "reason".into();
-            r
-        }));
+        let (reason, reason_receipts) = self.redacted_text(&new.reason, "verdict.reason");
+        receipts.extend(reason_receipts);
         let created = now_ms();
         let timeout_ms = i64::try_from(new.timeout.as_millis()).unwrap_or(i64::MAX);
         let approval = Approval {
@@ -170,7 +167,7 @@ impl<S: Store> Gateway<S> {
             action,
             action_digest: new.action_digest.to_ascii_lowercase(),
             rule: new.rule,
-            reason: reason.text,
+            reason,
             status: ApprovalStatus::Pending,
             created_at_ms: created,
             expires_at_ms: created.saturating_add(timeout_ms),
@@ -293,29 +290,36 @@ impl<S: Store> Gateway<S> {
                 ApprovalStatus::as_str(current.status)
             )));
         }
-        let decided_by = decided_by.trim();
+        // Both are kept and shown as the operator gave them, so what reads as a secret in
+        // them is redacted first, as the event recording them would be.
+        let decided_by = match decided_by.trim() {
+            "" => "operator",
+            given => given,
+        };
+        let (decided_by, mut receipts) = self.redacted_text(decided_by, "detail.decided_by");
+        let comment = match comment.filter(|c| !c.trim().is_empty()) {
+            Some(comment) => {
+                let (comment, comment_receipts) = self.redacted_text(&comment, "detail.comment");
+                receipts.extend(comment_receipts);
+                Some(comment)
+            }
+            None => None,
+        };
         let decided = Approval {
             status: if approve {
                 ApprovalStatus::Approved
             } else {
                 ApprovalStatus::Denied
             },
-            decided_by: Some(
-                if decided_by.is_empty() {
-                    "operator"
-                } else {
-                    decided_by
-                }
-                .to_owned(),
-            ),
-            comment: comment.filter(|c| !c.trim().is_empty()),
+            decided_by: Some(decided_by),
+            comment,
             decided_at_ms: Some(now_ms()),
             ..current
         };
         let in_order = self.approval_steps.lock().await;
         let name = if approve { "approved" } else { "denied" };
         let (turn, step) = self
-            .own_event(approval_event(&decided, name, Vec::new()))
+            .own_event(approval_event(&decided, name, receipts))
             .await?;
         if !self
             .store

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aa_background::BackgroundPriority;
-use aa_core::{AgentRegistration, AuditEvent, EventKind, TopologyEdge};
+use aa_core::{AgentRegistration, AuditEvent, EventKind, RedactionReceipt, TopologyEdge};
 use aa_identity::{Claims, Keypair, PublicKey};
 use aa_policy::PriceTable;
 use aa_security::{Limits, Scanner};
@@ -432,22 +432,16 @@ impl<S: Store> Gateway<S> {
                 )));
             }
         }
-        let redacted = |text: &mut String| {
-            let redaction = scanner.redact(text);
-            if !redaction.receipts.is_empty() {
-                *text = redaction.text;
-            }
-        };
-        redacted(&mut reg.name);
-        redacted(&mut reg.framework);
         for text in [
+            Some(&mut reg.name),
+            Some(&mut reg.framework),
             reg.lineage.delegation_reason.as_mut(),
             reg.lineage.spawned_by_tool.as_mut(),
         ]
         .into_iter()
         .flatten()
         {
-            redacted(text);
+            *text = self.redacted_text(text, "").0;
         }
         Ok(reg)
     }
@@ -711,6 +705,17 @@ impl<S: Store> Gateway<S> {
     /// patterns.
     pub(crate) fn scanner(&self) -> Arc<Scanner> {
         Arc::clone(&self.bundle.borrow().scanner)
+    }
+
+    /// Free text the gateway keeps and shows (an agent's name or why it was spawned, an
+    /// operator's name, reason or comment) with what reads as a secret redacted; the receipts
+    /// name `field`, for the event that records the text.
+    pub(crate) fn redacted_text(&self, text: &str, field: &str) -> (String, Vec<RedactionReceipt>) {
+        let mut redaction = self.scanner().redact(text);
+        for receipt in &mut redaction.receipts {
+            receipt.field = field.to_owned();
+        }
+        (redaction.text, redaction.receipts)
     }
 
     /// The backstop scan: redacts what a runtime missed (or what the gateway itself is about

@@ -10,8 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aa_core::{
-    Action, AuditEvent, Decision, EventKind, Mode, Suspension, Suspensions, TopologyEdge, Verdict,
-    suspension_of,
+    Action, AuditEvent, Decision, EventKind, Mode, RedactionReceipt, Suspension, Suspensions,
+    TopologyEdge, Verdict, suspension_of,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -221,18 +221,23 @@ impl<S: Store> Gateway<S> {
     ) -> Result<SuspensionChange, GatewayError> {
         let snapshot = self.snapshot().await?;
         let (agent, agent_ids) = snapshot.reach(agent_id, subtree)?;
-        let suspension = Suspension {
-            agent_id: agent_id.to_owned(),
-            subtree,
-            suspended_by: suspended_by.to_owned(),
-            reason: reason.to_owned(),
-            suspended_at_ms: now_ms(),
-        };
+        // Kept, shown to operators, streamed to runtimes and quoted to the agents it stops:
+        // what reads as a secret in them is redacted first.
+        let (suspended_by, mut receipts) = self.redacted_text(suspended_by, "detail.by");
+        let (reason, reason_receipts) = self.redacted_text(reason, "detail.reason");
+        receipts.extend(reason_receipts);
         let change = SuspensionChange {
             step: "suspended".into(),
             agent_ids,
         };
-        let event = suspension_event(agent, &change, subtree, suspended_by, reason);
+        let event = suspension_event(agent, &change, subtree, &suspended_by, &reason, receipts);
+        let suspension = Suspension {
+            agent_id: agent_id.to_owned(),
+            subtree,
+            suspended_by,
+            reason,
+            suspended_at_ms: now_ms(),
+        };
         let (turn, step) = self.own_event(event).await?;
         self.store.put_suspension(suspension, step).await?;
         drop(turn);
@@ -272,7 +277,8 @@ impl<S: Store> Gateway<S> {
             step: "resumed".into(),
             agent_ids: lifted,
         };
-        let event = suspension_event(agent, &change, subtree, resumed_by, reason);
+        // Only the event keeps these, and the backstop redacts it.
+        let event = suspension_event(agent, &change, subtree, resumed_by, reason, Vec::new());
         let (turn, step) = self.own_event(event).await?;
         // One lifted meanwhile by another resume is a conflict, and changes nothing.
         self.store
@@ -367,6 +373,7 @@ fn suspension_event(
     subtree: bool,
     by: &str,
     reason: &str,
+    redactions: Vec<RedactionReceipt>,
 ) -> AuditEvent {
     static SERIAL: AtomicU64 = AtomicU64::new(0);
     let now = now_ms();
@@ -395,7 +402,7 @@ fn suspension_event(
             policy: String::new(),
             mode: Mode::Enforce,
         }),
-        redactions: Vec::new(),
+        redactions,
         kind: EventKind::Suspension,
         detail: Some(json!({
             "step": change.step,

@@ -368,3 +368,51 @@ async fn a_creation_whose_caller_goes_away_is_still_stored_and_announced() {
         "the creation's step was not recorded"
     );
 }
+
+/// The approval record is shown to operators and served by the API as it is stored, so an
+/// operator's name and comment holding what reads as a secret are kept redacted there, as in
+/// the event that records the decision (which says what was redacted).
+#[tokio::test]
+async fn an_operators_name_and_comment_are_kept_redacted() {
+    let (gw, _, helper) = setup().await;
+    let secret = "ghp_0123456789abcdefghijABCDEFGHIJKLMNOP";
+    let id = "redacted-decision-0001";
+    gw.create_approval(ask("helper", &helper, id, "rm x", MINUTE))
+        .await
+        .unwrap();
+    let decided = gw
+        .decide_approval(
+            id,
+            false,
+            &format!("alice {secret}"),
+            Some(format!("leaked {secret}")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        decided.decided_by.as_deref(),
+        Some("alice [REDACTED:github_token]")
+    );
+    assert_eq!(
+        decided.comment.as_deref(),
+        Some("leaked [REDACTED:github_token]")
+    );
+    let stored = gw.approval(id).await.unwrap();
+    assert_eq!(
+        (stored.decided_by, stored.comment),
+        (decided.decided_by, decided.comment)
+    );
+    let records = gw.store().records(0, 1000).await.unwrap();
+    assert!(!serde_json::to_string(&records).unwrap().contains(secret));
+    let denied = records
+        .iter()
+        .find(|r| r.event["detail"]["step"] == "denied")
+        .unwrap();
+    let fields: Vec<&str> = denied.event["redactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["detail.decided_by", "detail.comment"]);
+}

@@ -370,3 +370,31 @@ async fn a_registration_holding_secrets_keeps_them_out_of_the_registry() {
     );
     assert_eq!(stored.parent_agent_id.as_deref(), Some("root"));
 }
+
+/// A suspension is shown with its agent, streamed to every runtime and quoted to the agents
+/// it stops, so what reads as a secret in who suspended and why is redacted before it is kept.
+#[tokio::test]
+async fn a_suspensions_free_text_is_kept_redacted() {
+    let gw = gateway(GatewayConfig::default());
+    let secret = "ghp_0123456789abcdefghijABCDEFGHIJKLMNOP";
+    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    gw.suspend(
+        "root",
+        true,
+        &format!("alice {secret}"),
+        &format!("leaked {secret}"),
+    )
+    .await
+    .unwrap();
+    let shown = gw.agent_view("root").await.unwrap().suspension.unwrap();
+    assert_eq!(shown.suspended_by, "alice [REDACTED:github_token]");
+    assert_eq!(shown.reason, "leaked [REDACTED:github_token]");
+    assert_eq!(gw.suspensions().await.unwrap()["root"], shown);
+    let refused = register_err(&gw, "child", Some("root")).await;
+    assert!(
+        refused.contains("by alice [REDACTED:github_token]: leaked [REDACTED:github_token]"),
+        "{refused}"
+    );
+    let records = gw.store().records(0, 100).await.unwrap();
+    assert!(!serde_json::to_string(&records).unwrap().contains(secret));
+}
