@@ -985,8 +985,9 @@ fn check_appended(
     }
 }
 
-/// Refuses an event without an origin or claiming the gateway's own stream, re-scans it (the
-/// backstop) and serialises it once: the scan redacts that form in place.
+/// Refuses an event without an origin, with an empty stream id or claiming the gateway's own
+/// stream, re-scans it (the backstop) and serialises it once: the scan redacts that form in
+/// place.
 fn check_fresh(
     scanner: &Scanner,
     limits: &Limits,
@@ -1005,6 +1006,12 @@ fn check_fresh(
         return Err(GatewayError::InvalidRequest(format!(
             "event {event_id:?}: stream {:?} is the gateway's own",
             origin.stream_id
+        )));
+    }
+    // Every stream is named: `aasm audit verify` reports a record without one as inserted.
+    if origin.stream_id.is_empty() {
+        return Err(GatewayError::InvalidRequest(format!(
+            "event {event_id:?} has an empty stream id"
         )));
     }
     // What fails here fails whenever the event is sent, whatever the bundle: named by its

@@ -636,6 +636,12 @@ async fn a_batch_is_stored_in_order_or_refused_whole() {
         matches!(&err, Err(GatewayError::InvalidRequest(m)) if m.contains("the gateway's own")),
         "{err:?}"
     );
+    // A stream without a name: `aasm audit verify` would report its record as inserted.
+    let err = gw.append(vec![event_in("", 1, "ls")]).await;
+    assert!(
+        matches!(&err, Err(GatewayError::InvalidRequest(m)) if m.contains("empty stream id")),
+        "{err:?}"
+    );
     assert!(
         gw.store().records(0, 10).await.unwrap().is_empty(),
         "nothing of a refused batch is stored"
