@@ -289,7 +289,7 @@ struct AuditPage {
     params(("after" = Option<u64>, Query, description = "Skip this many records (default 0); each page costs as much as the records it skips"),
         ("cursor" = Option<String>, Query, description = "Start after the record a page's `cursor` names, at the same cost however deep (not with `after`)"),
         ("limit" = Option<u64>, Query, description = "At most this many (default 100, at most 1000)")),
-    responses((status = 200, description = "Records in stream order", body = AuditPage), (status = 400, description = "A cursor this API did not give, or both `after` and `cursor`", body = ErrorBody), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
+    responses((status = 200, description = "Records in stream order", body = AuditPage), (status = 400, description = "A cursor this API did not give, an `after` past 2^63 - 1, or both `after` and `cursor`", body = ErrorBody), (status = 401, description = "No or wrong admin token", body = ErrorBody)))]
 async fn audit<S: Store>(
     State(gateway): Shared<S>,
     headers: HeaderMap,
@@ -310,6 +310,15 @@ async fn audit<S: Store>(
         }
         (None, after) => {
             let after = after.unwrap_or(0);
+            // The store counts in SQLite integers: an offset past them is the caller's
+            // mistake, not the store's failure.
+            if i64::try_from(after).is_err() {
+                return Err(GatewayError::InvalidRequest(format!(
+                    "after must be at most {}",
+                    i64::MAX
+                ))
+                .into());
+            }
             let records = gateway.store().records(after, limit).await?;
             let next = after + records.len() as u64;
             (records, Some(next))
