@@ -73,9 +73,11 @@ fn authorize(
             "this gateway has no {what} configured"
         )));
     }
+    // The scheme is case-insensitive (RFC 7235): `bearer` and `BEARER` are `Bearer`.
     let presented = authorization
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|h| h.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match presented {
         Some(token) if accepted.iter().any(|a| aa_identity::same_secret(token, a)) => Ok(()),
         Some(_) => Err(GatewayError::Unauthenticated(format!("wrong {what}"))),

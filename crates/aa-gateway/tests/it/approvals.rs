@@ -95,8 +95,24 @@ async fn only_a_registered_agent_creates_and_ids_and_digests_are_checked() {
 #[tokio::test]
 async fn operators_need_the_admin_token() {
     let (gw, _, _) = setup().await;
-    assert!(gw.authorize_admin(Some(&format!("Bearer {ADMIN}"))).is_ok());
-    for presented in [None, Some("Bearer admin-secreT"), Some(ADMIN), Some("")] {
+    // The scheme in any case (RFC 7235), over HTTP and gRPC alike.
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let presented = format!("{scheme} {ADMIN}");
+        assert!(gw.authorize_admin(Some(&presented)).is_ok(), "{presented}");
+        assert!(
+            gw.authorize_runtime(Some(&presented)).is_ok(),
+            "{presented}"
+        );
+    }
+    for presented in [
+        None,
+        Some("Bearer admin-secreT"),
+        Some(ADMIN),
+        Some(""),
+        Some("Basic admin-secret"),
+        Some("Bearer"),
+        Some("Bearer "),
+    ] {
         assert!(matches!(
             gw.authorize_admin(presented),
             Err(GatewayError::Unauthenticated(_))
