@@ -14,7 +14,10 @@ pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
         // (`Zq8!vR2#kL9(pW4)`) is a literal whatever follows it.
         Gate::Entropy(min) => {
             let called = matches!(next, Some(b'(' | b'[' | b'{')) && is_name_in_code(secret);
-            !called && !is_decoy(secret) && shannon_entropy(secret) >= min
+            !called
+                && !is_decoy(secret)
+                && !reads_as_words(secret)
+                && shannon_entropy(secret) >= min
         }
         Gate::Luhn => luhn(secret),
         Gate::Iban => iban(secret),
@@ -169,6 +172,77 @@ fn is_name_in_code(v: &[u8]) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || b"_$.:-".contains(b))
 }
 
+/// Whether `v` is made of words, as names in code, settings and prose are (`TokenStream`,
+/// `bert-base-uncased`, `Ec2InstanceMetadata`, `please log in again`) and generated secrets
+/// are not: two thirds of its bytes are in word-like pieces, two such pieces at least when it
+/// holds a digit (`Password123` and `hunter22` are passwords). With white space in it (a
+/// quoted value), two words in a row make it prose.
+fn reads_as_words(v: &[u8]) -> bool {
+    if v.iter().any(u8::is_ascii_whitespace) {
+        let trimmed = |w: &[u8]| {
+            let start = w
+                .iter()
+                .position(u8::is_ascii_alphanumeric)
+                .unwrap_or(w.len());
+            let end = w
+                .iter()
+                .rposition(u8::is_ascii_alphanumeric)
+                .map_or(start, |e| e + 1);
+            is_word(w.get(start..end).unwrap_or_default())
+        };
+        let words: Vec<bool> = v
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty())
+            .map(trimmed)
+            .collect();
+        return words.windows(2).any(|pair| pair == [true, true]);
+    }
+    let (mut covered, mut words) = (0, 0);
+    let mut start = 0;
+    for at in 0..=v.len() {
+        let here = v.get(at);
+        // A piece ends at anything but a letter, and before a capital that starts a word
+        // (`tokenStream`, `XMLHttp`).
+        let ends = match here {
+            Some(b) if b.is_ascii_uppercase() => {
+                let before = at.checked_sub(1).and_then(|b| v.get(b));
+                before.is_some_and(u8::is_ascii_lowercase)
+                    || (before.is_some_and(u8::is_ascii_uppercase)
+                        && v.get(at + 1).is_some_and(u8::is_ascii_lowercase))
+            }
+            Some(b) => !b.is_ascii_lowercase(),
+            None => true,
+        };
+        if ends {
+            if let Some(piece) = v.get(start..at).filter(|p| is_word(p)) {
+                covered += piece.len();
+                words += 1;
+            }
+            start = if here.is_some_and(u8::is_ascii_alphabetic) {
+                at
+            } else {
+                at + 1
+            };
+        }
+    }
+    covered * 3 >= v.len() * 2 && (words >= 2 || !v.iter().any(u8::is_ascii_digit))
+}
+
+/// A word as names and prose are made of: 3 to 15 letters, lowercase after the first, with a
+/// vowel and no more than four consonants in a row.
+fn is_word(p: &[u8]) -> bool {
+    let is_vowel = |b: &u8| b"aeiouyAEIOUY".contains(b);
+    let mut consonants = 0;
+    (3..=15).contains(&p.len())
+        && p.iter().all(u8::is_ascii_alphabetic)
+        && p.iter().skip(1).all(u8::is_ascii_lowercase)
+        && p.iter().any(is_vowel)
+        && p.iter().all(|b| {
+            consonants = if is_vowel(b) { 0 } else { consonants + 1 };
+            consonants <= 4
+        })
+}
+
 /// Values that pass an entropy gate but are not secrets.
 fn is_decoy(v: &[u8]) -> bool {
     // Hex strings of digest length are not skipped: entropy gates run on values assigned to
@@ -195,6 +269,28 @@ fn is_decoy(v: &[u8]) -> bool {
         && v.contains(&b'.')
     {
         return true;
+    }
+    // A URL, or a path of names parted by colons (an AWS resource name or its tail, a URN),
+    // names where a secret is, not the secret (a URL's credentials have rules of their own).
+    let scheme = v
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || b"+.-".contains(b));
+    let colon_path = v.iter().filter(|&&b| b == b':').count() >= 2
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:/-".contains(b));
+    if v.get(scheme.count()..)
+        .is_some_and(|rest| rest.starts_with(b"://"))
+        || colon_path
+    {
+        return true;
+    }
+    // Code quoted under a secret's name: a call or an index (`os.environ['DB_PASSWORD']`,
+    // `get_password(user)`).
+    if let Some(open) = v.iter().position(|b| matches!(b, b'(' | b'[')) {
+        let callee = v.get(..open).unwrap_or_default();
+        if !callee.is_empty() && is_name_in_code(callee) && matches!(v.last(), Some(b')' | b']')) {
+            return true;
+        }
     }
     is_file_path(v)
 }
@@ -520,5 +616,30 @@ mod tests {
         assert!(phone(b"(415) 555-2671"));
         assert!(!phone(b"2026-11-22"));
         assert!(!phone(b"1111111"));
+    }
+
+    #[test]
+    fn names_and_prose_read_as_words_and_generated_secrets_do_not() {
+        for words in [
+            "signature",
+            "TokenStream",
+            "bert-base-uncased",
+            "Ec2InstanceMetadata",
+            "HTTPRequestHandler",
+            "please log in again",
+        ] {
+            assert!(reads_as_words(words.as_bytes()), "{words}");
+        }
+        for secret in [
+            "Xk9mQ2vLp7rT4Zz8",
+            "xpeghu4b5YboxeNeFVdm3DOz",
+            "qwxkzjvbnmrtplsd",
+            "Password123",
+            "Summer2024!",
+            "abc Xk9mQ2vLp7rT4Zz",
+            "1a167f738b41502721d706bdf55ac4eaf0dfaee43083e1081aef48b1685feb79",
+        ] {
+            assert!(!reads_as_words(secret.as_bytes()), "{secret}");
+        }
     }
 }

@@ -170,8 +170,13 @@ macro_rules! pem {
 }
 
 /// The value of a generic `name = value` assignment (the name holds one of the secret words),
-/// from the operator on; the value is group 1.
-const GENERIC: &str = r#"^(?::=|=>|=|:)\s*["'`]?([^\s"'`,;<>(){}\[\]]{8,})"#;
+/// from the operator on; the value is the group that took part. Quoted, it runs to its closing
+/// quote on the line (escapes, white space and punctuation included); bare, it stops at white
+/// space, quotes, brackets, `,`, `;` and at the `&` that starts a query's next parameter.
+const GENERIC: &str = concat!(
+    r#"^(?::=|=>|=|:)\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,256})"|'([^'\r\n]{8,256})'"#,
+    r#"|`([^`\r\n]{8,256})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,}))"#
+);
 
 /// Every built-in rule. Keywords are lowercase.
 pub(crate) const RULES: &[RuleDef] = &[

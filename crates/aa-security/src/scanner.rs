@@ -68,7 +68,8 @@ struct Rule {
     kind: String,
     severity: Severity,
     regex: Regex,
-    has_group: bool,
+    /// Capture groups, the whole match's included.
+    groups: usize,
     gate: Gate,
     /// Matched from the operator of an assignment to a name around a keyword
     /// ([`Trigger::Assigned`]).
@@ -518,12 +519,11 @@ impl Scanner {
                     cut = true;
                 }
             }
-            let (start, end) = if rule.has_group {
-                locations.get(1)
-            } else {
-                None
-            }
-            .unwrap_or((whole.start(), whole.end()));
+            // The secret is the first group that took part (a pattern's alternatives may each
+            // have their own), else the whole match.
+            let (start, end) = (1..rule.groups)
+                .find_map(|group| locations.get(group))
+                .unwrap_or((whole.start(), whole.end()));
             at = end.max(whole.start() + 1);
             let (start, mut end) = (offset + start, offset + end);
             // Cut by its window's end, a secret may stop inside a character; it is redacted on
@@ -596,7 +596,7 @@ fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
         id: def.id.to_owned(),
         kind: def.kind.to_owned(),
         severity: def.severity,
-        has_group: regex.captures_len() > 1,
+        groups: regex.captures_len(),
         regex,
         gate: def.gate,
         assigned: matches!(def.trigger, Trigger::Assigned(_)),
@@ -635,7 +635,7 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
         id: format!("custom-{}", pattern.name),
         kind: pattern.name.clone(),
         severity: Severity::High,
-        has_group: false,
+        groups: 1,
         regex,
         gate: Gate::None,
         assigned: false,
