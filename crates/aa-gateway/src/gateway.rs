@@ -375,10 +375,18 @@ impl<S: Store> Gateway<S> {
                 None
             };
             if let Some((what, was, asked)) = moved {
+                // Deregistering keeps the record (the audit log names the agent by it), so
+                // nothing moves an agent: another place takes another id.
+                let plain = |value: &Option<String>| match value {
+                    Some(id) => format!("{what} {id:?}"),
+                    None => format!("no {what}"),
+                };
                 return Err(GatewayError::Conflict(format!(
-                    "agent {:?} is registered with {what} {was:?}, not {asked:?}; deregister it \
-                     to register it elsewhere",
-                    reg.agent_id
+                    "agent {:?} is registered with {}, not {}; an agent keeps its parent and \
+                     team for good, so register it elsewhere under another id",
+                    reg.agent_id,
+                    plain(was),
+                    plain(asked)
                 )));
             }
         }

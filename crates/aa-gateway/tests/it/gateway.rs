@@ -56,19 +56,20 @@ pub(crate) async fn register(
     key: &Keypair,
     parent: Option<&str>,
 ) -> String {
-    let Registered::Challenge(challenge) = gw
-        .register(registration(id, key, parent), None)
-        .await
-        .unwrap()
-    else {
+    register_as(gw, registration(id, key, parent), key).await
+}
+
+/// Registers `reg`, answering the challenge with `key`; the token issued.
+pub(crate) async fn register_as(
+    gw: &Gateway<SqliteStore>,
+    reg: AgentRegistration,
+    key: &Keypair,
+) -> String {
+    let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
         panic!("expected a challenge first");
     };
-    let signature = key.sign_challenge(id, &challenge);
-    match gw
-        .register(registration(id, key, parent), Some(&signature))
-        .await
-        .unwrap()
-    {
+    let signature = key.sign_challenge(&reg.agent_id, &challenge);
+    match gw.register(reg, Some(&signature)).await.unwrap() {
         Registered::Issued { credential, .. } => credential.token,
         Registered::Challenge(_) => panic!("expected a token"),
     }

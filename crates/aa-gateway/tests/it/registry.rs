@@ -10,7 +10,7 @@ use aa_core::{
 use aa_gateway::{GatewayConfig, GatewayError, Registered, Store};
 use aa_identity::Keypair;
 
-use crate::gateway::{gateway, register, registration};
+use crate::gateway::{gateway, register, register_as, registration};
 
 #[tokio::test]
 async fn lineage_topology_and_ancestors_come_from_the_registry() {
@@ -248,25 +248,57 @@ async fn an_agent_registering_again_keeps_its_place_in_the_tree() {
     register(&gw, "worker", &worker, Some("root")).await;
     // Again, as it was: a restarted agent.
     register(&gw, "worker", &worker, Some("root")).await;
-    let again = async |id: &str, key: &Keypair, parent: Option<&str>| -> GatewayError {
-        let Registered::Challenge(challenge) = gw
-            .register(registration(id, key, parent), None)
-            .await
-            .unwrap()
-        else {
+    let again_as = async |reg: AgentRegistration, key: &Keypair| -> GatewayError {
+        let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
             panic!("expected a challenge");
         };
-        let signature = key.sign_challenge(id, &challenge);
-        gw.register(registration(id, key, parent), Some(&signature))
-            .await
-            .unwrap_err()
+        let signature = key.sign_challenge(&reg.agent_id, &challenge);
+        gw.register(reg, Some(&signature)).await.unwrap_err()
+    };
+    let again = async |id: &str, key: &Keypair, parent: Option<&str>| -> GatewayError {
+        again_as(registration(id, key, parent), key).await
     };
     // Out from under its parent (and so from a suspension of the parent's subtree) ...
     let err = again("worker", &worker, None).await;
+    assert_eq!(
+        err.to_string(),
+        "conflict: agent \"worker\" is registered with parent \"root\", not no parent; an agent \
+         keeps its parent and team for good, so register it elsewhere under another id"
+    );
+    // ... out of its team's limits, or into a team it had none of ...
+    let err = again_as(
+        AgentRegistration {
+            lineage: Lineage {
+                team_id: Some("other".into()),
+                ..Lineage::default()
+            },
+            ..registration("root", &root, None)
+        },
+        &root,
+    )
+    .await;
     assert!(
-        matches!(&err, GatewayError::Conflict(m) if m.contains("parent Some(\"root\")")),
+        matches!(&err, GatewayError::Conflict(m)
+            if m.contains("registered with team \"ops\", not team \"other\";")),
         "{err}"
     );
+    let loner = Keypair::generate().unwrap();
+    let teamless = AgentRegistration {
+        lineage: Lineage::default(),
+        ..registration("loner", &loner, None)
+    };
+    register_as(&gw, teamless.clone(), &loner).await;
+    let err = again_as(registration("loner", &loner, None), &loner).await;
+    assert!(
+        matches!(&err, GatewayError::Conflict(m)
+            if m.contains("registered with no team, not team \"ops\";")),
+        "{err}"
+    );
+    // Deregistered, it still keeps its place: the message's advice holds.
+    let token = register_as(&gw, teamless, &loner).await;
+    gw.deregister("loner", &token).await.unwrap();
+    let err = again_as(registration("loner", &loner, None), &loner).await;
+    assert!(matches!(&err, GatewayError::Conflict(_)), "{err}");
     // ... or under its own child: a cycle.
     let err = again("root", &root, Some("worker")).await;
     assert!(matches!(&err, GatewayError::Conflict(_)), "{err}");
