@@ -1070,9 +1070,16 @@ pub(crate) const RULES: &[RuleDef] = &[
             "email",
             Medium,
             &["@"],
-            // Not after ':' or '/', where `user:password@host` is a URL's credentials, not an
-            // address (but `mailto:` is).
-            r"(?:^|mailto:|[^A-Za-z0-9._%+\-:/\x80-\xFF])([A-Za-z0-9\x80-\xFF][A-Za-z0-9._%+\-\x80-\xFF]{0,63}@[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?(?:\.[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?)*\.[A-Za-z]{2,24})\b",
+            // After a ':' only where a label ends (`email:`, `To:`): in `scheme://user:pw@host`
+            // it parts a URL's credentials, not an address. After one '/' (a path), not '//'
+            // (a URL's user). Not followed by ':' and a path: `git@github.com:org/repo` is a
+            // remote, not an address.
+            concat!(
+                r"(?:^|mailto:|(?:^|[^A-Za-z0-9._%+\-:/\x80-\xFF])[A-Za-z][A-Za-z0-9_\-]{0,31}:",
+                r"|(?:^|[^/:])/|[^A-Za-z0-9._%+\-:/\x80-\xFF])",
+                r"([A-Za-z0-9\x80-\xFF][A-Za-z0-9._%+\-\x80-\xFF]{0,63}@[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?(?:\.[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?)*\.[A-Za-z]{2,24})",
+                r"(?:$|[^A-Za-z0-9_:]|:(?:$|[^A-Za-z0-9/~_.\-]))"
+            ),
         ),
         66,
         260,
