@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::audit::{Checkpoint, Head, Record};
 use crate::bundle::{Bundle, PolicyDocument};
-use crate::challenges::Challenges;
+use crate::challenges::{Answered, Challenges};
 use crate::error::GatewayError;
 use crate::store::{AgentRecord, Appended, NewEvent, RevokedToken, Store};
 
@@ -65,6 +65,16 @@ impl Default for GatewayConfig {
             append_priority: BackgroundPriority::default(),
         }
     }
+}
+
+/// A registration's answer to its challenge: the challenge, as the gateway gave it, and the
+/// agent key's signature over it.
+#[derive(Debug, Clone, Copy)]
+pub struct ChallengeAnswer<'a> {
+    /// The challenge answered.
+    pub challenge: &'a [u8],
+    /// The signature.
+    pub signature: &'a [u8],
 }
 
 /// What a registration step produced.
@@ -305,15 +315,15 @@ impl<S: Store> Gateway<S> {
         Ok(version)
     }
 
-    /// One registration step. Without a signature the answer is a challenge; with the
-    /// signature over the open challenge the agent is recorded (lineage checked against the
-    /// registry) and a token issued.
+    /// One registration step. Without an answer (or with an empty signature) the answer is a
+    /// new challenge; with the signature over a challenge open for the agent and its key the
+    /// agent is recorded (lineage checked against the registry) and a token issued.
     pub async fn register(
         &self,
         registration: AgentRegistration,
-        signature: Option<&[u8]>,
+        answer: Option<ChallengeAnswer<'_>>,
     ) -> Result<Registered, GatewayError> {
-        let outcome = self.try_register(registration, signature).await;
+        let outcome = self.try_register(registration, answer).await;
         if matches!(outcome, Err(GatewayError::Unauthenticated(_))) {
             bump(&self.metrics.auth_failures, 1);
         }
@@ -323,7 +333,7 @@ impl<S: Store> Gateway<S> {
     async fn try_register(
         &self,
         reg: AgentRegistration,
-        signature: Option<&[u8]>,
+        answer: Option<ChallengeAnswer<'_>>,
     ) -> Result<Registered, GatewayError> {
         let reg = self.screened(reg)?;
         let key = PublicKey::from_did(&reg.public_key)
@@ -336,10 +346,10 @@ impl<S: Store> Gateway<S> {
                 reg.agent_id
             )));
         }
-        let Some(signature) = signature.filter(|s| !s.is_empty()) else {
+        let Some(answer) = answer.filter(|a| !a.signature.is_empty()) else {
             return self.open_challenge(&reg).map(Registered::Challenge);
         };
-        self.answer_challenge(&reg, &key, signature)?;
+        self.answer_challenge(&reg, &key, answer)?;
 
         let (team_id, depth, ancestors) = match &reg.lineage.parent_agent_id {
             Some(parent_id) => {
@@ -462,7 +472,8 @@ impl<S: Store> Gateway<S> {
             .lock()
             .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?
             .open(
-                (reg.agent_id.clone(), reg.public_key.clone()),
+                &reg.agent_id,
+                &reg.public_key,
                 challenge,
                 now,
                 now + self.config.challenge_ttl,
@@ -470,30 +481,46 @@ impl<S: Store> Gateway<S> {
         Ok(challenge.to_vec())
     }
 
+    /// Takes the challenge `answer` names if its signature verifies. A wrong answer leaves
+    /// it open: the agent's id and key are public, so anyone could send one, and spending the
+    /// challenge would fail the agent's own answer.
     fn answer_challenge(
         &self,
         reg: &AgentRegistration,
         key: &PublicKey,
-        signature: &[u8],
+        answer: ChallengeAnswer<'_>,
     ) -> Result<(), GatewayError> {
-        let challenge = self
+        if answer.challenge.is_empty() {
+            return Err(GatewayError::InvalidRequest(
+                "a signed registration must name the challenge it answers (answered_challenge)"
+                    .into(),
+            ));
+        }
+        let answered = self
             .challenges
             .lock()
             .map_err(|_| GatewayError::Unavailable("challenge table poisoned".into()))?
-            .take(
-                &(reg.agent_id.clone(), reg.public_key.clone()),
+            .answer(
+                answer.challenge,
+                &reg.agent_id,
+                &reg.public_key,
                 SystemTime::now(),
+                |challenge| {
+                    key.verify_challenge(&reg.agent_id, challenge, answer.signature)
+                        .is_ok()
+                },
             );
-        let Some(challenge) = challenge else {
-            return Err(GatewayError::Unauthenticated(
-                "no open challenge for this agent and key; register without a signature first"
+        match answered {
+            Answered::Taken => Ok(()),
+            Answered::Wrong => Err(GatewayError::Unauthenticated(
+                "challenge signature does not verify".into(),
+            )),
+            Answered::NotOpen => Err(GatewayError::Unauthenticated(
+                "the challenge answered is not open for this agent and key (expired, answered \
+                 already, or never given); register without a signature first"
                     .into(),
-            ));
-        };
-        key.verify_challenge(&reg.agent_id, &challenge, signature)
-            .map_err(|_| {
-                GatewayError::Unauthenticated("challenge signature does not verify".into())
-            })
+            )),
+        }
     }
 
     fn issue(&self, agent_id: &str, did: &str) -> Result<Credential, GatewayError> {

@@ -19,7 +19,7 @@ use crate::approvals::NewApproval;
 use crate::budgets::ReserveRequest;
 use crate::bundle::Bundle;
 use crate::error::GatewayError;
-use crate::gateway::{Credential, Gateway, Registered, to_the_end};
+use crate::gateway::{ChallengeAnswer, Credential, Gateway, Registered, to_the_end};
 use crate::rates::{TeamLimit, TeamRate};
 use crate::store::{AgentRecord, Store};
 
@@ -310,13 +310,20 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let request = request.into_inner();
-        let signature = request.challenge_signature.clone();
+        let mut request = request.into_inner();
+        let signature = std::mem::take(&mut request.challenge_signature);
+        let answered = std::mem::take(&mut request.answered_challenge);
         let registration = AgentRegistration::try_from(request).map_err(invalid)?;
         let agent_id = registration.agent_id.clone();
         let answer = self
             .gateway
-            .register(registration, Some(&signature))
+            .register(
+                registration,
+                Some(ChallengeAnswer {
+                    challenge: &answered,
+                    signature: &signature,
+                }),
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(match answer {

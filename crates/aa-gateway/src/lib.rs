@@ -46,7 +46,7 @@ pub use budgets::{
 };
 pub use bundle::{Bundle, PolicyDocument};
 pub use error::GatewayError;
-pub use gateway::{Credential, Gateway, GatewayConfig, Registered};
+pub use gateway::{ChallengeAnswer, Credential, Gateway, GatewayConfig, Registered};
 pub use rates::{TeamLimit, TeamRate};
 pub use registry::{AgentView, SuspensionChange, Topology};
 pub use server::run;

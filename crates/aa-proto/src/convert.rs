@@ -264,6 +264,7 @@ impl From<&AgentRegistration> for pb::RegisterRequest {
             spawned_by_tool: l.spawned_by_tool.clone().unwrap_or_default(),
             depth: l.depth,
             challenge_signature: Vec::new(),
+            answered_challenge: Vec::new(),
         }
     }
 }

@@ -1035,13 +1035,19 @@ impl Shared {
                 .await
                 .map_err(|e| ClientError::Internal(e.to_string()))?
                 .map_err(|e| ClientError::Identity(e.to_string()))?;
-        let request = |signature: Vec<u8>| Body::Register(register_request(spec, &key, signature));
-        let challenge = match self.call(request(Vec::new()), false).await? {
+        let request = |answer: Option<(Vec<u8>, Vec<u8>)>| {
+            Body::Register(register_request(spec, &key, answer))
+        };
+        let challenge = match self.call(request(None), false).await? {
             Body::Registered(r) if !r.challenge.is_empty() => r.challenge,
             other => return Err(unexpected(&other)),
         };
         let signature = key.sign_challenge(&spec.agent_id, &challenge).to_vec();
-        match self.call(request(signature), false).await? {
+        // The gateway keeps each request's challenge apart and takes the one named.
+        match self
+            .call(request(Some((challenge, signature))), false)
+            .await?
+        {
             Body::Registered(r) if !r.credential_token.is_empty() => Ok(Agent {
                 id: spec.agent_id.clone(),
                 context: match r.agent {
@@ -1152,8 +1158,15 @@ impl Shared {
     }
 }
 
-fn register_request(spec: &AgentSpec, key: &Keypair, signature: Vec<u8>) -> pb::RegisterRequest {
+/// A registration step: the first without `answer`, the second with the challenge it answers
+/// and the signature over it.
+fn register_request(
+    spec: &AgentSpec,
+    key: &Keypair,
+    answer: Option<(Vec<u8>, Vec<u8>)>,
+) -> pb::RegisterRequest {
     let public = key.public();
+    let (answered_challenge, challenge_signature) = answer.unwrap_or_default();
     pb::RegisterRequest {
         agent_id: spec.agent_id.clone(),
         name: spec.name.clone().unwrap_or_else(|| spec.agent_id.clone()),
@@ -1165,7 +1178,8 @@ fn register_request(spec: &AgentSpec, key: &Keypair, signature: Vec<u8>) -> pb::
         delegation_reason: spec.delegation_reason.clone().unwrap_or_default(),
         spawned_by_tool: spec.spawned_by_tool.clone().unwrap_or_default(),
         depth: 0,
-        challenge_signature: signature,
+        challenge_signature,
+        answered_challenge,
     }
 }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use aa_core::{Action, AgentContext, AgentRegistration, AuditEvent, EventKind, Lineage, Origin};
 use aa_gateway::{
-    Gateway, GatewayConfig, GatewayError, NewEvent, PolicyDocument, Registered, SqliteStore, Store,
+    ChallengeAnswer, Gateway, GatewayConfig, GatewayError, NewEvent, PolicyDocument, Registered,
+    SqliteStore, Store,
 };
 use aa_identity::Keypair;
 use serde_json::json;
@@ -59,6 +60,14 @@ pub(crate) async fn register(
     register_as(gw, registration(id, key, parent), key).await
 }
 
+/// `signature` as the answer to `challenge`.
+pub(crate) fn answer<'a>(challenge: &'a [u8], signature: &'a [u8]) -> Option<ChallengeAnswer<'a>> {
+    Some(ChallengeAnswer {
+        challenge,
+        signature,
+    })
+}
+
 /// Registers `reg`, answering the challenge with `key`; the token issued.
 pub(crate) async fn register_as(
     gw: &Gateway<SqliteStore>,
@@ -69,7 +78,11 @@ pub(crate) async fn register_as(
         panic!("expected a challenge first");
     };
     let signature = key.sign_challenge(&reg.agent_id, &challenge);
-    match gw.register(reg, Some(&signature)).await.unwrap() {
+    match gw
+        .register(reg, answer(&challenge, &signature))
+        .await
+        .unwrap()
+    {
         Registered::Issued { credential, .. } => credential.token,
         Registered::Challenge(_) => panic!("expected a token"),
     }
@@ -103,7 +116,7 @@ async fn registration_proves_the_key_and_records_lineage() {
         panic!("expected a challenge first");
     };
     let signature = child_key.sign_challenge("orphan", &challenge);
-    let err = gw.register(reg(), Some(&signature)).await;
+    let err = gw.register(reg(), answer(&challenge, &signature)).await;
     assert!(matches!(err, Err(GatewayError::InvalidRequest(m)) if m.contains("not registered")));
 
     // What a registration issues is logged without its token.
@@ -112,7 +125,10 @@ async fn registration_proves_the_key_and_records_lineage() {
         panic!("expected a challenge first");
     };
     let signature = lead_key.sign_challenge("lead", &challenge);
-    let issued = gw.register(reg(), Some(&signature)).await.unwrap();
+    let issued = gw
+        .register(reg(), answer(&challenge, &signature))
+        .await
+        .unwrap();
     let Registered::Issued { credential, .. } = &issued else {
         panic!("expected a token");
     };
@@ -126,42 +142,111 @@ async fn a_wrong_answer_another_key_or_no_challenge_is_refused() {
     let gw = gateway(GatewayConfig::default());
     let key = Keypair::generate().unwrap();
     let other = Keypair::generate().unwrap();
+    let bot = || registration("bot", &key, None);
 
-    // No open challenge.
-    let signature = key.sign_challenge("bot", &[0; 32]);
-    let err = gw
-        .register(registration("bot", &key, None), Some(&signature))
-        .await;
+    // No open challenge: never given, or not named.
+    let made_up = [0; 32];
+    let signature = key.sign_challenge("bot", &made_up);
+    let err = gw.register(bot(), answer(&made_up, &signature)).await;
     assert!(
-        matches!(err, Err(GatewayError::Unauthenticated(_))),
+        matches!(&err, Err(GatewayError::Unauthenticated(m)) if m.contains("not open")),
+        "{err:?}"
+    );
+    let err = gw.register(bot(), answer(&[], &signature)).await;
+    assert!(
+        matches!(&err, Err(GatewayError::InvalidRequest(m)) if m.contains("answered_challenge")),
         "{err:?}"
     );
 
-    // Signed by another key: refused, and the challenge is spent.
+    // Signed by another key, or over another agent's id: refused, and the challenge stays
+    // open for the right answer, which takes it, once.
+    let Registered::Challenge(challenge) = gw.register(bot(), None).await.unwrap() else {
+        panic!("expected a challenge first");
+    };
+    for wrong in [
+        other.sign_challenge("bot", &challenge),
+        key.sign_challenge("bat", &challenge),
+    ] {
+        let err = gw.register(bot(), answer(&challenge, &wrong)).await;
+        assert!(
+            matches!(&err, Err(GatewayError::Unauthenticated(m)) if m.contains("does not verify")),
+            "{err:?}"
+        );
+    }
+    let right = key.sign_challenge("bot", &challenge);
+    let registered = gw.register(bot(), answer(&challenge, &right)).await;
+    assert!(
+        matches!(registered, Ok(Registered::Issued { .. })),
+        "{registered:?}"
+    );
+    let again = gw.register(bot(), answer(&challenge, &right)).await;
+    assert!(
+        matches!(&again, Err(GatewayError::Unauthenticated(m)) if m.contains("not open")),
+        "a challenge answers once: {again:?}"
+    );
+
+    // A challenge opened for one agent is not another's to answer.
     let Registered::Challenge(challenge) = gw
-        .register(registration("bot", &key, None), None)
+        .register(registration("other", &other, None), None)
         .await
         .unwrap()
     else {
-        panic!()
+        panic!("expected a challenge first");
     };
-    let wrong = other.sign_challenge("bot", &challenge);
+    let err = gw
+        .register(
+            bot(),
+            answer(&challenge, &key.sign_challenge("bot", &challenge)),
+        )
+        .await;
     assert!(
-        gw.register(registration("bot", &key, None), Some(&wrong))
-            .await
-            .is_err()
-    );
-    let right = key.sign_challenge("bot", &challenge);
-    assert!(
-        gw.register(registration("bot", &key, None), Some(&right))
-            .await
-            .is_err()
+        matches!(&err, Err(GatewayError::Unauthenticated(m)) if m.contains("not open")),
+        "{err:?}"
     );
 
     // Once registered, the id is bound to its key.
-    register(&gw, "bot", &key, None).await;
     let err = gw.register(registration("bot", &other, None), None).await;
     assert!(matches!(err, Err(GatewayError::Unauthenticated(m)) if m.contains("another key")));
+}
+
+/// An agent's id and key are public (the registry shows them, its tokens name them), so
+/// anyone who can reach a runtime can send a registration step for them. Between the agent's
+/// challenge and its answer, an unsigned step (which once replaced the agent's challenge) and
+/// a step signed with junk (which once spent it) leave the agent's challenge as it was, and
+/// the agent registers.
+#[tokio::test]
+async fn registration_steps_sent_for_an_agent_by_others_do_not_block_it() {
+    let gw = gateway(GatewayConfig::default());
+    let key = Keypair::generate().unwrap();
+    let victim = || registration("victim", &key, None);
+    for registered_before in [false, true] {
+        if registered_before {
+            // A known agent registering again (a restart) is open to the same.
+            register(&gw, "victim", &key, None).await;
+        }
+        let Registered::Challenge(challenge) = gw.register(victim(), None).await.unwrap() else {
+            panic!("expected a challenge first");
+        };
+        // The attacker's own challenge, and junk answers to it and to the victim's (whose
+        // bytes it may have guessed or seen): none takes anything from the victim.
+        let Registered::Challenge(theirs) = gw.register(victim(), None).await.unwrap() else {
+            panic!("each request gets a challenge");
+        };
+        assert_ne!(theirs, challenge);
+        for answered in [&theirs, &challenge] {
+            let junk = gw.register(victim(), answer(answered, &[7; 64])).await;
+            assert!(
+                matches!(&junk, Err(GatewayError::Unauthenticated(_))),
+                "{junk:?}"
+            );
+        }
+        let signature = key.sign_challenge("victim", &challenge);
+        let registered = gw.register(victim(), answer(&challenge, &signature)).await;
+        assert!(
+            matches!(registered, Ok(Registered::Issued { .. })),
+            "the victim still registers: {registered:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use aa_core::{
 use aa_gateway::{GatewayConfig, GatewayError, Registered, Store};
 use aa_identity::Keypair;
 
-use crate::gateway::{gateway, register, register_as, registration};
+use crate::gateway::{answer, gateway, register, register_as, registration};
 
 #[tokio::test]
 async fn lineage_topology_and_ancestors_come_from_the_registry() {
@@ -31,7 +31,10 @@ async fn lineage_topology_and_ancestors_come_from_the_registry() {
     };
     let signature = key.sign_challenge("worker", &challenge);
     let Registered::Issued { ancestors, .. } = gw
-        .register(registration("worker", &key, Some("lead")), Some(&signature))
+        .register(
+            registration("worker", &key, Some("lead")),
+            answer(&challenge, &signature),
+        )
         .await
         .unwrap()
     else {
@@ -234,10 +237,13 @@ async fn register_err(
         panic!("expected a challenge");
     };
     let signature = key.sign_challenge(id, &challenge);
-    gw.register(registration(id, &key, parent), Some(&signature))
-        .await
-        .unwrap_err()
-        .to_string()
+    gw.register(
+        registration(id, &key, parent),
+        answer(&challenge, &signature),
+    )
+    .await
+    .unwrap_err()
+    .to_string()
 }
 
 #[tokio::test]
@@ -253,7 +259,9 @@ async fn an_agent_registering_again_keeps_its_place_in_the_tree() {
             panic!("expected a challenge");
         };
         let signature = key.sign_challenge(&reg.agent_id, &challenge);
-        gw.register(reg, Some(&signature)).await.unwrap_err()
+        gw.register(reg, answer(&challenge, &signature))
+            .await
+            .unwrap_err()
     };
     let again = async |id: &str, key: &Keypair, parent: Option<&str>| -> GatewayError {
         again_as(registration(id, key, parent), key).await
@@ -332,7 +340,10 @@ async fn a_challenge_opened_under_another_key_does_not_replace_the_agents() {
     };
     let signature = own.sign_challenge("newcomer", &challenge);
     let registered = gw
-        .register(registration("newcomer", &own, None), Some(&signature))
+        .register(
+            registration("newcomer", &own, None),
+            answer(&challenge, &signature),
+        )
         .await
         .unwrap();
     assert!(matches!(registered, Registered::Issued { .. }));
@@ -387,7 +398,9 @@ async fn a_registration_holding_secrets_keeps_them_out_of_the_registry() {
         panic!("expected a challenge");
     };
     let signature = key.sign_challenge("worker", &challenge);
-    gw.register(reg, Some(&signature)).await.unwrap();
+    gw.register(reg, answer(&challenge, &signature))
+        .await
+        .unwrap();
     let stored = gw.store().agent("worker").await.unwrap().unwrap();
     let kept = format!(
         "{} {} {:?} {:?}",
