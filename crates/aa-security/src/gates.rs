@@ -24,7 +24,24 @@ pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
         Gate::Ssn => ssn(secret),
         Gate::Phone => phone(secret),
         Gate::NotPlaceholder => !is_placeholder(secret),
+        Gate::BasicCredentials => basic_credentials(secret),
     }
+}
+
+/// HTTP Basic credentials: base64 of printable `user:password`, the password not a
+/// placeholder.
+fn basic_credentials(v: &[u8]) -> bool {
+    use base64::Engine as _;
+    let Ok(decoded) = crate::decode::STANDARD.decode(v) else {
+        return false;
+    };
+    let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let password = decoded.get(colon + 1..).unwrap_or_default();
+    std::str::from_utf8(&decoded).is_ok_and(|text| !text.chars().any(char::is_control))
+        && !password.is_empty()
+        && !is_placeholder(password)
 }
 
 /// Whether the digit run `run` of `text` could hold what `gate` checks for; lets the scanner
@@ -44,7 +61,7 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
         Gate::Ssn => digits >= 9 && shape.contains(&b'-') && !glued(text, run),
         Gate::Luhn => digits >= 13 && !glued(text, run),
         Gate::Iban => country_code_before(text, run) && longest_spaced_chain(shape) >= 8,
-        Gate::None | Gate::Entropy(_) | Gate::NotPlaceholder => true,
+        Gate::None | Gate::Entropy(_) | Gate::NotPlaceholder | Gate::BasicCredentials => true,
     }
 }
 

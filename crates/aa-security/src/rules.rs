@@ -61,6 +61,8 @@ pub(crate) enum Gate {
     Phone,
     /// Not a placeholder or a reference (`${VAR}`, `<password>`, `{{x}}`, `****`).
     NotPlaceholder,
+    /// Base64 of `user:password` with a password that is not a placeholder (HTTP Basic).
+    BasicCredentials,
 }
 
 /// One built-in rule. Its window bounds how long a match can be, so patterns use open-ended
@@ -174,8 +176,8 @@ macro_rules! pem {
 /// quote on the line (escapes, white space and punctuation included); bare, it stops at white
 /// space, quotes, brackets, `,`, `;` and at the `&` that starts a query's next parameter.
 const GENERIC: &str = concat!(
-    r#"^(?::=|=>|=|:)\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,256})"|'([^'\r\n]{8,256})'"#,
-    r#"|`([^`\r\n]{8,256})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,}))"#
+    r#"^(?::=|=>|=|:)\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,})"|'([^'\r\n]{8,})'"#,
+    r#"|`([^`\r\n]{8,})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,}))"#
 );
 
 /// Every built-in rule. Keywords are lowercase.
@@ -1027,6 +1029,32 @@ pub(crate) const RULES: &[RuleDef] = &[
         "database-url-mssql",
         &["sqlserver", "mssql"],
         r#"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@\[]+:([^\s/?#"'<>,;]+)@"#,
+    ),
+    // Any other URL's credentials (`https://user:password@host`), read back from the `@`.
+    gated(
+        window(
+            rule(
+                "url-credentials",
+                "url_password",
+                Critical,
+                &["@"],
+                r#"(?i)[a-z][a-z0-9+.\-]{0,20}://[^\s:/@\[]*:([^\s/?#"'<>,;\[]+)@"#,
+            ),
+            300,
+            4,
+        ),
+        Gate::NotPlaceholder,
+    ),
+    // ---- HTTP authorization ----
+    gated(
+        rule(
+            "authorization-basic",
+            "basic_credentials",
+            High,
+            &["basic"],
+            r"(?i)(?:^|[^A-Za-z0-9_])basic\s+([A-Za-z0-9+/]{6,}={0,2})(?:[^A-Za-z0-9+/=]|$)",
+        ),
+        Gate::BasicCredentials,
     ),
     // ---- Generic assignments, gated by entropy ----
     assignment(gated(
