@@ -1,8 +1,9 @@
 //! The built-in rules: credentials of the providers agents touch, and personal data.
 //!
 //! Each rule names the literal keywords that must appear near a match (the prefilter), a regex
-//! that confirms it (group 1, when present, is the secret; otherwise the whole match), and the
-//! gates that reject decoys. Regexes run as ASCII byte regexes over a window around each keyword.
+//! that confirms it (the first capture group that took part, when it has any, is the secret;
+//! otherwise the whole match), and the gates that reject decoys. Regexes run as ASCII byte
+//! regexes over a window around each keyword.
 
 /// How bad a leak of this kind is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
