@@ -43,13 +43,22 @@ spec:
 ";
 
 fn budget_gateway() -> Arc<Gateway<SqliteStore>> {
-    let store = SqliteStore::open_in_memory().unwrap();
+    priced_gateway(None)
+}
+
+/// The budget policies over an in-memory store, priced by `prices` (a price table's text),
+/// else by the shipped table.
+fn priced_gateway(prices: Option<&str>) -> Arc<Gateway<SqliteStore>> {
+    let prices = prices.map(|text| Arc::new(aa_policy::PriceTable::parse(text).unwrap()));
     Arc::new(
         Gateway::new(
-            store,
+            SqliteStore::open_in_memory().unwrap(),
             Keypair::generate().unwrap(),
             documents(POLICIES),
-            GatewayConfig::default(),
+            GatewayConfig {
+                prices,
+                ..GatewayConfig::default()
+            },
         )
         .unwrap(),
     )
@@ -398,20 +407,9 @@ async fn a_window_counts_only_what_was_charged_inside_it() {
 
 #[tokio::test]
 async fn an_operator_s_price_table_prices_the_calls() {
-    let prices = aa_policy::PriceTable::parse(
+    let gw = priced_gateway(Some(
         "reserve: {input_tokens: 500, output_tokens: 250}\nunknown: {input: 9, output: 9}\nmodels:\n  house-*: {input: 1.00, output: 2.00}\n",
-    )
-    .unwrap();
-    let gw = Gateway::new(
-        SqliteStore::open_in_memory().unwrap(),
-        Keypair::generate().unwrap(),
-        documents(POLICIES),
-        GatewayConfig {
-            prices: Some(Arc::new(prices)),
-            ..GatewayConfig::default()
-        },
-    )
-    .unwrap();
+    ));
     let token = register(&gw, "root", &Keypair::generate().unwrap(), None).await;
     let house = ReserveRequest {
         model: "house-7b".into(),
@@ -548,20 +546,9 @@ async fn a_reservations_model_is_kept_only_as_a_model_name() {
 /// every later charge and report of the account failing with an integer overflow.
 #[tokio::test]
 async fn an_absurd_estimate_is_refused_and_costs_past_counting_saturate() {
-    let prices = aa_policy::PriceTable::parse(
+    let gw = priced_gateway(Some(
         "unknown: {input: 9, output: 9}\nmodels:\n  gold: {input: 1e15, output: 1e15}\n  gpt-4o: {input: 2.5, output: 10}\n",
-    )
-    .unwrap();
-    let gw = Gateway::new(
-        SqliteStore::open_in_memory().unwrap(),
-        Keypair::generate().unwrap(),
-        documents(POLICIES),
-        GatewayConfig {
-            prices: Some(Arc::new(prices)),
-            ..GatewayConfig::default()
-        },
-    )
-    .unwrap();
+    ));
     // Observed (not enforced): past its caps, a call is still reserved.
     let token = register(&gw, "watched", &Keypair::generate().unwrap(), None).await;
     let absurd = ReserveRequest {
