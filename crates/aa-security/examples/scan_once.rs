@@ -4,7 +4,8 @@
 //! the difference is the scan's cost (`event` redacts the 4 KiB event 100 times, `small` a
 //! clean tool event of the size `aa-bench events` sends 1,000 times, as JSON bytes; `audit` the
 //! same event 1,000 times as the runtime and gateway hold it, an `AuditEvent`; `custom` that
-//! again with the default policy's custom pattern added, as `aasm up` runs it).
+//! again with the default policy's custom pattern added, as `aasm up` runs it). `file PATH`
+//! scans a file's bytes once, for timing a hostile input.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -64,9 +65,13 @@ fn main() {
                 })
                 .sum()
         }
+        "file" => {
+            let path = std::env::args().nth(2).expect("file PATH");
+            scanner.scan_bytes(&std::fs::read(path).unwrap()).len()
+        }
         "none" => 0,
         other => panic!(
-            "unknown case {other:?}: clean, prose, dense, event, small, audit, custom or none"
+            "unknown case {other:?}: clean, prose, dense, event, small, audit, custom, file or none"
         ),
     };
     println!("{case}: {found} findings");
