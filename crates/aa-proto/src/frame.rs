@@ -89,9 +89,15 @@ impl FrameDecoder {
         };
         let frame = pb::Frame::decode(body)?;
         self.buffer.drain(..HEADER + size);
-        if self.buffer.is_empty() && self.buffer.capacity() > RETAINED_BYTES {
-            // A big frame's room goes with it; an idle connection keeps little.
-            self.buffer = Vec::new();
+        // A big frame's room goes with it, whatever of the next one came behind it: an idle
+        // connection keeps little, and a frame is given room when its header is in.
+        let keep = self.buffer.len().max(RETAINED_BYTES);
+        if self.buffer.capacity() > keep {
+            if self.buffer.is_empty() {
+                self.buffer = Vec::new();
+            } else {
+                self.buffer.shrink_to(keep);
+            }
         }
         Ok(Some(frame))
     }
@@ -195,8 +201,18 @@ mod tests {
         let room = decoder.buffer.capacity();
         assert!(room < bytes.len() + 64 * 1024, "{room}");
         decoder.extend(&bytes[bytes.len() - 1..]);
-        assert_eq!(decoder.next_frame().unwrap(), Some(frame));
+        assert_eq!(decoder.next_frame().unwrap(), Some(frame.clone()));
         assert_eq!(decoder.buffer.capacity(), 0);
+
+        // Part of the next frame come in the same read as the end of a big one does not keep
+        // the big one's room.
+        let mut two = bytes.clone();
+        two.extend_from_slice(&encode(&check(1)).unwrap()[..5]);
+        decoder.extend(&two);
+        assert_eq!(decoder.next_frame().unwrap(), Some(frame));
+        assert_eq!(decoder.pending_bytes(), 5);
+        let room = decoder.buffer.capacity();
+        assert!(room <= 64 * 1024, "{room}");
     }
 
     #[test]
