@@ -366,7 +366,9 @@ impl Outbox {
     }
 
     /// Up to `limit` events numbered after `sequence`, in stream order: from memory when
-    /// it holds the next one, else from the database.
+    /// it holds the next one, else from the database, where the read stops at the first event
+    /// past an append's bytes ([`aa_proto::MAX_APPEND_BYTES`]): a backlog of big events read
+    /// `limit` at a time would hold gigabytes.
     pub fn pending_after(&self, sequence: u64, limit: usize) -> Result<Vec<Stored>, RuntimeError> {
         if let Some(kept) = self.take_kept(sequence, limit) {
             return Ok(kept);
@@ -376,9 +378,14 @@ impl Outbox {
             "SELECT sequence, event FROM outbox WHERE sequence > ?1 ORDER BY sequence LIMIT ?2",
         )?;
         let mut rows = statement.query(params![to_i64(sequence)?, to_i64(limit as u64)?])?;
-        let mut events = Vec::new();
+        let (mut events, mut bytes) = (Vec::new(), 0usize);
         while let Some(row) = rows.next()? {
-            events.push(Stored::from_row(row.get(0)?, row.get_ref(1)?)?);
+            let event = Stored::from_row(row.get(0)?, row.get_ref(1)?)?;
+            bytes = bytes.saturating_add(event.wire.len());
+            events.push(event);
+            if bytes > aa_proto::MAX_APPEND_BYTES {
+                break;
+            }
         }
         Ok(events)
     }
@@ -749,6 +756,28 @@ mod tests {
             params![to_i64(from).unwrap()],
         )
         .unwrap();
+    }
+
+    /// The forwarder cuts what it reads to an append's bytes, and reads the rest again: read
+    /// from the database, a backlog of big events stops there too, not at the batch's count.
+    #[test]
+    fn a_backlog_is_read_an_appends_bytes_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.db");
+        let big = |i: usize| AuditEvent {
+            detail: Some(serde_json::Value::String("x".repeat(2 << 20))),
+            ..event(&i.to_string())
+        };
+        let mut batches = vec![(0..20).map(big).collect()];
+        Outbox::open(&path)
+            .unwrap()
+            .append(&mut batches, &[])
+            .unwrap();
+        // Opened again, it holds nothing in memory: the backlog is read from the database.
+        let read = Outbox::open(&path).unwrap().pending(1000).unwrap();
+        // Seven events of a little over 2 MiB fit in 16 MiB; the eighth passes it, for the
+        // forwarder to cut off.
+        assert_eq!(sequences(&read), (1..=8).collect::<Vec<_>>());
     }
 
     #[test]
