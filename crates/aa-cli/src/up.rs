@@ -423,10 +423,10 @@ pub struct RuntimeSettings {
     /// (default 10).
     #[arg(long, value_parser = seconds)]
     pub frame_timeout: Option<Duration>,
-    /// Bytes of large frames still arriving, held across all connections at most (default
-    /// 64 MiB; at least one 4 MiB frame).
+    /// Memory the requests in progress may hold across all connections at most, a frame
+    /// charged 32 times its size until it is answered (default 256 MiB; at least 4 MiB).
     #[arg(long)]
-    pub max_unfinished_frame_bytes: Option<usize>,
+    pub max_request_bytes: Option<usize>,
     /// How the runtime's background work (the outbox writer, the forwarder) gives way to
     /// checks: idle (Linux's SCHED_IDLE, the default; for a runtime in a cgroup of its own) or
     /// lower (10 nice levels below; where busy processes share its cgroup).
@@ -449,9 +449,7 @@ impl RuntimeSettings {
         config.socket_path.clone_from(&self.socket);
         config.max_connections = self.max_connections.unwrap_or(config.max_connections);
         config.frame_timeout = self.frame_timeout.unwrap_or(config.frame_timeout);
-        config.max_unfinished_frame_bytes = self
-            .max_unfinished_frame_bytes
-            .unwrap_or(config.max_unfinished_frame_bytes);
+        config.max_request_bytes = self.max_request_bytes.unwrap_or(config.max_request_bytes);
         config.background_priority = self
             .background_priority
             .unwrap_or(config.background_priority);

@@ -47,11 +47,14 @@ pub struct RuntimeConfig {
     pub frame_timeout: Duration,
     /// Connections served at once at most; more are answered `UNAVAILABLE` and closed.
     pub max_connections: usize,
-    /// Bytes of big frames (over 64 KiB) still arriving or being answered, held across all
-    /// connections at most: a connection whose frame needs more waits, its `frame_timeout`
-    /// running, for others to finish. Smaller frames never wait; each connection's read
-    /// buffer and `max_in_flight` bound them.
-    pub max_unfinished_frame_bytes: usize,
+    /// Memory the requests in progress may hold across all connections at most: a frame from
+    /// the moment it starts arriving until it is answered, charged 32 times its size (what
+    /// its JSON may take once parsed) plus 4 KiB, and events reported at what they hold once
+    /// parsed until they are written. A big frame (over 64 KiB) waits for its part before the
+    /// rest of it is read, its `frame_timeout` running; a smaller one, answered off the
+    /// connection's reader, waits as long and is then answered `UNAVAILABLE`. Checks answered
+    /// in place (most) take no part.
+    pub max_request_bytes: usize,
     /// How the background work (the outbox writer, the forwarder) gives way to the threads
     /// that answer checks.
     pub background_priority: BackgroundPriority,
@@ -72,7 +75,7 @@ impl RuntimeConfig {
             gateway_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
             max_connections: 4096,
-            max_unfinished_frame_bytes: 64 << 20,
+            max_request_bytes: 256 << 20,
             background_priority: BackgroundPriority::default(),
         }
     }
@@ -152,9 +155,9 @@ impl RuntimeConfig {
         if self.frame_timeout > MAX_FRAME_TIMEOUT {
             return bad("frame_timeout", "must be at most an hour");
         }
-        if self.max_unfinished_frame_bytes < aa_proto::frame::MAX_FRAME_BYTES {
+        if self.max_request_bytes < aa_proto::frame::MAX_FRAME_BYTES {
             return bad(
-                "max_unfinished_frame_bytes",
+                "max_request_bytes",
                 "must hold at least one frame of the largest size (4 MiB)",
             );
         }
@@ -207,11 +210,8 @@ mod tests {
         );
 
         let mut tight = config.clone();
-        tight.max_unfinished_frame_bytes = 1 << 20;
+        tight.max_request_bytes = 1 << 20;
         let err = tight.validate().unwrap_err();
-        assert!(
-            err.to_string().contains("max_unfinished_frame_bytes"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("max_request_bytes"), "{err}");
     }
 }

@@ -23,7 +23,7 @@ use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::limits::RateCounter;
 use crate::link::GatewayLink;
-use crate::memory::{Budget, held_bytes};
+use crate::memory::{Budget, RequestCharge, event_bytes, held_bytes};
 use crate::outbox::Outbox;
 use crate::pipeline::{CurrentScanner, Job, Jobs, OutboxHealth};
 
@@ -1236,8 +1236,15 @@ impl Runtime {
     }
 
     /// Records what the SDK reported as the registered agent's events: redacted, numbered and
-    /// durable before this returns. Returns how many were new.
-    pub async fn report(&self, batch: pb::EventBatch, peer: Peer) -> Result<u64, Refusal> {
+    /// durable before this returns. Returns how many were new. `held` is the request's part
+    /// of the runtime's request memory: settled to what the parsed events hold, and kept
+    /// until they are written.
+    pub(crate) async fn report(
+        &self,
+        batch: pb::EventBatch,
+        peer: Peer,
+        mut held: RequestCharge,
+    ) -> Result<u64, Refusal> {
         let session = self
             .session(&batch.agent_id, &batch.credential_token, peer)
             .map_err(|m| refuse(ErrorCode::Unauthenticated, m))?;
@@ -1306,6 +1313,7 @@ impl Runtime {
             event.detail = serde_json::to_value(&edge).ok();
             events.push(event);
         }
+        held.settle(events.iter().map(event_bytes).sum());
         let (done, written) = oneshot::channel();
         self.jobs
             .send(Job {
@@ -1806,14 +1814,17 @@ mod tests {
             agent_id: "~".into(),
             credential_token: "t".into(),
         };
-        let (accepted, (written, aliases)) = tokio::join!(runtime.report(batch, peer), async {
-            let job = queue.jobs.recv().await.unwrap();
-            let ids: Vec<String> = job.events.iter().map(|e| e.event_id.clone()).collect();
-            if let Some(done) = job.done {
-                let _ = done.send(Ok(1));
+        let (accepted, (written, aliases)) = tokio::join!(
+            runtime.report(batch, peer, RequestCharge::default()),
+            async {
+                let job = queue.jobs.recv().await.unwrap();
+                let ids: Vec<String> = job.events.iter().map(|e| e.event_id.clone()).collect();
+                if let Some(done) = job.done {
+                    let _ = done.send(Ok(1));
+                }
+                (ids, job.aliases)
             }
-            (ids, job.aliases)
-        });
+        );
         assert_eq!(accepted.ok(), Some(1));
         assert_eq!(written, vec![format!("{stream}/~/{own_part}")]);
         assert_ne!(written[0], first);
@@ -1850,7 +1861,13 @@ mod tests {
             credential_token: "t".into(),
         };
         let before = runtime.supplied_id(&agent, &reported.event_id);
-        assert_eq!(runtime.report(batch(), peer).await.ok(), Some(1));
+        assert_eq!(
+            runtime
+                .report(batch(), peer, RequestCharge::default())
+                .await
+                .ok(),
+            Some(1)
+        );
 
         let badge = aa_security::CustomPattern {
             name: "badge".into(),
@@ -1860,7 +1877,13 @@ mod tests {
         runtime.scanner.set(Arc::new(scanner));
         let after = runtime.supplied_id(&agent, &reported.event_id);
         assert_ne!(before.kept, after.kept, "the id is kept as its digest now");
-        assert_eq!(runtime.report(batch(), peer).await.ok(), Some(0));
+        assert_eq!(
+            runtime
+                .report(batch(), peer, RequestCharge::default())
+                .await
+                .ok(),
+            Some(0)
+        );
         let stored = runtime.outbox.pending_after(0, 10).unwrap();
         assert_eq!(stored.len(), 1);
         writer.abort();

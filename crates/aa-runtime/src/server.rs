@@ -2,7 +2,10 @@
 //! connection carries concurrent calls; a bad frame closes only its own connection, and so
 //! does a frame left unfinished past `frame_timeout`, or answers left unread that long. Idle
 //! connections cost a task and a read buffer each; past `max_connections`, new ones are
-//! answered `UNAVAILABLE` and closed.
+//! answered `UNAVAILABLE` and closed. A connection's slot is held until its last call is
+//! answered (a wait on an approval aside), and what requests hold comes out of one budget,
+//! `max_request_bytes`, whoever sends them: a client that hangs up with calls in flight and
+//! connects again gains nothing.
 
 use std::fs;
 use std::future::Future;
@@ -26,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::link::{self, GatewayLink};
+use crate::memory::{PARSED_GROWTH, RequestCharge, RequestMemory};
 use crate::outbox::Outbox;
 use crate::pipeline::{self, CurrentScanner, Job, OutboxHealth};
 use crate::runtime::{Checked, GatewayCheck, Peer, Refusal, Runtime};
@@ -135,9 +139,7 @@ pub async fn run(
 
     let mut connections = JoinSet::new();
     let open = Arc::new(Semaphore::new(config.max_connections));
-    let budget = Arc::new(Semaphore::new(
-        config.max_unfinished_frame_bytes / BUDGET_UNIT,
-    ));
+    let requests = RequestMemory::new(config.max_request_bytes);
     let detached = Detached::default();
     tokio::pin!(shutdown);
     loop {
@@ -151,10 +153,9 @@ pub async fn run(
                         connections.spawn(turn_away(Arc::clone(&runtime), stream, config.max_connections));
                         continue;
                     };
-                    let (budget, detached) = (Arc::clone(&budget), detached.clone());
+                    let (requests, detached) = (requests.clone(), detached.clone());
                     connections.spawn(async move {
-                        admit(runtime, stream, &served, budget, detached).await;
-                        drop(permit);
+                        admit(runtime, stream, &served, Arc::new(permit), requests, detached).await;
                     });
                 }
                 Err(error) => {
@@ -229,7 +230,8 @@ async fn admit(
     runtime: Arc<Runtime>,
     mut stream: UnixStream,
     served: &[u32],
-    budget: Arc<Semaphore>,
+    slot: Slot,
+    requests: RequestMemory,
     detached: Detached,
 ) {
     let Some(peer) = peer_of(&stream) else { return };
@@ -246,7 +248,14 @@ async fn admit(
         let _ = stream.write_all(&bytes).await;
         return;
     }
-    serve(runtime, stream, peer, budget, detached).await;
+    let served = Served {
+        runtime,
+        peer,
+        slot,
+        requests,
+        detached,
+    };
+    serve(served, stream).await;
 }
 
 /// The tasks connections hand their slower calls to (those that wait on the gateway or the
@@ -364,22 +373,41 @@ fn push_frame(frame: &pb::Frame, out: &mut Vec<u8>) {
     }
 }
 
-/// The budget of unfinished frames is counted in these; the first unit of every frame is
-/// free (each connection's read buffer is that big anyway), so small frames never wait.
-const BUDGET_UNIT: usize = 64 * 1024;
+/// A connection's place among `max_connections`, held by its reader and by each of its calls
+/// still being answered (but a wait on an approval).
+type Slot = Arc<OwnedSemaphorePermit>;
 
-/// Units of the budget a frame with `pending` bytes received so far needs.
-fn budget_units(pending: usize) -> usize {
-    pending.saturating_sub(1) / BUDGET_UNIT
+/// What a served connection's reader and the calls it hands off share.
+#[derive(Clone)]
+struct Served {
+    runtime: Arc<Runtime>,
+    peer: Peer,
+    slot: Slot,
+    requests: RequestMemory,
+    detached: Detached,
 }
 
-async fn serve(
-    runtime: Arc<Runtime>,
-    stream: UnixStream,
-    peer: Peer,
-    budget: Arc<Semaphore>,
-    detached: Detached,
-) {
+/// A connection's read buffer. Frames no bigger arrive in one read, and are charged to the
+/// request memory only if they are answered off the reader ([`dispatch`]); a bigger frame is
+/// charged as soon as its header is in, before the rest of it is read.
+const READ_BYTES: usize = 64 * 1024;
+
+/// What a request holds from the moment it arrives until it is answered, at most: the frame,
+/// what its JSON is parsed into, and a task's worth besides.
+fn request_bytes(frame_bytes: usize) -> usize {
+    frame_bytes
+        .saturating_mul(PARSED_GROWTH)
+        .saturating_add(CALL_BYTES)
+}
+
+/// What a call answered off the reader holds beyond its frame: its task and its answer.
+const CALL_BYTES: usize = 4096;
+
+/// Room kept for the answers to one read between reads; more is given back.
+const RETAINED_ANSWER_BYTES: usize = 64 * 1024;
+
+async fn serve(served: Served, stream: UnixStream) {
+    let (runtime, peer) = (&served.runtime, served.peer);
     let frame_timeout = runtime.config().frame_timeout;
     let connection: Shared = match Connection::new(stream, frame_timeout) {
         Ok(connection) => Arc::new(connection),
@@ -390,14 +418,15 @@ async fn serve(
     };
     let in_flight = Arc::new(Semaphore::new(runtime.config().max_in_flight));
     let mut decoder = FrameDecoder::new();
-    let mut buffer = vec![0u8; 64 * 1024];
+    let mut buffer = vec![0u8; READ_BYTES];
     // The answers to everything one read brought in go out in one write.
     let mut answers = Vec::new();
     // When the frame now arriving must be complete; none while between frames, where a
     // connection may idle as long as it likes.
     let mut deadline: Option<tokio::time::Instant> = None;
-    // The budget the frame now arriving holds; it goes with that frame until it is answered.
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    // The big frame now arriving's part of the request memory; it goes with that frame until
+    // it is answered.
+    let mut held = RequestCharge::default();
     loop {
         let read = connection.read(&mut buffer);
         let n = match deadline {
@@ -410,7 +439,7 @@ async fn serve(
                         frame_timeout.as_secs_f64()
                     );
                     refuse_at_socket(
-                        &runtime,
+                        runtime,
                         peer,
                         ErrorCode::MalformedFrame,
                         message,
@@ -427,20 +456,20 @@ async fn serve(
         };
         decoder.extend(&buffer[..n]);
         let broken = loop {
+            let before = decoder.pending_bytes();
             match decoder.next_frame() {
                 Ok(Some(frame)) => {
+                    let frame_bytes = before - decoder.pending_bytes();
                     deadline = None;
-                    // Only the first frame this read completes can be the one the budget was
+                    // Only the first frame this read completes can be the one the charge was
                     // taken for: the others arrived whole within it, so are small.
-                    let share = held.take();
+                    let share = std::mem::take(&mut held);
                     let answer = dispatch(
-                        &runtime,
-                        frame,
+                        &served,
+                        (frame, frame_bytes),
                         share,
-                        peer,
                         &connection,
                         &in_flight,
-                        &detached,
                     );
                     if let Some(answer) = answer.await {
                         push_frame(&answer, &mut answers);
@@ -452,7 +481,7 @@ async fn serve(
                         ProtoError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
                         _ => ErrorCode::MalformedFrame,
                     };
-                    refuse_at_socket(&runtime, peer, code, error.to_string(), &mut answers);
+                    refuse_at_socket(runtime, peer, code, error.to_string(), &mut answers);
                     break true;
                 }
             }
@@ -462,6 +491,9 @@ async fn serve(
                 break;
             }
             answers.clear();
+            if answers.capacity() > RETAINED_ANSWER_BYTES {
+                answers = Vec::new();
+            }
         }
         if broken {
             break;
@@ -469,39 +501,23 @@ async fn serve(
         if decoder.pending_bytes() > 0 && deadline.is_none() {
             deadline = Some(tokio::time::Instant::now() + frame_timeout);
         }
-        // The unfinished frame holds its share of the budget before more of it is read: the
-        // whole of what its header announced, taken at once. Taken a read at a time, frames
-        // each holding part of the budget could all wait on each other until they timed out.
-        let needed = budget_units(decoder.announced_bytes());
-        let holding = held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
-        if needed < holding {
-            if needed == 0 {
-                held = None;
-            } else if let Some(permit) = held.as_mut() {
-                drop(permit.split(holding - needed));
-            }
-        } else if needed > holding {
-            let more = u32::try_from(needed - holding).unwrap_or(u32::MAX);
-            let wanted = Arc::clone(&budget).acquire_many_owned(more);
+        // A big frame takes its whole part before more of it is read, at once: taken a read
+        // at a time, frames each holding part of the budget could all wait on each other
+        // until they timed out.
+        let announced = decoder.announced_bytes();
+        if announced > READ_BYTES && held.is_empty() {
             let at = deadline.unwrap_or_else(|| tokio::time::Instant::now() + frame_timeout);
+            let wanted = served.requests.take(request_bytes(announced));
             match tokio::time::timeout_at(at, wanted).await {
-                Ok(Ok(permit)) => match held.as_mut() {
-                    Some(held) => held.merge(permit),
-                    None => held = Some(permit),
-                },
+                Ok(Some(charge)) => held = charge,
                 _ => {
                     let message = format!(
-                        "frame not completed within {} s: the runtime holds as many \
-                         unfinished frames as it will; connection closed",
-                        frame_timeout.as_secs_f64()
+                        "frame not completed within {} s: the runtime holds as much for \
+                         requests in progress as it will ({} MiB); connection closed",
+                        frame_timeout.as_secs_f64(),
+                        served.requests.max_mib(),
                     );
-                    refuse_at_socket(
-                        &runtime,
-                        peer,
-                        ErrorCode::Unavailable,
-                        message,
-                        &mut answers,
-                    );
+                    refuse_at_socket(runtime, peer, ErrorCode::Unavailable, message, &mut answers);
                     let _ = send(&connection, &answers).await;
                     break;
                 }
@@ -543,19 +559,19 @@ fn is_heavy(check: &pb::CheckRequest) -> bool {
 
 /// Answers a check in place (no IO, microseconds) unless it needs the gateway. The other calls
 /// wait on the gateway or the disk, so they run beside the connection's later frames and
-/// write their own answer.
-/// `share` is the frame's part of the budget for big frames: what it was decoded into is held
-/// until it is answered, so it stays taken until then, and no longer (not while the answer
-/// waits for the peer to read it).
+/// write their own answer; each holds its connection's slot and its part of the request
+/// memory until it is answered (not while the answer waits for the peer to read it), but a
+/// wait on an approval, which lets both go once it has its pending decision.
+/// `share` is that part for a big frame, taken while it arrived; a smaller one waits for
+/// its part here, and is answered `UNAVAILABLE` if none comes within the frame timeout.
 async fn dispatch(
-    runtime: &Arc<Runtime>,
-    frame: pb::Frame,
-    mut share: Option<OwnedSemaphorePermit>,
-    peer: Peer,
+    served: &Served,
+    (frame, frame_bytes): (pb::Frame, usize),
+    mut share: RequestCharge,
     connection: &Shared,
     in_flight: &Arc<Semaphore>,
-    detached: &Detached,
 ) -> Option<pb::Frame> {
+    let (runtime, peer) = (&served.runtime, served.peer);
     let id = frame.request_id;
     let Some(body) = frame.body else {
         return Some(error_frame(
@@ -577,13 +593,31 @@ async fn dispatch(
         },
         other => Work::Call(other),
     };
+    if share.is_empty() {
+        let wait = runtime.config().frame_timeout;
+        match tokio::time::timeout(wait, served.requests.take(request_bytes(frame_bytes))).await {
+            Ok(Some(charge)) => share = charge,
+            _ => {
+                let message = format!(
+                    "the runtime holds as much for requests in progress as it will ({} MiB); \
+                     try again later",
+                    served.requests.max_mib()
+                );
+                return Some(error_frame(id, ErrorCode::Unavailable, message));
+            }
+        }
+    }
     // Bounded per connection: past the bound, reading waits.
     let Ok(permit) = Arc::clone(in_flight).acquire_owned().await else {
         return Some(error_frame(id, ErrorCode::Internal, "connection closing"));
     };
     let runtime = Arc::clone(runtime);
     let connection = Arc::clone(connection);
-    detached.spawn(async move {
+    // A wait on an approval holds neither: its task is small, the pending table bounds how
+    // many there are, and it may last as long as the approval.
+    let slot =
+        (!matches!(work, Work::Call(Body::AwaitApproval(_)))).then(|| Arc::clone(&served.slot));
+    served.detached.spawn(async move {
         let decision = |decision| pb::Frame {
             request_id: id,
             body: Some(Body::Decision(decision)),
@@ -608,14 +642,18 @@ async fn dispatch(
             Work::Call(Body::Deregister(r)) => {
                 answer(id, runtime.deregister(r, peer).await, Body::Deregistered)
             }
-            Work::Call(Body::Events(batch)) => {
-                answer(id, runtime.report(batch, peer).await, |accepted| {
-                    Body::EventsAck(pb::EventAck { accepted })
-                })
-            }
-            Work::Call(Body::AwaitApproval(r)) => {
-                decision(runtime.await_approval(r, peer, share.take()).await)
-            }
+            Work::Call(Body::Events(batch)) => answer(
+                id,
+                runtime
+                    .report(batch, peer, std::mem::take(&mut share))
+                    .await,
+                |accepted| Body::EventsAck(pb::EventAck { accepted }),
+            ),
+            Work::Call(Body::AwaitApproval(r)) => decision(
+                runtime
+                    .await_approval(r, peer, std::mem::take(&mut share))
+                    .await,
+            ),
             Work::Call(_) => error_frame(
                 id,
                 ErrorCode::InvalidRequest,
@@ -626,6 +664,7 @@ async fn dispatch(
         let mut bytes = Vec::new();
         push_frame(&frame, &mut bytes);
         let _ = send(&connection, &bytes).await;
+        drop(slot);
     });
     None
 }

@@ -1921,9 +1921,9 @@ fn aasm_runtime_names_a_bad_socket_limit() {
             "max_connections: must be at most 1048576",
         ),
         (
-            "--max-unfinished-frame-bytes",
+            "--max-request-bytes",
             "1000",
-            "max_unfinished_frame_bytes: must hold at least one frame",
+            "max_request_bytes: must hold at least one frame",
         ),
     ] {
         let args = [
