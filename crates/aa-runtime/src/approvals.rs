@@ -20,6 +20,12 @@ use crate::runtime::Refusal;
 /// Pending decisions kept at most; past it, a pending decision is denied.
 const MAX_PENDING: usize = 10_000;
 
+/// What one agent's pending decisions may take of the table, in number and in bytes (but
+/// its first, which the table's budget bounds), so that one agent asking again and again
+/// does not leave the others none.
+const MAX_PENDING_PER_AGENT: usize = MAX_PENDING / 10;
+const MAX_PENDING_BYTES_PER_AGENT: usize = MAX_PENDING_BYTES / 8;
+
 /// Memory the actions of pending decisions may take in all, as [`held_bytes`] estimates it;
 /// past it, a pending decision is denied. A count alone let an agent hold gigabytes: a check
 /// of a few megabytes of arguments asking for approval, sent again and again, each kept for
@@ -93,14 +99,30 @@ impl PendingTable {
         Ok(())
     }
 
-    /// Adds an entry; refused when the table is full of live entries.
+    /// Adds an entry; refused when the table is full of live entries, or its agent holds
+    /// its share of them already.
     pub(crate) fn insert(&self, approval_id: String, pending: Pending) -> Result<(), String> {
         let mut entries = self
             .entries
             .lock()
             .map_err(|_| "pending table poisoned".to_owned())?;
+        let now = Instant::now();
+        let (count, bytes) = entries
+            .values()
+            .filter(|p| p.agent.id == pending.agent.id && p.expires > now)
+            .fold((0, 0), |(n, b), p| (n + 1, b + p._charge.bytes()));
+        // An agent's first fits whatever its size: the table's budget bounds that.
+        if count >= MAX_PENDING_PER_AGENT
+            || (count > 0 && bytes + pending._charge.bytes() > MAX_PENDING_BYTES_PER_AGENT)
+        {
+            return Err(format!(
+                "this agent has {count} approvals waiting on this runtime already, holding \
+                 {} MiB; an agent may have {MAX_PENDING_PER_AGENT}, holding {} MiB",
+                bytes >> 20,
+                MAX_PENDING_BYTES_PER_AGENT >> 20
+            ));
+        }
         if entries.len() >= MAX_PENDING {
-            let now = Instant::now();
             entries.retain(|_, p| p.expires > now);
             if entries.len() >= MAX_PENDING {
                 return Err(format!(
@@ -276,6 +298,36 @@ mod tests {
         assert!(table.take("a-1", "intruder").is_none());
         assert!(table.take("a-1", "bot").is_some(), "another's wait took it");
         assert!(table.take("a-1", "bot").is_none());
+    }
+
+    /// One agent's pending decisions take a tenth of the table's places and an eighth of its
+    /// bytes at most; other agents' still fit, and expired ones do not count.
+    #[test]
+    fn one_agent_takes_only_its_share_of_the_table() {
+        let table = PendingTable::default();
+        for n in 0..MAX_PENDING_PER_AGENT {
+            table.insert(format!("a-{n}"), pending("bot")).unwrap();
+        }
+        let refused = table.insert("a-x".into(), pending("bot")).unwrap_err();
+        assert!(refused.contains("1000 approvals waiting"), "{refused}");
+        table.insert("b-1".into(), pending("other")).unwrap();
+        let mut expired = pending("other");
+        expired.expires = Instant::now() - std::time::Duration::from_secs(1);
+        table.insert("b-2".into(), expired).unwrap();
+
+        // About 6 MiB a charge (50,000 values of 64 bytes, held twice): a second would pass
+        // an agent's 8 MiB of the 64.
+        let big = crate::memory::tests::wide(50_000);
+        let mut first = pending("third");
+        first._charge = table.charge(&big).unwrap();
+        table.insert("c-1".into(), first).unwrap();
+        let mut second = pending("third");
+        second._charge = table.charge(&big).unwrap();
+        let refused = table.insert("c-2".into(), second).unwrap_err();
+        assert!(refused.contains("holding 6 MiB"), "{refused}");
+        let mut elsewhere = pending("fourth");
+        elsewhere._charge = table.charge(&big).unwrap();
+        table.insert("d-1".into(), elsewhere).unwrap();
     }
 
     /// Pending actions share one memory budget, an action's part held until the last of its

@@ -31,6 +31,13 @@ impl Drop for Charge {
     }
 }
 
+impl Charge {
+    /// Its bytes.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 impl Budget {
     pub(crate) fn new(max: usize) -> Budget {
         Budget {

@@ -23,7 +23,7 @@ use crate::config::RuntimeConfig;
 use crate::error::RuntimeError;
 use crate::limits::RateCounter;
 use crate::link::GatewayLink;
-use crate::memory::{Budget, RequestCharge, event_bytes, held_bytes};
+use crate::memory::{Budget, Charge, RequestCharge, event_bytes, held_bytes};
 use crate::outbox::Outbox;
 use crate::pipeline::{CurrentScanner, Job, Jobs, OutboxHealth};
 
@@ -59,6 +59,9 @@ pub struct Decided {
     /// The agent and action to record the decision under (none for a malformed request).
     agent: Option<AgentContext>,
     action: Option<Action>,
+    /// Refused for its credential: the agent is only the one it claimed to be, and is
+    /// recorded as a refusal is ([`Runtime::record_unauthenticated`]).
+    unauthenticated: bool,
     /// Team-wide limits the gateway must count before an allow stands.
     team_limits: Vec<pb::TeamLimit>,
     /// The LLM call's cost to reserve at the gateway before an allow stands.
@@ -95,6 +98,10 @@ const RECORD_WAIT: Duration = Duration::from_secs(1);
 /// [`held_bytes`] estimates it; past it a decision is not recorded (and so, under `enforce`,
 /// denied). Thousands of ordinary decisions hold a few megabytes.
 const MAX_QUEUED_DECISION_BYTES: usize = 64 << 20;
+
+/// The same for the decisions of checks refused for their credential, which may be written
+/// only [`REFUSALS_PER_SECOND`] a second anyway.
+const MAX_QUEUED_UNAUTHENTICATED_BYTES: usize = 8 << 20;
 
 /// The longest event id of an agent's kept as it is; a longer one is kept as its digest.
 const MAX_SUPPLIED_ID: usize = 256;
@@ -211,6 +218,8 @@ pub struct Runtime {
     /// What the decisions queued for the outbox's writer hold, bounded: a count alone let an
     /// agent's checks of megabytes of arguments queue gigabytes.
     queued_decisions: Budget,
+    /// The same for checks refused for their credential, apart.
+    unauthenticated_decisions: Budget,
     outbox: Arc<Outbox>,
     jobs: Jobs,
     outbox_health: Arc<OutboxHealth>,
@@ -249,6 +258,13 @@ impl RefusalBudget {
             None
         }
     }
+
+    /// Counts a refusal that goes unwritten for want of room, not of time.
+    fn missed(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.2 += 1;
+        }
+    }
 }
 
 impl Runtime {
@@ -276,6 +292,7 @@ impl Runtime {
             rates: RateCounter::default(),
             pending: PendingTable::default(),
             queued_decisions: Budget::new(MAX_QUEUED_DECISION_BYTES),
+            unauthenticated_decisions: Budget::new(MAX_QUEUED_UNAUTHENTICATED_BYTES),
             outbox,
             jobs,
             outbox_health,
@@ -722,6 +739,7 @@ impl Runtime {
             mut verdict,
             agent,
             action,
+            unauthenticated,
             mut detail,
             ..
         } = decided;
@@ -749,7 +767,11 @@ impl Runtime {
             }
             event.detail =
                 Some(serde_json::Value::Object(detail)).filter(|d| d != &serde_json::json!({}));
-            applied = self.record_decision(event, applied, slot);
+            applied = if unauthenticated {
+                self.record_unauthenticated(event, applied, slot)
+            } else {
+                self.record_decision(event, applied, slot)
+            };
         }
         pb::CheckResponse {
             decision: Some(decision_to_wire(
@@ -974,6 +996,7 @@ impl Runtime {
             verdict,
             agent,
             action,
+            unauthenticated: false,
             team_limits: Vec::new(),
             budget: None,
             detail: serde_json::Map::new(),
@@ -1003,7 +1026,10 @@ impl Runtime {
         let session = match self.session(&request.agent_id, &request.credential_token, peer) {
             Ok(session) => session,
             Err(reason) => {
-                return done(fail("credential", reason), claimed, Some(action));
+                return Decided {
+                    unauthenticated: true,
+                    ..done(fail("credential", reason), claimed, Some(action))
+                };
             }
         };
         // The kill switch holds in every mode.
@@ -1086,6 +1112,7 @@ impl Runtime {
             verdict,
             agent: Some(session.agent),
             action: Some(action),
+            unauthenticated: false,
             team_limits,
             budget,
             detail: serde_json::Map::new(),
@@ -1169,6 +1196,46 @@ impl Runtime {
             );
             return unrecorded(answer, &why);
         };
+        self.queue_decision(event, charge, answer, slot)
+    }
+
+    /// Records a check refused for its credential as a refusal at the socket is: with them, at
+    /// most [`REFUSALS_PER_SECOND`], the next one written saying how many were not, and out of
+    /// a memory budget of their own. Whoever floods the runtime with bad tokens then takes
+    /// nothing from the decisions of agents that hold good ones; it is denied either way.
+    fn record_unauthenticated(
+        &self,
+        mut event: AuditEvent,
+        answer: Verdict,
+        slot: DecisionSlot,
+    ) -> Verdict {
+        let Some(charge) = self
+            .unauthenticated_decisions
+            .take(held_bytes(&event.action))
+        else {
+            self.refusals.missed();
+            return answer;
+        };
+        let Some(unwritten) = self.refusals.take(now_ms()) else {
+            return answer;
+        };
+        if unwritten > 0 {
+            let detail = event.detail.get_or_insert_with(|| serde_json::json!({}));
+            if let Some(detail) = detail.as_object_mut() {
+                detail.insert("unwritten_before".into(), unwritten.into());
+            }
+        }
+        self.queue_decision(event, charge, answer, slot)
+    }
+
+    /// Queues a decision's event holding `charge`; see [`Runtime::record_decision`].
+    fn queue_decision(
+        &self,
+        event: AuditEvent,
+        charge: Charge,
+        answer: Verdict,
+        slot: DecisionSlot,
+    ) -> Verdict {
         let job = Job {
             events: vec![event],
             aliases: Vec::new(),
@@ -1629,6 +1696,62 @@ mod tests {
             runtime.record_decision(event(&big), allow.clone(), DecisionSlot(None)),
             allow
         );
+    }
+
+    /// Checks refused for their credential are recorded as refusals at the socket are: out of
+    /// a memory budget of their own, and at most [`REFUSALS_PER_SECOND`], the next one written
+    /// saying how many were not. A flood of them carrying megabytes of arguments leaves the
+    /// decisions of agents that hold good tokens their whole budget.
+    #[tokio::test]
+    async fn checks_with_bad_tokens_take_nothing_from_other_agents_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runtime, mut queue) = unlinked_runtime(dir.path(), 4096);
+        let peer = Peer { uid: 0, pid: 0 };
+        // About 6.4 MB as the runtime holds it.
+        let big = crate::memory::tests::wide(100_000);
+        let forged = |action: &Action| pb::CheckRequest {
+            agent_id: "victim".into(),
+            credential_token: "forged".into(),
+            action: Some(pb::Action::from(action)),
+            ..Default::default()
+        };
+        for _ in 0..20 {
+            let Checked::Done(answer) = runtime.check(forged(&big), peer, DecisionSlot(None))
+            else {
+                panic!("a bad token is refused in place");
+            };
+            let decision = answer.decision.unwrap();
+            assert_eq!(decision.matched_rule, "credential", "{decision:?}");
+        }
+        // The agents with good tokens still have all 64 MiB: ten big allows are recorded.
+        let allow = verdict(Decision::Allow, Mode::Enforce);
+        for _ in 0..10 {
+            let event = runtime.own_event(
+                AgentContext::new("a"),
+                big.clone(),
+                EventKind::Decision,
+                peer,
+            );
+            assert_eq!(
+                runtime.record_decision(event, allow.clone(), DecisionSlot(None)),
+                allow
+            );
+        }
+        // One refused check fitted in its 8 MiB; the rest are counted, and the next one
+        // written once the writer has taken the first says so.
+        let mut refused = Vec::new();
+        while let Ok(job) = queue.jobs.try_recv() {
+            refused.extend(job.events.into_iter().filter(|e| e.agent.id == "victim"));
+        }
+        assert_eq!(refused.len(), 1);
+        let small = Action::ToolCall {
+            tool: "ls".into(),
+            args: serde_json::json!({}),
+        };
+        runtime.check(forged(&small), peer, DecisionSlot(None));
+        let job = queue.jobs.try_recv().unwrap();
+        let detail = job.events[0].detail.as_ref().unwrap();
+        assert_eq!(detail["unwritten_before"], 19, "{detail}");
     }
 
     /// A revoked token ends the session holding it, in memory and on disk; a session that
