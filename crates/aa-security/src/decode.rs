@@ -41,6 +41,10 @@ pub(crate) struct Segment {
     pub(crate) end: usize,
     pub(crate) encoding: Encoding,
     pub(crate) decoded: String,
+    /// For escapes decoded in place (percent, JSON), where in the text each byte of `decoded`
+    /// came from, and its end one past: a finding inside is its own span in the text, escapes
+    /// included, where base64 and hex take the whole segment. See [`Unescaped`].
+    pub(crate) origin: Option<Vec<usize>>,
 }
 
 const MIN_BASE64: usize = 16;
@@ -58,25 +62,24 @@ pub(crate) const STANDARD: GeneralPurpose =
     GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
 const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
 
-/// Every decodable segment of `text`, given what [`crate::runs::find`] found in it.
-pub(crate) fn segments(text: &str, runs: &Runs) -> Vec<Segment> {
+/// Calls `each` with every decodable segment of `text`, given what [`crate::runs::find`] found
+/// in it, one at a time: a segment and its map live only while it is scanned.
+pub(crate) fn segments(text: &str, runs: &Runs, mut each: impl FnMut(Segment)) {
     let bytes = text.as_bytes();
-    let mut out = Vec::new();
     for &(start, end) in &runs.encoded {
-        decode_run(bytes, start, end, &mut out);
+        decode_run(bytes, start, end, &mut each);
     }
     if runs.has_percent {
-        delimited(text, b'%', Encoding::Percent, percent_decode, &mut out);
+        delimited(text, Escapes::PERCENT, &mut each);
     }
     if runs.has_backslash {
-        delimited(text, b'\\', Encoding::JsonEscape, json_unescape, &mut out);
+        delimited(text, Escapes::JSON, &mut each);
     }
-    out
 }
 
 /// Decodes one run as hex or base64 (standard or URL-safe, by the characters it uses), with
 /// up to two `=` of padding after it.
-fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
+fn decode_run(bytes: &[u8], start: usize, end: usize, each: &mut impl FnMut(Segment)) {
     let Some(run) = bytes.get(start..end) else {
         return;
     };
@@ -96,11 +99,12 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         && hex_head_may_be_text(run)
         && let Some(decoded) = hex_decode(run).and_then(printable)
     {
-        out.push(Segment {
+        each(Segment {
             start,
             end,
             encoding: Encoding::Hex,
             decoded,
+            origin: None,
         });
         return;
     }
@@ -129,11 +133,12 @@ fn decode_run(bytes: &[u8], start: usize, end: usize, out: &mut Vec<Segment>) {
         }
         if let Some(decoded) = engine.decode(usable).ok().and_then(printable) {
             let start = start + offset;
-            out.push(Segment {
+            each(Segment {
                 start,
                 end: end + padding,
                 encoding: Encoding::Base64,
                 decoded,
+                origin: None,
             });
             return;
         }
@@ -204,41 +209,187 @@ impl RunAlphabet {
     }
 }
 
-/// Segments around each `marker` byte: the surrounding run of characters that can belong to a
-/// token (no white space, quotes or brackets), decoded by `decode` when that changes it.
-fn delimited(
-    text: &str,
+/// How far either side of an escape that hides a secret's character the text is decoded with
+/// it: a secret only one piece of which is escaped (`\u0034111 1111 1111 1111`,
+/// `pass\u0077ord = "..."`) reads whole only with its neighbours.
+const NEIGHBOURS: usize = 256;
+
+/// How long a segment of such escapes near one another grows before the next one starts
+/// another, so its map stays small.
+const MOST_DECODED: usize = 16 * 1024;
+
+/// An escaping scheme decoded in place: its marker byte, whether an escape starts at a marker,
+/// whether it hides a character that encoders leave as it is, and the decoder.
+#[derive(Clone, Copy)]
+struct Escapes {
     marker: u8,
     encoding: Encoding,
-    decode: fn(&str) -> Option<String>,
-    out: &mut Vec<Segment>,
-) {
+    escape_at: fn(&[u8]) -> bool,
+    hides_at: fn(&[u8]) -> bool,
+    decode: fn(&str, usize) -> Option<Unescaped>,
+}
+
+impl Escapes {
+    /// URLs escape reserved characters and white space, never letters or digits.
+    const PERCENT: Escapes = Escapes {
+        marker: b'%',
+        encoding: Encoding::Percent,
+        escape_at: |at| at.get(1..3).and_then(hex_byte).is_some(),
+        hides_at: |at| {
+            at.get(1..3)
+                .and_then(hex_byte)
+                .is_some_and(|b| b.is_ascii_alphanumeric())
+        },
+        decode: percent_decode,
+    };
+    /// JSON writers escape quotes, backslashes, control characters and (some) non-ASCII
+    /// text, never a printable ASCII character in `\u` form nor its fullwidth twin.
+    const JSON: Escapes = Escapes {
+        marker: b'\\',
+        encoding: Encoding::JsonEscape,
+        escape_at: json_escape_at,
+        hides_at: |at| {
+            json_code_at(at)
+                .is_some_and(|c| (0x21..=0x7E).contains(&c) || (0xFF01..=0xFF5E).contains(&c))
+        },
+        decode: json_unescape,
+    };
+}
+
+/// Segments around escapes, decoded with a map back to the text: each escape's token (no
+/// white space, quotes or brackets), and when the token holds an escape that hides a character
+/// ([`Escapes::hides_at`]), the tokens within [`NEIGHBOURS`] bytes either side too, such escapes
+/// near one another in one segment. Text escaped as encoders write it is read a token at a
+/// time, as before, so that JSON read raw, dense with `\n` and `\"`, is not scanned twice
+/// over. A marker that starts no escape (`50% off`, `C:\Users`) starts no segment.
+fn delimited(text: &str, escapes: Escapes, each: &mut impl FnMut(Segment)) {
     let bytes = text.as_bytes();
     // A boundary ends a token; inside JSON escapes, an escaped quote (`\"`) does not.
     let boundary = |i: usize| {
         let b = bytes[i];
-        let escaped_quote = b == b'"' && marker == b'\\' && i > 0 && bytes[i - 1] == b'\\';
+        let escaped_quote = b == b'"' && escapes.marker == b'\\' && i > 0 && bytes[i - 1] == b'\\';
         !escaped_quote && (b.is_ascii_whitespace() || b"\"'<>()[]{},;`".contains(&b))
     };
+    let token_start = |from: usize, i: usize| {
+        (from..i)
+            .rev()
+            .find(|&j| boundary(j))
+            .map_or(from, |b| b + 1)
+    };
+    let token_end = |i: usize| {
+        (i..bytes.len())
+            .find(|&j| boundary(j))
+            .unwrap_or(bytes.len())
+    };
+    let next = |is_escape: fn(&[u8]) -> bool, from: usize, to: usize| {
+        let mut at = from;
+        while let Some(found) = memchr::memchr(escapes.marker, bytes.get(at..to)?) {
+            at += found;
+            if bytes.get(at..).is_some_and(is_escape) {
+                return Some(at);
+            }
+            at += 1;
+        }
+        None
+    };
+    // Segments do not overlap: each starts where the last one ended, or after.
     let mut from = 0;
-    while let Some(found) = memchr::memchr(marker, &bytes[from..]) {
-        let at = from + found;
-        let start = (0..at).rev().find(|&i| boundary(i)).map_or(0, |p| p + 1);
-        let end = (at..bytes.len())
-            .find(|&i| boundary(i))
-            .unwrap_or(bytes.len());
+    while let Some(at) = next(escapes.escape_at, from, bytes.len()) {
+        let mut start = token_start(from, at);
+        let mut end = token_end(at);
+        if next(escapes.hides_at, start, end).is_some() {
+            start = token_start(from, start.saturating_sub(NEIGHBOURS).max(from));
+            while end - start < MOST_DECODED
+                && let Some(hidden) =
+                    next(escapes.hides_at, end, (end + NEIGHBOURS).min(bytes.len()))
+            {
+                end = token_end(hidden);
+            }
+            end = token_end((end + NEIGHBOURS).min(bytes.len()));
+        }
         if let Some(segment) = text.get(start..end)
-            && let Some(decoded) = decode(segment)
-            && decoded != segment
+            && let Some(unescaped) = (escapes.decode)(segment, start)
         {
-            out.push(Segment {
+            let (decoded, origin) = unescaped.into_text(end);
+            each(Segment {
                 start,
                 end,
-                encoding,
+                encoding: escapes.encoding,
                 decoded,
+                origin: Some(origin),
             });
         }
         from = end.max(at + 1);
+    }
+}
+
+/// Whether a JSON string escape starts at `at[0]`: `\n`, `\"`, `\u0067`, ...
+fn json_escape_at(at: &[u8]) -> bool {
+    matches!(
+        at.get(1),
+        Some(b'n' | b't' | b'r' | b'b' | b'f' | b'/' | b'\\' | b'"')
+    ) || json_code_at(at).is_some()
+}
+
+/// The code point of the `\uXXXX` escape at `at[0]`.
+fn json_code_at(at: &[u8]) -> Option<u32> {
+    let hex = at.strip_prefix(b"\\u")?.get(..4)?;
+    hex.iter().try_fold(0, |code, &digit| {
+        let value = HEX_VALUES[usize::from(digit)];
+        (value < 16).then_some(code << 4 | u32::from(value))
+    })
+}
+
+/// Bytes decoded in place, and for each the offset in the text of the escape or character it
+/// came from.
+#[derive(Debug)]
+struct Unescaped {
+    bytes: Vec<u8>,
+    origin: Vec<usize>,
+}
+
+impl Unescaped {
+    fn with_capacity(len: usize) -> Unescaped {
+        Unescaped {
+            bytes: Vec::with_capacity(len),
+            origin: Vec::with_capacity(len + 1),
+        }
+    }
+
+    fn push(&mut self, piece: &[u8], at: usize) {
+        self.bytes.extend_from_slice(piece);
+        self.origin.resize(self.bytes.len(), at);
+    }
+
+    /// The decoded text and, for each of its bytes and one past its end (`end`), where in the
+    /// text it came from: a span ends where the piece after its last byte starts. Bytes that
+    /// are not UTF-8 (a stray `%FF`) do not hide the rest: they read as U+FFFD, from where
+    /// they were.
+    fn into_text(self, end: usize) -> (String, Vec<usize>) {
+        let (text, mut origin) = match String::from_utf8(self.bytes) {
+            Ok(text) => (text, self.origin),
+            Err(e) => {
+                let bytes = e.into_bytes();
+                let mut text = String::with_capacity(bytes.len());
+                let mut origin = Vec::with_capacity(bytes.len() + 1);
+                let mut at = 0;
+                for chunk in bytes.utf8_chunks() {
+                    let (valid, invalid) = (chunk.valid(), chunk.invalid());
+                    text.push_str(valid);
+                    let from = self.origin.get(at..at + valid.len());
+                    origin.extend_from_slice(from.unwrap_or_default());
+                    at += valid.len();
+                    if !invalid.is_empty() {
+                        text.push('\u{FFFD}');
+                        origin.resize(text.len(), self.origin.get(at).copied().unwrap_or(end));
+                        at += invalid.len();
+                    }
+                }
+                (text, origin)
+            }
+        };
+        origin.push(end);
+        (text, origin)
     }
 }
 
@@ -326,44 +477,43 @@ fn hex_decode(run: &[u8]) -> Option<Vec<u8>> {
     run.chunks_exact(2).map(hex_byte).collect()
 }
 
-fn percent_decode(segment: &str) -> Option<String> {
+/// Decodes `%XX` escapes in `segment`, which starts at `offset` in the text.
+fn percent_decode(segment: &str, offset: usize) -> Option<Unescaped> {
     let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
+    let mut out = Unescaped::with_capacity(bytes.len());
     let mut i = 0;
     let mut any = false;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = bytes.get(i + 1..i + 3).and_then(hex_byte)
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%'
+            && let Some(decoded) = bytes.get(i + 1..i + 3).and_then(hex_byte)
         {
-            out.push(b);
+            out.push(&[decoded], offset + i);
             any = true;
             i += 3;
             continue;
         }
-        out.push(bytes[i]);
+        out.push(&[b], offset + i);
         i += 1;
     }
-    if !any {
-        return None;
-    }
-    // Bytes that are not UTF-8 (a stray `%FF`) do not hide the rest: they read as U+FFFD.
-    Some(String::from_utf8_lossy(&out).into_owned())
+    any.then_some(out)
 }
 
-/// Decodes JSON string escapes. One that is not an escape (`\q`, a `\` at the end, `\u`
-/// without four hex digits) is kept as written rather than giving up on the segment, so a
-/// stray one cannot hide what the rest spells out.
-fn json_unescape(segment: &str) -> Option<String> {
-    let mut out = String::with_capacity(segment.len());
-    let mut chars = segment.chars();
+/// Decodes JSON string escapes in `segment`, which starts at `offset` in the text. One that is
+/// not an escape (`\q`, a `\` at the end, `\u` without four hex digits) is kept as written
+/// rather than giving up on the segment, so a stray one cannot hide what the rest spells out.
+fn json_unescape(segment: &str, offset: usize) -> Option<Unescaped> {
+    let mut out = Unescaped::with_capacity(segment.len());
+    let mut chars = segment.char_indices();
     let mut any = false;
-    while let Some(c) = chars.next() {
+    let mut buf = [0; 4];
+    while let Some((i, c)) = chars.next() {
+        let at = offset + i;
         if c != '\\' {
-            out.push(c);
+            out.push(c.encode_utf8(&mut buf).as_bytes(), at);
             continue;
         }
-        let Some(escaped) = chars.next() else {
-            out.push('\\');
+        let Some((_, escaped)) = chars.next() else {
+            out.push(b"\\", at);
             break;
         };
         let decoded = match escaped {
@@ -375,31 +525,26 @@ fn json_unescape(segment: &str) -> Option<String> {
             '/' => '/',
             '\\' => '\\',
             '"' => '"',
-            'u' => {
-                let rest = chars.as_str();
-                match rest
-                    .get(..4)
-                    .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .and_then(|hex| u32::from_str_radix(hex, 16).ok())
-                {
-                    Some(code) => {
-                        chars = rest.get(4..).unwrap_or_default().chars();
-                        char::from_u32(code).unwrap_or('\u{FFFD}')
-                    }
-                    None => {
-                        out.push_str("\\u");
-                        continue;
-                    }
+            'u' => match json_code_at(segment.as_bytes().get(i..).unwrap_or_default()) {
+                Some(code) => {
+                    // Past the four digits, which are ASCII.
+                    chars.nth(3);
+                    char::from_u32(code).unwrap_or('\u{FFFD}')
                 }
-            }
+                None => {
+                    out.push(b"\\", at);
+                    out.push(b"u", at + 1);
+                    continue;
+                }
+            },
             other => {
-                out.push('\\');
-                out.push(other);
+                out.push(b"\\", at);
+                out.push(other.encode_utf8(&mut buf).as_bytes(), at + 1);
                 continue;
             }
         };
         any = true;
-        out.push(decoded);
+        out.push(decoded.encode_utf8(&mut buf).as_bytes(), at);
     }
     any.then_some(out)
 }
@@ -464,10 +609,11 @@ mod tests {
     use super::*;
 
     fn decoded(text: &str) -> Vec<(Encoding, String)> {
-        segments(text, &crate::runs::find(text.as_bytes()))
-            .into_iter()
-            .map(|s| (s.encoding, s.decoded))
-            .collect()
+        let mut out = Vec::new();
+        segments(text, &crate::runs::find(text.as_bytes()), |s| {
+            out.push((s.encoding, s.decoded));
+        });
+        out
     }
 
     #[test]
@@ -501,7 +647,31 @@ mod tests {
         );
         assert_eq!(
             decoded(r#"{"k": "ghp\u005fabc"}"#),
-            [(Encoding::JsonEscape, "ghp_abc".to_owned())]
+            [(Encoding::JsonEscape, r#"{"k": "ghp_abc"}"#.to_owned())]
+        );
+    }
+
+    /// Each decoded byte maps to the escape or character it came from, a span's end to where
+    /// the next piece starts, a byte that is not UTF-8 to its U+FFFD.
+    #[test]
+    fn escapes_map_back_to_where_they_were() {
+        let map = |text: &str| {
+            let mut out = Vec::new();
+            segments(text, &crate::runs::find(text.as_bytes()), |s| {
+                out.push((s.decoded, s.origin));
+            });
+            out
+        };
+        assert_eq!(
+            map("a%C3%A9b%FFc"),
+            [(
+                "a\u{e9}b\u{FFFD}c".to_owned(),
+                Some(vec![0, 1, 4, 7, 8, 8, 8, 11, 12])
+            )]
+        );
+        assert_eq!(
+            map(r"x\u00e9\qy"),
+            [("x\u{e9}\\qy".to_owned(), Some(vec![0, 1, 1, 7, 8, 9, 10]))]
         );
     }
 

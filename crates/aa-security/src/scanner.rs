@@ -37,6 +37,10 @@ const DECODE_DEPTH: usize = 2;
 /// one is almost always enough, and each round only adds findings.
 const SETTLE_ROUNDS: usize = 3;
 
+/// The `inner` of a finding in escapes decoded in place, mapped back to its own span: exact, as
+/// a direct finding is, so never dropped for the direct findings inside it ([`resolve_overlaps`]).
+const EXACT: usize = usize::MAX;
+
 /// One secret or piece of personal data found in a text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
@@ -54,7 +58,8 @@ pub struct Finding {
     pub encoding: Option<Encoding>,
     /// The rule's position in the scanner (earlier is more specific), for tie-breaks.
     pub(crate) order: usize,
-    /// For a finding in a decoded segment: how many findings the decoded text held.
+    /// For a finding over a whole decoded segment: how many findings the decoded text held;
+    /// [`EXACT`] for one mapped to its own span.
     pub(crate) inner: usize,
     /// The receipt's digest prefix, when the secret is not the span's text as written: it
     /// was found decoded, or normalised (a fullwidth or zero-width-split key). A known leaked
@@ -331,17 +336,28 @@ impl Scanner {
         let mut found = Vec::new();
         self.match_rules(view, &runs.digits, &mut found);
         if depth < DECODE_DEPTH {
-            for segment in decode::segments(view, &runs) {
+            decode::segments(view, &runs, |segment| {
                 let mut inner = Vec::new();
                 self.scan_layer(&segment.decoded, depth + 1, &mut inner);
-                if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
-                    let digest = strongest.digest.clone().unwrap_or_else(|| {
-                        let secret = segment
-                            .decoded
-                            .as_bytes()
-                            .get(strongest.start..strongest.end);
+                let digest = |f: &Finding| {
+                    f.digest.clone().unwrap_or_else(|| {
+                        let secret = segment.decoded.as_bytes().get(f.start..f.end);
                         digest_prefix(secret.unwrap_or_default())
-                    });
+                    })
+                };
+                if let Some(origin) = &segment.origin {
+                    for f in inner {
+                        let digest = Some(digest(&f));
+                        found.push(Finding {
+                            start: origin.get(f.start).copied().unwrap_or(segment.end),
+                            end: origin.get(f.end).copied().unwrap_or(segment.end),
+                            encoding: Some(segment.encoding),
+                            inner: EXACT,
+                            digest,
+                            ..f
+                        });
+                    }
+                } else if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
                     found.push(Finding {
                         rule_id: strongest.rule_id.clone(),
                         kind: strongest.kind.clone(),
@@ -351,10 +367,10 @@ impl Scanner {
                         encoding: Some(segment.encoding),
                         order: strongest.order,
                         inner: inner.len(),
-                        digest: Some(digest),
+                        digest: Some(digest(strongest)),
                     });
                 }
-            }
+            });
         }
         if let Some(n) = &normalized {
             for f in &mut found {

@@ -41,6 +41,9 @@ fn redaction_is_idempotent_and_finds_nothing_new() {
         // A URL whose user is redacted with its password: the label's `:` must not read as
         // the URL's user and password once more.
         "postgres://123456789:AAaB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3@db/app".to_owned(),
+        // Secrets found in escapes decoded with their neighbours, redacted over their own span.
+        r#"pass\u0077ord = "Xk9#mQ2vLp7rT4" card \u0034111 1111 1111 1111"#.to_owned(),
+        "to=bob%40example.org&pass%77ord=Xk9mQ2vLp7rT4zW".to_owned(),
     ];
     for text in texts {
         let once = SCANNER.redact(&text);
