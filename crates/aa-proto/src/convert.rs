@@ -465,7 +465,10 @@ impl TryFrom<pb::AuditEvent> for AuditEvent {
         }
         Ok(AuditEvent {
             event_id: e.event_id,
-            timestamp_ms: millis(e.time.ok_or(ProtoError::MissingField("event.time"))?),
+            timestamp_ms: checked_millis(
+                "event.time",
+                e.time.ok_or(ProtoError::MissingField("event.time"))?,
+            )?,
             agent: e
                 .agent
                 .ok_or(ProtoError::MissingField("event.agent"))?
@@ -526,7 +529,9 @@ impl TryFrom<pb::TopologyEdge> for TopologyEdge {
             to_agent_id: e.to_agent_id,
             kind,
             tool: non_empty(e.tool),
-            created_at_ms: e.created_at.map_or(0, millis),
+            created_at_ms: e
+                .created_at
+                .map_or(Ok(0), |t| checked_millis("edge.created_at", t))?,
             // A level less: the runtime records an edge whole as an event's detail, which the
             // gateway reads within MAX_NESTING.
             metadata: optional_json("edge.metadata_json", &e.metadata_json, MAX_NESTING - 1)?,
@@ -629,6 +634,26 @@ pub fn millis(t: prost_types::Timestamp) -> i64 {
     t.seconds
         .saturating_mul(1000)
         .saturating_add(i64::from(t.nanos / 1_000_000))
+}
+
+/// The earliest and latest instants a wire timestamp may hold, 0001-01-01T00:00:00Z and
+/// 9999-12-31T23:59:59Z, as its definition says: within them every time is a whole number
+/// of milliseconds that goes back on the wire as it came.
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+
+/// A wire timestamp a client sent as milliseconds since the epoch; one outside the years
+/// 1 to 9999, or with nanoseconds outside a second, is refused, naming `field`.
+pub fn checked_millis(field: &'static str, t: prost_types::Timestamp) -> Result<i64, ProtoError> {
+    if !TIMESTAMP_SECONDS.contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(invalid(
+            field,
+            format!(
+                "{}s {}ns is not a time between the years 1 and 9999",
+                t.seconds, t.nanos
+            ),
+        ));
+    }
+    Ok(millis(t))
 }
 
 /// A std duration on the wire (`None` only past the wire's range).
@@ -878,6 +903,19 @@ mod tests {
         };
         let back = AuditEvent::try_from(pb::AuditEvent::from(&event)).unwrap();
         assert_eq!(back, event);
+
+        // A time a client sends outside the years 1 to 9999 is refused, not saturated into
+        // one that would not come back as it went.
+        let mut wire = pb::AuditEvent::from(&event);
+        for (seconds, nanos) in [(-(1 << 62), 0), (253_402_300_800, 0), (0, -1), (0, 1 << 30)] {
+            wire.time = Some(prost_types::Timestamp { seconds, nanos });
+            let e = AuditEvent::try_from(wire.clone()).unwrap_err().to_string();
+            assert!(e.starts_with("invalid event.time: "), "{e}");
+        }
+        for ms in [-62_135_596_800_000, 253_402_300_799_999] {
+            wire.time = Some(timestamp(ms));
+            assert_eq!(AuditEvent::try_from(wire.clone()).unwrap().timestamp_ms, ms);
+        }
     }
 
     #[test]
