@@ -13,6 +13,7 @@ use aa_security::{Limits, Scanner};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::error::RuntimeError;
 use crate::memory::Charge;
 use crate::outbox::Outbox;
 
@@ -137,19 +138,20 @@ const RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub(crate) struct OutboxHealth {
     failing: AtomicBool,
-    error: Mutex<String>,
+    /// How, in words for a client ([`RuntimeError::fault`]); the log has the rest.
+    fault: Mutex<&'static str>,
 }
 
 impl OutboxHealth {
     /// Why the outbox cannot be written, while it cannot.
-    pub(crate) fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<&'static str> {
         if !self.failing.load(Ordering::Acquire) {
             return None;
         }
-        Some(self.error.lock().map(|e| e.clone()).unwrap_or_default())
+        Some(self.fault.lock().map_or("the outbox failed", |f| *f))
     }
 
-    fn record(&self, commit: Result<(), &str>) {
+    fn record(&self, commit: Result<(), &RuntimeError>) {
         match commit {
             Ok(()) => {
                 if self.failing.swap(false, Ordering::AcqRel) {
@@ -157,8 +159,8 @@ impl OutboxHealth {
                 }
             }
             Err(error) => {
-                if let Ok(mut last) = self.error.lock() {
-                    error.clone_into(&mut last);
+                if let Ok(mut last) = self.fault.lock() {
+                    *last = error.fault();
                 }
                 if !self.failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(%error, "the outbox cannot be written: enforce denies until it can");
@@ -236,9 +238,7 @@ fn scan(mut group: Vec<Job>, scanner: &Scanner, limits: &Limits) -> Scanned {
 /// Commits a scanned group in one transaction. A failed group's events are kept, for its
 /// decision events to be held.
 fn commit(mut scanned: Scanned, outbox: &Outbox) -> Committed {
-    let counts = outbox
-        .append(&mut scanned.batches, &scanned.aliases)
-        .map_err(|e| e.to_string());
+    let counts = outbox.append(&mut scanned.batches, &scanned.aliases);
     (scanned, counts)
 }
 
@@ -251,11 +251,11 @@ fn answer(
     health: &OutboxHealth,
     held: &mut Vec<AuditEvent>,
 ) {
-    health.record(counts.as_ref().map(drop).map_err(String::as_str));
+    health.record(counts.as_ref().map(drop));
     let jobs = scanned.group.into_iter().zip(scanned.outcomes);
     for (i, ((job, outcome), batch)) in jobs.zip(scanned.batches).enumerate() {
         let answer = match (&counts, outcome) {
-            (Err(e), _) => Err(e.clone()),
+            (Err(e), _) => Err(format!("the events could not be written: {}", e.fault())),
             (Ok(_), Err(e)) => Err(e),
             (Ok(counts), Ok(())) => Ok(counts.get(i).copied().unwrap_or(0)),
         };
@@ -349,7 +349,7 @@ pub(crate) async fn write_loop(
     }
 }
 
-type Committed = (Scanned, Result<Vec<u64>, String>);
+type Committed = (Scanned, Result<Vec<u64>, RuntimeError>);
 
 fn answered(
     committed: Result<Committed, tokio::task::JoinError>,

@@ -1251,7 +1251,7 @@ impl Runtime {
         };
         let why = match (queued, self.outbox_health.failure()) {
             (Ok(()), None) => return answer,
-            (Ok(()), Some(error)) => format!("the audit outbox cannot be written ({error})"),
+            (Ok(()), Some(fault)) => format!("the audit outbox cannot be written ({fault})"),
             (Err(mpsc::error::TrySendError::Full(_)), _) => format!(
                 "the audit outbox is {} decisions behind",
                 self.jobs.max_capacity()
