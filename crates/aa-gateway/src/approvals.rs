@@ -235,10 +235,8 @@ impl<S: Store> Gateway<S> {
     pub async fn expire_approvals(&self) -> Result<usize, GatewayError> {
         let now = now_ms();
         let mut expired = 0;
-        for approval in self.store.approvals().await? {
-            if approval.status == ApprovalStatus::Pending
-                && approval.status_at(now) != approval.status
-            {
+        for approval in self.store.pending_approvals().await? {
+            if approval.status_at(now) != approval.status {
                 self.expire_if_due(approval).await?;
                 expired += 1;
             }

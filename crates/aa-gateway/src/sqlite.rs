@@ -174,6 +174,10 @@ BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
 BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
 "#,
+    // The expiry sweep reads the pending approvals alone, not every one ever made.
+    r#"
+CREATE INDEX approvals_by_status ON approvals (status, created_at_ms);
+"#,
 ];
 
 /// Revoked tokens kept per agent. Only a token some runtime still holds matters, and a
@@ -767,6 +771,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn pending_approvals(&self) -> Result<Vec<Approval>, GatewayError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT record FROM approvals WHERE status = ?1
+                 ORDER BY created_at_ms, approval_id",
+            )?;
+            let rows = statement
+                .query_map([ApprovalStatus::Pending.as_str()], |row| {
+                    row.get::<_, String>(0)
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.iter().map(|text| approval_from_json(text)).collect()
+        })
+        .await
+    }
+
     async fn update_approval(
         &self,
         approval: Approval,
@@ -1315,6 +1335,8 @@ mod tests {
                 .await
                 .unwrap()
         );
+        let pending = store.pending_approvals().await.unwrap();
+        assert_eq!(pending, std::slice::from_ref(&approval));
         let decided = Approval {
             status: ApprovalStatus::Approved,
             ..approval.clone()
@@ -1334,6 +1356,12 @@ mod tests {
                 )
                 .await
                 .unwrap()
+        );
+        // Decided, it is no longer read by the expiry sweep; listing still has it.
+        assert!(store.pending_approvals().await.unwrap().is_empty());
+        assert_eq!(
+            store.approvals().await.unwrap(),
+            std::slice::from_ref(&decided)
         );
         // Lost the compare and set: neither the change nor its step.
         assert!(

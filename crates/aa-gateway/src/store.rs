@@ -313,6 +313,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every approval, newest first.
     fn approvals(&self) -> impl Future<Output = Result<Vec<Approval>, GatewayError>> + Send;
 
+    /// The approvals still pending (some perhaps past their expiry), oldest first.
+    fn pending_approvals(&self)
+    -> impl Future<Output = Result<Vec<Approval>, GatewayError>> + Send;
+
     /// Replaces an approval only if it is still `from` and unused (compare and set, so two
     /// deciders or two redeemers cannot both win), and appends `step` to the gateway's own
     /// stream in the same transaction; returns whether it did.
