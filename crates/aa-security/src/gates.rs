@@ -2,11 +2,13 @@
 //! (Luhn, IBAN mod-97), number-shape rules, and the shapes of values that look random but are
 //! not secrets (UUIDs, hex digests, version strings, placeholders).
 
-use crate::rules::Gate;
+use crate::rules::{Gate, URL_CREDENTIALS_REACH};
 use crate::runs::DigitRun;
 
-/// True when `secret` passes `gate`; `next` is the byte after it in the text, if any.
-pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
+/// True when the secret at `start..end` of `text` passes `gate`.
+pub(crate) fn passes(gate: Gate, text: &[u8], start: usize, end: usize) -> bool {
+    let secret = text.get(start..end).unwrap_or_default();
+    let next = text.get(end).copied();
     match gate {
         Gate::None => true,
         // A name followed by `(`, `[` or `{` is code (`token = get_token(self)`,
@@ -25,7 +27,29 @@ pub(crate) fn passes(gate: Gate, secret: &[u8], next: Option<u8>) -> bool {
         Gate::Phone => phone(secret),
         Gate::NotPlaceholder => !is_placeholder(secret),
         Gate::BasicCredentials => basic_credentials(secret),
+        Gate::Address => !ends_url_credentials(text, start, end),
     }
+}
+
+/// Whether the `@` of the address at `start..end` of `text` ends a URL's credentials
+/// (`https://user:p@ss!x9@example.com`): the address is then the password's tail and the host,
+/// and the URL's rules read the password up to that last `@`. Read back from the address over
+/// what a URL's user and password may hold, to `://`, with a `:` between it and the `@`.
+fn ends_url_credentials(text: &[u8], start: usize, end: usize) -> bool {
+    let Some(at) = text
+        .get(start..end)
+        .and_then(|address| address.iter().position(|&b| b == b'@'))
+    else {
+        return false;
+    };
+    let from = start.saturating_sub(URL_CREDENTIALS_REACH);
+    let authority = text.get(from..start + at).unwrap_or_default();
+    let userinfo = authority
+        .iter()
+        .rposition(|b| b.is_ascii_whitespace() || b"/?#\"'<>,;[".contains(b))
+        .filter(|&stop| authority.get(..=stop).is_some_and(|s| s.ends_with(b"://")))
+        .and_then(|stop| authority.get(stop + 1..));
+    userinfo.is_some_and(|u| u.contains(&b':'))
 }
 
 /// HTTP Basic credentials: base64 of printable `user:password`, the password not a
@@ -61,7 +85,11 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
         Gate::Ssn => digits >= 9 && shape.contains(&b'-') && !glued(text, run),
         Gate::Luhn => digits >= 13 && !glued(text, run),
         Gate::Iban => country_code_before(text, run) && longest_spaced_chain(shape) >= 8,
-        Gate::None | Gate::Entropy(_) | Gate::NotPlaceholder | Gate::BasicCredentials => true,
+        Gate::None
+        | Gate::Entropy(_)
+        | Gate::NotPlaceholder
+        | Gate::BasicCredentials
+        | Gate::Address => true,
     }
 }
 
@@ -577,13 +605,13 @@ mod tests {
             "~/.config/app/token.json",
         ] {
             assert!(
-                !passes(Gate::Entropy(3.0), decoy.as_bytes(), None),
+                !passes(Gate::Entropy(3.0), decoy.as_bytes(), 0, decoy.len()),
                 "{decoy}"
             );
         }
         for secret in ["hQ7#vL2!pX9@mR4$", "/Tr0ub4dor/3xK9qLm", "/x9k2mq7vz"] {
             assert!(
-                passes(Gate::Entropy(3.0), secret.as_bytes(), None),
+                passes(Gate::Entropy(3.0), secret.as_bytes(), 0, secret.len()),
                 "{secret}"
             );
         }
@@ -603,7 +631,7 @@ mod tests {
         for value in ["$3cr3t!Pw", "$ecretPa55!", "$x-y"] {
             assert!(!is_reference(value.as_bytes()), "{value}");
         }
-        assert!(passes(Gate::NotPlaceholder, b"$3cr3t!Pw", None));
+        assert!(passes(Gate::NotPlaceholder, b"$3cr3t!Pw", 0, 9));
     }
 
     #[test]

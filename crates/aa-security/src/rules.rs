@@ -64,6 +64,8 @@ pub(crate) enum Gate {
     NotPlaceholder,
     /// Base64 of `user:password` with a password that is not a placeholder (HTTP Basic).
     BasicCredentials,
+    /// An email address whose `@` does not end a URL's credentials.
+    Address,
 }
 
 /// One built-in rule. Its window bounds how long a match can be, so patterns use open-ended
@@ -183,6 +185,10 @@ const GENERIC: &str = concat!(
     r#"^(?::=|=>|=|:)\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,})"|'([^'\r\n]{8,})'"#,
     r#"|`([^`\r\n]{8,})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,}))"#
 );
+
+/// How far back from an `@` a URL's credentials are looked for: the scheme, the user and the
+/// password before it.
+pub(crate) const URL_CREDENTIALS_REACH: usize = 300;
 
 /// Every built-in rule. Keywords are lowercase.
 pub(crate) const RULES: &[RuleDef] = &[
@@ -1044,7 +1050,7 @@ pub(crate) const RULES: &[RuleDef] = &[
                 &["@"],
                 r#"(?i)[a-z][a-z0-9+.\-]{0,20}://[^\s:/@\[]*:([^\s/?#"'<>,;\[]+)@"#,
             ),
-            300,
+            URL_CREDENTIALS_REACH,
             4,
         ),
         Gate::NotPlaceholder,
@@ -1096,25 +1102,28 @@ pub(crate) const RULES: &[RuleDef] = &[
         Gate::Entropy(3.0),
     )),
     // ---- Personal data ----
-    window(
-        rule(
-            "email-address",
-            "email",
-            Medium,
-            &["@"],
-            // After a ':' only where a label ends (`email:`, `To:`): in `scheme://user:pw@host`
-            // it parts a URL's credentials, not an address. After one '/' (a path), not '//'
-            // (a URL's user). Not followed by ':' and a path: `git@github.com:org/repo` is a
-            // remote, not an address.
-            concat!(
-                r"(?:^|mailto:|(?:^|[^A-Za-z0-9._%+\-:/\x80-\xFF])[A-Za-z][A-Za-z0-9_\-]{0,31}:",
-                r"|(?:^|[^/:])/|[^A-Za-z0-9._%+\-:/\x80-\xFF])",
-                r"([A-Za-z0-9\x80-\xFF][A-Za-z0-9._%+\-\x80-\xFF]{0,63}@[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?(?:\.[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?)*\.[A-Za-z]{2,24})",
-                r"(?:$|[^A-Za-z0-9_:]|:(?:$|[^A-Za-z0-9/~_.\-]))"
+    gated(
+        window(
+            rule(
+                "email-address",
+                "email",
+                Medium,
+                &["@"],
+                // After a ':' only where a label ends (`email:`, `To:`): in `scheme://user:pw@host`
+                // it parts a URL's credentials, not an address. After one '/' (a path), not '//'
+                // (a URL's user). Not followed by ':' and a path: `git@github.com:org/repo` is a
+                // remote, not an address.
+                concat!(
+                    r"(?:^|mailto:|(?:^|[^A-Za-z0-9._%+\-:/\x80-\xFF])[A-Za-z][A-Za-z0-9_\-]{0,31}:",
+                    r"|(?:^|[^/:])/|[^A-Za-z0-9._%+\-:/\x80-\xFF])",
+                    r"([A-Za-z0-9\x80-\xFF][A-Za-z0-9._%+\-\x80-\xFF]{0,63}@[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?(?:\.[A-Za-z0-9\x80-\xFF](?:[A-Za-z0-9\-\x80-\xFF]{0,62}[A-Za-z0-9\x80-\xFF])?)*\.[A-Za-z]{2,24})",
+                    r"(?:$|[^A-Za-z0-9_:]|:(?:$|[^A-Za-z0-9/~_.\-]))"
+                ),
             ),
+            66,
+            260,
         ),
-        66,
-        260,
+        Gate::Address,
     ),
     RuleDef {
         id: "phone-number",

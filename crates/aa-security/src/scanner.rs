@@ -551,11 +551,10 @@ impl Scanner {
                 }
             }
             let span = bytes.get(start..end).unwrap_or_default();
-            // A span must fall on character boundaries to be redacted cleanly.
-            let next = bytes.get(end).copied();
-            // An empty span has nothing to redact: a label there would only add text.
+            // A span must fall on character boundaries to be redacted cleanly. An empty span
+            // has nothing to redact: a label there would only add text.
             if start < end && text.is_char_boundary(start) && text.is_char_boundary(end) {
-                let accepted = if gates::passes(rule.gate, span, next) {
+                let accepted = if gates::passes(rule.gate, bytes, start, end) {
                     Some((start, end))
                 } else {
                     gates::narrowed(rule.gate, span).map(|(s, e)| (start + s, start + e))

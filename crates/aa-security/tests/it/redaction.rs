@@ -501,6 +501,34 @@ fn a_key_cut_off_ends_at_its_base64_not_at_the_next_keys_end() {
     assert!(found.iter().all(|f| f.end - f.start == unit.len() - 1));
 }
 
+/// A password is redacted, not what is around it. In JSON read raw, an assignment found in a
+/// JSON escape's segment took the segment whole, the variable's name with it; a password
+/// holding an `@` in a URL met a false address (its tail, the `@` and the host) and the two
+/// merged, taking the host.
+#[test]
+fn a_password_is_redacted_without_its_name_or_its_host() {
+    for (text, redacted) in [
+        (
+            r#"{"command": "export PASSWORD=\"Xk9#mQ2vLp7rT4\" && ./deploy"}"#,
+            r#"{"command": "export PASSWORD=\"[REDACTED:generic_secret]\" && ./deploy"}"#,
+        ),
+        (
+            "git clone https://bob:p@ssw0rd!x9Q@git.example.com/r.git",
+            "git clone https://bob:[REDACTED:url_password]@git.example.com/r.git",
+        ),
+        (
+            "postgres://u:p@ss@db.example.com/app",
+            "postgres://u:[REDACTED:database_password]@db.example.com/app",
+        ),
+        (
+            "redis://:p@ss@cache.example.com:6379",
+            "redis://:[REDACTED:database_password]@cache.example.com:6379",
+        ),
+    ] {
+        assert_eq!(SCANNER.redact(text).text, redacted, "{text}");
+    }
+}
+
 /// Decoys standing alone are no finding: identifiers, digests, an encoded blob of random
 /// bytes, versions, addresses and timestamps, as a log line holds them.
 #[test]
