@@ -355,8 +355,10 @@ fn is_file_path(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/._-".contains(b))
 }
 
-/// Placeholders and references, not values: `${VAR}`, `$VAR`, `{{x}}`, `<x>`, `%(x)s`,
-/// `xxx...`, `***...`, `changeme`, `your_...`.
+/// Placeholders and references, not values: `${VAR}`, `$VAR`, `{{x}}`, `<x>`, `%(x)s`, masks
+/// (`xxxxxxxx`, `sk-****...`), redaction labels, and values that read as a placeholder whole: `changeme`,
+/// `REDACTED`, `your-password-here`. A placeholder word inside a value does not make it one
+/// (`Your-Company-2024!` is a password).
 fn is_placeholder(v: &[u8]) -> bool {
     if is_reference(v) || v.starts_with(b"{{") || v.starts_with(b"%(") || v.starts_with(b"<") {
         return true;
@@ -364,23 +366,51 @@ fn is_placeholder(v: &[u8]) -> bool {
     if v.iter().all(|&b| b == v[0]) {
         return true;
     }
+    // A mask: eight of `x` or `*` in a row, which no generated secret holds; or a redaction
+    // label, which a text read again holds where a secret was.
+    const MASKS: [&[u8]; 3] = [b"xxxxxxxx", b"********", b"[redacted"];
     let lower = v.to_ascii_lowercase();
-    // Documented example keys (AWS's `...EXAMPLEKEY`) are still reported: they look real.
-    const PLACEHOLDERS: [&[u8]; 7] = [
-        b"xxxxxxxx",
-        b"********",
-        b"changeme",
-        b"your_",
-        b"your-",
-        b"placeholder",
-        b"redacted",
-    ];
     // The first byte compared alone first: a slice comparison is a call.
-    PLACEHOLDERS.iter().any(|p| {
+    if MASKS.iter().any(|p| {
         lower
             .windows(p.len())
             .any(|w| w.first() == p.first() && w == *p)
-    })
+    }) {
+        return true;
+    }
+    reads_as_a_placeholder(&lower)
+}
+
+/// Whether `lower`, a lowercase value, is a placeholder's words and nothing else: `changeme`,
+/// `placeholder` or `redacted`, digits after it at most (`changeme123`), or `your` and more
+/// words of letters (`your-api-key-here`, `your password`), in brackets or not (`(redacted)`).
+/// Documented example keys (AWS's `...EXAMPLEKEY`) are not placeholders: they look real.
+fn reads_as_a_placeholder(lower: &[u8]) -> bool {
+    let bracket = |b: &u8| b"[](){}".contains(b);
+    let start = lower
+        .iter()
+        .position(|b| !bracket(b))
+        .unwrap_or(lower.len());
+    let end = lower
+        .iter()
+        .rposition(|b| !bracket(b))
+        .map_or(start, |e| e + 1);
+    let inner = lower.get(start..end).unwrap_or_default();
+    let mut words = inner
+        .split(|b| b"_-. ".contains(b))
+        .filter(|w| !w.is_empty());
+    let Some(first) = words.next() else {
+        return false;
+    };
+    let letters = first.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    let (word, digits) = first.split_at(letters);
+    match word {
+        b"changeme" | b"placeholder" | b"redacted" => {
+            digits.iter().all(u8::is_ascii_digit) && words.next().is_none()
+        }
+        b"your" => digits.is_empty() && words.all(|w| w.iter().all(u8::is_ascii_alphabetic)),
+        _ => false,
+    }
 }
 
 /// A shell or template variable standing whole for the value: `$VAR`, `${VAR}`, `${VAR:-x}`,
@@ -614,6 +644,34 @@ mod tests {
                 passes(Gate::Entropy(3.0), secret.as_bytes(), 0, secret.len()),
                 "{secret}"
             );
+        }
+    }
+
+    #[test]
+    fn placeholders_read_as_one_whole() {
+        for placeholder in [
+            "your-password-here",
+            "YOUR_API_KEY_HERE",
+            "your password",
+            "changeme",
+            "CHANGEME123",
+            "(redacted)",
+            "[REDACTED:email]",
+            "placeholder",
+            "<token>",
+            "${VAR}",
+            "sk-xxxxxxxxxxxxxxxx",
+        ] {
+            assert!(is_placeholder(placeholder.as_bytes()), "{placeholder}");
+        }
+        for value in [
+            "Your-Company-2024!",
+            "your-key-2024",
+            "MyPlaceholder#99x",
+            "Changeme!Xk9",
+            "redacted-files-77",
+        ] {
+            assert!(!is_placeholder(value.as_bytes()), "{value}");
         }
     }
 
