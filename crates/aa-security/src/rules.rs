@@ -894,12 +894,18 @@ pub(crate) const RULES: &[RuleDef] = &[
         &["age-secret-key-1"],
         r"\b(AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58})\b",
     ),
-    rule(
-        "twitter-bearer-token",
-        "twitter_token",
-        High,
-        &["aaaaaaaaaaaaaaaaaaaaa"],
-        concat!(r"\b(AAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,})", end!()),
+    // Gated by entropy: a run of `A`s, as base64 writes zeros, is no token. The shortest token
+    // the pattern takes, 21 `A`s and 30 random characters, reads about 3.6 bits a byte and
+    // seldom under 3; tokens as issued are longer, near 4.8.
+    gated(
+        rule(
+            "twitter-bearer-token",
+            "twitter_token",
+            High,
+            &["aaaaaaaaaaaaaaaaaaaaa"],
+            concat!(r"\b(AAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,})", end!()),
+        ),
+        Gate::Entropy(2.5),
     ),
     // ---- Signed tokens and keys ----
     // The payload sits between the keyword and the signature, so the window must span it.
