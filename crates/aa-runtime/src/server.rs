@@ -378,7 +378,6 @@ fn push_frame(frame: &pb::Frame, out: &mut Vec<u8>) {
 type Slot = Arc<OwnedSemaphorePermit>;
 
 /// What a served connection's reader and the calls it hands off share.
-#[derive(Clone)]
 struct Served {
     runtime: Arc<Runtime>,
     peer: Peer,
