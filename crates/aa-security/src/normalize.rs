@@ -46,6 +46,11 @@ pub(crate) fn is_invisible(c: char) -> bool {
         | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E0FFF}')
 }
 
+/// Hyphens and dashes (U+2010 to U+2015) and the minus sign.
+fn is_dash(c: char) -> bool {
+    matches!(c, '\u{2010}'..='\u{2015}' | '\u{2212}')
+}
+
 /// `None` when normalising changes nothing (always for ASCII), so the common case costs one
 /// `is_ascii` pass.
 pub(crate) fn normalize(text: &str) -> Option<Normalized> {
@@ -61,8 +66,19 @@ pub(crate) fn normalize(text: &str) -> Option<Normalized> {
             continue;
         }
         let before = out.len();
+        let next = text
+            .get(offset + c.len_utf8()..)
+            .and_then(|t| t.chars().next());
         if c.is_ascii() {
             out.push(c);
+        } else if is_dash(c)
+            && out.as_bytes().last().is_some_and(u8::is_ascii_digit)
+            && next.is_some_and(|n| n.is_ascii_digit())
+        {
+            // Between digits a dash reads as `-`: an SSN or a card written with en dashes
+            // (`123–45–6789`), which NFKC leaves as they are.
+            out.push('-');
+            changed = true;
         } else {
             out.extend(std::iter::once(c).nfkc());
             changed |= out.get(before..) != Some(c.encode_utf8(&mut [0; 4]));
@@ -80,6 +96,15 @@ mod tests {
     fn ascii_and_already_normal_text_is_left_alone() {
         assert!(normalize("plain ascii").is_none());
         assert!(normalize("grüße").is_none());
+    }
+
+    #[test]
+    fn a_dash_between_digits_reads_as_a_hyphen() {
+        let original = "ssn 123\u{2013}45\u{2212}6789, pages 1\u{2013}x, a\u{2014}b";
+        let n = normalize(original).unwrap();
+        assert_eq!(n.text, "ssn 123-45-6789, pages 1\u{2013}x, a\u{2014}b");
+        let (from, to) = n.original_span(original, 4, 15);
+        assert_eq!(&original[from..to], "123\u{2013}45\u{2212}6789");
     }
 
     #[test]

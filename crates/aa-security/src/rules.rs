@@ -1175,7 +1175,13 @@ pub(crate) const RULES: &[RuleDef] = &[
         kind: "payment_card",
         severity: High,
         trigger: Trigger::Digits,
-        pattern: r"(?:^|[^0-9A-Za-z_\-.])((?:[0-9][ \-]?){12,18}[0-9])(?:[^0-9A-Za-z_\-]|$)",
+        // Dotted only in a card's own groups (4-4-4-4, 4-4-4-4-3, Amex's 4-6-5), which a
+        // float (`3.141592653589793`) or an object id (`1.3.6.1.4.1.311`) is not.
+        pattern: concat!(
+            r"(?:^|[^0-9A-Za-z_\-.])((?:[0-9][ \-]?){12,18}[0-9]",
+            r"|[0-9]{4}(?:\.[0-9]{4}){3}(?:\.[0-9]{3})?|[0-9]{4}\.[0-9]{6}\.[0-9]{5})",
+            r"(?:[^0-9A-Za-z_\-.]|\.(?:[^0-9]|$)|$)"
+        ),
         gate: Gate::Luhn,
         before: 8,
         after: 32,
@@ -1185,7 +1191,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         kind: "iban",
         severity: High,
         trigger: Trigger::Digits,
-        pattern: r"(?:^|[^0-9A-Za-z_\-])([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?)(?:[^0-9A-Za-z_\-]|$)",
+        // In capitals, or all in lowercase (`gb82 west 1234 ...`), which the gate checks.
+        pattern: r"(?:^|[^0-9A-Za-z_\-])([A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?)(?:[^0-9A-Za-z_\-]|$)",
         gate: Gate::Iban,
         before: 16,
         after: 48,
