@@ -148,6 +148,14 @@ const fn window(mut r: RuleDef, before: usize, after: usize) -> RuleDef {
 
 use Severity::{Critical, High, Medium};
 
+/// Where a token may start: at a word's start, or after `_` (a name glued before it,
+/// `TOKEN_ghp_...`), though not after a letter or digit (`myghp_...` is a word).
+macro_rules! start {
+    () => {
+        r"(?:\b|_)"
+    };
+}
+
 /// Characters that may follow a value; the `(?:...)` after a token keeps `\b`-like behaviour
 /// for tokens whose alphabet includes `-`.
 macro_rules! end {
@@ -198,7 +206,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         "aws_access_key",
         Critical,
         &["akia", "asia", "abia", "acca"],
-        concat!(r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})", end!()),
+        concat!(start!(), r"((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})", end!()),
     ),
     gated(
         window(
@@ -238,21 +246,21 @@ pub(crate) const RULES: &[RuleDef] = &[
         "github_token",
         Critical,
         &["ghp_"],
-        concat!(r"\b(ghp_[A-Za-z0-9]{36})", end!()),
+        concat!(start!(), r"(ghp_[A-Za-z0-9]{36})", end!()),
     ),
     rule(
         "github-oauth-token",
         "github_token",
         Critical,
         &["gho_"],
-        concat!(r"\b(gho_[A-Za-z0-9]{36})", end!()),
+        concat!(start!(), r"(gho_[A-Za-z0-9]{36})", end!()),
     ),
     rule(
         "github-user-to-server-token",
         "github_token",
         Critical,
         &["ghu_"],
-        concat!(r"\b(ghu_[A-Za-z0-9]{36})", end!()),
+        concat!(start!(), r"(ghu_[A-Za-z0-9]{36})", end!()),
     ),
     rule(
         "github-server-to-server-token",
@@ -261,7 +269,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         &["ghs_"],
         // The classic form, and the newer one: the app's id and a JWT.
         concat!(
-            r"\b(ghs_(?:[A-Za-z0-9]{36}|[0-9]+_eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+))",
+            start!(),
+            r"(ghs_(?:[A-Za-z0-9]{36}|[0-9]+_eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+))",
             end!()
         ),
     ),
@@ -270,14 +279,18 @@ pub(crate) const RULES: &[RuleDef] = &[
         "github_token",
         Critical,
         &["ghr_"],
-        concat!(r"\b(ghr_[A-Za-z0-9]{36,76})", end!()),
+        concat!(start!(), r"(ghr_[A-Za-z0-9]{36,76})", end!()),
     ),
     rule(
         "github-fine-grained-pat",
         "github_token",
         Critical,
         &["github_pat_"],
-        concat!(r"\b(github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})", end!()),
+        concat!(
+            start!(),
+            r"(github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59})",
+            end!()
+        ),
     ),
     // ---- GitLab ----
     rule(
@@ -287,7 +300,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         &["glpat-"],
         // A routable token ends in a version and a checksum, after one dot or two.
         concat!(
-            r"\b(glpat-[A-Za-z0-9_\-]{20,}(?:(?:\.[0-9a-z]{2})?\.[0-9a-z]{7,9})?)",
+            start!(),
+            r"(glpat-[A-Za-z0-9_\-]{20,}(?:(?:\.[0-9a-z]{2})?\.[0-9a-z]{7,9})?)",
             end!()
         ),
     ),
@@ -296,21 +310,21 @@ pub(crate) const RULES: &[RuleDef] = &[
         "gitlab_token",
         High,
         &["glptt-"],
-        concat!(r"\b(glptt-[0-9a-f]{40})", end!()),
+        concat!(start!(), r"(glptt-[0-9a-f]{40})", end!()),
     ),
     rule(
         "gitlab-runner-token",
         "gitlab_token",
         High,
         &["glrt-"],
-        concat!(r"\b(glrt-[A-Za-z0-9_\-]{20,})", end!()),
+        concat!(start!(), r"(glrt-[A-Za-z0-9_\-]{20,})", end!()),
     ),
     rule(
         "gitlab-deploy-token",
         "gitlab_token",
         High,
         &["gldt-"],
-        concat!(r"\b(gldt-[A-Za-z0-9_\-]{20,})", end!()),
+        concat!(start!(), r"(gldt-[A-Za-z0-9_\-]{20,})", end!()),
     ),
     rule(
         "gitlab-other-token",
@@ -322,7 +336,8 @@ pub(crate) const RULES: &[RuleDef] = &[
             "glft-", "glimt-", "glsoat-", "glffct-", "glagent-", "gloas-", "glcbt-",
         ],
         concat!(
-            r"\b((?:glft|glimt|glsoat|glffct|glagent|gloas|glcbt)-[A-Za-z0-9_\-]{20,})",
+            start!(),
+            r"((?:glft|glimt|glsoat|glffct|glagent|gloas|glcbt)-[A-Za-z0-9_\-]{20,})",
             end!()
         ),
     ),
@@ -331,7 +346,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         "gitlab_token",
         High,
         &["gr1348941"],
-        concat!(r"\b(GR1348941[A-Za-z0-9_\-]{20,})", end!()),
+        concat!(start!(), r"(GR1348941[A-Za-z0-9_\-]{20,})", end!()),
     ),
     // ---- Slack ----
     rule(
@@ -340,7 +355,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         Critical,
         &["xoxb-"],
         concat!(
-            r"\b(xoxb-[0-9]{9,13}-[0-9]{9,13}-[A-Za-z0-9]{24,34})",
+            start!(),
+            r"(xoxb-[0-9]{9,13}-[0-9]{9,13}-[A-Za-z0-9]{24,34})",
             end!()
         ),
     ),
@@ -350,7 +366,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         Critical,
         &["xoxp-"],
         concat!(
-            r"\b(xoxp-[0-9]{9,13}-[0-9]{9,13}-[0-9]{9,13}-[a-f0-9]{32})",
+            start!(),
+            r"(xoxp-[0-9]{9,13}-[0-9]{9,13}-[0-9]{9,13}-[a-f0-9]{32})",
             end!()
         ),
     ),
@@ -360,7 +377,9 @@ pub(crate) const RULES: &[RuleDef] = &[
         Critical,
         &["xapp-"],
         concat!(
-            r"(?i)\b(xapp-[0-9]-[A-Z0-9]{9,12}-[0-9]{9,14}-[a-f0-9]{64})",
+            r"(?i)",
+            start!(),
+            r"(xapp-[0-9]-[A-Z0-9]{9,12}-[0-9]{9,14}-[a-f0-9]{64})",
             end!()
         ),
     ),
@@ -369,7 +388,11 @@ pub(crate) const RULES: &[RuleDef] = &[
         "slack_token",
         High,
         &["xoxa-", "xoxo-", "xoxr-", "xoxs-"],
-        concat!(r"\b(xox[aors]-[0-9]{9,13}-[A-Za-z0-9\-]{10,})", end!()),
+        concat!(
+            start!(),
+            r"(xox[aors]-[0-9]{9,13}-[A-Za-z0-9\-]{10,})",
+            end!()
+        ),
     ),
     rule(
         "slack-config-token",
@@ -377,7 +400,11 @@ pub(crate) const RULES: &[RuleDef] = &[
         High,
         // App configuration access tokens (xoxe.xoxp-1-…) and their refresh tokens (xoxe-1-…).
         &["xoxe-", "xoxe.xox"],
-        concat!(r"\b(xoxe(?:\.xox[bp])?-1-[A-Za-z0-9\-]{60,})", end!()),
+        concat!(
+            start!(),
+            r"(xoxe(?:\.xox[bp])?-1-[A-Za-z0-9\-]{60,})",
+            end!()
+        ),
     ),
     rule(
         "slack-webhook-url",
@@ -392,28 +419,28 @@ pub(crate) const RULES: &[RuleDef] = &[
         "stripe_key",
         Critical,
         &["sk_live_"],
-        concat!(r"\b(sk_live_[0-9a-zA-Z]{24,})", end!()),
+        concat!(start!(), r"(sk_live_[0-9a-zA-Z]{24,})", end!()),
     ),
     rule(
         "stripe-restricted-key",
         "stripe_key",
         Critical,
         &["rk_live_"],
-        concat!(r"\b(rk_live_[0-9a-zA-Z]{24,})", end!()),
+        concat!(start!(), r"(rk_live_[0-9a-zA-Z]{24,})", end!()),
     ),
     rule(
         "stripe-test-secret-key",
         "stripe_key",
         Medium,
         &["sk_test_", "rk_test_"],
-        concat!(r"\b([sr]k_test_[0-9a-zA-Z]{24,})", end!()),
+        concat!(start!(), r"([sr]k_test_[0-9a-zA-Z]{24,})", end!()),
     ),
     rule(
         "stripe-webhook-secret",
         "stripe_key",
         High,
         &["whsec_"],
-        concat!(r"\b(whsec_[A-Za-z0-9+/]{32,})", end!()),
+        concat!(start!(), r"(whsec_[A-Za-z0-9+/]{32,})", end!()),
     ),
     // ---- AI providers ----
     // The marker sits mid-key, so the window reaches well back.
@@ -424,7 +451,8 @@ pub(crate) const RULES: &[RuleDef] = &[
             Critical,
             &["t3blbkfj"],
             concat!(
-                r"\b(sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,})",
+                start!(),
+                r"(sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,})",
                 end!()
             ),
         ),
@@ -436,7 +464,11 @@ pub(crate) const RULES: &[RuleDef] = &[
         "openai_api_key",
         Critical,
         &["sk-proj-", "sk-svcacct-", "sk-admin-"],
-        concat!(r"\b(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})", end!()),
+        concat!(
+            start!(),
+            r"(sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})",
+            end!()
+        ),
     ),
     gated(
         rule(
@@ -444,7 +476,7 @@ pub(crate) const RULES: &[RuleDef] = &[
             "openai_api_key",
             High,
             &["sk-"],
-            concat!(r"\b(sk-[A-Za-z0-9]{48})", end!()),
+            concat!(start!(), r"(sk-[A-Za-z0-9]{48})", end!()),
         ),
         Gate::Entropy(4.0),
     ),
@@ -454,7 +486,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         Critical,
         &["sk-ant-"],
         concat!(
-            r"\b(sk-ant-(?:api|admin|oat|sid)[0-9]{2}-[A-Za-z0-9_\-]{80,120})",
+            start!(),
+            r"(sk-ant-(?:api|admin|oat|sid)[0-9]{2}-[A-Za-z0-9_\-]{80,120})",
             end!()
         ),
     ),
@@ -463,56 +496,60 @@ pub(crate) const RULES: &[RuleDef] = &[
         "openrouter_api_key",
         High,
         &["sk-or-"],
-        concat!(r"\b(sk-or-v1-[a-f0-9]{64})", end!()),
+        concat!(start!(), r"(sk-or-v1-[a-f0-9]{64})", end!()),
     ),
     rule(
         "huggingface-token",
         "huggingface_token",
         High,
         &["hf_"],
-        concat!(r"\b(hf_[A-Za-z]{34})", end!()),
+        concat!(start!(), r"(hf_[A-Za-z]{34})", end!()),
     ),
     rule(
         "huggingface-org-token",
         "huggingface_token",
         High,
         &["api_org_"],
-        concat!(r"\b(api_org_[A-Za-z]{34})", end!()),
+        concat!(start!(), r"(api_org_[A-Za-z]{34})", end!()),
     ),
     rule(
         "groq-api-key",
         "groq_api_key",
         High,
         &["gsk_"],
-        concat!(r"\b(gsk_[A-Za-z0-9]{52})", end!()),
+        concat!(start!(), r"(gsk_[A-Za-z0-9]{52})", end!()),
     ),
     rule(
         "replicate-api-token",
         "replicate_api_token",
         High,
         &["r8_"],
-        concat!(r"\b(r8_[A-Za-z0-9]{37})", end!()),
+        concat!(start!(), r"(r8_[A-Za-z0-9]{37})", end!()),
     ),
     rule(
         "xai-api-key",
         "xai_api_key",
         High,
         &["xai-"],
-        concat!(r"\b(xai-[A-Za-z0-9]{80})", end!()),
+        concat!(start!(), r"(xai-[A-Za-z0-9]{80})", end!()),
     ),
     rule(
         "perplexity-api-key",
         "perplexity_api_key",
         High,
         &["pplx-"],
-        concat!(r"\b(pplx-[A-Za-z0-9]{48})", end!()),
+        concat!(start!(), r"(pplx-[A-Za-z0-9]{48})", end!()),
     ),
     rule(
         "langsmith-api-key",
         "langsmith_api_key",
         High,
         &["lsv2_"],
-        concat!(r"\b(lsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10})", end!()),
+        concat!(
+            start!(),
+            r"(lsv2_(?:pt|sk)_[a-f0-9]{32}_[a-f0-9]{10})",
+            end!()
+        ),
     ),
     // ---- Google ----
     rule(
@@ -520,21 +557,21 @@ pub(crate) const RULES: &[RuleDef] = &[
         "google_api_key",
         High,
         &["aiza"],
-        concat!(r"\b(AIza[0-9A-Za-z_\-]{35})", end!()),
+        concat!(start!(), r"(AIza[0-9A-Za-z_\-]{35})", end!()),
     ),
     rule(
         "google-oauth-client-secret",
         "google_oauth_secret",
         High,
         &["gocspx-"],
-        concat!(r"\b(GOCSPX-[A-Za-z0-9_\-]{28})", end!()),
+        concat!(start!(), r"(GOCSPX-[A-Za-z0-9_\-]{28})", end!()),
     ),
     rule(
         "google-oauth-access-token",
         "google_oauth_token",
         High,
         &["ya29."],
-        concat!(r"\b(ya29\.[0-9A-Za-z_\-]{30,})", end!()),
+        concat!(start!(), r"(ya29\.[0-9A-Za-z_\-]{30,})", end!()),
     ),
     window(
         rule(
@@ -600,7 +637,11 @@ pub(crate) const RULES: &[RuleDef] = &[
         "sendgrid_api_key",
         High,
         &["sg."],
-        concat!(r"\b(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})", end!()),
+        concat!(
+            start!(),
+            r"(SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43})",
+            end!()
+        ),
     ),
     window(
         rule(
@@ -642,7 +683,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         "mailgun_api_key",
         High,
         &["key-"],
-        concat!(r"\b(key-[0-9a-f]{32})", end!()),
+        concat!(start!(), r"(key-[0-9a-f]{32})", end!()),
     ),
     // The newer form, with no prefix: near the service's name (`api.mailgun.net` in the URL
     // it is sent to, `MAILGUN_API_KEY=`), before or after it.
@@ -694,7 +735,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         High,
         &["bot m", "bot n", "bot o"],
         concat!(
-            r"\b(?i:bot) ([MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38})",
+            start!(),
+            r"(?i:bot) ([MNO][A-Za-z0-9_\-]{23,25}\.[A-Za-z0-9_\-]{6}\.[A-Za-z0-9_\-]{27,38})",
             end!()
         ),
     ),
@@ -711,7 +753,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         High,
         &["sq0atp-", "eaaa"],
         concat!(
-            r"\b(sq0atp-[0-9A-Za-z_\-]{22}|EAAA[A-Za-z0-9_\-]{60})",
+            start!(),
+            r"(sq0atp-[0-9A-Za-z_\-]{22}|EAAA[A-Za-z0-9_\-]{60})",
             end!()
         ),
     ),
@@ -720,7 +763,7 @@ pub(crate) const RULES: &[RuleDef] = &[
         "square_token",
         High,
         &["sq0csp-"],
-        concat!(r"\b(sq0csp-[0-9A-Za-z_\-]{43})", end!()),
+        concat!(start!(), r"(sq0csp-[0-9A-Za-z_\-]{43})", end!()),
     ),
     // ---- Package registries ----
     rule(
@@ -728,14 +771,18 @@ pub(crate) const RULES: &[RuleDef] = &[
         "npm_token",
         Critical,
         &["npm_"],
-        concat!(r"\b(npm_[A-Za-z0-9]{36})", end!()),
+        concat!(start!(), r"(npm_[A-Za-z0-9]{36})", end!()),
     ),
     rule(
         "pypi-upload-token",
         "pypi_token",
         Critical,
         &["pypi-ageichlwas5vcmc"],
-        concat!(r"\b(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,})", end!()),
+        concat!(
+            start!(),
+            r"(pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,})",
+            end!()
+        ),
     ),
     // ---- Commerce and cloud platforms ----
     rule(
@@ -743,63 +790,63 @@ pub(crate) const RULES: &[RuleDef] = &[
         "shopify_token",
         High,
         &["shpat_"],
-        concat!(r"\b(shpat_[a-fA-F0-9]{32})", end!()),
+        concat!(start!(), r"(shpat_[a-fA-F0-9]{32})", end!()),
     ),
     rule(
         "shopify-custom-app-token",
         "shopify_token",
         High,
         &["shpca_"],
-        concat!(r"\b(shpca_[a-fA-F0-9]{32})", end!()),
+        concat!(start!(), r"(shpca_[a-fA-F0-9]{32})", end!()),
     ),
     rule(
         "shopify-private-app-token",
         "shopify_token",
         High,
         &["shppa_"],
-        concat!(r"\b(shppa_[a-fA-F0-9]{32})", end!()),
+        concat!(start!(), r"(shppa_[a-fA-F0-9]{32})", end!()),
     ),
     rule(
         "shopify-shared-secret",
         "shopify_token",
         High,
         &["shpss_"],
-        concat!(r"\b(shpss_[a-fA-F0-9]{32})", end!()),
+        concat!(start!(), r"(shpss_[a-fA-F0-9]{32})", end!()),
     ),
     rule(
         "digitalocean-pat",
         "digitalocean_token",
         Critical,
         &["dop_v1_"],
-        concat!(r"\b(dop_v1_[a-f0-9]{64})", end!()),
+        concat!(start!(), r"(dop_v1_[a-f0-9]{64})", end!()),
     ),
     rule(
         "digitalocean-oauth-token",
         "digitalocean_token",
         Critical,
         &["doo_v1_"],
-        concat!(r"\b(doo_v1_[a-f0-9]{64})", end!()),
+        concat!(start!(), r"(doo_v1_[a-f0-9]{64})", end!()),
     ),
     rule(
         "digitalocean-refresh-token",
         "digitalocean_token",
         Critical,
         &["dor_v1_"],
-        concat!(r"\b(dor_v1_[a-f0-9]{64})", end!()),
+        concat!(start!(), r"(dor_v1_[a-f0-9]{64})", end!()),
     ),
     rule(
         "databricks-token",
         "databricks_token",
         High,
         &["dapi"],
-        concat!(r"\b(dapi[a-f0-9]{32}(?:-[0-9])?)", end!()),
+        concat!(start!(), r"(dapi[a-f0-9]{32}(?:-[0-9])?)", end!()),
     ),
     rule(
         "hashicorp-vault-token",
         "vault_token",
         Critical,
         &["hvs.", "hvb."],
-        concat!(r"\b(hv[sb]\.[A-Za-z0-9_\-]{24,})", end!()),
+        concat!(start!(), r"(hv[sb]\.[A-Za-z0-9_\-]{24,})", end!()),
     ),
     rule(
         "terraform-cloud-token",
@@ -807,7 +854,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         Critical,
         &[".atlasv1."],
         concat!(
-            r"\b([A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{60,70})",
+            start!(),
+            r"([A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{60,70})",
             end!()
         ),
     ),
@@ -817,7 +865,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         High,
         &["dp.pt.", "dp.st.", "dp.sa."],
         concat!(
-            r"\b(dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44})",
+            start!(),
+            r"(dp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,44})",
             end!()
         ),
     ),
@@ -826,28 +875,28 @@ pub(crate) const RULES: &[RuleDef] = &[
         "pulumi_token",
         High,
         &["pul-"],
-        concat!(r"\b(pul-[a-f0-9]{40})", end!()),
+        concat!(start!(), r"(pul-[a-f0-9]{40})", end!()),
     ),
     rule(
         "grafana-cloud-token",
         "grafana_token",
         High,
         &["glc_"],
-        concat!(r"\b(glc_[A-Za-z0-9+/]{32,}={0,2})", end!()),
+        concat!(start!(), r"(glc_[A-Za-z0-9+/]{32,}={0,2})", end!()),
     ),
     rule(
         "grafana-service-account-token",
         "grafana_token",
         High,
         &["glsa_"],
-        concat!(r"\b(glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8})", end!()),
+        concat!(start!(), r"(glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8})", end!()),
     ),
     rule(
         "new-relic-user-key",
         "newrelic_key",
         High,
         &["nrak-"],
-        concat!(r"\b(NRAK-[A-Z0-9]{27})", end!()),
+        concat!(start!(), r"(NRAK-[A-Z0-9]{27})", end!()),
     ),
     rule(
         "sentry-auth-token",
@@ -855,7 +904,8 @@ pub(crate) const RULES: &[RuleDef] = &[
         High,
         &["sntrys_", "sntryu_"],
         concat!(
-            r"\b(sntrys_[A-Za-z0-9+/=_]{60,}|sntryu_[a-f0-9]{64})",
+            start!(),
+            r"(sntrys_[A-Za-z0-9+/=_]{60,}|sntryu_[a-f0-9]{64})",
             end!()
         ),
     ),
@@ -864,35 +914,38 @@ pub(crate) const RULES: &[RuleDef] = &[
         "postman_key",
         High,
         &["pmak-"],
-        concat!(r"\b(PMAK-[a-f0-9]{24}-[a-f0-9]{34})", end!()),
+        concat!(start!(), r"(PMAK-[a-f0-9]{24}-[a-f0-9]{34})", end!()),
     ),
     rule(
         "linear-api-key",
         "linear_api_key",
         High,
         &["lin_api_"],
-        concat!(r"\b(lin_api_[A-Za-z0-9]{40})", end!()),
+        concat!(start!(), r"(lin_api_[A-Za-z0-9]{40})", end!()),
     ),
     rule(
         "notion-token",
         "notion_token",
         High,
         &["ntn_"],
-        concat!(r"\b(ntn_[0-9]{11}[A-Za-z0-9]{35})", end!()),
+        concat!(start!(), r"(ntn_[0-9]{11}[A-Za-z0-9]{35})", end!()),
     ),
     rule(
         "atlassian-api-token",
         "atlassian_token",
         High,
         &["atatt3"],
-        concat!(r"\b(ATATT3[A-Za-z0-9_\-=]{180,})", end!()),
+        concat!(start!(), r"(ATATT3[A-Za-z0-9_\-=]{180,})", end!()),
     ),
     rule(
         "age-secret-key",
         "age_secret_key",
         Critical,
         &["age-secret-key-1"],
-        r"\b(AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58})\b",
+        concat!(
+            start!(),
+            r"(AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58})\b"
+        ),
     ),
     // Gated by entropy: a run of `A`s, as base64 writes zeros, is no token. The shortest token
     // the pattern takes, 21 `A`s and 30 random characters, reads about 3.6 bits a byte and
@@ -903,7 +956,11 @@ pub(crate) const RULES: &[RuleDef] = &[
             "twitter_token",
             High,
             &["aaaaaaaaaaaaaaaaaaaaa"],
-            concat!(r"\b(AAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,})", end!()),
+            concat!(
+                start!(),
+                r"(AAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,})",
+                end!()
+            ),
         ),
         Gate::Entropy(2.5),
     ),
@@ -916,7 +973,8 @@ pub(crate) const RULES: &[RuleDef] = &[
             High,
             &["eyj"],
             concat!(
-                r"\b(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,})",
+                start!(),
+                r"(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{16,})",
                 end!()
             ),
         ),
