@@ -93,14 +93,29 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
     }
 }
 
-/// Where the operator of an assignment to the name around a keyword ending at `end` of `text`
+/// Where the operator of an assignment to the name around a keyword at `start..end` of `text`
 /// is ([`Trigger::Assigned`](crate::rules::Trigger::Assigned)): after more name characters, a
-/// closing quote and white space, within `reach` bytes of the keyword.
-pub(crate) fn assignment_operator(text: &[u8], end: usize, reach: usize) -> Option<usize> {
+/// closing quote and white space, within `reach` bytes of the keyword. A command line's flag
+/// (`--password Xk9...`, `--api-key "..."`) is assigned the word after it: its operator is the
+/// white space, unless what follows is another flag, a line's end or nothing.
+pub(crate) fn assignment_operator(
+    text: &[u8],
+    start: usize,
+    end: usize,
+    reach: usize,
+) -> Option<usize> {
     let rest = text.get(end..).unwrap_or_default();
     let rest = rest.get(..reach).unwrap_or(rest);
     let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
     let mut at = rest.iter().position(|b| !is_name(b)).unwrap_or(rest.len());
+    if matches!(rest.get(at), Some(b' ' | b'\t')) && is_flag(text, start, reach) {
+        let value = rest
+            .get(at..)
+            .and_then(|r| r.iter().find(|b| !matches!(b, b' ' | b'\t')));
+        return value
+            .is_some_and(|b| !matches!(b, b'-' | b'\n' | b'\r'))
+            .then_some(end + at);
+    }
     if matches!(rest.get(at), Some(b'"' | b'\'')) {
         at += 1;
     }
@@ -112,6 +127,20 @@ pub(crate) fn assignment_operator(text: &[u8], end: usize, reach: usize) -> Opti
         at += 1;
     }
     matches!(rest.get(at), Some(b':' | b'=')).then_some(end + at)
+}
+
+/// Whether the name around a keyword starting at `start` of `text` is a long flag: `--` and a
+/// letter, not glued to a word before it.
+fn is_flag(text: &[u8], start: usize, reach: usize) -> bool {
+    let head = text
+        .get(start.saturating_sub(reach)..start)
+        .unwrap_or_default();
+    let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    let name_start = head.iter().rposition(|b| !is_name(b)).map_or(0, |p| p + 1);
+    let name = text
+        .get(start - head.len() + name_start..)
+        .unwrap_or_default();
+    name.starts_with(b"--") && name.get(2).is_some_and(u8::is_ascii_alphabetic)
 }
 
 /// Whether every place a phone number, SSN or card could start in `run` is glued to a word
@@ -593,7 +622,7 @@ mod tests {
 
     #[test]
     fn an_assignment_follows_a_name() {
-        let follows = |text: &str| assignment_operator(text.as_bytes(), 5, 128).is_some();
+        let follows = |text: &str| assignment_operator(text.as_bytes(), 0, 5, 128).is_some();
         for yes in [
             "token=x",
             "token_id: x",
@@ -613,8 +642,27 @@ mod tests {
             assert!(!follows(no), "{no}");
         }
         // Only `reach` bytes are read past the keyword.
-        assert_eq!(assignment_operator(b"token_long_name = x", 5, 8), None);
-        assert_eq!(assignment_operator(b"token_long_name = x", 5, 13), Some(16));
+        assert_eq!(assignment_operator(b"token_long_name = x", 0, 5, 8), None);
+        assert_eq!(
+            assignment_operator(b"token_long_name = x", 0, 5, 13),
+            Some(16)
+        );
+        fn flag(text: &str) -> Option<&str> {
+            let start = text.find("pass").unwrap();
+            assignment_operator(text.as_bytes(), start, start + 8, 128).map(|op| &text[op..])
+        }
+        assert_eq!(flag("mysql --password Xk9m db"), Some(" Xk9m db"));
+        assert_eq!(flag("--db-password\t'a b'"), Some("\t'a b'"));
+        for no in [
+            "--password --verbose",
+            "--password \nnext",
+            "--password ",
+            "x--password value",
+            "-password value",
+            "password value",
+        ] {
+            assert_eq!(flag(no), None, "{no}");
+        }
     }
 
     /// `may_hold` for the first digit run of `text`.

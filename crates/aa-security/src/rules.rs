@@ -34,8 +34,8 @@ pub(crate) enum Trigger {
     Keywords(&'static [&'static str]),
     /// An assignment to a name holding any of these keywords: the keyword with more name
     /// characters around it (ASCII letters, digits, `_`, `.`, `-`), a closing quote, white
-    /// space, then the operator (`:=`, `=>`, `=` or `:`). The rule's pattern is matched from
-    /// the operator, anchored (`^`).
+    /// space, then the operator (`:=`, `=>`, `=` or `:`; after a flag, `--password value`, the
+    /// white space). The rule's pattern is matched from the operator, anchored (`^`).
     Assigned(&'static [&'static str]),
     /// A run of at least seven digits, possibly with separators (phone numbers, cards, ...).
     Digits,
@@ -186,11 +186,12 @@ macro_rules! pem {
 }
 
 /// The value of a generic `name = value` assignment (the name holds one of the secret words),
-/// from the operator on; the value is the group that took part. Quoted, it runs to its closing
+/// from the operator on (white space after a command line's flag); the value is the group that
+/// took part. Quoted, it runs to its closing
 /// quote on the line (escapes, white space and punctuation included); bare, it stops at white
 /// space, quotes, brackets, `,`, `;` and at the `&` that starts a query's next parameter.
 const GENERIC: &str = concat!(
-    r#"^(?::=|=>|=|:)\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,})"|'([^'\r\n]{8,})'"#,
+    r#"^(?::=|=>|=|:|[ \t])\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,})"|'([^'\r\n]{8,})'"#,
     r#"|`([^`\r\n]{8,})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,}))"#
 );
 
@@ -1103,6 +1104,26 @@ pub(crate) const RULES: &[RuleDef] = &[
         "database-url-mssql",
         &["sqlserver", "mssql"],
         r#"(?i)(?:sqlserver|mssql)(?:\+[a-z0-9_]+)?://[^\s:/@\[]+:([^\s/?#"'<>,;]+)@"#,
+    ),
+    // MySQL's and MariaDB's clients take a password glued to `-p` (`mysql -u root -pXk9...`);
+    // `-p` alone, or before white space, asks for one.
+    gated(
+        window(
+            rule(
+                "mysql-password-flag",
+                "database_password",
+                Critical,
+                &["mysql", "mariadb"],
+                concat!(
+                    r#"(?i)\b(?:mysql(?:dump|admin|import|check|sh|pump|slap|binlog)?"#,
+                    r#"|mariadb(?:-dump|-admin|-import|-check|-binlog)?)(?:\s[^\r\n|;&]*?)?\s-p"#,
+                    r#"(?:"([^"\s]+)"|'([^'\s]+)'|([^\s"'\-][^\s"']*))"#
+                ),
+            ),
+            4,
+            300,
+        ),
+        Gate::NotPlaceholder,
     ),
     // Any other URL's credentials (`https://user:password@host`), read back from the `@`.
     gated(

@@ -415,7 +415,7 @@ impl Scanner {
             for &rule in self.keyword_rules.get(keyword).into_iter().flatten() {
                 match self.rules.get(rule) {
                     Some(r) if r.assigned => {
-                        if let Some(op) = gates::assignment_operator(bytes, end, r.after) {
+                        if let Some(op) = gates::assignment_operator(bytes, start, end, r.after) {
                             assignments.push((rule, op, (op + r.after).min(bytes.len())));
                         }
                     }
