@@ -116,7 +116,19 @@ pub(crate) fn assignment_operator(
             .is_some_and(|b| !matches!(b, b'-' | b'\n' | b'\r'))
             .then_some(end + at);
     }
-    if matches!(rest.get(at), Some(b'"' | b'\'')) {
+    // What precedes the name, read only where XML may follow: most names are not XML's.
+    let before = || {
+        name_start(text, start, reach)
+            .checked_sub(1)
+            .and_then(|i| text.get(i))
+            .copied()
+    };
+    let tail = rest.get(at..).unwrap_or_default();
+    if tail.starts_with(b">") || tail.starts_with(b"</") {
+        return xml_value(before(), tail).map(|op| end + at + op);
+    }
+    let quoted = matches!(rest.get(at), Some(b'"' | b'\''));
+    if quoted {
         at += 1;
     }
     // The regexes' `\s`: ASCII white space, vertical tab included.
@@ -126,23 +138,57 @@ pub(crate) fn assignment_operator(
     {
         at += 1;
     }
+    // An attribute named by the one before it: `<add key="Password" value="..."/>`.
+    if quoted
+        && rest
+            .get(at..at + 6)
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"value="))
+        && before() == Some(b'"')
+    {
+        at += 5;
+    }
     matches!(rest.get(at), Some(b':' | b'=')).then_some(end + at)
+}
+
+/// Where in `tail`, what follows a name that `before` precedes, an XML element's value starts
+/// (its `>`): the name's own element (`<password>...`), or the element after a key's
+/// (`<key>password</key><value>...`, a property list's `<string>`).
+fn xml_value(before: Option<u8>, tail: &[u8]) -> Option<usize> {
+    const KEYS: [&[u8]; 2] = [b"</key>", b"</name>"];
+    const VALUES: [&[u8]; 2] = [b"<value>", b"<string>"];
+    match before? {
+        b'<' => tail.starts_with(b">").then_some(0),
+        b'>' => {
+            let closed = KEYS.iter().find_map(|tag| tail.strip_prefix(*tag))?;
+            let gap = closed
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+            let value = closed.get(gap..)?;
+            let open = VALUES.iter().find(|tag| value.starts_with(tag))?;
+            Some(tail.len() - closed.len() + gap + open.len() - 1)
+        }
+        _ => None,
+    }
+}
+
+/// Where the name around a keyword starting at `start` of `text` starts: name characters
+/// before it, within `reach` bytes.
+fn name_start(text: &[u8], start: usize, reach: usize) -> usize {
+    let from = start.saturating_sub(reach);
+    let head = text.get(from..start).unwrap_or_default();
+    let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    from + head.iter().rposition(|b| !is_name(b)).map_or(0, |p| p + 1)
 }
 
 /// Whether the name around a keyword starting at `start` of `text` is a long flag: `--` and a
 /// letter, not glued to a word before it.
 fn is_flag(text: &[u8], start: usize, reach: usize) -> bool {
-    let head = text
-        .get(start.saturating_sub(reach)..start)
-        .unwrap_or_default();
-    let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
-    let name_start = head.iter().rposition(|b| !is_name(b)).map_or(0, |p| p + 1);
     let name = text
-        .get(start - head.len() + name_start..)
+        .get(name_start(text, start, reach)..)
         .unwrap_or_default();
     name.starts_with(b"--") && name.get(2).is_some_and(u8::is_ascii_alphabetic)
 }
-
 /// Whether every place a phone number, SSN or card could start in `run` is glued to a word
 /// (`a1903-4124`): their patterns refuse a letter, `_` or `-` before the first digit, and a
 /// start inside the run needs a separator other than `-` before it.

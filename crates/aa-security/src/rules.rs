@@ -35,7 +35,8 @@ pub(crate) enum Trigger {
     /// An assignment to a name holding any of these keywords: the keyword with more name
     /// characters around it (ASCII letters, digits, `_`, `.`, `-`), a closing quote, white
     /// space, then the operator (`:=`, `=>`, `=` or `:`; after a flag, `--password value`, the
-    /// white space). The rule's pattern is matched from the operator, anchored (`^`).
+    /// white space; in XML, the `>` before the value). The rule's pattern is matched from the
+    /// operator, anchored (`^`).
     Assigned(&'static [&'static str]),
     /// A run of at least seven digits, possibly with separators (phone numbers, cards, ...).
     Digits,
@@ -186,12 +187,12 @@ macro_rules! pem {
 }
 
 /// The value of a generic `name = value` assignment (the name holds one of the secret words),
-/// from the operator on (white space after a command line's flag); the value is the group that
-/// took part. Quoted, it runs to its closing
+/// from the operator on (white space after a command line's flag, the `>` of an XML element);
+/// the value is the group that took part. Quoted, it runs to its closing
 /// quote on the line (escapes, white space and punctuation included); bare, it stops at white
 /// space, quotes, brackets, `,`, `;` and at the `&` that starts a query's next parameter.
 const GENERIC: &str = concat!(
-    r#"^(?::=|=>|=|:|[ \t])\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,})"|'([^'\r\n]{8,})'"#,
+    r#"^(?::=|=>|=|:|>|[ \t])\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,})"|'([^'\r\n]{8,})'"#,
     r#"|`([^`\r\n]{8,})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,}))"#
 );
 
