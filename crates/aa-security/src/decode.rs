@@ -218,15 +218,36 @@ const NEIGHBOURS: usize = 256;
 /// another, so its map stays small.
 const MOST_DECODED: usize = 16 * 1024;
 
-/// An escaping scheme decoded in place: its marker byte, whether an escape starts at a marker,
-/// whether it hides a character that encoders leave as it is, and the decoder.
+/// An escaping scheme decoded in place: its marker byte, the escape written at a marker (none
+/// when the marker starts no escape), and whether it hides a character that encoders leave as
+/// it is.
 #[derive(Clone, Copy)]
 struct Escapes {
     marker: u8,
     encoding: Encoding,
-    escape_at: fn(&[u8]) -> bool,
+    escape_at: fn(&[u8]) -> Option<Escape>,
     hides_at: fn(&[u8]) -> bool,
-    decode: fn(&str, usize) -> Option<Unescaped>,
+}
+
+/// One escape decoded: up to four bytes (a character's UTF-8, or one byte of percent-encoding)
+/// and how many bytes it was written in.
+#[derive(Clone, Copy)]
+struct Escape {
+    bytes: [u8; 4],
+    len: usize,
+    written: usize,
+}
+
+impl Escape {
+    fn char(c: char, written: usize) -> Escape {
+        let mut bytes = [0; 4];
+        let len = c.encode_utf8(&mut bytes).len();
+        Escape {
+            bytes,
+            len,
+            written,
+        }
+    }
 }
 
 impl Escapes {
@@ -234,13 +255,19 @@ impl Escapes {
     const PERCENT: Escapes = Escapes {
         marker: b'%',
         encoding: Encoding::Percent,
-        escape_at: |at| at.get(1..3).and_then(hex_byte).is_some(),
+        escape_at: |at| {
+            let byte = at.get(1..3).and_then(hex_byte)?;
+            Some(Escape {
+                bytes: [byte, 0, 0, 0],
+                len: 1,
+                written: 3,
+            })
+        },
         hides_at: |at| {
             at.get(1..3)
                 .and_then(hex_byte)
                 .is_some_and(|b| b.is_ascii_alphanumeric())
         },
-        decode: percent_decode,
     };
     /// JSON writers escape quotes, backslashes, control characters and (some) non-ASCII
     /// text, never a printable ASCII character in `\u` form nor its fullwidth twin.
@@ -252,8 +279,31 @@ impl Escapes {
             json_code_at(at)
                 .is_some_and(|c| (0x21..=0x7E).contains(&c) || (0xFF01..=0xFF5E).contains(&c))
         },
-        decode: json_unescape,
     };
+
+    /// Decodes the escapes in `segment`, which starts at `offset` in the text; `None` when it
+    /// holds none. A marker that starts no escape (`\q`, a `\` at the end, `\u` without four
+    /// hex digits, `%G1`) is kept as written rather than giving up on the segment, so a stray
+    /// one cannot hide what the rest spells out.
+    fn decode(self, segment: &str, offset: usize) -> Option<Unescaped> {
+        let bytes = segment.as_bytes();
+        let mut out = Unescaped::with_capacity(bytes.len());
+        let (mut from, mut search, mut any) = (0, 0, false);
+        while let Some(found) = memchr::memchr(self.marker, bytes.get(search..)?) {
+            let at = search + found;
+            search = at + 1;
+            if let Some(escape) = bytes.get(at..).and_then(self.escape_at) {
+                out.copy(bytes.get(from..at).unwrap_or_default(), offset + from);
+                out.push(
+                    escape.bytes.get(..escape.len).unwrap_or_default(),
+                    offset + at,
+                );
+                (from, search, any) = (at + escape.written, at + escape.written, true);
+            }
+        }
+        out.copy(bytes.get(from..).unwrap_or_default(), offset + from);
+        any.then_some(out)
+    }
 }
 
 /// Segments around escapes, decoded with a map back to the text: each escape's token (no
@@ -281,7 +331,7 @@ fn delimited(text: &str, escapes: Escapes, each: &mut impl FnMut(Segment)) {
             .find(|&j| boundary(j))
             .unwrap_or(bytes.len())
     };
-    let next = |is_escape: fn(&[u8]) -> bool, from: usize, to: usize| {
+    let next = |is_escape: &dyn Fn(&[u8]) -> bool, from: usize, to: usize| {
         let mut at = from;
         while let Some(found) = memchr::memchr(escapes.marker, bytes.get(at..to)?) {
             at += found;
@@ -294,21 +344,28 @@ fn delimited(text: &str, escapes: Escapes, each: &mut impl FnMut(Segment)) {
     };
     // Segments do not overlap: each starts where the last one ended, or after.
     let mut from = 0;
-    while let Some(at) = next(escapes.escape_at, from, bytes.len()) {
+    let escape_at = |at: &[u8]| (escapes.escape_at)(at).is_some();
+    while let Some(at) = next(&escape_at, from, bytes.len()) {
         let mut start = token_start(from, at);
         let mut end = token_end(at);
-        if next(escapes.hides_at, start, end).is_some() {
+        // Tokens are short: read byte by byte, not searched.
+        let token = bytes.get(start..end).unwrap_or_default();
+        let hides = token
+            .iter()
+            .enumerate()
+            .any(|(i, &b)| b == escapes.marker && token.get(i..).is_some_and(escapes.hides_at));
+        if hides {
             start = token_start(from, start.saturating_sub(NEIGHBOURS).max(from));
             while end - start < MOST_DECODED
                 && let Some(hidden) =
-                    next(escapes.hides_at, end, (end + NEIGHBOURS).min(bytes.len()))
+                    next(&escapes.hides_at, end, (end + NEIGHBOURS).min(bytes.len()))
             {
                 end = token_end(hidden);
             }
             end = token_end((end + NEIGHBOURS).min(bytes.len()));
         }
         if let Some(segment) = text.get(start..end)
-            && let Some(unescaped) = (escapes.decode)(segment, start)
+            && let Some(unescaped) = escapes.decode(segment, start)
         {
             let (decoded, origin) = unescaped.into_text(end);
             each(Segment {
@@ -323,12 +380,24 @@ fn delimited(text: &str, escapes: Escapes, each: &mut impl FnMut(Segment)) {
     }
 }
 
-/// Whether a JSON string escape starts at `at[0]`: `\n`, `\"`, `\u0067`, ...
-fn json_escape_at(at: &[u8]) -> bool {
-    matches!(
-        at.get(1),
-        Some(b'n' | b't' | b'r' | b'b' | b'f' | b'/' | b'\\' | b'"')
-    ) || json_code_at(at).is_some()
+/// The JSON string escape at `at[0]`, if one starts there: `\n`, `\"`, `\u0067`, ...
+fn json_escape_at(at: &[u8]) -> Option<Escape> {
+    let c = match at.get(1)? {
+        b'n' => '\n',
+        b't' => '\t',
+        b'r' => '\r',
+        b'b' => '\u{8}',
+        b'f' => '\u{c}',
+        b'/' => '/',
+        b'\\' => '\\',
+        b'"' => '"',
+        b'u' => {
+            let code = json_code_at(at)?;
+            return Some(Escape::char(char::from_u32(code).unwrap_or('\u{FFFD}'), 6));
+        }
+        _ => return None,
+    };
+    Some(Escape::char(c, 2))
 }
 
 /// The code point of the `\uXXXX` escape at `at[0]`.
@@ -356,9 +425,16 @@ impl Unescaped {
         }
     }
 
+    /// An escape's bytes, all from `at`.
     fn push(&mut self, piece: &[u8], at: usize) {
         self.bytes.extend_from_slice(piece);
         self.origin.resize(self.bytes.len(), at);
+    }
+
+    /// Bytes as written, from `at` on.
+    fn copy(&mut self, run: &[u8], at: usize) {
+        self.bytes.extend_from_slice(run);
+        self.origin.extend(at..at + run.len());
     }
 
     /// The decoded text and, for each of its bytes and one past its end (`end`), where in the
@@ -475,78 +551,6 @@ fn hex_byte(pair: &[u8]) -> Option<u8> {
 
 fn hex_decode(run: &[u8]) -> Option<Vec<u8>> {
     run.chunks_exact(2).map(hex_byte).collect()
-}
-
-/// Decodes `%XX` escapes in `segment`, which starts at `offset` in the text.
-fn percent_decode(segment: &str, offset: usize) -> Option<Unescaped> {
-    let bytes = segment.as_bytes();
-    let mut out = Unescaped::with_capacity(bytes.len());
-    let mut i = 0;
-    let mut any = false;
-    while let Some(&b) = bytes.get(i) {
-        if b == b'%'
-            && let Some(decoded) = bytes.get(i + 1..i + 3).and_then(hex_byte)
-        {
-            out.push(&[decoded], offset + i);
-            any = true;
-            i += 3;
-            continue;
-        }
-        out.push(&[b], offset + i);
-        i += 1;
-    }
-    any.then_some(out)
-}
-
-/// Decodes JSON string escapes in `segment`, which starts at `offset` in the text. One that is
-/// not an escape (`\q`, a `\` at the end, `\u` without four hex digits) is kept as written
-/// rather than giving up on the segment, so a stray one cannot hide what the rest spells out.
-fn json_unescape(segment: &str, offset: usize) -> Option<Unescaped> {
-    let mut out = Unescaped::with_capacity(segment.len());
-    let mut chars = segment.char_indices();
-    let mut any = false;
-    let mut buf = [0; 4];
-    while let Some((i, c)) = chars.next() {
-        let at = offset + i;
-        if c != '\\' {
-            out.push(c.encode_utf8(&mut buf).as_bytes(), at);
-            continue;
-        }
-        let Some((_, escaped)) = chars.next() else {
-            out.push(b"\\", at);
-            break;
-        };
-        let decoded = match escaped {
-            'n' => '\n',
-            't' => '\t',
-            'r' => '\r',
-            'b' => '\u{8}',
-            'f' => '\u{c}',
-            '/' => '/',
-            '\\' => '\\',
-            '"' => '"',
-            'u' => match json_code_at(segment.as_bytes().get(i..).unwrap_or_default()) {
-                Some(code) => {
-                    // Past the four digits, which are ASCII.
-                    chars.nth(3);
-                    char::from_u32(code).unwrap_or('\u{FFFD}')
-                }
-                None => {
-                    out.push(b"\\", at);
-                    out.push(b"u", at + 1);
-                    continue;
-                }
-            },
-            other => {
-                out.push(b"\\", at);
-                out.push(other.encode_utf8(&mut buf).as_bytes(), at + 1);
-                continue;
-            }
-        };
-        any = true;
-        out.push(decoded.encode_utf8(&mut buf).as_bytes(), at);
-    }
-    any.then_some(out)
 }
 
 /// Whether `head` can begin a text [`printable`] accepts: valid UTF-8, possibly cut inside a
