@@ -106,7 +106,6 @@ pub(crate) fn assignment_operator(
 ) -> Option<usize> {
     let rest = text.get(end..).unwrap_or_default();
     let rest = rest.get(..reach).unwrap_or(rest);
-    let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
     let mut at = rest.iter().position(|b| !is_name(b)).unwrap_or(rest.len());
     if matches!(rest.get(at), Some(b' ' | b'\t')) && is_flag(text, start, reach) {
         let value = rest
@@ -172,12 +171,16 @@ fn xml_value(before: Option<u8>, tail: &[u8]) -> Option<usize> {
     }
 }
 
+/// A character of a name: ASCII letters, digits, `_`, `.` and `-`.
+fn is_name(b: &u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')
+}
+
 /// Where the name around a keyword starting at `start` of `text` starts: name characters
 /// before it, within `reach` bytes.
 fn name_start(text: &[u8], start: usize, reach: usize) -> usize {
     let from = start.saturating_sub(reach);
     let head = text.get(from..start).unwrap_or_default();
-    let is_name = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
     from + head.iter().rposition(|b| !is_name(b)).map_or(0, |p| p + 1)
 }
 
