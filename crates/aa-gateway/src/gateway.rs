@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aa_background::BackgroundPriority;
 use aa_core::{AgentRegistration, AuditEvent, EventKind, RedactionReceipt, TopologyEdge};
-use aa_identity::{Claims, Keypair, PublicKey};
+use aa_identity::{Claims, Keypair, PublicKey, Spawn};
 use aa_policy::PriceTable;
 use aa_security::{Limits, Scanner};
 use serde::Deserialize as _;
@@ -68,13 +68,16 @@ impl Default for GatewayConfig {
 }
 
 /// A registration's answer to its challenge: the challenge, as the gateway gave it, and the
-/// agent key's signature over it.
-#[derive(Debug, Clone, Copy)]
+/// agent key's signature over it; for a child's first registration, its parent's consent too.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ChallengeAnswer<'a> {
     /// The challenge answered.
     pub challenge: &'a [u8],
     /// The signature.
     pub signature: &'a [u8],
+    /// The parent's signature over the [`aa_identity::Spawn`] of this registration; empty for
+    /// an agent without a parent, or one registering again.
+    pub parent_signature: &'a [u8],
 }
 
 /// What a registration step produced.
@@ -197,6 +200,54 @@ pub struct Gateway<S> {
     pub(crate) approval_steps: tokio::sync::Mutex<()>,
     /// The prices budgets charge by.
     pub(crate) prices: Arc<PriceTable>,
+}
+
+/// Checks a new child's registration against its parent: the parent signed the [`Spawn`] of
+/// this very registration with its key, and the child stays in the parent's team. Otherwise
+/// anyone could hang an agent under another's, and spend that agent's budgets, or step out of
+/// its team's limits and policy.
+fn consented(
+    reg: &AgentRegistration,
+    parent: &AgentRecord,
+    answer: ChallengeAnswer<'_>,
+) -> Result<(), GatewayError> {
+    if let Some(team) = &reg.lineage.team_id
+        && parent.team_id.as_ref() != Some(team)
+    {
+        let parents = match &parent.team_id {
+            Some(own) => format!("team {own:?}"),
+            None => "no team".to_owned(),
+        };
+        return Err(GatewayError::InvalidRequest(format!(
+            "team_id {team:?}: agent {:?} is spawned by {:?}, which is in {parents}; a child \
+             works in its parent's team, so leave team_id out",
+            reg.agent_id, parent.agent_id
+        )));
+    }
+    if answer.parent_signature.is_empty() {
+        return Err(GatewayError::Unauthenticated(format!(
+            "agent {:?} names {:?} as its parent, and its first registration carries no \
+             parent_signature: that agent's consent to the spawn, signed with its key",
+            reg.agent_id, parent.agent_id
+        )));
+    }
+    let spawn = Spawn {
+        parent_id: &parent.agent_id,
+        child_id: &reg.agent_id,
+        child_did: &reg.public_key,
+        challenge: answer.challenge,
+    };
+    let parent_key = PublicKey::from_did(&parent.did)
+        .map_err(|e| GatewayError::Storage(format!("agent {:?}: {e}", parent.agent_id)))?;
+    parent_key
+        .verify_spawn(&spawn, answer.parent_signature)
+        .map_err(|_| {
+            GatewayError::Unauthenticated(format!(
+                "parent_signature does not verify with the key of agent {:?}, which agent {:?} \
+                 names as its parent",
+                parent.agent_id, reg.agent_id
+            ))
+        })
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -360,6 +411,10 @@ impl<S: Store> Gateway<S> {
                 })?;
                 // A stopped agent spawns nothing.
                 self.ensure_running(&parent).await?;
+                // The edge is made once, with the parent's consent; registering again keeps it.
+                if existing.is_none() {
+                    consented(&reg, &parent, answer)?;
+                }
                 // Depth is the registry's to say, not the child's: one below its parent.
                 let team = reg.lineage.team_id.clone().or(parent.team_id.clone());
                 let depth = parent.depth.saturating_add(1);

@@ -313,6 +313,7 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
         let mut request = request.into_inner();
         let signature = std::mem::take(&mut request.challenge_signature);
         let answered = std::mem::take(&mut request.answered_challenge);
+        let parent_signature = std::mem::take(&mut request.parent_signature);
         let registration = AgentRegistration::try_from(request).map_err(invalid)?;
         let agent_id = registration.agent_id.clone();
         let answer = self
@@ -322,6 +323,7 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
                 Some(ChallengeAnswer {
                     challenge: &answered,
                     signature: &signature,
+                    parent_signature: &parent_signature,
                 }),
             )
             .await

@@ -13,6 +13,8 @@ const DID_PREFIX: &str = "did:key:z";
 const MAX_DID_DIGITS: usize = 64;
 /// Domain separation: a challenge signature cannot be reused as anything else.
 const CHALLENGE_CONTEXT: &[u8] = b"agent-assembly register v1\0";
+/// Domain separation for a parent's consent to a child's registration.
+const SPAWN_CONTEXT: &[u8] = b"agent-assembly spawn v1\0";
 
 /// How many random bytes a challenge holds.
 pub const CHALLENGE_BYTES: usize = 32;
@@ -24,15 +26,53 @@ pub fn challenge() -> Result<[u8; CHALLENGE_BYTES], IdentityError> {
     Ok(bytes)
 }
 
-/// What an agent signs to answer a challenge: the context, its id and the challenge, so the
-/// answer is bound to both.
-fn challenge_message(agent_id: &str, challenge: &[u8]) -> Vec<u8> {
-    let mut message = Vec::with_capacity(CHALLENGE_CONTEXT.len() + agent_id.len() + 1 + 32);
-    message.extend_from_slice(CHALLENGE_CONTEXT);
-    message.extend_from_slice(agent_id.as_bytes());
-    message.push(0);
-    message.extend_from_slice(challenge);
+/// A signed message: the context, then the parts apart by NUL (ids and `did:key`s hold none;
+/// the challenge, last, is of fixed length).
+fn message(context: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let length = parts.iter().map(|p| p.len() + 1).sum::<usize>();
+    let mut message = Vec::with_capacity(context.len() + length);
+    message.extend_from_slice(context);
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            message.push(0);
+        }
+        message.extend_from_slice(part);
+    }
     message
+}
+
+/// What an agent signs to answer a challenge: its id and the challenge, so the answer is bound
+/// to both.
+fn challenge_message(agent_id: &str, challenge: &[u8]) -> Vec<u8> {
+    message(CHALLENGE_CONTEXT, &[agent_id.as_bytes(), challenge])
+}
+
+/// A child's registration as its parent consents to it: which parent, which child with which
+/// key, and the challenge of that registration, so the consent is good for it alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Spawn<'a> {
+    /// The parent's agent id.
+    pub parent_id: &'a str,
+    /// The child's agent id.
+    pub child_id: &'a str,
+    /// The child's key as a `did:key`.
+    pub child_did: &'a str,
+    /// The challenge the child's registration answers.
+    pub challenge: &'a [u8],
+}
+
+impl Spawn<'_> {
+    fn message(&self) -> Vec<u8> {
+        message(
+            SPAWN_CONTEXT,
+            &[
+                self.parent_id.as_bytes(),
+                self.child_id.as_bytes(),
+                self.child_did.as_bytes(),
+                self.challenge,
+            ],
+        )
+    }
 }
 
 /// An Ed25519 signing key: an agent's identity, or a gateway's.
@@ -92,6 +132,11 @@ impl Keypair {
     /// Answers a registration challenge for `agent_id`.
     pub fn sign_challenge(&self, agent_id: &str, challenge: &[u8]) -> [u8; 64] {
         self.sign(&challenge_message(agent_id, challenge))
+    }
+
+    /// A parent's consent to `spawn`, signed with the parent's key.
+    pub fn sign_spawn(&self, spawn: &Spawn<'_>) -> [u8; 64] {
+        self.sign(&spawn.message())
     }
 }
 
@@ -166,6 +211,11 @@ impl PublicKey {
     ) -> Result<(), IdentityError> {
         self.verify(&challenge_message(agent_id, challenge), signature)
     }
+
+    /// Checks a parent's consent to `spawn` against the parent's key.
+    pub fn verify_spawn(&self, spawn: &Spawn<'_>, signature: &[u8]) -> Result<(), IdentityError> {
+        self.verify(&spawn.message(), signature)
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +275,51 @@ mod tests {
         let other = Keypair::generate().unwrap().public();
         assert!(other.verify_challenge("agent-1", &c, &answer).is_err());
         assert!(public.verify_challenge("agent-1", &c, b"short").is_err());
+    }
+
+    #[test]
+    fn a_spawn_consent_is_bound_to_parent_child_key_and_challenge() {
+        let parent = Keypair::generate().unwrap();
+        let child = Keypair::generate().unwrap().public().did();
+        let c = challenge().unwrap();
+        let spawn = Spawn {
+            parent_id: "lead",
+            child_id: "helper",
+            child_did: &child,
+            challenge: &c,
+        };
+        let consent = parent.sign_spawn(&spawn);
+        assert!(parent.public().verify_spawn(&spawn, &consent).is_ok());
+        let other_did = Keypair::generate().unwrap().public().did();
+        let other_challenge = challenge().unwrap();
+        for changed in [
+            Spawn {
+                parent_id: "boss",
+                ..spawn
+            },
+            Spawn {
+                child_id: "other",
+                ..spawn
+            },
+            Spawn {
+                child_did: &other_did,
+                ..spawn
+            },
+            Spawn {
+                challenge: &other_challenge,
+                ..spawn
+            },
+        ] {
+            assert!(
+                parent.public().verify_spawn(&changed, &consent).is_err(),
+                "{changed:?}"
+            );
+        }
+        // Neither a challenge answer nor another key's signature stands for consent.
+        let answer = parent.sign_challenge("helper", &c);
+        assert!(parent.public().verify_spawn(&spawn, &answer).is_err());
+        let stranger = Keypair::generate().unwrap().sign_spawn(&spawn);
+        assert!(parent.public().verify_spawn(&spawn, &stranger).is_err());
     }
 
     #[test]

@@ -26,7 +26,9 @@ pub fn load_or_create(path: &Path) -> Result<Keypair, IdentityError> {
     }
 }
 
-fn load(path: &Path) -> Result<Keypair, IdentityError> {
+/// Reads the key at `path`; a missing file is an error (e.g. a parent's key, which only its
+/// own registration creates).
+pub fn load(path: &Path) -> Result<Keypair, IdentityError> {
     match fs::metadata(path) {
         Ok(meta) => {
             if meta.permissions().mode() & 0o077 != 0 {

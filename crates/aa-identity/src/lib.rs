@@ -2,7 +2,8 @@
 //! challenge that proves an agent holds its key, and the signed credential tokens a gateway
 //! issues to registered agents and every runtime checks.
 //!
-//! - [`key`]: [`Keypair`] and [`PublicKey`], their `did:key` form, and the challenge.
+//! - [`key`]: [`Keypair`] and [`PublicKey`], their `did:key` form, the challenge, and a
+//!   parent's consent to a child's registration ([`Spawn`]).
 //! - [`token`]: [`Claims`], [`issue`] and [`verify`] for credential tokens, and
 //!   [`same_secret`], the constant-time comparison of tokens.
 //! - [`keyfile`]: keys kept on disk, owner-only.
@@ -17,5 +18,5 @@ pub mod keyfile;
 pub mod token;
 
 pub use error::IdentityError;
-pub use key::{CHALLENGE_BYTES, Keypair, PublicKey, challenge};
+pub use key::{CHALLENGE_BYTES, Keypair, PublicKey, Spawn, challenge};
 pub use token::{Claims, issue, same_secret, unverified_claims, verify};

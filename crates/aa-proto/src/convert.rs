@@ -265,6 +265,7 @@ impl From<&AgentRegistration> for pb::RegisterRequest {
             depth: l.depth,
             challenge_signature: Vec::new(),
             answered_challenge: Vec::new(),
+            parent_signature: Vec::new(),
         }
     }
 }

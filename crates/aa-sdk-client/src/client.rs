@@ -93,7 +93,8 @@ pub struct AgentSpec {
     pub framework: Option<String>,
     /// Its team.
     pub team_id: Option<String>,
-    /// The agent that spawned it.
+    /// The agent that spawned it. Its key must be in this client's state directory for the
+    /// child's first registration: the client signs the parent's consent with it.
     pub parent_agent_id: Option<String>,
     /// Why it was spawned.
     pub delegation_reason: Option<String>,
@@ -1014,40 +1015,52 @@ impl Shared {
     }
 
     async fn register(&self, spec: &AgentSpec) -> Result<Agent, ClientError> {
-        if spec.agent_id.is_empty()
-            || !spec
-                .agent_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
-        {
-            return Err(ClientError::InvalidArgument {
-                field: "agent_id",
-                message: "must be non-empty and use only letters, digits and - _ . : @".into(),
-            });
+        // Ids name key files: no path separators.
+        let ids = [
+            ("agent_id", Some(&spec.agent_id)),
+            ("parent_agent_id", spec.parent_agent_id.as_ref()),
+        ];
+        for (field, id) in ids {
+            if id.is_some_and(|id| {
+                id.is_empty()
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
+            }) {
+                return Err(ClientError::InvalidArgument {
+                    field,
+                    message: "must be non-empty and use only letters, digits and - _ . : @".into(),
+                });
+            }
         }
-        let key_path = self
-            .config
-            .state_dir
-            .join("agents")
-            .join(format!("{}.key", spec.agent_id));
-        let key =
-            tokio::task::spawn_blocking(move || aa_identity::keyfile::load_or_create(&key_path))
-                .await
-                .map_err(|e| ClientError::Internal(e.to_string()))?
-                .map_err(|e| ClientError::Identity(e.to_string()))?;
-        let request = |answer: Option<(Vec<u8>, Vec<u8>)>| {
-            Body::Register(register_request(spec, &key, answer))
-        };
+        let agents = self.config.state_dir.join("agents");
+        let key_path = agents.join(format!("{}.key", spec.agent_id));
+        // A child's first registration carries its parent's consent, signed with the parent's
+        // key where this client keeps it; without it there the gateway takes only a child it
+        // already knows.
+        let parent_key_path = spec
+            .parent_agent_id
+            .as_ref()
+            .map(|parent| agents.join(format!("{parent}.key")));
+        let (key, parent_key) = tokio::task::spawn_blocking(move || {
+            let key = aa_identity::keyfile::load_or_create(&key_path)?;
+            let parent_key = match parent_key_path.filter(|path| path.exists()) {
+                Some(path) => Some(aa_identity::keyfile::load(&path)?),
+                None => None,
+            };
+            Ok::<_, aa_identity::IdentityError>((key, parent_key))
+        })
+        .await
+        .map_err(|e| ClientError::Internal(e.to_string()))?
+        .map_err(|e| ClientError::Identity(e.to_string()))?;
+        let request = |answer: Option<Answer>| Body::Register(register_request(spec, &key, answer));
         let challenge = match self.call(request(None), false).await? {
             Body::Registered(r) if !r.challenge.is_empty() => r.challenge,
             other => return Err(unexpected(&other)),
         };
-        let signature = key.sign_challenge(&spec.agent_id, &challenge).to_vec();
+        let answer = Answer::new(spec, &key, parent_key.as_ref(), challenge);
         // The gateway keeps each request's challenge apart and takes the one named.
-        match self
-            .call(request(Some((challenge, signature))), false)
-            .await?
-        {
+        match self.call(request(Some(answer)), false).await? {
             Body::Registered(r) if !r.credential_token.is_empty() => Ok(Agent {
                 id: spec.agent_id.clone(),
                 context: match r.agent {
@@ -1158,15 +1171,50 @@ impl Shared {
     }
 }
 
-/// A registration step: the first without `answer`, the second with the challenge it answers
-/// and the signature over it.
+/// The second registration step's proof: the challenge, the agent key's signature over it,
+/// and for a child its parent's consent (empty without the parent's key).
+#[derive(Default)]
+struct Answer {
+    challenge: Vec<u8>,
+    signature: Vec<u8>,
+    parent_signature: Vec<u8>,
+}
+
+impl Answer {
+    fn new(
+        spec: &AgentSpec,
+        key: &Keypair,
+        parent_key: Option<&Keypair>,
+        challenge: Vec<u8>,
+    ) -> Answer {
+        let signature = key.sign_challenge(&spec.agent_id, &challenge).to_vec();
+        let parent_signature = match (parent_key, &spec.parent_agent_id) {
+            (Some(parent_key), Some(parent_id)) => parent_key
+                .sign_spawn(&aa_identity::Spawn {
+                    parent_id,
+                    child_id: &spec.agent_id,
+                    child_did: &key.public().did(),
+                    challenge: &challenge,
+                })
+                .to_vec(),
+            _ => Vec::new(),
+        };
+        Answer {
+            challenge,
+            signature,
+            parent_signature,
+        }
+    }
+}
+
+/// A registration step: the first without `answer`, the second with it.
 fn register_request(
     spec: &AgentSpec,
     key: &Keypair,
-    answer: Option<(Vec<u8>, Vec<u8>)>,
+    answer: Option<Answer>,
 ) -> pb::RegisterRequest {
     let public = key.public();
-    let (answered_challenge, challenge_signature) = answer.unwrap_or_default();
+    let answer = answer.unwrap_or_default();
     pb::RegisterRequest {
         agent_id: spec.agent_id.clone(),
         name: spec.name.clone().unwrap_or_else(|| spec.agent_id.clone()),
@@ -1178,8 +1226,9 @@ fn register_request(
         delegation_reason: spec.delegation_reason.clone().unwrap_or_default(),
         spawned_by_tool: spec.spawned_by_tool.clone().unwrap_or_default(),
         depth: 0,
-        challenge_signature,
-        answered_challenge,
+        challenge_signature: answer.signature,
+        answered_challenge: answer.challenge,
+        parent_signature: answer.parent_signature,
     }
 }
 
@@ -1273,6 +1322,44 @@ mod tests {
             call.wait(),
             Err(ClientError::InvalidArgument { .. })
         ));
+    }
+
+    /// Ids name key files in the state directory, a parent's too: one that could leave the
+    /// `agents` folder is refused before any file is touched.
+    #[test]
+    fn an_id_that_is_no_file_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let client = Client::new(ClientConfig {
+            socket_path: Some(dir.path().join("absent.sock")),
+            state_dir: dir.path().to_path_buf(),
+            mode: Mode::Enforce,
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        for (spec, field) in [
+            (
+                AgentSpec {
+                    agent_id: "../bot".into(),
+                    ..AgentSpec::default()
+                },
+                "agent_id",
+            ),
+            (
+                AgentSpec {
+                    agent_id: "bot".into(),
+                    parent_agent_id: Some("../../keys/lead".into()),
+                    ..AgentSpec::default()
+                },
+                "parent_agent_id",
+            ),
+        ] {
+            let refused = client.register(spec).wait().unwrap_err();
+            assert!(
+                matches!(&refused, ClientError::InvalidArgument { field: f, .. } if *f == field),
+                "{refused:?}"
+            );
+        }
+        assert!(!dir.path().join("agents").exists());
     }
 
     #[test]

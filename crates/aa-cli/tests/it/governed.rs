@@ -56,23 +56,21 @@ pub(crate) async fn register(client: &Client, id: &str, team: Option<&str>) -> A
         .unwrap()
 }
 
-/// A runtime named `name` linked to `gateway`, with its own enforcing client (state under
-/// `dir`).
+/// A runtime named `name` linked to `gateway` (state under `dir`), with its own enforcing
+/// client keeping its keys in the SDK state directory under `dir`.
 pub(crate) fn runtime_with_client(
     dir: &Path,
     name: &str,
     gateway: &GatewayHandle,
 ) -> (RuntimeHandle, Client) {
     let runtime = RuntimeHandle::start(gateway.runtime_config(dir.join(name))).unwrap();
-    let c = client(
-        &dir.join(format!("sdk-{name}")),
-        &runtime.socket,
-        Mode::Enforce,
-    );
+    let c = client(dir, &runtime.socket, Mode::Enforce);
     (runtime, c)
 }
 
-/// Two runtimes (`a`, `b`) linked to `gateway`, each with its own client (keys under `dir`).
+/// Two runtimes (`a`, `b`) linked to `gateway`, each with its own client; the clients keep
+/// their keys in one state directory under `dir`, as on one host, so an agent registered
+/// through one can consent to a child registered through the other.
 pub(crate) fn two_runtimes(
     dir: &Path,
     gateway: &GatewayHandle,
@@ -83,8 +81,6 @@ pub(crate) fn two_runtimes(
     )
 }
 
-/// `aasm up` in process on `state` with the test policy, a client keeping its keys under
-/// `dir`, and the agent `bot` registered.
 /// `aasm up` in-process on `state`, serving the test data policies.
 pub(crate) async fn start_up(state: &Path) -> Up {
     Up::start(options(state, vec![data()]), RuntimeSettings::default())
@@ -92,6 +88,8 @@ pub(crate) async fn start_up(state: &Path) -> Up {
         .unwrap()
 }
 
+/// `aasm up` in process on `state` with the test policy, a client keeping its keys under
+/// `dir`, and the agent `bot` registered.
 pub(crate) async fn start_bot(dir: &Path, state: &Path) -> (Up, Client, Agent) {
     let up = start_up(state).await;
     let c = client(dir, &up.runtime.socket, Mode::Enforce);
@@ -1030,15 +1028,26 @@ async fn a_child_gets_its_lineage_and_an_unapproved_pending_check_denies() {
     let c = client(dir.path(), &up.runtime.socket, Mode::Enforce);
     let root = register(&c, "root", Some("ops")).await;
     assert_eq!(root.context().depth, 0);
-    let child = c
-        .register(AgentSpec {
-            agent_id: "child".into(),
-            parent_agent_id: Some("root".into()),
-            delegation_reason: Some("triage".into()),
-            ..AgentSpec::default()
-        })
-        .await
-        .unwrap();
+    let spec = |id: &str| AgentSpec {
+        agent_id: id.into(),
+        parent_agent_id: Some("root".into()),
+        delegation_reason: Some("triage".into()),
+        ..AgentSpec::default()
+    };
+    // A client without the root's key cannot hang a child under it: naming a parent is no
+    // consent.
+    let stranger = client(
+        &dir.path().join("elsewhere"),
+        &up.runtime.socket,
+        Mode::Enforce,
+    );
+    let refused = stranger.register(spec("squatter")).await.unwrap_err();
+    assert!(refused.is_unauthenticated(), "{refused}");
+    assert!(
+        refused.to_string().contains("carries no parent_signature"),
+        "{refused}"
+    );
+    let child = c.register(spec("child")).await.unwrap();
     // The gateway counts the depth and hands down the parent's team.
     let context = child.context();
     assert_eq!(

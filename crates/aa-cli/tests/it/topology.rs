@@ -61,13 +61,13 @@ async fn a_grandchild_is_denied_what_the_root_lacks() {
         .unwrap();
     let runtime = RuntimeHandle::start(gateway.runtime_config(dir.path().join("rt"))).unwrap();
     let c = client(dir.path(), &runtime.socket, Mode::Enforce);
-    let root = spawn(&c, "root", "sandbox", None).await;
+    let root = spawn(&c, "root", "builders", None).await;
     let child = spawn(&c, "child", "builders", Some("root")).await;
     let grandchild = spawn(&c, "grandchild", "builders", Some("child")).await;
     let solo = spawn(&c, "solo", "builders", None).await;
     assert_eq!(grandchild.context().depth, 2);
 
-    // The builders' own policy lets them run a shell; the sandboxed root may not, and so
+    // The builders' policy lets them run a shell; the root's own policy does not, and so
     // nothing it spawned may either.
     assert_eq!(
         decide(&c, &solo, shell("ls")).await.verdict.decision,

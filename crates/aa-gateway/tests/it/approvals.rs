@@ -42,8 +42,10 @@ async fn setup() -> (Arc<Gateway<SqliteStore>>, String, String) {
         admin_token: Some(ADMIN.into()),
         ..GatewayConfig::default()
     }));
-    let lead = register(&gw, "lead", &Keypair::generate().unwrap(), None).await;
-    let helper = register(&gw, "helper", &Keypair::generate().unwrap(), Some("lead")).await;
+    let lead_key = Keypair::generate().unwrap();
+    let lead = register(&gw, "lead", &lead_key, None).await;
+    let helper_key = Keypair::generate().unwrap();
+    let helper = register(&gw, "helper", &helper_key, Some(("lead", &lead_key))).await;
     (gw, lead, helper)
 }
 

@@ -13,7 +13,7 @@ use aa_gateway::{
 use aa_identity::Keypair;
 use aa_policy::{Account, ExceedAction};
 
-use crate::gateway::{documents, register};
+use crate::gateway::{documents, keys, register};
 
 const POLICIES: &str = "apiVersion: agent-assembly/v1
 kind: Policy
@@ -180,9 +180,10 @@ async fn concurrent_callers_never_pass_a_cap_and_settling_frees_room() {
 #[tokio::test]
 async fn spend_rolls_up_to_ancestors_and_the_team() {
     let gw = budget_gateway();
-    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
-    register(&gw, "lead", &Keypair::generate().unwrap(), Some("root")).await;
-    let worker = register(&gw, "worker", &Keypair::generate().unwrap(), Some("lead")).await;
+    let [root, lead, worker] = keys();
+    register(&gw, "root", &root, None).await;
+    register(&gw, "lead", &lead, Some(("root", &root))).await;
+    let worker = register(&gw, "worker", &worker, Some(("lead", &lead))).await;
 
     // The lead's $0.03 a month covers what its worker spends: two calls, not three.
     let first = gw

@@ -8,7 +8,7 @@ use aa_gateway::{
     ChallengeAnswer, Gateway, GatewayConfig, GatewayError, NewEvent, PolicyDocument, Registered,
     SqliteStore, Store,
 };
-use aa_identity::Keypair;
+use aa_identity::{Keypair, Spawn};
 use serde_json::json;
 
 pub(crate) const POLICY: &str = "apiVersion: agent-assembly/v1
@@ -51,13 +51,22 @@ pub(crate) fn registration(id: &str, key: &Keypair, parent: Option<&str>) -> Age
     }
 }
 
+/// `N` fresh agent keys.
+pub(crate) fn keys<const N: usize>() -> [Keypair; N] {
+    std::array::from_fn(|_| Keypair::generate().unwrap())
+}
+
+/// A child's parent: its id, and the key that signs its consent to the spawn.
+pub(crate) type Parent<'a> = Option<(&'a str, &'a Keypair)>;
+
 pub(crate) async fn register(
     gw: &Gateway<SqliteStore>,
     id: &str,
     key: &Keypair,
-    parent: Option<&str>,
+    parent: Parent<'_>,
 ) -> String {
-    register_as(gw, registration(id, key, parent), key).await
+    let reg = registration(id, key, parent.map(|(parent_id, _)| parent_id));
+    register_as(gw, reg, key, parent.map(|(_, parent_key)| parent_key)).await
 }
 
 /// `signature` as the answer to `challenge`.
@@ -65,24 +74,41 @@ pub(crate) fn answer<'a>(challenge: &'a [u8], signature: &'a [u8]) -> Option<Cha
     Some(ChallengeAnswer {
         challenge,
         signature,
+        parent_signature: &[],
     })
 }
 
-/// Registers `reg`, answering the challenge with `key`; the token issued.
+/// `parent_key`'s consent to `reg`, a child's registration answering `challenge`.
+pub(crate) fn consent(reg: &AgentRegistration, parent_key: &Keypair, challenge: &[u8]) -> Vec<u8> {
+    parent_key
+        .sign_spawn(&Spawn {
+            parent_id: reg.lineage.parent_agent_id.as_deref().unwrap_or_default(),
+            child_id: &reg.agent_id,
+            child_did: &reg.public_key,
+            challenge,
+        })
+        .to_vec()
+}
+
+/// Registers `reg`, answering the challenge with `key` (and `parent_key`'s consent); the
+/// token issued.
 pub(crate) async fn register_as(
     gw: &Gateway<SqliteStore>,
     reg: AgentRegistration,
     key: &Keypair,
+    parent_key: Option<&Keypair>,
 ) -> String {
     let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
         panic!("expected a challenge first");
     };
     let signature = key.sign_challenge(&reg.agent_id, &challenge);
-    match gw
-        .register(reg, answer(&challenge, &signature))
-        .await
-        .unwrap()
-    {
+    let parent_signature = parent_key.map_or_else(Vec::new, |k| consent(&reg, k, &challenge));
+    let answer = ChallengeAnswer {
+        challenge: &challenge,
+        signature: &signature,
+        parent_signature: &parent_signature,
+    };
+    match gw.register(reg, Some(answer)).await.unwrap() {
         Registered::Issued { credential, .. } => credential.token,
         Registered::Challenge(_) => panic!("expected a token"),
     }
@@ -97,7 +123,7 @@ async fn registration_proves_the_key_and_records_lineage() {
     assert_eq!((lead.depth, lead.team_id.as_deref()), (0, Some("ops")));
 
     let child_key = Keypair::generate().unwrap();
-    register(&gw, "child", &child_key, Some("lead")).await;
+    register(&gw, "child", &child_key, Some(("lead", &lead_key))).await;
     let child = gw.store().agent("child").await.unwrap().unwrap();
     assert_eq!(
         child.depth, 1,
@@ -135,6 +161,86 @@ async fn registration_proves_the_key_and_records_lineage() {
     let logged = format!("{issued:?}");
     assert!(!logged.contains(&credential.token), "{logged}");
     assert!(logged.contains(&credential.claims.token_id), "{logged}");
+}
+
+/// Naming a parent proves nothing: the parent signs its consent to this very registration,
+/// or the child is refused (else anyone could spend another agent's budgets as its child).
+#[tokio::test]
+async fn a_child_is_registered_only_with_its_parents_consent_and_in_its_team() {
+    let gw = gateway(GatewayConfig::default());
+    let [lead, child, stranger] = keys();
+    register(&gw, "lead", &lead, None).await;
+    let reg = registration("child", &child, Some("lead"));
+    // What signs the consent, given the challenge.
+    type Consent<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
+    let refused = async |reg: AgentRegistration, parent_signature: Consent<'_>| {
+        let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
+            panic!("expected a challenge first");
+        };
+        let signature = child.sign_challenge(&reg.agent_id, &challenge);
+        let parent_signature = parent_signature(&challenge);
+        let answer = ChallengeAnswer {
+            challenge: &challenge,
+            signature: &signature,
+            parent_signature: &parent_signature,
+        };
+        gw.register(reg, Some(answer))
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+    let err = refused(reg.clone(), &|_| Vec::new()).await;
+    assert_eq!(
+        err,
+        "unauthenticated: agent \"child\" names \"lead\" as its parent, and its first \
+         registration carries no parent_signature: that agent's consent to the spawn, signed \
+         with its key"
+    );
+    // Signed by another key, for another child, or for an earlier registration's challenge.
+    let earlier = consent(&reg, &lead, &[7; 32]);
+    let other_child = registration("other", &child, Some("lead"));
+    let wrong: [Consent<'_>; 3] = [
+        &|c| consent(&reg, &stranger, c),
+        &|c| consent(&other_child, &lead, c),
+        &|_| earlier.clone(),
+    ];
+    for wrong in wrong {
+        let err = refused(reg.clone(), wrong).await;
+        assert_eq!(
+            err,
+            "unauthenticated: parent_signature does not verify with the key of agent \"lead\", \
+             which agent \"child\" names as its parent"
+        );
+    }
+    assert!(gw.store().agent("child").await.unwrap().is_none());
+    // A child stays in its parent's team.
+    let elsewhere = AgentRegistration {
+        lineage: Lineage {
+            team_id: Some("free".into()),
+            ..reg.lineage.clone()
+        },
+        ..reg.clone()
+    };
+    let err = refused(elsewhere, &|c| consent(&reg, &lead, c)).await;
+    assert_eq!(
+        err,
+        "invalid request: team_id \"free\": agent \"child\" is spawned by \"lead\", which \
+         is in team \"ops\"; a child works in its parent's team, so leave team_id out"
+    );
+    // With the consent, and naming the parent's own team or none, it is registered.
+    let same_team = AgentRegistration {
+        lineage: Lineage {
+            team_id: Some("ops".into()),
+            ..reg.lineage.clone()
+        },
+        ..reg.clone()
+    };
+    register_as(&gw, same_team, &child, Some(&lead)).await;
+    let stored = gw.store().agent("child").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.parent_agent_id.as_deref(), stored.team_id.as_deref()),
+        (Some("lead"), Some("ops"))
+    );
 }
 
 #[tokio::test]

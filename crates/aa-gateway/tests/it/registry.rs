@@ -7,18 +7,18 @@ use std::time::Duration;
 use aa_core::{
     AgentContext, AgentRegistration, AuditEvent, EdgeKind, EventKind, Lineage, Origin, TopologyEdge,
 };
-use aa_gateway::{GatewayConfig, GatewayError, Registered, Store};
+use aa_gateway::{ChallengeAnswer, GatewayConfig, GatewayError, Registered, Store};
 use aa_identity::Keypair;
 
-use crate::gateway::{answer, gateway, register, register_as, registration};
+use crate::gateway::{Parent, answer, consent, gateway, keys, register, register_as, registration};
 
 #[tokio::test]
 async fn lineage_topology_and_ancestors_come_from_the_registry() {
     let gw = gateway(GatewayConfig::default());
-    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
-    register(&gw, "lead", &Keypair::generate().unwrap(), Some("root")).await;
-    let key = Keypair::generate().unwrap();
-    register(&gw, "worker", &key, Some("lead")).await;
+    let [root, lead, key] = keys();
+    register(&gw, "root", &root, None).await;
+    register(&gw, "lead", &lead, Some(("root", &root))).await;
+    register(&gw, "worker", &key, Some(("lead", &lead))).await;
     register(&gw, "other", &Keypair::generate().unwrap(), None).await;
 
     // A registration answers with the chain above the agent, the root first.
@@ -135,9 +135,10 @@ async fn lineage_topology_and_ancestors_come_from_the_registry() {
 async fn a_suspension_stops_an_agent_or_its_subtree_until_lifted() {
     let gw = gateway(GatewayConfig::default());
     let mut changes = gw.suspension_changes();
-    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
-    let lead_token = register(&gw, "lead", &Keypair::generate().unwrap(), Some("root")).await;
-    register(&gw, "worker", &Keypair::generate().unwrap(), Some("lead")).await;
+    let [root, lead, worker_key] = keys();
+    register(&gw, "root", &root, None).await;
+    let lead_token = register(&gw, "lead", &lead, Some(("root", &root))).await;
+    register(&gw, "worker", &worker_key, Some(("lead", &lead))).await;
     assert!(matches!(
         gw.suspend("nobody", true, "alice", "").await,
         Err(GatewayError::NotFound(_))
@@ -154,7 +155,7 @@ async fn a_suspension_stops_an_agent_or_its_subtree_until_lifted() {
 
     // What the gateway decides itself is refused for a stopped agent: spawning, asking for
     // an approval.
-    let refused = register_err(&gw, "late", Some("worker")).await;
+    let refused = register_err(&gw, "late", Some(("worker", &worker_key))).await;
     assert!(
         refused.contains("\"worker\" is suspended with the subtree of \"root\" by alice: runaway"),
         "{refused}"
@@ -226,20 +227,22 @@ async fn a_suspension_stops_an_agent_or_its_subtree_until_lifted() {
 async fn register_err(
     gw: &aa_gateway::Gateway<aa_gateway::SqliteStore>,
     id: &str,
-    parent: Option<&str>,
+    parent: Parent<'_>,
 ) -> String {
     let key = Keypair::generate().unwrap();
-    let Registered::Challenge(challenge) = gw
-        .register(registration(id, &key, parent), None)
-        .await
-        .unwrap()
-    else {
+    let reg = registration(id, &key, parent.map(|(parent_id, _)| parent_id));
+    let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
         panic!("expected a challenge");
     };
     let signature = key.sign_challenge(id, &challenge);
+    let parent_signature = parent.map_or_else(Vec::new, |(_, k)| consent(&reg, k, &challenge));
     gw.register(
-        registration(id, &key, parent),
-        answer(&challenge, &signature),
+        reg,
+        Some(ChallengeAnswer {
+            challenge: &challenge,
+            signature: &signature,
+            parent_signature: &parent_signature,
+        }),
     )
     .await
     .unwrap_err()
@@ -251,9 +254,16 @@ async fn an_agent_registering_again_keeps_its_place_in_the_tree() {
     let gw = gateway(GatewayConfig::default());
     let (root, worker) = (Keypair::generate().unwrap(), Keypair::generate().unwrap());
     register(&gw, "root", &root, None).await;
-    register(&gw, "worker", &worker, Some("root")).await;
-    // Again, as it was: a restarted agent.
-    register(&gw, "worker", &worker, Some("root")).await;
+    register(&gw, "worker", &worker, Some(("root", &root))).await;
+    // Again, as it was: a restarted agent, which its parent need not sign for again.
+    register(&gw, "worker", &worker, Some(("root", &root))).await;
+    register_as(
+        &gw,
+        registration("worker", &worker, Some("root")),
+        &worker,
+        None,
+    )
+    .await;
     let again_as = async |reg: AgentRegistration, key: &Keypair| -> GatewayError {
         let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
             panic!("expected a challenge");
@@ -295,7 +305,7 @@ async fn an_agent_registering_again_keeps_its_place_in_the_tree() {
         lineage: Lineage::default(),
         ..registration("loner", &loner, None)
     };
-    register_as(&gw, teamless.clone(), &loner).await;
+    register_as(&gw, teamless.clone(), &loner, None).await;
     let err = again_as(registration("loner", &loner, None), &loner).await;
     assert!(
         matches!(&err, GatewayError::Conflict(m)
@@ -303,7 +313,7 @@ async fn an_agent_registering_again_keeps_its_place_in_the_tree() {
         "{err}"
     );
     // Deregistered, it still keeps its place: the message's advice holds.
-    let token = register_as(&gw, teamless, &loner).await;
+    let token = register_as(&gw, teamless, &loner, None).await;
     gw.deregister("loner", &token).await.unwrap();
     let err = again_as(registration("loner", &loner, None), &loner).await;
     assert!(matches!(&err, GatewayError::Conflict(_)), "{err}");
@@ -356,8 +366,8 @@ async fn a_challenge_opened_under_another_key_does_not_replace_the_agents() {
 async fn a_registration_holding_secrets_keeps_them_out_of_the_registry() {
     let gw = gateway(GatewayConfig::default());
     let token = "ghp_0123456789abcdefghijABCDEFGHIJKLMNOP";
-    let key = Keypair::generate().unwrap();
-    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    let [key, root] = keys();
+    register(&gw, "root", &root, None).await;
     for reg in [
         registration(&format!("bot-{token}"), &key, None),
         AgentRegistration {
@@ -393,14 +403,13 @@ async fn a_registration_holding_secrets_keeps_them_out_of_the_registry() {
         },
         ..reg.clone()
     };
-    let reg = told(&registration("worker", &key, Some("root")));
-    let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
-        panic!("expected a challenge");
-    };
-    let signature = key.sign_challenge("worker", &challenge);
-    gw.register(reg, answer(&challenge, &signature))
-        .await
-        .unwrap();
+    register_as(
+        &gw,
+        told(&registration("worker", &key, Some("root"))),
+        &key,
+        Some(&root),
+    )
+    .await;
     let stored = gw.store().agent("worker").await.unwrap().unwrap();
     let kept = format!(
         "{} {} {:?} {:?}",
@@ -422,7 +431,8 @@ async fn a_registration_holding_secrets_keeps_them_out_of_the_registry() {
 async fn a_suspensions_free_text_is_kept_redacted() {
     let gw = gateway(GatewayConfig::default());
     let secret = "ghp_0123456789abcdefghijABCDEFGHIJKLMNOP";
-    register(&gw, "root", &Keypair::generate().unwrap(), None).await;
+    let root = Keypair::generate().unwrap();
+    register(&gw, "root", &root, None).await;
     gw.suspend(
         "root",
         true,
@@ -435,7 +445,7 @@ async fn a_suspensions_free_text_is_kept_redacted() {
     assert_eq!(shown.suspended_by, "alice [REDACTED:github_token]");
     assert_eq!(shown.reason, "leaked [REDACTED:github_token]");
     assert_eq!(gw.suspensions().await.unwrap()["root"], shown);
-    let refused = register_err(&gw, "child", Some("root")).await;
+    let refused = register_err(&gw, "child", Some(("root", &root))).await;
     assert!(
         refused.contains("by alice [REDACTED:github_token]: leaked [REDACTED:github_token]"),
         "{refused}"
