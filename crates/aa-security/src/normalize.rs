@@ -11,6 +11,9 @@ use unicode_normalization::UnicodeNormalization;
 pub(crate) struct Normalized {
     pub(crate) text: String,
     origin: Vec<u32>,
+    /// Whether invisible characters were met: the text then also reads with each one as a
+    /// space ([`Invisible::Space`]).
+    pub(crate) had_invisible: bool,
 }
 
 impl Normalized {
@@ -51,21 +54,36 @@ fn is_dash(c: char) -> bool {
     matches!(c, '\u{2010}'..='\u{2015}' | '\u{2212}')
 }
 
+/// What an invisible character becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invisible {
+    /// Nothing: a secret split by one (`ghp_R8xk\u{200B}Q2m…`) reads whole.
+    Drop,
+    /// A space: one used as a separator (`token\u{200B}ghp_…`) still parts two words, which
+    /// dropping it glues into one.
+    Space,
+}
+
 /// `None` when normalising changes nothing (always for ASCII), so the common case costs one
 /// `is_ascii` pass.
-pub(crate) fn normalize(text: &str) -> Option<Normalized> {
+pub(crate) fn normalize(text: &str, invisible: Invisible) -> Option<Normalized> {
     if text.is_ascii() || u32::try_from(text.len()).is_err() {
         return None;
     }
     let mut out = String::with_capacity(text.len());
     let mut origin = Vec::with_capacity(text.len());
     let mut changed = false;
+    let mut had_invisible = false;
     for (offset, c) in text.char_indices() {
+        let before = out.len();
         if is_invisible(c) {
-            changed = true;
+            had_invisible = true;
+            if invisible == Invisible::Space {
+                out.push(' ');
+                origin.resize(out.len(), offset as u32);
+            }
             continue;
         }
-        let before = out.len();
         let next = text
             .get(offset + c.len_utf8()..)
             .and_then(|t| t.chars().next());
@@ -85,7 +103,11 @@ pub(crate) fn normalize(text: &str) -> Option<Normalized> {
         }
         origin.resize(out.len(), offset as u32);
     }
-    changed.then_some(Normalized { text: out, origin })
+    (changed || had_invisible).then_some(Normalized {
+        text: out,
+        origin,
+        had_invisible,
+    })
 }
 
 #[cfg(test)]
@@ -94,14 +116,14 @@ mod tests {
 
     #[test]
     fn ascii_and_already_normal_text_is_left_alone() {
-        assert!(normalize("plain ascii").is_none());
-        assert!(normalize("grüße").is_none());
+        assert!(normalize("plain ascii", Invisible::Drop).is_none());
+        assert!(normalize("grüße", Invisible::Drop).is_none());
     }
 
     #[test]
     fn a_dash_between_digits_reads_as_a_hyphen() {
         let original = "ssn 123\u{2013}45\u{2212}6789, pages 1\u{2013}x, a\u{2014}b";
-        let n = normalize(original).unwrap();
+        let n = normalize(original, Invisible::Drop).unwrap();
         assert_eq!(n.text, "ssn 123-45-6789, pages 1\u{2013}x, a\u{2014}b");
         let (from, to) = n.original_span(original, 4, 15);
         assert_eq!(&original[from..to], "123\u{2013}45\u{2212}6789");
@@ -110,11 +132,22 @@ mod tests {
     #[test]
     fn fullwidth_and_invisible_characters_fold_away_and_map_back() {
         let original = "key=ｇｈｐ＿ab\u{200B}cd!";
-        let n = normalize(original).unwrap();
+        let n = normalize(original, Invisible::Drop).unwrap();
         assert_eq!(n.text, "key=ghp_abcd!");
         let start = n.text.find("ghp").unwrap();
         let end = n.text.find('!').unwrap();
         let (from, to) = n.original_span(original, start, end);
         assert_eq!(&original[from..to], "ｇｈｐ＿ab\u{200B}cd");
+        assert!(n.had_invisible);
+    }
+
+    #[test]
+    fn invisible_characters_can_read_as_spaces() {
+        let original = "token\u{200B}ghp_x\u{E0020}y";
+        let n = normalize(original, Invisible::Space).unwrap();
+        assert_eq!(n.text, "token ghp_x y");
+        let (from, to) = n.original_span(original, 6, n.text.len());
+        assert_eq!(&original[from..to], "ghp_x\u{E0020}y");
+        assert!(!normalize("grüße", Invisible::Space).is_some_and(|n| n.had_invisible));
     }
 }

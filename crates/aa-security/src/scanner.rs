@@ -13,7 +13,7 @@ use crate::decode::{self, Encoding};
 use crate::error::SecurityError;
 use crate::gates;
 use crate::keywords::Keywords;
-use crate::normalize::normalize;
+use crate::normalize::{Invisible, normalize};
 use crate::redact::{Labelled, digest_prefix};
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger, is_personal_data};
 use crate::runs::{self, DigitRun};
@@ -245,8 +245,8 @@ impl Scanner {
                     f.end = end;
                     // The secret is the value whole now, digested as it reads (normalised),
                     // not as the part first found.
-                    f.digest = crate::normalize::normalize(value)
-                        .map(|n| digest_prefix(n.text.as_bytes()));
+                    f.digest =
+                        normalize(value, Invisible::Drop).map(|n| digest_prefix(n.text.as_bytes()));
                 }
                 (f.start, f.end) = (f.start - start, f.end - start);
                 f
@@ -311,6 +311,7 @@ impl Scanner {
     fn scan_bytes_as_is(&self, bytes: &[u8]) -> Vec<Finding> {
         let mut findings = Vec::new();
         let mut offset = 0;
+        let mut valid_runs = 0;
         for chunk in bytes.utf8_chunks() {
             let valid = chunk.valid();
             let mut part = Vec::new();
@@ -321,67 +322,124 @@ impl Scanner {
                 f
             }));
             offset += valid.len() + chunk.invalid().len();
+            valid_runs += usize::from(!valid.is_empty());
+        }
+        if valid_runs > 1 {
+            let joined = self.scan_joined(bytes);
+            add_uncovered(&mut findings, 0, joined);
         }
         resolve_overlaps(findings)
     }
 
-    /// Scans `text` (normalised when that changes it), then its decoded segments.
-    fn scan_layer(&self, text: &str, depth: usize, out: &mut Vec<Finding>) {
-        let normalized = normalize(text);
-        let view = normalized.as_ref().map_or(text, |n| n.text.as_str());
-        if self.cannot_hold_a_finding(view) {
-            return;
+    /// The findings in the valid runs of `bytes` joined, its invalid bytes dropped, with spans
+    /// in `bytes` (over the bytes dropped inside them): a byte that is not UTF-8 inside a
+    /// secret splits it into pieces, each too short to be found alone.
+    fn scan_joined(&self, bytes: &[u8]) -> Vec<Finding> {
+        let mut joined = String::with_capacity(bytes.len());
+        // Where each valid run starts, in `joined` and in `bytes`.
+        let mut starts = Vec::new();
+        let mut offset = 0;
+        for chunk in bytes.utf8_chunks() {
+            starts.push((joined.len(), offset));
+            joined.push_str(chunk.valid());
+            offset += chunk.valid().len() + chunk.invalid().len();
         }
-        let runs = runs::find(view.as_bytes());
+        // Of runs starting at the same place, all but the last are empty.
+        let in_bytes = |at: usize| {
+            let run = starts
+                .partition_point(|&(from, _)| from <= at)
+                .saturating_sub(1);
+            starts.get(run).map_or(at, |&(from, to)| to + (at - from))
+        };
         let mut found = Vec::new();
-        self.match_rules(view, &runs.digits, &mut found);
-        if depth < DECODE_DEPTH {
-            decode::segments(view, &runs, |segment| {
-                let mut inner = Vec::new();
-                self.scan_layer(&segment.decoded, depth + 1, &mut inner);
-                let digest = |f: &Finding| {
-                    f.digest.clone().unwrap_or_else(|| {
-                        let secret = segment.decoded.as_bytes().get(f.start..f.end);
-                        digest_prefix(secret.unwrap_or_default())
-                    })
-                };
-                if let Some(origin) = &segment.origin {
-                    for f in inner {
-                        let digest = Some(digest(&f));
+        self.scan_layer(&joined, 0, &mut found);
+        for f in &mut found {
+            if f.digest.is_none() {
+                let secret = joined.as_bytes().get(f.start..f.end).unwrap_or_default();
+                f.digest = Some(digest_prefix(secret));
+            }
+            (f.start, f.end) = (in_bytes(f.start), in_bytes(f.end.saturating_sub(1)) + 1);
+        }
+        found
+    }
+
+    /// Scans `text` (normalised when that changes it), then its decoded segments. A text that
+    /// held invisible characters is read twice: with them dropped, and with each one as a
+    /// space, since one may split a secret (`ghp_R8xk\u{200B}Q2m…`) or part two words
+    /// (`token\u{200B}ghp_…`, which dropping it glues into one). What the second reading adds
+    /// is kept.
+    fn scan_layer(&self, text: &str, depth: usize, out: &mut Vec<Finding>) {
+        self.scan_layer_as(text, Invisible::Drop, depth, out);
+    }
+
+    /// [`scan_layer`](Self::scan_layer), reading invisible characters as `invisible` says.
+    fn scan_layer_as(
+        &self,
+        text: &str,
+        invisible: Invisible,
+        depth: usize,
+        out: &mut Vec<Finding>,
+    ) {
+        let normalized = normalize(text, invisible);
+        let view = normalized.as_ref().map_or(text, |n| n.text.as_str());
+        let first = out.len();
+        if !self.cannot_hold_a_finding(view) {
+            let runs = runs::find(view.as_bytes());
+            let mut found = Vec::new();
+            self.match_rules(view, &runs.digits, &mut found);
+            if depth < DECODE_DEPTH {
+                decode::segments(view, &runs, |segment| {
+                    let mut inner = Vec::new();
+                    self.scan_layer(&segment.decoded, depth + 1, &mut inner);
+                    let digest = |f: &Finding| {
+                        f.digest.clone().unwrap_or_else(|| {
+                            let secret = segment.decoded.as_bytes().get(f.start..f.end);
+                            digest_prefix(secret.unwrap_or_default())
+                        })
+                    };
+                    if let Some(origin) = &segment.origin {
+                        for f in inner {
+                            let digest = Some(digest(&f));
+                            found.push(Finding {
+                                start: origin.get(f.start).copied().unwrap_or(segment.end),
+                                end: origin.get(f.end).copied().unwrap_or(segment.end),
+                                encoding: Some(segment.encoding),
+                                inner: EXACT,
+                                digest,
+                                ..f
+                            });
+                        }
+                    } else if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
                         found.push(Finding {
-                            start: origin.get(f.start).copied().unwrap_or(segment.end),
-                            end: origin.get(f.end).copied().unwrap_or(segment.end),
+                            rule_id: strongest.rule_id.clone(),
+                            kind: strongest.kind.clone(),
+                            severity: strongest.severity,
+                            start: segment.start,
+                            end: segment.end,
                             encoding: Some(segment.encoding),
-                            inner: EXACT,
-                            digest,
-                            ..f
+                            order: strongest.order,
+                            inner: inner.len(),
+                            digest: Some(digest(strongest)),
                         });
                     }
-                } else if let Some(strongest) = inner.iter().max_by_key(|f| f.severity) {
-                    found.push(Finding {
-                        rule_id: strongest.rule_id.clone(),
-                        kind: strongest.kind.clone(),
-                        severity: strongest.severity,
-                        start: segment.start,
-                        end: segment.end,
-                        encoding: Some(segment.encoding),
-                        order: strongest.order,
-                        inner: inner.len(),
-                        digest: Some(digest(strongest)),
-                    });
-                }
-            });
-        }
-        if let Some(n) = &normalized {
-            for f in &mut found {
-                if f.digest.is_none() {
-                    let secret = n.text.as_bytes().get(f.start..f.end).unwrap_or_default();
-                    f.digest = Some(digest_prefix(secret));
-                }
-                (f.start, f.end) = n.original_span(text, f.start, f.end);
+                });
             }
+            if let Some(n) = &normalized {
+                for f in &mut found {
+                    if f.digest.is_none() {
+                        let secret = n.text.as_bytes().get(f.start..f.end).unwrap_or_default();
+                        f.digest = Some(digest_prefix(secret));
+                    }
+                    (f.start, f.end) = n.original_span(text, f.start, f.end);
+                }
+            }
+            out.extend(found);
         }
-        out.extend(found);
+        if invisible == Invisible::Drop && normalized.is_some_and(|n| n.had_invisible) {
+            let mut spaced = Vec::new();
+            self.scan_layer_as(text, Invisible::Space, depth, &mut spaced);
+            add_uncovered(out, first, spaced);
+        }
     }
 
     /// Whether `view`, a normalised text shorter than an encoded run, can hold no finding,
@@ -747,6 +805,34 @@ impl Prefixes {
             }
         }
     }
+}
+
+/// Appends to `out` those of `more` not within a finding of `out[first..]`: a second reading
+/// of the same text finds most of what the first did again, and a finding counted twice
+/// would hide a decoded segment's second secret ([`resolve_overlaps`]).
+fn add_uncovered(out: &mut Vec<Finding>, first: usize, more: Vec<Finding>) {
+    let mut spans: Vec<(usize, usize)> = out
+        .get(first..)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| (f.start, f.end))
+        .collect();
+    spans.sort_unstable();
+    // The furthest end of the spans so far, so one binary search tells whether any span that
+    // starts before a finding reaches past its end.
+    let mut furthest = 0;
+    for span in &mut spans {
+        furthest = furthest.max(span.1);
+        span.1 = furthest;
+    }
+    let covered = |f: &Finding| {
+        let before = spans.partition_point(|&(start, _)| start <= f.start);
+        before
+            .checked_sub(1)
+            .and_then(|i| spans.get(i))
+            .is_some_and(|&(_, end)| f.end <= end)
+    };
+    out.extend(more.into_iter().filter(|f| !covered(f)));
 }
 
 /// Makes findings disjoint and returns them in text order. A decoded segment whose findings

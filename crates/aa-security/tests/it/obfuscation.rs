@@ -165,6 +165,77 @@ fn zero_width_and_bidi_splits_are_removed() {
     }
 }
 
+/// An invisible character between two words parts them, as white space would: dropping it
+/// alone glued `token` to the token, which then read as one word and was missed. Only the
+/// token is redacted, the invisible character before it kept.
+#[test]
+fn an_invisible_separator_parts_words() {
+    for invisible in ['\u{200B}', '\u{2060}', '\u{FEFF}', '\u{00AD}', '\u{E0020}'] {
+        let text = format!("token{invisible}{TOKEN} end");
+        assert_eq!(
+            found(&text),
+            [("github_token".to_owned(), TOKEN.to_owned())],
+            "U+{:04X}",
+            invisible as u32
+        );
+        let redacted = SCANNER.redact(&text);
+        assert_eq!(
+            redacted.text,
+            format!("token{invisible}[REDACTED:github_token] end")
+        );
+    }
+    // Both readings find the token split inside and the one parted from a word: each once.
+    let (head, tail) = TOKEN.split_at(10);
+    let text = format!("a={head}\u{200B}{tail} b=token\u{200B}{TOKEN}");
+    let kinds: Vec<String> = found(&text).into_iter().map(|(kind, _)| kind).collect();
+    assert_eq!(kinds, ["github_token", "github_token"], "{text}");
+}
+
+/// Read with its invisible characters as spaces, text that holds none of the secrets the
+/// rules look for still holds none: emoji joined by U+200D, words with soft hyphens, a
+/// token's prefix parted from too short a rest.
+#[test]
+fn invisible_separators_make_no_secret_of_ordinary_text() {
+    for text in [
+        "the team \u{1F468}\u{200D}\u{1F4BB}\u{200D}\u{1F469} shipped it \u{2764}\u{FE0F}",
+        "infor\u{00AD}mation about the pass\u{00AD}word policy",
+        "ghp_\u{200B}R8xkQ2mVt7 LpZ3wN9cY4bH6jF1dS5aE0uGiK",
+        "call\u{200B}me at\u{200B}noon, ref\u{2060}12345",
+    ] {
+        assert_eq!(found(text), [], "{text}");
+    }
+}
+
+/// A byte that is not UTF-8 inside a secret split it into pieces, each too short to be found.
+/// The span redacted is the secret's in the original bytes, the stray byte included, and the
+/// receipt's digest is the secret's.
+#[test]
+fn an_invalid_byte_inside_a_secret_hides_nothing() {
+    let (head, tail) = TOKEN.split_at(20);
+    let mut bytes = b"token ".to_vec();
+    bytes.extend_from_slice(head.as_bytes());
+    bytes.push(0xFF);
+    bytes.extend_from_slice(tail.as_bytes());
+    bytes.extend_from_slice(b" end \xC3(");
+    let redacted = SCANNER.redact_bytes(&bytes);
+    assert_eq!(redacted.bytes, b"token [REDACTED:github_token] end \xC3(");
+    let plain = SCANNER.redact(&format!("token {TOKEN} end")).receipts;
+    assert_eq!(redacted.receipts.len(), 1);
+    assert_eq!(
+        (redacted.receipts[0].start, redacted.receipts[0].end),
+        (6, 6 + TOKEN.len() as u64 + 1)
+    );
+    assert_eq!(redacted.receipts[0].sha256_prefix, plain[0].sha256_prefix);
+    // Joined, pieces that hold no secret still hold none.
+    for bytes in [
+        &b"ghp_\xFFshort and \xFE\xFFwords"[..],
+        b"4111 1111\xFF 1111 1112",
+        b"\xFF\xFE\x00\x01ghp_",
+    ] {
+        assert_eq!(SCANNER.scan_bytes(bytes), [], "{bytes:?}");
+    }
+}
+
 #[test]
 fn fullwidth_forms_fold_to_ascii() {
     let fullwidth: String = TOKEN

@@ -61,6 +61,24 @@ proptest! {
         prop_assert!(twice.receipts.is_empty(), "found again: {:?}", twice.receipts);
     }
 
+    /// Bytes that are not UTF-8 among the pieces: the valid runs are read alone and joined.
+    #[test]
+    fn bytes_redact_once_and_for_all(
+        pieces in prop::collection::vec(
+            prop_oneof![texty().prop_map(String::into_bytes), Just(vec![0xFF]), Just(vec![0xC3])],
+            0..8,
+        )
+    ) {
+        let bytes = pieces.concat();
+        let once = SCANNER.redact_bytes(&bytes);
+        for r in &once.receipts {
+            prop_assert!(r.start < r.end && r.end <= bytes.len() as u64, "{:?}", r);
+        }
+        let twice = SCANNER.redact_bytes(&once.bytes);
+        prop_assert_eq!(&twice.bytes, &once.bytes);
+        prop_assert!(twice.receipts.is_empty(), "found again: {:?}", twice.receipts);
+    }
+
     #[test]
     fn documents_redact_once_and_for_all(
         entries in prop::collection::vec((texty(), prop::collection::vec(texty(), 1..4)), 0..8)
