@@ -206,10 +206,12 @@ fn glued(text: &[u8], run: &DigitRun) -> bool {
             .any(|b| matches!(b, b' ' | b'(' | b')' | b'.' | b'/'))
 }
 
-/// Whether an IBAN's start (two letters of one case, two check digits, not glued to a word
-/// before it, as its pattern requires) lies at or shortly before `run`. The digits are looked
-/// at first, as most places have none. Lowercase pairs glued to a word abound in hex digests:
-/// taking them too cost clean text 6 % more instructions.
+/// Whether an IBAN's start (two letters, two check digits, not glued to a word before it, as
+/// its pattern requires) lies at or shortly before `run`. The digits are looked at first, as
+/// most places have none. Lowercase pairs glued to a word abound in hex digests: taking them
+/// too cost clean text 6 % more instructions. Letters in mixed case are taken only before a
+/// space, as [`iban`] takes them only in groups of four: taking them all cost clean text
+/// 0.4 %.
 fn country_code_before(text: &[u8], run: &DigitRun) -> bool {
     let from = run.start.saturating_sub(IBAN_LEAD);
     let to = (run.start + 2).min(text.len());
@@ -218,7 +220,10 @@ fn country_code_before(text: &[u8], run: &DigitRun) -> bool {
         w[3].is_ascii_digit()
             && w[2].is_ascii_digit()
             && ((w[0].is_ascii_uppercase() && w[1].is_ascii_uppercase())
-                || (w[0].is_ascii_lowercase() && w[1].is_ascii_lowercase()))
+                || (w[0].is_ascii_lowercase() && w[1].is_ascii_lowercase())
+                || (w[0].is_ascii_alphabetic()
+                    && w[1].is_ascii_alphabetic()
+                    && text.get(from + i + 4) == Some(&b' ')))
             && !(from + i)
                 .checked_sub(1)
                 .and_then(|before| text.get(before))
@@ -587,9 +592,10 @@ fn luhn(v: &[u8]) -> bool {
     issuer && sum.is_multiple_of(10)
 }
 
-/// IBAN: country letters, check digits, and the ISO 7064 mod-97 remainder 1. In lowercase
-/// (`gb82 west 1234 ...`) only whole, and only with a country that issues IBANs and its
-/// length: hex identifiers are lowercase, and one in a hundred would pass the checksum alone.
+/// IBAN: country letters, check digits, and the ISO 7064 mod-97 remainder 1. Not in capitals
+/// only with a country that issues IBANs and its length, and in mixed case (`Gb82 West 1234
+/// ...`) only printed in groups of four: hex identifiers are lowercase, base64 ones mixed and
+/// never spaced, and one in a hundred would pass the checksum alone.
 fn iban(v: &[u8]) -> bool {
     let compact: Vec<u8> = v.iter().copied().filter(|b| *b != b' ').collect();
     if !(15..=34).contains(&compact.len()) {
@@ -600,7 +606,7 @@ fn iban(v: &[u8]) -> bool {
         let issued = IBAN_LENGTHS
             .iter()
             .any(|(code, len)| code.as_slice() == country && usize::from(*len) == compact.len());
-        if !issued || compact.iter().any(u8::is_ascii_uppercase) {
+        if !issued || (compact.iter().any(u8::is_ascii_uppercase) && !in_groups_of_four(v)) {
             return false;
         }
     }
@@ -619,6 +625,20 @@ fn iban(v: &[u8]) -> bool {
         };
     }
     remainder == 1
+}
+
+/// Whether `v` is groups of four parted by single spaces, the last of one to four.
+fn in_groups_of_four(v: &[u8]) -> bool {
+    let mut groups = v.split(|&b| b == b' ').peekable();
+    let mut count = 0;
+    while let Some(group) = groups.next() {
+        count += 1;
+        let last = groups.peek().is_none();
+        if !(group.len() == 4 || (last && (1..=4).contains(&group.len()))) {
+            return false;
+        }
+    }
+    count > 1
 }
 
 /// The countries that issue IBANs and the length of theirs (the IBAN registry).
@@ -733,7 +753,8 @@ mod tests {
         assert!(!holds(Gate::Iban, "commit 3e41567612378901 done"));
         assert!(holds(Gate::Iban, "iban: gb82 west 1234 5698 7654 32"));
         assert!(!holds(Gate::Iban, "sha 7fab12 3456 7890 1234"));
-        assert!(!holds(Gate::Iban, "Gb82 1234 5698 7654"));
+        assert!(holds(Gate::Iban, "Gb82 West 1234 5698 7654 32"));
+        assert!(!holds(Gate::Iban, "xGb82 1234 5698 7654"));
     }
 
     #[test]
@@ -853,6 +874,11 @@ mod tests {
         assert!(iban(b"DE89 3704 0044 0532 0130 00"));
         assert!(iban(b"GB82WEST12345698765432"));
         assert!(!iban(b"DE89 3704 0044 0532 0130 01"));
+        assert!(iban(b"Gb82 West 1234 5698 7654 32"));
+        assert!(iban(b"GB82 west 1234 5698 7654 32"));
+        assert!(!iban(b"Gb82West12345698765432"));
+        assert!(!iban(b"Gb82 West1234 5698 7654 32"));
+        assert!(!iban(b"Gb82 West 1234 5698 7654 3 2"));
         assert!(ssn(b"123-45-6789"));
         assert!(!ssn(b"000-45-6789") || !ssn(b"666-12-3456"));
         assert!(!ssn(b"123-00-6789"));
