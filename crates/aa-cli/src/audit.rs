@@ -1,5 +1,5 @@
-//! `aasm audit verify | export | tail`: read the gateway's database (or an export) offline;
-//! `aasm audit quarantine`: the events a runtime set aside.
+//! `aasm audit verify | export | tail | checkpoint`: read the gateway's database (or an
+//! export) offline; `aasm audit quarantine`: the events a runtime set aside.
 
 use std::io::{BufRead as _, BufWriter, Write as _};
 use std::ops::ControlFlow;
@@ -36,6 +36,12 @@ pub(crate) enum AuditCommand {
         /// against the key it names itself, which whoever rewrote it could have signed with.
         #[arg(long, value_parser = gateway_did)]
         gateway_did: Option<Box<aa_identity::PublicKey>>,
+        /// A checkpoint kept outside the log (from `aasm audit checkpoint`, or an export's
+        /// `{"checkpoint":…}` line); the log must still hold it, unchanged. Without one,
+        /// deleting the newest checkpoints with the records after an older one goes
+        /// unnoticed. May be given more than once.
+        #[arg(long = "checkpoint", value_name = "FILE")]
+        kept: Vec<PathBuf>,
     },
     /// Print every record as JSON lines, then every checkpoint as `{"checkpoint":…}`.
     Export {
@@ -52,6 +58,12 @@ pub(crate) enum AuditCommand {
         /// Keep watching for new records.
         #[arg(short, long)]
         follow: bool,
+    },
+    /// Print the newest signed checkpoint as one JSON line, to keep outside the log (another
+    /// machine, a ticket, a write-once bucket) for `aasm audit verify --checkpoint`.
+    Checkpoint {
+        #[command(flatten)]
+        source: Source,
     },
     /// Print, as JSON lines, the events a runtime set aside because they can never be
     /// delivered (refused for good by the gateway, or unreadable): each stands in the log as a
@@ -138,6 +150,7 @@ fn check_all(
 async fn verify_database(
     state_dir: &Path,
     pinned: Option<&aa_identity::PublicKey>,
+    kept: &[Checkpoint],
 ) -> Result<Result<Verified, Tampered>> {
     let store = open(state_dir)?;
     let checkpoints = store.checkpoints().await?;
@@ -145,9 +158,56 @@ async fn verify_database(
         Some(_) => None,
         None => Some(trusted_key(state_dir)?),
     };
-    let mut verifier = Verifier::new(&checkpoints, pinned.or(own.as_ref()));
+    let trusted = pinned.or(own.as_ref());
+    if let Err(cut) = holds_kept(&checkpoints, kept, trusted) {
+        return Ok(Err(cut));
+    }
+    let mut verifier = Verifier::new(&checkpoints, trusted);
     for_each_page(&store, |page| Ok(check_all(&mut verifier, page))).await?;
     Ok(verifier.finish())
+}
+
+/// Whether the log's `checkpoints` hold every one kept outside it.
+fn holds_kept(
+    checkpoints: &[Checkpoint],
+    kept: &[Checkpoint],
+    trusted: Option<&aa_identity::PublicKey>,
+) -> Result<(), Tampered> {
+    kept.iter()
+        .try_for_each(|k| aa_gateway::audit::check_kept(checkpoints, k, trusted))
+}
+
+/// The largest file read as a kept checkpoint: one holds a head per stream.
+const MAX_CHECKPOINT_FILE: u64 = 16 << 20;
+
+/// Reads a checkpoint kept outside the log: as `aasm audit checkpoint` prints it, or an
+/// export's line (`{"checkpoint":…}`).
+fn read_kept(path: &Path) -> Result<Checkpoint> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut std::io::Read::take(
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+            MAX_CHECKPOINT_FILE + 1,
+        ),
+        &mut text,
+    )
+    .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > MAX_CHECKPOINT_FILE {
+        bail!(
+            "{}: longer than {} MiB, not a checkpoint",
+            path.display(),
+            MAX_CHECKPOINT_FILE >> 20
+        );
+    }
+    serde_json::from_str::<CheckpointLine>(&text)
+        .map(|line| line.checkpoint)
+        .or_else(|_| serde_json::from_str::<Checkpoint>(&text))
+        .with_context(|| {
+            format!(
+                "{}: not a checkpoint (as `aasm audit checkpoint` prints one)",
+                path.display()
+            )
+        })
 }
 
 /// The key of the gateway whose state directory this is. Without it, checkpoints could only
@@ -247,6 +307,7 @@ fn for_each_line(path: &Path, mut each: impl FnMut(Line) -> ControlFlow<()>) -> 
 fn verify_export(
     path: &Path,
     pinned: Option<&aa_identity::PublicKey>,
+    kept: &[Checkpoint],
 ) -> Result<Result<Verified, Tampered>> {
     let rereadable = std::fs::metadata(path).is_ok_and(|m| m.is_file());
     let mut checkpoints = Vec::new();
@@ -259,6 +320,9 @@ fn verify_export(
         }
         ControlFlow::Continue(())
     })?;
+    if let Err(cut) = holds_kept(&checkpoints, kept, pinned) {
+        return Ok(Err(cut));
+    }
     let mut verifier = Verifier::new(&checkpoints, pinned);
     if rereadable {
         for_each_line(path, |line| match line {
@@ -277,11 +341,16 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
             source,
             export,
             gateway_did,
+            kept,
         } => {
             let pinned = gateway_did.as_deref();
+            let kept = kept
+                .iter()
+                .map(|path| read_kept(path))
+                .collect::<Result<Vec<_>>>()?;
             let verified = match export {
-                Some(file) => verify_export(&file, pinned)?,
-                None => crate::block_on(verify_database(&source.state_dir, pinned))?,
+                Some(file) => verify_export(&file, pinned, &kept)?,
+                None => crate::block_on(verify_database(&source.state_dir, pinned, &kept))?,
             };
             // Pinned, the log must be signed by that gateway: deleting every checkpoint and
             // rewriting the chains would otherwise pass. Unpinned, a log not signed yet (a
@@ -356,6 +425,18 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                 writeln!(out, "{}", serde_json::json!({ "checkpoint": checkpoint }))?;
             }
             out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }),
+        AuditCommand::Checkpoint { source } => crate::block_on(async {
+            let store = open(&source.state_dir)?;
+            let Some(newest) = store.checkpoints().await?.pop() else {
+                bail!(
+                    "no checkpoint signed yet in {} (a running gateway signs one every few \
+                     seconds after new records, and one as it stops)",
+                    gateway_database(&source.state_dir).display()
+                );
+            };
+            out!("{}", serde_json::json!({ "checkpoint": newest }));
             Ok(ExitCode::SUCCESS)
         }),
         AuditCommand::Tail {

@@ -363,6 +363,57 @@ impl Verifier {
     }
 }
 
+/// Checks that a log's `checkpoints` hold `kept`, a checkpoint kept outside the log (an
+/// operator's copy, from `aasm audit checkpoint` or the HTTP API): its signature holds (and is
+/// `trusted`'s when named) and the log holds it unchanged. Deleting the newest checkpoints
+/// together with the records after an older one leaves a log whose own checkpoints all
+/// verify; only a copy kept elsewhere shows what it held. A log holding `kept` is then
+/// checked against its heads by [`verify`].
+pub fn check_kept(
+    checkpoints: &[Checkpoint],
+    kept: &Checkpoint,
+    trusted: Option<&PublicKey>,
+) -> Result<(), Tampered> {
+    check_signed(kept, trusted)
+        .map_err(|Tampered(why)| Tampered(format!("the copy kept outside the log of {why}")))?;
+    match checkpoints.iter().find(|c| c.id == kept.id) {
+        Some(held) if held == kept => Ok(()),
+        Some(_) => Err(Tampered(format!(
+            "checkpoint {}: differs from the copy kept outside the log (rewritten)",
+            kept.id
+        ))),
+        None => Err(Tampered(format!(
+            "checkpoint {}, kept outside the log, is missing from it (its last is {}): \
+             truncated",
+            kept.id,
+            checkpoints
+                .last()
+                .map_or("none".to_owned(), |c| format!("checkpoint {}", c.id))
+        ))),
+    }
+}
+
+/// Checks a checkpoint's signature, and its signer when `trusted` names one.
+fn check_signed(checkpoint: &Checkpoint, trusted: Option<&PublicKey>) -> Result<(), Tampered> {
+    if !checkpoint.signature_holds() {
+        return Err(Tampered(format!(
+            "checkpoint {}: signature does not verify",
+            checkpoint.id
+        )));
+    }
+    if let Some(trusted) = trusted
+        && checkpoint.gateway_did != trusted.did()
+    {
+        return Err(Tampered(format!(
+            "checkpoint {}: signed by {}, not by this gateway ({})",
+            checkpoint.id,
+            checkpoint.gateway_did,
+            trusted.did()
+        )));
+    }
+    Ok(())
+}
+
 /// The checkpoints' signatures and signers checked, and the heads they claim.
 fn read_checkpoints(
     checkpoints: &[Checkpoint],
@@ -378,22 +429,7 @@ fn read_checkpoints(
                 checkpoint.id
             )));
         }
-        if !checkpoint.signature_holds() {
-            return Err(Tampered(format!(
-                "checkpoint {}: signature does not verify",
-                checkpoint.id
-            )));
-        }
-        if let Some(trusted) = trusted
-            && checkpoint.gateway_did != trusted.did()
-        {
-            return Err(Tampered(format!(
-                "checkpoint {}: signed by {}, not by this gateway ({})",
-                checkpoint.id,
-                checkpoint.gateway_did,
-                trusted.did()
-            )));
-        }
+        check_signed(checkpoint, trusted)?;
         for head in &checkpoint.heads {
             claimed.insert(
                 (head.stream_id.clone(), head.sequence),
@@ -602,6 +638,63 @@ mod tests {
         assert_eq!(
             err.0,
             "checkpoint 2 is missing (found checkpoint 3 in its place)"
+        );
+    }
+
+    /// The newest checkpoint deleted with the records after the one before it: the log left
+    /// verifies on its own, and only a copy of that checkpoint kept elsewhere shows the cut.
+    #[test]
+    fn a_checkpoint_kept_outside_the_log_catches_a_cut_back_to_an_older_one() {
+        let gateway = Keypair::generate().unwrap();
+        let records = chain("a", 5);
+        let head = |n: usize| Head {
+            stream_id: "a".into(),
+            sequence: n as u64,
+            hash: records[n - 1].hash.clone(),
+        };
+        let first = Checkpoint::sign(&gateway, 1, 1_000, vec![head(3)]);
+        let second = Checkpoint::sign(&gateway, 2, 2_000, vec![head(5)]);
+        let whole = [first.clone(), second.clone()];
+        assert_eq!(check_kept(&whole, &second, Some(&gateway.public())), Ok(()));
+        assert_eq!(check_kept(&whole, &first, None), Ok(()));
+
+        let cut = std::slice::from_ref(&first);
+        assert!(verify(records[..3].to_vec(), cut, Some(&gateway.public())).is_ok());
+        assert_eq!(
+            check_kept(cut, &second, Some(&gateway.public()))
+                .unwrap_err()
+                .0,
+            "checkpoint 2, kept outside the log, is missing from it (its last is checkpoint \
+             1): truncated"
+        );
+        assert_eq!(
+            check_kept(&[], &second, None).unwrap_err().0,
+            "checkpoint 2, kept outside the log, is missing from it (its last is none): \
+             truncated"
+        );
+        // Rewritten in the log and signed again by the gateway's key (a stolen key): the copy
+        // still differs.
+        let resigned = Checkpoint::sign(&gateway, 2, 2_500, vec![head(4)]);
+        assert_eq!(
+            check_kept(&[first.clone(), resigned], &second, None)
+                .unwrap_err()
+                .0,
+            "checkpoint 2: differs from the copy kept outside the log (rewritten)"
+        );
+        // A copy that is not what the gateway signed proves nothing.
+        let mut forged = second.clone();
+        forged.heads[0].sequence = 4;
+        assert_eq!(
+            check_kept(&whole, &forged, None).unwrap_err().0,
+            "the copy kept outside the log of checkpoint 2: signature does not verify"
+        );
+        let stranger = Keypair::generate().unwrap();
+        let theirs = Checkpoint::sign(&stranger, 2, 2_000, vec![head(5)]);
+        assert!(
+            check_kept(&whole, &theirs, Some(&gateway.public()))
+                .unwrap_err()
+                .0
+                .contains("not by this gateway")
         );
     }
 }

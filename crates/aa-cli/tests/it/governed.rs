@@ -1475,6 +1475,81 @@ async fn tampering_is_named_by_audit_verify() {
     }
 }
 
+/// Cutting the log back to an older checkpoint, the newer ones deleted with the records after
+/// it, leaves a log that verifies on its own; a copy of the newest checkpoint kept elsewhere
+/// (`aasm audit checkpoint`) names the cut, in the database and in an export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_cut_back_with_its_checkpoints_is_named_against_a_kept_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let up = stored_steps(dir.path(), &state, 6).await;
+    up.stop().await.unwrap();
+    let state_dir = state.to_str().unwrap();
+    let printed = crate::aasm(&["audit", "checkpoint", "--state-dir", state_dir]);
+    assert_eq!(
+        printed.status.code(),
+        Some(0),
+        "{}",
+        crate::stderr(&printed)
+    );
+    let kept = dir.path().join("kept.json");
+    std::fs::write(&kept, &printed.stdout).unwrap();
+    let kept_file = kept.to_str().unwrap();
+    let verify_kept = |args: &[&str]| {
+        let out = crate::aasm(&[&["audit", "verify", "--checkpoint", kept_file], args].concat());
+        (out.status.code().unwrap(), crate::stdout(&out))
+    };
+    let (code, whole) = verify_kept(&["--state-dir", state_dir]);
+    assert_eq!(code, 0, "{whole}");
+
+    // An export cut back: its checkpoints and its last record gone.
+    let exported = crate::aasm(&["audit", "export", "--state-dir", state_dir]);
+    let export = String::from_utf8(exported.stdout).unwrap();
+    let mut records: Vec<&str> = export
+        .lines()
+        .filter(|l| !l.starts_with("{\"checkpoint\""))
+        .collect();
+    records.pop();
+    let cut_export = dir.path().join("cut.jsonl");
+    std::fs::write(&cut_export, records.join("\n")).unwrap();
+    let cut_file = cut_export.to_str().unwrap();
+    let alone = crate::aasm(&["audit", "verify", "--export", cut_file]);
+    assert_eq!(alone.status.code(), Some(0), "{}", crate::stdout(&alone));
+    let (code, named) = verify_kept(&["--export", cut_file]);
+    assert_eq!(code, 1, "{named}");
+    assert!(
+        named.contains("TAMPERED: checkpoint ")
+            && named.contains(", kept outside the log, is missing from it (its last is none)"),
+        "{named}"
+    );
+
+    // The database cut back the same way.
+    let conn = rusqlite::Connection::open(state.join("gateway.db")).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_records_no_delete; DROP TRIGGER checkpoints_no_delete; \
+         DELETE FROM checkpoints; \
+         DELETE FROM audit_records WHERE sequence = (SELECT MAX(sequence) FROM audit_records);",
+    )
+    .unwrap();
+    drop(conn);
+    let (code, alone) = verify(&state);
+    assert_eq!(code, 0, "{alone}");
+    assert!(alone.contains("5 records"), "{alone}");
+    let (code, named) = verify_kept(&["--state-dir", state_dir]);
+    assert_eq!(code, 1, "{named}");
+    assert!(named.contains("is missing from it"), "{named}");
+
+    // What is not a checkpoint is refused as such, before anything is read.
+    std::fs::write(&kept, "{\"checkpoint\": 7}").unwrap();
+    let refused = crate::aasm(&["audit", "verify", "--checkpoint", kept_file]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        crate::stderr(&refused).contains("not a checkpoint"),
+        "{}",
+        crate::stderr(&refused)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_log_pages_over_http_by_count_and_by_cursor() {
     let dir = tempfile::tempdir().unwrap();
