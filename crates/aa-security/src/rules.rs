@@ -1126,6 +1126,32 @@ pub(crate) const RULES: &[RuleDef] = &[
         ),
         Gate::NotPlaceholder,
     ),
+    // Other clients that take a password as a short flag's argument, glued or after white
+    // space: `sshpass -p`, `redis-cli -a`, `sqlcmd -P`, the OpenLDAP tools' `-w`. Each tool's
+    // own flag, in its own case (`sshpass -P` sets a prompt, `ldapsearch -W` asks, `-P` is
+    // LDAP's version); sshpass's only among its own flags, before the command it runs (`sshpass
+    // -f pw ssh -p 2222` is ssh's port). A bare value starting with `$` is the shell's.
+    gated(
+        window(
+            rule(
+                "password-flag",
+                "password",
+                Critical,
+                &["sshpass", "redis-cli", "sqlcmd", "ldap"],
+                concat!(
+                    r#"(?i)\b(?:sshpass(?:[ \t]+-[a-z]+)*[ \t]+(?-i:-p)"#,
+                    r#"|redis-cli(?:[ \t][^\r\n|;&]*?)?[ \t](?-i:-a)"#,
+                    r#"|sqlcmd(?:[ \t][^\r\n|;&]*?)?[ \t](?-i:-P)"#,
+                    r#"|ldap(?:search|add|modify|delete|compare|modrdn|whoami|passwd|exop)"#,
+                    r#"(?:[ \t][^\r\n|;&]*?)?[ \t](?-i:-w))[ \t]*"#,
+                    r#"(?:"([^"\r\n]+)"|'([^'\r\n]+)'|([^\s"'\-$][^\s"']*))"#
+                ),
+            ),
+            4,
+            300,
+        ),
+        Gate::NotPlaceholder,
+    ),
     // Any other URL's credentials (`https://user:password@host`), read back from the `@`.
     gated(
         window(
