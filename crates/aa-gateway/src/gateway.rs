@@ -422,7 +422,12 @@ impl<S: Store> Gateway<S> {
                 ancestors.push(parent);
                 (team, depth, ancestors)
             }
-            None => (reg.lineage.team_id.clone(), 0, Vec::new()),
+            None => {
+                if let Some(team) = &reg.lineage.team_id {
+                    self.admitted(team, &reg.agent_id)?;
+                }
+                (reg.lineage.team_id.clone(), 0, Vec::new())
+            }
         };
         // An agent registering again keeps its place in the tree: a new parent could make a
         // cycle, or lift it out from under a suspended subtree or its ancestors' bounds, and a
@@ -576,6 +581,23 @@ impl<S: Store> Gateway<S> {
                     .into(),
             )),
         }
+    }
+
+    /// Refuses a root agent naming a team whose policies list members it is not among: a
+    /// team's policy (its mode, its limits) is the operator's to give, not a name any agent
+    /// may claim. A child needs no listing: it goes where its consenting parent is.
+    fn admitted(&self, team: &str, agent_id: &str) -> Result<(), GatewayError> {
+        let bundle = self.bundle.borrow();
+        bundle
+            .policies
+            .team_admits(team, agent_id)
+            .map_err(|listing| {
+                GatewayError::Unauthenticated(format!(
+                    "agent {agent_id:?} is not a member of team {team:?}: the team's members are \
+                 listed in spec.members of {}",
+                    listing.join(", ")
+                ))
+            })
     }
 
     fn issue(&self, agent_id: &str, did: &str) -> Result<Credential, GatewayError> {

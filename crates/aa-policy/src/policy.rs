@@ -32,6 +32,8 @@ pub struct Policy {
     pub(crate) schedule: Option<Schedule>,
     pub(crate) budget: Option<Budget>,
     pub(crate) data: Option<DataRules>,
+    /// `spec.members` of a team's policy: the agents that may register into the team.
+    pub(crate) members: Option<NameSet>,
 }
 
 /// Which agents a policy applies to.
@@ -310,6 +312,14 @@ impl Policy {
     pub fn data(&self) -> Option<&DataRules> {
         self.data.as_ref()
     }
+
+    /// Whether `spec.members` names `agent_id` (an id or a glob); `None` when the policy
+    /// lists no members.
+    pub fn admits(&self, agent_id: &str) -> Option<bool> {
+        self.members
+            .as_ref()
+            .map(|members| members.find(agent_id).is_some())
+    }
 }
 
 const TOP_KEYS: &[&str] = &["apiVersion", "kind", "metadata", "spec"];
@@ -328,6 +338,7 @@ const SPEC_KEYS: &[&str] = &[
     "schedule",
     "budget",
     "data",
+    "members",
 ];
 
 fn document(r: &mut Reader<'_>, node: &Node<'_>) -> Option<Policy> {
@@ -430,8 +441,10 @@ fn spec_section(r: &mut Reader<'_>, node: &Node<'_>) -> Option<Policy> {
         schedule: None,
         budget: None,
         data: None,
+        members: None,
     };
     let mut budget_and_zone = None;
+    let mut members_at = None;
     for (key, value) in &entries {
         let path = join_path("spec", &key.value);
         match key.value.as_str() {
@@ -477,8 +490,23 @@ fn spec_section(r: &mut Reader<'_>, node: &Node<'_>) -> Option<Policy> {
             "approvals" => policy.approval_timeout_s = approvals(r, value, &path),
             "schedule" => policy.schedule = schedule(r, value, &path),
             "budget" => budget_and_zone = budget(r, value, &path),
+            "members" => {
+                members_at = Some(key.loc);
+                policy.members = pattern_list(r, value, &path, |p| NameSet::new(p, false));
+            }
             _ => policy.data = data(r, value, &path),
         }
+    }
+    // Membership is a team's: who may register into it, so that its policy (its mode, its
+    // budget) is not a choice any agent makes for itself.
+    if let Some(loc) = members_at
+        && !matches!(policy.scope, Scope::Team(_))
+    {
+        r.error(
+            loc,
+            "spec.members",
+            "only a team's policy (scope: team:<id>) lists members",
+        );
     }
     // A budget's days follow the policy's own clock unless it names another zone.
     if let (Some((budget, false)), Some(schedule)) = (&mut budget_and_zone, &policy.schedule) {

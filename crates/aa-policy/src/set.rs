@@ -141,6 +141,29 @@ impl PolicySet {
         })
     }
 
+    /// Whether `agent_id` may register into `team` on its own (a child goes where its parent
+    /// is): when any `team:<team>` policy lists `spec.members`, only an agent one of those
+    /// lists names; a team no policy lists members for is open. Refused, the ids of the
+    /// policies that list the team's members.
+    pub fn team_admits(&self, team: &str, agent_id: &str) -> Result<(), Vec<String>> {
+        let mut listing = Vec::new();
+        for policy in &self.policies {
+            if !matches!(policy.scope(), Scope::Team(t) if t == team) {
+                continue;
+            }
+            match policy.admits(agent_id) {
+                Some(true) => return Ok(()),
+                Some(false) => listing.push(policy.id()),
+                None => {}
+            }
+        }
+        if listing.is_empty() {
+            Ok(())
+        } else {
+            Err(listing)
+        }
+    }
+
     /// True when any policy sets a budget, so LLM calls must reserve their cost.
     pub fn has_budgets(&self) -> bool {
         self.policies.iter().any(|p| p.budget().is_some())
@@ -408,5 +431,39 @@ spec: {scope: team:ops, budget: {daily_usd: 50, timezone: America/New_York}}
         );
         assert!(names(Account::Team("dev".into())).is_empty());
         assert_eq!(Account::Team("ops".into()).to_string(), "team:ops");
+    }
+
+    #[test]
+    fn a_team_that_lists_members_admits_only_them() {
+        let source = r#"
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: payments, version: "2"}
+spec: {scope: team:payments, mode: enforce, members: ["billing-*", refund-bot]}
+---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: payments-oncall}
+spec: {scope: team:payments, members: [pager]}
+---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {name: lab}
+spec: {scope: team:lab, mode: observe}
+"#;
+        let set = PolicySet::new(Policy::parse(source).unwrap());
+        for admitted in ["billing-eu", "refund-bot", "pager"] {
+            assert_eq!(set.team_admits("payments", admitted), Ok(()), "{admitted}");
+        }
+        assert_eq!(
+            set.team_admits("payments", "refund-bot-2"),
+            Err(vec![
+                "payments-oncall@0".to_owned(),
+                "payments@2".to_owned()
+            ])
+        );
+        // A team no policy lists members for is open, as is one with no policy at all.
+        assert_eq!(set.team_admits("lab", "anyone"), Ok(()));
+        assert_eq!(set.team_admits("nowhere", "anyone"), Ok(()));
     }
 }

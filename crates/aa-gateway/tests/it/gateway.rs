@@ -243,6 +243,53 @@ async fn a_child_is_registered_only_with_its_parents_consent_and_in_its_team() {
     );
 }
 
+/// A team whose policy lists members takes only them as roots (their children follow their
+/// parent); naming it is no way into its policy, here an observed one.
+#[tokio::test]
+async fn a_team_that_lists_members_takes_only_them() {
+    let gw = gateway(GatewayConfig::default());
+    gw.publish(documents(&format!(
+        "{POLICY}---
+apiVersion: agent-assembly/v1
+kind: Policy
+metadata: {{name: ops, version: \"4\"}}
+spec: {{scope: team:ops, mode: observe, members: [\"lead\", \"ops-*\"]}}
+"
+    )))
+    .unwrap();
+    let [lead, helper, stranger] = keys();
+    // `registration` puts every root in team "ops".
+    register(&gw, "lead", &lead, None).await;
+    register(&gw, "ops-nightly", &stranger, None).await;
+    register(&gw, "helper", &helper, Some(("lead", &lead))).await;
+    assert_eq!(
+        gw.store()
+            .agent("helper")
+            .await
+            .unwrap()
+            .unwrap()
+            .team_id
+            .as_deref(),
+        Some("ops")
+    );
+    let intruder = Keypair::generate().unwrap();
+    let reg = registration("intruder", &intruder, None);
+    let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
+        panic!("expected a challenge first");
+    };
+    let signature = intruder.sign_challenge("intruder", &challenge);
+    let err = gw
+        .register(reg, answer(&challenge, &signature))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unauthenticated: agent \"intruder\" is not a member of team \"ops\": the team's \
+         members are listed in spec.members of ops@4"
+    );
+    assert!(gw.store().agent("intruder").await.unwrap().is_none());
+}
+
 #[tokio::test]
 async fn a_wrong_answer_another_key_or_no_challenge_is_refused() {
     let gw = gateway(GatewayConfig::default());
