@@ -189,11 +189,13 @@ macro_rules! pem {
 /// The value of a generic `name = value` assignment (the name holds one of the secret words),
 /// from the operator on (white space after a command line's flag, the `>` of an XML element);
 /// the value is the group that took part. Quoted, it runs to its closing
-/// quote on the line (escapes, white space and punctuation included); bare, it stops at white
-/// space, quotes, brackets, `,`, `;` and at the `&` that starts a query's next parameter.
+/// quote on the line (escapes, white space and punctuation included), as does an XML CDATA
+/// section to its `]]>`; bare, it stops at white space, quotes, brackets, `,`, `;` and at the
+/// `&` that starts a query's next parameter.
 const GENERIC: &str = concat!(
     r#"^(?::=|=>|=|:|>|[ \t])\s*(?:"((?:[^"\\\r\n]|\\[^\r\n]){8,})"|'([^'\r\n]{8,})'"#,
-    r#"|`([^`\r\n]{8,})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,}))"#
+    r#"|`([^`\r\n]{8,})`|["'`]?((?:[^\s"'`,;<>(){}\[\]&]|&[^A-Za-z_\s"'`,;<>(){}\[\]&]){8,})"#,
+    r#"|<!\[CDATA\[([^\r\n]{8,}?)\]\]>)"#
 );
 
 /// How far back from an `@` a URL's credentials are looked for: the scheme, the user and the
