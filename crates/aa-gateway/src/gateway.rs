@@ -593,8 +593,8 @@ impl<S: Store> Gateway<S> {
             .team_admits(team, agent_id)
             .map_err(|listing| {
                 GatewayError::Unauthenticated(format!(
-                    "agent {agent_id:?} is not a member of team {team:?}: the team's members are \
-                 listed in spec.members of {}",
+                    "agent {agent_id:?} is not a member of team {team:?}: the team's members \
+                     are listed in spec.members of {}",
                     listing.join(", ")
                 ))
             })
