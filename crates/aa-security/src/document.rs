@@ -75,7 +75,7 @@ const TYPICAL_NODES: usize = 32;
 pub(crate) struct Layout {
     /// Paths, from the root, of the objects whose keys are names.
     pub(crate) named: &'static [&'static [&'static str]],
-    /// Paths of the values that are tags.
+    /// Paths of the values that are tags, each in an object at a path of `named`.
     pub(crate) tags: &'static [&'static [&'static str]],
     /// Paths of the values under named objects that are free JSON, not the schema's: a number
     /// there is data, where a number the schema names is not.
@@ -117,8 +117,10 @@ struct Strings<'a> {
 impl<'a> Strings<'a> {
     /// The strings of `doc`, less the names and tags `layout` fixes.
     fn of(doc: &'a Value, layout: Option<&Layout>) -> Strings<'a> {
+        /// A value comes with whether its container is at a named path, which is looked up
+        /// once for all of the container's keys and values rather than for each.
         enum Item<'a> {
-            Value(&'a Value, usize),
+            Value(&'a Value, usize, bool),
             Key(&'a str, usize),
         }
         // Sized for a typical event, so that most documents are read without regrowing.
@@ -129,82 +131,72 @@ impl<'a> Strings<'a> {
             value: doc,
         });
         let mut spots = Vec::with_capacity(2 * TYPICAL_NODES);
+        // Whether `node` is at one of the paths the layout lists in `paths`.
+        let on = |nodes: &[Node<'_>], node: usize, paths: fn(&Layout) -> &[&[&str]]| {
+            layout.is_some_and(|l| paths(l).iter().any(|path| is_at(nodes, node, path)))
+        };
         // An explicit stack: documents built in memory may nest deeper than a parser allows.
         let mut stack = Vec::with_capacity(TYPICAL_NODES);
-        stack.push(Item::Value(doc, 0));
-        // A key is fixed by the path of its object, a value by its own.
-        let push = |spots: &mut Vec<Spot<'a>>, nodes: &[Node<'_>], spot: Spot<'a>| {
-            let fixed = layout.is_some_and(|l| {
-                let paths = if spot.is_key { l.named } else { l.tags };
-                paths.iter().any(|path| is_at(nodes, spot.node, path))
-            });
-            if !fixed {
-                spots.push(spot);
-            }
+        // The root is its own parent.
+        stack.push(Item::Value(doc, 0, on(&nodes, 0, |l| l.named)));
+        let value = |text: Cow<'a, str>, node: usize, is_number: bool| Spot {
+            text,
+            node,
+            is_key: false,
+            is_number,
         };
         while let Some(item) = stack.pop() {
             match item {
-                Item::Key(text, node) => {
-                    let key = Spot {
-                        text: Cow::Borrowed(text),
-                        node,
-                        is_key: true,
-                        is_number: false,
-                    };
-                    push(&mut spots, &nodes, key);
-                }
-                Item::Value(Value::String(text), node) => {
-                    let value = Spot {
-                        text: Cow::Borrowed(text),
-                        node,
-                        is_key: false,
-                        is_number: false,
-                    };
-                    push(&mut spots, &nodes, value);
-                }
-                Item::Value(Value::Number(number), node) => {
-                    // A number a schema names (a timestamp, a depth) is no agent's data, and
-                    // must stay a number for the document to read as what it is.
-                    let schemas = || {
-                        layout.is_some_and(|l| {
-                            let parent = nodes.get(node).map_or(0, |n| n.parent);
-                            l.named.iter().any(|p| is_at(&nodes, parent, p))
-                                && !l.free.iter().any(|p| is_at(&nodes, node, p))
-                        })
-                    };
-                    // Most numbers are short: their digits are looked at before their place.
-                    if let Some(digits) = digits_of(number).filter(|_| !schemas()) {
-                        let value = Spot {
-                            text: Cow::Owned(digits),
-                            node,
-                            is_key: false,
-                            is_number: true,
-                        };
-                        push(&mut spots, &nodes, value);
+                Item::Key(text, node) => spots.push(Spot {
+                    text: Cow::Borrowed(text),
+                    node,
+                    is_key: true,
+                    is_number: false,
+                }),
+                // A tag lies in a named object.
+                Item::Value(Value::String(text), node, in_named) => {
+                    if !(in_named && on(&nodes, node, |l| l.tags)) {
+                        spots.push(value(Cow::Borrowed(text), node, false));
                     }
                 }
-                Item::Value(Value::Array(items), node) => {
+                Item::Value(Value::Number(number), node, in_named) => {
+                    // A number a schema names (a timestamp, a depth) is no agent's data, and
+                    // must stay a number for the document to read as what it is.
+                    let schemas = || in_named && !on(&nodes, node, |l| l.free);
+                    // Most numbers are short: their digits are looked at before their place.
+                    if let Some(digits) = digits_of(number).filter(|_| !schemas())
+                        && !(in_named && on(&nodes, node, |l| l.tags))
+                    {
+                        spots.push(value(Cow::Owned(digits), node, true));
+                    }
+                }
+                Item::Value(Value::Array(items), node, _) => {
+                    let names = on(&nodes, node, |l| l.named);
                     for (i, child) in items.iter().enumerate().rev() {
                         nodes.push(Node {
                             parent: node,
                             step: Step::Index(i),
                             value: child,
                         });
-                        stack.push(Item::Value(child, nodes.len() - 1));
+                        stack.push(Item::Value(child, nodes.len() - 1, names));
                     }
                 }
-                Item::Value(Value::Object(map), node) => {
+                Item::Value(Value::Object(map), node, _) => {
+                    // A key is fixed by the path of its object.
+                    let names = on(&nodes, node, |l| l.named);
                     for (key, child) in map.iter().rev() {
                         nodes.push(Node {
                             parent: node,
                             step: Step::Key(key),
                             value: child,
                         });
-                        stack.push(Item::Value(child, nodes.len() - 1));
-                        stack.push(Item::Key(key, node));
+                        stack.push(Item::Value(child, nodes.len() - 1, names));
+                        if !names {
+                            stack.push(Item::Key(key, node));
+                        }
                     }
                 }
-                Item::Value(Value::Null | Value::Bool(_), _) => {}
+                Item::Value(Value::Null | Value::Bool(_), ..) => {}
             }
         }
         Strings { nodes, spots }
@@ -539,6 +531,17 @@ impl Scanner {
             lines: Vec::with_capacity(TYPICAL_NODES),
         };
         let wanted = |run: &[usize]| only.is_none_or(|only| run.iter().any(|i| only.contains(i)));
+        // Whether each string's first and last characters can be inside a credential, looked
+        // at once rather than in every run the string is glued into.
+        let ends: Vec<(bool, bool)> = texts
+            .iter()
+            .map(|t| {
+                (
+                    t.chars().next().is_some_and(joins_a_credential),
+                    t.chars().next_back().is_some_and(joins_a_credential),
+                )
+            })
+            .collect();
         // Numbers are read for personal data, which is not looked for across seams.
         let values: Vec<usize> = (0..texts.len())
             .filter(|&i| {
@@ -552,7 +555,7 @@ impl Scanner {
             for pieces in 2..=MAX_PIECES {
                 // A run that does not join cannot be lengthened into one that does.
                 match values.get(n..n + pieces) {
-                    Some(run) if joined.push_run(run, texts, wanted(run)) => {}
+                    Some(run) if joined.push_run(run, texts, &ends, wanted(run)) => {}
                     _ => break,
                 }
             }
@@ -563,7 +566,7 @@ impl Scanner {
                 value.filter(|&v| strings.spots.get(v).is_some_and(|s| !s.is_number))
             {
                 let pair = [key, value];
-                joined.push_run(&pair, texts, wanted(&pair));
+                joined.push_run(&pair, texts, &ends, wanted(&pair));
             }
         }
         if joined.segments.is_empty() {
@@ -657,36 +660,34 @@ struct Segment {
 impl Joined {
     /// Glues the strings of `run` (spots into `texts`), if `wanted`: the tail of the first,
     /// the middle ones whole, the head of the last. Returns false, adding nothing, when a seam
-    /// cannot be inside a credential or a middle string is too long to be a piece of one.
-    fn push_run(&mut self, run: &[usize], texts: &[&str], wanted: bool) -> bool {
-        // At most MAX_PIECES strings, gathered without allocating: this runs for every
-        // neighbouring pair and triple of every event.
-        let mut gathered = [""; MAX_PIECES];
-        let mut count = 0;
-        for (slot, text) in gathered
-            .iter_mut()
-            .zip(run.iter().filter_map(|&i| texts.get(i)))
-        {
-            *slot = text;
-            count += 1;
-        }
-        let parts = gathered.get(..count).unwrap_or_default();
-        let joins = parts.windows(2).all(|w| {
-            w[0].chars().next_back().is_some_and(joins_a_credential)
-                && w[1].chars().next().is_some_and(joins_a_credential)
+    /// cannot be inside a credential (`ends` tells, for each spot, whether its first and its
+    /// last character can) or a middle string is too long to be a piece of one.
+    fn push_run(
+        &mut self,
+        run: &[usize],
+        texts: &[&str],
+        ends: &[(bool, bool)],
+        wanted: bool,
+    ) -> bool {
+        let joins = run
+            .windows(2)
+            .all(|w| ends.get(w[0]).is_some_and(|e| e.1) && ends.get(w[1]).is_some_and(|e| e.0));
+        let middle_fits = run.get(1..run.len().saturating_sub(1)).is_some_and(|m| {
+            m.iter()
+                .all(|&i| texts.get(i).is_some_and(|t| t.len() <= SEAM_REACH))
         });
-        let middle_fits = parts
-            .get(1..parts.len().saturating_sub(1))
-            .is_some_and(|m| m.iter().all(|t| t.len() <= SEAM_REACH));
-        if parts.len() != run.len() || !joins || !middle_fits {
+        if !joins || !middle_fits {
             return false;
         }
         if !wanted {
             return true;
         }
-        let last = parts.len() - 1;
+        let parts = run
+            .iter()
+            .map(|&i| texts.get(i).copied().unwrap_or_default());
+        let last = run.len() - 1;
         let line_start = self.text.len();
-        for (n, (&spot, &text)) in run.iter().zip(parts).enumerate() {
+        for (n, (&spot, text)) in run.iter().zip(parts).enumerate() {
             let mut from = if n == 0 {
                 text.len().saturating_sub(SEAM_REACH)
             } else {

@@ -2,7 +2,7 @@
 //! it was, and each redaction yields a receipt (rule, kind, byte range, a truncated SHA-256 of
 //! the secret — never the secret).
 
-use aa_core::{AuditEvent, RedactionReceipt};
+use aa_core::{Action, AuditEvent, RedactionReceipt};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -135,41 +135,53 @@ impl Scanner {
         limits: &Limits,
     ) -> Result<usize, SecurityError> {
         let unreadable = |e: serde_json::Error| SecurityError::Event(e.to_string());
-        let mut doc = serde_json::json!({
-            "agent": event.agent,
-            "action": event.action,
-        });
-        if let Value::Object(fields) = &mut doc {
-            // Only what is there: a field that is null holds no string, but its name would
-            // still be read.
-            let mut put = |name: &str,
-                           value: Result<Value, serde_json::Error>|
-             -> Result<(), SecurityError> {
-                fields.insert(name.into(), value.map_err(unreadable)?);
-                Ok(())
-            };
-            if let Some(session) = &event.session_id {
-                put("session_id", serde_json::to_value(session))?;
-            }
-            if let Some(verdict) = &event.verdict {
-                put("verdict", serde_json::to_value(verdict))?;
-            }
+        // A tool's arguments, the session and the detail are moved into the document and back
+        // out rather than copied: the arguments and the detail are often the bulk of an event.
+        let args = match &mut event.action {
+            Action::ToolCall { args, .. } => Some(args.take()),
+            _ => None,
+        };
+        let mut fields = Map::new();
+        let serialised = serialise_fixed(event, &mut fields);
+        if let Err(e) = serialised {
+            put_args(event, args);
+            return Err(unreadable(e));
         }
-        // Moved in and back out rather than copied: the detail is often the bulk of an event.
+        if let (Some(args), Some(Value::Object(action))) = (args, fields.get_mut("action")) {
+            action.insert("args".into(), args);
+        }
+        // Only what is there: a field that is null holds no string, but its name would still
+        // be read.
+        if let Some(session) = event.session_id.take() {
+            fields.insert("session_id".into(), Value::String(session));
+        }
         let had_detail = event.detail.is_some();
-        if let (Value::Object(fields), Some(detail)) = (&mut doc, event.detail.take()) {
+        if let Some(detail) = event.detail.take() {
             fields.insert("detail".into(), detail);
         }
+        let mut doc = Value::Object(fields);
         let receipts = self.redact_document(&mut doc, limits, Some(&AUDIT_EVENT));
+        let args = match doc.get_mut("action") {
+            Some(Value::Object(action)) => action.get_mut("args").map(Value::take),
+            _ => None,
+        };
         let mut part = |name: &str| doc.get_mut(name).map(Value::take).unwrap_or(Value::Null);
         event.detail = had_detail.then(|| part("detail"));
+        if let Value::String(session) = part("session_id") {
+            event.session_id = Some(session);
+        }
         if receipts.is_empty() {
+            put_args(event, args);
             return Ok(0);
         }
-        event.agent = serde_json::from_value(part("agent")).map_err(unreadable)?;
-        event.session_id = serde_json::from_value(part("session_id")).map_err(unreadable)?;
-        event.action = serde_json::from_value(part("action")).map_err(unreadable)?;
-        event.verdict = serde_json::from_value(part("verdict")).map_err(unreadable)?;
+        let rebuilt = (|| {
+            event.agent = serde_json::from_value(part("agent"))?;
+            event.action = serde_json::from_value(part("action"))?;
+            event.verdict = serde_json::from_value(part("verdict"))?;
+            Ok(())
+        })();
+        put_args(event, args);
+        rebuilt.map_err(unreadable)?;
         let added = receipts.len();
         event.redactions.extend(receipts);
         Ok(added)
@@ -223,6 +235,27 @@ impl Scanner {
             list.extend(receipts);
         }
         Ok(added)
+    }
+}
+
+/// Serialises into `fields` the scanned fields of `event` that are not moved: its agent, its
+/// action and its verdict.
+fn serialise_fixed(
+    event: &AuditEvent,
+    fields: &mut Map<String, Value>,
+) -> Result<(), serde_json::Error> {
+    fields.insert("agent".into(), serde_json::to_value(&event.agent)?);
+    fields.insert("action".into(), serde_json::to_value(&event.action)?);
+    if let Some(verdict) = &event.verdict {
+        fields.insert("verdict".into(), serde_json::to_value(verdict)?);
+    }
+    Ok(())
+}
+
+/// Puts a tool call's arguments back into its action.
+fn put_args(event: &mut AuditEvent, args: Option<Value>) {
+    if let (Action::ToolCall { args: slot, .. }, Some(args)) = (&mut event.action, args) {
+        *slot = args;
     }
 }
 

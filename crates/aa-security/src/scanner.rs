@@ -457,10 +457,7 @@ impl Scanner {
         bytes.len() < self.shortest_match
             || (bytes.iter().filter(|b| b.is_ascii_digit()).count() < runs::MIN_DIGITS
                 && !self.keywords.occur_in(bytes)
-                && !self
-                    .prefixed
-                    .as_ref()
-                    .is_some_and(|p| p.search.is_match(bytes)))
+                && !self.prefixed.as_ref().is_some_and(|p| p.occur_in(bytes)))
     }
 
     /// Runs the rules over one text, as is.
@@ -758,6 +755,9 @@ fn literal_prefixes(pattern: &str) -> Option<Vec<Vec<u8>>> {
 #[derive(Debug, Clone)]
 struct Prefixes {
     search: AhoCorasick,
+    /// Whether a literal starts with the byte: most short texts hold none, which this tells
+    /// for less than the search's fixed cost.
+    first: [bool; 256],
     /// Each literal and the rule (its order) whose matches it starts.
     prefixes: Vec<(Vec<u8>, usize)>,
     rules: usize,
@@ -772,11 +772,23 @@ impl Prefixes {
         let mut rules: Vec<usize> = prefixes.iter().map(|&(_, rule)| rule).collect();
         rules.sort_unstable();
         rules.dedup();
+        let mut first = [false; 256];
+        for (literal, _) in &prefixes {
+            if let Some(&b) = literal.first() {
+                first[usize::from(b)] = true;
+            }
+        }
         Ok(Prefixes {
             search,
+            first,
             prefixes,
             rules: rules.len(),
         })
+    }
+
+    /// Whether `bytes`, a short text, holds a prefix.
+    fn occur_in(&self, bytes: &[u8]) -> bool {
+        bytes.iter().any(|&b| self.first[usize::from(b)]) && self.search.is_match(bytes)
     }
 
     /// Calls `start(rule)` once for each rule one of whose prefixes `bytes` holds.
