@@ -592,15 +592,20 @@ mod tests {
         }
     }
 
+    /// The head of stream "a" at its `n`th record.
+    fn head_of(records: &[Record], n: usize) -> Head {
+        Head {
+            stream_id: "a".into(),
+            sequence: n as u64,
+            hash: records[n - 1].hash.clone(),
+        }
+    }
+
     #[test]
     fn checkpoints_catch_truncation_rewrites_and_forgeries() {
         let gateway = Keypair::generate().unwrap();
         let records = chain("a", 5);
-        let head = |n: usize| Head {
-            stream_id: "a".into(),
-            sequence: n as u64,
-            hash: records[n - 1].hash.clone(),
-        };
+        let head = |n: usize| head_of(&records, n);
         let checkpoint = Checkpoint::sign(&gateway, 1, 1_000, vec![head(5)]);
         // Truncated after the checkpoint.
         let err = verify(
@@ -647,11 +652,7 @@ mod tests {
     fn a_checkpoint_kept_outside_the_log_catches_a_cut_back_to_an_older_one() {
         let gateway = Keypair::generate().unwrap();
         let records = chain("a", 5);
-        let head = |n: usize| Head {
-            stream_id: "a".into(),
-            sequence: n as u64,
-            hash: records[n - 1].hash.clone(),
-        };
+        let head = |n: usize| head_of(&records, n);
         let first = Checkpoint::sign(&gateway, 1, 1_000, vec![head(3)]);
         let second = Checkpoint::sign(&gateway, 2, 2_000, vec![head(5)]);
         let whole = [first.clone(), second.clone()];

@@ -1259,6 +1259,17 @@ mod tests {
         assert_eq!(agent.credential_token(), token);
     }
 
+    /// An enforcing client keeping its keys in `dir`, talking to `socket`.
+    fn enforcing(dir: &Path, socket: PathBuf, timeout: Duration) -> Client {
+        Client::new(ClientConfig {
+            socket_path: Some(socket),
+            state_dir: dir.to_path_buf(),
+            mode: Mode::Enforce,
+            timeout,
+        })
+        .unwrap()
+    }
+
     /// A socket that takes calls and never answers: the point is the waiting around it.
     fn silent_socket(dir: &Path) -> PathBuf {
         let path = dir.join("silent.sock");
@@ -1296,13 +1307,7 @@ mod tests {
     #[test]
     fn huge_timeouts_and_an_answer_asked_for_twice_do_not_panic() {
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::new(ClientConfig {
-            socket_path: Some(dir.path().join("absent.sock")),
-            state_dir: dir.path().to_path_buf(),
-            mode: Mode::Enforce,
-            timeout: Duration::MAX,
-        })
-        .unwrap();
+        let client = enforcing(dir.path(), dir.path().join("absent.sock"), Duration::MAX);
         let (agent, action) = unregistered("bot");
         // No runtime there: denied at once, whatever the timeout.
         let denied = client.check_blocking(&agent, action.clone(), None).unwrap();
@@ -1329,13 +1334,11 @@ mod tests {
     #[test]
     fn an_id_that_is_no_file_name_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::new(ClientConfig {
-            socket_path: Some(dir.path().join("absent.sock")),
-            state_dir: dir.path().to_path_buf(),
-            mode: Mode::Enforce,
-            timeout: Duration::from_secs(1),
-        })
-        .unwrap();
+        let client = enforcing(
+            dir.path(),
+            dir.path().join("absent.sock"),
+            Duration::from_secs(1),
+        );
         for (spec, field) in [
             (
                 AgentSpec {
@@ -1365,13 +1368,11 @@ mod tests {
     #[test]
     fn a_blocking_check_gives_up_when_interrupted_and_times_out_by_the_mode() {
         let dir = tempfile::tempdir().unwrap();
-        let client = Client::new(ClientConfig {
-            socket_path: Some(silent_socket(dir.path())),
-            state_dir: dir.path().to_path_buf(),
-            mode: Mode::Enforce,
-            timeout: Duration::from_millis(300),
-        })
-        .unwrap();
+        let client = enforcing(
+            dir.path(),
+            silent_socket(dir.path()),
+            Duration::from_millis(300),
+        );
         let (agent, action) = unregistered("silent");
         let mut asked = 0;
         let given_up = client.check_blocking_until(
