@@ -27,6 +27,7 @@ pub(crate) fn passes(gate: Gate, text: &[u8], start: usize, end: usize) -> bool 
         Gate::Phone => phone(secret),
         Gate::NotPlaceholder => !is_placeholder(secret),
         Gate::BasicCredentials => basic_credentials(secret),
+        Gate::Opaque => !is_placeholder(secret) && !is_file_path(secret) && !reads_as_words(secret),
         Gate::Address => !ends_url_credentials(text, start, end),
     }
 }
@@ -89,6 +90,7 @@ pub(crate) fn may_hold(gate: Gate, text: &[u8], run: &DigitRun) -> bool {
         | Gate::Entropy(_)
         | Gate::NotPlaceholder
         | Gate::BasicCredentials
+        | Gate::Opaque
         | Gate::Address => true,
     }
 }

@@ -38,6 +38,12 @@ pub(crate) enum Trigger {
     /// white space; in XML, the `>` before the value). The rule's pattern is matched from the
     /// operator, anchored (`^`).
     Assigned(&'static [&'static str]),
+    /// Any of these lowercase literals starting a word, then white space and the secret, of
+    /// a generic shape that a provider's rule reads better (an opaque token after `Bearer`):
+    /// the pattern is matched anchored (`^`) from the keyword's end, and only where no rule
+    /// confirmed before it found something at the secret's first byte (that rule names it,
+    /// and the search is spared).
+    Prefix(&'static [&'static str]),
     /// A run of at least seven digits, possibly with separators (phone numbers, cards, ...).
     Digits,
     /// Any of these lowercase literals, a label that makes personal data of a value that is
@@ -65,6 +71,9 @@ pub(crate) enum Gate {
     NotPlaceholder,
     /// Base64 of `user:password` with a password that is not a placeholder (HTTP Basic).
     BasicCredentials,
+    /// A token that is not a placeholder, a file's path or words (`Bearer
+    /// YOUR_ACCESS_TOKEN`, `Bearer token-from-the-vault`).
+    Opaque,
     /// An email address whose `@` does not end a URL's credentials.
     Address,
 }
@@ -112,6 +121,13 @@ const fn gated(mut r: RuleDef, gate: Gate) -> RuleDef {
 const fn labelled(mut r: RuleDef) -> RuleDef {
     if let Trigger::Keywords(words) = r.trigger {
         r.trigger = Trigger::Label(words);
+    }
+    r
+}
+
+const fn prefix(mut r: RuleDef) -> RuleDef {
+    if let Trigger::Keywords(words) = r.trigger {
+        r.trigger = Trigger::Prefix(words);
     }
     r
 }
@@ -1180,6 +1196,23 @@ pub(crate) const RULES: &[RuleDef] = &[
         ),
         Gate::BasicCredentials,
     ),
+    // An opaque token after `Bearer` (RFC 6750's characters, a trailing `.` left to the
+    // sentence). A provider's token or a JWT there is its own rule's. A longer token than
+    // the window holds is read on past it.
+    prefix(gated(
+        window(
+            rule(
+                "authorization-bearer",
+                "bearer_token",
+                High,
+                &["bearer"],
+                r"^\s+([A-Za-z0-9\-._~+/]{15,}[A-Za-z0-9\-_~+/]=*)(?:[^A-Za-z0-9\-_~+/=]|$)",
+            ),
+            0,
+            64,
+        ),
+        Gate::Opaque,
+    )),
     // ---- Generic assignments, gated by entropy ----
     assignment(gated(
         window(

@@ -81,6 +81,9 @@ struct Rule {
     assigned: bool,
     /// Personal data a label names ([`Trigger::Label`]): found in a JSON value by its key.
     labelled: bool,
+    /// Matched from the end of a keyword that starts a word, where no rule confirmed before
+    /// it found something ([`Trigger::Prefix`]).
+    prefix: bool,
     /// The fewest bytes the pattern matches.
     min_len: usize,
     before: usize,
@@ -123,7 +126,10 @@ impl Scanner {
             rules.push(compile(def)?);
             match def.trigger {
                 Trigger::Digits => digit_rules.push(index),
-                Trigger::Keywords(words) | Trigger::Assigned(words) | Trigger::Label(words) => {
+                Trigger::Keywords(words)
+                | Trigger::Assigned(words)
+                | Trigger::Label(words)
+                | Trigger::Prefix(words) => {
                     for word in words {
                         match keyword_list.iter().position(|k| k == word) {
                             Some(k) => keyword_rules[k].push(index),
@@ -464,14 +470,24 @@ impl Scanner {
     fn match_rules(&self, text: &str, digit_runs: &[DigitRun], out: &mut Vec<Finding>) {
         let bytes = text.as_bytes();
         let mut windows: Vec<(usize, usize, usize)> = Vec::new();
-        // Windows that start at an assignment's operator, for anchored patterns: never merged.
-        let mut assignments: Vec<(usize, usize, usize)> = Vec::new();
+        // Windows for anchored patterns, which start at an assignment's operator or at a
+        // prefix's end: never merged.
+        let mut anchored: Vec<(usize, usize, usize)> = Vec::new();
         self.keywords.find(bytes, |keyword, start, end| {
             for &rule in self.keyword_rules.get(keyword).into_iter().flatten() {
                 match self.rules.get(rule) {
                     Some(r) if r.assigned => {
                         if let Some(op) = gates::assignment_operator(bytes, start, end, r.after) {
-                            assignments.push((rule, op, (op + r.after).min(bytes.len())));
+                            anchored.push((rule, op, (op + r.after).min(bytes.len())));
+                        }
+                    }
+                    Some(r) if r.prefix => {
+                        let word_start = start
+                            .checked_sub(1)
+                            .and_then(|before| bytes.get(before))
+                            .is_none_or(|b| !(b.is_ascii_alphanumeric() || *b == b'_'));
+                        if word_start {
+                            anchored.push((rule, end, (end + r.after).min(bytes.len())));
                         }
                     }
                     _ => windows.push(self.window(rule, start, end, bytes.len())),
@@ -505,34 +521,43 @@ impl Scanner {
             }
             overlaps
         });
-        assignments.sort_unstable();
-        assignments.dedup();
+        anchored.sort_unstable();
+        anchored.dedup();
         // A rule's windows are together in either list, and no rule is in both.
-        let mut extensions = (
-            usize::MAX,
-            Extensions {
-                left: 0,
-                redacted_to: 0,
-            },
-        );
-        for (rule, start, end) in windows.into_iter().chain(assignments) {
+        let mut current: Option<(usize, RuleState)> = None;
+        for (rule, start, end) in windows.into_iter().chain(anchored) {
             let Some(window) = bytes.get(start..end) else {
                 continue;
             };
-            if extensions.0 != rule {
-                let left = extension_budget(bytes.len());
-                extensions = (
-                    rule,
-                    Extensions {
-                        left,
+            let state = match &mut current {
+                Some((r, state)) if *r == rule => state,
+                _ => {
+                    let prefix = self.rules.get(rule).is_some_and(|r| r.prefix);
+                    let state = RuleState {
+                        extensions_left: extension_budget(bytes.len()),
                         redacted_to: 0,
-                    },
-                );
-            }
-            if start < extensions.1.redacted_to {
+                        // What the rules confirmed before this one found, as it stands now.
+                        earlier: prefix.then(|| Reach::new(out)),
+                    };
+                    &mut current.insert((rule, state)).1
+                }
+            };
+            if start < state.redacted_to {
                 continue;
             }
-            self.confirm(rule, window, start, text, &mut extensions.1, out);
+            // A prefix's secret starts after its white space: where that byte is another
+            // rule's finding, that rule names the secret.
+            if let Some(earlier) = &state.earlier {
+                let at = start
+                    + window
+                        .iter()
+                        .take_while(|b| b.is_ascii_whitespace())
+                        .count();
+                if earlier.overlaps(at, at + 1) {
+                    continue;
+                }
+            }
+            self.confirm(rule, window, start, text, state, out);
         }
     }
 
@@ -546,15 +571,15 @@ impl Scanner {
     }
 
     /// Adds the matches of the rule at `order` in `window` (at `offset` in `text`) that pass
-    /// its gate, extending those that reach the window's end by what is left of
-    /// `extensions`.
+    /// its gate, extending those that reach the window's end by what is left of the rule's
+    /// budget in `state`.
     fn confirm(
         &self,
         order: usize,
         window: &[u8],
         offset: usize,
         text: &str,
-        extensions: &mut Extensions,
+        state: &mut RuleState,
         out: &mut Vec<Finding>,
     ) {
         let Some(rule) = self.rules.get(order) else {
@@ -574,8 +599,9 @@ impl Scanner {
             // JWT): search again from its start over the rest of the text, up to MAX_EXTENSION.
             let mut cut = false;
             if whole.end() == window.len() && window_end < text.len() {
-                if extensions.left > 0 {
-                    let limit = (window_end + MAX_EXTENSION.min(extensions.left)).min(text.len());
+                if state.extensions_left > 0 {
+                    let limit =
+                        (window_end + MAX_EXTENSION.min(state.extensions_left)).min(text.len());
                     let wider = bytes.get(offset..limit).unwrap_or(window);
                     if let Some(longer) =
                         rule.regex
@@ -583,8 +609,8 @@ impl Scanner {
                     {
                         whole = longer;
                     }
-                    extensions.left = extensions
-                        .left
+                    state.extensions_left = state
+                        .extensions_left
                         .saturating_sub((offset + whole.end()).saturating_sub(window_end));
                 } else {
                     cut = true;
@@ -629,7 +655,7 @@ impl Scanner {
                     end
                 };
                 if redact_to > end {
-                    extensions.redacted_to = extensions.redacted_to.max(redact_to);
+                    state.redacted_to = state.redacted_to.max(redact_to);
                 }
                 out.push(Finding {
                     rule_id: rule.id.clone(),
@@ -647,13 +673,52 @@ impl Scanner {
     }
 }
 
-/// One rule's extensions in a text: how many bytes past their windows its matches may still
-/// be extended ([`extension_budget`]), and how far a match found past that budget was
-/// redacted (a window that starts before there adds nothing to it).
+/// One rule's state over a text's windows: how many bytes past their windows its matches
+/// may still be extended ([`extension_budget`]), how far a match found past that budget was
+/// redacted (a window that starts before there adds nothing to it), and for a prefix rule,
+/// where the rules confirmed before it found something.
 #[derive(Debug)]
-struct Extensions {
-    left: usize,
+struct RuleState {
+    extensions_left: usize,
     redacted_to: usize,
+    earlier: Option<Reach>,
+}
+
+/// Spans sorted by start, each end raised to the furthest end so far: one binary search tells
+/// how far the spans that start up to a point reach.
+#[derive(Debug)]
+struct Reach(Vec<(usize, usize)>);
+
+impl Reach {
+    fn new(findings: &[Finding]) -> Reach {
+        let mut spans: Vec<(usize, usize)> = findings.iter().map(|f| (f.start, f.end)).collect();
+        spans.sort_unstable();
+        let mut furthest = 0;
+        for span in &mut spans {
+            furthest = furthest.max(span.1);
+            span.1 = furthest;
+        }
+        Reach(spans)
+    }
+
+    /// The furthest end of the spans that start at or before `at`, if any does.
+    fn up_to(&self, at: usize) -> Option<usize> {
+        let before = self.0.partition_point(|&(start, _)| start <= at);
+        before
+            .checked_sub(1)
+            .and_then(|i| self.0.get(i))
+            .map(|&(_, end)| end)
+    }
+
+    /// Whether `start..end` lies wholly within a span.
+    fn covers(&self, start: usize, end: usize) -> bool {
+        self.up_to(start).is_some_and(|reach| reach >= end)
+    }
+
+    /// Whether a span overlaps `start..end`.
+    fn overlaps(&self, start: usize, end: usize) -> bool {
+        end > start && self.up_to(end - 1).is_some_and(|reach| reach > start)
+    }
 }
 
 fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
@@ -671,6 +736,7 @@ fn compile(def: &RuleDef) -> Result<Rule, SecurityError> {
         gate: def.gate,
         assigned: matches!(def.trigger, Trigger::Assigned(_)),
         labelled: matches!(def.trigger, Trigger::Label(_)),
+        prefix: matches!(def.trigger, Trigger::Prefix(_)),
         min_len: shortest_match(def.pattern, false),
         before: def.before,
         after: def.after,
@@ -710,6 +776,7 @@ fn custom(pattern: &CustomPattern) -> Result<Rule, SecurityError> {
         gate: Gate::None,
         assigned: false,
         labelled: false,
+        prefix: false,
         min_len: shortest_match(&pattern.regex, true),
         before: 0,
         after: 0,
@@ -823,28 +890,8 @@ impl Prefixes {
 /// of the same text finds most of what the first did again, and a finding counted twice
 /// would hide a decoded segment's second secret ([`resolve_overlaps`]).
 fn add_uncovered(out: &mut Vec<Finding>, first: usize, more: Vec<Finding>) {
-    let mut spans: Vec<(usize, usize)> = out
-        .get(first..)
-        .unwrap_or_default()
-        .iter()
-        .map(|f| (f.start, f.end))
-        .collect();
-    spans.sort_unstable();
-    // The furthest end of the spans so far, so one binary search tells whether any span that
-    // starts before a finding reaches past its end.
-    let mut furthest = 0;
-    for span in &mut spans {
-        furthest = furthest.max(span.1);
-        span.1 = furthest;
-    }
-    let covered = |f: &Finding| {
-        let before = spans.partition_point(|&(start, _)| start <= f.start);
-        before
-            .checked_sub(1)
-            .and_then(|i| spans.get(i))
-            .is_some_and(|&(_, end)| f.end <= end)
-    };
-    out.extend(more.into_iter().filter(|f| !covered(f)));
+    let reach = Reach::new(out.get(first..).unwrap_or_default());
+    out.extend(more.into_iter().filter(|f| !reach.covers(f.start, f.end)));
 }
 
 /// Makes findings disjoint and returns them in text order. A decoded segment whose findings
@@ -978,13 +1025,14 @@ mod tests {
         let op = text.find('=').unwrap();
         let inside = text.find('\u{e9}').unwrap() + 3;
         assert!(!text.is_char_boundary(inside));
-        let mut extensions = Extensions {
-            left: 0,
+        let mut state = RuleState {
+            extensions_left: 0,
             redacted_to: 0,
+            earlier: None,
         };
         let mut found = Vec::new();
         let window = text.as_bytes().get(op..inside).unwrap();
-        scanner.confirm(order, window, op, text, &mut extensions, &mut found);
+        scanner.confirm(order, window, op, text, &mut state, &mut found);
         let spans: Vec<&str> = found.iter().map(|f| &text[f.start..f.end]).collect();
         assert_eq!(spans, ["hQ7vL2pX9mR4tZ\u{e9}\u{e9}\u{e9}x"]);
     }
