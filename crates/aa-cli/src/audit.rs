@@ -1,7 +1,8 @@
 //! `aasm audit verify | export | tail | checkpoint`: read the gateway's database (or an
-//! export) offline; `aasm audit quarantine`: the events a runtime set aside.
+//! export) offline; `aasm audit digest`: what a receipt gives for a known secret; `aasm audit
+//! quarantine`: the events a runtime set aside.
 
-use std::io::{BufRead as _, BufWriter, Write as _};
+use std::io::{BufRead as _, BufWriter, Read as _, Write as _};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -64,6 +65,18 @@ pub(crate) enum AuditCommand {
     Checkpoint {
         #[command(flatten)]
         source: Source,
+    },
+    /// Print the digest a redaction receipt (`sha256_prefix`) gives for the value on stdin
+    /// (a trailing line break dropped), to look a known secret up in the log. Receipts are
+    /// keyed with the runtime token: AASM_RUNTIME_TOKEN, else --gateway-token-file, else the
+    /// state directory's runtime.token. Without it a receipt names nothing.
+    Digest {
+        /// The state directory holding runtime.token (of `aasm up` or `aasm gateway`).
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
+        state_dir: PathBuf,
+        /// A file holding the runtime token.
+        #[arg(long)]
+        gateway_token_file: Option<PathBuf>,
     },
     /// Print, as JSON lines, the events a runtime set aside because they can never be
     /// delivered (refused for good by the gateway, or unreadable): each stands in the log as a
@@ -379,6 +392,26 @@ pub(crate) fn audit(command: AuditCommand) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        AuditCommand::Digest {
+            state_dir,
+            gateway_token_file,
+        } => {
+            let token = aa_cli::up::runtime_token(&state_dir, gateway_token_file.as_deref())?;
+            let mut value = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut value)
+                .context("reading the value from stdin")?;
+            let value = value
+                .strip_suffix(b"\n")
+                .map(|v| v.strip_suffix(b"\r").unwrap_or(v))
+                .unwrap_or(&value);
+            if value.is_empty() {
+                bail!("no value on stdin: pipe in the secret to look up");
+            }
+            let key = aa_security::ReceiptKey::derive(token.as_bytes());
+            out!("{}", key.digest(value));
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Quarantine(args) => {
             let path = args.state_dir.join(aa_runtime::config::DATABASE_FILE);

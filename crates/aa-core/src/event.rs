@@ -147,7 +147,8 @@ pub struct RedactionReceipt {
     pub start: u64,
     /// End of the byte range (exclusive).
     pub end: u64,
-    /// Hex of the first bytes of SHA-256 over the secret.
+    /// Hex of the first bytes of SHA-256 over the secret, keyed (HMAC-SHA-256) where the
+    /// scanner that made it has a receipt key, as the runtime's and the gateway's do.
     pub sha256_prefix: String,
 }
 

@@ -13,7 +13,7 @@ use aa_background::BackgroundPriority;
 use aa_core::{AgentRegistration, AuditEvent, EventKind, RedactionReceipt, TopologyEdge};
 use aa_identity::{Claims, Keypair, PublicKey, Spawn};
 use aa_policy::PriceTable;
-use aa_security::{Limits, Scanner};
+use aa_security::{Limits, ReceiptKey, Scanner};
 use serde::Deserialize as _;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -268,7 +268,12 @@ impl<S: Store> Gateway<S> {
         documents: Vec<PolicyDocument>,
         config: GatewayConfig,
     ) -> Result<Self, GatewayError> {
-        let built_in = Arc::new(Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?);
+        let mut built_in = Scanner::new().map_err(|e| GatewayError::Setup(e.to_string()))?;
+        // Receipts are keyed with what the runtimes' are: a key derived from their token.
+        if let Some(token) = &config.runtime_token {
+            built_in = built_in.with_receipt_key(ReceiptKey::derive(token.as_bytes()));
+        }
+        let built_in = Arc::new(built_in);
         let bundle = Bundle::new(documents, key.public(), &built_in)?;
         let prices = match &config.prices {
             Some(prices) => Arc::clone(prices),

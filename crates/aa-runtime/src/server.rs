@@ -19,7 +19,7 @@ use aa_proto::ProtoError;
 use aa_proto::frame::{FrameDecoder, encode_into, error_frame};
 use aa_proto::pb::frame::Body;
 use aa_proto::pb::{self, ErrorCode};
-use aa_security::Scanner;
+use aa_security::{ReceiptKey, Scanner};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::{UnixListener, UnixStream};
@@ -82,8 +82,11 @@ pub async fn run(
 ) -> Result<(), RuntimeError> {
     config.validate()?;
     let outbox = Arc::new(Outbox::open(&config.database_path())?);
+    // Receipts are keyed with what the gateway's are: a key derived from the runtime token.
     let scanner = Arc::new(CurrentScanner::new(Arc::new(
-        Scanner::new().map_err(|e| RuntimeError::Setup(e.to_string()))?,
+        Scanner::new()
+            .map_err(|e| RuntimeError::Setup(e.to_string()))?
+            .with_receipt_key(ReceiptKey::derive(config.gateway_token.as_bytes())),
     )));
     let link = GatewayLink::new(
         &config.gateway_url,

@@ -392,7 +392,7 @@ impl Scanner {
                 break;
             }
         }
-        receipts
+        self.sealed(receipts)
     }
 
     /// The cut of every string that changes, by spot: its own findings, and the pieces of

@@ -1,8 +1,9 @@
 //! Redaction: each finding's span becomes `[REDACTED:<kind>]`, the rest of the text is left as
 //! it was, and each redaction yields a receipt (rule, kind, byte range, a truncated SHA-256 of
-//! the secret — never the secret).
+//! the secret, keyed with a [`ReceiptKey`] where the scanner has one — never the secret).
 
 use aa_core::{Action, AuditEvent, RedactionReceipt};
+use hmac::{Hmac, Mac};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -12,6 +13,47 @@ use crate::scanner::{Finding, Scanner};
 
 /// Bytes of the SHA-256 digest kept in a receipt (16 hex characters).
 const DIGEST_PREFIX_BYTES: usize = 8;
+
+/// The key a receipt's digest is made with: a digest of a secret anyone can compute is one
+/// anyone can invert for the few values personal data takes (a US SSN is one of 10⁹), so
+/// receipts in an audit log made with a key name a secret only to whoever holds the key.
+/// A receipt's digest is then the first 8 bytes of HMAC-SHA-256, under this key, of the
+/// secret's unkeyed digest (the hex that [`Scanner::receipt_digest`] gives without a key).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReceiptKey([u8; 32]);
+
+impl ReceiptKey {
+    /// The key derived from `secret`, a deployment's shared secret (the token its runtimes
+    /// present to its gateway): HMAC-SHA-256 of a fixed label under it, so the key is the
+    /// same wherever the secret is, and the secret itself is not the key.
+    pub fn derive(secret: &[u8]) -> ReceiptKey {
+        ReceiptKey(hmac_sha256(secret, b"agent-assembly receipt key v1"))
+    }
+
+    /// The digest a receipt made with this key gives for `secret` (as found: decoded and
+    /// normalised), to look a known value up in receipts.
+    pub fn digest(&self, secret: &[u8]) -> String {
+        self.seal(&digest_prefix(secret))
+    }
+
+    fn seal(&self, digest: &str) -> String {
+        aa_core::hex::encode(&hmac_sha256(&self.0, digest.as_bytes())[..DIGEST_PREFIX_BYTES])
+    }
+}
+
+impl std::fmt::Debug for ReceiptKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReceiptKey(..)")
+    }
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    // Any key length is valid for HMAC: the error arm cannot be taken.
+    match Hmac::<Sha256>::new_from_slice(key) {
+        Ok(mac) => mac.chain_update(message).finalize().into_bytes().into(),
+        Err(_) => [0; 32],
+    }
+}
 
 /// What an oversized field becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,7 +110,7 @@ pub struct RedactedBytes {
 impl Scanner {
     /// Redacts every finding in `text`.
     pub fn redact(&self, text: &str) -> Redacted {
-        let receipts = receipts_of(text.as_bytes(), self.scan(text));
+        let receipts = self.sealed(receipts_of(text.as_bytes(), self.scan(text)));
         let text = splice_text(text, &receipts);
         Redacted { text, receipts }
     }
@@ -78,7 +120,7 @@ impl Scanner {
     /// stable and as unique (the same id gives the same one, so a batch sent again is still
     /// recognised) and holding no secret. The receipts say what was found in `id`.
     pub fn redact_id(&self, id: &str, max_len: usize) -> (String, Vec<RedactionReceipt>) {
-        let receipts = receipts_of(id.as_bytes(), self.scan(id));
+        let receipts = self.sealed(receipts_of(id.as_bytes(), self.scan(id)));
         if receipts.is_empty() && id.len() <= max_len {
             return (id.to_owned(), receipts);
         }
@@ -87,9 +129,28 @@ impl Scanner {
 
     /// Redacts every finding in bytes that may not be UTF-8.
     pub fn redact_bytes(&self, bytes: &[u8]) -> RedactedBytes {
-        let receipts = receipts_of(bytes, self.scan_bytes(bytes));
+        let receipts = self.sealed(receipts_of(bytes, self.scan_bytes(bytes)));
         let bytes = splice(bytes, &receipts);
         RedactedBytes { bytes, receipts }
+    }
+
+    /// The digest a receipt gives for `secret` (as found: decoded and normalised), to look a
+    /// known value up in receipts: keyed when the scanner has a [`ReceiptKey`].
+    pub fn receipt_digest(&self, secret: &[u8]) -> String {
+        match &self.receipt_key {
+            Some(key) => key.digest(secret),
+            None => digest_prefix(secret),
+        }
+    }
+
+    /// `receipts` with their digests keyed, when the scanner has a key.
+    pub(crate) fn sealed(&self, mut receipts: Vec<RedactionReceipt>) -> Vec<RedactionReceipt> {
+        if let Some(key) = &self.receipt_key {
+            for receipt in &mut receipts {
+                receipt.sha256_prefix = key.seal(&receipt.sha256_prefix);
+            }
+        }
+        receipts
     }
 
     /// Redacts every string of a JSON document, keys and values, in place, and credentials
@@ -115,7 +176,7 @@ impl Scanner {
             {
                 RedactedBytes {
                     bytes: OVERSIZED.as_bytes().to_vec(),
-                    receipts: vec![oversized_receipt("", bytes)],
+                    receipts: self.sealed(vec![oversized_receipt("", bytes)]),
                 }
             }
             Err(_) => self.redact_bytes(bytes),

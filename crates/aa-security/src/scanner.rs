@@ -14,7 +14,7 @@ use crate::error::SecurityError;
 use crate::gates;
 use crate::keywords::Keywords;
 use crate::normalize::{Invisible, normalize};
-use crate::redact::{Labelled, digest_prefix};
+use crate::redact::{Labelled, ReceiptKey, digest_prefix};
 use crate::rules::{Gate, RULES, RuleDef, Severity, Trigger, is_personal_data};
 use crate::runs::{self, DigitRun};
 
@@ -107,6 +107,8 @@ pub struct Scanner {
     /// Texts shorter than this are looked at before being scanned
     /// ([`cannot_hold_a_finding`](Self::cannot_hold_a_finding)).
     gated_below: usize,
+    /// What receipts' digests are keyed with, if anything.
+    pub(crate) receipt_key: Option<ReceiptKey>,
 }
 
 impl Scanner {
@@ -152,8 +154,16 @@ impl Scanner {
             prefixed: None,
             shortest_match,
             gated_below: runs::MIN_ENCODED,
+            receipt_key: None,
         };
         built_in.added(patterns)
+    }
+
+    /// This scanner, its receipts' digests keyed with `key` ([`ReceiptKey`]); scanners it
+    /// adds patterns to keep the key.
+    pub fn with_receipt_key(mut self, key: ReceiptKey) -> Scanner {
+        self.receipt_key = Some(key);
+        self
     }
 
     /// This scanner's rules plus `patterns`, its own shared rather than compiled again (a

@@ -1012,12 +1012,45 @@ async fn secrets_never_reach_a_database_unredacted() {
         .unwrap();
     assert_eq!(events.len(), 2);
     assert!(events.iter().any(|e| e.contains("[REDACTED:employee_id]")));
+    // Receipts are keyed with the deployment's runtime token: the key's digest that anyone
+    // could compute is in none of them, the one `aasm audit digest` gives with the token is.
+    let looked_up = crate::aasm_with_stdin(
+        &["audit", "digest", "--state-dir", state.to_str().unwrap()],
+        format!("{AWS_KEY}\n").as_bytes(),
+    );
+    assert!(looked_up.status.success(), "{}", crate::stderr(&looked_up));
+    let keyed = String::from_utf8(looked_up.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let plain = aa_security::Scanner::new()
+        .unwrap()
+        .receipt_digest(AWS_KEY.as_bytes());
+    assert_ne!(keyed, plain);
+    let nothing = crate::aasm_with_stdin(
+        &["audit", "digest", "--state-dir", state.to_str().unwrap()],
+        b"\n",
+    );
+    assert_eq!(nothing.status.code(), Some(2));
+    assert!(crate::stderr(&nothing).contains("no value on stdin"));
+    let no_token = crate::aasm_with_stdin(
+        &[
+            "audit",
+            "digest",
+            "--state-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        AWS_KEY.as_bytes(),
+    );
+    assert_eq!(no_token.status.code(), Some(2));
+    assert!(crate::stderr(&no_token).contains("no runtime token"));
     for event in events {
         assert!(event.contains("[REDACTED:aws_access_key]"), "{event}");
         assert!(
-            event.contains("sha256_prefix"),
-            "receipts are attached: {event}"
+            event.contains(&format!("\"sha256_prefix\":\"{keyed}\"")),
+            "the key's receipt is keyed: {event}"
         );
+        assert!(!event.contains(&plain), "{event}");
     }
 }
 

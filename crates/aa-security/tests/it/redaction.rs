@@ -621,3 +621,47 @@ fn numbers_of_free_json_are_read_as_their_digits() {
         assert_eq!(as_value["agent"]["depth"], 4111111);
     }
 }
+
+/// With a key, every way of redacting gives the keyed digest of the secret, the one
+/// `receipt_digest` gives for it: not the plain SHA-256 prefix anyone could compute (and so
+/// invert for an SSN, one of 10⁹), and the same under the same key wherever it is made.
+#[test]
+fn receipts_made_with_a_key_digest_the_secret_under_it() {
+    let ssn = "219-09-9999";
+    let plain = aa_core::hex::encode(&sha2::Sha256::digest(ssn.as_bytes())[..8]);
+    assert_eq!(SCANNER.receipt_digest(ssn.as_bytes()), plain);
+    let key = || aa_security::ReceiptKey::derive(b"runtime-token");
+    let keyed = aa_security::Scanner::new().unwrap().with_receipt_key(key());
+    let digest = keyed.receipt_digest(ssn.as_bytes());
+    assert_eq!(digest.len(), 16);
+    assert_ne!(digest, plain);
+    let other = aa_security::Scanner::new()
+        .unwrap()
+        .with_receipt_key(aa_security::ReceiptKey::derive(b"another-token"));
+    assert_ne!(other.receipt_digest(ssn.as_bytes()), digest);
+
+    let text = format!("ssn {ssn} on file");
+    let limits = Limits::default();
+    let mut value = json!({ "note": text });
+    let event = serde_json::to_vec(&value).unwrap();
+    let with_patterns = std::sync::Arc::new(keyed.clone())
+        .with_patterns_added(&[aa_security::CustomPattern {
+            name: "badge".into(),
+            regex: r"BADGE-\d{4}".into(),
+        }])
+        .unwrap();
+    let digests: Vec<Vec<String>> = vec![
+        keyed.redact(&text).receipts,
+        keyed.redact_bytes(text.as_bytes()).receipts,
+        keyed.redact_id(&text, 64).1,
+        keyed.redact_json(&mut value, &limits),
+        keyed.redact_event(&event, &limits).receipts,
+        with_patterns.redact(&text).receipts,
+    ]
+    .into_iter()
+    .map(|receipts| receipts.into_iter().map(|r| r.sha256_prefix).collect())
+    .collect();
+    for found in digests {
+        assert_eq!(found, std::slice::from_ref(&digest));
+    }
+}
