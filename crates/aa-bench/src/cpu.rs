@@ -25,11 +25,10 @@ pub fn process_time(pid: u32) -> Option<Duration> {
 /// How many times each running thread of process `pid` has been switched out so far, waiting
 /// (voluntary) or preempted, by thread id; `None` where `/proc` cannot tell.
 pub fn thread_switches(pid: u32) -> Option<BTreeMap<u32, u64>> {
+    let task = format!("/proc/{pid}/task");
     let mut counts = BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let task = task.ok()?;
-        let tid: u32 = task.file_name().to_str()?.parse().ok()?;
-        match std::fs::read_to_string(task.path().join("status")) {
+    for tid in thread_ids(&task)? {
+        match std::fs::read_to_string(format!("{task}/{tid}/status")) {
             Ok(status) => {
                 counts.insert(tid, switches_in(&status)?);
             }
@@ -39,6 +38,30 @@ pub fn thread_switches(pid: u32) -> Option<BTreeMap<u32, u64>> {
         }
     }
     Some(counts)
+}
+
+/// The ids in a `/proc/<pid>/task` listing. The kernel stops a listing early when the thread
+/// it has reached ends as it is read, leaving out threads that run on (seen once: a test's
+/// own thread missing while the harness's other threads ended), so it is read again until two
+/// readings agree, a few times at most.
+fn thread_ids(task: &str) -> Option<Vec<u32>> {
+    let list = || -> Option<Vec<u32>> {
+        let mut ids = std::fs::read_dir(task)
+            .ok()?
+            .map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect::<Option<Vec<u32>>>()?;
+        ids.sort_unstable();
+        Some(ids)
+    };
+    let mut last = list()?;
+    for _ in 0..4 {
+        let again = list()?;
+        if again == last {
+            break;
+        }
+        last = again;
+    }
+    Some(last)
 }
 
 /// The switches of one process's threads between two readings: each thread's count at the
