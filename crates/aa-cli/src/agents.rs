@@ -1,6 +1,7 @@
 //! `aasm agents list | show | suspend | resume` and `aasm topology tree`: the registry, the
 //! agent graph and the kill switch, through the gateway's operator API with the admin token.
 //! A suspension goes through the gateway because the gateway is what tells every runtime.
+//! `aasm agents grant` signs a parent's consent to a child on another host, offline.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
@@ -40,6 +41,27 @@ pub(crate) enum AgentsCommand {
     Suspend(Change),
     /// Lift a suspension.
     Resume(Change),
+    /// Print a grant for a child of PARENT started on another host: signed with PARENT's key
+    /// from the state directory (where it registered), for the child to pass in
+    /// AASM_SPAWN_GRANT. Anyone holding it can register that child until it expires.
+    Grant(GrantArgs),
+}
+
+/// `aasm agents grant`'s arguments.
+#[derive(Debug, Args)]
+pub(crate) struct GrantArgs {
+    /// The parent agent's id.
+    #[arg(long)]
+    parent: String,
+    /// The child agent's id.
+    #[arg(long)]
+    child: String,
+    /// Seconds the grant holds (the gateway takes none that holds for more than a day).
+    #[arg(long, default_value_t = 600)]
+    ttl_secs: u64,
+    /// Where the parent's key is kept (its SDK's state directory).
+    #[arg(long, default_value = aa_sdk_client::DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]
+    state_dir: std::path::PathBuf,
 }
 
 /// What a suspend or resume names.
@@ -86,6 +108,15 @@ pub(crate) enum TopologyCommand {
 pub(crate) fn agents(command: AgentsCommand) -> Result<ExitCode> {
     crate::block_on(async {
         match command {
+            AgentsCommand::Grant(args) => {
+                let grant = aa_sdk_client::grant_spawn(
+                    &args.state_dir,
+                    &args.parent,
+                    &args.child,
+                    std::time::Duration::from_secs(args.ttl_secs),
+                )?;
+                out!("{grant}");
+            }
             AgentsCommand::List {
                 gateway,
                 team,

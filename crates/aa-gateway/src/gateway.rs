@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aa_background::BackgroundPriority;
 use aa_core::{AgentRegistration, AuditEvent, EventKind, RedactionReceipt, TopologyEdge};
-use aa_identity::{Claims, Keypair, PublicKey, Spawn};
+use aa_identity::{Claims, IdentityError, Keypair, PublicKey, Spawn};
 use aa_policy::PriceTable;
 use aa_security::{Limits, ReceiptKey, Scanner};
 use serde::Deserialize as _;
@@ -78,6 +78,8 @@ pub struct ChallengeAnswer<'a> {
     /// The parent's signature over the [`aa_identity::Spawn`] of this registration; empty for
     /// an agent without a parent, or one registering again.
     pub parent_signature: &'a [u8],
+    /// Else a grant the parent signed ahead of time ([`aa_identity::Grant`]); empty without.
+    pub spawn_grant: &'a str,
 }
 
 /// What a registration step produced.
@@ -202,14 +204,20 @@ pub struct Gateway<S> {
     pub(crate) prices: Arc<PriceTable>,
 }
 
+/// The longest a spawn grant may still hold when presented: it is good for its child's id,
+/// whoever presents it, so it is handed over and used within minutes.
+pub const MAX_GRANT_SECS: u64 = 24 * 60 * 60;
+
 /// Checks a new child's registration against its parent: the parent signed the [`Spawn`] of
-/// this very registration with its key, and the child stays in the parent's team. Otherwise
-/// anyone could hang an agent under another's, and spend that agent's budgets, or step out of
-/// its team's limits and policy.
+/// this very registration with its key, or granted this child ahead of time
+/// ([`aa_identity::Grant`]), and the child stays in the parent's team. Otherwise anyone could
+/// hang an agent under another's, and spend that agent's budgets, or step out of its team's
+/// limits and policy.
 fn consented(
     reg: &AgentRegistration,
     parent: &AgentRecord,
     answer: ChallengeAnswer<'_>,
+    now: u64,
 ) -> Result<(), GatewayError> {
     if let Some(team) = &reg.lineage.team_id
         && parent.team_id.as_ref() != Some(team)
@@ -224,30 +232,59 @@ fn consented(
             reg.agent_id, parent.agent_id
         )));
     }
-    if answer.parent_signature.is_empty() {
+    let parent_key = PublicKey::from_did(&parent.did)
+        .map_err(|e| GatewayError::Storage(format!("agent {:?}: {e}", parent.agent_id)))?;
+    if !answer.parent_signature.is_empty() {
+        let spawn = Spawn {
+            parent_id: &parent.agent_id,
+            child_id: &reg.agent_id,
+            child_did: &reg.public_key,
+            challenge: answer.challenge,
+        };
+        return parent_key
+            .verify_spawn(&spawn, answer.parent_signature)
+            .map_err(|_| {
+                GatewayError::Unauthenticated(format!(
+                    "parent_signature does not verify with the key of agent {:?}, which \
+                     agent {:?} names as its parent",
+                    parent.agent_id, reg.agent_id
+                ))
+            });
+    }
+    if answer.spawn_grant.is_empty() {
         return Err(GatewayError::Unauthenticated(format!(
-            "agent {:?} names {:?} as its parent, and its first registration carries no \
-             parent_signature: that agent's consent to the spawn, signed with its key",
+            "agent {:?} names {:?} as its parent, and its first registration carries neither \
+             parent_signature (that agent's consent, signed with its key) nor spawn_grant (one \
+             it signed ahead of time: `aasm agents grant`)",
             reg.agent_id, parent.agent_id
         )));
     }
-    let spawn = Spawn {
-        parent_id: &parent.agent_id,
-        child_id: &reg.agent_id,
-        child_did: &reg.public_key,
-        challenge: answer.challenge,
+    let refused = |why: String| {
+        GatewayError::Unauthenticated(format!(
+            "spawn_grant of agent {:?} under {:?}: {why}",
+            reg.agent_id, parent.agent_id
+        ))
     };
-    let parent_key = PublicKey::from_did(&parent.did)
-        .map_err(|e| GatewayError::Storage(format!("agent {:?}: {e}", parent.agent_id)))?;
-    parent_key
-        .verify_spawn(&spawn, answer.parent_signature)
-        .map_err(|_| {
-            GatewayError::Unauthenticated(format!(
-                "parent_signature does not verify with the key of agent {:?}, which agent {:?} \
-                 names as its parent",
-                parent.agent_id, reg.agent_id
-            ))
+    let grant = aa_identity::verify_grant(answer.spawn_grant, &parent_key, now).map_err(|e| {
+        refused(match e {
+            IdentityError::BadSignature => "not signed with the parent's key".to_owned(),
+            IdentityError::ExpiredToken => "expired".to_owned(),
+            other => other.to_string(),
         })
+    })?;
+    if grant.parent_id != parent.agent_id || grant.child_id != reg.agent_id {
+        return Err(refused(format!(
+            "it grants agent {:?} under {:?}",
+            grant.child_id, grant.parent_id
+        )));
+    }
+    if grant.expires_at > now.saturating_add(MAX_GRANT_SECS) {
+        return Err(refused(format!(
+            "it holds for more than {} hours; sign one that expires sooner",
+            MAX_GRANT_SECS / 3600
+        )));
+    }
+    Ok(())
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -418,7 +455,7 @@ impl<S: Store> Gateway<S> {
                 self.ensure_running(&parent).await?;
                 // The edge is made once, with the parent's consent; registering again keeps it.
                 if existing.is_none() {
-                    consented(&reg, &parent, answer)?;
+                    consented(&reg, &parent, answer, unix_secs(SystemTime::now()))?;
                 }
                 // Depth is the registry's to say, not the child's: one below its parent.
                 let team = reg.lineage.team_id.clone().or(parent.team_id.clone());

@@ -314,6 +314,7 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
         let signature = std::mem::take(&mut request.challenge_signature);
         let answered = std::mem::take(&mut request.answered_challenge);
         let parent_signature = std::mem::take(&mut request.parent_signature);
+        let spawn_grant = std::mem::take(&mut request.spawn_grant);
         let registration = AgentRegistration::try_from(request).map_err(invalid)?;
         let agent_id = registration.agent_id.clone();
         let answer = self
@@ -324,6 +325,7 @@ impl<S: Store> pb::agent_service_server::AgentService for GrpcApi<S> {
                     challenge: &answered,
                     signature: &signature,
                     parent_signature: &parent_signature,
+                    spawn_grant: &spawn_grant,
                 }),
             )
             .await

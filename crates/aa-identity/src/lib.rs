@@ -4,8 +4,9 @@
 //!
 //! - [`key`]: [`Keypair`] and [`PublicKey`], their `did:key` form, the challenge, and a
 //!   parent's consent to a child's registration ([`Spawn`]).
-//! - [`token`]: [`Claims`], [`issue`] and [`verify`] for credential tokens, and
-//!   [`same_secret`], the constant-time comparison of tokens.
+//! - [`token`]: [`Claims`], [`issue`] and [`verify`] for credential tokens; [`Grant`],
+//!   [`grant`] and [`verify_grant`] for a parent's consent to a child signed ahead of time;
+//!   and [`same_secret`], the constant-time comparison of tokens.
 //! - [`keyfile`]: keys kept on disk, owner-only.
 //! - [`error`]: the crate's error type, [`IdentityError`].
 //!
@@ -19,4 +20,6 @@ pub mod token;
 
 pub use error::IdentityError;
 pub use key::{CHALLENGE_BYTES, Keypair, PublicKey, Spawn, challenge};
-pub use token::{Claims, issue, same_secret, unverified_claims, verify};
+pub use token::{
+    Claims, Grant, grant, issue, same_secret, unverified_claims, verify, verify_grant,
+};

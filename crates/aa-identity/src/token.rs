@@ -1,14 +1,20 @@
 //! Credential tokens: `aat1.<claims>.<signature>`, both parts base64url without padding; the
-//! signature is the issuing gateway's Ed25519 signature over `aat1.<claims>`.
+//! signature is the issuing gateway's Ed25519 signature over `aat1.<claims>`. Spawn grants,
+//! a parent agent's consent to one child signed ahead of time, take the same form under
+//! `aag1` and the parent's signature.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IdentityError;
 use crate::key::{Keypair, PublicKey};
 
 const VERSION: &str = "aat1";
+/// A spawn grant's version; its signed bytes (`aag1.…`) start unlike anything else an agent's
+/// key signs (a challenge's or a spawn's context), so no signature passes for another.
+const GRANT_VERSION: &str = "aag1";
 /// Far above any real token; a longer one is refused before decoding.
 const MAX_TOKEN_BYTES: usize = 4096;
 
@@ -48,17 +54,83 @@ pub fn issue(
         expires_at: now.saturating_add(ttl_secs),
         token_id: id.iter().map(|b| format!("{b:02x}")).collect(),
     };
-    let json = serde_json::to_vec(&claims)
+    Ok((signed(gateway, VERSION, &claims)?, claims))
+}
+
+/// A parent's consent to one child's first registration, signed ahead of time with the
+/// parent's key for a child registered where that key is not (another host): good for that
+/// child's id under that parent until it expires, whoever presents it, so it is handed over
+/// as a secret and lives minutes, not days.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// The parent's agent id.
+    pub parent_id: String,
+    /// The child's agent id.
+    pub child_id: String,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds; the grant is refused from this second on.
+    pub expires_at: u64,
+}
+
+/// A grant (`aag1.…`) by `parent`, the key of agent `parent_id`, for the child `child_id`,
+/// valid for `ttl_secs` from `now`.
+pub fn grant(
+    parent: &Keypair,
+    parent_id: &str,
+    child_id: &str,
+    now: u64,
+    ttl_secs: u64,
+) -> Result<(String, Grant), IdentityError> {
+    let grant = Grant {
+        parent_id: parent_id.to_owned(),
+        child_id: child_id.to_owned(),
+        issued_at: now,
+        expires_at: now.saturating_add(ttl_secs),
+    };
+    Ok((signed(parent, GRANT_VERSION, &grant)?, grant))
+}
+
+/// Checks a grant's form, its signature by `parent` (the key of the agent it names as the
+/// parent) and its expiry at `now` (Unix seconds), and returns it. Whether it names the child
+/// and parent at hand is the caller's to check.
+pub fn verify_grant(grant: &str, parent: &PublicKey, now: u64) -> Result<Grant, IdentityError> {
+    let grant: Grant = verified(grant, GRANT_VERSION, parent)?;
+    if now >= grant.expires_at {
+        return Err(IdentityError::ExpiredToken);
+    }
+    Ok(grant)
+}
+
+/// `<version>.<claims>.<signature>`, signed by `key`.
+fn signed(key: &Keypair, version: &str, claims: &impl Serialize) -> Result<String, IdentityError> {
+    let json = serde_json::to_vec(claims)
         .map_err(|_| IdentityError::MalformedToken("claims do not serialise"))?;
-    let signed = format!("{VERSION}.{}", URL_SAFE_NO_PAD.encode(json));
-    let signature = URL_SAFE_NO_PAD.encode(gateway.sign(signed.as_bytes()));
-    Ok((format!("{signed}.{signature}"), claims))
+    let signed = format!("{version}.{}", URL_SAFE_NO_PAD.encode(json));
+    let signature = URL_SAFE_NO_PAD.encode(key.sign(signed.as_bytes()));
+    Ok(format!("{signed}.{signature}"))
+}
+
+/// The claims of a `version` token whose signature `key` makes; [`IdentityError::BadSignature`]
+/// when it does not verify.
+fn verified<T: DeserializeOwned>(
+    token: &str,
+    version: &str,
+    key: &PublicKey,
+) -> Result<T, IdentityError> {
+    let parts = Parts::of(token, version)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(parts.signature)
+        .map_err(|_| IdentityError::MalformedToken("signature is not base64url"))?;
+    key.verify(parts.signed.as_bytes(), &signature)?;
+    parts.claims()
 }
 
 /// A token's claims, read without checking its signature or expiry: for a holder that got the
 /// token from its issuer, never for one presented to it.
 pub fn unverified_claims(token: &str) -> Result<Claims, IdentityError> {
-    Parts::of(token)?.claims()
+    Parts::of(token, VERSION)?.claims()
 }
 
 /// A token cut into its signed part, its claims and its signature.
@@ -69,7 +141,7 @@ struct Parts<'a> {
 }
 
 impl<'a> Parts<'a> {
-    fn of(token: &'a str) -> Result<Parts<'a>, IdentityError> {
+    fn of(token: &'a str, expected: &str) -> Result<Parts<'a>, IdentityError> {
         if token.is_empty() {
             return Err(IdentityError::MalformedToken("missing"));
         }
@@ -84,7 +156,7 @@ impl<'a> Parts<'a> {
                 "expected three dot-separated parts",
             ));
         };
-        if version != VERSION {
+        if version != expected {
             return Err(IdentityError::MalformedToken("unknown version"));
         }
         let signed = token
@@ -97,7 +169,7 @@ impl<'a> Parts<'a> {
         })
     }
 
-    fn claims(&self) -> Result<Claims, IdentityError> {
+    fn claims<T: DeserializeOwned>(&self) -> Result<T, IdentityError> {
         let json = URL_SAFE_NO_PAD
             .decode(self.claims)
             .map_err(|_| IdentityError::MalformedToken("claims are not base64url"))?;
@@ -119,14 +191,10 @@ pub fn same_secret(a: &str, b: &str) -> bool {
 /// and returns its claims. Whether the claims fit the caller (the right agent, the current
 /// token) is the caller's to check.
 pub fn verify(token: &str, issuer: &PublicKey, now: u64) -> Result<Claims, IdentityError> {
-    let parts = Parts::of(token)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(parts.signature)
-        .map_err(|_| IdentityError::MalformedToken("signature is not base64url"))?;
-    issuer
-        .verify(parts.signed.as_bytes(), &signature)
-        .map_err(|_| IdentityError::ForeignToken)?;
-    let claims = parts.claims()?;
+    let claims: Claims = verified(token, VERSION, issuer).map_err(|e| match e {
+        IdentityError::BadSignature => IdentityError::ForeignToken,
+        other => other,
+    })?;
     if claims.issuer != issuer.did() {
         return Err(IdentityError::ForeignToken);
     }
@@ -170,6 +238,14 @@ mod tests {
         );
     }
 
+    /// `token` with `from` replaced by `to` in its claims, its signature kept.
+    fn swapped(token: &str, from: &str, to: &str) -> String {
+        let parts: Vec<&str> = token.split('.').collect();
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+        let forged = URL_SAFE_NO_PAD.encode(json.replace(from, to));
+        format!("{}.{forged}.{}", parts[0], parts[2])
+    }
+
     #[test]
     fn foreign_and_tampered_tokens_are_refused() {
         let (gateway, token, _) = gateway_and_token();
@@ -179,10 +255,7 @@ mod tests {
             Err(IdentityError::ForeignToken)
         );
         // Another agent's id swapped into the claims breaks the signature.
-        let parts: Vec<&str> = token.split('.').collect();
-        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
-        let forged = URL_SAFE_NO_PAD.encode(json.replace("agent-1", "agent-2"));
-        let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
+        let tampered = swapped(&token, "agent-1", "agent-2");
         assert_eq!(
             verify(&tampered, &gateway.public(), 1_000),
             Err(IdentityError::ForeignToken)
@@ -211,11 +284,50 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_grant_holds_for_its_child_under_its_parents_key_until_it_expires() {
+        let parent = Keypair::generate().unwrap();
+        let (text, issued) = grant(&parent, "planner", "worker-7", 1_000, 300).unwrap();
+        assert!(text.starts_with("aag1."));
+        let public = parent.public();
+        assert_eq!(verify_grant(&text, &public, 1_299).unwrap(), issued);
+        assert_eq!(
+            (issued.parent_id.as_str(), issued.child_id.as_str()),
+            ("planner", "worker-7")
+        );
+        assert_eq!(
+            verify_grant(&text, &public, 1_300),
+            Err(IdentityError::ExpiredToken)
+        );
+        let stranger = Keypair::generate().unwrap().public();
+        assert_eq!(
+            verify_grant(&text, &stranger, 1_000),
+            Err(IdentityError::BadSignature)
+        );
+        // Another child's id swapped in breaks the signature.
+        let tampered = swapped(&text, "worker-7", "worker-8");
+        assert_eq!(
+            verify_grant(&tampered, &public, 1_000),
+            Err(IdentityError::BadSignature)
+        );
+        // A grant is no credential token, nor a token a grant, whoever signed them.
+        assert_eq!(
+            verify(&text, &public, 1_000),
+            Err(IdentityError::MalformedToken("unknown version"))
+        );
+        let (token, _) = issue(&parent, "worker-7", &public.did(), 1_000, 300).unwrap();
+        assert_eq!(
+            verify_grant(&token, &public, 1_000),
+            Err(IdentityError::MalformedToken("unknown version"))
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_tokens_never_panic(token in ".{0,300}") {
             let public = Keypair::from_secret(&[7; 32]).public();
             prop_assert!(verify(&token, &public, 0).is_err());
+            prop_assert!(verify_grant(&token, &public, 0).is_err());
         }
     }
 }

@@ -266,6 +266,7 @@ impl From<&AgentRegistration> for pb::RegisterRequest {
             challenge_signature: Vec::new(),
             answered_challenge: Vec::new(),
             parent_signature: Vec::new(),
+            spawn_grant: String::new(),
         }
     }
 }

@@ -23,6 +23,9 @@ use crate::error::ClientError;
 pub const SOCKET_ENV: &str = "AASM_SOCKET";
 /// The environment variable naming the state directory (where agent keys live).
 pub const STATE_DIR_ENV: &str = "AASM_STATE_DIR";
+/// The environment variable holding a spawn grant ([`Client::grant_spawn`]) for a child
+/// registered where its parent's key is not, when its [`AgentSpec`] carries none.
+pub const SPAWN_GRANT_ENV: &str = "AASM_SPAWN_GRANT";
 /// The socket path when neither an argument nor `AASM_SOCKET` names one.
 pub const DEFAULT_SOCKET: &str = ".aasm/runtime.sock";
 /// Where agent keys are kept when no state directory is given.
@@ -93,9 +96,14 @@ pub struct AgentSpec {
     pub framework: Option<String>,
     /// Its team.
     pub team_id: Option<String>,
-    /// The agent that spawned it. Its key must be in this client's state directory for the
-    /// child's first registration: the client signs the parent's consent with it.
+    /// The agent that spawned it. A child's first registration carries the parent's consent:
+    /// signed by this client with the parent's key where its state directory keeps it, else
+    /// the parent's [`spawn_grant`](Self::spawn_grant).
     pub parent_agent_id: Option<String>,
+    /// A grant the parent signed ahead of time for this child ([`Client::grant_spawn`],
+    /// `aasm agents grant`), for a child registered where its parent's key is not (another
+    /// host); else `AASM_SPAWN_GRANT`, if set. Not used when the parent's key is here.
+    pub spawn_grant: Option<String>,
     /// Why it was spawned.
     pub delegation_reason: Option<String>,
     /// The parent's tool that spawned it.
@@ -524,6 +532,16 @@ impl Client {
             tokio::spawn(renew(Arc::downgrade(&shared), agent.downgrade(), spec));
             Ok(agent)
         })
+    }
+
+    /// [`grant_spawn`] with this client's state directory.
+    pub fn grant_spawn(
+        &self,
+        parent_id: &str,
+        child_id: &str,
+        ttl: Duration,
+    ) -> Result<String, ClientError> {
+        grant_spawn(&self.shared.config.state_dir, parent_id, child_id, ttl)
     }
 
     /// Asks whether `agent` may perform `action`. Fails only once the client is closed: any
@@ -1015,23 +1033,9 @@ impl Shared {
     }
 
     async fn register(&self, spec: &AgentSpec) -> Result<Agent, ClientError> {
-        // Ids name key files: no path separators.
-        let ids = [
-            ("agent_id", Some(&spec.agent_id)),
-            ("parent_agent_id", spec.parent_agent_id.as_ref()),
-        ];
-        for (field, id) in ids {
-            if id.is_some_and(|id| {
-                id.is_empty()
-                    || !id
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c))
-            }) {
-                return Err(ClientError::InvalidArgument {
-                    field,
-                    message: "must be non-empty and use only letters, digits and - _ . : @".into(),
-                });
-            }
+        file_name_id("agent_id", &spec.agent_id)?;
+        if let Some(parent) = &spec.parent_agent_id {
+            file_name_id("parent_agent_id", parent)?;
         }
         let agents = self.config.state_dir.join("agents");
         let key_path = agents.join(format!("{}.key", spec.agent_id));
@@ -1058,7 +1062,20 @@ impl Shared {
             Body::Registered(r) if !r.challenge.is_empty() => r.challenge,
             other => return Err(unexpected(&other)),
         };
-        let answer = Answer::new(spec, &key, parent_key.as_ref(), challenge);
+        let consent = match (&parent_key, &spec.parent_agent_id) {
+            (Some(parent_key), Some(_)) => Consent::Key(parent_key),
+            (None, Some(_)) => spec
+                .spawn_grant
+                .clone()
+                .or_else(|| {
+                    std::env::var(SPAWN_GRANT_ENV)
+                        .ok()
+                        .filter(|g| !g.is_empty())
+                })
+                .map_or(Consent::None, Consent::Grant),
+            (_, None) => Consent::None,
+        };
+        let answer = Answer::new(spec, &key, consent, challenge);
         // The gateway keeps each request's challenge apart and takes the one named.
         match self.call(request(Some(answer)), false).await? {
             Body::Registered(r) if !r.credential_token.is_empty() => Ok(Agent {
@@ -1171,38 +1188,98 @@ impl Shared {
     }
 }
 
+/// A grant for the child `child_id` of the agent `parent_id`, valid for `ttl`: the parent's
+/// consent, signed now with its key from the state directory `state_dir` (where it
+/// registered), for a child registered where that key is not (another host), which passes it
+/// as its [`AgentSpec::spawn_grant`] or in `AASM_SPAWN_GRANT`. It is good for that child's id,
+/// whoever presents it, until it expires: hand it over as a secret, and keep `ttl` short (the
+/// gateway takes none that holds for more than a day). No call to the runtime is made.
+pub fn grant_spawn(
+    state_dir: &Path,
+    parent_id: &str,
+    child_id: &str,
+    ttl: Duration,
+) -> Result<String, ClientError> {
+    file_name_id("parent_agent_id", parent_id)?;
+    file_name_id("agent_id", child_id)?;
+    let path = state_dir.join("agents").join(format!("{parent_id}.key"));
+    if !path.exists() {
+        return Err(ClientError::InvalidArgument {
+            field: "parent_agent_id",
+            message: format!(
+                "no key for agent {parent_id:?} at {}: a grant is signed where the parent \
+                 registered",
+                path.display()
+            ),
+        });
+    }
+    let key =
+        aa_identity::keyfile::load(&path).map_err(|e| ClientError::Identity(e.to_string()))?;
+    let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
+    aa_identity::grant(&key, parent_id, child_id, now, ttl.as_secs())
+        .map(|(grant, _)| grant)
+        .map_err(|e| ClientError::Identity(e.to_string()))
+}
+
+/// An agent id, which names a key file: non-empty, and no path separators.
+fn file_name_id(field: &'static str, id: &str) -> Result<(), ClientError> {
+    let valid = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(ClientError::InvalidArgument {
+            field,
+            message: "must be non-empty and use only letters, digits and - _ . : @".into(),
+        })
+    }
+}
+
+/// How a child's first registration shows its parent's consent.
+enum Consent<'a> {
+    /// Signed now with the parent's key, kept in this client's state directory.
+    Key(&'a Keypair),
+    /// A grant the parent signed ahead of time.
+    Grant(String),
+    /// None: an agent without a parent, or a child the gateway must already know.
+    None,
+}
+
 /// The second registration step's proof: the challenge, the agent key's signature over it,
-/// and for a child its parent's consent (empty without the parent's key).
+/// and for a child its parent's consent (empty without it).
 #[derive(Default)]
 struct Answer {
     challenge: Vec<u8>,
     signature: Vec<u8>,
     parent_signature: Vec<u8>,
+    spawn_grant: String,
 }
 
 impl Answer {
-    fn new(
-        spec: &AgentSpec,
-        key: &Keypair,
-        parent_key: Option<&Keypair>,
-        challenge: Vec<u8>,
-    ) -> Answer {
+    fn new(spec: &AgentSpec, key: &Keypair, consent: Consent<'_>, challenge: Vec<u8>) -> Answer {
         let signature = key.sign_challenge(&spec.agent_id, &challenge).to_vec();
-        let parent_signature = match (parent_key, &spec.parent_agent_id) {
-            (Some(parent_key), Some(parent_id)) => parent_key
-                .sign_spawn(&aa_identity::Spawn {
-                    parent_id,
-                    child_id: &spec.agent_id,
-                    child_did: &key.public().did(),
-                    challenge: &challenge,
-                })
-                .to_vec(),
-            _ => Vec::new(),
-        };
+        let (mut parent_signature, mut spawn_grant) = (Vec::new(), String::new());
+        match (consent, &spec.parent_agent_id) {
+            (Consent::Key(parent_key), Some(parent_id)) => {
+                parent_signature = parent_key
+                    .sign_spawn(&aa_identity::Spawn {
+                        parent_id,
+                        child_id: &spec.agent_id,
+                        child_did: &key.public().did(),
+                        challenge: &challenge,
+                    })
+                    .to_vec();
+            }
+            (Consent::Grant(grant), Some(_)) => spawn_grant = grant,
+            _ => {}
+        }
         Answer {
             challenge,
             signature,
             parent_signature,
+            spawn_grant,
         }
     }
 }
@@ -1229,6 +1306,7 @@ fn register_request(
         challenge_signature: answer.signature,
         answered_challenge: answer.challenge,
         parent_signature: answer.parent_signature,
+        spawn_grant: answer.spawn_grant,
     }
 }
 

@@ -19,6 +19,7 @@ pub mod error;
 
 pub use client::{
     Agent, AgentSpec, Call, CheckOutcome, Client, ClientConfig, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
-    Report, SOCKET_ENV, STATE_DIR_ENV, resolve_socket, resolve_socket_or, resolve_state_dir,
+    Report, SOCKET_ENV, SPAWN_GRANT_ENV, STATE_DIR_ENV, grant_spawn, resolve_socket,
+    resolve_socket_or, resolve_state_dir,
 };
 pub use error::ClientError;

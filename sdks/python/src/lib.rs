@@ -178,8 +178,10 @@ impl PyClient {
     }
 
     /// Registers an agent; its key is kept under the state directory.
+    /// A child registered where its parent's key is not (another host) passes the parent's
+    /// `spawn_grant` (else `AASM_SPAWN_GRANT` is read).
     #[pyo3(signature = (agent_id, *, name=None, framework=None, team_id=None,
-        parent_agent_id=None, delegation_reason=None, spawned_by_tool=None))]
+        parent_agent_id=None, delegation_reason=None, spawned_by_tool=None, spawn_grant=None))]
     #[allow(clippy::too_many_arguments)]
     fn register(
         &self,
@@ -191,6 +193,7 @@ impl PyClient {
         parent_agent_id: Option<String>,
         delegation_reason: Option<String>,
         spawned_by_tool: Option<String>,
+        spawn_grant: Option<String>,
     ) -> PyResult<PyAgent> {
         let spec = AgentSpec {
             agent_id,
@@ -200,9 +203,21 @@ impl PyClient {
             parent_agent_id,
             delegation_reason,
             spawned_by_tool,
+            spawn_grant,
         };
         let agent = wait(py, self.client()?.register(spec))?;
         Ok(PyAgent { agent })
+    }
+
+    /// A grant for the child `child_id` of `parent_agent_id` (whose key this client's state
+    /// directory keeps), valid for `ttl` seconds: the child, registered on another host,
+    /// passes it as `spawn_grant` or in `AASM_SPAWN_GRANT`. Anyone holding it can register
+    /// that child until it expires: hand it over as a secret.
+    #[pyo3(signature = (parent_agent_id, child_id, ttl=600.0))]
+    fn grant_spawn(&self, parent_agent_id: &str, child_id: &str, ttl: f64) -> PyResult<String> {
+        self.client()?
+            .grant_spawn(parent_agent_id, child_id, seconds("ttl", ttl)?)
+            .map_err(errors::to_py)
     }
 
     /// Asks for a decision on an action (`{"type": "tool_call", ...}`, a dict or JSON text).

@@ -229,6 +229,31 @@ def test_a_spawned_child_has_its_lineage(aasm: Aasm, sdk_dirs: dict[str, Any]) -
     assert (spawn["agent"]["id"], spawn["detail"]["to_agent_id"]) == ("lead", "helper")
 
 
+def test_a_child_on_another_host_registers_with_its_parents_grant(
+    aasm: Aasm, sdk_dirs: dict[str, Any], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another state directory stands for another host: the parent's key is not there.
+    elsewhere = {"socket_path": aasm.socket, "state_dir": str(tmp_path / "other-host")}
+    with init_assembly("lead", team_id="research", **sdk_dirs) as lead:
+        with pytest.raises(RegistrationError, match="spawn_grant"):
+            init_assembly("remote", parent_agent_id="lead", **elsewhere)
+        grant = lead.grant_child("remote", ttl=60)
+        with init_assembly(
+            "remote", parent_agent_id="lead", spawn_grant=grant, **elsewhere
+        ) as child:
+            assert (child.depth, child.team_id, child.parent_agent_id) == (1, "research", "lead")
+            assert child.check_tool_start("read_file", {"path": "/workspace/a"}).allowed
+        # A grant names its child: another one is refused with it, and taken with its own,
+        # here from the environment.
+        with pytest.raises(RegistrationError, match="grants agent"):
+            init_assembly("remote-2", parent_agent_id="lead", spawn_grant=grant, **elsewhere)
+        monkeypatch.setenv("AASM_SPAWN_GRANT", lead.grant_child("remote-2", ttl=60))
+        with init_assembly("remote-2", parent_agent_id="lead", **elsewhere) as second:
+            assert second.parent_agent_id == "lead"
+    agents = aasm.agents()
+    assert (agents["remote"]["parent_agent_id"], agents["remote-2"]["depth"]) == ("lead", 1)
+
+
 def _refusal(check: Callable[[], object]) -> ToolDenied | None:
     """The ``ToolDenied`` that ``check`` raises, or None when it is allowed."""
     try:

@@ -1077,8 +1077,52 @@ async fn a_child_gets_its_lineage_and_an_unapproved_pending_check_denies() {
     let refused = stranger.register(spec("squatter")).await.unwrap_err();
     assert!(refused.is_unauthenticated(), "{refused}");
     assert!(
-        refused.to_string().contains("carries no parent_signature"),
+        refused
+            .to_string()
+            .contains("carries neither parent_signature"),
         "{refused}"
+    );
+    // Where the root's key is not (another host), a child registers with a grant the root
+    // signed ahead of time: the client's, or `aasm agents grant`'s.
+    let with_grant = async |id: &str, grant: String| {
+        stranger
+            .register(AgentSpec {
+                spawn_grant: Some(grant),
+                ..spec(id)
+            })
+            .await
+            .unwrap()
+    };
+    let granted = c
+        .grant_spawn("root", "remote", Duration::from_secs(60))
+        .unwrap();
+    let remote = with_grant("remote", granted).await;
+    assert_eq!(remote.context().parent.as_deref(), Some("root"));
+    let aasm_grant = |child: &str, keys: &Path| {
+        let args = [
+            "agents",
+            "grant",
+            "--parent",
+            "root",
+            "--child",
+            child,
+            "--state-dir",
+        ];
+        let mut args = args.to_vec();
+        args.push(keys.to_str().unwrap());
+        crate::aasm(&args)
+    };
+    let printed = aasm_grant("remote-2", &dir.path().join("sdk"));
+    assert!(printed.status.success(), "{}", crate::stderr(&printed));
+    let granted = String::from_utf8(printed.stdout).unwrap().trim().to_owned();
+    assert_eq!(with_grant("remote-2", granted).await.context().depth, 1);
+    // Where the parent's key is not, no grant is signed.
+    let unsigned = aasm_grant("remote-3", &dir.path().join("elsewhere"));
+    assert_eq!(unsigned.status.code(), Some(2));
+    assert!(
+        crate::stderr(&unsigned).contains("no key for agent \"root\""),
+        "{}",
+        crate::stderr(&unsigned)
     );
     let child = c.register(spec("child")).await.unwrap();
     // The gateway counts the depth and hands down the parent's team.

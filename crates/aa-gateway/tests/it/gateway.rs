@@ -74,7 +74,7 @@ pub(crate) fn answer<'a>(challenge: &'a [u8], signature: &'a [u8]) -> Option<Cha
     Some(ChallengeAnswer {
         challenge,
         signature,
-        parent_signature: &[],
+        ..ChallengeAnswer::default()
     })
 }
 
@@ -107,6 +107,7 @@ pub(crate) async fn register_as(
         challenge: &challenge,
         signature: &signature,
         parent_signature: &parent_signature,
+        ..ChallengeAnswer::default()
     };
     match gw.register(reg, Some(answer)).await.unwrap() {
         Registered::Issued { credential, .. } => credential.token,
@@ -183,6 +184,7 @@ async fn a_child_is_registered_only_with_its_parents_consent_and_in_its_team() {
             challenge: &challenge,
             signature: &signature,
             parent_signature: &parent_signature,
+            ..ChallengeAnswer::default()
         };
         gw.register(reg, Some(answer))
             .await
@@ -193,8 +195,8 @@ async fn a_child_is_registered_only_with_its_parents_consent_and_in_its_team() {
     assert_eq!(
         err,
         "unauthenticated: agent \"child\" names \"lead\" as its parent, and its first \
-         registration carries no parent_signature: that agent's consent to the spawn, signed \
-         with its key"
+         registration carries neither parent_signature (that agent's consent, signed with its \
+         key) nor spawn_grant (one it signed ahead of time: `aasm agents grant`)"
     );
     // Signed by another key, for another child, or for an earlier registration's challenge.
     let earlier = consent(&reg, &lead, &[7; 32]);
@@ -240,6 +242,75 @@ async fn a_child_is_registered_only_with_its_parents_consent_and_in_its_team() {
     assert_eq!(
         (stored.parent_agent_id.as_deref(), stored.team_id.as_deref()),
         (Some("lead"), Some("ops"))
+    );
+}
+
+/// A child registered where its parent's key is not (another host) shows a grant the parent
+/// signed ahead of time: for that child under that parent, unexpired, and not for long.
+#[tokio::test]
+async fn a_child_elsewhere_is_registered_with_its_parents_grant() {
+    let gw = gateway(GatewayConfig::default());
+    let [lead, child, stranger] = keys();
+    register(&gw, "lead", &lead, None).await;
+    let reg = registration("child", &child, Some("lead"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let with_grant = async |grant: &str| {
+        let Registered::Challenge(challenge) = gw.register(reg.clone(), None).await.unwrap() else {
+            panic!("expected a challenge first");
+        };
+        let signature = child.sign_challenge("child", &challenge);
+        let answer = ChallengeAnswer {
+            challenge: &challenge,
+            signature: &signature,
+            spawn_grant: grant,
+            ..ChallengeAnswer::default()
+        };
+        gw.register(reg.clone(), Some(answer))
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let grant = |key: &Keypair, parent: &str, child: &str, issued: u64, ttl: u64| {
+        aa_identity::grant(key, parent, child, issued, ttl)
+            .unwrap()
+            .0
+    };
+    let refusals = [
+        (
+            grant(&stranger, "lead", "child", now, 600),
+            "not signed with the parent's key",
+        ),
+        (
+            grant(&lead, "lead", "other", now, 600),
+            "it grants agent \"other\" under \"lead\"",
+        ),
+        (grant(&lead, "lead", "child", now - 700, 600), "expired"),
+        (
+            grant(&lead, "lead", "child", now, 2 * 24 * 3600),
+            "it holds for more than 24 hours; sign one that expires sooner",
+        ),
+        (
+            "aag1.x".to_owned(),
+            "malformed token: expected three dot-separated parts",
+        ),
+    ];
+    for (grant, why) in refusals {
+        assert_eq!(
+            with_grant(&grant).await.unwrap_err(),
+            format!("unauthenticated: spawn_grant of agent \"child\" under \"lead\": {why}")
+        );
+    }
+    assert!(gw.store().agent("child").await.unwrap().is_none());
+    let issued = with_grant(&grant(&lead, "lead", "child", now, 600))
+        .await
+        .unwrap();
+    assert!(matches!(issued, Registered::Issued { .. }));
+    let stored = gw.store().agent("child").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.parent_agent_id.as_deref(), stored.depth),
+        (Some("lead"), 1)
     );
 }
 

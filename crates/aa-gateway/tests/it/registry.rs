@@ -242,6 +242,7 @@ async fn register_err(
             challenge: &challenge,
             signature: &signature,
             parent_signature: &parent_signature,
+            ..ChallengeAnswer::default()
         }),
     )
     .await

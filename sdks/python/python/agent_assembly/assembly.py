@@ -413,6 +413,16 @@ class Assembly:
 
     # -- lineage and lifecycle --------------------------------------------------------------
 
+    def grant_child(self, agent_id: str, ttl: float = 600.0) -> str:
+        """A grant for a child ``agent_id`` of this agent started on another host, valid for
+        ``ttl`` seconds: pass it to the child's ``init_assembly(..., parent_agent_id=...,
+        spawn_grant=...)`` or in its ``AASM_SPAWN_GRANT``. Anyone holding it can register that
+        child until it expires: hand it over as a secret. Raises ``RuntimeError`` when this
+        assembly has no client."""
+        if self._client is None:
+            raise RuntimeError(f"agent {self.agent_id!r} has no client to sign a grant with")
+        return self._client.grant_spawn(self.agent_id, agent_id, ttl)
+
     def spawn_child(
         self,
         agent_id: str,
@@ -424,6 +434,7 @@ class Assembly:
         registration: dict[str, str | None] = {
             **self._registration,
             "name": None,
+            "spawn_grant": None,
             "parent_agent_id": self.agent_id,
             "delegation_reason": delegation_reason,
             "spawned_by_tool": spawned_by_tool,
@@ -525,6 +536,7 @@ def init_assembly(
     parent_agent_id: str | None = None,
     delegation_reason: str | None = None,
     spawned_by_tool: str | None = None,
+    spawn_grant: str | None = None,
     name: str | None = None,
     framework: str | None = None,
     mode: Mode = "enforce",
@@ -541,6 +553,10 @@ def init_assembly(
     each call to the runtime; ``approval_timeout`` how long a pending action waits for its
     approval before it is denied. Under ``enforce`` a failure to register raises
     ``RegistrationError``; in the other modes it is logged and the agent runs ungoverned.
+
+    A child started where its parent's key is not (another host or state directory) passes
+    ``parent_agent_id`` and the ``spawn_grant`` its parent made with ``grant_child`` (else
+    ``AASM_SPAWN_GRANT`` is read): the gateway takes a child only with its parent's consent.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
@@ -560,6 +576,7 @@ def init_assembly(
         "parent_agent_id": parent_agent_id,
         "delegation_reason": delegation_reason,
         "spawned_by_tool": spawned_by_tool,
+        "spawn_grant": spawn_grant,
     }
     client: _native.Client | None = None
     if native is not None:
