@@ -90,7 +90,13 @@ fn read_token(path: &Path) -> Result<Option<String>> {
 
 /// A gateway's token: from the environment variable `env`, else the file `path`, created
 /// with 32 random bytes the first time.
-fn gateway_token(env: &str, path: &Path) -> Result<String> {
+/// What an admin token `aasm` makes starts with, and a runtime token: a token in a log or a
+/// tool's output is then recognised (the scanner's rule `agent-assembly-token`).
+pub const ADMIN_TOKEN_PREFIX: &str = "aasm_op_";
+/// See [`ADMIN_TOKEN_PREFIX`].
+pub const RUNTIME_TOKEN_PREFIX: &str = "aasm_rt_";
+
+fn gateway_token(env: &str, path: &Path, prefix: &str) -> Result<String> {
     if let Some(token) = token_from_env(env) {
         return Ok(token);
     }
@@ -100,7 +106,7 @@ fn gateway_token(env: &str, path: &Path) -> Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|e| anyhow::anyhow!("no randomness for {}: {e}", path.display()))?;
-    let token = aa_core::hex::encode(&bytes);
+    let token = format!("{prefix}{}", aa_core::hex::encode(&bytes));
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     // Written whole under another name, then linked into place: a reader never finds it
@@ -211,11 +217,15 @@ impl GatewayHandle {
         let mut config = options.config;
         if config.admin_token.is_none() {
             let file = admin_token_file(&options.state_dir);
-            config.admin_token = Some(gateway_token(ADMIN_TOKEN_ENV, &file)?);
+            config.admin_token = Some(gateway_token(ADMIN_TOKEN_ENV, &file, ADMIN_TOKEN_PREFIX)?);
         }
         if config.runtime_token.is_none() {
             let file = runtime_token_file(&options.state_dir);
-            config.runtime_token = Some(gateway_token(RUNTIME_TOKEN_ENV, &file)?);
+            config.runtime_token = Some(gateway_token(
+                RUNTIME_TOKEN_ENV,
+                &file,
+                RUNTIME_TOKEN_PREFIX,
+            )?);
         }
         let gateway = Arc::new(Gateway::new(store, key, documents, config)?);
         let grpc = TcpListener::bind(options.grpc)
@@ -469,7 +479,7 @@ impl Up {
             None => {
                 create_private_dir(&options.state_dir)?;
                 let file = runtime_token_file(&options.state_dir);
-                let token = gateway_token(RUNTIME_TOKEN_ENV, &file)?;
+                let token = gateway_token(RUNTIME_TOKEN_ENV, &file, RUNTIME_TOKEN_PREFIX)?;
                 options.config.runtime_token = Some(token.clone());
                 token
             }
@@ -506,6 +516,34 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// The tokens `aasm` makes, an agent's credential and a spawn grant are each recognised
+    /// by the scanner, so one written to a log or a tool's output is redacted.
+    #[test]
+    fn the_tokens_made_here_are_found_by_the_scanner() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = |prefix: &str| {
+            let path = dir.path().join(prefix);
+            gateway_token("AASM_TEST_NO_SUCH_TOKEN", &path, prefix).unwrap()
+        };
+        let key = aa_identity::Keypair::generate().unwrap();
+        let did = key.public().did();
+        let id = "agent-with-a-long-name-".repeat(10);
+        let tokens = [
+            made(ADMIN_TOKEN_PREFIX),
+            made(RUNTIME_TOKEN_PREFIX),
+            aa_identity::issue(&key, &id, &did, 1_000, 600).unwrap().0,
+            aa_identity::grant(&key, &id, &id, 1_000, 600).unwrap().0,
+        ];
+        let scanner = aa_security::Scanner::new().unwrap();
+        for token in tokens {
+            let text = format!("the token is {token}, keep it");
+            let found = scanner.scan(&text);
+            assert_eq!(found.len(), 1, "{text}: {found:?}");
+            assert_eq!(found[0].rule_id, "agent-assembly-token");
+            assert_eq!(&text[found[0].start..found[0].end], token);
+        }
+    }
 
     /// The scanner benchmarks measure the default policy's custom pattern as they hold it.
     #[test]

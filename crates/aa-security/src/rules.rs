@@ -1185,6 +1185,25 @@ pub(crate) const RULES: &[RuleDef] = &[
         ),
         Gate::NotPlaceholder,
     ),
+    // ---- Agent Assembly's own ----
+    // An agent's credential token or a spawn grant (`aat1.` / `aag1.`, base64url JSON claims,
+    // then an Ed25519 signature: 86 characters), and the operator and runtime tokens `aasm`
+    // makes, which bear a prefix for this. A token's claims hold ids of up to 256 bytes each.
+    window(
+        rule(
+            "agent-assembly-token",
+            "agent_assembly_token",
+            Critical,
+            &["aat1.", "aag1.", "aasm_rt_", "aasm_op_"],
+            concat!(
+                start!(),
+                r"(aa[tg]1\.eyJ[A-Za-z0-9_\-]{13,}\.[A-Za-z0-9_\-]{86}|aasm_(?:rt|op)_[0-9a-f]{64})",
+                end!()
+            ),
+        ),
+        16,
+        2048,
+    ),
     // ---- HTTP authorization ----
     gated(
         rule(
