@@ -47,12 +47,20 @@ impl std::fmt::Debug for ReceiptKey {
     }
 }
 
+/// HMAC-SHA-256. The key is brought to the hash's block as RFC 2104 does (hashed when
+/// longer, padded with zeros), so the MAC is built from a block and cannot fail.
 fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    // Any key length is valid for HMAC: the error arm cannot be taken.
-    match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mac) => mac.chain_update(message).finalize().into_bytes().into(),
-        Err(_) => [0; 32],
+    let mut block = [0u8; 64];
+    if key.len() > block.len() {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
     }
+    <Hmac<Sha256> as Mac>::new(&block.into())
+        .chain_update(message)
+        .finalize()
+        .into_bytes()
+        .into()
 }
 
 /// What an oversized field becomes.
@@ -471,4 +479,26 @@ pub(crate) fn digest_prefix(secret: &[u8]) -> String {
 /// [`digest_prefix`] of everything `digest` was fed.
 pub(crate) fn finish_digest(digest: Sha256) -> String {
     aa_core::hex::encode(&digest.finalize()[..DIGEST_PREFIX_BYTES])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 4231's test cases 2 (a short key) and 6 (a key longer than the block).
+    #[test]
+    fn hmac_is_rfc_4231s() {
+        let hex = |bytes: [u8; 32]| aa_core::hex::encode(&bytes);
+        assert_eq!(
+            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
 }

@@ -38,11 +38,11 @@ pub(crate) enum Trigger {
     /// white space; in XML, the `>` before the value). The rule's pattern is matched from the
     /// operator, anchored (`^`).
     Assigned(&'static [&'static str]),
-    /// Any of these lowercase literals starting a word, then white space and the secret, of
-    /// a generic shape that a provider's rule reads better (an opaque token after `Bearer`):
-    /// the pattern is matched anchored (`^`) from the keyword's end, and only where no rule
-    /// confirmed before it found something at the secret's first byte (that rule names it,
-    /// and the search is spared).
+    /// Any of these lowercase literals starting a word, then white space and a token (RFC
+    /// 6750's characters: letters, digits, `-._~+/=`) of a generic shape that a provider's
+    /// rule reads better (an opaque token after `Bearer`): the pattern is matched anchored
+    /// (`^`) from the keyword's end, and not where a rule confirmed before it found the token
+    /// whole (that rule names it, and the search is spared).
     Prefix(&'static [&'static str]),
     /// A run of at least seven digits, possibly with separators (phone numbers, cards, ...).
     Digits,

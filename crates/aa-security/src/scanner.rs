@@ -297,14 +297,7 @@ impl Scanner {
             }
             let labelled =
                 Labelled::new(input, findings.iter().map(|f| (f.start, f.end, &*f.kind)));
-            let starts: Vec<usize> = findings.iter().map(|f| f.start).collect();
-            let covered = |f: &Finding| {
-                let before = starts.partition_point(|&s| s <= f.start);
-                before
-                    .checked_sub(1)
-                    .and_then(|i| findings.get(i))
-                    .is_some_and(|g| f.end <= g.end)
-            };
+            let reach = Reach::new(&findings);
             let new: Vec<Finding> = self
                 .scan_bytes_as_is(&labelled.bytes)
                 .into_iter()
@@ -312,7 +305,7 @@ impl Scanner {
                     (f.start, f.end) = labelled.original_span(f.start, f.end);
                     f
                 })
-                .filter(|f| !covered(f))
+                .filter(|f| !reach.covers(f.start, f.end))
                 .collect();
             if new.is_empty() {
                 break;
@@ -555,15 +548,23 @@ impl Scanner {
             if start < state.redacted_to {
                 continue;
             }
-            // A prefix's secret starts after its white space: where that byte is another
-            // rule's finding, that rule names the secret.
+            // A prefix's secret is the token after its white space: where another rule's
+            // finding covers it whole, that rule names it, and no search is needed. One that
+            // covers only a part (a custom pattern's `ACME-1234` of `ACME-1234abcd…`) leaves
+            // the rest to this rule.
             if let Some(earlier) = &state.earlier {
-                let at = start
-                    + window
-                        .iter()
-                        .take_while(|b| b.is_ascii_whitespace())
-                        .count();
-                if earlier.overlaps(at, at + 1) {
+                let blanks = window
+                    .iter()
+                    .take_while(|b| b.is_ascii_whitespace())
+                    .count();
+                let token = window
+                    .get(blanks..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b))
+                    .count();
+                let at = start + blanks;
+                if token > 0 && earlier.covers(at, at + token) {
                     continue;
                 }
             }
@@ -723,11 +724,6 @@ impl Reach {
     /// Whether `start..end` lies wholly within a span.
     fn covers(&self, start: usize, end: usize) -> bool {
         self.up_to(start).is_some_and(|reach| reach >= end)
-    }
-
-    /// Whether a span overlaps `start..end`.
-    fn overlaps(&self, start: usize, end: usize) -> bool {
-        end > start && self.up_to(end - 1).is_some_and(|reach| reach > start)
     }
 }
 

@@ -665,3 +665,25 @@ fn receipts_made_with_a_key_digest_the_secret_under_it() {
         assert_eq!(found, std::slice::from_ref(&digest));
     }
 }
+
+/// A token after `Bearer` that another rule finds only a part of (a custom pattern without a
+/// boundary at its end) is redacted whole, not left with its tail in the text.
+#[test]
+fn a_bearer_token_another_rule_finds_a_part_of_is_redacted_whole() {
+    let scanner = aa_security::Scanner::with_patterns(&[aa_security::CustomPattern {
+        name: "acme".into(),
+        regex: r"ACME-\d{4}".into(),
+    }])
+    .unwrap();
+    let text = "Authorization: Bearer ACME-1234Xk9mQ2vLp7rT4Zz8wB3n";
+    let redacted = scanner.redact(text).text;
+    assert!(!redacted.contains("Xk9mQ2vLp7rT4Zz8wB3n"), "{redacted}");
+    assert!(
+        redacted.starts_with("Authorization: Bearer [REDACTED:"),
+        "{redacted}"
+    );
+    // Found whole by a provider's rule, the token keeps that rule's name.
+    let stripe = "Authorization: Bearer sk_test_5ykYYqhXHdO2x93CJHLS45gqIO',";
+    let redacted = SCANNER.redact(stripe).text;
+    assert_eq!(redacted, "Authorization: Bearer [REDACTED:stripe_key]',");
+}
