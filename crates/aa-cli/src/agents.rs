@@ -56,8 +56,9 @@ pub(crate) struct GrantArgs {
     /// The child agent's id.
     #[arg(long)]
     child: String,
-    /// Seconds the grant holds (the gateway takes none that holds for more than a day).
-    #[arg(long, default_value_t = 600)]
+    /// Seconds the grant holds, 1 to 86400 (a day).
+    #[arg(long, default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=aa_identity::MAX_GRANT_SECS))]
     ttl_secs: u64,
     /// Where the parent's key is kept (its SDK's state directory).
     #[arg(long, default_value = aa_sdk_client::DEFAULT_STATE_DIR, env = "AASM_STATE_DIR")]

@@ -88,14 +88,14 @@ fn read_token(path: &Path) -> Result<Option<String>> {
     }
 }
 
-/// A gateway's token: from the environment variable `env`, else the file `path`, created
-/// with 32 random bytes the first time.
 /// What an admin token `aasm` makes starts with, and a runtime token: a token in a log or a
 /// tool's output is then recognised (the scanner's rule `agent-assembly-token`).
 pub const ADMIN_TOKEN_PREFIX: &str = "aasm_op_";
 /// See [`ADMIN_TOKEN_PREFIX`].
 pub const RUNTIME_TOKEN_PREFIX: &str = "aasm_rt_";
 
+/// A gateway's token: from the environment variable `env`, else the file `path`, created
+/// the first time as `prefix` and 32 random bytes in hex.
 fn gateway_token(env: &str, path: &Path, prefix: &str) -> Result<String> {
     if let Some(token) = token_from_env(env) {
         return Ok(token);

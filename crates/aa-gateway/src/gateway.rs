@@ -204,10 +204,6 @@ pub struct Gateway<S> {
     pub(crate) prices: Arc<PriceTable>,
 }
 
-/// The longest a spawn grant may still hold when presented: it is good for its child's id,
-/// whoever presents it, so it is handed over and used within minutes.
-pub const MAX_GRANT_SECS: u64 = 24 * 60 * 60;
-
 /// Checks a new child's registration against its parent: the parent signed the [`Spawn`] of
 /// this very registration with its key, or granted this child ahead of time
 /// ([`aa_identity::Grant`]), and the child stays in the parent's team. Otherwise anyone could
@@ -276,12 +272,6 @@ fn consented(
         return Err(refused(format!(
             "it grants agent {:?} under {:?}",
             grant.child_id, grant.parent_id
-        )));
-    }
-    if grant.expires_at > now.saturating_add(MAX_GRANT_SECS) {
-        return Err(refused(format!(
-            "it holds for more than {} hours; sign one that expires sooner",
-            MAX_GRANT_SECS / 3600
         )));
     }
     Ok(())

@@ -26,6 +26,10 @@ pub enum IdentityError {
     /// A token past its expiry.
     #[error("token expired")]
     ExpiredToken,
+    /// A spawn grant signed for longer than [`MAX_GRANT_SECS`](crate::token::MAX_GRANT_SECS),
+    /// for none, or dated ahead of the clock.
+    #[error("invalid grant: {0}")]
+    InvalidGrant(&'static str),
     /// A key file that cannot be read, written or trusted.
     #[error("key file {path}: {reason}")]
     KeyFile {

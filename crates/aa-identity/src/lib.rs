@@ -21,5 +21,6 @@ pub mod token;
 pub use error::IdentityError;
 pub use key::{CHALLENGE_BYTES, Keypair, PublicKey, Spawn, challenge};
 pub use token::{
-    Claims, Grant, grant, issue, same_secret, unverified_claims, verify, verify_grant,
+    Claims, Grant, MAX_GRANT_SECS, grant, issue, same_secret, unverified_claims, verify,
+    verify_grant,
 };

@@ -15,6 +15,12 @@ const VERSION: &str = "aat1";
 /// A spawn grant's version; its signed bytes (`aag1.…`) start unlike anything else an agent's
 /// key signs (a challenge's or a spawn's context), so no signature passes for another.
 const GRANT_VERSION: &str = "aag1";
+/// The longest a spawn grant may hold, from its signing to its expiry: it is good for its
+/// child's id whoever presents it, so it is meant to be handed over and used soon.
+pub const MAX_GRANT_SECS: u64 = 24 * 60 * 60;
+/// How far ahead of the verifier's clock a grant may say it was signed (the signer's clock
+/// may run ahead).
+const GRANT_CLOCK_SKEW_SECS: u64 = 5 * 60;
 /// Far above any real token; a longer one is refused before decoding.
 const MAX_TOKEN_BYTES: usize = 4096;
 
@@ -75,7 +81,7 @@ pub struct Grant {
 }
 
 /// A grant (`aag1.…`) by `parent`, the key of agent `parent_id`, for the child `child_id`,
-/// valid for `ttl_secs` from `now`.
+/// valid for `ttl_secs` from `now`: at least a second, at most [`MAX_GRANT_SECS`].
 pub fn grant(
     parent: &Keypair,
     parent_id: &str,
@@ -83,6 +89,11 @@ pub fn grant(
     now: u64,
     ttl_secs: u64,
 ) -> Result<(String, Grant), IdentityError> {
+    if !(1..=MAX_GRANT_SECS).contains(&ttl_secs) {
+        return Err(IdentityError::InvalidGrant(
+            "a grant holds for a second at least and a day at most",
+        ));
+    }
     let grant = Grant {
         parent_id: parent_id.to_owned(),
         child_id: child_id.to_owned(),
@@ -93,10 +104,19 @@ pub fn grant(
 }
 
 /// Checks a grant's form, its signature by `parent` (the key of the agent it names as the
-/// parent) and its expiry at `now` (Unix seconds), and returns it. Whether it names the child
-/// and parent at hand is the caller's to check.
+/// parent), its lifetime (at most [`MAX_GRANT_SECS`] from a signing not ahead of `now`, Unix
+/// seconds, by more than a few minutes) and its expiry at `now`, and returns it. Whether it
+/// names the child and parent at hand is the caller's to check.
 pub fn verify_grant(grant: &str, parent: &PublicKey, now: u64) -> Result<Grant, IdentityError> {
     let grant: Grant = verified(grant, GRANT_VERSION, parent)?;
+    if grant.expires_at.saturating_sub(grant.issued_at) > MAX_GRANT_SECS {
+        return Err(IdentityError::InvalidGrant(
+            "signed to hold for more than a day",
+        ));
+    }
+    if grant.issued_at > now.saturating_add(GRANT_CLOCK_SKEW_SECS) {
+        return Err(IdentityError::InvalidGrant("signed ahead of this clock"));
+    }
     if now >= grant.expires_at {
         return Err(IdentityError::ExpiredToken);
     }
@@ -309,6 +329,26 @@ mod tests {
         assert_eq!(
             verify_grant(&tampered, &public, 1_000),
             Err(IdentityError::BadSignature)
+        );
+        // Signed for too long (by another signer than `grant`), for no time, or ahead of
+        // the clock.
+        let long = Grant {
+            expires_at: 1_000 + MAX_GRANT_SECS + 1,
+            ..issued.clone()
+        };
+        let long = signed(&parent, GRANT_VERSION, &long).unwrap();
+        assert_eq!(
+            verify_grant(&long, &public, 1_000 + MAX_GRANT_SECS),
+            Err(IdentityError::InvalidGrant(
+                "signed to hold for more than a day"
+            ))
+        );
+        assert!(grant(&parent, "planner", "worker-7", 1_000, 0).is_err());
+        assert!(grant(&parent, "planner", "worker-7", 1_000, MAX_GRANT_SECS + 1).is_err());
+        let (ahead, _) = grant(&parent, "planner", "worker-7", 2_000, 300).unwrap();
+        assert_eq!(
+            verify_grant(&ahead, &public, 1_000),
+            Err(IdentityError::InvalidGrant("signed ahead of this clock"))
         );
         // A grant is no credential token, nor a token a grant, whoever signed them.
         assert_eq!(

@@ -1192,8 +1192,8 @@ impl Shared {
 /// consent, signed now with its key from the state directory `state_dir` (where it
 /// registered), for a child registered where that key is not (another host), which passes it
 /// as its [`AgentSpec::spawn_grant`] or in `AASM_SPAWN_GRANT`. It is good for that child's id,
-/// whoever presents it, until it expires: hand it over as a secret, and keep `ttl` short (the
-/// gateway takes none that holds for more than a day). No call to the runtime is made.
+/// whoever presents it, until it expires: hand it over as a secret, and keep `ttl` short (at
+/// most a day, [`aa_identity::MAX_GRANT_SECS`]). No call to the runtime is made.
 pub fn grant_spawn(
     state_dir: &Path,
     parent_id: &str,
@@ -1216,9 +1216,14 @@ pub fn grant_spawn(
     let key =
         aa_identity::keyfile::load(&path).map_err(|e| ClientError::Identity(e.to_string()))?;
     let now = u64::try_from(now_ms() / 1000).unwrap_or(0);
-    aa_identity::grant(&key, parent_id, child_id, now, ttl.as_secs())
+    // Whole seconds, rounded up: half a second is not none.
+    let ttl_secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    aa_identity::grant(&key, parent_id, child_id, now, ttl_secs)
         .map(|(grant, _)| grant)
-        .map_err(|e| ClientError::Identity(e.to_string()))
+        .map_err(|e| ClientError::InvalidArgument {
+            field: "ttl",
+            message: e.to_string(),
+        })
 }
 
 /// An agent id, which names a key file: non-empty, and no path separators.
