@@ -9,7 +9,7 @@
 //! machine in the order of ten microseconds, so the count says how much of a check's cost is
 //! waking up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -42,26 +42,17 @@ pub fn thread_switches(pid: u32) -> Option<BTreeMap<u32, u64>> {
 
 /// The ids in a `/proc/<pid>/task` listing. The kernel stops a listing early when the thread
 /// it has reached ends as it is read, leaving out threads that run on (seen once: a test's
-/// own thread missing while the harness's other threads ended), so it is read again until two
-/// readings agree, a few times at most.
-fn thread_ids(task: &str) -> Option<Vec<u32>> {
-    let list = || -> Option<Vec<u32>> {
-        let mut ids = std::fs::read_dir(task)
-            .ok()?
-            .map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-            .collect::<Option<Vec<u32>>>()?;
-        ids.sort_unstable();
-        Some(ids)
-    };
-    let mut last = list()?;
-    for _ in 0..4 {
-        let again = list()?;
-        if again == last {
-            break;
+/// own thread missing while the harness's other threads ended), so the ids of three readings
+/// are taken together: a thread that ended in between is then read as ended
+/// ([`thread_switches`] skips it), and one left out of a reading is in another.
+fn thread_ids(task: &str) -> Option<BTreeSet<u32>> {
+    let mut ids = BTreeSet::new();
+    for _ in 0..3 {
+        for entry in std::fs::read_dir(task).ok()? {
+            ids.insert(entry.ok()?.file_name().to_str()?.parse().ok()?);
         }
-        last = again;
     }
-    Some(last)
+    Some(ids)
 }
 
 /// The switches of one process's threads between two readings: each thread's count at the
