@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::lanes::Lane;
+
 /// `value` in canonical form, whatever order its maps keep.
 pub fn canonical(value: &Value) -> Vec<u8> {
     // Room for a typical event up front spares regrowing the buffer a few times.
@@ -70,22 +72,45 @@ pub fn write_str(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
     // `bytes[copied..at]` needs no escape and is not written yet.
     let (mut copied, mut at) = (0, 0);
-    // Eight bytes at a time, the last word padded: a string of a few bytes is one test.
-    while at < bytes.len() {
-        let escapes = escape_mask(word_at(bytes, at));
-        if escapes == 0 {
-            at += 8;
-            continue;
-        }
-        // The lowest flag marks the first byte to escape (see `escape_mask`).
-        at += escapes.trailing_zeros() as usize / 8;
+    // Writes what is pending and the escape of the byte `first` bytes past `at`; the next
+    // byte to read.
+    let mut escape = |at: usize, first: usize, out: &mut Vec<u8>| {
+        let at = at + first;
         out.extend_from_slice(bytes.get(copied..at).unwrap_or_default());
         write_escape(bytes.get(at).copied().unwrap_or_default(), out);
-        at += 1;
-        copied = at;
+        copied = at + 1;
+        copied
+    };
+    // Sixteen bytes at a time in a vector while sixteen are left (a long text's bulk), then
+    // eight in a word, the last one padded: a string of a few bytes is one test.
+    while let Some(chunk) = bytes.get(at..at + 16) {
+        match escape_lanes(chunk) {
+            0 => at += 16,
+            lanes => at = escape(at, lanes.trailing_zeros() as usize, out),
+        }
+    }
+    while at < bytes.len() {
+        match escape_mask(word_at(bytes, at)) {
+            0 => at += 8,
+            // The lowest flag marks the first byte to escape (see `escape_mask`).
+            flags => at = escape(at, flags.trailing_zeros() as usize / 8, out),
+        }
     }
     out.extend_from_slice(bytes.get(copied..).unwrap_or_default());
     out.push(b'"');
+}
+
+/// One bit for each of `chunk`'s sixteen bytes that is a control character, `"` or `\\`
+/// (byte `i` on bit `i`), compared all at once.
+fn escape_lanes(chunk: &[u8]) -> u32 {
+    let mut bytes = [0u8; 16];
+    for (to, &from) in bytes.iter_mut().zip(chunk) {
+        *to = from;
+    }
+    let lane = Lane::new(bytes);
+    u32::from(Lane::bits(
+        lane.in_range(0, 0x1f) | lane.is(b'"') | lane.is(b'\\'),
+    ))
 }
 
 /// The eight bytes of `bytes` from `at`, little-endian; past its end, spaces (which need no

@@ -10,6 +10,7 @@
 //! - [`canonical`]: canonical JSON, the form hashes and signatures are taken over.
 //! - [`hex`]: lowercase hex for ids, hashes and digests.
 //! - [`ids`]: event ids unique per generator and sorted in the order they were made.
+//! - [`lanes`]: sixteen bytes classified at once (SIMD where there is some).
 //! - [`pattern`]: custom patterns a policy adds to the scanner.
 //! - [`rate`]: call-rate limits by GCRA, keyed, with the time as an input.
 //! - [`error`]: the crate's error type.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod event;
 pub mod hex;
 pub mod ids;
+pub mod lanes;
 pub mod pattern;
 pub mod rate;
 

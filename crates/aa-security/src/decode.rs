@@ -3,11 +3,12 @@
 //! yield mostly printable UTF-8 are kept, which discards the random runs (hashes, identifiers)
 //! that merely look encoded.
 
+use aa_core::lanes::Lane;
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 
-use crate::runs::{Lane, Runs};
+use crate::runs::Runs;
 
 /// How a segment was encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

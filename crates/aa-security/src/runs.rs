@@ -6,7 +6,8 @@
 //! operations, so clean text goes by at close to memory speed. The same pass notes whether the
 //! text holds a `%` or a `\\`, which start percent-encoded and escaped segments.
 
-use wide::{CmpEq as _, CmpLt as _, i8x16};
+use aa_core::lanes::Lane;
+use wide::i8x16;
 
 /// A run of digits, possibly with single separators, at `start..end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,42 +116,6 @@ fn masks(block: &[u8; BLOCK], len: usize) -> Masks {
         masks.backslash |= bits(lane.is(b'\\'));
     }
     masks
-}
-
-/// Sixteen bytes compared at once: each comparison gives a lane of all ones (the byte is in
-/// the class) or all zeros.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Lane(i8x16);
-
-impl Lane {
-    pub(crate) fn new(bytes: [u8; 16]) -> Lane {
-        Lane(i8x16::new(bytes.map(|b| b as i8)))
-    }
-
-    pub(crate) fn is(self, c: u8) -> i8x16 {
-        self.0.cmp_eq(i8x16::splat(c as i8))
-    }
-
-    /// `lo <= b <= hi`, for ASCII bounds. Shifting the range to start at -128 makes it one
-    /// signed comparison; bytes from 0x80 up are negative and fall out of every range.
-    pub(crate) fn in_range(self, lo: u8, hi: u8) -> i8x16 {
-        Self::shifted_below(self.0, lo, hi)
-    }
-
-    /// [`in_range`](Self::in_range) for lowercase letter bounds, either case matching.
-    pub(crate) fn in_range_ignoring_case(self, lo: u8, hi: u8) -> i8x16 {
-        Self::shifted_below(self.0 | i8x16::splat(0x20), lo, hi)
-    }
-
-    fn shifted_below(v: i8x16, lo: u8, hi: u8) -> i8x16 {
-        let shifted = v + i8x16::splat(i8::MIN.wrapping_sub(lo as i8));
-        shifted.cmp_lt(i8x16::splat(i8::MIN.wrapping_add((hi - lo) as i8 + 1)))
-    }
-
-    /// One bit a byte, byte `i` on bit `i`.
-    pub(crate) fn bits(lanes: i8x16) -> u16 {
-        lanes.move_mask() as u16
-    }
 }
 
 /// Bits below `n` (`n < 64`).
