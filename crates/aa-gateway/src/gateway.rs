@@ -1119,7 +1119,11 @@ fn check_appended(
         {
             Ok(Checked {
                 stream: origin.stream_id.clone(),
-                event: NewEvent::resent(&event.event_id, origin.sequence),
+                event: NewEvent::resent(
+                    &event.event_id,
+                    scanner.id_digest(&event.event_id),
+                    origin.sequence,
+                ),
                 edge: None,
                 usage: None,
                 redactions: 0,

@@ -15,12 +15,15 @@ use crate::error::GatewayError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     /// Unique id; a second append with the same id is a duplicate, not an error. A resend's is
-    /// the digest of the id it came with ([`aa_security::digest_id`]).
+    /// the id it came with.
     pub event_id: String,
     /// The runtime's sequence number: the next after the stream's head.
     pub sequence: u64,
     /// `None` for a resend, which is never stored.
     canonical: Option<String>,
+    /// A resend's id as the gateway's scanner digests it ([`aa_security::Scanner::id_digest`]):
+    /// the other form it may be stored in.
+    digested: Option<String>,
 }
 
 impl NewEvent {
@@ -31,19 +34,21 @@ impl NewEvent {
             event_id,
             sequence,
             canonical: Some(aa_core::canonical::canonical_string(event)),
+            digested: None,
         }
     }
 
     /// An event its runtime sends again, at or below its stream's head as the gateway last
-    /// saw it, with the id it came with: held if the store has its stream's event at that
-    /// sequence under that id, as it is or as its digest (the two forms an id is stored in,
+    /// saw it, with the id it came with, and that id's `digested` form: held if the store has
+    /// its stream's event at that sequence under either (the two forms an id is stored in,
     /// whichever the scanner's rules at the time chose); else refused as out of sequence, never
     /// stored: its runtime sends it again from where the head is, and it is checked then.
-    pub fn resent(id: &str, sequence: u64) -> NewEvent {
+    pub fn resent(id: &str, digested: String, sequence: u64) -> NewEvent {
         NewEvent {
-            event_id: aa_security::digest_id(id),
+            event_id: id.to_owned(),
             sequence,
             canonical: None,
+            digested: Some(digested),
         }
     }
 
@@ -54,8 +59,7 @@ impl NewEvent {
 
     /// Whether this is the event a store holds under `stored_id` at its place.
     pub fn is_held_as(&self, stored_id: &str) -> bool {
-        stored_id == self.event_id
-            || (self.canonical.is_none() && aa_security::digest_id(stored_id) == self.event_id)
+        stored_id == self.event_id || self.digested.as_deref() == Some(stored_id)
     }
 }
 

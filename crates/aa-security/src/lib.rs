@@ -33,6 +33,6 @@ pub mod scanner;
 pub use aa_core::CustomPattern;
 pub use decode::Encoding;
 pub use error::SecurityError;
-pub use redact::{Limits, OVERSIZED, Oversize, ReceiptKey, Redacted, RedactedBytes, digest_id};
+pub use redact::{Limits, OVERSIZED, Oversize, ReceiptKey, Redacted, RedactedBytes};
 pub use rules::Severity;
 pub use scanner::{Finding, Scanner};

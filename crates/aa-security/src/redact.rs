@@ -132,7 +132,20 @@ impl Scanner {
         if receipts.is_empty() && id.len() <= max_len {
             return (id.to_owned(), receipts);
         }
-        (digest_id(id), receipts)
+        (self.id_digest(id), receipts)
+    }
+
+    /// The form [`redact_id`](Self::redact_id) keeps an id in when it cannot be kept as it
+    /// is: `sha256:` and 32 hex digits of its digest, keyed as receipts are when the scanner
+    /// has a [`ReceiptKey`] (an id that holds a short secret, `evt-219-09-9999`, is no more
+    /// to be tried value by value than a receipt). So an id is stored either as itself or as
+    /// this, whatever the scanner's rules: a store that holds one of the two holds that id.
+    pub fn id_digest(&self, id: &str) -> String {
+        let digest: [u8; 32] = match &self.receipt_key {
+            Some(key) => hmac_sha256(&key.0, id.as_bytes()),
+            None => Sha256::digest(id.as_bytes()).into(),
+        };
+        format!("sha256:{}", aa_core::hex::encode(&digest[..16]))
     }
 
     /// Redacts every finding in bytes that may not be UTF-8.
@@ -347,15 +360,6 @@ const AUDIT_EVENT: Layout = Layout {
     ],
     free: &[&["detail"], &["action", "args"]],
 };
-
-/// The form [`Scanner::redact_id`] keeps an id in when it cannot be kept as it is: `sha256:`
-/// and 32 hex digits of its digest. So an id is stored either as itself or as this, whatever
-/// the scanner's rules: a store that holds one of the two holds that id.
-pub fn digest_id(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    let digest = digest.get(..16).unwrap_or_default();
-    format!("sha256:{}", aa_core::hex::encode(digest))
-}
 
 /// Receipts for `findings` in `input`, their field left empty.
 pub(crate) fn receipts_of(input: &[u8], findings: Vec<Finding>) -> Vec<RedactionReceipt> {

@@ -664,6 +664,12 @@ fn receipts_made_with_a_key_digest_the_secret_under_it() {
     for found in digests {
         assert_eq!(found, std::slice::from_ref(&digest));
     }
+    // An id holding the SSN is kept as its digest, keyed as well.
+    let kept = keyed.redact_id(&text, 64).0;
+    assert_eq!(kept, keyed.id_digest(&text));
+    assert!(kept.starts_with("sha256:") && kept.len() == 39, "{kept}");
+    assert_ne!(kept, SCANNER.id_digest(&text));
+    assert_eq!(SCANNER.redact_id(&text, 64).0, SCANNER.id_digest(&text));
 }
 
 /// A token after `Bearer` that another rule finds only a part of (a custom pattern without a
