@@ -86,13 +86,13 @@ impl Action {
         Ok(action)
     }
 
-    /// SHA-256 (hex) of the action's canonical JSON: what an approval is bound to, so it
-    /// cannot authorise a different action.
-    pub fn digest(&self) -> String {
-        use sha2::{Digest as _, Sha256};
+    /// The action's canonical JSON: what an approval is bound to (keyed by the runtime, since
+    /// the action may hold a secret its stored, redacted form hides), so it cannot authorise a
+    /// different action.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
         // An action always serialises: its fields are strings, numbers and JSON values.
         let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        crate::hex::encode(&Sha256::digest(crate::canonical::canonical(&value)))
+        crate::canonical::canonical(&value)
     }
 
     /// Checks the invariants serde cannot express.
@@ -194,14 +194,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn digest_ignores_key_order_and_tells_actions_apart() {
+    fn canonical_bytes_ignore_key_order_and_tell_actions_apart() {
         let a = Action::from_json(r#"{"type":"tool_call","tool":"shell","args":{"a":1,"b":"x"}}"#);
         let b = Action::from_json(r#"{"args":{"b":"x","a":1},"tool":"shell","type":"tool_call"}"#);
         let c = Action::from_json(r#"{"type":"tool_call","tool":"shell","args":{"a":2,"b":"x"}}"#);
         let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
-        assert_eq!(a.digest(), b.digest());
-        assert_ne!(a.digest(), c.digest());
-        assert_eq!(a.digest().len(), 64);
+        assert_eq!(a.canonical_bytes(), b.canonical_bytes());
+        assert_ne!(a.canonical_bytes(), c.canonical_bytes());
     }
 
     #[test]

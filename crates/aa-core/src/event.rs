@@ -177,7 +177,9 @@ pub struct Approval {
     pub agent: AgentContext,
     /// The action waiting for approval (redacted).
     pub action: Action,
-    /// SHA-256 hex of the canonical action, so an approval cannot be replayed for another one.
+    /// HMAC-SHA-256 hex of the canonical action, keyed by the runtime (its key is derived from
+    /// the runtime token), so an approval cannot be replayed for another action and the digest
+    /// gives away nothing the redacted action hides.
     pub action_digest: String,
     /// The rule that asked for approval.
     pub rule: String,

@@ -138,7 +138,7 @@ impl<S: Store> Gateway<S> {
         }
         if !valid_digest(&new.action_digest) {
             return Err(GatewayError::InvalidRequest(
-                "action_digest must be 64 hex digits (SHA-256)".into(),
+                "action_digest must be 64 hex digits (HMAC-SHA-256)".into(),
             ));
         }
         if new.timeout.is_zero() || new.timeout > MAX_APPROVAL_TIMEOUT {

@@ -14,6 +14,7 @@ use aa_policy::Request;
 use aa_proto::convert::decision_to_wire;
 use aa_proto::pb;
 use aa_proto::pb::ErrorCode;
+use aa_security::ReceiptKey;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -268,6 +269,14 @@ impl RefusalBudget {
 }
 
 impl Runtime {
+    /// What an approval is bound to: the action's canonical JSON, keyed as receipts are
+    /// ([`ReceiptKey`], from the runtime token). The gateway stores it beside the redacted
+    /// action, where a plain SHA-256 would let anyone reading it try the values a redacted
+    /// SSN or card number can take.
+    fn action_digest(&self, action: &Action) -> String {
+        ReceiptKey::derive(self.config.gateway_token.as_bytes()).mac(&action.canonical_bytes())
+    }
+
     pub(crate) fn new(
         config: RuntimeConfig,
         outbox: Arc<Outbox>,
@@ -799,7 +808,7 @@ impl Runtime {
         let timeout = Duration::from_secs(timeout);
         let approval_id = random_hex(16)?;
         let expires = Instant::now() + timeout;
-        let digest = action.digest();
+        let digest = self.action_digest(action);
         let (done, created) = tokio::sync::watch::channel(None);
         let charge = self.pending.charge(action)?;
         self.pending.insert(
@@ -876,7 +885,7 @@ impl Runtime {
             ));
         };
         let presented = request.action.take().map(Action::try_from);
-        let matches = matches!(&presented, Some(Ok(a)) if a.digest() == pending.digest);
+        let matches = matches!(&presented, Some(Ok(a)) if self.action_digest(a) == pending.digest);
         drop((presented, held));
         let mut verdict = if matches {
             self.resolve_approval(&request, &pending).await

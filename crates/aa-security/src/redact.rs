@@ -36,6 +36,13 @@ impl ReceiptKey {
         self.seal(&digest_prefix(secret))
     }
 
+    /// HMAC-SHA-256 of `message` under this key, in hex (64 digits): a digest of something
+    /// that may hold a secret (an approved action, stored beside its redacted form) that
+    /// only whoever holds the key can compute.
+    pub fn mac(&self, message: &[u8]) -> String {
+        aa_core::hex::encode(&hmac_sha256(&self.0, message))
+    }
+
     fn seal(&self, digest: &str) -> String {
         aa_core::hex::encode(&hmac_sha256(&self.0, digest.as_bytes())[..DIGEST_PREFIX_BYTES])
     }

@@ -30,6 +30,13 @@ async fn ask(
     (pending, tokio::spawn(async move { waiting.await.unwrap() }))
 }
 
+/// What the runtime binds an approval of `action` to: its canonical JSON keyed with the
+/// runtime token of `state`, not a plain digest a reader of approvals could compute.
+fn bound(state: &std::path::Path, action: &aa_core::Action) -> String {
+    let token = aa_cli::up::runtime_token(state, None).unwrap();
+    aa_security::ReceiptKey::derive(token.as_bytes()).mac(&action.canonical_bytes())
+}
+
 /// Waits until the gateway has the approval (the runtime creates it in the background).
 async fn recorded(up: &GatewayHandle, id: &str) {
     let gateway = &up.gateway;
@@ -75,7 +82,10 @@ async fn approve_deny_timeout_and_no_reuse() {
     recorded(&up.gateway, &id).await;
     let stored = gateway.approval(&id).await.unwrap();
     assert_eq!(stored.status, ApprovalStatus::Pending);
-    assert_eq!(stored.action_digest, shell("rm -r build").digest());
+    assert_eq!(
+        stored.action_digest,
+        bound(dir.path(), &shell("rm -r build"))
+    );
     assert_eq!(
         (
             stored.agent.parent.as_deref(),
@@ -316,7 +326,7 @@ async fn operators_decide_with_the_cli_and_the_http_api() {
     let shown: Value = serde_json::from_str(&stdout(&shown)).unwrap();
     assert_eq!(
         shown["action_digest"],
-        shell("rm -r dist").digest().as_str()
+        bound(&state, &shell("rm -r dist")).as_str()
     );
     let approved = tokio::task::spawn_blocking({
         let (cli, id) = (cli.clone(), id.clone());
@@ -418,7 +428,7 @@ async fn an_approval_never_shows_a_secret() {
     assert!(!text.contains(crate::governed::AWS_KEY), "{text}");
     assert!(text.contains("[REDACTED:"), "{text}");
     // The digest is still the original action's, so the release matches what was checked.
-    assert_eq!(stored.action_digest, shell(&command).digest());
+    assert_eq!(stored.action_digest, bound(dir.path(), &shell(&command)));
     let everything = serde_json::to_string(
         &up.gateway
             .gateway

@@ -13,6 +13,11 @@ use serde_json::json;
 
 use crate::gateway::{gateway, register};
 
+/// What a runtime binds an approval of `action` to (its key: one derived from a token).
+pub(crate) fn bound_to(action: &Action) -> String {
+    aa_security::ReceiptKey::derive(b"runtime-token").mac(&action.canonical_bytes())
+}
+
 const ADMIN: &str = "admin-secret";
 
 fn action(command: &str) -> Action {
@@ -28,7 +33,7 @@ fn ask(agent: &str, token: &str, id: &str, command: &str, timeout: Duration) -> 
         agent_id: agent.into(),
         credential_token: token.into(),
         approval_id: id.into(),
-        action_digest: action.digest(),
+        action_digest: bound_to(&action),
         action,
         rule: "tools.shell.requires_approval_if".into(),
         reason: "deletes files".into(),
@@ -172,7 +177,7 @@ async fn decided_once_used_once_and_only_for_its_action() {
     let other = gw.redeem_approval("lead", &lead, id, &digest).await;
     assert!(matches!(other, Err(GatewayError::Conflict(_))), "{other:?}");
     let wrong = gw
-        .redeem_approval("helper", &helper, id, &action("rm -rf /").digest())
+        .redeem_approval("helper", &helper, id, &bound_to(&action("rm -rf /")))
         .await;
     assert!(matches!(wrong, Err(GatewayError::Conflict(m)) if m.contains("another action")));
     let used = gw

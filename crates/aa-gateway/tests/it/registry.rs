@@ -10,6 +10,7 @@ use aa_core::{
 use aa_gateway::{ChallengeAnswer, GatewayConfig, GatewayError, Registered, Store};
 use aa_identity::Keypair;
 
+use crate::approvals::bound_to;
 use crate::gateway::{Parent, answer, consent, gateway, keys, register, register_as, registration};
 
 #[tokio::test]
@@ -169,7 +170,7 @@ async fn a_suspension_stops_an_agent_or_its_subtree_until_lifted() {
             agent_id: "lead".into(),
             credential_token: lead_token,
             approval_id: "0123456789abcdef0123".into(),
-            action_digest: action.digest(),
+            action_digest: bound_to(&action),
             action,
             rule: "r".into(),
             reason: "why".into(),
