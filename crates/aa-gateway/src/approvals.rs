@@ -35,7 +35,7 @@ pub struct NewApproval {
     pub approval_id: String,
     /// The action, not yet redacted.
     pub action: Action,
-    /// SHA-256 hex of the canonical action before redaction.
+    /// The runtime's keyed digest (HMAC-SHA-256, hex) of the canonical action before redaction.
     pub action_digest: String,
     /// The rule that asked for approval, and why.
     pub rule: String,

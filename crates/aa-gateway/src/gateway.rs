@@ -1121,7 +1121,7 @@ fn check_appended(
                 stream: origin.stream_id.clone(),
                 event: NewEvent::resent(
                     &event.event_id,
-                    scanner.id_digest(&event.event_id),
+                    scanner.id_digests(&event.event_id),
                     origin.sequence,
                 ),
                 edge: None,

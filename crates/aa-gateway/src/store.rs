@@ -21,9 +21,9 @@ pub struct NewEvent {
     pub sequence: u64,
     /// `None` for a resend, which is never stored.
     canonical: Option<String>,
-    /// A resend's id as the gateway's scanner digests it ([`aa_security::Scanner::id_digest`]):
-    /// the other form it may be stored in.
-    digested: Option<String>,
+    /// A resend's id as the gateway's scanner digests it, now and before digests were keyed
+    /// ([`aa_security::Scanner::id_digests`]): the other forms it may be stored in.
+    digested: Vec<String>,
 }
 
 impl NewEvent {
@@ -34,21 +34,21 @@ impl NewEvent {
             event_id,
             sequence,
             canonical: Some(aa_core::canonical::canonical_string(event)),
-            digested: None,
+            digested: Vec::new(),
         }
     }
 
     /// An event its runtime sends again, at or below its stream's head as the gateway last
-    /// saw it, with the id it came with, and that id's `digested` form: held if the store has
-    /// its stream's event at that sequence under either (the two forms an id is stored in,
-    /// whichever the scanner's rules at the time chose); else refused as out of sequence, never
+    /// saw it, with the id it came with, and that id's `digested` forms: held if the store has
+    /// its stream's event at that sequence under any (the forms an id is stored in, whichever
+    /// the scanner's rules and key at the time chose); else refused as out of sequence, never
     /// stored: its runtime sends it again from where the head is, and it is checked then.
-    pub fn resent(id: &str, digested: String, sequence: u64) -> NewEvent {
+    pub fn resent(id: &str, digested: Vec<String>, sequence: u64) -> NewEvent {
         NewEvent {
             event_id: id.to_owned(),
             sequence,
             canonical: None,
-            digested: Some(digested),
+            digested,
         }
     }
 
@@ -59,7 +59,7 @@ impl NewEvent {
 
     /// Whether this is the event a store holds under `stored_id` at its place.
     pub fn is_held_as(&self, stored_id: &str) -> bool {
-        stored_id == self.event_id || self.digested.as_deref() == Some(stored_id)
+        stored_id == self.event_id || self.digested.iter().any(|d| d == stored_id)
     }
 }
 

@@ -17,17 +17,24 @@ const DIGEST_PREFIX_BYTES: usize = 8;
 /// The key a receipt's digest is made with: a digest of a secret anyone can compute is one
 /// anyone can invert for the few values personal data takes (a US SSN is one of 10⁹), so
 /// receipts in an audit log made with a key name a secret only to whoever holds the key.
-/// A receipt's digest is then the first 8 bytes of HMAC-SHA-256, under this key, of the
-/// secret's unkeyed digest (the hex that [`Scanner::receipt_digest`] gives without a key).
+/// A receipt's digest is then the first 8 bytes of HMAC-SHA-256, under this key, of
+/// `receipt\0` and the secret's unkeyed digest (the hex that [`Scanner::receipt_digest`]
+/// gives without a key). Ids and approved actions are keyed with it too, each under a label
+/// of its own, so no digest of one kind can be made to stand for another.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ReceiptKey([u8; 32]);
+
+/// What each use of a [`ReceiptKey`] prefixes to what it digests.
+const RECEIPT_LABEL: &[u8] = b"receipt\0";
+const ID_LABEL: &[u8] = b"id\0";
+const MAC_LABEL: &[u8] = b"mac\0";
 
 impl ReceiptKey {
     /// The key derived from `secret`, a deployment's shared secret (the token its runtimes
     /// present to its gateway): HMAC-SHA-256 of a fixed label under it, so the key is the
     /// same wherever the secret is, and the secret itself is not the key.
     pub fn derive(secret: &[u8]) -> ReceiptKey {
-        ReceiptKey(hmac_sha256(secret, b"agent-assembly receipt key v1"))
+        ReceiptKey(hmac_sha256(secret, &[b"agent-assembly receipt key v1"]))
     }
 
     /// The digest a receipt made with this key gives for `secret` (as found: decoded and
@@ -40,11 +47,12 @@ impl ReceiptKey {
     /// that may hold a secret (an approved action, stored beside its redacted form) that
     /// only whoever holds the key can compute.
     pub fn mac(&self, message: &[u8]) -> String {
-        aa_core::hex::encode(&hmac_sha256(&self.0, message))
+        aa_core::hex::encode(&hmac_sha256(&self.0, &[MAC_LABEL, message]))
     }
 
     fn seal(&self, digest: &str) -> String {
-        aa_core::hex::encode(&hmac_sha256(&self.0, digest.as_bytes())[..DIGEST_PREFIX_BYTES])
+        let mac = hmac_sha256(&self.0, &[RECEIPT_LABEL, digest.as_bytes()]);
+        aa_core::hex::encode(&mac[..DIGEST_PREFIX_BYTES])
     }
 }
 
@@ -54,20 +62,30 @@ impl std::fmt::Debug for ReceiptKey {
     }
 }
 
-/// HMAC-SHA-256. The key is brought to the hash's block as RFC 2104 does (hashed when
-/// longer, padded with zeros), so the MAC is built from a block and cannot fail.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+/// HMAC-SHA-256 of the concatenated `parts`. The key is brought to the hash's block as RFC
+/// 2104 does (hashed when longer, padded with zeros), so the MAC is built from a block and
+/// cannot fail.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     let mut block = [0u8; 64];
     if key.len() > block.len() {
         block[..32].copy_from_slice(&Sha256::digest(key));
     } else {
         block[..key.len()].copy_from_slice(key);
     }
-    <Hmac<Sha256> as Mac>::new(&block.into())
-        .chain_update(message)
-        .finalize()
-        .into_bytes()
-        .into()
+    let mut mac = <Hmac<Sha256> as Mac>::new(&block.into());
+    for part in parts {
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// `sha256:` and the first 16 bytes of `digest` in hex.
+fn id_form(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", aa_core::hex::encode(&digest[..16]))
+}
+
+fn plain_id_digest(id: &str) -> String {
+    id_form(&Sha256::digest(id.as_bytes()).into())
 }
 
 /// What an oversized field becomes.
@@ -143,16 +161,26 @@ impl Scanner {
     }
 
     /// The form [`redact_id`](Self::redact_id) keeps an id in when it cannot be kept as it
-    /// is: `sha256:` and 32 hex digits of its digest, keyed as receipts are when the scanner
-    /// has a [`ReceiptKey`] (an id that holds a short secret, `evt-219-09-9999`, is no more
-    /// to be tried value by value than a receipt). So an id is stored either as itself or as
-    /// this, whatever the scanner's rules: a store that holds one of the two holds that id.
+    /// is: `sha256:` and 32 hex digits of its digest, keyed when the scanner has a
+    /// [`ReceiptKey`] (HMAC-SHA-256 under its id label: an id that holds a short secret,
+    /// `evt-219-09-9999`, is no more to be tried value by value than a receipt). So an id is
+    /// stored either as itself or as this, whatever the scanner's rules.
     pub fn id_digest(&self, id: &str) -> String {
-        let digest: [u8; 32] = match &self.receipt_key {
-            Some(key) => hmac_sha256(&key.0, id.as_bytes()),
-            None => Sha256::digest(id.as_bytes()).into(),
-        };
-        format!("sha256:{}", aa_core::hex::encode(&digest[..16]))
+        match &self.receipt_key {
+            Some(key) => id_form(&hmac_sha256(&key.0, &[ID_LABEL, id.as_bytes()])),
+            None => plain_id_digest(id),
+        }
+    }
+
+    /// Every digest an id may be stored as: [`id_digest`](Self::id_digest)'s, and the plain
+    /// SHA-256 one ids were kept as before digests were keyed (a store written then holds
+    /// them), so an event sent again is recognised across the upgrade.
+    pub fn id_digests(&self, id: &str) -> Vec<String> {
+        let mut forms = vec![self.id_digest(id)];
+        if self.receipt_key.is_some() {
+            forms.push(plain_id_digest(id));
+        }
+        forms
     }
 
     /// Redacts every finding in bytes that may not be UTF-8.
@@ -501,13 +529,16 @@ mod tests {
     fn hmac_is_rfc_4231s() {
         let hex = |bytes: [u8; 32]| aa_core::hex::encode(&bytes);
         assert_eq!(
-            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            hex(hmac_sha256(
+                b"Jefe",
+                &[b"what do ya want", b" for nothing?"]
+            )),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         assert_eq!(
             hex(hmac_sha256(
                 &[0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
+                &[b"Test Using Larger Than Block-Size Key - Hash Key First"]
             )),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );

@@ -84,8 +84,8 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
         .append_events(
             "rt-1",
             vec![
-                NewEvent::resent("ev-4", "sha256:ffff".into(), 4),
-                NewEvent::resent("ev-5", "sha256:ffff".into(), 5),
+                NewEvent::resent("ev-4", vec!["sha256:ffff".into()], 4),
+                NewEvent::resent("ev-5", vec!["sha256:ffff".into()], 5),
             ],
         )
         .await
@@ -94,7 +94,7 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
     let past_the_head = store
         .append_events(
             "rt-1",
-            vec![NewEvent::resent("ev-6", "sha256:ffff".into(), 6)],
+            vec![NewEvent::resent("ev-6", vec!["sha256:ffff".into()], 6)],
         )
         .await
         .unwrap_err();
@@ -116,7 +116,7 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
     let resent = store
         .append_events(
             "rt-1",
-            vec![NewEvent::resent("ev-6", "sha256:0123".into(), 6)],
+            vec![NewEvent::resent("ev-6", vec!["sha256:0123".into()], 6)],
         )
         .await
         .unwrap();
@@ -124,7 +124,7 @@ async fn appends_are_gapless_idempotent_and_survive_a_restart() {
     let other = store
         .append_events(
             "rt-1",
-            vec![NewEvent::resent("ev-8", "sha256:89ab".into(), 6)],
+            vec![NewEvent::resent("ev-8", vec!["sha256:89ab".into()], 6)],
         )
         .await
         .unwrap_err();

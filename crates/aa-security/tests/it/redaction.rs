@@ -670,6 +670,11 @@ fn receipts_made_with_a_key_digest_the_secret_under_it() {
     assert!(kept.starts_with("sha256:") && kept.len() == 39, "{kept}");
     assert_ne!(kept, SCANNER.id_digest(&text));
     assert_eq!(SCANNER.redact_id(&text, 64).0, SCANNER.id_digest(&text));
+    // A resent id is known by the keyed form and by the plain one ids were kept as before.
+    assert_eq!(keyed.id_digests(&text), [kept, SCANNER.id_digest(&text)]);
+    // Each use of the key has a label of its own: an id's digest is no receipt's.
+    let prefix = SCANNER.receipt_digest(ssn.as_bytes());
+    assert!(!keyed.id_digest(&prefix).contains(&digest));
 }
 
 /// A token after `Bearer` that another rule finds only a part of (a custom pattern without a
